@@ -1,0 +1,66 @@
+// tandem: plans and verifies large mixture-of-experts training runs.
+// Each subcommand lives in its own *_command file; this file only wires them to CLI11.
+// Exit codes: 0 success, 2 bad input (file, key and reason printed), 1 internal error.
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/describe_command.h"
+
+namespace {
+
+int report(const tandem::InputError& e) {
+  std::fprintf(stderr, "tandem: error: %s\n", e.message().c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tandem: plan and verify large mixture-of-experts training runs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "tandem 0.1");
+
+  tandem::DescribeOptions describe;
+  auto* d = app.add_subcommand("describe",
+                               "Parameters, FLOPs, memory per GPU, all-to-all volumes and fabric of a "
+                               "scenario (or of a model or cluster card)");
+  d->add_option("card", describe.path, "scenario, model card (YAML or Hugging Face config.json) or cluster card")
+      ->required();
+  d->add_option("--set", describe.overrides, "override a scenario key: --set plan.pp=8 (repeatable)");
+  d->add_flag("--json", describe.json, "print one JSON object on stdout instead of text");
+  d->add_option("--seq-len", describe.seq_len, "sequence length for a bare model card (default 4096)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  d->add_flag("--ops", describe.ops, "also print the op table of the first block of each kind");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  }
+
+  try {
+    if (*d) {
+      std::string text;
+      auto r = tandem::describe(describe, text);
+      if (!r) return report(r.error());
+      if (describe.json) {
+        std::cout << r.value().dump(2) << "\n";
+      } else {
+        std::cout << text;
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tandem: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

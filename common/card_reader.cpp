@@ -1,0 +1,281 @@
+#include "common/card_reader.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace tandem {
+
+namespace {
+
+std::string type_name(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Scalar: return "a scalar";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a map";
+    default: return "nothing";
+  }
+}
+
+std::string quoted(const YAML::Node& n) {
+  if (n.IsScalar()) {
+    std::string s = n.Scalar();
+    if (s.size() > 40) s = s.substr(0, 37) + "...";
+    return "'" + s + "'";
+  }
+  return type_name(n);
+}
+
+// Parses a whole-string integer: "12", "-3"; rejects "1.5", "1e3", "12abc", out-of-range.
+std::optional<int64_t> parse_integer(const std::string& s) {
+  if (s.empty()) return std::nullopt;
+  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i == s.size()) return std::nullopt;
+  for (size_t j = i; j < s.size(); ++j)
+    if (s[j] < '0' || s[j] > '9') return std::nullopt;
+  if (s.size() - i > 18) return std::nullopt;  // beyond int64 comfort: out of any range we accept
+  return std::stoll(s);
+}
+
+std::optional<double> parse_number(const std::string& s) {
+  if (s.empty()) return std::nullopt;
+  std::istringstream in(s);
+  in.imbue(std::locale::classic());
+  double v = 0;
+  in >> v;
+  if (in.fail() || !(in >> std::ws).eof()) return std::nullopt;
+  if (!std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::string format_number(double v) {
+  std::ostringstream o;
+  o.imbue(std::locale::classic());
+  o.precision(12);
+  o << v;
+  return o.str();
+}
+
+YAML::Node parse_card_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw_input_error(path, "", "cannot open the file");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return parse_card_text(buf.str(), path);
+}
+
+YAML::Node parse_card_text(const std::string& text, const std::string& source) {
+  try {
+    YAML::Node n = YAML::Load(text);
+    return n;
+  } catch (const YAML::Exception& e) {
+    throw_input_error(source, "", "not valid YAML/JSON: " + e.msg + " (line " +
+                                      std::to_string(e.mark.line + 1) + ")");
+  }
+}
+
+CardReader::CardReader(YAML::Node map, std::string file, std::string prefix,
+                       std::shared_ptr<const OriginMap> origins)
+    : node_(std::move(map)), file_(std::move(file)), prefix_(std::move(prefix)),
+      origins_(std::move(origins)) {
+  if (!node_.IsMap()) {
+    std::string where = prefix_.empty() ? "" : prefix_.substr(0, prefix_.size() - 1);
+    if (where.empty()) throw_input_error(file_, "", "expected a map of keys, got " + type_name(node_));
+    fail("", "expected a map of keys, got " + type_name(node_));
+  }
+}
+
+std::string CardReader::path(std::string_view key) const {
+  if (key.empty()) return prefix_.empty() ? "" : prefix_.substr(0, prefix_.size() - 1);
+  return prefix_ + std::string(key);
+}
+
+void CardReader::fail(std::string_view key, const std::string& reason) const {
+  std::string p = path(key);
+  if (origins_) {
+    // The most specific override at or above this key names where the value was written.
+    std::string probe = p;
+    while (true) {
+      auto it = origins_->find(probe);
+      if (it != origins_->end()) {
+        std::string k = it->second.key + p.substr(probe.size());
+        throw_input_error(it->second.file, k, reason);
+      }
+      auto dot = probe.rfind('.');
+      if (dot == std::string::npos) break;
+      probe.resize(dot);
+    }
+  }
+  throw_input_error(file_, p, reason);
+}
+
+YAML::Node CardReader::get(std::string_view key) const {
+  for (auto it = node_.begin(); it != node_.end(); ++it) {
+    if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+  }
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+bool CardReader::has(std::string_view key) const {
+  YAML::Node n = get(key);
+  return n.IsDefined() && !n.IsNull();
+}
+
+YAML::Node CardReader::scalar(std::string_view key, bool required) {
+  used_.insert(std::string(key));
+  YAML::Node n = get(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    if (required) fail(key, "missing (required)");
+    return YAML::Node(YAML::NodeType::Undefined);
+  }
+  if (!n.IsScalar()) fail(key, "expected a single value, got " + type_name(n));
+  return n;
+}
+
+int64_t CardReader::integer(std::string_view key, int64_t min, int64_t max) {
+  YAML::Node n = scalar(key, true);
+  auto v = parse_integer(n.Scalar());
+  if (!v) fail(key, "expected a whole number, got " + quoted(n));
+  if (*v < min || *v > max)
+    fail(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " +
+                  std::to_string(*v));
+  return *v;
+}
+
+int64_t CardReader::integer_or(std::string_view key, int64_t fallback, int64_t min, int64_t max) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return fallback;
+  }
+  return integer(key, min, max);
+}
+
+std::optional<int64_t> CardReader::optional_integer(std::string_view key, int64_t min,
+                                                    int64_t max) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return std::nullopt;
+  }
+  return integer(key, min, max);
+}
+
+double CardReader::number(std::string_view key, double min, double max) {
+  YAML::Node n = scalar(key, true);
+  auto v = parse_number(n.Scalar());
+  if (!v) fail(key, "expected a finite number, got " + quoted(n));
+  if (*v < min || *v > max)
+    fail(key, "must be in [" + format_number(min) + ", " + format_number(max) + "], got " +
+                  format_number(*v));
+  return *v;
+}
+
+double CardReader::number_or(std::string_view key, double fallback, double min, double max) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return fallback;
+  }
+  return number(key, min, max);
+}
+
+bool CardReader::boolean(std::string_view key) {
+  YAML::Node n = scalar(key, true);
+  const std::string& s = n.Scalar();
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  fail(key, "expected true or false, got " + quoted(n));
+}
+
+bool CardReader::boolean_or(std::string_view key, bool fallback) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return fallback;
+  }
+  return boolean(key);
+}
+
+std::string CardReader::text(std::string_view key) {
+  YAML::Node n = scalar(key, true);
+  if (n.Scalar().empty()) fail(key, "must not be empty");
+  return n.Scalar();
+}
+
+std::string CardReader::text_or(std::string_view key, std::string fallback) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return fallback;
+  }
+  return text(key);
+}
+
+std::string CardReader::choice(std::string_view key,
+                               std::initializer_list<std::string_view> allowed) {
+  std::string v = text(key);
+  std::string list;
+  for (auto a : allowed) {
+    if (v == a) return v;
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  fail(key, "must be one of {" + list + "}, got '" + v + "'");
+}
+
+std::string CardReader::choice_or(std::string_view key, std::string fallback,
+                                  std::initializer_list<std::string_view> allowed) {
+  if (!has(key)) {
+    used_.insert(std::string(key));
+    return fallback;
+  }
+  return choice(key, allowed);
+}
+
+std::vector<int64_t> CardReader::integer_list(std::string_view key, int64_t min, int64_t max,
+                                              size_t max_len) {
+  used_.insert(std::string(key));
+  YAML::Node n = get(key);
+  if (!n.IsDefined() || n.IsNull()) fail(key, "missing (required)");
+  if (!n.IsSequence()) fail(key, "expected a list of whole numbers, got " + type_name(n));
+  if (n.size() > max_len) fail(key, "list too long (" + std::to_string(n.size()) + " > " +
+                                        std::to_string(max_len) + ")");
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < n.size(); ++i) {
+    std::string k = std::string(key) + "[" + std::to_string(i) + "]";
+    if (!n[i].IsScalar()) fail(k, "expected a whole number, got " + type_name(n[i]));
+    auto v = parse_integer(n[i].Scalar());
+    if (!v) fail(k, "expected a whole number, got " + quoted(n[i]));
+    if (*v < min || *v > max)
+      fail(k, "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " +
+                  std::to_string(*v));
+    out.push_back(*v);
+  }
+  return out;
+}
+
+CardReader CardReader::section(std::string_view key) {
+  used_.insert(std::string(key));
+  YAML::Node n = get(key);
+  if (!n.IsDefined() || n.IsNull()) fail(key, "missing (required section)");
+  if (!n.IsMap()) fail(key, "expected a map of keys, got " + type_name(n));
+  return CardReader(n, file_, path(key) + ".", origins_);
+}
+
+std::optional<CardReader> CardReader::optional_section(std::string_view key) {
+  used_.insert(std::string(key));
+  YAML::Node n = get(key);
+  if (!n.IsDefined() || n.IsNull()) return std::nullopt;
+  if (!n.IsMap()) fail(key, "expected a map of keys, got " + type_name(n));
+  return CardReader(n, file_, path(key) + ".", origins_);
+}
+
+void CardReader::ignore(std::string_view key) { used_.insert(std::string(key)); }
+
+void CardReader::finish() const {
+  for (auto it = node_.begin(); it != node_.end(); ++it) {
+    if (!it->first.IsScalar()) fail("", "keys must be plain names");
+    const std::string& k = it->first.Scalar();
+    if (used_.find(k) == used_.end()) fail(k, "unknown key");
+  }
+}
+
+}  // namespace tandem

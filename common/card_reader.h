@@ -1,0 +1,86 @@
+// CardReader: strict, typed reading of one YAML (or JSON) map of a card.
+//
+// Contract: every value is read through a typed accessor with its allowed range; a missing
+// required key, a wrong type, a value out of range and (at finish()) any key never read all
+// throw InputException naming the file, the dotted key and the reason. Keys that came from an
+// override (a scenario's `model:`/`cluster:` section, or --set on the command line) are reported
+// against where the override was written, not against the card file.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+#include "common/input_error.h"
+
+namespace tandem {
+
+// Where a value was written, for values that override a card's own.
+struct ValueOrigin {
+  std::string file;
+  std::string key;
+};
+using OriginMap = std::map<std::string, ValueOrigin>;  // dotted path in the card -> origin
+
+// Parses a YAML or JSON file into a node; errors name the file.
+YAML::Node parse_card_file(const std::string& path);
+// Parses text (for tests and --set values); `source` names it in errors.
+YAML::Node parse_card_text(const std::string& text, const std::string& source);
+
+class CardReader {
+ public:
+  CardReader(YAML::Node map, std::string file, std::string prefix = "",
+             std::shared_ptr<const OriginMap> origins = nullptr);
+
+  bool has(std::string_view key) const;
+
+  int64_t integer(std::string_view key, int64_t min, int64_t max);
+  int64_t integer_or(std::string_view key, int64_t fallback, int64_t min, int64_t max);
+  // Missing or null -> nullopt (Hugging Face configs write absent ranks as null).
+  std::optional<int64_t> optional_integer(std::string_view key, int64_t min, int64_t max);
+  double number(std::string_view key, double min, double max);
+  double number_or(std::string_view key, double fallback, double min, double max);
+  bool boolean(std::string_view key);
+  bool boolean_or(std::string_view key, bool fallback);
+  std::string text(std::string_view key);
+  std::string text_or(std::string_view key, std::string fallback);
+  std::string choice(std::string_view key, std::initializer_list<std::string_view> allowed);
+  std::string choice_or(std::string_view key, std::string fallback,
+                        std::initializer_list<std::string_view> allowed);
+  std::vector<int64_t> integer_list(std::string_view key, int64_t min, int64_t max,
+                                    size_t max_len = 4096);
+
+  CardReader section(std::string_view key);
+  std::optional<CardReader> optional_section(std::string_view key);
+
+  void ignore(std::string_view key);  // accepted, with no bearing on tandem's results
+  void finish() const;                // throws on the first key never read nor ignored
+
+  std::string path(std::string_view key) const;  // prefix + key
+  [[noreturn]] void fail(std::string_view key, const std::string& reason) const;
+  const std::string& file() const { return file_; }
+  const YAML::Node& node() const { return node_; }
+
+ private:
+  YAML::Node scalar(std::string_view key, bool required);
+  YAML::Node get(std::string_view key) const;
+
+  YAML::Node node_;
+  std::string file_;
+  std::string prefix_;
+  std::shared_ptr<const OriginMap> origins_;
+  std::set<std::string, std::less<>> used_;
+};
+
+// Formats a number the way messages show it (no trailing zeros).
+std::string format_number(double v);
+
+}  // namespace tandem

@@ -1,0 +1,338 @@
+#include "scenarios/scenario.h"
+
+#include <filesystem>
+
+#include "scenarios/memory.h"
+#include "scenarios/stage_partition.h"
+
+namespace tandem {
+
+namespace fs = std::filesystem;
+
+const char* to_string(ScheduleKind k) {
+  switch (k) {
+    case ScheduleKind::f1b1: return "1f1b";
+    case ScheduleKind::zb1p: return "zb1p";
+    case ScheduleKind::dualpipe: return "dualpipe";
+    case ScheduleKind::dualpipev: return "dualpipev";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr int64_t kMaxGpus = 1 << 20;
+
+std::vector<std::string> split_dots(const std::string& key) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t dot = key.find('.', start);
+    parts.push_back(key.substr(start, dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return parts;
+}
+
+YAML::Node find_child(const YAML::Node& map, const std::string& key) {
+  for (auto it = map.begin(); it != map.end(); ++it)
+    if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+// A card reference: `model: path` or `model: {card: path, key: override, ...}`.
+bool is_card_section(const std::string& name) { return name == "model" || name == "cluster"; }
+
+// Applies one "--set a.b.c=value" to the scenario tree.
+void apply_override(YAML::Node& root, const std::string& text, const std::string& source,
+                    OriginMap& origins) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw_input_error(source, text, "expected --set key=value (e.g. --set plan.pp=8)");
+  const std::string key = text.substr(0, eq);
+  const std::string raw = text.substr(eq + 1);
+  const std::vector<std::string> parts = split_dots(key);
+  for (const auto& p : parts)
+    if (p.empty()) throw_input_error(source, key, "empty name in the dotted key");
+  YAML::Node value;
+  try {
+    value = YAML::Load(raw);
+  } catch (const YAML::Exception&) {
+    value = YAML::Node(raw);
+  }
+  if (!value.IsDefined() || value.IsNull()) value = YAML::Node(raw);
+
+  YAML::Node node;
+  node.reset(root);
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node child = find_child(node, parts[i]);
+    if (i == 0 && is_card_section(parts[i]) && child.IsScalar()) {
+      YAML::Node m(YAML::NodeType::Map);
+      m["card"] = child.Scalar();
+      node[parts[i]] = m;
+      child = find_child(node, parts[i]);
+    } else if (!child.IsDefined() || child.IsNull()) {
+      node[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      child = find_child(node, parts[i]);
+    } else if (!child.IsMap()) {
+      std::string prefix;
+      for (size_t j = 0; j <= i; ++j) prefix += (j ? "." : "") + parts[j];
+      throw_input_error(source, key, "'" + prefix + "' is a single value, not a section");
+    }
+    node.reset(child);  // rebind the handle: plain assignment would overwrite the parent's value
+  }
+  node[parts.back()] = value;
+  origins[key] = ValueOrigin{source, key};
+}
+
+void record_origins(const YAML::Node& n, const std::string& path, const ValueOrigin& origin,
+                    OriginMap& out) {
+  if (n.IsMap()) {
+    for (auto it = n.begin(); it != n.end(); ++it)
+      if (it->first.IsScalar())
+        record_origins(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(),
+                       ValueOrigin{origin.file, origin.key + "." + it->first.Scalar()}, out);
+  } else if (!path.empty() && !out.count(path)) {
+    out[path] = origin;
+  }
+}
+
+void merge_into(YAML::Node target, const YAML::Node& overrides) {
+  for (auto it = overrides.begin(); it != overrides.end(); ++it) {
+    const std::string k = it->first.Scalar();
+    YAML::Node existing = find_child(target, k);
+    if (it->second.IsMap() && existing.IsMap()) {
+      merge_into(existing, it->second);
+    } else {
+      target[k] = it->second;
+    }
+  }
+}
+
+// Resolves `model:` or `cluster:` to the card's merged node, its file, and the overrides' origins.
+struct CardRef {
+  YAML::Node node;
+  std::string file;
+  std::shared_ptr<OriginMap> origins = std::make_shared<OriginMap>();
+};
+
+CardRef resolve_card(const YAML::Node& root, const std::string& section, const std::string& file,
+                     const OriginMap& scenario_origins) {
+  const YAML::Node ref = find_child(root, section);
+  if (!ref.IsDefined() || ref.IsNull()) throw_input_error(file, section, "missing (required)");
+  std::string card_path;
+  std::string path_key = section;
+  YAML::Node overrides(YAML::NodeType::Map);
+  if (ref.IsScalar()) {
+    card_path = ref.Scalar();
+  } else if (ref.IsMap()) {
+    path_key = section + ".card";
+    const YAML::Node c = find_child(ref, "card");
+    if (!c.IsDefined() || c.IsNull()) throw_input_error(file, path_key, "missing (required)");
+    if (!c.IsScalar()) throw_input_error(file, path_key, "expected a card file path");
+    card_path = c.Scalar();
+    for (auto it = ref.begin(); it != ref.end(); ++it)
+      if (it->first.IsScalar() && it->first.Scalar() != "card") overrides[it->first.Scalar()] = it->second;
+  } else {
+    throw_input_error(file, section, "expected a card file path or a map with 'card:'");
+  }
+  if (card_path.empty()) throw_input_error(file, path_key, "must not be empty");
+  fs::path p(card_path);
+  if (p.is_relative()) p = fs::path(file).parent_path() / p;
+  CardRef out;
+  out.file = p.lexically_normal().string();
+  std::error_code ec;
+  if (!fs::is_regular_file(out.file, ec))
+    throw_input_error(file, path_key, "no card file at '" + out.file + "'");
+  out.node = parse_card_file(out.file);
+  if (!out.node.IsMap()) throw_input_error(out.file, "", "expected a map of keys");
+  // Overrides written in the scenario file are reported there; those from --set, as --set.
+  for (const auto& [k, origin] : scenario_origins)
+    if (k.rfind(section + ".", 0) == 0) (*out.origins)[k.substr(section.size() + 1)] = origin;
+  record_origins(overrides, "", ValueOrigin{file, section}, *out.origins);
+  merge_into(out.node, overrides);
+  return out;
+}
+
+Dtype wire_dtype(CardReader& r, const std::string& key, const std::string& fallback) {
+  const std::string d = r.choice_or(key, fallback, {"fp8", "bf16"});
+  return d == "fp8" ? Dtype::fp8_e4m3 : Dtype::bf16;
+}
+
+Scenario read_scenario(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root = parse_card_file(path);
+  if (!root.IsMap()) throw_input_error(path, "", "expected a map of keys");
+  auto origins = std::make_shared<OriginMap>();
+  const std::string set_source = path + " [--set]";
+  for (const auto& o : overrides) apply_override(root, o, set_source, *origins);
+
+  Scenario s;
+  s.file = path;
+  s.overrides = overrides;
+  CardRef mref = resolve_card(root, "model", path, *origins);
+  s.model = read_model_card(mref.node, mref.file, mref.origins);
+  CardRef cref = resolve_card(root, "cluster", path, *origins);
+  s.cluster = read_cluster_card(cref.node, cref.file, cref.origins);
+
+  CardReader r(root, path, "", origins);
+  r.ignore("model");
+  r.ignore("cluster");
+  s.name = r.text_or("name", fs::path(path).stem().string());
+  s.description = r.text_or("description", "");
+  s.gpus = r.integer_or("gpus", s.cluster.gpus(), 1, kMaxGpus);
+  if (s.gpus > s.cluster.gpus())
+    r.fail("gpus", std::to_string(s.gpus) + " GPUs asked, cluster card '" + s.cluster.name +
+                       "' has " + std::to_string(s.cluster.gpus()));
+  if (s.gpus > s.cluster.gpus_per_node && s.gpus % s.cluster.gpus_per_node != 0)
+    r.fail("gpus", "must be whole nodes of " + std::to_string(s.cluster.gpus_per_node) + " GPUs, got " +
+                       std::to_string(s.gpus));
+
+  CardReader plan = r.section("plan");
+  s.plan.pp = plan.integer("pp", 1, 4096);
+  s.plan.tp = plan.integer_or("tp", 1, 1, 1);
+  s.plan.ep = plan.integer_or("ep", 1, 1, 65536);
+  s.plan.zero_stage = plan.integer_or("zero_stage", 1, 0, 1);
+  plan.ignore("dp");
+  if (s.gpus % (s.plan.pp * s.plan.tp) != 0)
+    plan.fail("pp", "GPUs (" + std::to_string(s.gpus) + ") are not a whole number of pipelines of " +
+                        std::to_string(s.plan.pp) + " ranks: pp x dp must equal the GPU count");
+  s.plan.dp = s.gpus / (s.plan.pp * s.plan.tp);
+  if (plan.has("dp")) {
+    const int64_t dp = plan.integer("dp", 1, kMaxGpus);
+    if (dp != s.plan.dp)
+      plan.fail("dp", "pp x dp = " + std::to_string(s.plan.pp * dp) + " does not match the " +
+                          std::to_string(s.gpus) + " GPUs (dp would be " + std::to_string(s.plan.dp) + ")");
+  }
+  const int64_t E = s.model.n_routed_experts;
+  if (E == 0 && s.plan.ep != 1) plan.fail("ep", "the model has no routed experts: ep must be 1");
+  if (E > 0 && E % s.plan.ep != 0)
+    plan.fail("ep", "must divide the " + std::to_string(E) + " routed experts, got " +
+                        std::to_string(s.plan.ep));
+  if (s.plan.dp % s.plan.ep != 0)
+    plan.fail("ep", "expert-parallel groups are formed across data-parallel replicas: ep (" +
+                        std::to_string(s.plan.ep) + ") must divide dp (" + std::to_string(s.plan.dp) + ")");
+  const int64_t gpn = s.cluster.gpus_per_node;
+  if (s.plan.ep > gpn ? s.plan.ep % gpn != 0 : gpn % s.plan.ep != 0)
+    plan.fail("ep", "an EP group must be whole nodes or a divisor of a node (" + std::to_string(gpn) +
+                        " GPUs), got " + std::to_string(s.plan.ep));
+  plan.finish();
+
+  CardReader sched = r.section("schedule");
+  const std::string kind = sched.choice("kind", {"1f1b", "zb1p", "dualpipe", "dualpipev"});
+  s.schedule.kind = kind == "1f1b" ? ScheduleKind::f1b1
+                    : kind == "zb1p" ? ScheduleKind::zb1p
+                    : kind == "dualpipe" ? ScheduleKind::dualpipe
+                                         : ScheduleKind::dualpipev;
+  if (sched.has("stage_layers")) s.schedule.stage_layers = sched.integer_list("stage_layers", 0, 4096);
+  sched.ignore("stage_layers");
+  sched.ignore("micro_batches");
+
+  CardReader batch = r.section("batch");
+  s.batch.global_sequences = batch.integer("global_sequences", 1, int64_t{1} << 30);
+  s.batch.seq_len = batch.integer("seq_len", 1, int64_t{1} << 20);
+  s.batch.micro_batch_sequences = batch.integer_or("micro_batch_sequences", 1, 1, int64_t{1} << 20);
+  if (s.batch.seq_len > s.model.max_position_embeddings)
+    batch.fail("seq_len", "exceeds the model's max_position_embeddings (" +
+                              std::to_string(s.model.max_position_embeddings) + ")");
+  const int64_t per_step = s.plan.dp * s.batch.micro_batch_sequences;
+  if (s.batch.global_sequences % per_step != 0)
+    batch.fail("global_sequences", std::to_string(s.batch.global_sequences) +
+                                       " sequences do not split into micro-batches of " +
+                                       std::to_string(s.batch.micro_batch_sequences) + " over dp " +
+                                       std::to_string(s.plan.dp));
+  batch.finish();
+  const int64_t C = s.micro_batches();
+  if (sched.has("micro_batches") && sched.integer("micro_batches", 1, int64_t{1} << 30) != C)
+    sched.fail("micro_batches", "the batch gives " + std::to_string(C) +
+                                    " micro-batches per pipeline (global_sequences / (dp x micro_batch_sequences))");
+  const int64_t P = s.plan.pp;
+  if (s.schedule.kind == ScheduleKind::dualpipe) {
+    if (P % 2 != 0) plan.fail("pp", "DualPipe needs an even number of pipeline ranks, got " + std::to_string(P));
+    if (C % 2 != 0 || C < 2 * P)
+      sched.fail("kind", "DualPipe needs an even number of micro-batches >= 2 x pp (" +
+                             std::to_string(2 * P) + "), the batch gives " + std::to_string(C));
+  }
+  if (s.schedule.kind == ScheduleKind::dualpipev && C < 2 * P)
+    sched.fail("kind", "DualPipeV needs micro-batches >= 2 x pp (" + std::to_string(2 * P) +
+                           "), the batch gives " + std::to_string(C));
+  if ((s.schedule.kind == ScheduleKind::f1b1 || s.schedule.kind == ScheduleKind::zb1p) && C < P)
+    sched.fail("kind", to_string(s.schedule.kind) + std::string(" needs micro-batches >= pp (") +
+                           std::to_string(P) + "), the batch gives " + std::to_string(C));
+  if (s.stages() > max_stages(s.model))
+    plan.fail("pp", std::to_string(s.model.num_hidden_layers) + " layers cannot be split into " +
+                        std::to_string(s.stages()) + " pipeline stages (at most " +
+                        std::to_string(max_stages(s.model)) + ")");
+  sched.finish();
+
+  if (auto prec = r.optional_section("precision")) {
+    const std::string recipe = prec->choice_or("recipe", "fp8_block", {"fp8_block", "bf16"});
+    s.precision.fp8 = recipe == "fp8_block";
+    s.precision.act_tile = prec->integer_or("act_tile", 128, 16, 1024);
+    s.precision.weight_block = prec->integer_or("weight_block", 128, 16, 1024);
+    s.precision.pow2_scales = prec->boolean_or("pow2_scales", true);
+    const std::string mom = prec->choice_or("moments", "bf16", {"bf16", "fp32"});
+    s.precision.moments = mom == "bf16" ? Dtype::bf16 : Dtype::fp32;
+    prec->finish();
+  }
+  if (auto rc = r.optional_section("recompute")) {
+    s.recompute.rmsnorm = rc->boolean_or("rmsnorm", true);
+    s.recompute.mla_up_projection = rc->boolean_or("mla_up_projection", true);
+    s.recompute.swiglu = rc->boolean_or("swiglu", true);
+    s.recompute.fp8_activation_cache = rc->boolean_or("fp8_activation_cache", true);
+    rc->finish();
+  }
+  s.comm.node_limit = E > 0 ? s.model.topk_group : 0;
+  if (auto comm = r.optional_section("comm")) {
+    s.comm.sms = comm->integer_or("sms", 20, 0, s.cluster.gpu.sms - 1);
+    if (E > 0) {
+      s.comm.node_limit = comm->integer_or("node_limit", s.model.topk_group, 1, s.model.n_group);
+    } else {
+      comm->ignore("node_limit");
+    }
+    s.comm.dispatch_dtype = wire_dtype(*comm, "dispatch_dtype", s.precision.fp8 ? "fp8" : "bf16");
+    s.comm.combine_dtype = wire_dtype(*comm, "combine_dtype", "bf16");
+    if (s.comm.dispatch_dtype == Dtype::fp8_e4m3 && !s.precision.fp8)
+      comm->fail("dispatch_dtype", "FP8 dispatch needs the fp8_block precision recipe");
+    comm->finish();
+  }
+  if (auto rt = r.optional_section("routing")) {
+    const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed"});
+    s.routing.model = model == "balanced" ? RoutingModel::balanced : RoutingModel::skewed;
+    s.routing.skew = rt->number_or("skew", s.routing.model == RoutingModel::skewed ? 1.0 : 0.0, 0.0, 10.0);
+    s.routing.seed = static_cast<uint64_t>(rt->integer_or("seed", 1, 0, int64_t{1} << 62));
+    rt->finish();
+  }
+  r.finish();
+
+  // Feasibility: the layers split into stages, and the busiest GPU fits in HBM.
+  const Workload w = scenario_workload(s);
+  const StagePartition part =
+      partition_stages(w, s.stages(), s.schedule.stage_layers, path, "plan.pp");
+  const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
+  for (const RankMemory& m : memory_per_rank(s, part)) {
+    if (m.total() > hbm) {
+      char buf[320];
+      std::snprintf(buf, sizeof buf,
+                    "the plan needs %.1f GB on pipeline rank %lld (weights %.1f, gradients %.1f, "
+                    "optimizer %.1f, activations %.1f GB), above the %.0f GB of HBM of '%s'",
+                    m.total() / 1e9, static_cast<long long>(m.rank), m.weights / 1e9, m.grads / 1e9,
+                    m.optimizer / 1e9, m.activations / 1e9, s.cluster.gpu.hbm_gbytes,
+                    s.cluster.name.c_str());
+      r.fail("plan", buf);
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+Workload scenario_workload(const Scenario& s) {
+  return build_workload(s.model, s.micro_batch(), s.precision, s.recompute, s.expert_layout());
+}
+
+Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides) {
+  return catch_input_errors([&] { return read_scenario(path, overrides); });
+}
+
+}  // namespace tandem

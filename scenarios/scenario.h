@@ -1,0 +1,97 @@
+// Scenario: one training job — which model on which cluster, how it is parallelised and
+// scheduled, batch, precision, communication settings, routing and recompute choices.
+//
+// Loading resolves the model and cluster cards (paths relative to the scenario file; a
+// `model:`/`cluster:` section may instead be a map with `card:` plus overrides of that card's
+// keys), applies command-line overrides (`--set plan.pp=8`, `--set cluster.nic_gbps=800`,
+// `--set model.num_hidden_layers=8`) and validates the whole: every error names the file, the
+// dotted key and the reason. A loaded Scenario is feasible: the plan divides the cluster, the
+// schedule's rules hold and the busiest GPU's memory fits its HBM.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/input_error.h"
+#include "models/model_card.h"
+#include "models/precision.h"
+#include "models/workload.h"
+#include "topologies/cluster_card.h"
+
+namespace tandem {
+
+enum class ScheduleKind { f1b1, zb1p, dualpipe, dualpipev };
+const char* to_string(ScheduleKind k);
+
+struct ParallelPlan {
+  int64_t pp = 1;          // pipeline ranks
+  int64_t ep = 1;          // expert-parallel degree, formed across data-parallel replicas
+  int64_t tp = 1;          // tensor parallelism: not modelled, must be 1
+  int64_t dp = 1;          // derived: gpus / (pp * tp)
+  int64_t zero_stage = 1;  // ZeRO-1: optimizer states sharded over data-parallel copies
+};
+
+struct ScheduleSpec {
+  ScheduleKind kind = ScheduleKind::dualpipe;
+  std::vector<int64_t> stage_layers;  // optional manual partition: transformer layers per stage
+};
+
+struct BatchSpec {
+  int64_t global_sequences = 0;
+  int64_t seq_len = 4096;
+  int64_t micro_batch_sequences = 1;
+};
+
+struct CommSpec {
+  int64_t sms = 20;         // SMs held by communication kernels while they run
+  int64_t node_limit = 0;   // max nodes (expert groups) per token
+  Dtype dispatch_dtype = Dtype::fp8_e4m3;
+  Dtype combine_dtype = Dtype::bf16;
+};
+
+enum class RoutingModel { balanced, skewed };
+
+struct RoutingSpec {
+  RoutingModel model = RoutingModel::balanced;
+  double skew = 0;     // skewed: Zipf-like exponent of expert popularity
+  uint64_t seed = 1;
+};
+
+struct Scenario {
+  std::string name;
+  std::string file;
+  std::string description;
+  std::vector<std::string> overrides;  // as given with --set, for the record
+
+  ModelCard model;
+  ClusterCard cluster;
+  int64_t gpus = 0;
+  ParallelPlan plan;
+  ScheduleSpec schedule;
+  BatchSpec batch;
+  PrecisionRecipe precision;
+  RecomputePolicy recompute;
+  CommSpec comm;
+  RoutingSpec routing;
+
+  int64_t stages() const { return schedule.kind == ScheduleKind::dualpipev ? 2 * plan.pp : plan.pp; }
+  int64_t micro_batches() const {  // per pipeline per step
+    return batch.global_sequences / (plan.dp * batch.micro_batch_sequences);
+  }
+  MicroBatch micro_batch() const { return {batch.micro_batch_sequences, batch.seq_len}; }
+  ExpertLayout expert_layout() const {
+    return {plan.ep, cluster.gpus_per_node, comm.node_limit, routing.seed};
+  }
+  double tokens_per_step() const {
+    return static_cast<double>(batch.global_sequences) * static_cast<double>(batch.seq_len);
+  }
+};
+
+// Loads, resolves and validates a scenario file. `overrides` are "dotted.key=value" strings.
+Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The workload of one micro-batch of this scenario.
+Workload scenario_workload(const Scenario& s);
+
+}  // namespace tandem

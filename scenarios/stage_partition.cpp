@@ -1,0 +1,168 @@
+#include "scenarios/stage_partition.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+
+namespace tandem {
+
+namespace {
+
+// A unit is what a cut cannot split: [embedding + layer 0], each further layer, [head + MTP].
+struct Unit {
+  size_t first = 0, end = 0;
+  int64_t layers = 0;
+  double cost = 0;
+};
+
+std::vector<Unit> make_units(const Workload& w) {
+  std::vector<Unit> units;
+  const auto& b = w.blocks;
+  size_t i = 0;
+  while (i < b.size()) {
+    Unit u;
+    u.first = i;
+    if (b[i].kind == BlockKind::embedding) {
+      ++i;  // the embedding rides with the first layer
+    }
+    if (i < b.size() && (b[i].kind == BlockKind::dense_layer || b[i].kind == BlockKind::moe_layer)) {
+      ++i;
+      u.layers = 1;
+    } else {
+      while (i < b.size()) ++i;  // head and MTP modules: one tail unit
+    }
+    u.end = i;
+    for (size_t j = u.first; j < u.end; ++j) u.cost += b[j].model_flops();
+    units.push_back(u);
+  }
+  return units;
+}
+
+Stage make_stage(const Workload& w, size_t first, size_t end) {
+  Stage s;
+  s.first_block = first;
+  s.end_block = end;
+  for (size_t j = first; j < end; ++j) {
+    const Block& b = w.blocks[j];
+    s.layers += (b.kind == BlockKind::dense_layer || b.kind == BlockKind::moe_layer) ? 1 : 0;
+    s.cost += b.model_flops();
+    s.kept_bytes += b.kept_bytes();
+    s.params += b.params();
+    s.routed_params += b.routed_params();
+    for (const auto& op : b.ops) s.fp8_params += op.fp8_params ? op.params : 0;
+  }
+  return s;
+}
+
+// Fewest groups of consecutive units with cost <= limit each (or huge if a unit exceeds it).
+size_t groups_needed(const std::vector<Unit>& u, double limit) {
+  size_t groups = 0;
+  double acc = 0;
+  for (const auto& x : u) {
+    if (x.cost > limit) return SIZE_MAX;
+    if (groups == 0 || acc + x.cost > limit) {
+      ++groups;
+      acc = 0;
+    }
+    acc += x.cost;
+  }
+  return groups;
+}
+
+}  // namespace
+
+int64_t max_stages(const ModelCard& m) { return m.num_hidden_layers + 1; }
+
+StagePartition partition_stages(const Workload& w, int64_t stages,
+                                const std::vector<int64_t>& manual_layers,
+                                const std::string& file, const std::string& key) {
+  const std::vector<Unit> units = make_units(w);
+  const size_t S = static_cast<size_t>(stages);
+  const int64_t L = w.model.num_hidden_layers;
+  if (stages < 1 || S > units.size())
+    throw_input_error(file, key,
+                      "cannot cut " + std::to_string(L) + " layers (+ head" +
+                          (w.model.num_nextn_predict_layers ? std::string(" and MTP") : "") +
+                          ") into " + std::to_string(stages) + " pipeline stages (at most " +
+                          std::to_string(units.size()) + ")");
+  StagePartition p;
+  std::vector<size_t> cut;  // unit index where each stage starts
+  if (!manual_layers.empty()) {
+    const std::string mkey = "schedule.stage_layers";
+    if (manual_layers.size() != S)
+      throw_input_error(file, mkey, "gives " + std::to_string(manual_layers.size()) +
+                                        " stages, the plan has " + std::to_string(stages));
+    int64_t sum = 0;
+    for (size_t i = 0; i < S; ++i) {
+      if (manual_layers[i] < (i + 1 == S ? 0 : 1))
+        throw_input_error(file, mkey + "[" + std::to_string(i) + "]",
+                          "every stage but the last needs at least one layer");
+      sum += manual_layers[i];
+    }
+    if (sum != L)
+      throw_input_error(file, mkey, "sums to " + std::to_string(sum) + " layers, the model has " +
+                                        std::to_string(L));
+    size_t u = 0;
+    for (size_t i = 0; i < S; ++i) {
+      cut.push_back(u);
+      u += static_cast<size_t>(manual_layers[i]);
+    }
+  } else {
+    // Smallest feasible max-stage cost by bisection, then a greedy cut that leaves exactly
+    // one unit per remaining stage when units run short.
+    double lo = 0, hi = 0;
+    for (const auto& x : units) {
+      lo = std::max(lo, x.cost);
+      hi += x.cost;
+    }
+    for (int it = 0; it < 100 && hi - lo > 1e-9 * hi; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (groups_needed(units, mid) <= S ? hi : lo) = mid;
+    }
+    double acc = 0;
+    for (size_t u = 0; u < units.size(); ++u) {
+      const size_t stages_left = S - cut.size();
+      const size_t units_left = units.size() - u;
+      if (cut.empty() || (cut.size() < S && (acc + units[u].cost > hi || units_left == stages_left))) {
+        cut.push_back(u);
+        acc = 0;
+      }
+      acc += units[u].cost;
+    }
+  }
+  for (size_t i = 0; i < S; ++i) {
+    const size_t u0 = cut[i];
+    const size_t u1 = i + 1 < S ? cut[i + 1] : units.size();
+    p.stages.push_back(make_stage(w, units[u0].first, units[u1 - 1].end));
+  }
+  return p;
+}
+
+std::string StagePartition::describe(const Workload& w) const {
+  std::string out;
+  char line[256];
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const Stage& s = stages[i];
+    std::string names;
+    for (size_t j = s.first_block; j < s.end_block; ++j) {
+      const Block& b = w.blocks[j];
+      const bool layer = b.kind == BlockKind::dense_layer || b.kind == BlockKind::moe_layer;
+      const bool next_layer = j + 1 < s.end_block &&
+                              (w.blocks[j + 1].kind == BlockKind::dense_layer ||
+                               w.blocks[j + 1].kind == BlockKind::moe_layer);
+      if (layer && j > s.first_block && (w.blocks[j - 1].kind == BlockKind::dense_layer ||
+                                         w.blocks[j - 1].kind == BlockKind::moe_layer)) {
+        if (!next_layer) names += "-" + std::to_string(b.layer);
+        continue;
+      }
+      if (!names.empty()) names += " ";
+      names += layer ? "layer." + std::to_string(b.layer) : b.name;
+    }
+    std::snprintf(line, sizeof line, "  stage %2zu: %-28s %6.2f TFLOP/micro-batch  %6.2f GB kept\n",
+                  i, names.c_str(), s.cost / 1e12, s.kept_bytes / 1e9);
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace tandem

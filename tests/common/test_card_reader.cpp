@@ -1,0 +1,85 @@
+#include <catch2/catch.hpp>
+
+#include "common/card_reader.h"
+
+using namespace tandem;
+
+namespace {
+
+InputError error_of(auto&& f) {
+  try {
+    f();
+  } catch (const InputException& e) {
+    return e.error();
+  }
+  FAIL("expected an InputError");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("card reader reads typed values within ranges", "[cards]") {
+  CardReader r(parse_card_text("a: 3\nb: 2.5\nc: true\nd: hello\ne: [1, 2]\nf: {g: 4}\nn: null\n", "t.yaml"),
+               "t.yaml");
+  CHECK(r.integer("a", 0, 10) == 3);
+  CHECK(r.number("b", 0, 10) == 2.5);
+  CHECK(r.boolean("c"));
+  CHECK(r.choice("d", {"hello", "bye"}) == "hello");
+  CHECK(r.integer_list("e", 0, 5) == std::vector<int64_t>{1, 2});
+  CardReader f = r.section("f");
+  CHECK(f.integer("g", 0, 5) == 4);
+  f.finish();
+  CHECK_FALSE(r.optional_integer("n", 0, 1).has_value());
+  CHECK(r.integer_or("missing", 7, 0, 10) == 7);
+  r.finish();
+}
+
+TEST_CASE("card reader errors name file, dotted key and reason", "[cards]") {
+  auto node = parse_card_text("a: 3.5\nb: -1\nc: maybe\ns: {x: 1, y: [1, zz]}\nd: nan\ne: 1e400\n", "t.yaml");
+  CardReader r(node, "t.yaml");
+  auto e = error_of([&] { r.integer("a", 0, 10); });
+  CHECK(e.file == "t.yaml");
+  CHECK(e.key == "a");
+  CHECK(e.reason.find("whole number") != std::string::npos);
+  e = error_of([&] { r.integer("b", 0, 10); });
+  CHECK(e.reason.find("must be in [0, 10]") != std::string::npos);
+  e = error_of([&] { r.boolean("c"); });
+  CHECK(e.reason.find("true or false") != std::string::npos);
+  e = error_of([&] { r.number("d", 0, 10); });
+  CHECK(e.reason.find("finite") != std::string::npos);
+  e = error_of([&] { r.number("e", 0, 10); });
+  CHECK(e.key == "e");
+  CardReader s = r.section("s");
+  e = error_of([&] { s.integer_list("y", 0, 10); });
+  CHECK(e.key == "s.y[1]");
+  e = error_of([&] { s.finish(); });
+  CHECK(e.key == "s.x");
+  CHECK(e.reason == "unknown key");
+  e = error_of([&] { r.text("missing"); });
+  CHECK(e.reason.find("missing") != std::string::npos);
+  e = error_of([&] { r.section("a"); });
+  CHECK(e.reason.find("map") != std::string::npos);
+}
+
+TEST_CASE("card reader reports overridden values where they were written", "[cards]") {
+  auto origins = std::make_shared<OriginMap>();
+  (*origins)["plan.pp"] = ValueOrigin{"s.yaml [--set]", "plan.pp"};
+  (*origins)["gpu"] = ValueOrigin{"scenario.yaml", "cluster.gpu"};
+  CardReader r(parse_card_text("plan: {pp: -3}\ngpu: {sms: x}\n", "card.yaml"), "card.yaml", "", origins);
+  CardReader plan = r.section("plan");
+  auto e = error_of([&] { plan.integer("pp", 1, 8); });
+  CHECK(e.file == "s.yaml [--set]");
+  CHECK(e.key == "plan.pp");
+  CardReader gpu = r.section("gpu");
+  e = error_of([&] { gpu.integer("sms", 1, 8); });
+  CHECK(e.file == "scenario.yaml");
+  CHECK(e.key == "cluster.gpu.sms");
+}
+
+TEST_CASE("unparseable text is an input error, not a crash", "[cards]") {
+  auto e = error_of([&] { parse_card_text("a: [1, 2\n", "bad.yaml"); });
+  CHECK(e.file == "bad.yaml");
+  CHECK(e.reason.find("not valid YAML") != std::string::npos);
+  e = error_of([&] { parse_card_file("/nonexistent/x.yaml"); });
+  CHECK(e.reason.find("cannot open") != std::string::npos);
+}

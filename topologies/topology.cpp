@@ -1,0 +1,367 @@
+#include "topologies/topology.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+
+#include <boost/graph/boykov_kolmogorov_max_flow.hpp>
+#include <boost/graph/breadth_first_search.hpp>
+#include <boost/graph/compressed_sparse_row_graph.hpp>
+
+namespace tandem {
+
+namespace {
+
+constexpr int kKinds = 5;
+
+std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+void check_index(int i, int n, const char* what) {
+  if (i < 0 || i >= n)
+    throw std::out_of_range(std::string("Topology: ") + what + " " + std::to_string(i) +
+                            " out of range [0, " + std::to_string(n) + ")");
+}
+
+// Counts the vertices a breadth-first search discovers.
+struct CountingVisitor : boost::default_bfs_visitor {
+  int* discovered;
+  explicit CountingVisitor(int* d) : discovered(d) {}
+  template <class V, class G>
+  void discover_vertex(V, const G&) const { ++*discovered; }
+};
+
+}  // namespace
+
+const char* to_string(VertexKind k) {
+  switch (k) {
+    case VertexKind::gpu: return "gpu";
+    case VertexKind::nvswitch: return "nvswitch";
+    case VertexKind::nic: return "nic";
+    case VertexKind::leaf: return "leaf";
+    case VertexKind::spine: return "spine";
+  }
+  return "?";
+}
+
+const char* to_string(LinkKind k) {
+  switch (k) {
+    case LinkKind::nvlink: return "nvlink";
+    case LinkKind::pcie: return "pcie";
+    case LinkKind::nic: return "nic";
+    case LinkKind::uplink: return "uplink";
+  }
+  return "?";
+}
+
+Topology::Topology(const ClusterCard& card) : card_(card) {
+  if (card.nodes < 1 || card.gpus_per_node < 1 || card.nics_per_gpu < 1 ||
+      card.fabric.planes < 1 || card.fabric.switch_radix < 2 || card.nics() > (int64_t{1} << 24) ||
+      card.nics() % card.fabric.planes != 0)
+    throw std::invalid_argument("Topology: the cluster card was not validated");
+
+  nodes_ = static_cast<int>(card.nodes);
+  gpus_per_node_ = static_cast<int>(card.gpus_per_node);
+  nics_per_gpu_ = static_cast<int>(card.nics_per_gpu);
+  nics_per_node_ = gpus_per_node_ * nics_per_gpu_;
+  planes_ = static_cast<int>(card.fabric.planes);
+  half_radix_ = static_cast<int>(card.fabric.switch_radix / 2);
+  const int per_plane = nodes_ * nics_per_node_ / planes_;
+  leaves_per_plane_ = (per_plane + half_radix_ - 1) / half_radix_;
+  spines_per_plane_ = leaves_per_plane_ > 1
+                          ? static_cast<int>(std::clamp<int64_t>(card.fabric.spines_per_plane, 1,
+                                                                 half_radix_))
+                          : 0;
+
+  count_[0] = nodes_ * gpus_per_node_;
+  count_[1] = nodes_;
+  count_[2] = nodes_ * nics_per_node_;
+  count_[3] = planes_ * leaves_per_plane_;
+  count_[4] = planes_ * spines_per_plane_;
+  int total = 0;
+  for (int k = 0; k < kKinds; ++k) {
+    first_[k] = total;
+    total += count_[k];
+  }
+
+  graph_ = Graph(static_cast<size_t>(total));
+  kinds_.reserve(static_cast<size_t>(total));
+  for (int k = 0; k < kKinds; ++k)
+    for (int i = 0; i < count_[k]; ++i) {
+      auto v = static_cast<size_t>(first_[k] + i);
+      graph_[v] = VertexProps{static_cast<VertexKind>(k), i};
+      kinds_.push_back(static_cast<VertexKind>(k));
+    }
+
+  const int physical =
+      count_[0] + 2 * count_[2] + planes_ * leaves_per_plane_ * spines_per_plane_;
+  links_.reserve(2 * static_cast<size_t>(physical));
+
+  const double nvl_bw = card.nvlink_gbytes_s * 1e9;
+  const double nvl_lat = card.nvlink_latency_us * 1e-6 / 2;
+  const double nic_bw = card.nic_gbytes_s() * 1e9;
+  const double nic_lat = card.fabric.latency_same_leaf_us * 1e-6 / 2;
+  const double up_lat =
+      (card.fabric.latency_cross_leaf_us - card.fabric.latency_same_leaf_us) * 1e-6 / 2;
+
+  nvlink_.resize(static_cast<size_t>(count_[0]));
+  for (int g = 0; g < count_[0]; ++g)
+    nvlink_[static_cast<size_t>(g)] = add_link(gpu_vertex(g), nvswitch_vertex(g / gpus_per_node_),
+                                               LinkKind::nvlink, -1, nvl_bw, nvl_lat);
+
+  pcie_.resize(static_cast<size_t>(count_[2]));
+  nic_up_.resize(static_cast<size_t>(count_[2]));
+  for (int n = 0; n < count_[2]; ++n) {
+    const int node = n / nics_per_node_;
+    const int gpu = node * gpus_per_node_ + (n % nics_per_node_) / nics_per_gpu_;
+    pcie_[static_cast<size_t>(n)] = add_link(gpu_vertex(gpu), nic_vertex(n), LinkKind::pcie, -1,
+                                             kPcieBytesPerSecond, kPcieLatencySeconds);
+    nic_up_[static_cast<size_t>(n)] =
+        add_link(nic_vertex(n), leaf_vertex(nic_plane(n), nic_leaf(n)), LinkKind::nic,
+                 nic_plane(n), nic_bw, nic_lat);
+  }
+
+  first_uplink_ = num_physical_links();
+  for (int p = 0; p < planes_; ++p)
+    for (int l = 0; l < leaves_per_plane_; ++l)
+      for (int s = 0; s < spines_per_plane_; ++s)
+        add_link(leaf_vertex(p, l), spine_vertex(p, s), LinkKind::uplink, p, nic_bw, up_lat);
+}
+
+int Topology::add_link(int a, int b, LinkKind kind, int plane, double bandwidth, double latency) {
+  const int l = num_physical_links();
+  for (int dir = 0; dir < 2; ++dir) {
+    Link k;
+    k.id = 2 * l + dir;
+    k.tail = dir == 0 ? a : b;
+    k.head = dir == 0 ? b : a;
+    k.kind = kind;
+    k.plane = plane;
+    k.bandwidth = bandwidth;
+    k.latency = latency;
+    boost::add_edge(static_cast<size_t>(k.tail), static_cast<size_t>(k.head),
+                    EdgeProps{k.id, bandwidth, latency}, graph_);
+    links_.push_back(k);
+  }
+  return l;
+}
+
+int Topology::gpu_vertex(int gpu) const {
+  check_index(gpu, count_[0], "GPU");
+  return first_[0] + gpu;
+}
+
+int Topology::nvswitch_vertex(int node) const {
+  check_index(node, count_[1], "node");
+  return first_[1] + node;
+}
+
+int Topology::nic_vertex(int nic) const {
+  check_index(nic, count_[2], "NIC");
+  return first_[2] + nic;
+}
+
+int Topology::leaf_vertex(int plane, int leaf) const {
+  check_index(plane, planes_, "plane");
+  check_index(leaf, leaves_per_plane_, "leaf");
+  return first_[3] + plane * leaves_per_plane_ + leaf;
+}
+
+int Topology::spine_vertex(int plane, int spine) const {
+  check_index(plane, planes_, "plane");
+  check_index(spine, spines_per_plane_, "spine");
+  return first_[4] + plane * spines_per_plane_ + spine;
+}
+
+std::string Topology::vertex_name(int vertex) const {
+  const VertexKind k = kind(vertex);
+  const int i = vertex - first_[static_cast<int>(k)];
+  std::string name = to_string(k);
+  if (k == VertexKind::leaf)
+    return name + std::to_string(i % leaves_per_plane_) + "." + std::to_string(i / leaves_per_plane_);
+  if (k == VertexKind::spine)
+    return name + std::to_string(i % spines_per_plane_) + "." + std::to_string(i / spines_per_plane_);
+  return name + std::to_string(i);
+}
+
+int Topology::nic_plane(int nic) const { return planes_ > 1 ? nic % nics_per_node_ : 0; }
+
+int Topology::nic_position(int nic) const {
+  const int node = nic / nics_per_node_;
+  if (planes_ > 1) return node;
+  return (nic % nics_per_node_) * nodes_ + node;  // rail-major
+}
+
+int Topology::uplink(int plane, int leaf, int spine) const {
+  return first_uplink_ + (plane * leaves_per_plane_ + leaf) * spines_per_plane_ + spine;
+}
+
+void Topology::append(Route& r, int directed_id) const {
+  const Link& k = links_[static_cast<size_t>(directed_id)];
+  r.links.push_back(k);
+  r.latency += k.latency;
+  r.bottleneck_bandwidth = std::min(r.bottleneck_bandwidth, k.bandwidth);
+  ++r.hops;
+}
+
+void Topology::append_ib(Route& r, int src_nic, int dst_nic) const {
+  const int plane = nic_plane(src_nic);
+  const int a = nic_leaf(src_nic), b = nic_leaf(dst_nic);
+  append(r, 2 * nic_up_[static_cast<size_t>(src_nic)]);
+  if (a != b) {
+    const int spine = nic_position(dst_nic) % spines_per_plane_;  // d-mod-k
+    append(r, 2 * uplink(plane, a, spine));
+    append(r, 2 * uplink(plane, b, spine) + 1);
+  }
+  append(r, 2 * nic_up_[static_cast<size_t>(dst_nic)] + 1);
+}
+
+Route Topology::route(int src_gpu, int dst_gpu) const {
+  check_index(src_gpu, count_[0], "GPU");
+  check_index(dst_gpu, count_[0], "GPU");
+  Route r;
+  if (src_gpu == dst_gpu) return r;
+  const int src_node = src_gpu / gpus_per_node_, dst_node = dst_gpu / gpus_per_node_;
+  const int src_local = src_gpu % gpus_per_node_, dst_local = dst_gpu % gpus_per_node_;
+  if (src_node == dst_node) {
+    append(r, 2 * nvlink_[static_cast<size_t>(src_gpu)]);
+    append(r, 2 * nvlink_[static_cast<size_t>(dst_gpu)] + 1);
+    return r;
+  }
+  r.links.reserve(8);
+  const int k = dst_node % nics_per_gpu_;
+  const int src_nic = src_node * nics_per_node_ + src_local * nics_per_gpu_ + k;
+  // Multi-plane: the receiving GPU is the one with the source's local index (same plane).
+  const int recv_local = planes_ > 1 ? src_local : dst_local;
+  const int recv_gpu = dst_node * gpus_per_node_ + recv_local;
+  const int recv_nic = dst_node * nics_per_node_ + recv_local * nics_per_gpu_ + k;
+  append(r, 2 * pcie_[static_cast<size_t>(src_nic)]);
+  append_ib(r, src_nic, recv_nic);
+  append(r, 2 * pcie_[static_cast<size_t>(recv_nic)] + 1);
+  if (recv_gpu != dst_gpu) {
+    r.relay_gpu = recv_gpu;
+    append(r, 2 * nvlink_[static_cast<size_t>(recv_gpu)]);
+    append(r, 2 * nvlink_[static_cast<size_t>(dst_gpu)] + 1);
+  }
+  return r;
+}
+
+bool Topology::connected() const {
+  if (num_vertices() == 0) return true;
+  int discovered = 0;
+  std::vector<boost::default_color_type> color(static_cast<size_t>(num_vertices()));
+  boost::breadth_first_search(
+      graph_, boost::vertex(0, graph_),
+      boost::visitor(CountingVisitor(&discovered))
+          .color_map(boost::make_iterator_property_map(color.begin(),
+                                                       boost::get(boost::vertex_index, graph_))));
+  return discovered == num_vertices();
+}
+
+double Topology::bisection_bandwidth() const {
+  // A compressed-sparse-row flow network; each edge's bundle is its position in `capacity`, and
+  // edges 2i and 2i+1 are each other's reverse (a full-duplex link, or a source/sink edge).
+  using FlowGraph = boost::compressed_sparse_row_graph<boost::directedS, boost::no_property, int>;
+  using FlowEdge = boost::graph_traits<FlowGraph>::edge_descriptor;
+
+  const bool single_node = nodes_ == 1;
+  // Source side: GPUs of nodes [0, nodes/2); on one node, GPUs [0, gpus_per_node/2).
+  const int source_gpus = single_node ? gpus_per_node_ / 2 : (nodes_ / 2) * gpus_per_node_;
+  if (source_gpus == 0 || source_gpus == count_[0]) return 0.0;
+
+  const size_t n = static_cast<size_t>(num_vertices());
+  const size_t source = n, sink = n + 1;
+  std::vector<std::pair<size_t, size_t>> ends;
+  std::vector<double> capacity;
+  ends.reserve(links_.size() + 2 * static_cast<size_t>(count_[0]));
+  capacity.reserve(ends.capacity());
+  auto add_pair = [&](size_t a, size_t b, double cap) {
+    ends.emplace_back(a, b);
+    ends.emplace_back(b, a);
+    capacity.push_back(cap);
+    capacity.push_back(cap);
+  };
+  double total = 0;
+  for (size_t i = 0; i < links_.size(); i += 2) {
+    const Link& k = links_[i];
+    if (single_node && k.kind != LinkKind::nvlink) continue;
+    add_pair(static_cast<size_t>(k.tail), static_cast<size_t>(k.head), k.bandwidth);
+    total += k.bandwidth;
+  }
+  const double unbounded = 2 * total + 1;  // more than any cut of real links
+  for (int g = 0; g < count_[0]; ++g) {
+    const auto v = static_cast<size_t>(gpu_vertex(g));
+    if (g < source_gpus)
+      add_pair(source, v, unbounded);
+    else
+      add_pair(v, sink, unbounded);
+  }
+
+  std::vector<int> order(ends.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  FlowGraph fg(boost::edges_are_unsorted_multi_pass, ends.begin(), ends.end(), order.begin(),
+               n + 2);
+
+  const size_t m = boost::num_edges(fg);
+  std::vector<FlowEdge> by_order(m);
+  for (auto [e, end] = boost::edges(fg); e != end; ++e) by_order[static_cast<size_t>(fg[*e])] = *e;
+  auto index = boost::get(boost::edge_index, fg);
+  std::vector<double> cap(m), residual(m);
+  std::vector<FlowEdge> reverse(m);
+  for (size_t i = 0; i < m; ++i) {
+    const size_t at = boost::get(boost::edge_index, fg, by_order[i]);
+    cap[at] = capacity[i];
+    reverse[at] = by_order[i ^ 1];
+  }
+  return boost::boykov_kolmogorov_max_flow(
+      fg, boost::make_iterator_property_map(cap.begin(), index),
+      boost::make_iterator_property_map(residual.begin(), index),
+      boost::make_iterator_property_map(reverse.begin(), index),
+      boost::get(boost::vertex_index, fg), source, sink);
+}
+
+std::string Topology::summary() const {
+  const ClusterCard& c = card_;
+  std::string s;
+  s += "cluster " + c.name + ": " + std::to_string(nodes_) + " nodes x " +
+       std::to_string(gpus_per_node_) + " " + c.gpu.name + " = " + std::to_string(num_gpus()) +
+       " GPUs\n";
+  s += "fabric: " + std::string(to_string(c.fabric.topology)) + ", " + std::to_string(planes_) +
+       (planes_ == 1 ? " plane" : " planes") + " of " + std::to_string(c.fabric.switch_radix) +
+       "-port switches, " + std::to_string(leaves_per_plane_) + " leaves + " +
+       std::to_string(spines_per_plane_) + " spines per plane";
+  if (spines_per_plane_ > 0) {
+    if (spines_per_plane_ == half_radix_)
+      s += " (full bisection)";
+    else
+      s += " (" + fmt("%.3g", static_cast<double>(half_radix_) / spines_per_plane_) +
+           ":1 oversubscribed)";
+  }
+  s += "\n";
+  s += "vertices: " + std::to_string(num_gpus()) + " GPUs, " + std::to_string(num_nvswitches()) +
+       " NVSwitches, " + std::to_string(num_nics()) + " NICs, " + std::to_string(num_leaves()) +
+       " leaves, " + std::to_string(num_spines()) + " spines\n";
+  const int uplinks = planes_ * leaves_per_plane_ * spines_per_plane_;
+  s += "links: " + std::to_string(num_physical_links()) + " physical (" +
+       std::to_string(num_links()) + " directed): " + std::to_string(num_gpus()) + " NVLink, " +
+       std::to_string(num_nics()) + " PCIe, " + std::to_string(num_nics()) + " NIC-leaf, " +
+       std::to_string(uplinks) + " leaf-spine\n";
+  s += "per GPU: NVLink " + fmt("%g", c.nvlink_gbytes_s) + " GB/s per direction (" +
+       fmt("%g", c.nvlink_nominal_gbytes_s) + " GB/s nominal bidirectional), " +
+       std::to_string(nics_per_gpu_) + " x " + fmt("%g", c.nic_gbytes_s()) + " GB/s NIC (" +
+       fmt("%g", c.nic_gbps) + " Gb/s), PCIe " + fmt("%g", kPcieBytesPerSecond / 1e9) +
+       " GB/s\n";
+  const double bis = bisection_bandwidth();
+  if (nodes_ > 1)
+    s += "bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (nodes [0, " +
+         std::to_string(nodes_ / 2) + ") vs the rest)\n";
+  else
+    s += "bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (NVLink, GPUs [0, " +
+         std::to_string(gpus_per_node_ / 2) + ") vs the rest of the node)\n";
+  return s;
+}
+
+}  // namespace tandem
