@@ -27,7 +27,8 @@ RoutingFanout sample_routing_fanout(const ModelCard& m, const ExpertLayout& layo
                                     int64_t samples) {
   RoutingFanout out;
   const int64_t E = m.n_routed_experts;
-  if (E == 0 || samples <= 0) return out;
+  if (E == 0) return out;
+  if (samples <= 0) samples = std::clamp<int64_t>((int64_t{1} << 21) / E, 64, 8192);
   const int64_t G = m.n_group;
   const int64_t limit = layout.node_limit > 0 ? std::min(layout.node_limit, G) : m.topk_group;
   const int64_t k = m.num_experts_per_tok;

@@ -24,7 +24,9 @@ struct RoutingFanout {
   int64_t samples = 0;
 };
 
+// `samples` 0: 8192 tokens, fewer for very many experts so the cost stays bounded (about 2M
+// expert scores in all).
 RoutingFanout sample_routing_fanout(const ModelCard& m, const ExpertLayout& layout,
-                                    int64_t samples = 8192);
+                                    int64_t samples = 0);
 
 }  // namespace tandem

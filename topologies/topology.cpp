@@ -326,10 +326,7 @@ double Topology::bisection_bandwidth() const {
 std::string Topology::summary() const {
   const ClusterCard& c = card_;
   std::string s;
-  s += "cluster " + c.name + ": " + std::to_string(nodes_) + " nodes x " +
-       std::to_string(gpus_per_node_) + " " + c.gpu.name + " = " + std::to_string(num_gpus()) +
-       " GPUs\n";
-  s += "fabric: " + std::string(to_string(c.fabric.topology)) + ", " + std::to_string(planes_) +
+  s += "  fabric: " + std::string(to_string(c.fabric.topology)) + ", " + std::to_string(planes_) +
        (planes_ == 1 ? " plane" : " planes") + " of " + std::to_string(c.fabric.switch_radix) +
        "-port switches, " + std::to_string(leaves_per_plane_) + " leaves + " +
        std::to_string(spines_per_plane_) + " spines per plane";
@@ -341,25 +338,25 @@ std::string Topology::summary() const {
            ":1 oversubscribed)";
   }
   s += "\n";
-  s += "vertices: " + std::to_string(num_gpus()) + " GPUs, " + std::to_string(num_nvswitches()) +
+  s += "  vertices: " + std::to_string(num_gpus()) + " GPUs, " + std::to_string(num_nvswitches()) +
        " NVSwitches, " + std::to_string(num_nics()) + " NICs, " + std::to_string(num_leaves()) +
        " leaves, " + std::to_string(num_spines()) + " spines\n";
   const int uplinks = planes_ * leaves_per_plane_ * spines_per_plane_;
-  s += "links: " + std::to_string(num_physical_links()) + " physical (" +
+  s += "  links: " + std::to_string(num_physical_links()) + " physical (" +
        std::to_string(num_links()) + " directed): " + std::to_string(num_gpus()) + " NVLink, " +
        std::to_string(num_nics()) + " PCIe, " + std::to_string(num_nics()) + " NIC-leaf, " +
        std::to_string(uplinks) + " leaf-spine\n";
-  s += "per GPU: NVLink " + fmt("%g", c.nvlink_gbytes_s) + " GB/s per direction (" +
+  s += "  per GPU: NVLink " + fmt("%g", c.nvlink_gbytes_s) + " GB/s per direction (" +
        fmt("%g", c.nvlink_nominal_gbytes_s) + " GB/s nominal bidirectional), " +
        std::to_string(nics_per_gpu_) + " x " + fmt("%g", c.nic_gbytes_s()) + " GB/s NIC (" +
        fmt("%g", c.nic_gbps) + " Gb/s), PCIe " + fmt("%g", kPcieBytesPerSecond / 1e9) +
        " GB/s\n";
   const double bis = bisection_bandwidth();
   if (nodes_ > 1)
-    s += "bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (nodes [0, " +
+    s += "  bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (nodes [0, " +
          std::to_string(nodes_ / 2) + ") vs the rest)\n";
   else
-    s += "bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (NVLink, GPUs [0, " +
+    s += "  bisection: " + fmt("%.4g", bis / 1e12) + " TB/s per direction (NVLink, GPUs [0, " +
          std::to_string(gpus_per_node_ / 2) + ") vs the rest of the node)\n";
   return s;
 }

@@ -143,12 +143,12 @@ class Topology {
   // millisecond for 2048 GPUs.
   double bisection_bandwidth() const;
 
-  // Several lines for `tandem describe`: counts of vertices and links, bisection in TB/s, per-GPU
-  // NVLink and NIC bandwidth.
+  // Lines for `tandem describe`, each indented by two spaces and ending in a newline (the cluster
+  // name is not repeated): fabric shape, vertex and link counts, per-GPU NVLink / NIC / PCIe
+  // bandwidth, bisection in TB/s. Computes the bisection (see above).
   std::string summary() const;
 
  private:
-  int add_vertex(VertexKind kind, int index);
   int add_link(int a, int b, LinkKind kind, int plane, double bandwidth, double latency);
   int nic_plane(int nic) const;
   int nic_position(int nic) const;

@@ -1,0 +1,96 @@
+// The tandem binary as a user runs it: exit codes, error messages, JSON output.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstdio>
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
+#include "../test_paths.h"
+
+using tandem::test::repo;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>&1";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  size_t n = 0;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+Run run_stdout(const std::string& args) {
+  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  size_t n = 0;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("describe --json of the default scenario has the headline keys", "[cli]") {
+  const Run r = run_stdout("describe " + repo("scenarios/deepseek-v3-2048.yaml") + " --json");
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["params_total"].get<double>() == Approx(671.03e9).epsilon(0.001));
+  CHECK(j["params_active"].get<double>() == Approx(36.63e9).epsilon(0.001));
+  CHECK(j["params_mtp"].get<double>() == Approx(11.61e9).epsilon(0.001));
+  CHECK(j["train_flops_per_token"].get<double>() == Approx(250.46e9).epsilon(0.001));
+  CHECK(j["kv_cache_bytes_per_token"].get<double>() == 70272.0);
+  CHECK(j["bisection_bytes_per_s"].get<double>() == Approx(51.2e12));
+  CHECK(j["memory_per_rank"].size() == 16);
+  CHECK(j["memory_peak_bytes"].get<double>() < 80e9);
+  CHECK(j["plan"]["micro_batches"] == 120);
+}
+
+TEST_CASE("describe takes model cards, cluster cards and --set", "[cli]") {
+  Run r = run_stdout("describe " + repo("models/deepseek-v2.yaml") + " --json");
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["params_total"].get<double>() == Approx(235.74e9).epsilon(0.001));
+  r = run_stdout("describe " + repo("topologies/h100-1gpu.yaml"));
+  CHECK(r.code == 0);
+  r = run_stdout("describe " + repo("scenarios/deepseek-v3-2048.yaml") +
+                 " --set plan.pp=16 --set cluster.nic_gbps=800 --json");
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["gpus"] == 2048);
+  r = run("describe " + repo("scenarios/deepseek-v3-2048.yaml") + " --ops");
+  CHECK(r.code == 0);
+  CHECK(r.out.find("experts.gate_up") != std::string::npos);
+  CHECK(r.out.find("Stage partition") != std::string::npos);
+}
+
+TEST_CASE("bad input exits 2 with file, key and reason", "[cli]") {
+  Run r = run("describe " + repo("scenarios/deepseek-v3-2048.yaml") + " --set plan.pp=7");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("deepseek-v3-2048.yaml [--set]: plan.pp:") != std::string::npos);
+  r = run("describe /nonexistent/card.yaml");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("cannot open") != std::string::npos);
+  r = run("describe " + repo("README.md"));
+  CHECK(r.code == 2);
+  r = run("describe " + repo("scenarios/deepseek-v3-2048.yaml") + " --set");
+  CHECK(r.code == 2);
+  r = run("frobnicate");
+  CHECK(r.code == 2);
+  r = run("describe " + repo("models/tiny-moe.yaml") + " --set plan.pp=2");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("--set applies to scenarios only") != std::string::npos);
+}

@@ -36,7 +36,7 @@ void expect_error(const YAML::Node& n, const std::string& key, const std::string
 
 }  // namespace
 
-TEST_CASE("all cluster cards load", "[topologies][card]") {
+TEST_CASE("all cluster cards load", "[cards][cluster]") {
   for (const char* stem : {"h800-2048", "h100-1024", "h200-2048", "h100-1gpu"}) {
     auto r = load_cluster_card(card_path(stem));
     INFO(stem << ": " << (r.ok() ? std::string() : r.error().message()));
@@ -48,7 +48,7 @@ TEST_CASE("all cluster cards load", "[topologies][card]") {
   }
 }
 
-TEST_CASE("h800-2048 card values", "[topologies][card]") {
+TEST_CASE("h800-2048 card values", "[cards][cluster]") {
   auto r = load_cluster_card(card_path("h800-2048"));
   REQUIRE(r.ok());
   const ClusterCard& c = r.value();
@@ -80,7 +80,7 @@ TEST_CASE("h800-2048 card values", "[topologies][card]") {
   CHECK(c.price_per_gpu_hour == 2.0);
 }
 
-TEST_CASE("other cluster cards", "[topologies][card]") {
+TEST_CASE("other cluster cards", "[cards][cluster]") {
   auto h100 = load_cluster_card(card_path("h100-1024"));
   REQUIRE(h100.ok());
   CHECK(h100.value().gpus() == 1024);
@@ -104,7 +104,7 @@ TEST_CASE("other cluster cards", "[topologies][card]") {
   CHECK(one.value().nic_gbps == 400);
 }
 
-TEST_CASE("name defaults to the file stem, description is optional", "[topologies][card]") {
+TEST_CASE("name defaults to the file stem, description is optional", "[cards][cluster]") {
   YAML::Node n = h800_yaml();
   n.remove("name");
   n.remove("description");
@@ -114,7 +114,7 @@ TEST_CASE("name defaults to the file stem, description is optional", "[topologie
   CHECK(r.value().description.empty());
 }
 
-TEST_CASE("cluster card: unknown keys", "[topologies][card]") {
+TEST_CASE("cluster card: unknown keys", "[cards][cluster]") {
   {
     YAML::Node n = h800_yaml();
     n["nvlink_gbps"] = 1;
@@ -132,7 +132,7 @@ TEST_CASE("cluster card: unknown keys", "[topologies][card]") {
   }
 }
 
-TEST_CASE("cluster card: wrong types", "[topologies][card]") {
+TEST_CASE("cluster card: wrong types", "[cards][cluster]") {
   {
     YAML::Node n = h800_yaml();
     n["nodes"] = "many";
@@ -169,7 +169,7 @@ TEST_CASE("cluster card: wrong types", "[topologies][card]") {
   CHECK(whole.error().key.empty());
 }
 
-TEST_CASE("cluster card: missing fields", "[topologies][card]") {
+TEST_CASE("cluster card: missing fields", "[cards][cluster]") {
   for (const char* key : {"nodes", "gpus_per_node", "nvlink_gbytes_s", "nic_gbps", "fabric",
                           "price_per_gpu_hour", "gpu"}) {
     YAML::Node n = h800_yaml();
@@ -193,7 +193,7 @@ TEST_CASE("cluster card: missing fields", "[topologies][card]") {
   }
 }
 
-TEST_CASE("cluster card: values out of range", "[topologies][card]") {
+TEST_CASE("cluster card: values out of range", "[cards][cluster]") {
   struct Case {
     const char* section;  // "" for top level
     const char* key;
@@ -236,7 +236,7 @@ TEST_CASE("cluster card: values out of range", "[topologies][card]") {
   }
 }
 
-TEST_CASE("cluster card: a single-plane fat_tree has one plane", "[topologies][card]") {
+TEST_CASE("cluster card: a single-plane fat_tree has one plane", "[cards][cluster]") {
   YAML::Node n = h800_yaml();
   n["fabric"]["topology"] = "fat_tree";
   n["fabric"]["switch_radix"] = 128;
@@ -248,7 +248,7 @@ TEST_CASE("cluster card: a single-plane fat_tree has one plane", "[topologies][c
   CHECK(r.value().fabric.topology == FabricTopology::fat_tree);
 }
 
-TEST_CASE("cluster card: the fabric must hold the nodes", "[topologies][card]") {
+TEST_CASE("cluster card: the fabric must hold the nodes", "[cards][cluster]") {
   {
     // 8 planes of 64-port switches hold 2048 nodes; 2049 do not fit.
     YAML::Node n = h800_yaml();
@@ -280,7 +280,7 @@ TEST_CASE("cluster card: the fabric must hold the nodes", "[topologies][card]") 
   }
 }
 
-TEST_CASE("cluster card: errors name the file", "[topologies][card]") {
+TEST_CASE("cluster card: errors name the file", "[cards][cluster]") {
   auto missing = load_cluster_card("/nonexistent/dir/cluster.yaml");
   REQUIRE_FALSE(missing.ok());
   CHECK(missing.error().file == "/nonexistent/dir/cluster.yaml");
@@ -309,7 +309,7 @@ TEST_CASE("cluster card: errors name the file", "[topologies][card]") {
 }
 
 TEST_CASE("cluster card: overridden values are reported where they were written",
-          "[topologies][card]") {
+          "[cards][cluster]") {
   auto origins = std::make_shared<OriginMap>();
   (*origins)["nodes"] = ValueOrigin{"scenario.yaml", "cluster.nodes"};
   YAML::Node n = h800_yaml();

@@ -69,7 +69,7 @@ void check_route(const Topology& t, int src, int dst) {
 
 }  // namespace
 
-TEST_CASE("h800-2048 topology: vertex and link counts", "[topologies][topology]") {
+TEST_CASE("h800-2048 topology: vertex and link counts", "[topology]") {
   Topology t(card("h800-2048"));
   CHECK(t.num_gpus() == 2048);
   CHECK(t.num_nvswitches() == 256);
@@ -110,14 +110,14 @@ TEST_CASE("h800-2048 topology: vertex and link counts", "[topologies][topology]"
   CHECK(boost::out_degree(static_cast<size_t>(t.spine_vertex(3, 2)), t.graph()) == 8);
 }
 
-TEST_CASE("topologies are connected", "[topologies][topology]") {
+TEST_CASE("topologies are connected", "[topology]") {
   for (const char* stem : {"h800-2048", "h100-1024", "h200-2048", "h100-1gpu"}) {
     INFO(stem);
     CHECK(Topology(card(stem)).connected());
   }
 }
 
-TEST_CASE("h800-2048 routes follow the hardware", "[topologies][topology]") {
+TEST_CASE("h800-2048 routes follow the hardware", "[topology]") {
   Topology t(card("h800-2048"));
 
   SECTION("same node: NVLink through the NVSwitch") {
@@ -180,7 +180,7 @@ TEST_CASE("h800-2048 routes follow the hardware", "[topologies][topology]") {
   }
 }
 
-TEST_CASE("every route of a small multi-plane cluster is well formed", "[topologies][topology]") {
+TEST_CASE("every route of a small multi-plane cluster is well formed", "[topology]") {
   // 30 nodes, 8 planes of 8-port switches: 8 leaves (the last half full), 4 spines per plane.
   ClusterCard c = h800_with([](YAML::Node& n) {
     n["nodes"] = 30;
@@ -197,7 +197,7 @@ TEST_CASE("every route of a small multi-plane cluster is well formed", "[topolog
   CHECK(t.bisection_bandwidth() == Approx(15 * 8 * 50e9).epsilon(1e-9));
 }
 
-TEST_CASE("single-plane rail-optimised fat tree", "[topologies][topology]") {
+TEST_CASE("single-plane rail-optimised fat tree", "[topology]") {
   ClusterCard c = h800_with([](YAML::Node& n) {
     n["fabric"]["topology"] = "fat_tree";
     n["fabric"].remove("planes");
@@ -222,7 +222,7 @@ TEST_CASE("single-plane rail-optimised fat tree", "[topologies][topology]") {
   CHECK(t.bisection_bandwidth() == Approx(51.2e12).epsilon(1e-9));
 }
 
-TEST_CASE("two NICs per GPU", "[topologies][topology]") {
+TEST_CASE("two NICs per GPU", "[topology]") {
   ClusterCard c = h800_with([](YAML::Node& n) {
     n["nics_per_gpu"] = 2;
     n["fabric"]["planes"] = 16;
@@ -240,7 +240,7 @@ TEST_CASE("two NICs per GPU", "[topologies][topology]") {
   CHECK(t.bisection_bandwidth() == Approx(128 * 16 * 50e9).epsilon(1e-9));
 }
 
-TEST_CASE("bisection bandwidth", "[topologies][topology]") {
+TEST_CASE("bisection bandwidth", "[topology]") {
   SECTION("h800-2048: full bisection, 128 nodes x 8 NICs x 50 GB/s") {
     CHECK(Topology(card("h800-2048")).bisection_bandwidth() == Approx(51.2e12).epsilon(1e-9));
   }
@@ -277,7 +277,7 @@ TEST_CASE("bisection bandwidth", "[topologies][topology]") {
   }
 }
 
-TEST_CASE("summary", "[topologies][topology]") {
+TEST_CASE("summary", "[topology]") {
   const std::string s = Topology(card("h800-2048")).summary();
   INFO(s);
   CHECK(s.find("2048 GPUs") != std::string::npos);
