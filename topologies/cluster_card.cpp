@@ -39,8 +39,8 @@ FabricSpec read_fabric(CardReader r, const ClusterCard& c) {
     f.planes = r.integer("planes", 1, nics_per_node);
     if (f.planes != 1 && f.planes != nics_per_node)
       r.fail("planes", "a multi-plane fat-tree has one plane per NIC of a node (gpus_per_node × "
-                       "nics_per_gpu = " + std::to_string(nics_per_node) + ") or a single plane; got " +
-                           std::to_string(f.planes));
+                       "nics_per_gpu = " + std::to_string(nics_per_node) +
+                           ") or a single plane; got " + std::to_string(f.planes));
   }
 
   f.switch_radix = r.integer("switch_radix", 4, 1024);

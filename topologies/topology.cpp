@@ -20,6 +20,11 @@ std::string fmt(const char* format, double v) {
   return buf;
 }
 
+// "1 leaf", "8 leaves".
+std::string count_of(int n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
 void check_index(int i, int n, const char* what) {
   if (i < 0 || i >= n)
     throw std::out_of_range(std::string("Topology: ") + what + " " + std::to_string(i) +
@@ -180,10 +185,13 @@ std::string Topology::vertex_name(int vertex) const {
   const VertexKind k = kind(vertex);
   const int i = vertex - first_[static_cast<int>(k)];
   std::string name = to_string(k);
+  // Switches as kind<index in plane>.<plane>.
   if (k == VertexKind::leaf)
-    return name + std::to_string(i % leaves_per_plane_) + "." + std::to_string(i / leaves_per_plane_);
+    return name + std::to_string(i % leaves_per_plane_) + "." +
+           std::to_string(i / leaves_per_plane_);
   if (k == VertexKind::spine)
-    return name + std::to_string(i % spines_per_plane_) + "." + std::to_string(i / spines_per_plane_);
+    return name + std::to_string(i % spines_per_plane_) + "." +
+           std::to_string(i / spines_per_plane_);
   return name + std::to_string(i);
 }
 
@@ -328,8 +336,8 @@ std::string Topology::summary() const {
   std::string s;
   s += "  fabric: " + std::string(to_string(c.fabric.topology)) + ", " + std::to_string(planes_) +
        (planes_ == 1 ? " plane" : " planes") + " of " + std::to_string(c.fabric.switch_radix) +
-       "-port switches, " + std::to_string(leaves_per_plane_) + " leaves + " +
-       std::to_string(spines_per_plane_) + " spines per plane";
+       "-port switches, " + count_of(leaves_per_plane_, "leaf", "leaves") + " + " +
+       count_of(spines_per_plane_, "spine", "spines") + " per plane";
   if (spines_per_plane_ > 0) {
     if (spines_per_plane_ == half_radix_)
       s += " (full bisection)";
@@ -338,9 +346,10 @@ std::string Topology::summary() const {
            ":1 oversubscribed)";
   }
   s += "\n";
-  s += "  vertices: " + std::to_string(num_gpus()) + " GPUs, " + std::to_string(num_nvswitches()) +
-       " NVSwitches, " + std::to_string(num_nics()) + " NICs, " + std::to_string(num_leaves()) +
-       " leaves, " + std::to_string(num_spines()) + " spines\n";
+  s += "  vertices: " + count_of(num_gpus(), "GPU", "GPUs") + ", " +
+       count_of(num_nvswitches(), "NVSwitch", "NVSwitches") + ", " +
+       count_of(num_nics(), "NIC", "NICs") + ", " + count_of(num_leaves(), "leaf", "leaves") +
+       ", " + count_of(num_spines(), "spine", "spines") + "\n";
   const int uplinks = planes_ * leaves_per_plane_ * spines_per_plane_;
   s += "  links: " + std::to_string(num_physical_links()) + " physical (" +
        std::to_string(num_links()) + " directed): " + std::to_string(num_gpus()) + " NVLink, " +

@@ -10,14 +10,16 @@
 //
 // Links: each physical link is two directed links (two graph edges) with the same bandwidth and
 // latency. Physical link l has directed ids 2l ("up": away from the GPU) and 2l+1 ("down").
-//   NVLink   GPU <-> NVSwitch   nvlink_gbytes_s,           nvlink_latency_us / 2
-//   PCIe     GPU <-> each NIC   64 GB/s, 0 s               (assumption: PCIe Gen5 x16 ≈ 64 GB/s per
-//                                                           direction; its latency is part of the
-//                                                           measured end-to-end IB latency)
-//   NIC      NIC <-> leaf       nic_gbps / 8,              latency_same_leaf_us / 2
-//   uplink   leaf <-> spine     nic_gbps / 8 (switch ports run at the NIC line rate),
-//                               (latency_cross_leaf_us - latency_same_leaf_us) / 2
-// so the end-to-end small-message latencies of the card are reproduced exactly: same node
+//   kind     ends               bandwidth per direction   latency
+//   nvlink   GPU <-> NVSwitch   nvlink_gbytes_s           nvlink_latency_us / 2
+//   pcie     GPU <-> each NIC   64 GB/s (1)               0 (1)
+//   nic      NIC <-> leaf       nic_gbps / 8              latency_same_leaf_us / 2
+//   uplink   leaf <-> spine     nic_gbps / 8 (2)          (latency_cross_leaf_us -
+//                                                          latency_same_leaf_us) / 2
+//   (1) assumption: PCIe Gen5 x16 is about 64 GB/s per direction; its latency is already part of
+//       the measured end-to-end IB latencies.
+//   (2) switch ports run at the NIC line rate.
+// The end-to-end small-message latencies of the card are thus reproduced exactly: same node
 // nvlink_latency_us, same leaf latency_same_leaf_us, cross leaf latency_cross_leaf_us.
 //
 // Fabric placement, per plane a 2-layer fat-tree of radix R:

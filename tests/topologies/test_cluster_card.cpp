@@ -286,7 +286,8 @@ TEST_CASE("cluster card: errors name the file", "[cards][cluster]") {
   CHECK(missing.error().file == "/nonexistent/dir/cluster.yaml");
   CHECK(missing.error().reason.find("cannot open") != std::string::npos);
 
-  const auto path = (std::filesystem::temp_directory_path() / "tandem_bad_cluster_card.yaml").string();
+  const auto path =
+      (std::filesystem::temp_directory_path() / "tandem_bad_cluster_card.yaml").string();
   {
     std::ofstream out(path);
     out << "nodes: [\n";  // not valid YAML
