@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/describe_command.h"
+#include "cli/schedule_command.h"
 
 namespace {
 
@@ -34,6 +35,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   d->add_flag("--ops", describe.ops, "also print the op table of the first block of each kind");
 
+  tandem::ScheduleOptions schedule;
+  auto* sc = app.add_subcommand("schedule",
+                                "Stage partition, per-rank slots and tasks, and the unit-cost bubble of "
+                                "a scenario's pipeline schedule");
+  sc->add_option("scenario", schedule.path, "scenario file")->required();
+  sc->add_option("--set", schedule.overrides, "override a scenario key: --set schedule.kind=zb1p (repeatable)");
+  sc->add_option("--svg", schedule.svg, "write the per-rank timeline as an SVG (style of the report's Figure 5)");
+  sc->add_flag("--json", schedule.json, "print one JSON object on stdout instead of text");
+  sc->add_option("--unit-costs", schedule.unit_costs, "slot durations F,B,W,FB (default 1,2,1,3)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -48,6 +59,16 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*sc) {
+      std::string text;
+      auto r = tandem::schedule(schedule, text);
+      if (!r) return report(r.error());
+      if (schedule.json) {
+        std::cout << r.value().dump(2) << "\n";
+      } else {
+        std::cout << text;
+      }
+    }
     if (*d) {
       std::string text;
       auto r = tandem::describe(describe, text);

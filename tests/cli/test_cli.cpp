@@ -1,7 +1,9 @@
 // The tandem binary as a user runs it: exit codes, error messages, JSON output.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <array>
+#include <fstream>
 #include <cstdio>
 #include <sys/wait.h>
 
@@ -83,4 +85,28 @@ TEST_CASE("bad input exits 2 with file, key and reason", "[cli]") {
   r = run("describe " + repo("models/tiny-moe.yaml") + " --set plan.pp=2");
   CHECK(r.code == 2);
   CHECK(r.out.find("--set applies to scenarios only") != std::string::npos);
+}
+
+TEST_CASE("schedule --json reports bubbles and peak activations per rank", "[cli]") {
+  const std::string svg = "/tmp/tandem_tests_schedule.svg";
+  Run r = run_stdout("schedule " + repo("scenarios/deepseek-v3-2048.yaml") + " --json --unit-costs 1,2,1,2.5 --svg " + svg);
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  REQUIRE(j["bubble_per_rank"].size() == 16);
+  double worst = 0;
+  for (const auto& b : j["bubble_per_rank"]) worst = std::max(worst, b.get<double>());
+  CHECK(worst == Approx(10.5));  // (PP/2 - 1)(F&B + B - 3W)
+  for (const auto& p : j["peak_activations_per_rank"]) CHECK(p == 17);
+  CHECK(j["per_rank"][0]["overlapped"] == 97);
+  std::ifstream in(svg);
+  std::string head;
+  std::getline(in, head);
+  CHECK(head.rfind("<svg", 0) == 0);
+
+  r = run("schedule " + repo("scenarios/deepseek-v3-2048.yaml") + " --unit-costs 1,2");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("--unit-costs") != std::string::npos);
+  r = run("schedule " + repo("scenarios/deepseek-v3-2048.yaml") + " --set batch.global_sequences=3840");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("schedule.kind") != std::string::npos);
 }

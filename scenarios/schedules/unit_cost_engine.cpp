@@ -1,0 +1,87 @@
+#include "scenarios/schedules/unit_cost_engine.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace tandem {
+
+double UnitCosts::duration(SlotKind k) const {
+  switch (k) {
+    case SlotKind::F: return F;
+    case SlotKind::B: return B;
+    case SlotKind::Bx: return B - W;
+    case SlotKind::W: return W;
+    case SlotKind::FB: return FB;
+  }
+  return 0;
+}
+
+double UnitCostRun::max_bubble() const {
+  return bubble.empty() ? 0 : *std::max_element(bubble.begin(), bubble.end());
+}
+
+UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c) {
+  const size_t R = static_cast<size_t>(s.ranks);
+  UnitCostRun run;
+  run.timeline.resize(R);
+  std::vector<std::vector<const Message*>> needs(R);  // per rank, per slot: messages needed
+  std::vector<std::vector<std::vector<const Message*>>> by_slot(R);
+  for (size_t r = 0; r < R; ++r) by_slot[r].resize(s.slots[r].size());
+  for (const Message& m : s.messages) by_slot[static_cast<size_t>(m.to_rank)][static_cast<size_t>(m.to_slot)].push_back(&m);
+
+  std::vector<size_t> next(R, 0);
+  std::vector<double> free_at(R, 0);
+  const double unknown = -1;
+  for (size_t r = 0; r < R; ++r) run.timeline[r].assign(s.slots[r].size(), SlotTiming{unknown, unknown});
+
+  // Sweep the ranks until no slot can start; each sweep starts every slot whose inputs are sent.
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (size_t r = 0; r < R; ++r) {
+      while (next[r] < s.slots[r].size()) {
+        const size_t i = next[r];
+        double ready = free_at[r];
+        bool blocked = false;
+        for (const Message* m : by_slot[r][i]) {
+          const SlotTiming& t = run.timeline[static_cast<size_t>(m->from_rank)][static_cast<size_t>(m->from_slot)];
+          if (t.end == unknown) {
+            blocked = true;
+            break;
+          }
+          ready = std::max(ready, t.end);
+        }
+        if (blocked) break;
+        run.timeline[r][i] = SlotTiming{ready, ready + c.duration(s.slots[r][i].kind)};
+        free_at[r] = run.timeline[r][i].end;
+        ++next[r];
+        progress = true;
+      }
+    }
+  }
+  run.finished = true;
+  for (size_t r = 0; r < R; ++r) {
+    if (next[r] < s.slots[r].size()) {
+      run.finished = false;
+      run.stuck += "rank " + std::to_string(r) + " waits at slot " + std::to_string(next[r]) + " (" +
+                   to_string(s.slots[r][next[r]].kind) + "); ";
+    }
+  }
+  run.busy.assign(R, 0);
+  run.bubble.assign(R, 0);
+  run.peak_activations.assign(R, 0);
+  for (size_t r = 0; r < R; ++r) {
+    run.step_time = std::max(run.step_time, free_at[r]);
+    int live = 0;
+    for (const Slot& sl : s.slots[r]) {
+      run.busy[r] += c.duration(sl.kind);
+      if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) ++live;
+      run.peak_activations[r] = std::max(run.peak_activations[r], live);
+      if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) --live;
+    }
+  }
+  for (size_t r = 0; r < R; ++r) run.bubble[r] = run.step_time - run.busy[r];
+  return run;
+}
+
+}  // namespace tandem
