@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstdio>
+
+#include "common/format.h"
 #include <map>
 
 #include "models/workload.h"
@@ -13,12 +15,6 @@
 namespace tandem {
 
 namespace {
-
-std::string fmt(const char* f, auto... args) {
-  char buf[512];
-  std::snprintf(buf, sizeof buf, f, args...);
-  return buf;
-}
 
 // Parameter breakdown of the main model by component (MTP separately).
 std::map<std::string, double> param_breakdown(const Workload& w) {
@@ -44,40 +40,40 @@ std::map<std::string, double> param_breakdown(const Workload& w) {
 void describe_model(const Workload& w, std::string& t, nlohmann::json& j) {
   const ModelCard& m = w.model;
   const auto bd = param_breakdown(w);
-  t += fmt("Model %s (%s)\n", m.name.c_str(), m.source_file.c_str());
-  t += fmt("  %lld layers (%lld MoE, %lld dense), hidden %lld, %lld heads, MLA q_lora %s kv_lora %lld,\n",
+  t += strprintf("Model %s (%s)\n", m.name.c_str(), m.source_file.c_str());
+  t += strprintf("  %lld layers (%lld MoE, %lld dense), hidden %lld, %lld heads, MLA q_lora %s kv_lora %lld,\n",
            (long long)m.num_hidden_layers, (long long)m.num_moe_layers(),
            (long long)(m.num_hidden_layers - m.num_moe_layers()), (long long)m.hidden_size,
            (long long)m.num_attention_heads,
            m.q_lora_rank ? std::to_string(*m.q_lora_rank).c_str() : "none", (long long)m.kv_lora_rank);
-  t += fmt("  %lld routed experts (top-%lld, %lld groups, <= %lld groups per token) + %lld shared, MTP depth %lld\n",
+  t += strprintf("  %lld routed experts (top-%lld, %lld groups, <= %lld groups per token) + %lld shared, MTP depth %lld\n",
            (long long)m.n_routed_experts, (long long)m.num_experts_per_tok, (long long)m.n_group,
            (long long)m.topk_group, (long long)m.n_shared_experts, (long long)m.num_nextn_predict_layers);
   t += "Parameters\n";
-  t += fmt("  main model total      %9.3f B\n", w.params_main() / 1e9);
+  t += strprintf("  main model total      %9.3f B\n", w.params_main() / 1e9);
   for (const char* k : {"embedding", "attention", "dense_ffn", "routed_experts", "shared_experts",
                         "routers", "norms", "output_head"}) {
     auto it = bd.find(k);
-    if (it != bd.end()) t += fmt("    %-18s  %9.3f B\n", k, it->second / 1e9);
+    if (it != bd.end()) t += strprintf("    %-18s  %9.3f B\n", k, it->second / 1e9);
   }
-  t += fmt("  MTP modules (unique)  %9.3f B   (embedding and output head shared with the main model)\n",
+  t += strprintf("  MTP modules (unique)  %9.3f B   (embedding and output head shared with the main model)\n",
            w.params_mtp_unique() / 1e9);
-  t += fmt("  activated per token   %9.3f B   (all non-routed + top-%lld routed experts + output head;\n"
+  t += strprintf("  activated per token   %9.3f B   (all non-routed + top-%lld routed experts + output head;\n"
            "                                    input embedding excluded: a lookup; %.3f B with it)\n",
            w.params_active(false) / 1e9, (long long)m.num_experts_per_tok, w.params_active(true) / 1e9);
   if (m.num_nextn_predict_layers > 0)
-    t += fmt("  MTP activated         %9.3f B   (incl. shared embedding and head)\n",
+    t += strprintf("  MTP activated         %9.3f B   (incl. shared embedding and head)\n",
              w.params_mtp_active() / 1e9);
   const int64_t S = w.micro_batch.seq_len;
-  t += fmt("FLOPs per token at sequence %lld (training = forward + backward-input + backward-weight)\n",
+  t += strprintf("FLOPs per token at sequence %lld (training = forward + backward-input + backward-weight)\n",
            (long long)S);
-  t += fmt("  causal (lower triangle)   %8.2f GFLOP   forward %.2f\n", w.train_flops_per_token(true) / 1e9,
+  t += strprintf("  causal (lower triangle)   %8.2f GFLOP   forward %.2f\n", w.train_flops_per_token(true) / 1e9,
            w.forward_flops_per_token(true) / 1e9);
-  t += fmt("  non-causal (full square)  %8.2f GFLOP\n", w.train_flops_per_token(false) / 1e9);
+  t += strprintf("  non-causal (full square)  %8.2f GFLOP\n", w.train_flops_per_token(false) / 1e9);
   if (m.num_nextn_predict_layers > 0)
-    t += fmt("  MTP modules add           %8.2f GFLOP (not in the figures above)\n",
+    t += strprintf("  MTP modules add           %8.2f GFLOP (not in the figures above)\n",
              w.mtp_train_flops_per_token() / 1e9);
-  t += fmt("KV cache per token          %8.0f B  (%lld layers x (kv_lora %lld + rope %lld) x BF16)\n",
+  t += strprintf("KV cache per token          %8.0f B  (%lld layers x (kv_lora %lld + rope %lld) x BF16)\n",
            w.kv_cache_bytes_per_token(), (long long)m.num_hidden_layers, (long long)m.kv_lora_rank,
            (long long)m.qk_rope_head_dim);
 
@@ -104,15 +100,15 @@ void describe_model(const Workload& w, std::string& t, nlohmann::json& j) {
 
 void describe_ops(const Workload& w, std::string& t) {
   t += "Ops of one micro-batch (per GPU), first block of each kind\n";
-  t += fmt("  %-22s %-9s %-14s %9s %9s %9s %9s %9s %10s\n", "op", "part", "kind", "params(M)", "F GFLOP",
+  t += strprintf("  %-22s %-9s %-14s %9s %9s %9s %9s %9s %10s\n", "op", "part", "kind", "params(M)", "F GFLOP",
            "B GFLOP", "W GFLOP", "F MB", "kept MB");
   std::map<BlockKind, bool> seen;
   for (const auto& b : w.blocks) {
     if (seen[b.kind]) continue;
     seen[b.kind] = true;
-    t += fmt("  [%s]\n", b.name.c_str());
+    t += strprintf("  [%s]\n", b.name.c_str());
     for (const auto& op : b.ops)
-      t += fmt("  %-22s %-9s %-14s %9.2f %9.2f %9.2f %9.2f %9.1f %10.1f\n", op.name.c_str(),
+      t += strprintf("  %-22s %-9s %-14s %9.2f %9.2f %9.2f %9.2f %9.1f %10.1f\n", op.name.c_str(),
                to_string(op.part), to_string(op.kind), op.params / 1e6, op.fwd.flops() / 1e9,
                op.bwd_input.flops() / 1e9, op.bwd_weight.flops() / 1e9, op.fwd.bytes() / 1e6,
                op.kept_bytes / 1e6);
@@ -120,8 +116,8 @@ void describe_ops(const Workload& w, std::string& t) {
 }
 
 void describe_cluster(const ClusterCard& c, std::string& t, nlohmann::json& j) {
-  t += fmt("Cluster %s (%s)\n", c.name.c_str(), c.source_file.c_str());
-  t += fmt("  %lld nodes x %lld %s: %lld SMs, %.0f GB HBM at %.2f TB/s, dense BF16 %.0f / FP8 %.0f TFLOP/s\n",
+  t += strprintf("Cluster %s (%s)\n", c.name.c_str(), c.source_file.c_str());
+  t += strprintf("  %lld nodes x %lld %s: %lld SMs, %.0f GB HBM at %.2f TB/s, dense BF16 %.0f / FP8 %.0f TFLOP/s\n",
            (long long)c.nodes, (long long)c.gpus_per_node, c.gpu.name.c_str(), (long long)c.gpu.sms,
            c.gpu.hbm_gbytes, c.gpu.hbm_tbytes_s, c.gpu.bf16_tflops, c.gpu.fp8_tflops);
   const Topology topo(c);
@@ -135,26 +131,26 @@ void describe_cluster(const ClusterCard& c, std::string& t, nlohmann::json& j) {
 
 void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string& t, nlohmann::json& j) {
   const Workload w = scenario_workload(s);
-  t += fmt("Scenario %s (%s)\n  %s\n", s.name.c_str(), s.file.c_str(), s.description.c_str());
-  for (const auto& ov : s.overrides) t += fmt("  --set %s\n", ov.c_str());
+  t += strprintf("Scenario %s (%s)\n  %s\n", s.name.c_str(), s.file.c_str(), s.description.c_str());
+  for (const auto& ov : s.overrides) t += strprintf("  --set %s\n", ov.c_str());
   const int64_t C = s.micro_batches();
-  t += fmt("Plan: %lld GPUs = PP%lld x DP%lld (TP%lld), EP%lld (%s), ZeRO-%lld; %s with %lld micro-batches\n"
+  t += strprintf("Plan: %lld GPUs = PP%lld x DP%lld (TP%lld), EP%lld (%s), ZeRO-%lld; %s with %lld micro-batches\n"
            "      of %lld x %lld tokens per pipeline; %.1fM tokens per step; %lld of %lld SMs for communication\n",
            (long long)s.gpus, (long long)s.plan.pp, (long long)s.plan.dp, (long long)s.plan.tp,
            (long long)s.plan.ep,
            s.plan.ep >= s.cluster.gpus_per_node
-               ? fmt("%lld nodes", (long long)(s.plan.ep / s.cluster.gpus_per_node)).c_str()
+               ? strprintf("%lld nodes", (long long)(s.plan.ep / s.cluster.gpus_per_node)).c_str()
                : "within a node",
            (long long)s.plan.zero_stage, to_string(s.schedule.kind), (long long)C,
            (long long)s.batch.micro_batch_sequences, (long long)s.batch.seq_len, s.tokens_per_step() / 1e6,
            (long long)s.comm.sms, (long long)s.cluster.gpu.sms);
-  t += fmt("Precision: %s\n", s.precision.describe().c_str());
+  t += strprintf("Precision: %s\n", s.precision.describe().c_str());
   describe_model(w, t, j);
   if (o.ops) describe_ops(w, t);
   describe_cluster(s.cluster, t, j);
 
   const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
-  t += fmt("Stage partition (%lld stages%s)\n", (long long)s.stages(),
+  t += strprintf("Stage partition (%lld stages%s)\n", (long long)s.stages(),
            s.schedule.stage_layers.empty() ? ", balanced by training FLOPs" : ", from schedule.stage_layers");
   t += part.describe(w);
 
@@ -163,14 +159,14 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
   for (const auto& b : w.blocks) {
     if (!b.has_all_to_all) continue;
     const AllToAll& a = b.all_to_all;
-    t += fmt("All-to-all per MoE layer per micro-batch, per GPU (%s routing, node limit %lld)\n",
+    t += strprintf("All-to-all per MoE layer per micro-batch, per GPU (%s routing, node limit %lld)\n",
              s.routing.model == RoutingModel::balanced ? "balanced" : "skewed", (long long)s.comm.node_limit);
-    t += fmt("  per token: %.2f nodes (%.2f remote, each crossed once on IB), %.2f GPUs, %.2f NVLink copies\n",
+    t += strprintf("  per token: %.2f nodes (%.2f remote, each crossed once on IB), %.2f GPUs, %.2f NVLink copies\n",
              a.dest_nodes_per_token, a.remote_nodes_per_token, a.dest_gpus_per_token, a.nvlink_sends_per_token);
-    t += fmt("  dispatch (%s, %.0f B/token copy): IB %.1f MB, NVLink %.1f MB\n",
+    t += strprintf("  dispatch (%s, %.0f B/token copy): IB %.1f MB, NVLink %.1f MB\n",
              s.precision.fp8 ? "FP8 + scales" : "BF16", a.dispatch_bytes_per_copy,
              a.dispatch_ib_bytes() / 1e6, a.dispatch_nvlink_bytes() / 1e6);
-    t += fmt("  combine  (BF16, %.0f B/token copy):        IB %.1f MB, NVLink %.1f MB\n",
+    t += strprintf("  combine  (BF16, %.0f B/token copy):        IB %.1f MB, NVLink %.1f MB\n",
              a.combine_bytes_per_copy, a.combine_ib_bytes() / 1e6, a.combine_nvlink_bytes() / 1e6);
     t += "  backward: the same volumes with the shapes swapped (gradient of combine FP8, of dispatch BF16)\n";
     a2a = {{"tokens", a.tokens},
@@ -188,7 +184,7 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
 
   const auto mem = memory_per_rank(s, part);
   t += "Memory per GPU at peak, by pipeline rank (GB; activations = in-flight micro-batches x kept bytes)\n";
-  t += fmt("  %4s %-9s %-9s %8s %8s %8s %9s %11s %8s\n", "rank", "stages", "in-flight", "params(B)",
+  t += strprintf("  %4s %-9s %-9s %8s %8s %8s %9s %11s %8s\n", "rank", "stages", "in-flight", "params(B)",
            "weights", "grads", "optimizer", "activations", "total");
   nlohmann::json jm = nlohmann::json::array();
   const RankMemory* worst = &mem.front();
@@ -198,7 +194,7 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
       st += (i ? "," : "") + std::to_string(m.stages[i]);
       fl += (i ? "," : "") + std::to_string(m.in_flight[i]);
     }
-    t += fmt("  %4lld %-9s %-9s %8.2f %8.1f %8.1f %9.1f %11.1f %8.1f\n", (long long)m.rank, st.c_str(),
+    t += strprintf("  %4lld %-9s %-9s %8.2f %8.1f %8.1f %9.1f %11.1f %8.1f\n", (long long)m.rank, st.c_str(),
              fl.c_str(), m.params / 1e9, m.weights / 1e9, m.grads / 1e9, m.optimizer / 1e9,
              m.activations / 1e9, m.total() / 1e9);
     jm.push_back({{"rank", m.rank}, {"stages", m.stages}, {"in_flight", m.in_flight}, {"params", m.params},
@@ -206,7 +202,7 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
                   {"activations_bytes", m.activations}, {"total_bytes", m.total()}});
     if (m.total() > worst->total()) worst = &m;
   }
-  t += fmt("  busiest GPU: rank %lld with %.1f GB of %.0f GB HBM (communication buffers not counted)\n",
+  t += strprintf("  busiest GPU: rank %lld with %.1f GB of %.0f GB HBM (communication buffers not counted)\n",
            (long long)worst->rank, worst->total() / 1e9, s.cluster.gpu.hbm_gbytes);
   j["scenario"] = s.name;
   j["gpus"] = s.gpus;

@@ -16,6 +16,17 @@ int report(const tandem::InputError& e) {
   return 2;
 }
 
+// Prints a subcommand's result: its JSON object with --json, else its text. Exit code.
+int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& text) {
+  if (!r) return report(r.error());
+  if (json) {
+    std::cout << r.value().dump(2) << "\n";
+  } else {
+    std::cout << text;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -59,26 +70,9 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*sc) {
-      std::string text;
-      auto r = tandem::schedule(schedule, text);
-      if (!r) return report(r.error());
-      if (schedule.json) {
-        std::cout << r.value().dump(2) << "\n";
-      } else {
-        std::cout << text;
-      }
-    }
-    if (*d) {
-      std::string text;
-      auto r = tandem::describe(describe, text);
-      if (!r) return report(r.error());
-      if (describe.json) {
-        std::cout << r.value().dump(2) << "\n";
-      } else {
-        std::cout << text;
-      }
-    }
+    std::string text;
+    if (*sc) return emit(tandem::schedule(schedule, text), schedule.json, text);
+    if (*d) return emit(tandem::describe(describe, text), describe.json, text);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tandem: internal error: %s\n", e.what());
     return 1;

@@ -1,6 +1,8 @@
 #include "cli/schedule_command.h"
 
 #include <cstdio>
+
+#include "common/format.h"
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -13,12 +15,6 @@
 namespace tandem {
 
 namespace {
-
-std::string fmt(const char* f, auto... a) {
-  char buf[512];
-  std::snprintf(buf, sizeof buf, f, a...);
-  return buf;
-}
 
 UnitCosts parse_unit_costs(const std::string& text) {
   UnitCosts c;
@@ -60,13 +56,13 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
     if (!problems.empty()) throw std::runtime_error("generated program fails its checks: " + problems.front());
     const UnitCostRun run = run_unit_costs(sch, costs);
 
-    t += fmt("Schedule %s: %d pipeline ranks, %d stages, %d micro-batches per step (%d per path)\n",
+    t += strprintf("Schedule %s: %d pipeline ranks, %d stages, %d micro-batches per step (%d per path)\n",
              to_string(sch.kind), sch.ranks, sch.stages, sch.micro_batches, sch.per_path());
-    t += fmt("Stage partition (%zu stages)\n", part.stages.size());
+    t += strprintf("Stage partition (%zu stages)\n", part.stages.size());
     t += part.describe(w);
     t += "Per rank: slots (F, B, B* = input-only backward, W, overlapped F&B), tasks, unit-cost bubble\n";
-    t += fmt("  unit costs F=%g B=%g W=%g F&B=%g; step time %g\n", costs.F, costs.B, costs.W, costs.FB, run.step_time);
-    t += fmt("  %4s %-7s %4s %4s %4s %4s %5s %7s %8s %8s %6s\n", "rank", "stages", "F", "B", "B*", "W", "F&B",
+    t += strprintf("  unit costs F=%g B=%g W=%g F&B=%g; step time %g\n", costs.F, costs.B, costs.W, costs.FB, run.step_time);
+    t += strprintf("  %4s %-7s %4s %4s %4s %4s %5s %7s %8s %8s %6s\n", "rank", "stages", "F", "B", "B*", "W", "F&B",
              "tasks", "busy", "bubble", "peak");
     nlohmann::json ranks = nlohmann::json::array();
     for (int r = 0; r < sch.ranks; ++r) {
@@ -74,7 +70,7 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
       std::string st;
       for (int x : prog.rank_stages[static_cast<size_t>(r)]) st += (st.empty() ? "" : ",") + std::to_string(x);
       const size_t ntasks = prog.tasks[static_cast<size_t>(r)].size();
-      t += fmt("  %4d %-7s %4d %4d %4d %4d %5d %7zu %8g %8g %6d\n", r, st.c_str(), n.lone_forwards,
+      t += strprintf("  %4d %-7s %4d %4d %4d %4d %5d %7zu %8g %8g %6d\n", r, st.c_str(), n.lone_forwards,
                n.lone_backwards - n.deferred, n.deferred, n.weights, n.overlapped, ntasks,
                run.busy[static_cast<size_t>(r)], run.bubble[static_cast<size_t>(r)],
                run.peak_activations[static_cast<size_t>(r)]);
@@ -90,7 +86,7 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
       std::ofstream out(o.svg);
       if (!out) throw_input_error("<command line>", "--svg", "cannot write '" + o.svg + "'");
       out << schedule_svg(sch, run, costs,
-                          fmt("%s, %d ranks, %d micro-batches (%s)", to_string(sch.kind), sch.ranks,
+                          strprintf("%s, %d ranks, %d micro-batches (%s)", to_string(sch.kind), sch.ranks,
                               sch.micro_batches, s.name.c_str()));
       t += "  timeline written to " + o.svg + "\n";
     }

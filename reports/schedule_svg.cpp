@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/format.h"
+
 #include "scenarios/scenario.h"
 
 namespace tandem {
@@ -18,12 +20,6 @@ struct Colour {
 Colour forward_colour(int path_or_half) { return path_or_half == 0 ? Colour{"#f28e2b", "#000"} : Colour{"#ffe066", "#000"}; }
 Colour backward_colour(int path_or_half) { return path_or_half == 0 ? Colour{"#2e8b57", "#fff"} : Colour{"#8ecfef", "#000"}; }
 Colour weight_colour() { return {"#9b8ad6", "#fff"}; }
-
-std::string fmt(const char* f, auto... a) {
-  char buf[512];
-  std::snprintf(buf, sizeof buf, f, a...);
-  return buf;
-}
 
 std::string xml_escape(const std::string& in) {
   std::string out;
@@ -55,15 +51,15 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   auto label = [&](const Chunk& ch) { return ch.micro_batch - ch.path * s.per_path(); };
 
   std::string o;
-  o += fmt("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"Helvetica,Arial,sans-serif\">\n", width, height);
-  o += fmt("<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
-  o += fmt("<text x=\"%.0f\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", left, xml_escape(title).c_str());
-  o += fmt("<text x=\"%.0f\" y=\"36\" font-size=\"11\" fill=\"#444\">unit costs F=%g B=%g W=%g F&amp;B=%g; step %g, max bubble %g</text>\n",
+  o += strprintf("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"Helvetica,Arial,sans-serif\">\n", width, height);
+  o += strprintf("<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
+  o += strprintf("<text x=\"%.0f\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", left, xml_escape(title).c_str());
+  o += strprintf("<text x=\"%.0f\" y=\"36\" font-size=\"11\" fill=\"#444\">unit costs F=%g B=%g W=%g F&amp;B=%g; step %g, max bubble %g</text>\n",
            left, c.F, c.B, c.W, c.FB, run.step_time, run.max_bubble());
   for (int r = 0; r < s.ranks; ++r) {
     const double y = top + r * row;
-    o += fmt("<text x=\"8\" y=\"%.1f\" font-size=\"11\">rank %d</text>\n", y + row * 0.62, r);
-    o += fmt("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#f2f2f2\"/>\n", left, y + 2,
+    o += strprintf("<text x=\"8\" y=\"%.1f\" font-size=\"11\">rank %d</text>\n", y + row * 0.62, r);
+    o += strprintf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#f2f2f2\"/>\n", left, y + 2,
              run.step_time * unit, row - 4);
     const auto& slots = s.slots[static_cast<size_t>(r)];
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -71,10 +67,10 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
       const SlotTiming& t = run.timeline[static_cast<size_t>(r)][i];
       const double x = left + t.start * unit, w = (t.end - t.start) * unit, h = row - 4;
       auto cell = [&](double yy, double hh, Colour col, int num, bool hatch) {
-        o += fmt("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" stroke=\"#333\" stroke-width=\"0.6\"%s/>\n",
+        o += strprintf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" stroke=\"#333\" stroke-width=\"0.6\"%s/>\n",
                  x, yy, w, hh, col.fill, hatch ? " stroke-dasharray=\"2,1\"" : "");
         if (w > font * 0.9)
-          o += fmt("<text x=\"%.1f\" y=\"%.1f\" font-size=\"%.1f\" text-anchor=\"middle\" fill=\"%s\">%d</text>\n",
+          o += strprintf("<text x=\"%.1f\" y=\"%.1f\" font-size=\"%.1f\" text-anchor=\"middle\" fill=\"%s\">%d</text>\n",
                    x + w / 2, yy + hh / 2 + font * 0.35, font, col.text, num);
       };
       switch (sl.kind) {
@@ -85,7 +81,7 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
         case SlotKind::FB:
           cell(y + 2, h / 2, forward_colour(shade(sl.f)), label(sl.f), false);
           cell(y + 2 + h / 2, h / 2, backward_colour(shade(sl.b)), label(sl.b), false);
-          o += fmt("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#000\" stroke-width=\"1.6\"/>\n",
+          o += strprintf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#000\" stroke-width=\"1.6\"/>\n",
                    x, y + 2, w, h);
           break;
       }
@@ -96,13 +92,13 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   double lx = left;
   auto legend = [&](Colour col, const char* text, bool split, Colour col2) {
     if (split) {
-      o += fmt("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"7\" fill=\"%s\" stroke=\"#333\"/>", lx, ly, col.fill);
-      o += fmt("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"7\" fill=\"%s\" stroke=\"#333\"/>\n", lx, ly + 7, col2.fill);
-      o += fmt("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"14\" fill=\"none\" stroke=\"#000\" stroke-width=\"1.6\"/>\n", lx, ly);
+      o += strprintf("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"7\" fill=\"%s\" stroke=\"#333\"/>", lx, ly, col.fill);
+      o += strprintf("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"7\" fill=\"%s\" stroke=\"#333\"/>\n", lx, ly + 7, col2.fill);
+      o += strprintf("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"14\" fill=\"none\" stroke=\"#000\" stroke-width=\"1.6\"/>\n", lx, ly);
     } else {
-      o += fmt("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"14\" fill=\"%s\" stroke=\"#333\"/>\n", lx, ly, col.fill);
+      o += strprintf("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"14\" fill=\"%s\" stroke=\"#333\"/>\n", lx, ly, col.fill);
     }
-    o += fmt("<text x=\"%.0f\" y=\"%.0f\" font-size=\"11\">%s</text>\n", lx + 27, ly + 11, xml_escape(text).c_str());
+    o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"11\">%s</text>\n", lx + 27, ly + 11, xml_escape(text).c_str());
     lx += 27 + 7.0 * static_cast<double>(std::string(text).size()) + 18;
   };
   const bool two = s.paths > 1 || s.kind == ScheduleKind::dualpipev;
@@ -114,7 +110,7 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   if (two) legend(backward_colour(1), (std::string("backward") + d1).c_str(), false, {});
   legend(weight_colour(), "weight (W)", false, {});
   legend(forward_colour(0), "overlapped forward & backward", true, backward_colour(0));
-  o += fmt("<text x=\"%.0f\" y=\"%.0f\" font-size=\"10\" fill=\"#444\">dashed border: backward for inputs only (its weight part runs in a later W); numbers: micro-batch within its direction</text>\n",
+  o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"10\" fill=\"#444\">dashed border: backward for inputs only (its weight part runs in a later W); numbers: micro-batch within its direction</text>\n",
            left, ly + 34);
   o += "</svg>\n";
   return o;
