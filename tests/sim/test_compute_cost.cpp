@@ -1,0 +1,106 @@
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "scenarios/scenario.h"
+#include "sim/compute_cost.h"
+#include "../test_paths.h"
+
+using namespace tandem;
+using tandem::test::repo;
+
+namespace {
+
+ComputeCostModel h800() {
+  auto cal = load_calibration(repo("sim/calibration/h800-deepgemm.yaml"));
+  REQUIRE(cal.ok());
+  auto card = load_cluster_card(repo("topologies/h800-2048.yaml"));
+  REQUIRE(card.ok());
+  return ComputeCostModel(card.value().gpu, cal.value());
+}
+
+Gemm fp8(int64_t m, int64_t n, int64_t k, int64_t count = 1) {
+  Gemm g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.count = count;
+  g.a = g.b = Dtype::fp8_e4m3;
+  g.b_block_scaled = true;
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("a GEMM in the calibration table takes its measured time", "[sim]") {
+  const ComputeCostModel c = h800();
+  const Gemm g = fp8(4096, 7168, 16384);
+  CHECK(g.flops() / c.gemm_seconds(g) / 1e12 == Approx(1426));
+  const Gemm e = fp8(8192, 4096, 7168, 4);  // the EP64 expert gate/up slice: grouped row
+  CHECK(e.flops() / c.gemm_seconds(e) / 1e12 == Approx(1346));
+  const Gemm small = fp8(64, 2112, 7168);
+  CHECK(small.flops() / c.gemm_seconds(small) / 1e12 == Approx(206));
+}
+
+TEST_CASE("other shapes scale from the nearest measurement by their roofline", "[sim]") {
+  const ComputeCostModel c = h800();
+  // Twice the rows of a compute-bound row: twice the time.
+  const Gemm a = fp8(4096, 7168, 16384), b = fp8(8192, 7168, 16384);
+  CHECK(c.gemm_seconds(b) == Approx(2 * c.gemm_seconds(a)).epsilon(0.02));
+  // Never faster than the tensor-core peak or HBM.
+  for (int64_t m : {1, 17, 256, 1000, 5000, 70000})
+    for (int64_t n : {128, 1536, 7168, 24576})
+      for (int64_t k : {128, 2048, 7168}) {
+        const Gemm g = fp8(m, n, k);
+        CHECK(g.flops() / c.gemm_seconds(g) <= 1979e12 * 1.0001);
+        CHECK(g.bytes() / c.gemm_seconds(g) <= 3.35e12 * 1.0001);
+      }
+  // Fewer SMs (communication kernels hold 20 of 132): proportionally slower.
+  CHECK(c.gemm_seconds(a, 112.0 / 132.0) == Approx(c.gemm_seconds(a) * 132.0 / 112.0));
+}
+
+TEST_CASE("BF16 GEMMs, attention and memory-bound kernels", "[sim]") {
+  const ComputeCostModel c = h800();
+  Gemm g;
+  g.m = 4096;
+  g.n = 129280;
+  g.k = 7168;  // the output head
+  CHECK(g.flops() / c.gemm_seconds(g) / 1e12 == Approx(989 * 0.80));
+  PassCost p;
+  p.attention_flops = 1e12;
+  CHECK(c.pass_seconds(p, false) == Approx(1e12 / (989e12 * 0.60)));
+  CHECK(c.pass_seconds(p, true) == Approx(1e12 / (989e12 * 0.45)));
+  PassCost m;
+  m.other_bytes = 3.35e9;
+  CHECK(c.pass_seconds(m, false) == Approx(1e-3 / 0.80));
+}
+
+TEST_CASE("one DeepSeek-V3 MoE layer's compute on one GPU", "[sim]") {
+  // Reference §15: forward of one MoE layer per micro-batch per GPU ~5.5 TFLOP, 5.5-9 ms at
+  // 600-1000 TFLOP/s. The cost model's figure must land in that range.
+  auto s = load_scenario(repo("scenarios/deepseek-v3-2048.yaml"));
+  REQUIRE(s.ok());
+  const Workload w = scenario_workload(s.value());
+  const ComputeCostModel c = h800();
+  double fwd = 0, flops = 0;
+  for (const Op& op : w.blocks[10].ops) {
+    fwd += c.pass_seconds(op.fwd, false);
+    flops += op.fwd.flops();
+  }
+  CHECK(flops / 1e12 == Approx(5.5).epsilon(0.05));
+  CHECK(fwd > 5.5e-3);
+  CHECK(fwd < 9e-3);
+  WARN("MoE layer forward: " << fwd * 1e3 << " ms, " << flops / fwd / 1e12 << " TFLOP/s");
+}
+
+TEST_CASE("a bad calibration file is an input error", "[sim]") {
+  const std::string path = "/tmp/tandem_tests_bad_calibration.yaml";
+  std::ofstream(path) << "name: x\nfp8_gemms:\n  - [64, 2112, 7168]\nbf16_gemm_efficiency: 0.8\n";
+  auto r = load_calibration(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().key == "fp8_gemms[0]");
+  std::ofstream(path) << "name: x\nfp8_gemms:\n  - [64, 2112, 7168, 200]\nbf16_gemm_efficiency: 2\n";
+  r = load_calibration(path);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().key == "bf16_gemm_efficiency");
+}
