@@ -8,6 +8,9 @@
 
 #include "cli/describe_command.h"
 #include "cli/schedule_command.h"
+#if TANDEM_HAVE_SIM
+#include "cli/simulate_command.h"
+#endif
 
 namespace {
 
@@ -56,6 +59,20 @@ int main(int argc, char** argv) {
   sc->add_flag("--json", schedule.json, "print one JSON object on stdout instead of text");
   sc->add_option("--unit-costs", schedule.unit_costs, "slot durations F,B,W,FB (default 1,2,1,3)");
 
+#if TANDEM_HAVE_SIM
+  tandem::SimulateOptions simulate;
+  auto* si = app.add_subcommand("simulate", "Predict one training step on the modelled cluster (SimGrid)");
+  si->add_option("scenario", simulate.path, "scenario file")->required();
+  si->add_option("--set", simulate.overrides, "override a scenario key (repeatable)");
+  si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON) of the first GPUs");
+  si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
+      ->check(CLI::Range(1, 1 << 20));
+  si->add_option("--fidelity", simulate.fidelity, "aggregated (DeepEP flows, default) or per_pair");
+  si->add_option("--calibration", simulate.calibration, "kernel cost data (default: sim/calibration/h800-deepgemm.yaml)");
+  si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
+  si->add_flag("--progress", simulate.progress, "report progress on stderr");
+#endif
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -73,6 +90,9 @@ int main(int argc, char** argv) {
     std::string text;
     if (*sc) return emit(tandem::schedule(schedule, text), schedule.json, text);
     if (*d) return emit(tandem::describe(describe, text), describe.json, text);
+#if TANDEM_HAVE_SIM
+    if (*si) return emit(tandem::simulate_command(simulate, text), simulate.json, text);
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tandem: internal error: %s\n", e.what());
     return 1;

@@ -1,0 +1,81 @@
+#include "cli/simulate_command.h"
+
+#include "common/format.h"
+#include "scenarios/memory.h"
+#include "scenarios/scenario.h"
+#include "scenarios/stage_partition.h"
+#include "sim/engine.h"
+
+namespace tandem {
+
+Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t) {
+  return catch_input_errors([&]() -> nlohmann::json {
+    auto loaded = load_scenario(o.path, o.overrides);
+    if (!loaded) throw InputException(loaded.error());
+    const Scenario& s = loaded.value();
+    SimOptions so;
+    if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
+    else if (o.fidelity == "per_pair") so.fidelity = Fidelity::per_pair;
+    else throw_input_error("<command line>", "--fidelity", "must be aggregated or per_pair, got '" + o.fidelity + "'");
+    so.calibration = o.calibration;
+    so.trace_gpus = o.trace.empty() ? 0 : o.trace_gpus;
+    so.progress = o.progress;
+    auto run = simulate(s, so);
+    if (!run) throw InputException(run.error());
+    const SimResult& r = run.value();
+    if (!o.trace.empty() && !r.trace.write_perfetto(o.trace))
+      throw_input_error("<command line>", "--trace", "cannot write '" + o.trace + "'");
+
+    const Workload w = scenario_workload(s);
+    const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+    double peak_mem = 0;
+    for (const RankMemory& m : memory_per_rank(s, part)) peak_mem = std::max(peak_mem, m.total());
+    const double step = r.step_time_s;
+    const double gpus = static_cast<double>(s.gpus);
+    const double tokens = s.tokens_per_step();
+    const double peak = s.cluster.gpu.bf16_tflops * 1e12;
+    const double noncausal_flops = w.train_flops_per_token(false) * tokens / gpus;
+    const double mfu = r.model_flops_per_gpu / step / peak;
+    const double mfu_nc = noncausal_flops / step / peak;
+    const double idle = std::max(0.0, step - r.compute_busy_s);
+    const double exposed = std::min(idle, r.exposed_comm_s);
+    const double bubble = idle - exposed;
+    const double gpu_hours_per_t = gpus * step / 3600.0 / tokens * 1e12;
+    const double days = 14.8e12 / tokens * step / 86400.0;
+    const double cost = gpu_hours_per_t * 14.8 * s.cluster.price_per_gpu_hour;
+
+    t += strprintf("Simulated one step of %s on %lld x %s (%s fidelity, %d GPUs simulated)\n", s.name.c_str(),
+                   static_cast<long long>(s.gpus), s.cluster.gpu.name.c_str(), to_string(so.fidelity), r.gpus_simulated);
+    t += strprintf("  step time                  %10.3f s   (%.1f M tokens)\n", step, tokens / 1e6);
+    t += strprintf("  tokens/s per GPU           %10.0f\n", tokens / step / gpus);
+    t += strprintf("  MFU (BF16 peak)            %9.1f %%   causal; %.1f %% counting attention non-causally\n", 100 * mfu, 100 * mfu_nc);
+    t += strprintf("  compute busy               %9.1f %%   of the step, per GPU\n", 100 * r.compute_busy_s / step);
+    t += strprintf("  exposed communication      %9.1f %%   (comm stream busy, compute idle)\n", 100 * exposed / step);
+    t += strprintf("  bubble                     %9.1f %%   (both streams idle)\n", 100 * bubble / step);
+    t += strprintf("  memory per GPU (peak rank) %10.1f GB of %.0f\n", peak_mem / 1e9, s.cluster.gpu.hbm_gbytes);
+    t += strprintf("  GPU-hours per 1T tokens    %10.0f\n", gpu_hours_per_t);
+    t += strprintf("  days for 14.8T tokens      %10.1f   on %lld GPUs\n", days, static_cast<long long>(s.gpus));
+    t += strprintf("  cost for 14.8T tokens      %10.2f M$ at $%.2f per GPU-hour\n", cost / 1e6, s.cluster.price_per_gpu_hour);
+    t += strprintf("  simulation wall time       %10.2f s\n", r.sim_wall_s);
+    if (!o.trace.empty()) t += "  trace of the first " + std::to_string(so.trace_gpus) + " GPUs: " + o.trace + "\n";
+
+    return nlohmann::json{{"scenario", s.name},
+                          {"fidelity", to_string(so.fidelity)},
+                          {"gpus", s.gpus},
+                          {"step_time_s", step},
+                          {"tokens_per_step", tokens},
+                          {"tokens_per_s_per_gpu", tokens / step / gpus},
+                          {"mfu_causal", mfu},
+                          {"mfu_noncausal", mfu_nc},
+                          {"compute_busy_fraction", r.compute_busy_s / step},
+                          {"bubble_fraction", bubble / step},
+                          {"exposed_comm_fraction", exposed / step},
+                          {"memory_peak_bytes", peak_mem},
+                          {"gpu_hours_per_trillion_tokens", gpu_hours_per_t},
+                          {"days_for_14_8t_tokens", days},
+                          {"cost_usd_for_14_8t_tokens", cost},
+                          {"sim_wall_s", r.sim_wall_s}};
+  });
+}
+
+}  // namespace tandem

@@ -1,0 +1,53 @@
+#include "common/trace.h"
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace tandem {
+
+bool Trace::write_perfetto(const std::string& path, int gpus) const {
+  std::ofstream out(path);
+  if (!out) return false;
+  nlohmann::json events_json = nlohmann::json::array();
+  std::vector<bool> named;
+  for (const TraceEvent& e : events) {
+    if (gpus > 0 && e.gpu >= gpus) continue;
+    if (static_cast<size_t>(e.gpu) >= named.size()) named.resize(static_cast<size_t>(e.gpu) + 1, false);
+    if (!named[static_cast<size_t>(e.gpu)]) {
+      named[static_cast<size_t>(e.gpu)] = true;
+      events_json.push_back({{"ph", "M"}, {"name", "process_name"}, {"pid", e.gpu},
+                             {"args", {{"name", "gpu " + std::to_string(e.gpu) + " (pipeline rank " +
+                                                    std::to_string(e.rank) + ")"}}}});
+      events_json.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", e.gpu}, {"tid", 0}, {"args", {{"name", "compute"}}}});
+      events_json.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", e.gpu}, {"tid", 1}, {"args", {{"name", "comm"}}}});
+    }
+    events_json.push_back({{"ph", "X"},
+                           {"name", e.kind},
+                           {"cat", e.stream},
+                           {"pid", e.gpu},
+                           {"tid", e.stream == "compute" ? 0 : 1},
+                           {"ts", e.start * 1e6},
+                           {"dur", (e.end - e.start) * 1e6},
+                           {"args", {{"block", e.block}, {"micro_batch", e.micro_batch}, {"stage", e.stage},
+                                     {"flops", e.flops}, {"bytes", e.bytes}}}});
+  }
+  nlohmann::json doc{{"traceEvents", events_json},
+                     {"displayTimeUnit", "ms"},
+                     {"otherData", {{"engine", engine}, {"scenario", scenario}}}};
+  out << doc.dump() << "\n";
+  return static_cast<bool>(out);
+}
+
+bool Trace::write_csv(const std::string& path) const {
+  std::ofstream out(path);
+  if (!out) return false;
+  out << "gpu,rank,stream,kind,block,micro_batch,stage,start_s,end_s,flops,bytes\n";
+  out.precision(12);
+  for (const TraceEvent& e : events)
+    out << e.gpu << ',' << e.rank << ',' << e.stream << ',' << e.kind << ',' << e.block << ',' << e.micro_batch
+        << ',' << e.stage << ',' << e.start << ',' << e.end << ',' << e.flops << ',' << e.bytes << '\n';
+  return static_cast<bool>(out);
+}
+
+}  // namespace tandem

@@ -1,0 +1,87 @@
+#include "scenarios/task_work.h"
+
+#include "scenarios/memory.h"
+
+namespace tandem {
+
+namespace {
+
+bool in_part(const Op& op, TaskKind k) {
+  const bool attention = k == TaskKind::attn_f || k == TaskKind::attn_b || k == TaskKind::attn_w;
+  if (op.kind == OpKind::loss) return k == TaskKind::loss || k == TaskKind::mlp_b;
+  return attention ? op.part == Part::attention : op.part == Part::mlp;
+}
+
+double rank_params(const Scenario& s, const Program& p, int rank) {
+  double params = 0;
+  for (int st : p.rank_stages[static_cast<size_t>(rank)]) {
+    const Stage& stage = p.partition.stages[static_cast<size_t>(st)];
+    params += static_cast<double>(stage.params - stage.routed_params) +
+              static_cast<double>(stage.routed_params) / static_cast<double>(s.plan.ep);
+  }
+  return params;
+}
+
+}  // namespace
+
+TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int rank, const Task& t) {
+  TaskWork out;
+  const double tokens = static_cast<double>(s.micro_batch().tokens());
+  const double hidden = static_cast<double>(s.model.hidden_size);
+  switch (t.kind) {
+    case TaskKind::attn_f:
+    case TaskKind::mlp_f:
+    case TaskKind::loss:
+    case TaskKind::attn_b:
+    case TaskKind::mlp_b:
+    case TaskKind::attn_w:
+    case TaskKind::mlp_w: {
+      const Block& b = w.blocks[static_cast<size_t>(t.block)];
+      for (const Op& op : b.ops) {
+        if (!in_part(op, t.kind)) continue;
+        switch (t.kind) {
+          case TaskKind::attn_f:
+          case TaskKind::mlp_f:
+          case TaskKind::loss: out.compute += op.fwd; break;
+          case TaskKind::attn_b:
+          case TaskKind::mlp_b:
+            out.compute += op.bwd_input;
+            out.compute += op.recompute;
+            out.backward = true;
+            break;
+          default: out.compute += op.bwd_weight; break;
+        }
+      }
+      break;
+    }
+    case TaskKind::dispatch_f:
+    case TaskKind::combine_b:
+    case TaskKind::combine_f:
+    case TaskKind::dispatch_b: {
+      const AllToAll& a = w.blocks[static_cast<size_t>(t.block)].all_to_all;
+      const bool dispatch_shaped = t.kind == TaskKind::dispatch_f || t.kind == TaskKind::combine_b;
+      out.ib_bytes = dispatch_shaped ? a.dispatch_ib_bytes() : a.combine_ib_bytes();
+      out.nvlink_bytes = dispatch_shaped ? a.dispatch_nvlink_bytes() : a.combine_nvlink_bytes();
+      out.bytes = out.ib_bytes + out.nvlink_bytes;
+      break;
+    }
+    case TaskKind::pp_send:
+    case TaskKind::pp_recv: out.bytes = tokens * hidden * 2.0; break;
+    case TaskKind::dp_reduce_scatter: out.bytes = rank_params(s, p, rank) * bytes_per_element(s.precision.grads); break;
+    case TaskKind::dp_all_gather: out.bytes = rank_params(s, p, rank) * bytes_per_element(s.precision.weights); break;
+    case TaskKind::optimizer: {
+      // Per local shard parameter: read gradient, master and both moments; write master, moments
+      // and the working BF16 weight.
+      const double copies = static_cast<double>(s.plan.dp * stage_copies_per_pipeline(s.schedule.kind));
+      const double shard = rank_params(s, p, rank) / copies;
+      const double per = bytes_per_element(s.precision.grads) + 2 * bytes_per_element(s.precision.master) +
+                         4 * bytes_per_element(s.precision.moments) + bytes_per_element(s.precision.weights);
+      out.compute.other_bytes = shard * per;
+      out.compute.vector_flops = shard * 12.0;
+      break;
+    }
+  }
+  return out;
+}
+
+}  // namespace tandem

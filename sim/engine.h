@@ -1,0 +1,54 @@
+// The simulator: runs a scenario's Program on a SimGrid model of its cluster and writes a Trace.
+//
+// Every GPU is a host running one actor (a plain function, as in SimGrid's S4U examples): its
+// pipeline rank's tasks, on a compute and a comm stream, each in Program order, a task starting
+// once its stream is free and its dependencies are done. Compute tasks take the time the
+// ComputeCostModel gives (with fewer SMs while the GPU's comm stream runs: SM sharing); comm
+// tasks are SimGrid flows on the cluster's fabric, so contention comes from SimGrid's max-min
+// flow model configured for an HPC fabric (CM02, no cross-traffic, no TCP gamma).
+//
+// Placement: GPU g = rank * dp + replica, so each node holds the same pipeline rank of gpus_per_node
+// consecutive replicas and an EP group (ep consecutive replicas of one rank) spans ep /
+// gpus_per_node whole nodes, as DeepSeek-V3's EP64 spans 8 nodes.
+//
+// Fidelity tiers (sim/README.md):
+//   per_pair:   every all-to-all is one flow per (source GPU, destination GPU) pair — the IB leg
+//               carries that pair's share of its node's deduplicated bytes, then the relay's NVLink
+//               leg; the finest granularity, the reference the others are checked against.
+//   aggregated: DeepEP's flows as the hardware carries them: one IB flow per (GPU, destination
+//               node) to the same-local-index GPU there, and one NVLink flow per forwarded peer.
+// Both simulate every GPU; balanced routing spreads bytes evenly over a GPU's destinations.
+#pragma once
+
+#include <string>
+
+#include "common/input_error.h"
+#include "common/trace.h"
+#include "scenarios/scenario.h"
+
+namespace tandem {
+
+enum class Fidelity { per_pair, aggregated };
+const char* to_string(Fidelity f);
+
+struct SimOptions {
+  Fidelity fidelity = Fidelity::aggregated;
+  std::string calibration;  // calibration file; empty: sim/calibration/<default for the GPU>
+  int trace_gpus = 0;       // record trace events of the first N GPUs (0: none)
+  bool progress = false;
+};
+
+struct SimResult {
+  double step_time_s = 0;
+  double sim_wall_s = 0;
+  int gpus_simulated = 0;
+  double compute_busy_s = 0;    // per GPU, averaged
+  double exposed_comm_s = 0;    // comm stream busy while compute idle, per GPU, averaged
+  double model_flops_per_gpu = 0;  // per step, causal attention
+  Trace trace;
+};
+
+// Runs one training step. Input errors (e.g. a bad calibration file) come back as values.
+Result<SimResult> simulate(const Scenario& s, const SimOptions& o);
+
+}  // namespace tandem

@@ -1,0 +1,85 @@
+// The simulator end to end, through the tandem binary (SimGrid allows one engine per process).
+// The fidelity proof: a 128-GPU scenario in the aggregated (DeepEP-flow) tier and in the
+// per-pair flow tier gives step times within 3%.
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <fstream>
+#include <cstdio>
+#include <sys/wait.h>
+
+#include <nlohmann/json.hpp>
+
+#include "../test_paths.h"
+
+using tandem::test::repo;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out;
+};
+
+Run tandem_run(const std::string& args) {
+  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  size_t n = 0;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+nlohmann::json simulate(const std::string& scenario, const std::string& extra) {
+  const Run r = tandem_run("simulate " + repo(scenario) + " --json " + extra);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  return nlohmann::json::parse(r.out);
+}
+
+}  // namespace
+
+TEST_CASE("fast and full fidelity tiers agree within 3% on 128 GPUs", "[simtier]") {
+  const auto fast = simulate("scenarios/tiny-sim-128.yaml", "--fidelity aggregated");
+  const auto full = simulate("scenarios/tiny-sim-128.yaml", "--fidelity per_pair");
+  const double a = fast["step_time_s"].get<double>(), b = full["step_time_s"].get<double>();
+  WARN("128 GPUs: aggregated " << a * 1e3 << " ms (" << fast["sim_wall_s"].get<double>() << " s wall), per-pair "
+                               << b * 1e3 << " ms (" << full["sim_wall_s"].get<double>() << " s wall)");
+  CHECK(std::abs(a - b) / b < 0.03);
+  CHECK(a > 0);
+}
+
+TEST_CASE("simulate reports the headline metrics and is deterministic", "[simtier]") {
+  const auto r = simulate("scenarios/tiny-dualpipe.yaml", "");
+  for (const char* k : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "bubble_fraction", "exposed_comm_fraction",
+                        "gpu_hours_per_trillion_tokens", "sim_wall_s"})
+    CHECK(r.contains(k));
+  const double f = r["bubble_fraction"].get<double>() + r["exposed_comm_fraction"].get<double>() +
+                   r["compute_busy_fraction"].get<double>();
+  CHECK(f == Approx(1.0).epsilon(1e-6));
+  CHECK(r["mfu_causal"].get<double>() > 0);
+  CHECK(r["mfu_causal"].get<double>() < r["mfu_noncausal"].get<double>());
+  const auto again = simulate("scenarios/tiny-dualpipe.yaml", "");
+  CHECK(again["step_time_s"] == r["step_time_s"]);
+  // Each schedule runs to the end.
+  for (const char* k : {"1f1b", "zb1p", "dualpipev"}) {
+    const std::string scenario = std::string("scenarios/tiny-") + (std::string(k) == "dualpipev" ? "dualpipev" : "1f1b") + ".yaml";
+    CHECK(simulate(scenario, std::string("--set schedule.kind=") + k)["step_time_s"].get<double>() > 0);
+  }
+}
+
+TEST_CASE("simulate writes a Perfetto trace and rejects bad options", "[simtier]") {
+  const std::string trace = "/tmp/tandem_tests_trace.json";
+  simulate("scenarios/tiny-dualpipe.yaml", "--trace " + trace + " --trace-gpus 2");
+  std::FILE* f = std::fopen(trace.c_str(), "r");
+  REQUIRE(f != nullptr);
+  std::fclose(f);
+  const auto doc = nlohmann::json::parse(std::ifstream(trace));
+  CHECK(doc["traceEvents"].size() > 10);
+  CHECK(tandem_run("simulate " + repo("scenarios/tiny-dualpipe.yaml") + " --fidelity nonsense").code == 2);
+  CHECK(tandem_run("simulate " + repo("scenarios/tiny-dualpipe.yaml") + " --calibration /nonexistent.yaml").code == 2);
+}
