@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON) of the first GPUs");
   si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
       ->check(CLI::Range(1, 1 << 20));
-  si->add_option("--fidelity", simulate.fidelity, "aggregated (DeepEP flows, default) or per_pair");
+  si->add_option("--fidelity", simulate.fidelity, "replicated (default: one pipeline replica, analytic all-to-all), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
   si->add_option("--calibration", simulate.calibration, "kernel cost data (default: sim/calibration/h800-deepgemm.yaml)");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");

@@ -14,9 +14,10 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     if (!loaded) throw InputException(loaded.error());
     const Scenario& s = loaded.value();
     SimOptions so;
-    if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
+    if (o.fidelity == "replicated") so.fidelity = Fidelity::replicated;
+    else if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
     else if (o.fidelity == "per_pair") so.fidelity = Fidelity::per_pair;
-    else throw_input_error("<command line>", "--fidelity", "must be aggregated or per_pair, got '" + o.fidelity + "'");
+    else throw_input_error("<command line>", "--fidelity", "must be replicated, aggregated or per_pair, got '" + o.fidelity + "'");
     so.calibration = o.calibration;
     so.trace_gpus = o.trace.empty() ? 0 : o.trace_gpus;
     so.progress = o.progress;
@@ -57,6 +58,12 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     t += strprintf("  days for 14.8T tokens      %10.1f   on %lld GPUs\n", days, static_cast<long long>(s.gpus));
     t += strprintf("  cost for 14.8T tokens      %10.2f M$ at $%.2f per GPU-hour\n", cost / 1e6, s.cluster.price_per_gpu_hour);
     t += strprintf("  simulation wall time       %10.2f s\n", r.sim_wall_s);
+    t += "Where a GPU's time goes (seconds per step, per task kind; compute and comm streams overlap)\n";
+    nlohmann::json by_kind;
+    for (const auto& [kind, secs] : r.seconds_by_kind) {
+      t += strprintf("  %-18s %9.3f s  %5.1f %% of the step\n", kind.c_str(), secs, 100 * secs / step);
+      by_kind[kind] = secs;
+    }
     if (!o.trace.empty()) t += "  trace of the first " + std::to_string(so.trace_gpus) + " GPUs: " + o.trace + "\n";
 
     return nlohmann::json{{"scenario", s.name},
@@ -74,6 +81,8 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
                           {"gpu_hours_per_trillion_tokens", gpu_hours_per_t},
                           {"days_for_14_8t_tokens", days},
                           {"cost_usd_for_14_8t_tokens", cost},
+                          {"seconds_by_kind", by_kind},
+                          {"gpus_simulated", r.gpus_simulated},
                           {"sim_wall_s", r.sim_wall_s}};
   });
 }

@@ -8,7 +8,9 @@
 #include <deque>
 #include <filesystem>
 #include <map>
+#include <limits>
 #include <memory>
+#include <tuple>
 
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
@@ -21,7 +23,14 @@ namespace sg4 = simgrid::s4u;
 
 namespace tandem {
 
-const char* to_string(Fidelity f) { return f == Fidelity::per_pair ? "per_pair" : "aggregated"; }
+const char* to_string(Fidelity f) {
+  switch (f) {
+    case Fidelity::per_pair: return "per_pair";
+    case Fidelity::aggregated: return "aggregated";
+    case Fidelity::replicated: return "replicated";
+  }
+  return "?";
+}
 
 namespace {
 
@@ -41,8 +50,11 @@ struct World {
   std::vector<std::vector<TaskWork>> work;
   std::vector<std::vector<double>> compute_seconds;  // full SMs
   std::vector<std::vector<double>> compute_seconds_shared;
+  const Topology* topo = nullptr;
+  std::map<std::tuple<int, double, double>, double> a2a_seconds;  // (rank, IB, NVLink bytes)
   // Results.
   std::vector<double> busy_compute, exposed_comm;
+  std::map<std::string, double> seconds_by_kind;  // summed over simulated GPUs
   std::vector<TraceEvent> events;
   double end_time = 0;
 
@@ -90,6 +102,45 @@ std::vector<Flow> all_to_all_flows(const World& w, int gpu, const TaskWork& t, F
   return flows;
 }
 
+// The replicated tier's all-to-all time: the aggregated flows of the whole EP group of replicas
+// [0, ep) of `rank` loaded onto the Topology's routes; the busiest link sets the time.
+double analytic_all_to_all(World& w, int rank, const TaskWork& t) {
+  const auto key = std::make_tuple(rank, t.ib_bytes, t.nvlink_bytes);
+  auto it = w.a2a_seconds.find(key);
+  if (it != w.a2a_seconds.end()) return it->second;
+  std::map<int, double> load;
+  double latency = 0;
+  for (int m = 0; m < w.ep; ++m) {
+    for (const Flow& f : all_to_all_flows(w, w.gpu(rank, m), t, Fidelity::aggregated)) {
+      const Route r = w.topo->route(f.from, f.to);
+      for (const Link& l : r.links) load[l.id] += f.bytes;
+      latency = std::max(latency, r.latency);
+    }
+  }
+  double busiest = 0;
+  for (const auto& [id, bytes] : load) busiest = std::max(busiest, bytes / w.topo->link(id).bandwidth);
+  const double secs = load.empty() ? 0.0 : busiest + latency;
+  w.a2a_seconds.emplace(key, secs);
+  return secs;
+}
+
+// The replicated tier's ring collective, pipelined: (n-1)/n of the bytes over the slowest hop of
+// the ring plus one latency (the full tiers send the same bytes as one flow per hop).
+// The ring's throughput is its slowest hop's: look at the hops of the first two nodes' worth of
+// replicas, which include a hop that leaves the node when the ring spans several.
+double analytic_ring(const World& w, int rank, double bytes) {
+  const int n = w.dp;
+  if (n <= 1 || bytes <= 0) return 0;
+  double bandwidth = std::numeric_limits<double>::infinity(), latency = 0;
+  for (int i = 0; i < std::min(n, 2 * w.gpn); ++i) {
+    const Route r = w.topo->route(w.gpu(rank, i), w.gpu(rank, (i + 1) % n));
+    bandwidth = std::min(bandwidth, r.bottleneck_bandwidth);
+    latency = std::max(latency, r.latency);
+  }
+  // Pipelined, as the full tiers' single flow to the next replica: one latency, not n - 1.
+  return bytes * (n - 1) / n / bandwidth + latency;
+}
+
 std::string pair_mailbox(const char* channel, int from, int to) {
   return std::string(channel) + "/" + std::to_string(from) + ">" + std::to_string(to);
 }
@@ -127,6 +178,10 @@ class GpuRunner {
       for (const auto& p : pending_) acts.push_back(p.activity);
       const ssize_t i = sg4::Activity::wait_any(acts);
       const int task = pending_[static_cast<size_t>(i)].task;
+      // A receive counts from when its transfer started, not from when it was posted: waiting
+      // for the producer is pipeline bubble, not communication.
+      if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
+        start_[static_cast<size_t>(task)] = std::max(start_[static_cast<size_t>(task)], acts[static_cast<size_t>(i)]->get_start_time());
       pending_.erase(pending_.begin() + i);
       if (--outstanding_[task] == 0) finish(task);
     }
@@ -202,6 +257,10 @@ class GpuRunner {
       case TaskKind::combine_f:
       case TaskKind::combine_b: {
         if (w_.ep <= 1) break;
+        if (w_.options->fidelity == Fidelity::replicated) {
+          add(sg4::this_actor::exec_async(analytic_all_to_all(w_, rank_, work) * kHostSpeed), i);
+          break;
+        }
         // This GPU sends its flows (IB legs, and NVLink legs it forwards as an arrival GPU) and
         // receives every flow addressed to it; the task ends when all have completed.
         const Fidelity f = w_.options->fidelity;
@@ -220,6 +279,10 @@ class GpuRunner {
         // Ring over the data-parallel replicas of this rank: (n-1)/n of the data to the next one.
         const int n = w_.dp;
         if (n <= 1) break;
+        if (w_.options->fidelity == Fidelity::replicated) {
+          add(sg4::this_actor::exec_async(analytic_ring(w_, rank_, work.bytes) * kHostSpeed), i);
+          break;
+        }
         const int next = w_.gpu(rank_, (replica_ + 1) % n), prev = w_.gpu(rank_, (replica_ + n - 1) % n);
         put(pair_mailbox("dp", gpu_, next), work.bytes * (n - 1) / n, i);
         get(pair_mailbox("dp", prev, gpu_), i);
@@ -234,6 +297,7 @@ class GpuRunner {
     const double now = sg4::Engine::get_clock();
     const double begin = start_[static_cast<size_t>(i)];
     done_[static_cast<size_t>(i)] = 1;
+    w_.seconds_by_kind[to_string(t.kind)] += now - begin;
     if (t.stream == Stream::compute) {
       compute_running_ = -1;
       busy_compute_ += now - begin;
@@ -332,12 +396,19 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     char arg0[] = "tandem";
     char* argv[] = {arg0, nullptr};
     sg4::Engine engine(&argc, argv);
-    SimgridPlatform platform(engine, topo, kHostSpeed);
+    world.topo = &topo;
+    SimgridPlatformOptions popt;
+    popt.host_cores = 2;  // compute and comm streams time themselves with concurrent execs
+    SimgridPlatform platform(engine, topo, kHostSpeed, popt);
     const int gpus = static_cast<int>(s.gpus);
     world.busy_compute.assign(static_cast<size_t>(gpus), 0);
     world.exposed_comm.assign(static_cast<size_t>(gpus), 0);
+    // The GPUs simulated: all of them, or replica 0 of every pipeline rank.
+    std::vector<int> simulated;
+    for (int g = 0; g < gpus; ++g)
+      if (o.fidelity != Fidelity::replicated || g % world.dp == 0) simulated.push_back(g);
     std::vector<std::unique_ptr<GpuRunner>> runners;
-    for (int g = 0; g < gpus; ++g) {
+    for (int g : simulated) {
       runners.push_back(std::make_unique<GpuRunner>(world, g));
       GpuRunner* runner = runners.back().get();
       sg4::Actor::create("gpu" + std::to_string(g), platform.host(g), [runner] { (*runner)(); });
@@ -350,11 +421,12 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
 
     SimResult r;
     r.step_time_s = world.end_time;
-    r.gpus_simulated = gpus;
-    for (int g = 0; g < gpus; ++g) {
-      r.compute_busy_s += world.busy_compute[static_cast<size_t>(g)] / gpus;
-      r.exposed_comm_s += world.exposed_comm[static_cast<size_t>(g)] / gpus;
+    r.gpus_simulated = static_cast<int>(simulated.size());
+    for (int g : simulated) {
+      r.compute_busy_s += world.busy_compute[static_cast<size_t>(g)] / static_cast<double>(simulated.size());
+      r.exposed_comm_s += world.exposed_comm[static_cast<size_t>(g)] / static_cast<double>(simulated.size());
     }
+    for (const auto& [kind, secs] : world.seconds_by_kind) r.seconds_by_kind[kind] = secs / static_cast<double>(simulated.size());
     r.model_flops_per_gpu = w.train_flops_per_token(true) * s.tokens_per_step() / static_cast<double>(s.gpus);
     r.trace.engine = "sim";
     r.trace.scenario = s.name;

@@ -17,9 +17,18 @@
 //               leg; the finest granularity, the reference the others are checked against.
 //   aggregated: DeepEP's flows as the hardware carries them: one IB flow per (GPU, destination
 //               node) to the same-local-index GPU there, and one NVLink flow per forwarded peer.
-// Both simulate every GPU; balanced routing spreads bytes evenly over a GPU's destinations.
+//   replicated: one pipeline replica is simulated (its PP transfers as flows); since balanced
+//               routing makes every replica and every EP group behave alike and EP groups share
+//               no links on the multi-plane fabric, each all-to-all takes the time its whole EP
+//               group's aggregated flows need on the fabric's links (max over links of load /
+//               bandwidth, plus the longest route latency), and each DP ring the time of its
+//               (n-1)/n bytes over the bottleneck of the route to the next replica plus n-1
+//               latencies. Fast enough for 2048 GPUs and beyond.
+// per_pair and aggregated simulate every GPU; balanced routing spreads bytes evenly over a GPU's
+// destinations.
 #pragma once
 
+#include <map>
 #include <string>
 
 #include "common/input_error.h"
@@ -28,11 +37,11 @@
 
 namespace tandem {
 
-enum class Fidelity { per_pair, aggregated };
+enum class Fidelity { per_pair, aggregated, replicated };
 const char* to_string(Fidelity f);
 
 struct SimOptions {
-  Fidelity fidelity = Fidelity::aggregated;
+  Fidelity fidelity = Fidelity::replicated;
   std::string calibration;  // calibration file; empty: sim/calibration/<default for the GPU>
   int trace_gpus = 0;       // record trace events of the first N GPUs (0: none)
   bool progress = false;
@@ -45,6 +54,7 @@ struct SimResult {
   double compute_busy_s = 0;    // per GPU, averaged
   double exposed_comm_s = 0;    // comm stream busy while compute idle, per GPU, averaged
   double model_flops_per_gpu = 0;  // per step, causal attention
+  std::map<std::string, double> seconds_by_kind;  // per simulated GPU, averaged: where time goes
   Trace trace;
 };
 

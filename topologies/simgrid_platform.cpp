@@ -1,5 +1,6 @@
 #include "topologies/simgrid_platform.h"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <stdexcept>
@@ -126,7 +127,8 @@ SimgridPlatform::SimgridPlatform(simgrid::s4u::Engine& engine, const Topology& t
   const int n = topo.num_gpus();
   hosts_.reserve(static_cast<size_t>(n));
   for (int g = 0; g < n; ++g)
-    hosts_.push_back(zone->create_host("gpu" + std::to_string(g), std::vector<double>{host_speed_flops}));
+    hosts_.push_back(zone->create_host("gpu" + std::to_string(g), std::vector<double>{host_speed_flops})
+                         ->set_core_count(std::max(1, options.host_cores)));
   first_host_id_ = hosts_.front()->get_netpoint()->id();
   for (int g = 0; g < n; ++g)
     if (hosts_[static_cast<size_t>(g)]->get_netpoint()->id() != first_host_id_ + static_cast<unsigned long>(g))

@@ -58,6 +58,9 @@ struct SimgridPlatformOptions {
   // actor, then segfaults when that actor ends). Single-plane fabrics have no cross-plane
   // pairs: the option changes nothing there.
   bool multi_plane_forwarding = true;
+  // Cores per GPU host. A simulator that times a GPU's compute stream and its comm stream with
+  // concurrent execs gives each GPU two cores, so that the two never share one.
+  int host_cores = 1;
 };
 
 class SimgridPlatform {
