@@ -2,6 +2,7 @@
 // Each subcommand lives in its own *_command file; this file only wires them to CLI11.
 // Exit codes: 0 success, 2 bad input (file, key and reason printed), 1 internal error.
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -10,6 +11,7 @@
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
 #include "cli/simulate_command.h"
+#include "cli/sweep_command.h"
 #endif
 
 namespace {
@@ -71,6 +73,15 @@ int main(int argc, char** argv) {
   si->add_option("--calibration", simulate.calibration, "kernel cost data (default: sim/calibration/h800-deepgemm.yaml)");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
+
+  tandem::SweepOptions sweep;
+  auto* sw = app.add_subcommand("sweep", "Simulate the cross product of varied scenario keys (what-ifs)");
+  sw->add_option("scenario", sweep.path, "scenario file")->required();
+  sw->add_option("--vary", sweep.vary, "key=v1,v2,... (repeatable; the cross product runs)")->required();
+  sw->add_option("--set", sweep.overrides, "a fixed override for every run (repeatable)");
+  sw->add_option("--csv", sweep.csv, "write one row per run to this CSV file");
+  sw->add_option("--fidelity", sweep.fidelity, "simulator tier for every run (default replicated)");
+  sw->add_flag("--json", sweep.json, "print one JSON object on stdout instead of the table");
 #endif
 
   try {
@@ -92,6 +103,12 @@ int main(int argc, char** argv) {
     if (*d) return emit(tandem::describe(describe, text), describe.json, text);
 #if TANDEM_HAVE_SIM
     if (*si) return emit(tandem::simulate_command(simulate, text), simulate.json, text);
+    if (*sw) {
+      std::error_code ec;  // this executable, for the child runs
+      sweep.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+      if (ec) sweep.self = argv[0];
+      return emit(tandem::sweep(sweep, text), sweep.json, text);
+    }
 #endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tandem: internal error: %s\n", e.what());

@@ -363,6 +363,15 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                        static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
     const Program prog = build_program(sch, w, part);
+    auto say = [&](const std::string& what) {
+      if (!o.progress) return;
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
+      std::fprintf(stderr, "[%7.2f s] %s\n", t, what.c_str());
+    };
+    size_t ntasks = 0;
+    for (const auto& tasks : prog.tasks) ntasks += tasks.size();
+    say("program: " + std::to_string(sch.ranks) + " pipeline ranks, " + std::to_string(ntasks) + " tasks (" +
+        to_string(s.schedule.kind) + ", " + std::to_string(sch.micro_batches) + " micro-batches)");
 
     World world;
     world.scenario = &s;
@@ -407,13 +416,20 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     std::vector<int> simulated;
     for (int g = 0; g < gpus; ++g)
       if (o.fidelity != Fidelity::replicated || g % world.dp == 0) simulated.push_back(g);
+    say("platform: " + std::to_string(topo.num_gpus()) + " GPU hosts, " + std::to_string(topo.num_physical_links()) +
+        " links; simulating " + std::to_string(simulated.size()) + " GPUs (" + to_string(o.fidelity) + " tier)");
     std::vector<std::unique_ptr<GpuRunner>> runners;
     for (int g : simulated) {
       runners.push_back(std::make_unique<GpuRunner>(world, g));
       GpuRunner* runner = runners.back().get();
       sg4::Actor::create("gpu" + std::to_string(g), platform.host(g), [runner] { (*runner)(); });
     }
+    if (o.progress)
+      sg4::Actor::on_termination_cb([&](const sg4::Actor& a) {
+        say(a.get_name() + " finished its step at simulated " + std::to_string(sg4::Engine::get_clock()) + " s");
+      });
     engine.run();
+    say("done");
     for (const auto& runner : runners)
       if (!runner->finished())
         throw std::runtime_error("the simulation could not finish the step: " + runner->stuck_at() +

@@ -89,3 +89,32 @@ TEST_CASE("simulate writes a Perfetto trace and rejects bad options", "[simtier]
   CHECK(tandem_run("simulate " + repo("scenarios/tiny-dualpipe.yaml") + " --fidelity nonsense").code == 2);
   CHECK(tandem_run("simulate " + repo("scenarios/tiny-dualpipe.yaml") + " --calibration /nonexistent.yaml").code == 2);
 }
+
+TEST_CASE("sweep runs the cross product and reports rejected combinations as rows", "[simtier]") {
+  const std::string csv = "/tmp/tandem_tests_sweep.csv";
+  const Run r = tandem_run("sweep " + repo("scenarios/tiny-dualpipe.yaml") +
+                           " --vary comm.sms=10,20 --vary plan.pp=4,3 --json --csv " + csv);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  REQUIRE(j["runs"].size() == 4);
+  int ok = 0, rejected = 0;
+  for (const auto& row : j["runs"]) {
+    const std::string status = row["status"];
+    if (status == "ok") {
+      ++ok;
+      CHECK(row["step_time_s"].get<double>() > 0);
+    } else {
+      ++rejected;  // PP3 does not divide 8 GPUs (and DualPipe needs an even PP)
+      CHECK(status.find("rejected") == 0);
+      CHECK(status.find("plan.pp") != std::string::npos);
+    }
+  }
+  CHECK(ok == 2);
+  CHECK(rejected == 2);
+  std::ifstream in(csv);
+  std::string header;
+  std::getline(in, header);
+  CHECK(header.rfind("comm.sms,plan.pp,step_time_s", 0) == 0);
+  CHECK(tandem_run("sweep " + repo("scenarios/tiny-dualpipe.yaml") + " --vary comm.sms").code == 2);
+}
