@@ -9,29 +9,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../run_process.h"
 #include "../test_paths.h"
 
 using tandem::test::repo;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
+using Run = tandem::test::ProcessRun;
 
 // Runs tandem with `args`; `with_stderr` merges stderr into the captured output.
 Run run(const std::string& args, bool with_stderr = true) {
-  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  size_t n = 0;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return tandem::test::run_process(std::string(TANDEM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 Run run_stdout(const std::string& args) { return run(args, false); }

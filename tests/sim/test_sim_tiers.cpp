@@ -10,28 +10,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../run_process.h"
 #include "../test_paths.h"
 
 using tandem::test::repo;
 
 namespace {
 
-struct Run {
-  int code = -1;
-  std::string out;
-};
+using Run = tandem::test::ProcessRun;
 
 Run tandem_run(const std::string& args) {
-  const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null";
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  size_t n = 0;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return tandem::test::run_process(std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null");
 }
 
 nlohmann::json simulate(const std::string& scenario, const std::string& extra) {
