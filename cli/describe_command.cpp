@@ -160,7 +160,7 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
     if (!b.has_all_to_all) continue;
     const AllToAll& a = b.all_to_all;
     t += strprintf("All-to-all per MoE layer per micro-batch, per GPU (%s routing, node limit %lld)\n",
-             s.routing.model == RoutingModel::balanced ? "balanced" : "skewed", (long long)s.comm.node_limit);
+             "balanced", (long long)s.comm.node_limit);
     t += strprintf("  per token: %.2f nodes (%.2f remote, each crossed once on IB), %.2f GPUs, %.2f NVLink copies\n",
              a.dest_nodes_per_token, a.remote_nodes_per_token, a.dest_gpus_per_token, a.nvlink_sends_per_token);
     t += strprintf("  dispatch (%s, %.0f B/token copy): IB %.1f MB, NVLink %.1f MB\n",

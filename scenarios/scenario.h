@@ -50,11 +50,12 @@ struct CommSpec {
   Dtype combine_dtype = Dtype::bf16;
 };
 
-enum class RoutingModel { balanced, skewed };
+// Balanced routing only, for now: i.i.d. expert affinities through the model's own gate (seeded).
+// `routing.model: skewed` is rejected until the workload and the engines model it.
+enum class RoutingModel { balanced };
 
 struct RoutingSpec {
   RoutingModel model = RoutingModel::balanced;
-  double skew = 0;     // skewed: Zipf-like exponent of expert popularity
   uint64_t seed = 1;
 };
 
