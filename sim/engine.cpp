@@ -102,6 +102,39 @@ std::vector<Flow> all_to_all_flows(const World& w, int gpu, const TaskWork& t, F
   return flows;
 }
 
+// The flows of one all-to-all task of `me`'s EP group that `me` sends or receives, in O(ep): all
+// of its own flows, and from every other member only the legs that touch `me`'s node.
+std::vector<Flow> flows_touching(const World& w, int me, const TaskWork& t, Fidelity f) {
+  std::vector<Flow> out = all_to_all_flows(w, me, t, f);  // me as the source
+  const int gpn = std::min(w.gpn, w.ep), nodes = std::max(1, w.ep / gpn);
+  const int rank = me / w.dp, my_replica = me % w.dp;
+  const int first = my_replica - my_replica % w.ep;
+  const int my_node = (my_replica - first) / gpn;
+  const double ib_per_node = nodes > 1 ? t.ib_bytes / (nodes - 1) : 0.0;
+  const double nvl_per_pair = gpn > 1 ? t.nvlink_bytes / (static_cast<double>(nodes) * (gpn - 1)) : 0.0;
+  const int ib_flows = f == Fidelity::aggregated ? 1 : gpn;  // per_pair: one per destination GPU
+  for (int m = 0; m < w.ep; ++m) {
+    const int source = w.gpu(rank, first + m);
+    if (source == me) continue;
+    const int source_node = m / gpn, source_local = (first + m) % gpn;
+    const int arrival = w.gpu(rank, first + my_node * gpn + source_local);  // on my node
+    if (arrival == me) {
+      if (source_node != my_node && ib_per_node > 0)
+        for (int k = 0; k < ib_flows; ++k) out.push_back({source, me, ib_per_node / ib_flows});
+      for (int j = 0; j < gpn; ++j) {
+        const int peer = w.gpu(rank, first + my_node * gpn + j);
+        if (peer != me && nvl_per_pair > 0) out.push_back({me, peer, nvl_per_pair});
+      }
+    } else if (nvl_per_pair > 0) {
+      out.push_back({arrival, me, nvl_per_pair});
+    }
+  }
+  // Keep only what touches `me` (its own list also holds the legs its arrivals forward).
+  out.erase(std::remove_if(out.begin(), out.end(), [me](const Flow& fl) { return fl.from != me && fl.to != me; }),
+            out.end());
+  return out;
+}
+
 // The replicated tier's all-to-all time: the aggregated flows of the whole EP group of replicas
 // [0, ep) of `rank` loaded onto the Topology's routes; the busiest link sets the time.
 double analytic_all_to_all(World& w, int rank, const TaskWork& t) {
@@ -263,14 +296,9 @@ class GpuRunner {
         }
         // This GPU sends its flows (IB legs, and NVLink legs it forwards as an arrival GPU) and
         // receives every flow addressed to it; the task ends when all have completed.
-        const Fidelity f = w_.options->fidelity;
-        const int first = replica_ - replica_ % w_.ep;
-        for (int m = 0; m < w_.ep; ++m) {
-          const int member = w_.gpu(rank_, first + m);
-          for (const Flow& fl : all_to_all_flows(w_, member, work, f)) {
-            if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), fl.bytes, i);
-            if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
-          }
+        for (const Flow& fl : flows_touching(w_, gpu_, work, w_.options->fidelity)) {
+          if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), fl.bytes, i);
+          if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
         }
         break;
       }
