@@ -1,7 +1,7 @@
 // The simulator: runs a scenario's Program on a SimGrid model of its cluster and writes a Trace.
 //
-// Every GPU is a host running one actor (a plain function, as in SimGrid's S4U examples): its
-// pipeline rank's tasks, on a compute and a comm stream, each in Program order, a task starting
+// Every GPU is a host; each simulated GPU runs one actor (a plain function, as in SimGrid's S4U
+// examples): its pipeline rank's tasks, on a compute and a comm stream, each in Program order, a task starting
 // once its stream is free and its dependencies are done. Compute tasks take the time the
 // ComputeCostModel gives (with fewer SMs while the GPU's comm stream runs: SM sharing); comm
 // tasks are SimGrid flows on the cluster's fabric, so contention comes from SimGrid's max-min
@@ -21,9 +21,10 @@
 //               routing makes every replica and every EP group behave alike and EP groups share
 //               no links on the multi-plane fabric, each all-to-all takes the time its whole EP
 //               group's aggregated flows need on the fabric's links (max over links of load /
-//               bandwidth, plus the longest route latency), and each DP ring the time of its
-//               (n-1)/n bytes over the bottleneck of the route to the next replica plus n-1
-//               latencies. Fast enough for 2048 GPUs and beyond.
+//               bandwidth, plus the longest route latency), and each DP ring, pipelined, the
+//               time of its (n-1)/n bytes over the ring's slowest hop plus one latency (the
+//               all-GPU tiers send the same bytes as one flow per hop). Fast enough for 2048
+//               GPUs and beyond.
 // per_pair and aggregated simulate every GPU; balanced routing spreads bytes evenly over a GPU's
 // destinations.
 #pragma once
