@@ -200,22 +200,20 @@ class RankExpander {
       const Block* F = fb >= 0 ? &w_.blocks[static_cast<size_t>(fb)] : nullptr;
       const Block* B = bb >= 0 ? &w_.blocks[static_cast<size_t>(bb)] : nullptr;
       const bool fa2a = F && F->has_all_to_all, ba2a = B && B->has_all_to_all;
-      int attn_f = -1, mlp_b = -1, attn_b = -1, mlp_f = -1;
+      int mlp_b = -1, attn_b = -1;
       if (ba2a) pb = add(TaskKind::combine_b, b, bb, {pb}, Group::ep);
-      if (F && block_has_part(*F, Part::attention)) pf = attn_f = add(TaskKind::attn_f, f, fb, {pf});
+      if (F && block_has_part(*F, Part::attention)) pf = add(TaskKind::attn_f, f, fb, {pf});
       if (B && (block_has_part(*B, Part::mlp) || block_has_loss(*B))) pb = mlp_b = add(TaskKind::mlp_b, b, bb, {pb});
       if (fa2a) pf = add(TaskKind::dispatch_f, f, fb, {pf}, Group::ep);
       if (ba2a) pb = add(TaskKind::dispatch_b, b, bb, {pb}, Group::ep);
       if (mlp_b >= 0) add(TaskKind::mlp_w, b, bb, {mlp_b});
-      if (F && block_has_part(*F, Part::mlp)) pf = mlp_f = add(TaskKind::mlp_f, f, fb, {pf});
+      if (F && block_has_part(*F, Part::mlp)) pf = add(TaskKind::mlp_f, f, fb, {pf});
       if (B && block_has_part(*B, Part::attention)) {
         pb = attn_b = add(TaskKind::attn_b, b, bb, {pb});
         add(TaskKind::attn_w, b, bb, {attn_b});
       }
       if (fa2a) pf = add(TaskKind::combine_f, f, fb, {pf}, Group::ep);
       if (F && block_has_loss(*F)) pf = add(TaskKind::loss, f, fb, {pf});
-      (void)attn_f;
-      (void)mlp_f;
     }
     last_f_[key(f)] = pf;
     last_b_[key(b)] = pb;

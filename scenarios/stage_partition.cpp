@@ -1,8 +1,9 @@
 #include "scenarios/stage_partition.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <numeric>
+
+#include "common/format.h"
 
 namespace tandem {
 
@@ -140,7 +141,6 @@ StagePartition partition_stages(const Workload& w, int64_t stages,
 
 std::string StagePartition::describe(const Workload& w) const {
   std::string out;
-  char line[256];
   for (size_t i = 0; i < stages.size(); ++i) {
     const Stage& s = stages[i];
     std::string names;
@@ -158,9 +158,8 @@ std::string StagePartition::describe(const Workload& w) const {
       if (!names.empty()) names += " ";
       names += layer ? "layer." + std::to_string(b.layer) : b.name;
     }
-    std::snprintf(line, sizeof line, "  stage %2zu: %-28s %6.2f TFLOP/micro-batch  %6.2f GB kept\n",
-                  i, names.c_str(), s.cost / 1e12, s.kept_bytes / 1e9);
-    out += line;
+    out += strprintf("  stage %2zu: %-28s %6.2f TFLOP/micro-batch  %6.2f GB kept\n", i, names.c_str(),
+                     s.cost / 1e12, s.kept_bytes / 1e9);
   }
   return out;
 }

@@ -38,10 +38,7 @@ constexpr double kHostSpeed = 1e9;  // host "flop/s": compute durations are play
 
 // Everything the GPU actors share, read-only once the run starts (and the results they write).
 struct World {
-  const Scenario* scenario = nullptr;
-  const Workload* workload = nullptr;
   const Program* program = nullptr;
-  const ComputeCostModel* costs = nullptr;
   const SimOptions* options = nullptr;
   std::vector<sg4::Host*> hosts;
   int dp = 1, ep = 1, gpn = 8;
@@ -372,17 +369,15 @@ class GpuRunner {
   std::vector<std::pair<double, double>> compute_intervals_, comm_intervals_;
 };
 
-std::string default_calibration(const ClusterCard& c) {
-  (void)c;
-  return std::string(TANDEM_SOURCE_DIR) + "/sim/calibration/h800-deepgemm.yaml";
-}
+// The kernel data shipped with tandem (H800; its tensor cores equal the H100's and H200's).
+std::string default_calibration() { return std::string(TANDEM_SOURCE_DIR) + "/sim/calibration/h800-deepgemm.yaml"; }
 
 }  // namespace
 
 Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
   return catch_input_errors([&]() -> SimResult {
     const auto wall0 = std::chrono::steady_clock::now();
-    const std::string cal_path = o.calibration.empty() ? default_calibration(s.cluster) : o.calibration;
+    const std::string cal_path = o.calibration.empty() ? default_calibration() : o.calibration;
     auto cal = load_calibration(cal_path);
     if (!cal) throw InputException(cal.error());
     const ComputeCostModel costs(s.cluster.gpu, cal.value());
@@ -402,10 +397,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
         to_string(s.schedule.kind) + ", " + std::to_string(sch.micro_batches) + " micro-batches)");
 
     World world;
-    world.scenario = &s;
-    world.workload = &w;
     world.program = &prog;
-    world.costs = &costs;
     world.options = &o;
     world.dp = static_cast<int>(s.plan.dp);
     world.ep = static_cast<int>(s.plan.ep);
