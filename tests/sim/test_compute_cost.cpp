@@ -5,6 +5,7 @@
 #include "scenarios/scenario.h"
 #include "sim/compute_cost.h"
 #include "../test_paths.h"
+#include "../topologies/cluster_cards.h"
 
 using namespace tandem;
 using tandem::test::repo;
@@ -14,9 +15,7 @@ namespace {
 ComputeCostModel h800() {
   auto cal = load_calibration(repo("sim/calibration/h800-deepgemm.yaml"));
   REQUIRE(cal.ok());
-  auto card = load_cluster_card(repo("topologies/h800-2048.yaml"));
-  REQUIRE(card.ok());
-  return ComputeCostModel(card.value().gpu, cal.value());
+  return ComputeCostModel(test::cluster_card("h800-2048").gpu, cal.value());
 }
 
 Gemm fp8(int64_t m, int64_t n, int64_t k, int64_t count = 1) {

@@ -5,15 +5,14 @@
 
 #include <catch2/catch.hpp>
 
+#include "cluster_cards.h"
 #include "topologies/cluster_card.h"
 
 using namespace tandem;
 
 namespace {
 
-std::string card_path(const std::string& stem) {
-  return std::string(TANDEM_SOURCE_DIR) + "/topologies/" + stem + ".yaml";
-}
+std::string card_path(const std::string& stem) { return test::cluster_card_path(stem); }
 
 // A private copy of the h800-2048 card's YAML, to edit.
 YAML::Node h800_yaml() { return YAML::Clone(parse_card_file(card_path("h800-2048"))); }

@@ -14,6 +14,7 @@
 #include <catch2/catch.hpp>
 #include <simgrid/s4u.hpp>
 
+#include "cluster_cards.h"
 #include "topologies/simgrid_platform.h"
 
 using namespace tandem;
@@ -23,16 +24,8 @@ namespace {
 
 constexpr double kGB = 1e9;
 
-std::string card_path(const std::string& stem) {
-  return std::string(TANDEM_SOURCE_DIR) + "/topologies/" + stem + ".yaml";
-}
-
-ClusterCard card(const std::string& stem) {
-  auto r = load_cluster_card(card_path(stem));
-  INFO(stem << ": " << (r.ok() ? std::string() : r.error().message()));
-  REQUIRE(r.ok());
-  return r.value();
-}
+std::string card_path(const std::string& stem) { return test::cluster_card_path(stem); }
+ClusterCard card(const std::string& stem) { return test::cluster_card(stem); }
 
 // The one engine of this process.
 std::unique_ptr<sg4::Engine> make_engine() {

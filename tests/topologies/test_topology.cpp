@@ -4,22 +4,15 @@
 
 #include <catch2/catch.hpp>
 
+#include "cluster_cards.h"
 #include "topologies/topology.h"
 
 using namespace tandem;
 
 namespace {
 
-std::string card_path(const std::string& stem) {
-  return std::string(TANDEM_SOURCE_DIR) + "/topologies/" + stem + ".yaml";
-}
-
-ClusterCard card(const std::string& stem) {
-  auto r = load_cluster_card(card_path(stem));
-  INFO(stem << ": " << (r.ok() ? std::string() : r.error().message()));
-  REQUIRE(r.ok());
-  return r.value();
-}
+std::string card_path(const std::string& stem) { return test::cluster_card_path(stem); }
+ClusterCard card(const std::string& stem) { return test::cluster_card(stem); }
 
 // The h800-2048 card with edits applied to its YAML.
 template <class Edit>
