@@ -1,13 +1,12 @@
 #include "cli/sweep_command.h"
 
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/format.h"
+#include "common/subprocess.h"
 
 namespace tandem {
 
@@ -54,18 +53,13 @@ struct Child {
   std::string out, err;
 };
 
+// Runs one child; its stderr (the reason a rejected run gives) goes through a temporary file.
 Child run_child(const std::string& cmd) {
   char err_path[] = "/tmp/tandem-sweep-XXXXXX";
   const int fd = mkstemp(err_path);
   if (fd >= 0) close(fd);
-  Child c;
-  FILE* p = popen((cmd + " 2>" + shell_quote(err_path)).c_str(), "r");
-  if (!p) return c;
-  std::array<char, 4096> buf{};
-  size_t n = 0;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) c.out.append(buf.data(), n);
-  const int status = pclose(p);
-  c.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  const ProcessRun run = run_process(cmd + " 2>" + shell_quote(err_path));
+  Child c{run.code, run.out, {}};
   std::ifstream in(err_path);
   std::getline(in, c.err, '\0');
   std::remove(err_path);

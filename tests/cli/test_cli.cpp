@@ -9,18 +9,18 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../run_process.h"
+#include "common/subprocess.h"
 #include "../test_paths.h"
 
 using tandem::test::repo;
 
 namespace {
 
-using Run = tandem::test::ProcessRun;
+using Run = tandem::ProcessRun;
 
 // Runs tandem with `args`; `with_stderr` merges stderr into the captured output.
 Run run(const std::string& args, bool with_stderr = true) {
-  return tandem::test::run_process(std::string(TANDEM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
+  return tandem::run_process(std::string(TANDEM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 Run run_stdout(const std::string& args) { return run(args, false); }

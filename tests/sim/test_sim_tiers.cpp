@@ -10,17 +10,17 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../run_process.h"
+#include "common/subprocess.h"
 #include "../test_paths.h"
 
 using tandem::test::repo;
 
 namespace {
 
-using Run = tandem::test::ProcessRun;
+using Run = tandem::ProcessRun;
 
 Run tandem_run(const std::string& args) {
-  return tandem::test::run_process(std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null");
+  return tandem::run_process(std::string(TANDEM_BINARY) + " " + args + " 2>/dev/null");
 }
 
 nlohmann::json simulate(const std::string& scenario, const std::string& extra) {

@@ -1,4 +1,5 @@
-// Runs a shell command from a test and collects its exit code and output.
+// Runs a shell command and collects its exit code and standard output (tandem sweep's child
+// runs, and tests that run the tandem binary).
 #pragma once
 
 #include <array>
@@ -6,7 +7,7 @@
 #include <string>
 #include <sys/wait.h>
 
-namespace tandem::test {
+namespace tandem {
 
 struct ProcessRun {
   int code = -1;    // exit status, -1 if it did not exit normally
@@ -25,4 +26,4 @@ inline ProcessRun run_process(const std::string& command) {
   return r;
 }
 
-}  // namespace tandem::test
+}  // namespace tandem
