@@ -8,6 +8,19 @@ find_package(CLI11 REQUIRED)
 find_package(Catch2 2 REQUIRED)
 find_package(Threads REQUIRED)
 
+# MPI is optional: the executor's MPI world (exec/comm/mpi.*: `mpirun -np P tandem execute ...`)
+# is built when an MPI is found, and TANDEM_HAVE_MPI says so (-DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON
+# turns it off). Only MPI's C API is used (no deprecated C++ bindings).
+set(MPI_CXX_SKIP_MPICXX ON)
+find_package(MPI COMPONENTS CXX)
+set(TANDEM_HAVE_MPI OFF)
+if(MPI_CXX_FOUND)
+  set(TANDEM_HAVE_MPI ON)
+  message(STATUS "tandem: MPI world ON (MPI ${MPI_CXX_VERSION}, ${MPIEXEC_EXECUTABLE})")
+else()
+  message(STATUS "tandem: MPI world OFF (no MPI found)")
+endif()
+
 # SimGrid 3.32 in Debian ships pkg-config, not a CMake config.
 if(TANDEM_SIM)
   pkg_check_modules(SIMGRID REQUIRED IMPORTED_TARGET simgrid>=3.32)

@@ -10,6 +10,7 @@ packages=(
   libeigen3-dev             # exec/cpu: Eigen
   libyaml-cpp-dev           # cards
   nlohmann-json3-dev        # JSON output
+  libopenmpi-dev openmpi-bin  # exec/comm: the MPI world (optional; `mpirun -np P tandem execute`)
 )
 missing=()
 for p in "${packages[@]}"; do
