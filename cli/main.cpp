@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON) of the first GPUs");
   si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
       ->check(CLI::Range(1, 1 << 20));
-  si->add_option("--fidelity", simulate.fidelity, "replicated (default: one pipeline replica, analytic all-to-all), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
+  si->add_option("--fidelity", simulate.fidelity, "auto (default: replicated for balanced routing, grouped for skewed), replicated (one pipeline replica, analytic all-to-all), grouped (every GPU, each all-to-all an EP-group collective with analytic time), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
   si->add_option("--calibration", simulate.calibration, "kernel cost data (default: sim/calibration/h800-deepgemm.yaml)");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   sw->add_option("--vary", sweep.vary, "key=v1,v2,... (repeatable; the cross product runs)")->required();
   sw->add_option("--set", sweep.overrides, "a fixed override for every run (repeatable)");
   sw->add_option("--csv", sweep.csv, "write one row per run to this CSV file");
-  sw->add_option("--fidelity", sweep.fidelity, "simulator tier for every run (default replicated)");
+  sw->add_option("--fidelity", sweep.fidelity, "simulator tier for every run (default auto)");
   sw->add_flag("--json", sweep.json, "print one JSON object on stdout instead of the table");
 #endif
 

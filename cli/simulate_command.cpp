@@ -14,10 +14,14 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     if (!loaded) throw InputException(loaded.error());
     const Scenario& s = loaded.value();
     SimOptions so;
-    if (o.fidelity == "replicated") so.fidelity = Fidelity::replicated;
+    // auto: the fastest tier that is exact for the scenario's routing.
+    if (o.fidelity == "auto")
+      so.fidelity = s.routing.model == RoutingModel::skewed ? Fidelity::grouped : Fidelity::replicated;
+    else if (o.fidelity == "replicated") so.fidelity = Fidelity::replicated;
+    else if (o.fidelity == "grouped") so.fidelity = Fidelity::grouped;
     else if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
     else if (o.fidelity == "per_pair") so.fidelity = Fidelity::per_pair;
-    else throw_input_error("<command line>", "--fidelity", "must be replicated, aggregated or per_pair, got '" + o.fidelity + "'");
+    else throw_input_error("<command line>", "--fidelity", "must be auto, replicated, grouped, aggregated or per_pair, got '" + o.fidelity + "'");
     so.calibration = o.calibration;
     so.trace_gpus = o.trace.empty() ? 0 : o.trace_gpus;
     so.progress = o.progress;
@@ -57,6 +61,23 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     t += strprintf("  GPU-hours per 1T tokens    %10.0f\n", gpu_hours_per_t);
     t += strprintf("  days for 14.8T tokens      %10.1f   on %lld GPUs\n", days, static_cast<long long>(s.gpus));
     t += strprintf("  cost for 14.8T tokens      %10.2f M$ at $%.2f per GPU-hour\n", cost / 1e6, s.cluster.price_per_gpu_hour);
+    // Routing: how uneven the layers' expert loads are (1.0 = balanced).
+    double busiest_gpu = 1, busiest_expert = 1, mean_gpu = 0;
+    int moe_layers = 0;
+    for (const Block& b : w.blocks) {
+      if (b.routing.rows_per_token.empty()) continue;
+      busiest_gpu = std::max(busiest_gpu, b.routing.max_load);
+      busiest_expert = std::max(busiest_expert, b.routing.max_expert_load);
+      mean_gpu += b.routing.max_load;
+      ++moe_layers;
+    }
+    if (moe_layers > 0) mean_gpu /= moe_layers;
+    if (s.routing.model == RoutingModel::skewed)
+      t += strprintf("  routing                    skewed (skew %.2f, seed %llu): busiest GPU of an EP group %.2fx its share "
+                     "(mean over MoE layers %.2fx), busiest expert %.2fx\n",
+                     s.routing.skew, static_cast<unsigned long long>(s.routing.seed), busiest_gpu, mean_gpu, busiest_expert);
+    else
+      t += strprintf("  routing                    balanced (seed %llu)\n", static_cast<unsigned long long>(s.routing.seed));
     t += strprintf("  simulation wall time       %10.2f s\n", r.sim_wall_s);
     t += "Where a GPU's time goes (seconds per step, per task kind; compute and comm streams overlap)\n";
     nlohmann::json by_kind;
@@ -82,6 +103,9 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
                           {"days_for_14_8t_tokens", days},
                           {"cost_usd_for_14_8t_tokens", cost},
                           {"seconds_by_kind", by_kind},
+                          {"routing", {{"model", to_string(s.routing.model)}, {"skew", s.routing.skew},
+                                       {"seed", s.routing.seed}, {"max_gpu_load", busiest_gpu},
+                                       {"mean_max_gpu_load", mean_gpu}, {"max_expert_load", busiest_expert}}},
                           {"gpus_simulated", r.gpus_simulated},
                           {"sim_wall_s", r.sim_wall_s}};
   });

@@ -15,7 +15,7 @@ struct SimulateOptions {
   std::vector<std::string> overrides;
   std::string trace;             // Perfetto JSON of the first trace_gpus GPUs
   int trace_gpus = 16;
-  std::string fidelity = "replicated";
+  std::string fidelity = "auto";
   std::string calibration;
   bool json = false;
   bool progress = false;

@@ -20,7 +20,7 @@ struct SweepOptions {
   std::vector<std::string> vary;       // "key=v1,v2,..."
   std::vector<std::string> overrides;  // fixed --set for every run
   std::string csv;
-  std::string fidelity = "replicated";
+  std::string fidelity = "auto";
   bool json = false;
   std::string self;                    // the tandem executable
 };

@@ -18,6 +18,60 @@ namespace {
 // Platform-independent uniform in [0, 1): std::uniform_real_distribution is not.
 double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
+// The model's gate on one token's affinities: per-group scores (sum of the two best for
+// noaux_tc, the best one for group_limited_greedy), the best `limit` groups kept, then the top-k
+// experts among them. Ties go to the lower index (a stable order).
+class Gate {
+ public:
+  Gate(const ModelCard& m, int64_t limit)
+      : E_(m.n_routed_experts), G_(std::max<int64_t>(1, m.n_group)), limit_(limit), k_(m.num_experts_per_tok),
+        sum_top2_(m.topk_method == "noaux_tc"), group_score_(G_), groups_(G_), kept_(G_), experts_(E_) {}
+
+  // The chosen experts, best first (valid until the next call).
+  const std::vector<int64_t>& select(const std::vector<double>& score) {
+    const int64_t per_group = E_ / G_;
+    std::fill(kept_.begin(), kept_.end(), 1);
+    if (G_ > 1 && limit_ < G_) {
+      for (int64_t g = 0; g < G_; ++g) {
+        double best = -1e300, second = -1e300;
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+          const double v = score[static_cast<size_t>(e)];
+          if (v > best) { second = best; best = v; } else if (v > second) second = v;
+        }
+        group_score_[static_cast<size_t>(g)] = (sum_top2_ && per_group >= 2) ? best + second : best;
+      }
+      std::iota(groups_.begin(), groups_.end(), 0);
+      std::stable_sort(groups_.begin(), groups_.end(), [&](int64_t a, int64_t b) {
+        return group_score_[static_cast<size_t>(a)] > group_score_[static_cast<size_t>(b)];
+      });
+      std::fill(kept_.begin(), kept_.end(), 0);
+      for (int64_t i = 0; i < limit_; ++i) kept_[static_cast<size_t>(groups_[static_cast<size_t>(i)])] = 1;
+    }
+    experts_.clear();
+    for (int64_t e = 0; e < E_; ++e)
+      if (kept_[static_cast<size_t>(e / per_group)]) experts_.push_back(e);
+    std::stable_sort(experts_.begin(), experts_.end(), [&](int64_t a, int64_t b) {
+      return score[static_cast<size_t>(a)] > score[static_cast<size_t>(b)];
+    });
+    experts_.resize(static_cast<size_t>(std::min<int64_t>(k_, static_cast<int64_t>(experts_.size()))));
+    return experts_;
+  }
+
+ private:
+  int64_t E_, G_, limit_, k_;
+  bool sum_top2_;
+  std::vector<double> group_score_;
+  std::vector<int64_t> groups_;
+  std::vector<char> kept_;
+  std::vector<int64_t> experts_;
+};
+
+// Standard normal from two platform-independent uniforms (Box-Muller).
+double normal01(std::mt19937_64& rng) {
+  const double u1 = 1.0 - uniform01(rng), u2 = uniform01(rng);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, std::string, int64_t, int64_t, uint64_t,
                        int64_t>;
 
@@ -44,46 +98,23 @@ RoutingFanout sample_routing_fanout(const ModelCard& m, const ExpertLayout& layo
     if (it != cache.end()) return it->second;
   }
 
-  const int64_t per_group = E / G;
   const int64_t experts_per_gpu = std::max<int64_t>(1, E / ep);
   std::mt19937_64 rng(layout.routing_seed * 0x9E3779B97F4A7C15ULL + 0x5EEDULL);
-  std::vector<double> score(E), group_score(G);
-  std::vector<int64_t> groups(G), experts(E);
-  std::vector<char> group_kept(G), gpu_hit(ep), node_hit((ep + gpn - 1) / gpn);
+  Gate gate(m, limit);
+  std::vector<double> score(E);
+  std::vector<char> gpu_hit(ep), node_hit((ep + gpn - 1) / gpn);
   double nodes_sum = 0, remote_sum = 0, gpus_sum = 0, nvl_sum = 0;
 
   for (int64_t t = 0; t < samples; ++t) {
     for (auto& s : score) s = uniform01(rng);
-    std::fill(group_kept.begin(), group_kept.end(), 1);
-    if (G > 1 && limit < G) {
-      for (int64_t g = 0; g < G; ++g) {
-        auto first = score.begin() + g * per_group;
-        if (m.topk_method == "noaux_tc" && per_group >= 2) {
-          std::vector<double> v(first, first + per_group);
-          std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<>());
-          group_score[g] = v[0] + v[1];
-        } else {
-          group_score[g] = *std::max_element(first, first + per_group);
-        }
-      }
-      std::iota(groups.begin(), groups.end(), 0);
-      std::partial_sort(groups.begin(), groups.begin() + limit, groups.end(),
-                        [&](int64_t a, int64_t b) { return group_score[a] > group_score[b]; });
-      std::fill(group_kept.begin(), group_kept.end(), 0);
-      for (int64_t i = 0; i < limit; ++i) group_kept[groups[i]] = 1;
-    }
-    int64_t n_candidates = 0;
-    for (int64_t e = 0; e < E; ++e)
-      if (group_kept[e / per_group]) experts[n_candidates++] = e;
-    std::partial_sort(experts.begin(), experts.begin() + k, experts.begin() + n_candidates,
-                      [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+    const std::vector<int64_t>& experts = gate.select(score);
 
     const int64_t src_gpu = t % ep;
     const int64_t src_node = src_gpu / gpn;
     std::fill(gpu_hit.begin(), gpu_hit.end(), 0);
     std::fill(node_hit.begin(), node_hit.end(), 0);
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t gpu = std::min(experts[i] / experts_per_gpu, ep - 1);
+    for (int64_t e : experts) {
+      const int64_t gpu = std::min(e / experts_per_gpu, ep - 1);
       gpu_hit[gpu] = 1;
       node_hit[gpu / gpn] = 1;
     }
@@ -104,6 +135,78 @@ RoutingFanout sample_routing_fanout(const ModelCard& m, const ExpertLayout& layo
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace(key, out);
   return out;
+}
+
+RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, double skew, int64_t layer) {
+  RoutingPattern p;
+  const int64_t E = m.n_routed_experts;
+  p.ep = std::max<int64_t>(1, layout.ep);
+  const int64_t gpn = std::max<int64_t>(1, std::min(layout.gpus_per_node, p.ep));
+  p.nodes = (p.ep + gpn - 1) / gpn;
+  const auto ep = static_cast<size_t>(p.ep), nodes = static_cast<size_t>(p.nodes);
+  if (E == 0) return p;
+  const double k = static_cast<double>(m.num_experts_per_tok);
+  if (skew <= 0) {
+    // Balanced: every member and node alike, with the fan-out's own per-token figures, so the
+    // flows built from this pattern carry exactly the AllToAll volumes.
+    const RoutingFanout f = sample_routing_fanout(m, layout);
+    p.rows_per_token.assign(ep, k / static_cast<double>(p.ep));
+    p.gpu_hit.assign(ep, gpn > 1 ? f.nvlink_sends / (static_cast<double>(p.nodes) * static_cast<double>(gpn - 1))
+                                 : f.dest_gpus / static_cast<double>(p.ep));
+    p.node_hit.assign(nodes, p.nodes > 1 ? f.remote_nodes / static_cast<double>(p.nodes - 1) : 1.0);
+    return p;
+  }
+  const int64_t G = m.n_group;
+  const int64_t limit = layout.node_limit > 0 ? std::min(layout.node_limit, G) : m.topk_group;
+  const int64_t samples = std::clamp<int64_t>((int64_t{1} << 21) / E, 64, 8192);
+  const int64_t experts_per_gpu = std::max<int64_t>(1, E / p.ep);
+
+  static std::mutex mu;
+  static std::map<std::tuple<Key, double, int64_t>, RoutingPattern> cache;
+  const auto key = std::make_tuple(Key{E, G, limit, m.num_experts_per_tok, m.topk_method, p.ep, gpn,
+                                       layout.routing_seed, samples}, skew, layer);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+
+  // The layer's popular experts: one offset per expert, seeded by (seed, layer).
+  std::mt19937_64 rng((layout.routing_seed + 1) * 0x9E3779B97F4A7C15ULL ^ (static_cast<uint64_t>(layer) + 1) * 0xBF58476D1CE4E5B9ULL);
+  std::vector<double> offset(static_cast<size_t>(E));
+  for (auto& b : offset) b = skew * normal01(rng);
+  Gate gate(m, limit);
+  std::vector<double> score(static_cast<size_t>(E)), expert_rows(static_cast<size_t>(E), 0.0);
+  std::vector<char> gpu_seen(ep), node_seen(nodes);
+  p.rows_per_token.assign(ep, 0.0);
+  p.gpu_hit.assign(ep, 0.0);
+  p.node_hit.assign(nodes, 0.0);
+  for (int64_t t = 0; t < samples; ++t) {
+    for (size_t e = 0; e < score.size(); ++e) score[e] = 1.0 / (1.0 + std::exp(-(normal01(rng) + offset[e])));
+    std::fill(gpu_seen.begin(), gpu_seen.end(), 0);
+    std::fill(node_seen.begin(), node_seen.end(), 0);
+    for (int64_t e : gate.select(score)) {
+      const auto gpu = static_cast<size_t>(std::min(e / experts_per_gpu, p.ep - 1));
+      expert_rows[static_cast<size_t>(e)] += 1;
+      p.rows_per_token[gpu] += 1;
+      gpu_seen[gpu] = 1;
+      node_seen[gpu / static_cast<size_t>(gpn)] = 1;
+    }
+    for (size_t g = 0; g < ep; ++g) p.gpu_hit[g] += gpu_seen[g];
+    for (size_t n = 0; n < nodes; ++n) p.node_hit[n] += node_seen[n];
+  }
+  const double n = static_cast<double>(samples);
+  for (auto& v : p.rows_per_token) v /= n;
+  for (auto& v : p.gpu_hit) v /= n;
+  for (auto& v : p.node_hit) v /= n;
+  double max_member = 0;
+  for (int64_t d = 0; d < p.ep; ++d) max_member = std::max(max_member, p.load_factor(d));
+  p.max_load = max_member;
+  const double mean_expert = n * k / static_cast<double>(E);
+  p.max_expert_load = *std::max_element(expert_rows.begin(), expert_rows.end()) / mean_expert;
+  std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, p);
+  return p;
 }
 
 }  // namespace tandem

@@ -1,4 +1,8 @@
-// RoutingFanout: where a token's top-k experts live, on average, under balanced routing.
+// Sampled routing statistics: where a token's top-k experts live, through the model's own gate.
+//
+// RoutingFanout: per-token averages under balanced routing (what `describe` and the all-to-all
+// volumes use). RoutingPattern: per EP-group member and node, for balanced or skewed routing
+// (what the simulator's flows and per-GPU expert loads use).
 //
 // "Balanced" means expert affinities independent and identically distributed across experts
 // and tokens (no expert favoured), with the model's own gate: per-group scores (sum of the two
@@ -9,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "models/model_card.h"
 
@@ -23,6 +28,29 @@ struct RoutingFanout {
   double nvlink_sends = 0;    // NVLink copies per token: to own-node GPUs + forwards on arrival
   int64_t samples = 0;
 };
+
+// Seeded skew: a per-layer, per-expert logit offset b_e ~ N(0, skew^2), the same for every token
+// (some experts are popular in that layer), on top of i.i.d. token logits xi ~ N(0, 1); affinity
+// sigmoid(xi + b_e) goes through the gate as above. skew 0 is balanced routing.
+struct RoutingPattern {
+  int64_t ep = 1, nodes = 1;
+  std::vector<double> rows_per_token;  // per member: expected routed rows a sent token makes there
+  std::vector<double> gpu_hit;         // per member: P(a token has an expert there)
+  std::vector<double> node_hit;        // per node of the group: P(a token has an expert there)
+  double max_load = 1;                 // busiest member's rows over the mean (1: balanced)
+  double max_expert_load = 1;          // busiest expert's rows over the mean
+
+  // Rows member `d` processes, relative to the balanced share.
+  double load_factor(int64_t d) const {
+    double total = 0;
+    for (double r : rows_per_token) total += r;
+    return total > 0 ? rows_per_token[static_cast<size_t>(d)] * static_cast<double>(ep) / total : 1.0;
+  }
+};
+
+// Balanced: the symmetric pattern of the fan-out above (every member and node alike). Skewed
+// (skew > 0): sampled for MoE layer `layer` from `seed`; the same inputs give the same pattern.
+RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, double skew, int64_t layer);
 
 // `samples` 0: 8192 tokens, fewer for very many experts so the cost stays bounded (about 2M
 // expert scores in all).

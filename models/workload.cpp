@@ -248,10 +248,13 @@ void add_moe(const Ctx& c, const ExpertLayout& layout, std::vector<Op>& ops,
   Op gate_up = make_linear(c, {prefix + "experts.gate_up", Part::mlp, rows, h, 2 * I, local,
                                E * 2 * I * h, true, true, arrives});
   if (arrives == Input::fp8_arrives) gate_up.kept_bytes = c.cached(rows, h);
-  ops.push_back(gate_up);
-  ops.push_back(make_swiglu(c, prefix + "experts.swiglu", rows, I, true));
-  ops.push_back(make_linear(c, {prefix + "experts.down", Part::mlp, rows, I, h, local, E * I * h,
-                                true, true, Input::fp8_arrives}));
+  Op swiglu = make_swiglu(c, prefix + "experts.swiglu", rows, I, true);
+  Op experts_down = make_linear(c, {prefix + "experts.down", Part::mlp, rows, I, h, local, E * I * h,
+                            true, true, Input::fp8_arrives});
+  for (Op* op : {&gate_up, &swiglu, &experts_down}) {
+    op->per_routed_row = true;
+    ops.push_back(*op);
+  }
   if (m.n_shared_experts > 0) {
     const int64_t Is = I * m.n_shared_experts;
     ops.push_back(make_linear(c, {prefix + "shared.gate_up", Part::mlp, c.T, h, 2 * Is, 1,
@@ -292,6 +295,7 @@ Block transformer_block(const Ctx& c, const ExpertLayout& layout, int64_t layer,
     add_moe(c, layout, b.ops, prefix);
     b.has_all_to_all = true;
     b.all_to_all = make_all_to_all(c, layout);
+    b.routing = routing_pattern(c.m, layout, layout.routing_skew, layer);
   } else {
     add_dense_ffn(c, b.ops, prefix);
   }

@@ -23,6 +23,7 @@
 
 #include "models/model_card.h"
 #include "models/precision.h"
+#include "models/routing_fanout.h"
 
 namespace tandem {
 
@@ -38,6 +39,7 @@ struct ExpertLayout {
   int64_t gpus_per_node = 8;  // for deduplication per destination node
   int64_t node_limit = 0;     // max groups (nodes) per token; 0 = the model's topk_group
   uint64_t routing_seed = 1;  // for the sampled routing fan-out
+  double routing_skew = 0;    // per-expert logit offset spread (0: balanced routing)
 };
 
 // One GEMM (or `count` identical ones, e.g. the local experts of a grouped GEMM):
@@ -59,6 +61,7 @@ struct Gemm {
 
 // The cost of one op in one pass.
 struct PassCost {
+
   std::vector<Gemm> gemms;     // tensor-core matrix work
   double attention_flops = 0;  // fused attention core (flash-style), BF16 tensor cores
   double vector_flops = 0;     // elementwise/reduction work on CUDA cores
@@ -84,6 +87,7 @@ struct Op {
   int64_t params = 0;   // parameters this op owns (whole model view)
   bool routed = false;  // params belong to routed experts (sharded by EP)
   bool fp8_params = false;  // params used by FP8 GEMMs (a cached FP8 copy exists per step)
+  bool per_routed_row = false;  // work scales with the token-expert rows the GPU's experts get
   PassCost fwd, bwd_input, bwd_weight, recompute;
   double kept_bytes = 0;    // kept from forward until this op's backward (per GPU, per micro-batch)
 
@@ -118,7 +122,8 @@ struct Block {
   int64_t layer = -1;  // transformer layer index for layers
   std::vector<Op> ops;
   bool has_all_to_all = false;
-  AllToAll all_to_all;
+  AllToAll all_to_all;       // balanced-routing averages, seen from one GPU
+  RoutingPattern routing;    // per EP-group member (skewed routing: loads and flows differ)
 
   int64_t params() const;
   int64_t routed_params() const;

@@ -9,6 +9,8 @@ namespace tandem {
 
 namespace fs = std::filesystem;
 
+const char* to_string(RoutingModel m) { return m == RoutingModel::skewed ? "skewed" : "balanced"; }
+
 const char* to_string(ScheduleKind k) {
   switch (k) {
     case ScheduleKind::f1b1: return "1f1b";
@@ -298,12 +300,13 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   }
   if (auto rt = r.optional_section("routing")) {
     const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed"});
-    // Seeded skewed routing is planned (the simulator issue); until the workload and the engines
-    // model it, asking for it is an error rather than a balanced result under another name.
-    if (model == "skewed") rt->fail("model", "skewed routing is not modelled yet; only 'balanced' is");
-    s.routing.model = RoutingModel::balanced;
-    if (rt->has("skew")) rt->fail("skew", "applies to skewed routing, which is not modelled yet");
-    rt->ignore("skew");
+    s.routing.model = model == "skewed" ? RoutingModel::skewed : RoutingModel::balanced;
+    if (s.routing.model == RoutingModel::skewed) {
+      if (!rt->has("skew")) rt->fail("skew", "skewed routing needs its spread (e.g. skew: 0.5; 0 is balanced)");
+      s.routing.skew = rt->number("skew", 0.0, 4.0);
+    } else if (rt->has("skew")) {
+      rt->fail("skew", "applies to 'model: skewed' only");
+    }
     s.routing.seed = static_cast<uint64_t>(rt->integer_or("seed", 1, 0, int64_t{1} << 62));
     rt->finish();
   }

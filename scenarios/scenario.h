@@ -50,12 +50,16 @@ struct CommSpec {
   Dtype combine_dtype = Dtype::bf16;
 };
 
-// Balanced routing only, for now: i.i.d. expert affinities through the model's own gate (seeded).
-// `routing.model: skewed` is rejected until the workload and the engines model it.
-enum class RoutingModel { balanced };
+// How tokens pick experts, through the model's own gate (models/routing_fanout.h), seeded:
+// balanced: i.i.d. affinities, every expert alike;
+// skewed:   per layer, each expert's logit offset by b_e ~ N(0, skew^2): popular experts, hot
+//           GPUs, stragglers at every all-to-all.
+enum class RoutingModel { balanced, skewed };
+const char* to_string(RoutingModel m);
 
 struct RoutingSpec {
   RoutingModel model = RoutingModel::balanced;
+  double skew = 0;  // skewed only: the spread of the per-expert logit offsets
   uint64_t seed = 1;
 };
 
@@ -82,7 +86,8 @@ struct Scenario {
   }
   MicroBatch micro_batch() const { return {batch.micro_batch_sequences, batch.seq_len}; }
   ExpertLayout expert_layout() const {
-    return {plan.ep, cluster.gpus_per_node, comm.node_limit, routing.seed};
+    return {plan.ep, cluster.gpus_per_node, comm.node_limit, routing.seed,
+            routing.model == RoutingModel::skewed ? routing.skew : 0.0};
   }
   double tokens_per_step() const {
     return static_cast<double>(batch.global_sequences) * static_cast<double>(batch.seq_len);

@@ -39,18 +39,21 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
       const Block& b = w.blocks[static_cast<size_t>(t.block)];
       for (const Op& op : b.ops) {
         if (!in_part(op, t.kind)) continue;
+        PassCost pass;
         switch (t.kind) {
           case TaskKind::attn_f:
           case TaskKind::mlp_f:
-          case TaskKind::loss: out.compute += op.fwd; break;
+          case TaskKind::loss: pass = op.fwd; break;
           case TaskKind::attn_b:
           case TaskKind::mlp_b:
-            out.compute += op.bwd_input;
-            out.compute += op.recompute;
+            pass = op.bwd_input;
+            pass += op.recompute;
             out.backward = true;
             break;
-          default: out.compute += op.bwd_weight; break;
+          default: pass = op.bwd_weight; break;
         }
+        out.compute += pass;
+        if (op.per_routed_row) out.routed += pass;
       }
       break;
     }
@@ -63,6 +66,8 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
       out.ib_bytes = dispatch_shaped ? a.dispatch_ib_bytes() : a.combine_ib_bytes();
       out.nvlink_bytes = dispatch_shaped ? a.dispatch_nvlink_bytes() : a.combine_nvlink_bytes();
       out.bytes = out.ib_bytes + out.nvlink_bytes;
+      out.tokens = a.tokens;
+      out.bytes_per_copy = dispatch_shaped ? a.dispatch_bytes_per_copy : a.combine_bytes_per_copy;
       break;
     }
     case TaskKind::pp_send:

@@ -23,10 +23,14 @@ namespace tandem {
 
 struct TaskWork {
   PassCost compute;      // for compute tasks
+  PassCost routed;       // the part of `compute` that scales with the GPU's routed-expert rows
   bool backward = false; // selects the attention backward efficiency
   // Communication: bytes this GPU sends over IB (to other nodes) and NVLink (inside its node);
   // pp/dp transfers are not split here (the route decides).
   double ib_bytes = 0, nvlink_bytes = 0, bytes = 0;
+  // All-to-alls: tokens this GPU sends and bytes per token copy (dispatch- or combine-shaped);
+  // the block's RoutingPattern says where the copies go.
+  double tokens = 0, bytes_per_copy = 0;
 };
 
 TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int rank, const Task& t);

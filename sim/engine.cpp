@@ -28,6 +28,7 @@ const char* to_string(Fidelity f) {
     case Fidelity::per_pair: return "per_pair";
     case Fidelity::aggregated: return "aggregated";
     case Fidelity::replicated: return "replicated";
+    case Fidelity::grouped: return "grouped";
   }
   return "?";
 }
@@ -35,6 +36,27 @@ const char* to_string(Fidelity f) {
 namespace {
 
 constexpr double kHostSpeed = 1e9;  // host "flop/s": compute durations are played as seconds x speed
+
+struct A2APlan {
+  struct Leg {
+    int from, to;  // members
+    double seconds;
+  };
+  std::vector<Leg> legs;
+  std::vector<double> seconds;  // per member, when all members start together
+
+  // Per member end times when member m starts at arrive[m]: a flow runs once both its ends are
+  // there (a mailbox transfer starts when both sides have posted it).
+  std::vector<double> ends(const std::vector<double>& arrive) const {
+    std::vector<double> end = arrive;
+    for (const Leg& l : legs) {
+      const double e = std::max(arrive[static_cast<size_t>(l.from)], arrive[static_cast<size_t>(l.to)]) + l.seconds;
+      end[static_cast<size_t>(l.from)] = std::max(end[static_cast<size_t>(l.from)], e);
+      end[static_cast<size_t>(l.to)] = std::max(end[static_cast<size_t>(l.to)], e);
+    }
+    return end;
+  }
+};
 
 // Everything the GPU actors share, read-only once the run starts (and the results they write).
 struct World {
@@ -48,7 +70,18 @@ struct World {
   std::vector<std::vector<double>> compute_seconds;  // full SMs
   std::vector<std::vector<double>> compute_seconds_shared;
   const Topology* topo = nullptr;
-  std::map<std::tuple<int, double, double>, double> a2a_seconds;  // (rank, IB, NVLink bytes)
+  std::map<std::tuple<int, int, double>, A2APlan> a2a_plans;  // (rank, block, bytes per copy)
+  const Workload* workload = nullptr;
+  bool skewed = false;  // routing differs per member: per-member expert loads
+  std::vector<std::vector<double>> routed_seconds, routed_seconds_shared;  // of compute_seconds*
+  // grouped tier: each all-to-all instance (rank, EP group, task) meets here; the last member
+  // to arrive fixes the end time and tells the others through their "a2a-done/<gpu>" mailbox.
+  struct Rendezvous {
+    int arrived = 0, left = 0;
+    std::vector<double> arrive, end;  // per member
+    std::vector<int> waiting;
+  };
+  std::map<std::tuple<int, int, int>, Rendezvous> rendezvous;
   // Results.
   std::vector<double> busy_compute, exposed_comm;
   std::map<std::string, double> seconds_by_kind;  // summed over simulated GPUs
@@ -64,36 +97,51 @@ struct Flow {
   double bytes = 0;
 };
 
-// DeepEP's two legs: IB from `gpu` to the same-local-index GPU of each other node of its EP group,
-// then NVLink from each arrival GPU (that node's relay, or `gpu` itself for its own node) to the
-// other GPUs of that node. Balanced routing: the task's IB bytes spread evenly over the remote
-// nodes, its NVLink bytes over all (arrival, peer) pairs.
-std::vector<Flow> all_to_all_flows(const World& w, int gpu, const TaskWork& t, Fidelity f) {
+// One all-to-all task as its EP group sees it: who the members are and where copies go.
+struct GroupA2A {
+  int rank = 0, first = 0;  // pipeline rank; first replica of the EP group
+  int ep = 1, gpn = 1, nodes = 1;
+  const RoutingPattern* pattern = nullptr;
+  double bytes_per_token = 0;  // tokens each member sends x bytes per copy
+
+  GroupA2A(const World& w, int gpu, const TaskWork& t, const RoutingPattern& p)
+      : rank(gpu / w.dp), ep(w.ep), gpn(std::min(w.gpn, w.ep)), nodes(std::max(1, w.ep / std::min(w.gpn, w.ep))),
+        pattern(&p), bytes_per_token(t.tokens * t.bytes_per_copy) {
+    const int replica = gpu % w.dp;
+    first = replica - replica % ep;
+  }
+  int gpu(const World& w, int member) const { return w.gpu(rank, first + member); }
+  // IB bytes a member sends to node n (the copies deduplicated per node), and NVLink bytes an
+  // arrival GPU forwards to member j (the copies for j's experts).
+  double ib(int node) const { return bytes_per_token * pattern->node_hit[static_cast<size_t>(node)]; }
+  double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[static_cast<size_t>(member)]; }
+  // per_pair: member j's share of its node's IB bytes.
+  double ib_share(int member) const {
+    const int n0 = member / gpn * gpn;
+    double total = 0;
+    for (int j = n0; j < n0 + gpn; ++j) total += pattern->gpu_hit[static_cast<size_t>(j)];
+    return total > 0 ? pattern->gpu_hit[static_cast<size_t>(member)] / total : 1.0 / gpn;
+  }
+};
+
+// DeepEP's two legs from member `me`: IB to the same-local-index GPU of each other node of the
+// group, then NVLink from each arrival GPU (that node's relay, or `me` itself on its own node)
+// to the other GPUs of that node holding the token's experts.
+std::vector<Flow> all_to_all_flows(const World& w, const GroupA2A& g, int me, Fidelity f) {
   std::vector<Flow> flows;
-  const int ep = w.ep, gpn = std::min(w.gpn, w.ep);
-  const int replica = gpu % w.dp, rank = gpu / w.dp;
-  const int group_first = replica - replica % ep;  // first replica of the EP group
-  const int nodes = std::max(1, ep / gpn);
-  const int local = replica % gpn;
-  const double ib_per_node = nodes > 1 ? t.ib_bytes / (nodes - 1) : 0.0;
-  const double nvl_per_pair = gpn > 1 ? t.nvlink_bytes / (static_cast<double>(nodes) * (gpn - 1)) : 0.0;
-  for (int n = 0; n < nodes; ++n) {
-    const int arrival_replica = group_first + n * gpn + local;
-    const int arrival = w.gpu(rank, arrival_replica);
-    const bool remote = arrival_replica / gpn != replica / gpn;
-    if (f == Fidelity::aggregated) {
-      if (remote && ib_per_node > 0) flows.push_back({gpu, arrival, ib_per_node});
-      for (int j = 0; j < gpn; ++j) {
-        const int peer = w.gpu(rank, group_first + n * gpn + j);
-        if (peer != arrival && nvl_per_pair > 0) flows.push_back({arrival, peer, nvl_per_pair});
+  const int src = g.gpu(w, me), local = me % g.gpn;
+  for (int n = 0; n < g.nodes; ++n) {
+    const int arrival_member = n * g.gpn + local;
+    const int arrival = g.gpu(w, arrival_member);
+    const bool remote = n != me / g.gpn;
+    for (int j = n * g.gpn; j < (n + 1) * g.gpn; ++j) {
+      const int peer = g.gpu(w, j);
+      // aggregated: one IB flow per destination node; per_pair: one per destination GPU.
+      if (remote && g.ib(n) > 0) {
+        if (f == Fidelity::per_pair) flows.push_back({src, arrival, g.ib(n) * g.ib_share(j)});
+        else if (j == arrival_member) flows.push_back({src, arrival, g.ib(n)});
       }
-    } else {
-      // One flow per destination GPU: its share of the node's IB bytes, and its NVLink leg.
-      for (int j = 0; j < gpn; ++j) {
-        const int peer = w.gpu(rank, group_first + n * gpn + j);
-        if (remote && ib_per_node > 0) flows.push_back({gpu, arrival, ib_per_node / gpn});
-        if (peer != arrival && nvl_per_pair > 0) flows.push_back({arrival, peer, nvl_per_pair});
-      }
+      if (peer != arrival && g.nvl(j) > 0) flows.push_back({arrival, peer, g.nvl(j)});
     }
   }
   return flows;
@@ -101,57 +149,65 @@ std::vector<Flow> all_to_all_flows(const World& w, int gpu, const TaskWork& t, F
 
 // The flows of one all-to-all task of `me`'s EP group that `me` sends or receives, in O(ep): all
 // of its own flows, and from every other member only the legs that touch `me`'s node.
-std::vector<Flow> flows_touching(const World& w, int me, const TaskWork& t, Fidelity f) {
-  std::vector<Flow> out = all_to_all_flows(w, me, t, f);  // me as the source
-  const int gpn = std::min(w.gpn, w.ep), nodes = std::max(1, w.ep / gpn);
-  const int rank = me / w.dp, my_replica = me % w.dp;
-  const int first = my_replica - my_replica % w.ep;
-  const int my_node = (my_replica - first) / gpn;
-  const double ib_per_node = nodes > 1 ? t.ib_bytes / (nodes - 1) : 0.0;
-  const double nvl_per_pair = gpn > 1 ? t.nvlink_bytes / (static_cast<double>(nodes) * (gpn - 1)) : 0.0;
-  const int ib_flows = f == Fidelity::aggregated ? 1 : gpn;  // per_pair: one per destination GPU
-  for (int m = 0; m < w.ep; ++m) {
-    const int source = w.gpu(rank, first + m);
-    if (source == me) continue;
-    const int source_node = m / gpn, source_local = (first + m) % gpn;
-    const int arrival = w.gpu(rank, first + my_node * gpn + source_local);  // on my node
-    if (arrival == me) {
-      if (source_node != my_node && ib_per_node > 0)
-        for (int k = 0; k < ib_flows; ++k) out.push_back({source, me, ib_per_node / ib_flows});
-      for (int j = 0; j < gpn; ++j) {
-        const int peer = w.gpu(rank, first + my_node * gpn + j);
-        if (peer != me && nvl_per_pair > 0) out.push_back({me, peer, nvl_per_pair});
+std::vector<Flow> flows_touching(const World& w, const GroupA2A& g, int me_gpu, Fidelity f) {
+  const int me = me_gpu % w.dp - g.first;
+  std::vector<Flow> out = all_to_all_flows(w, g, me, f);  // me as the source
+  const int my_node = me / g.gpn;
+  for (int m = 0; m < g.ep; ++m) {
+    if (m == me) continue;
+    const int source = g.gpu(w, m), source_node = m / g.gpn;
+    const int arrival_member = my_node * g.gpn + m % g.gpn;  // where m's copies land on my node
+    if (arrival_member == me) {
+      if (source_node != my_node && g.ib(my_node) > 0) {
+        if (f == Fidelity::per_pair) {
+          for (int j = my_node * g.gpn; j < (my_node + 1) * g.gpn; ++j)
+            out.push_back({source, me_gpu, g.ib(my_node) * g.ib_share(j)});
+        } else {
+          out.push_back({source, me_gpu, g.ib(my_node)});
+        }
       }
-    } else if (nvl_per_pair > 0) {
-      out.push_back({arrival, me, nvl_per_pair});
+      for (int j = my_node * g.gpn; j < (my_node + 1) * g.gpn; ++j)
+        if (j != me && g.nvl(j) > 0) out.push_back({me_gpu, g.gpu(w, j), g.nvl(j)});
+    } else if (g.nvl(me) > 0) {
+      out.push_back({g.gpu(w, arrival_member), me_gpu, g.nvl(me)});
     }
   }
   // Keep only what touches `me` (its own list also holds the legs its arrivals forward).
-  out.erase(std::remove_if(out.begin(), out.end(), [me](const Flow& fl) { return fl.from != me && fl.to != me; }),
+  out.erase(std::remove_if(out.begin(), out.end(), [me_gpu](const Flow& fl) { return fl.from != me_gpu && fl.to != me_gpu; }),
             out.end());
   return out;
 }
 
-// The replicated tier's all-to-all time: the aggregated flows of the whole EP group of replicas
-// [0, ep) of `rank` loaded onto the Topology's routes; the busiest link sets the time.
-double analytic_all_to_all(World& w, int rank, const TaskWork& t) {
-  const auto key = std::make_tuple(rank, t.ib_bytes, t.nvlink_bytes);
-  auto it = w.a2a_seconds.find(key);
-  if (it != w.a2a_seconds.end()) return it->second;
+// An all-to-all on the Topology, analytically: the aggregated flows of every member of the group
+// loaded onto their routes; a flow lasts as long as the busiest link on its route needs for its
+// load (max-min sharing drains a link's flows together) plus its route's latency, and a member is
+// done when the last flow it sends or receives is. Loads count every flow of the group at once,
+// so a flow whose peers started earlier is charged for contention it may not have met.
+// EP groups of one rank route over disjoint, isomorphic links and share the layer's
+// RoutingPattern, so the first group's figures stand for all of them.
+const A2APlan& analytic_all_to_all(World& w, const GroupA2A& g0, int block, double bytes_per_copy) {
+  const auto key = std::make_tuple(g0.rank, block, bytes_per_copy);
+  auto it = w.a2a_plans.find(key);
+  if (it != w.a2a_plans.end()) return it->second;
+  GroupA2A g = g0;
+  g.first = 0;
+  std::vector<Flow> flows;
+  for (int m = 0; m < g.ep; ++m)
+    for (const Flow& f : all_to_all_flows(w, g, m, Fidelity::aggregated)) flows.push_back(f);
+  std::vector<Route> routes;
   std::map<int, double> load;
-  double latency = 0;
-  for (int m = 0; m < w.ep; ++m) {
-    for (const Flow& f : all_to_all_flows(w, w.gpu(rank, m), t, Fidelity::aggregated)) {
-      const Route r = w.topo->route(f.from, f.to);
-      for (const Link& l : r.links) load[l.id] += f.bytes;
-      latency = std::max(latency, r.latency);
-    }
+  for (const Flow& f : flows) {
+    routes.push_back(w.topo->route(f.from, f.to));
+    for (const Link& l : routes.back().links) load[l.id] += f.bytes;
   }
-  double busiest = 0;
-  for (const auto& [id, bytes] : load) busiest = std::max(busiest, bytes / w.topo->link(id).bandwidth);
-  const double secs = load.empty() ? 0.0 : busiest + latency;
-  w.a2a_seconds.emplace(key, secs);
-  return secs;
+  A2APlan plan;
+  for (size_t i = 0; i < flows.size(); ++i) {
+    double t = 0;
+    for (const Link& l : routes[i].links) t = std::max(t, load[l.id] / w.topo->link(l.id).bandwidth);
+    plan.legs.push_back({flows[i].from % w.dp - g.first, flows[i].to % w.dp - g.first, t + routes[i].latency});
+  }
+  plan.seconds = plan.ends(std::vector<double>(static_cast<size_t>(g.ep), 0.0));
+  return w.a2a_plans.emplace(key, std::move(plan)).first->second;
 }
 
 // The replicated tier's ring collective, pipelined: (n-1)/n of the bytes over the slowest hop of
@@ -212,7 +268,9 @@ class GpuRunner {
       // for the producer is pipeline bubble, not communication.
       if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
         start_[static_cast<size_t>(task)] = std::max(start_[static_cast<size_t>(task)], acts[static_cast<size_t>(i)]->get_start_time());
+      const bool met = pending_[static_cast<size_t>(i)].rendezvous;
       pending_.erase(pending_.begin() + i);
+      if (met) after_meeting(task);
       if (--outstanding_[task] == 0) finish(task);
     }
     finished_ = std::all_of(done_.begin(), done_.end(), [](char d) { return d != 0; });
@@ -226,6 +284,7 @@ class GpuRunner {
   struct Pending {
     sg4::ActivityPtr activity;
     int task;
+    bool rendezvous = false;  // the grouped tier's wait for the last member of the EP group
   };
 
   bool ready(const Task& t) const {
@@ -244,7 +303,14 @@ class GpuRunner {
     start_[static_cast<size_t>(i)] = sg4::Engine::get_clock();
     if (stream == Stream::compute) {
       const bool shared = comm_running_ >= 0;
-      const double secs = (shared ? w_.compute_seconds_shared : w_.compute_seconds)[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+      const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
+      double secs = (shared ? w_.compute_seconds_shared : w_.compute_seconds)[r][ti];
+      if (w_.skewed && tasks_[ti].block >= 0) {
+        // This GPU's experts get load_factor times the balanced rows of the layer.
+        const RoutingPattern& p = w_.workload->blocks[static_cast<size_t>(tasks_[ti].block)].routing;
+        if (!p.rows_per_token.empty())
+          secs += (p.load_factor(replica_ % w_.ep) - 1.0) * (shared ? w_.routed_seconds_shared : w_.routed_seconds)[r][ti];
+      }
       add(sg4::this_actor::exec_async(std::max(secs, 0.0) * kHostSpeed), i);
     } else {
       start_comm(i);
@@ -265,6 +331,38 @@ class GpuRunner {
     payloads_.emplace_back(nullptr);
     add(sg4::Mailbox::by_name(mailbox)->get_async<void>(&payloads_.back()), task);
   }
+
+  // grouped tier: the EP group's members meet at each all-to-all; when the last one arrives,
+  // everyone's end time follows from the arrival times and the analytic plan. Members that
+  // arrived earlier wait for the last one's word (a 1-byte message), then for the rest.
+  void meet(const GroupA2A& g, int task, const A2APlan& plan) {
+    auto& rv = w_.rendezvous[std::make_tuple(rank_, g.first, task)];
+    if (rv.arrive.empty()) rv.arrive.assign(static_cast<size_t>(g.ep), 0.0);
+    rv.arrive[static_cast<size_t>(replica_ % w_.ep)] = sg4::Engine::get_clock();
+    if (++rv.arrived < g.ep) {
+      rv.waiting.push_back(gpu_);
+      payloads_.emplace_back(nullptr);
+      add(done_mailbox(gpu_)->get_async<void>(&payloads_.back()), task);
+      pending_.back().rendezvous = true;
+      return;
+    }
+    rv.end = plan.ends(rv.arrive);
+    rv.left = static_cast<int>(rv.waiting.size());
+    for (int other : rv.waiting) done_mailbox(other)->put_init(&token_, 1)->detach();
+    const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
+    if (rv.left == 0) w_.rendezvous.erase(std::make_tuple(rank_, g.first, task));
+    add(sg4::this_actor::exec_async(std::max(0.0, rest) * kHostSpeed), task);
+  }
+  // The rest of a rendezvous: until this member's end.
+  void after_meeting(int task) {
+    const int first = replica_ - replica_ % w_.ep;
+    const auto key = std::make_tuple(rank_, first, task);
+    auto& rv = w_.rendezvous.at(key);
+    const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
+    if (--rv.left == 0) w_.rendezvous.erase(key);
+    add(sg4::this_actor::exec_async(std::max(0.0, rest) * kHostSpeed), task);
+  }
+  static sg4::Mailbox* done_mailbox(int gpu) { return sg4::Mailbox::by_name("a2a-done/" + std::to_string(gpu)); }
 
   void start_comm(int i) {
     const Task& t = tasks_[static_cast<size_t>(i)];
@@ -287,13 +385,19 @@ class GpuRunner {
       case TaskKind::combine_f:
       case TaskKind::combine_b: {
         if (w_.ep <= 1) break;
+        const GroupA2A group(w_, gpu_, work, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
         if (w_.options->fidelity == Fidelity::replicated) {
-          add(sg4::this_actor::exec_async(analytic_all_to_all(w_, rank_, work) * kHostSpeed), i);
+          const double secs = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
+          add(sg4::this_actor::exec_async(secs * kHostSpeed), i);
+          break;
+        }
+        if (w_.options->fidelity == Fidelity::grouped) {
+          meet(group, i, analytic_all_to_all(w_, group, t.block, work.bytes_per_copy));
           break;
         }
         // This GPU sends its flows (IB legs, and NVLink legs it forwards as an arrival GPU) and
         // receives every flow addressed to it; the task ends when all have completed.
-        for (const Flow& fl : flows_touching(w_, gpu_, work, w_.options->fidelity)) {
+        for (const Flow& fl : flows_touching(w_, group, gpu_, w_.options->fidelity)) {
           if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), fl.bytes, i);
           if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
         }
@@ -396,8 +500,14 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     say("program: " + std::to_string(sch.ranks) + " pipeline ranks, " + std::to_string(ntasks) + " tasks (" +
         to_string(s.schedule.kind) + ", " + std::to_string(sch.micro_batches) + " micro-batches)");
 
+    const bool skewed = s.routing.model == RoutingModel::skewed;
+    if (skewed && o.fidelity == Fidelity::replicated)
+      throw_input_error("<command line>", "--fidelity",
+                        "the replicated tier assumes balanced routing (identical replicas); skewed routing needs grouped, aggregated or per_pair");
     World world;
     world.program = &prog;
+    world.workload = &w;
+    world.skewed = skewed;
     world.options = &o;
     world.dp = static_cast<int>(s.plan.dp);
     world.ep = static_cast<int>(s.plan.ep);
@@ -405,16 +515,22 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     world.comm_sm_fraction = static_cast<double>(s.cluster.gpu.sms - s.comm.sms) / static_cast<double>(s.cluster.gpu.sms);
     for (int r = 0; r < sch.ranks; ++r) {
       std::vector<TaskWork> works;
-      std::vector<double> full, shared;
+      std::vector<double> full, shared, routed, routed_shared;
       for (const Task& t : prog.tasks[static_cast<size_t>(r)]) {
         works.push_back(task_work(s, w, prog, r, t));
         const bool compute = t.stream == Stream::compute;
         full.push_back(compute ? costs.pass_seconds(works.back().compute, works.back().backward, 1.0) : 0.0);
         shared.push_back(compute ? costs.pass_seconds(works.back().compute, works.back().backward, world.comm_sm_fraction) : 0.0);
+        // Linear in the rows: at DeepSeek-V3's expert GEMM sizes (thousands of rows per expert)
+        // the kernel efficiency hardly changes with the row count.
+        routed.push_back(compute ? costs.pass_seconds(works.back().routed, works.back().backward, 1.0) : 0.0);
+        routed_shared.push_back(compute ? costs.pass_seconds(works.back().routed, works.back().backward, world.comm_sm_fraction) : 0.0);
       }
       world.work.push_back(std::move(works));
       world.compute_seconds.push_back(std::move(full));
       world.compute_seconds_shared.push_back(std::move(shared));
+      world.routed_seconds.push_back(std::move(routed));
+      world.routed_seconds_shared.push_back(std::move(routed_shared));
     }
 
     // The cluster: only the nodes the scenario uses.

@@ -25,8 +25,13 @@
 //               time of its (n-1)/n bytes over the ring's slowest hop plus one latency (the
 //               all-GPU tiers send the same bytes as one flow per hop). Fast enough for 2048
 //               GPUs and beyond.
-// per_pair and aggregated simulate every GPU; balanced routing spreads bytes evenly over a GPU's
-// destinations.
+//   grouped:    every GPU simulated (PP and DP transfers as flows); each all-to-all is a collective
+//               of its EP group: it starts when the last member arrives and takes the
+//               replicated tier's analytic time for the group's traffic matrix. Works with skewed
+//               routing (hot GPUs, stragglers) at 2048 GPUs.
+// per_pair, aggregated and grouped simulate every GPU. Flows follow each MoE layer's
+// RoutingPattern: balanced routing spreads a GPU's bytes evenly over its destinations, skewed
+// routing sends more to the GPUs of popular experts, which also compute more.
 #pragma once
 
 #include <map>
@@ -38,7 +43,7 @@
 
 namespace tandem {
 
-enum class Fidelity { per_pair, aggregated, replicated };
+enum class Fidelity { per_pair, aggregated, grouped, replicated };
 const char* to_string(Fidelity f);
 
 struct SimOptions {

@@ -204,3 +204,50 @@ TEST_CASE("same scenario, same result", "[scenario]") {
   CHECK(scenario_workload(c).blocks[5].all_to_all.dest_nodes_per_token ==
         Approx(wa.blocks[5].all_to_all.dest_nodes_per_token).epsilon(0.02));
 }
+
+TEST_CASE("skewed routing: per-member loads from the gate, seeded", "[scenario]") {
+  const Scenario bal = load_ok(kDefault);
+  const Workload wb = scenario_workload(bal);
+  const RoutingPattern& pb = wb.blocks[5].routing;  // layer 4: an MoE layer
+  REQUIRE(pb.rows_per_token.size() == 64);
+  REQUIRE(pb.node_hit.size() == 8);
+  // Balanced: every member alike, and the flows carry exactly the AllToAll volumes.
+  for (size_t d = 0; d < 64; ++d) CHECK(pb.load_factor(static_cast<int64_t>(d)) == Approx(1.0));
+  const AllToAll& a = wb.blocks[5].all_to_all;
+  CHECK(pb.node_hit[1] * 7 == Approx(a.remote_nodes_per_token));
+  CHECK(pb.gpu_hit[3] * 8 * 7 == Approx(a.nvlink_sends_per_token));
+
+  const std::vector<std::string> skew = {"routing.model=skewed", "routing.skew=0.5"};
+  const Scenario sk = load_ok(kDefault, skew);
+  CHECK(sk.routing.model == RoutingModel::skewed);
+  const Workload ws = scenario_workload(sk);
+  const RoutingPattern& p = ws.blocks[5].routing;
+  double rows = 0, hits = 0;
+  for (size_t d = 0; d < 64; ++d) {
+    rows += p.rows_per_token[d];
+    hits += p.gpu_hit[d];
+    CHECK(p.gpu_hit[d] <= p.node_hit[d / 8] + 1e-12);  // a GPU is hit only if its node is
+  }
+  CHECK(rows == Approx(8.0));  // top-8: every token makes 8 rows somewhere
+  CHECK(hits <= 8.0);
+  double nodes = 0;
+  for (double n : p.node_hit) nodes += n;
+  CHECK(nodes <= 4.0 + 1e-12);  // node limit 4
+  CHECK(p.max_load > 1.2);      // some GPU is clearly hot
+  CHECK(p.max_expert_load > p.max_load);
+  // Seeded: the same seed gives the same pattern, another seed another one; layers differ.
+  CHECK(scenario_workload(load_ok(kDefault, skew)).blocks[5].routing.rows_per_token == p.rows_per_token);
+  auto other = skew;
+  other.push_back("routing.seed=9");
+  CHECK(scenario_workload(load_ok(kDefault, other)).blocks[5].routing.rows_per_token != p.rows_per_token);
+  CHECK(ws.blocks[6].routing.rows_per_token != p.rows_per_token);
+  // More skew, hotter GPUs.
+  const Workload hot = scenario_workload(load_ok(kDefault, {"routing.model=skewed", "routing.skew=1.5"}));
+  CHECK(hot.blocks[5].routing.max_load > p.max_load);
+
+  const InputError missing = load_err({"routing.model=skewed"});
+  CHECK(missing.key == "routing.skew");
+  const InputError stray = load_err({"routing.skew=0.5"});
+  CHECK(stray.key == "routing.skew");
+  CHECK(load_err({"routing.model=skewed", "routing.skew=-1"}).key == "routing.skew");
+}

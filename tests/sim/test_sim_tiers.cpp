@@ -36,8 +36,11 @@ TEST_CASE("fast and full fidelity tiers agree within 3% on 128 GPUs", "[simtier]
   const auto full = simulate("scenarios/tiny-sim-128.yaml", "--fidelity per_pair");
   const auto agg = simulate("scenarios/tiny-sim-128.yaml", "--fidelity aggregated");
   const auto fast = simulate("scenarios/tiny-sim-128.yaml", "--fidelity replicated");
+  const auto grouped = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped");
   const double f = full["step_time_s"].get<double>(), a = agg["step_time_s"].get<double>(),
                r = fast["step_time_s"].get<double>();
+  // Balanced routing: every member alike, so the grouped tier plays the replicated tier's times.
+  CHECK(grouped["step_time_s"].get<double>() == Approx(r).epsilon(1e-9));
   WARN("128 GPUs: per-pair " << f * 1e3 << " ms (" << full["sim_wall_s"].get<double>() << " s wall), aggregated "
                              << a * 1e3 << " ms (" << agg["sim_wall_s"].get<double>() << " s), replicated " << r * 1e3
                              << " ms (" << fast["sim_wall_s"].get<double>() << " s, "
@@ -46,6 +49,27 @@ TEST_CASE("fast and full fidelity tiers agree within 3% on 128 GPUs", "[simtier]
   CHECK(fast["gpus_simulated"] == 4);
   CHECK(std::abs(a - f) / f < 0.03);
   CHECK(std::abs(r - f) / f < 0.03);
+}
+
+// Skewed routing breaks the replicas' symmetry: the grouped tier (every GPU, analytic EP-group
+// all-to-alls) against per-pair flows, with hot GPUs that compute and receive more.
+TEST_CASE("grouped and per-pair tiers agree within 3% under skewed routing", "[simtier]") {
+  for (const char* skew : {"0.5", "1.0"}) {
+    const std::string set = std::string(" --set routing.model=skewed --set routing.skew=") + skew;
+    const auto full = simulate("scenarios/tiny-sim-128.yaml", "--fidelity per_pair" + set);
+    const auto grouped = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped" + set);
+    const auto balanced = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped");
+    const double f = full["step_time_s"].get<double>(), g = grouped["step_time_s"].get<double>();
+    WARN("skew " << skew << ": per-pair " << f * 1e3 << " ms (" << full["sim_wall_s"].get<double>()
+                 << " s wall), grouped " << g * 1e3 << " ms (" << grouped["sim_wall_s"].get<double>() << " s)");
+    CHECK(grouped["gpus_simulated"] == 128);
+    CHECK(std::abs(g - f) / f < 0.03);
+    // Stragglers cost time: the skewed step is slower than the balanced one.
+    CHECK(g > balanced["step_time_s"].get<double>() * 1.05);
+  }
+  // The replicated tier refuses skew rather than mirroring one replica.
+  CHECK(tandem_run("simulate " + repo("scenarios/tiny-sim-128.yaml") +
+                   " --fidelity replicated --set routing.model=skewed --set routing.skew=0.5").code == 2);
 }
 
 TEST_CASE("simulate reports the headline metrics and is deterministic", "[simtier]") {
