@@ -1,5 +1,6 @@
 #include "exec/moe/dispatch_plan.h"
 
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -73,11 +74,16 @@ struct Reader {
   }
 };
 
+// Header, then (dispatch only) the expert ids; the buffer is reserved for the whole payload.
 template <class T>
 Buffer start(Kind kind, Wire wire, int64_t rows, int64_t cols) {
+  if (rows > INT32_MAX || cols > INT32_MAX) throw std::invalid_argument("moe wire: too many rows or columns");
   const uint32_t h[6] = {kMagic, static_cast<uint32_t>(kind), static_cast<uint32_t>(wire),
                          elem_bytes<T>(wire), static_cast<uint32_t>(rows), static_cast<uint32_t>(cols)};
+  size_t payload = static_cast<size_t>(rows * cols) * elem_bytes<T>(wire);
+  if (wire == Wire::fp8) payload += static_cast<size_t>(rows * ((cols + fp8::kBlock - 1) / fp8::kBlock)) * sizeof(float);
   Buffer b;
+  b.reserve(kHeaderBytes + (kind == Kind::dispatch ? static_cast<size_t>(rows) * sizeof(int32_t) : 0) + payload);
   put(b, h, sizeof h);
   return b;
 }

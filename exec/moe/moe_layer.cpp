@@ -125,9 +125,10 @@ std::vector<Buffer> dispatch_pack(const MoeConfig& cfg, const MoeTokenState<T>& 
 }
 
 template <class T>
-MoeExpertState<T> dispatch_unpack(const MoeConfig& cfg, int rank, const std::vector<Buffer>& recv) {
+MoeExpertState<T> dispatch_unpack(const MoeConfig& cfg, int rank, const std::vector<Buffer>& recv,
+                                  std::vector<fp8::RowwiseFp8>* fp8_segments) {
   check_rank(cfg, rank);
-  ExpertRows<T> rows = unpack_dispatch<T>(cfg.ep, rank, recv, cfg.align);
+  ExpertRows<T> rows = unpack_dispatch<T>(cfg.ep, rank, recv, cfg.align, fp8_segments);
   MoeExpertState<T> es;
   es.layout = std::move(rows.layout);
   es.x = std::move(rows.x);
@@ -298,7 +299,8 @@ Mat<T> moe_backward_local(const MoeConfig& cfg, const MoeWeights<T>& w, MoeLocal
   template MoeGrads<T> zero_grads<T>(const MoeWeights<T>&);                                                    \
   template MoeTokenState<T> route<T>(const MoeConfig&, const MoeWeights<T>&, const Mat<T>&, const Routing*);   \
   template std::vector<Buffer> dispatch_pack<T>(const MoeConfig&, const MoeTokenState<T>&, const Mat<T>&);     \
-  template MoeExpertState<T> dispatch_unpack<T>(const MoeConfig&, int, const std::vector<Buffer>&);           \
+  template MoeExpertState<T> dispatch_unpack<T>(const MoeConfig&, int, const std::vector<Buffer>&,            \
+                                                std::vector<fp8::RowwiseFp8>*);                                \
   template void experts_forward<T>(const MoeConfig&, const MoeWeights<T>&, MoeExpertState<T>&);               \
   template std::vector<Buffer> combine_pack<T>(const MoeConfig&, MoeExpertState<T>&);                         \
   template Mat<T> combine<T>(const MoeConfig&, MoeTokenState<T>&, const std::vector<Buffer>&);                 \

@@ -124,8 +124,11 @@ MoeTokenState<T> route(const MoeConfig& cfg, const MoeWeights<T>& w, const Mat<T
                        const Routing* fixed = nullptr);
 template <class T>
 std::vector<Buffer> dispatch_pack(const MoeConfig& cfg, const MoeTokenState<T>& st, const Mat<T>& x);
+// fp8_segments: with an FP8 dispatch wire, also the received FP8 rows per segment as they came
+// (unpack_dispatch), for a backend whose grouped GEMM takes them without re-quantising.
 template <class T>
-MoeExpertState<T> dispatch_unpack(const MoeConfig& cfg, int rank, const std::vector<Buffer>& recv);
+MoeExpertState<T> dispatch_unpack(const MoeConfig& cfg, int rank, const std::vector<Buffer>& recv,
+                                  std::vector<fp8::RowwiseFp8>* fp8_segments = nullptr);
 template <class T>
 void experts_forward(const MoeConfig& cfg, const MoeWeights<T>& w, MoeExpertState<T>& es);
 template <class T>
