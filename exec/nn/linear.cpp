@@ -1,13 +1,12 @@
 #include "exec/nn/linear.h"
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
 #include "exec/nn/numerics.h"
 
-#if TANDEM_NN_HAVE_FP8
 #include "exec/fp8/linear_fp8.h"
-#endif
 
 namespace tandem::nn {
 namespace {
@@ -51,12 +50,9 @@ std::string shape(const auto& m) {
   return "[" + std::to_string(m.rows()) + "," + std::to_string(m.cols()) + "]";
 }
 
-#if TANDEM_NN_HAVE_FP8
-int as_int(int64_t v) { return static_cast<int>(v); }
-#endif
-
-[[noreturn]] void no_fp8(const char* op) {
-  throw std::logic_error(std::string(op) + ": Numerics::fp8 needs exec/fp8 (not built)");
+int as_int(int64_t v) {
+  if (v > std::numeric_limits<int>::max()) throw std::invalid_argument("linear: dimension too large");
+  return static_cast<int>(v);
 }
 
 }  // namespace
@@ -67,16 +63,13 @@ Mat<T> linear_forward(const Mat<T>& x, const Mat<T>& W, Numerics n) {
   check(x.cols() == W.cols(), "linear_forward", "x " + shape(x) + " vs W " + shape(W));
   const int64_t M = x.rows(), N = W.rows(), K = W.cols();
   Mat<T> y(M, N);
+  if (M == 0 || N == 0 || K == 0) return y.setZero();
   if (n == Numerics::fp8) {
     if constexpr (std::is_same_v<T, float>) {
-#if TANDEM_NN_HAVE_FP8
       fp8::Fp8Options o;
       o.bf16_output = true;
       fp8::linear_fprop(x.data(), W.data(), y.data(), as_int(M), as_int(N), as_int(K), o);
       return y;
-#else
-      no_fp8("linear_forward");
-#endif
     }
   }
   Mat<T> Wt = W.transpose();  // [K,N], rows contiguous for the fixed-order kernel
@@ -99,16 +92,13 @@ Mat<T> linear_backward_input(const Mat<T>& dy, const Mat<T>& W, Numerics n) {
   check(dy.cols() == W.rows(), "linear_backward_input", "dy " + shape(dy) + " vs W " + shape(W));
   const int64_t M = dy.rows(), N = W.rows(), K = W.cols();
   Mat<T> dx(M, K);
+  if (M == 0 || N == 0 || K == 0) return dx.setZero();
   if (n == Numerics::fp8) {
     if constexpr (std::is_same_v<T, float>) {
-#if TANDEM_NN_HAVE_FP8
       fp8::Fp8Options o;
       o.bf16_output = true;
       fp8::linear_dgrad(dy.data(), W.data(), dx.data(), as_int(M), as_int(N), as_int(K), o);
       return dx;
-#else
-      no_fp8("linear_backward_input");
-#endif
     }
   }
   if (n == Numerics::bf16) {
@@ -130,16 +120,13 @@ void linear_backward_weight(const Mat<T>& dy, const Mat<T>& x, Numerics n, Mat<T
   check(dW.rows() == dy.cols() && dW.cols() == x.cols(), "linear_backward_weight",
         "dW " + shape(dW) + " vs dy " + shape(dy) + ", x " + shape(x));
   const int64_t M = dy.rows(), N = dy.cols(), K = x.cols();
+  if (M == 0 || N == 0 || K == 0) return;
   if (n == Numerics::fp8) {
     if constexpr (std::is_same_v<T, float>) {
-#if TANDEM_NN_HAVE_FP8
       Mat<float> tmp(N, K);
       fp8::linear_wgrad(dy.data(), x.data(), tmp.data(), as_int(M), as_int(N), as_int(K), {});
       dW += tmp;
       return;
-#else
-      no_fp8("linear_backward_weight");
-#endif
     }
   }
   if (n == Numerics::bf16) {

@@ -1,25 +1,17 @@
 // Small numeric helpers shared by the ops of exec/nn (internal to the library and its tests).
 #pragma once
 
-#include <bit>
-#include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
+#include "exec/fp8/bf16.h"
 #include "exec/nn/tensor.h"
 
 namespace tandem::nn {
 
-// BF16 round-to-nearest-even of a float, returned as a float (NaN stays a quiet NaN, ±Inf stays).
-inline float bf16_round(float v) {
-  uint32_t u = std::bit_cast<uint32_t>(v);
-  if ((u & 0x7f800000u) == 0x7f800000u) {  // Inf or NaN
-    if (u & 0x007fffffu) u |= 0x00400000u;   // keep NaN quiet
-    return std::bit_cast<float>(u & 0xffff0000u);
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return std::bit_cast<float>(u & 0xffff0000u);
-}
+// BF16 round-to-nearest-even of a float, returned as a float (exec/fp8/bf16.h's contract).
+inline float bf16_round(float v) { return fp8::round_to_bf16(v); }
 
 // A copy of m with every element rounded to BF16.
 inline Mat<float> bf16_rounded(const Mat<float>& m) { return m.unaryExpr(&bf16_round); }

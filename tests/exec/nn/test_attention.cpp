@@ -263,7 +263,7 @@ TEST_CASE("mla: recompute on and off give bit-identical gradients", "[nn][mla]")
   CHECK(bit_equal(w1.kv_a_layernorm, w2.kv_a_layernorm));
 }
 
-TEST_CASE("mla: float agrees with double; bf16 close to exact", "[nn][mla]") {
+TEST_CASE("mla: float agrees with double; bf16 and fp8 close to exact", "[nn][mla]") {
   // tiny-moe's MLA shape (q_lora 128, kv_lora 128, 4 heads of 32+16 / 32), 2 x 32 tokens
   MlaConfig c;
   c.hidden = 256; c.heads = 4; c.q_lora_rank = 128; c.kv_lora_rank = 128;
@@ -279,9 +279,9 @@ TEST_CASE("mla: float agrees with double; bf16 close to exact", "[nn][mla]") {
   const MlaInputGrad<double> gd = mla_backward_input(c, w, sd, dy, Numerics::exact);
   MlaWeights<double> gwd = mla_zero_weights<double>(c);
   mla_backward_weight(c, sd, gd, dy, Numerics::exact, gwd);
-  for (Numerics n : {Numerics::exact, Numerics::bf16}) {
-    const double tol = n == Numerics::exact ? 1e-5 : 3e-2;
-    INFO("numerics " << (n == Numerics::exact ? "exact" : "bf16"));
+  for (Numerics n : {Numerics::exact, Numerics::bf16, Numerics::fp8}) {
+    const double tol = n == Numerics::exact ? 1e-5 : n == Numerics::bf16 ? 3e-2 : 0.13;  // measured 6e-3 / 8e-2
+    INFO("numerics " << static_cast<int>(n));
     MlaSaved<float> sf;
     const Mat<float> yf = mla_forward(c, wf, xf, 32, n, &sf);
     const MlaInputGrad<float> gf = mla_backward_input(c, wf, sf, dyf, n);
@@ -289,7 +289,7 @@ TEST_CASE("mla: float agrees with double; bf16 close to exact", "[nn][mla]") {
     mla_backward_weight(c, sf, gf, dyf, n, gwf);
     const double ey = rel_err(yf.cast<double>(), yd);
     CHECK(ey < tol);
-    if (n == Numerics::bf16) CHECK(ey > 1e-4);  // it does round
+    if (n != Numerics::exact) CHECK(ey > 1e-4);  // it does round
     CHECK(rel_err(gf.dx.cast<double>(), gd.dx) < tol);
     CHECK(rel_err(gwf.q_a_proj.cast<double>(), gwd.q_a_proj) < tol);
     CHECK(rel_err(gwf.kv_b_proj.cast<double>(), gwd.kv_b_proj) < tol);

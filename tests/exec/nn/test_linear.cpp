@@ -92,3 +92,28 @@ TEST_CASE("bf16_round: round to nearest even", "[nn][linear]") {
   CHECK(std::isnan(bf16_round(std::nanf(""))));
   CHECK(std::isinf(bf16_round(INFINITY)));
 }
+
+TEST_CASE("linear: fp8 (exec/fp8) close to exact; rows independent of M", "[nn][linear][fp8]") {
+  // K = 256, N = 192: whole and partial 128-blocks. E4M3 keeps 3 mantissa bits (relative rounding
+  // ≤ 2^-4 per operand); block scaling and a BF16 output add little: a few % in norm.
+  const int64_t M = 70, N = 192, K = 256;
+  const Mat<double> x = random_mat(M, K, 31), W = random_mat(N, K, 32, 0.05), dy = random_mat(M, N, 33);
+  const Mat<float> xf = x.cast<float>(), Wf = W.cast<float>(), dyf = dy.cast<float>();
+  const Mat<float> y8 = linear_forward(xf, Wf, Numerics::fp8);
+  const double ey = rel_err(y8.cast<double>(), linear_forward(x, W, Numerics::exact));
+  CHECK(ey < 0.05);  // measured 0.036
+  CHECK(ey > 1e-3);  // it does quantise
+  for (int64_t i = 0; i < y8.size(); ++i) CHECK(bf16_round(y8.data()[i]) == y8.data()[i]);
+  const Mat<float> dx8 = linear_backward_input(dyf, Wf, Numerics::fp8);
+  CHECK(rel_err(dx8.cast<double>(), linear_backward_input(dy, W, Numerics::exact)) < 0.05);
+  Mat<float> dW8 = Mat<float>::Constant(N, K, 1.0f);  // accumulates onto what is there
+  Mat<double> dWd = Mat<double>::Zero(N, K);
+  linear_backward_weight(dyf, xf, Numerics::fp8, dW8);
+  linear_backward_weight(dy, x, Numerics::exact, dWd);
+  CHECK(rel_err(Mat<double>(dW8.cast<double>().array() - 1.0), dWd) < 0.05);
+  // an fprop row does not depend on the other rows
+  const Mat<float> x1 = xf.row(41);
+  CHECK(bit_equal(linear_forward(x1, Wf, Numerics::fp8), Mat<float>(y8.row(41))));
+  // empty inputs (an expert with no tokens) are fine
+  CHECK(linear_forward(Mat<float>(0, K), Wf, Numerics::fp8).rows() == 0);
+}
