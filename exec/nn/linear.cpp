@@ -1,5 +1,6 @@
 #include "exec/nn/linear.h"
 
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -11,33 +12,87 @@
 namespace tandem::nn {
 namespace {
 
-// c[M,N] = a[M,K] · b[K,N], all row-major and dense. Each c(i,j) is summed over k in increasing
-// order, one multiply and one add per step (the j loop vectorises across outputs, never across k),
-// so row i of c depends only on row i of a and on b.
+// Register/L1 blocking of the fixed-order kernels: kRows rows of the output at a time, kCols
+// columns at a time, accumulators in a small local array (the compiler vectorises the column loop,
+// whose trip count is a constant). Blocking changes which elements are computed together, never the
+// operations that produce one element.
+constexpr int64_t kRows = 4;
+constexpr int64_t kCols = 64;
+
+// c[M,N] = a[M,K] · b[K,N], all row-major and dense. Each c(i,j) starts at 0 and adds a(i,k)·b(k,j)
+// for k = 0, 1, …, K−1 in order, one rounded multiply and one rounded add per step (no FMA: the
+// library is built with -ffp-contract=off). Vectorisation runs across j, never across k, so the
+// bits of row i of c depend only on row i of a and on b.
 template <class T>
 void gemm_nn_fixed(const T* a, const T* b, T* c, int64_t M, int64_t N, int64_t K) {
-  for (int64_t i = 0; i < M; ++i) {
-    T* ci = c + i * N;
-    for (int64_t j = 0; j < N; ++j) ci[j] = T(0);
-    const T* ai = a + i * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const T aik = ai[k];
-      const T* bk = b + k * N;
-      for (int64_t j = 0; j < N; ++j) ci[j] += aik * bk[j];
+  for (int64_t i0 = 0; i0 < M; i0 += kRows) {
+    const int64_t rows = std::min(kRows, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += kCols) {
+      const int64_t cols = std::min(kCols, N - j0);
+      T acc[kRows][kCols] = {};
+      if (rows == kRows && cols == kCols) {
+        const T* a0 = a + i0 * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const T* bk = b + k * N + j0;
+          const T x0 = a0[k], x1 = a0[K + k], x2 = a0[2 * K + k], x3 = a0[3 * K + k];
+          for (int64_t j = 0; j < kCols; ++j) {
+            acc[0][j] += x0 * bk[j];
+            acc[1][j] += x1 * bk[j];
+            acc[2][j] += x2 * bk[j];
+            acc[3][j] += x3 * bk[j];
+          }
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const T* bk = b + k * N + j0;
+          for (int64_t r = 0; r < rows; ++r) {
+            const T x = a[(i0 + r) * K + k];
+            for (int64_t j = 0; j < cols; ++j) acc[r][j] += x * bk[j];
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) c[(i0 + r) * N + j0 + j] = acc[r][j];
     }
   }
 }
 
-// dW[N,K] += dy[M,N]ᵀ · x[M,K], accumulated in place one row of (dy, x) at a time, rows in order.
+// dW[N,K] += dy[M,N]ᵀ · x[M,K]. Each dW(n,k) starts from its current value and adds dy(i,n)·x(i,k)
+// for i = 0, 1, …, M−1 in order (one rounded multiply and add per step), so splitting the rows
+// over several calls, in order, gives the same bits as one call.
 template <class T>
 void wgrad_fixed(const T* dy, const T* x, T* dW, int64_t M, int64_t N, int64_t K) {
-  for (int64_t i = 0; i < M; ++i) {
-    const T* dyi = dy + i * N;
-    const T* xi = x + i * K;
-    for (int64_t n = 0; n < N; ++n) {
-      const T g = dyi[n];
-      T* dwn = dW + n * K;
-      for (int64_t k = 0; k < K; ++k) dwn[k] += g * xi[k];
+  const Mat<T> dyT = Eigen::Map<const Mat<T>>(dy, M, N).transpose();  // [N, M]: dy(·, n) contiguous
+  for (int64_t n0 = 0; n0 < N; n0 += kRows) {
+    const int64_t rows = std::min(kRows, N - n0);
+    for (int64_t k0 = 0; k0 < K; k0 += kCols) {
+      const int64_t cols = std::min(kCols, K - k0);
+      T acc[kRows][kCols];
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) acc[r][k] = dW[(n0 + r) * K + k0 + k];
+      if (rows == kRows && cols == kCols) {
+        const T* g0 = dyT.data() + n0 * M;
+        for (int64_t i = 0; i < M; ++i) {
+          const T* xi = x + i * K + k0;
+          const T d0 = g0[i], d1 = g0[M + i], d2 = g0[2 * M + i], d3 = g0[3 * M + i];
+          for (int64_t k = 0; k < kCols; ++k) {
+            acc[0][k] += d0 * xi[k];
+            acc[1][k] += d1 * xi[k];
+            acc[2][k] += d2 * xi[k];
+            acc[3][k] += d3 * xi[k];
+          }
+        }
+      } else {
+        for (int64_t i = 0; i < M; ++i) {
+          const T* xi = x + i * K + k0;
+          for (int64_t r = 0; r < rows; ++r) {
+            const T d = dyT(n0 + r, i);
+            for (int64_t k = 0; k < cols; ++k) acc[r][k] += d * xi[k];
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) dW[(n0 + r) * K + k0 + k] = acc[r][k];
     }
   }
 }
