@@ -28,6 +28,12 @@ CommOptions with_timeout(std::chrono::milliseconds t) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// The error names `rank` among the peers it waited for (and so in its message).
+bool waited_for(const CommError& e, int rank) {
+  return std::find(e.peers().begin(), e.peers().end(), rank) != e.peers().end() &&
+         contains(e.what(), "waiting for rank");
+}
+
 std::string describe(const std::vector<Outcome>& out) {
   std::string s;
   for (std::size_t r = 0; r < out.size(); ++r) {
@@ -329,11 +335,11 @@ TEST_CASE("comm: a rank that never joins an all-to-all is named by every other m
     REQUIRE(out[static_cast<std::size_t>(r)].error);
     const CommError& e = *out[static_cast<std::size_t>(r)].error;
     CHECK(e.label() == "dispatch_f layer 3 mb 5");
-    CHECK(contains(e.what(), "waiting for rank 2"));
-    CHECK(e.peers() == std::vector<int>{2});
+    CHECK(waited_for(e, 2));
     if (e.kind() == CommErrorKind::timeout) {
       ++timeouts;
-      CHECK(contains(e.what(), "all_to_all_v \"dispatch_f layer 3 mb 5\" timed out after 200 ms waiting for rank 2"));
+      // Exactly rank 2 unless a member's thread started more than 200 ms late.
+      CHECK(contains(e.what(), "all_to_all_v \"dispatch_f layer 3 mb 5\" timed out after 200 ms waiting for rank"));
     } else {
       CHECK(e.kind() == CommErrorKind::peer_failed);
     }
@@ -402,14 +408,14 @@ TEST_CASE("comm: a silent fault is found by the others' timeouts, which name the
   for (int r : {0, 1, 3}) {
     REQUIRE(out[static_cast<std::size_t>(r)].error);
     const CommError& e = *out[static_cast<std::size_t>(r)].error;
-    CHECK(contains(e.what(), "waiting for rank 2"));
+    CHECK(waited_for(e, 2));
     timeouts += e.kind() == CommErrorKind::timeout;
     CHECK(out[static_cast<std::size_t>(r)].seconds < 2.0);
   }
   CHECK(timeouts >= 1);
   REQUIRE(world.failure());
   CHECK(world.failure()->rank != 2);  // nobody was told; the first to time out failed the world
-  CHECK(contains(world.failure()->reason, "waiting for rank 2"));
+  CHECK(contains(world.failure()->reason, "waiting for rank"));
 }
 
 TEST_CASE("comm: abort() from the executor wakes ranks blocked on others", "[comm]") {
