@@ -13,8 +13,8 @@ Mat<T> concat_normed(const MtpProjWeights<T>& w, const Mat<T>& h, const Mat<T>& 
   if (h.rows() != emb.rows() || h.cols() != emb.cols())
     throw std::invalid_argument("mtp: h and emb shapes differ");
   Mat<T> cat(h.rows(), 2 * h.cols());
-  cat.leftCols(h.cols()) = rmsnorm_forward(h, w.hnorm, eps);
-  cat.rightCols(h.cols()) = rmsnorm_forward(emb, w.enorm, eps);
+  cat.leftCols(h.cols()) = rmsnorm_forward(emb, w.enorm, eps);
+  cat.rightCols(h.cols()) = rmsnorm_forward(h, w.hnorm, eps);
   return cat;
 }
 
@@ -38,8 +38,8 @@ MtpInputGrad<T> mtp_input_backward_input(const MtpProjWeights<T>& w, const MtpSa
   const int64_t H = s.h.cols();
   g.cat = concat_normed(w, s.h, s.emb, eps);
   g.d_cat = linear_backward_input(dy, w.eh_proj, n);
-  g.dh = rmsnorm_backward_input(s.h, w.hnorm, eps, Mat<T>(g.d_cat.leftCols(H)));
-  g.d_emb = rmsnorm_backward_input(s.emb, w.enorm, eps, Mat<T>(g.d_cat.rightCols(H)));
+  g.d_emb = rmsnorm_backward_input(s.emb, w.enorm, eps, Mat<T>(g.d_cat.leftCols(H)));
+  g.dh = rmsnorm_backward_input(s.h, w.hnorm, eps, Mat<T>(g.d_cat.rightCols(H)));
   return g;
 }
 
@@ -48,8 +48,8 @@ void mtp_input_backward_weight(const MtpSaved<T>& s, const MtpInputGrad<T>& g, c
                                double eps, Numerics n, MtpProjWeights<T>& grads) {
   const int64_t H = s.h.cols();
   linear_backward_weight(dy, g.cat, n, grads.eh_proj);
-  rmsnorm_backward_weight(s.h, eps, Mat<T>(g.d_cat.leftCols(H)), grads.hnorm);
-  rmsnorm_backward_weight(s.emb, eps, Mat<T>(g.d_cat.rightCols(H)), grads.enorm);
+  rmsnorm_backward_weight(s.emb, eps, Mat<T>(g.d_cat.leftCols(H)), grads.enorm);
+  rmsnorm_backward_weight(s.h, eps, Mat<T>(g.d_cat.rightCols(H)), grads.hnorm);
 }
 
 #define TANDEM_NN_MTP(T)                                                                        \

@@ -1,11 +1,14 @@
-// The input of a multi-token-prediction module (DeepSeek-V3 §2.2):
-//   h' = eh_proj · [ hnorm(h) ; enorm(emb) ]      eh_proj [hidden, 2·hidden]
+// The input of a multi-token-prediction module (DeepSeek-V3 §2.2, h'_i = M·[RMSNorm(h_i); RMSNorm(Emb(t_{i+k}))]):
+//   h' = eh_proj · [ enorm(emb) ; hnorm(h) ]      eh_proj [hidden, 2·hidden]
 // h: the previous depth's hidden state at position i (for depth 1 the main model's last hidden
 // state, before its final norm); emb: the shared embedding of token i+k (the caller looks it up and
-// scatters d_emb back with embedding_backward). The concatenation order is the paper's (h first);
-// DeepSeek-V3's released checkpoint (and vLLM) concatenate [enorm(emb) ; hnorm(h)], so loading one
-// swaps eh_proj's two column halves. The MTP module's transformer block and its head (own final
-// norm, shared proj) are composed by the executor from attention.h / ffn.h / exec/moe / head.h.
+// scatters d_emb back with embedding_backward).
+// Column order of eh_proj: the released DeepSeek-V3 checkpoint's (and vLLM's / HF's MTP code):
+// columns [0, hidden) multiply enorm(emb), [hidden, 2·hidden) multiply hnorm(h). The paper writes
+// the concatenation h first; the two differ only by a permutation of eh_proj's columns, and this
+// order keeps the HF tensor name "eh_proj.weight" loadable as is.
+// The MTP module's transformer block and its head (own final norm, shared proj) are composed by
+// the executor from attention.h / ffn.h / exec/moe / head.h.
 // Numerics: eh_proj follows `Numerics` (linear.h); norms in T, recomputed in backward.
 #pragma once
 
@@ -30,7 +33,7 @@ struct MtpSaved {
 template <class T>
 struct MtpInputGrad {
   Mat<T> dh, d_emb;  // [M, hidden]
-  Mat<T> cat;        // [M, 2·hidden]  [hnorm(h) | enorm(emb)], recomputed: eh_proj's input
+  Mat<T> cat;        // [M, 2·hidden]  [enorm(emb) | hnorm(h)], recomputed: eh_proj's input
   Mat<T> d_cat;      // [M, 2·hidden]  gradient at cat
 };
 

@@ -25,9 +25,9 @@ TEST_CASE("mtp: input projection backward matches finite differences", "[nn][mtp
   };
   MtpSaved<double> saved;
   const Mat<double> y = mtp_input_forward(w, h, e, eps, Numerics::exact, &saved);
-  // the paper's order: h's half first
-  const Mat<double> ref = rmsnorm_forward(h, w.hnorm, eps) * w.eh_proj.leftCols(H).transpose() +
-                          rmsnorm_forward(e, w.enorm, eps) * w.eh_proj.rightCols(H).transpose();
+  // the checkpoint's column order: the embedding's half first
+  const Mat<double> ref = rmsnorm_forward(e, w.enorm, eps) * w.eh_proj.leftCols(H).transpose() +
+                          rmsnorm_forward(h, w.hnorm, eps) * w.eh_proj.rightCols(H).transpose();
   CHECK(rel_err(y, ref) < 1e-13);
   const MtpInputGrad<double> g = mtp_input_backward_input(w, saved, R, eps, Numerics::exact);
   MtpProjWeights<double> gw{Vec<double>::Zero(H), Vec<double>::Zero(H), Mat<double>::Zero(H, 2 * H)};
