@@ -169,6 +169,7 @@ Result<nlohmann::json> bench_command(const BenchOptions& o, std::string& text) {
       throw_input_error(kWhere, o.what, std::string("CUDA backend failed: ") + e.what());
     }
 #else
+    (void)text;
     return nlohmann::json::object();  // not reached: require_device() threw
 #endif
   });
