@@ -69,6 +69,18 @@ void gather_rows(const float* src, const int32_t* src_row, int dst_rows, int col
 void combine_rows(const float* src, const int32_t* row, const float* weight, int tokens, int k, int cols,
                   float* dst, cudaStream_t stream);
 
+// RMSNorm (exec/nn/rmsnorm.h, in FP32): r_i = 1 / sqrt(mean_j x[i,j]^2 + eps), y = w * (x * r).
+// One block per row; the sum of squares is a tree reduction, so not bit-identical to the CPU's
+// sequential sum: compare with a tolerance. inv_rms (nullable) receives r_i per row.
+void rmsnorm_forward(const float* x, const float* w, int rows, int cols, float eps, float* y, float* inv_rms,
+                     cudaStream_t stream);
+// dx = r (g - x̂ mean_k(g_k x̂_k)), g = w * dy, x̂ = x r (recomputes r, as DeepSeek-V3 does).
+void rmsnorm_backward_input(const float* x, const float* w, const float* dy, int rows, int cols, float eps,
+                            float* dx, cudaStream_t stream);
+// dw[j] = sum over rows i, in increasing i, of dy[i,j] * (x[i,j] * inv_rms[i]) (overwrites dw).
+void rmsnorm_backward_weight(const float* x, const float* dy, const float* inv_rms, int rows, int cols, float* dw,
+                             cudaStream_t stream);
+
 // Benchmark/test data: x[i] = lo + (hi - lo) * u(seed, i), u a counter-based hash in [0, 1).
 void fill_uniform(float* x, std::size_t n, uint64_t seed, float lo, float hi, cudaStream_t stream);
 
