@@ -7,7 +7,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/bench_command.h"
 #include "cli/describe_command.h"
+#include "cli/execute_command.h"
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
 #include "cli/simulate_command.h"
@@ -70,7 +72,7 @@ int main(int argc, char** argv) {
   si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
       ->check(CLI::Range(1, 1 << 20));
   si->add_option("--fidelity", simulate.fidelity, "auto (default: replicated for balanced routing, grouped for skewed), replicated (one pipeline replica, analytic all-to-all), grouped (every GPU, each all-to-all an EP-group collective with analytic time), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
-  si->add_option("--calibration", simulate.calibration, "kernel cost data (default: sim/calibration/h800-deepgemm.yaml)");
+  si->add_option("--calibration", simulate.calibration, "kernel cost data, repeatable: a calibration file (default sim/calibration/h800-deepgemm.yaml) and/or `tandem bench ... --json` outputs laid over it");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
 
@@ -83,6 +85,32 @@ int main(int argc, char** argv) {
   sw->add_option("--fidelity", sweep.fidelity, "simulator tier for every run (default auto)");
   sw->add_flag("--json", sweep.json, "print one JSON object on stdout instead of the table");
 #endif
+
+  tandem::BenchOptions bench;
+  auto* be = app.add_subcommand("bench", "Microbenchmarks of the CUDA backend on the local GPU (FP8 GEMMs, quantisation, an MoE layer)");
+  be->add_option("what", bench.what, "gemm, quant or moe-layer")->required();
+  be->add_option("--iters", bench.iters, "timed iterations (default 20)");
+  be->add_option("--warmup", bench.warmup, "warm-up iterations (default 3)");
+  be->add_option("--comm-sms", bench.comm_sms, "SMs left to communication: also run with SM_COUNT_TARGET = SMs - N (default 20; 0: no such run)");
+  be->add_option("--rows", bench.rows, "quant: rows (default 8192); moe-layer: token-expert rows (default 32768)");
+  be->add_option("--cols", bench.cols, "quant: columns (default 7168)");
+  be->add_flag("--json", bench.json, "print one JSON object on stdout instead of text");
+
+  tandem::ExecuteOptions execute;
+  auto* ex = app.add_subcommand("execute", "Run training steps of a scenario on the executor (CPU backend)");
+  ex->add_option("scenario", execute.path, "scenario file")->required();
+  ex->add_option("--set", execute.overrides, "override a scenario key (repeatable)");
+  ex->add_option("--backend", execute.backend, "cpu (the only backend built here)");
+  ex->add_option("--steps", execute.steps, "training steps (default 1)")->check(CLI::Range(1, 100000));
+  ex->add_flag("--check-reference", execute.check_reference,
+               "compare step 1's loss and gradients with a sequential single-rank step");
+  ex->add_option("--numerics", execute.numerics, "fp32 (exact, default), bf16 or fp8");
+  ex->add_option("--lr", execute.lr, "AdamW learning rate (default 1e-3)");
+  ex->add_option("--trace", execute.trace, "write step 1's task timings as a Perfetto/Chrome trace (JSON)");
+  ex->add_flag("--json", execute.json, "print one JSON object on stdout instead of text");
+  ex->add_option("--fault-rank", execute.fault_rank)->group("");  // tests: this world rank fails...
+  ex->add_option("--fault-at", execute.fault_at)->group("");      // ...at its N-th communicator call
+  ex->add_option("--timeout-ms", execute.timeout_ms)->group("");  // per communicator call
 
   try {
     app.parse(argc, argv);
@@ -101,6 +129,18 @@ int main(int argc, char** argv) {
     std::string text;
     if (*sc) return emit(tandem::schedule(schedule, text), schedule.json, text);
     if (*d) return emit(tandem::describe(describe, text), describe.json, text);
+    if (*be) return emit(tandem::bench_command(bench, text), bench.json, text);
+    if (*ex) {
+      bool leader = true;
+      tandem::ExecuteFailure failure;
+      auto r = tandem::execute_command(execute, text, leader, &failure);
+      if (!failure.message.empty()) {
+        std::fprintf(stderr, "tandem: execute failed: %s\n", failure.message.c_str());
+        return 3;
+      }
+      if (r && !leader) return 0;  // under mpirun, rank 0's process prints
+      return emit(r, execute.json, text);
+    }
 #if TANDEM_HAVE_SIM
     if (*si) return emit(tandem::simulate_command(simulate, text), simulate.json, text);
     if (*sw) {

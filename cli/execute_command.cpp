@@ -1,0 +1,96 @@
+#include "cli/execute_command.h"
+
+#include <cstdio>
+
+#include "exec/runtime/budget.h"
+#include "exec/runtime/executor.h"
+#include "scenarios/scenario.h"
+
+namespace tandem {
+
+Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& text, bool& leader,
+                                       ExecuteFailure* failure) {
+  leader = true;
+  if (o.backend != "cpu")
+    return InputError{"<command line>", "--backend", "'" + o.backend + "': only the cpu backend is built"};
+  nn::Numerics numerics = nn::Numerics::exact;
+  if (o.numerics == "bf16") numerics = nn::Numerics::bf16;
+  else if (o.numerics == "fp8") numerics = nn::Numerics::fp8;
+  else if (o.numerics != "fp32")
+    return InputError{"<command line>", "--numerics", "'" + o.numerics + "': expected fp32, bf16 or fp8"};
+  auto loaded = load_scenario(o.path, o.overrides);
+  if (!loaded) return loaded.error();
+  std::string note;
+  if (loaded.value().model.num_nextn_predict_layers > 0) {
+    // The executor has no MTP module yet: run the main model only, and say so.
+    auto overrides = o.overrides;
+    overrides.push_back("model.num_nextn_predict_layers=0");
+    loaded = load_scenario(o.path, overrides);
+    if (!loaded) return loaded.error();
+    note = "MTP modules not executed (model.num_nextn_predict_layers=0 applied)";
+  }
+  const Scenario& s = loaded.value();
+  runtime::RunSpec spec;
+  try {
+    if (s.model.tie_word_embeddings)
+      throw_input_error(s.file, "model.tie_word_embeddings", "tied embeddings are not supported by the executor");
+    spec = runtime::make_run_spec(s, numerics, o.lr, 1);
+    runtime::check_cpu_budget(s, spec.workload);
+  } catch (const InputException& e) {
+    return e.error();
+  }
+  runtime::ExecOptions eo;
+  eo.steps = o.steps;
+  eo.numerics = numerics;
+  eo.check_reference = o.check_reference;
+  eo.lr = o.lr;
+  eo.trace = !o.trace.empty();
+  eo.timeout = std::chrono::milliseconds(o.timeout_ms);
+  if (o.fault_rank >= 0) eo.fault = comm::FaultInjection{o.fault_rank, o.fault_at, comm::FaultInjection::Mode::announced};
+  runtime::ExecResult r;
+  try {
+    r = runtime::execute(spec, eo);
+  } catch (const runtime::ExecFailure& e) {
+    if (failure) failure->message = e.what();
+    return nlohmann::json::object();
+  }
+  leader = r.leader;
+  if (leader && !o.trace.empty() && !r.trace.write_perfetto(o.trace))
+    return InputError{o.trace, "", "cannot write the trace"};
+
+  nlohmann::json j;
+  j["scenario"] = s.name;
+  j["backend"] = o.backend;
+  j["numerics"] = o.numerics;
+  j["world"] = r.world;
+  j["ranks"] = spec.world_size();
+  j["schedule"] = to_string(s.schedule.kind);
+  j["micro_batches"] = spec.micro_batches;
+  j["tokens_per_step"] = s.tokens_per_step();
+  if (!note.empty()) {
+    j["note"] = note;
+    text += "note: " + note + "\n";
+  }
+  nlohmann::json steps = nlohmann::json::array();
+  char line[256];
+  text += "tandem execute " + s.name + ": " + r.world + ", " + o.numerics + "\n";
+  for (size_t i = 0; i < r.steps.size(); ++i) {
+    const auto& st = r.steps[i];
+    steps.push_back({{"step", i + 1}, {"loss", st.loss}, {"wall_s", st.wall_s}, {"tokens_per_s", st.tokens_per_s}});
+    std::snprintf(line, sizeof line, "step %zu  loss %.6f  %.3f s  %.0f tokens/s\n", i + 1, st.loss, st.wall_s, st.tokens_per_s);
+    text += line;
+  }
+  j["steps"] = steps;
+  j["loss"] = nlohmann::json::array();
+  for (const auto& st : r.steps) j["loss"].push_back(st.loss);
+  if (r.max_grad_rel_err) {
+    j["max_grad_rel_err"] = *r.max_grad_rel_err;
+    j["loss_matches_reference"] = r.losses_match.value_or(false);
+    std::snprintf(line, sizeof line, "reference: max_grad_rel_err %.3g, losses %s\n", *r.max_grad_rel_err,
+                  r.losses_match.value_or(false) ? "bit-identical" : "DIFFER");
+    text += line;
+  }
+  return j;
+}
+
+}  // namespace tandem

@@ -1,0 +1,41 @@
+// `tandem execute <scenario> --backend cpu [--steps N] [--check-reference] [--numerics fp32|bf16|fp8]
+//  [--trace FILE] [--json] [--set k=v]...` — runs training steps of a scenario on the executor.
+// Exit codes: 0 success, 2 bad input (InputError: unknown backend, scenario too large for the CPU
+// backend naming the key), 3 a rank failed (the message names the rank and the task).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/input_error.h"
+
+namespace tandem {
+
+struct ExecuteOptions {
+  std::string path;
+  std::vector<std::string> overrides;
+  std::string backend = "cpu";
+  int steps = 1;
+  bool check_reference = false;
+  std::string numerics = "fp32";
+  std::string trace;
+  bool json = false;
+  double lr = 1e-3;
+  int fault_rank = -1;  // hidden: make this world rank fail at its fault_at-th communicator call
+  long fault_at = 1;
+  int timeout_ms = 60'000;
+};
+
+// A rank failed: the job stopped (exit code 3).
+struct ExecuteFailure {
+  std::string message;
+};
+
+// Result JSON (or InputError). Sets *failure (and returns an empty object) when a rank failed.
+// `leader` is false in the MPI processes that do not host world rank 0 (they print nothing).
+Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& text, bool& leader,
+                                       ExecuteFailure* failure);
+
+}  // namespace tandem

@@ -1,0 +1,58 @@
+// The executor's entry point: runs training steps of a scenario on the CPU backend.
+//
+// One RankRunner per world rank this process hosts (all of them in-process; a share of them under
+// mpirun, exec/comm make_world decides), each driven by the interpreter on its own two threads.
+// Per step: the ranks run their Programs, the losses are gathered over the world (every rank
+// contributes its last stage's micro-batch losses; summed in (replica, micro-batch) order), and
+// with check_reference the reduced gradient shards of step 1 are compared with run_reference's.
+//
+// A rank that fails stops the whole job: its communicator is aborted (every peer wakes with an
+// error naming it), and execute() throws ExecFailure with the first failure's message (rank, task).
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/trace.h"
+#include "exec/comm/communicator.h"
+#include "exec/runtime/run_spec.h"
+
+namespace tandem::runtime {
+
+struct ExecOptions {
+  int steps = 1;
+  nn::Numerics numerics = nn::Numerics::exact;
+  bool check_reference = false;
+  double lr = 1e-3;
+  uint64_t seed = 1;
+  std::chrono::milliseconds timeout{60'000};
+  std::optional<comm::FaultInjection> fault;
+  bool trace = false;  // fill ExecResult::trace with step 1's task timings
+};
+
+struct StepStats {
+  double loss = 0;
+  double wall_s = 0;
+  double tokens_per_s = 0;
+};
+
+struct ExecResult {
+  std::string world;        // e.g. "in-process, 8 ranks"
+  bool leader = true;       // this process hosts world rank 0 (it prints the result)
+  std::vector<StepStats> steps;
+  std::optional<double> max_grad_rel_err;  // step 1 vs the reference
+  std::optional<bool> losses_match;        // bit-identical losses vs the reference
+  Trace trace;
+};
+
+class ExecFailure : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+ExecResult execute(const RunSpec& spec, const ExecOptions& o);
+
+}  // namespace tandem::runtime

@@ -1,0 +1,141 @@
+#include "exec/runtime/reference.h"
+
+#include <stdexcept>
+
+namespace tandem::runtime {
+
+namespace {
+
+void append(std::vector<float>& out, std::span<const float> s) { out.insert(out.end(), s.begin(), s.end()); }
+
+void fold_into(std::vector<float>& acc, std::vector<float> v) {
+  if (acc.empty()) {
+    acc = std::move(v);
+    return;
+  }
+  for (size_t k = 0; k < acc.size(); ++k) acc[k] += v[k];
+}
+
+std::vector<float> flat_dense(std::vector<BlockGrads>& grads) {
+  std::vector<float> out;
+  for (BlockGrads& g : grads) for_each_dense(g.dense, [&](const std::string&, std::span<float> s) { append(out, s); });
+  return out;
+}
+
+// The experts EP member `m` owns, from the reference's all-expert accumulators.
+std::vector<float> flat_experts(const RunSpec& spec, std::vector<BlockGrads>& grads, int m) {
+  std::vector<float> out;
+  const int per = spec.setup.card.n_routed_experts > 0 ? static_cast<int>(spec.setup.card.n_routed_experts) / spec.ep : 0;
+  for (BlockGrads& g : grads) {
+    if (!g.dense.moe) continue;
+    std::vector<nn::FfnWeights<float>> own(g.experts_by_src[0].begin() + m * per, g.experts_by_src[0].begin() + (m + 1) * per);
+    for_each_expert(spec.setup, g.dense.layer, m * per, own, [&](const std::string&, std::span<float> s) { append(out, s); });
+  }
+  return out;
+}
+
+std::vector<moe::Buffer> hand_back(std::vector<moe::Buffer>& send, const std::string&) { return send; }
+
+}  // namespace
+
+ReferenceStep run_reference(const RunSpec& spec) {
+  if (spec.setup.card.num_nextn_predict_layers > 0) throw std::invalid_argument("reference: MTP not supported");
+  const ModelSetup setup = make_setup(spec.setup.card, 1, spec.setup.numerics, spec.setup.seed);
+  BlockContext ctx{&setup, 0, spec.seq_len, spec.loss_scale};
+  const auto& blocks = spec.workload.blocks;
+  std::vector<BlockParams> params;
+  for (const Block& b : blocks) params.push_back(make_block_params(setup, b, 0));
+  const int stages = static_cast<int>(spec.partition.stages.size());
+  const int paths = spec.program.schedule.paths, per_path = spec.micro_batches / paths;
+
+  // acc[replica][path][block]
+  std::vector<std::vector<std::vector<BlockGrads>>> acc(static_cast<size_t>(spec.dp));
+  ReferenceStep out;
+  out.loss.assign(static_cast<size_t>(spec.dp), std::vector<double>(static_cast<size_t>(spec.micro_batches), 0.0));
+  for (int r = 0; r < spec.dp; ++r) {
+    acc[static_cast<size_t>(r)].resize(static_cast<size_t>(paths));
+    for (auto& per_block : acc[static_cast<size_t>(r)])
+      for (const BlockParams& p : params) per_block.push_back(make_block_grads(setup, p, 1));
+    for (int mb = 0; mb < spec.micro_batches; ++mb) {
+      const MicroBatchData data = synthetic_batch(spec, r, mb);
+      auto& grads = acc[static_cast<size_t>(r)][static_cast<size_t>(mb / per_path)];
+      std::vector<BlockState> st(blocks.size());
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        BlockState& s = st[b];
+        if (b > 0) s.x = st[b - 1].out;
+        switch (blocks[b].kind) {
+          case BlockKind::embedding: attn_f(ctx, params[b], s, data); break;
+          case BlockKind::head:
+            mlp_f(ctx, params[b], s);
+            loss_f(ctx, s, data);
+            out.loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] = s.loss;
+            break;
+          default:
+            attn_f(ctx, params[b], s, data);
+            if (params[b].moe) dispatch_f(ctx, s, hand_back, "");
+            mlp_f(ctx, params[b], s);
+            if (params[b].moe) combine_f(ctx, s, hand_back, "");
+        }
+      }
+      for (size_t b = blocks.size(); b-- > 0;) {
+        BlockState& s = st[b];
+        if (b + 1 < blocks.size()) s.d_out = st[b + 1].dx;
+        switch (blocks[b].kind) {
+          case BlockKind::embedding:
+            attn_w(ctx, params[b], s, grads[b], data);
+            break;
+          case BlockKind::head:
+            mlp_b(ctx, params[b], s);
+            mlp_w(ctx, params[b], s, grads[b]);
+            break;
+          default:
+            if (params[b].moe) combine_b(ctx, s, hand_back, "");
+            mlp_b(ctx, params[b], s);
+            mlp_w(ctx, params[b], s, grads[b]);
+            if (params[b].moe) dispatch_b(ctx, s, hand_back, "");
+            attn_b(ctx, params[b], s);
+            attn_w(ctx, params[b], s, grads[b], data);
+        }
+        if (b + 1 < blocks.size()) st[b + 1] = BlockState{};
+      }
+    }
+  }
+
+  // The canonical sums, per stage, laid out as the ranks flatten them.
+  for (int s = 0; s < stages; ++s) {
+    const Stage& part = spec.partition.stages[static_cast<size_t>(s)];
+    auto stage_grads = [&](int r, int path) {
+      auto& all = acc[static_cast<size_t>(r)][static_cast<size_t>(path)];
+      return std::vector<BlockGrads>(all.begin() + static_cast<long>(part.first_block),
+                                     all.begin() + static_cast<long>(part.end_block));
+    };
+    std::vector<float> dense;
+    for (int r = 0; r < spec.dp; ++r) {
+      std::vector<float> per_replica;
+      for (int path = 0; path < paths; ++path) {
+        auto g = stage_grads(r, path);
+        fold_into(per_replica, flat_dense(g));
+      }
+      fold_into(dense, std::move(per_replica));
+    }
+    out.dense.push_back(std::move(dense));
+    std::vector<std::vector<float>> experts(static_cast<size_t>(spec.ep));
+    for (int m = 0; m < spec.ep; ++m)
+      for (int group = 0; group < spec.dp / spec.ep; ++group) {
+        std::vector<float> per_group;
+        for (int path = 0; path < paths; ++path) {
+          std::vector<float> per_path_sum;
+          for (int j = 0; j < spec.ep; ++j) {
+            auto g = stage_grads(group * spec.ep + j, path);
+            fold_into(per_path_sum, flat_experts(spec, g, m));
+          }
+          fold_into(per_group, std::move(per_path_sum));
+        }
+        fold_into(experts[static_cast<size_t>(m)], std::move(per_group));
+      }
+    out.experts.push_back(std::move(experts));
+  }
+  return out;
+}
+
+}  // namespace tandem::runtime

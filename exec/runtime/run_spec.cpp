@@ -1,0 +1,67 @@
+#include "exec/runtime/run_spec.h"
+
+namespace tandem::runtime {
+
+std::vector<int> RunSpec::ep_group(int g) const {
+  const int p = pipeline_rank_of(g), first = replica_of(g) / ep * ep;
+  std::vector<int> group;
+  for (int j = 0; j < ep; ++j) group.push_back(world_rank(p, first + j));
+  return group;
+}
+
+std::vector<int> RunSpec::dp_group(int g) const {
+  std::vector<int> group;
+  for (int r = 0; r < dp; ++r) group.push_back(world_rank(pipeline_rank_of(g), r));
+  return group;
+}
+
+std::vector<int> RunSpec::expert_dp_group(int g) const {
+  std::vector<int> group;
+  for (int r = member_of(replica_of(g)); r < dp; r += ep) group.push_back(world_rank(pipeline_rank_of(g), r));
+  return group;
+}
+
+RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint64_t seed) {
+  RunSpec spec;
+  spec.scenario = s;
+  spec.workload = scenario_workload(s);
+  spec.partition = partition_stages(spec.workload, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+  const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
+                                     static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
+  spec.program = build_program(sch, spec.workload, spec.partition);
+  spec.pp = static_cast<int>(s.plan.pp);
+  spec.dp = static_cast<int>(s.plan.dp);
+  spec.ep = static_cast<int>(s.plan.ep);
+  spec.setup = make_setup(s.model, spec.ep, numerics, seed);
+  spec.micro_batches = static_cast<int>(s.micro_batches());
+  spec.seq_len = s.batch.seq_len;
+  spec.sequences_per_mb = s.batch.micro_batch_sequences;
+  spec.loss_scale = 1.0 / s.tokens_per_step();
+  spec.data_seed = seed;
+  spec.adam.lr = lr;
+  return spec;
+}
+
+MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch) {
+  // splitmix64 of (seed, replica, micro-batch, position): the same ids on every rank and process.
+  auto mix = [](uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  const uint64_t vocab = static_cast<uint64_t>(spec.setup.card.vocab_size);
+  const uint64_t base = mix(mix(mix(spec.data_seed) ^ static_cast<uint64_t>(replica)) ^ static_cast<uint64_t>(micro_batch));
+  MicroBatchData d;
+  const int64_t L = spec.seq_len;
+  for (int64_t q = 0; q < spec.sequences_per_mb; ++q) {
+    std::vector<int32_t> seq;
+    for (int64_t i = 0; i <= L; ++i)
+      seq.push_back(static_cast<int32_t>(mix(base ^ static_cast<uint64_t>(q * (L + 1) + i)) % vocab));
+    d.tokens.insert(d.tokens.end(), seq.begin(), seq.end() - 1);
+    d.targets.insert(d.targets.end(), seq.begin() + 1, seq.end());
+  }
+  return d;
+}
+
+}  // namespace tandem::runtime

@@ -1,0 +1,50 @@
+// RunSpec: what every rank of one executor job shares — the scenario, its Program, the model
+// setup, placement and the data — plus the placement arithmetic (the simulator's):
+//   world rank g = pipeline_rank · dp + replica
+//   EP group of a rank  = the ep consecutive replicas containing it (same pipeline rank)
+//   DP group            = every replica of the pipeline rank (replicated parameters)
+//   expert-DP group     = the replicas holding the same experts: member m of every EP group
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "exec/nn/adamw.h"
+#include "exec/runtime/block_ops.h"
+#include "scenarios/program.h"
+#include "scenarios/scenario.h"
+
+namespace tandem::runtime {
+
+struct RunSpec {
+  Scenario scenario;
+  Workload workload;
+  StagePartition partition;
+  Program program;
+  ModelSetup setup;  // ep = plan.ep
+  int pp = 1, dp = 1, ep = 1;
+  int micro_batches = 0;     // per replica per step
+  int64_t seq_len = 0, sequences_per_mb = 0;
+  double loss_scale = 1;     // 1 / tokens in the global batch
+  uint64_t data_seed = 1;
+  nn::AdamWConfig adam;
+
+  int world_size() const { return pp * dp; }
+  int world_rank(int pipeline_rank, int replica) const { return pipeline_rank * dp + replica; }
+  int pipeline_rank_of(int g) const { return g / dp; }
+  int replica_of(int g) const { return g % dp; }
+  int member_of(int replica) const { return replica % ep; }
+  std::vector<int> ep_group(int g) const;
+  std::vector<int> dp_group(int g) const;
+  std::vector<int> expert_dp_group(int g) const;
+  int64_t tokens_per_mb() const { return seq_len * sequences_per_mb; }
+};
+
+// Builds the Program and the model setup of a loaded scenario.
+RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint64_t seed);
+
+// Seeded synthetic token ids of (replica, micro-batch): sequences of seq_len + 1 ids; inputs are
+// the first seq_len, targets the last seq_len (the next token).
+MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch);
+
+}  // namespace tandem::runtime
