@@ -19,16 +19,16 @@ CpuEstimate estimate_cpu_cost(const Scenario& s, const Workload& w) {
 
 void check_cpu_budget(const Scenario& s, const Workload& w, const CpuBudget& b) {
   const CpuEstimate e = estimate_cpu_cost(s, w);
-  if (e.bytes > b.max_bytes)
-    throw_input_error(s.file, "model",
-                      "too large for the CPU backend: about " + std::to_string(static_cast<long long>(e.bytes / 1e6)) +
-                          " MB of weights, optimizer state and activations (limit " +
-                          std::to_string(static_cast<long long>(b.max_bytes / 1e6)) + " MB); use a smaller model card");
   if (e.flops > b.max_flops)
     throw_input_error(s.file, "batch.global_sequences",
                       "too much work for the CPU backend: about " + std::to_string(e.flops / 1e9) +
                           " GFLOP per step (limit " + std::to_string(b.max_flops / 1e9) +
                           " GFLOP); fewer or shorter sequences");
+  if (e.bytes > b.max_bytes)
+    throw_input_error(s.file, "model",
+                      "too large for the CPU backend: about " + std::to_string(static_cast<long long>(e.bytes / 1e6)) +
+                          " MB of weights, optimizer state and activations (limit " +
+                          std::to_string(static_cast<long long>(b.max_bytes / 1e6)) + " MB); use a smaller model card");
 }
 
 }  // namespace tandem::runtime

@@ -88,7 +88,7 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
         comm::Communicator& c = world->comm(r.world_rank());
         try {
           r.begin_step(step);
-          timings[i] = run_rank_program(r.pipeline_rank(), spec.program.tasks[static_cast<size_t>(r.pipeline_rank())], r, t0,
+          timings[i] = run_rank_program(r.world_rank(), spec.program.tasks[static_cast<size_t>(r.pipeline_rank())], r, t0,
                                         [&](const std::string& why) { c.abort(why); });
           // Losses: [replica · micro-batches] per rank, zero where the rank has none; summed later.
           std::vector<double> mine(M, 0.0);
