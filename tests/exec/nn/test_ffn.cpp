@@ -38,3 +38,30 @@ TEST_CASE("ffn: float agrees with double, bf16 close", "[nn][ffn]") {
   CHECK(e8 < 0.09);  // measured 0.061
   CHECK(e8 > 1e-3);
 }
+
+TEST_CASE("ffn: row bits independent of the token count; split weight grads equal", "[nn][ffn]") {
+  // an expert sees different token counts under different schedules: its rows must not care
+  const int64_t H = 32, I = 48;
+  const FfnWeights<float> w{random_mat(I, H, 1, 0.2).cast<float>(), random_mat(I, H, 2, 0.2).cast<float>(),
+                            random_mat(H, I, 3, 0.2).cast<float>()};
+  const Mat<float> x = random_mat(37, H, 4).cast<float>(), dy = random_mat(37, H, 5).cast<float>();
+  FfnSaved<float> s;
+  const Mat<float> y = ffn_forward(w, x, Numerics::exact, &s);
+  const FfnInputGrad<float> g = ffn_backward_input(w, s, dy, Numerics::exact);
+  FfnWeights<float> gw_all{Mat<float>::Zero(I, H), Mat<float>::Zero(I, H), Mat<float>::Zero(H, I)};
+  FfnWeights<float> gw_split = gw_all;
+  ffn_backward_weight(s, g, dy, Numerics::exact, gw_all);
+  int64_t r0 = 0;
+  for (int64_t m : {1, 5, 31}) {
+    const Mat<float> xm = x.middleRows(r0, m), dym = dy.middleRows(r0, m);
+    FfnSaved<float> sm;
+    CHECK(test::bit_equal(ffn_forward(w, xm, Numerics::exact, &sm), Mat<float>(y.middleRows(r0, m))));
+    const FfnInputGrad<float> gm = ffn_backward_input(w, sm, dym, Numerics::exact);
+    CHECK(test::bit_equal(gm.dx, Mat<float>(g.dx.middleRows(r0, m))));
+    ffn_backward_weight(sm, gm, dym, Numerics::exact, gw_split);
+    r0 += m;
+  }
+  CHECK(test::bit_equal(gw_all.gate, gw_split.gate));
+  CHECK(test::bit_equal(gw_all.up, gw_split.up));
+  CHECK(test::bit_equal(gw_all.down, gw_split.down));
+}
