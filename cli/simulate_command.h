@@ -16,7 +16,7 @@ struct SimulateOptions {
   std::string trace;             // Perfetto JSON of the first trace_gpus GPUs
   int trace_gpus = 16;
   std::string fidelity = "auto";
-  std::string calibration;
+  std::vector<std::string> calibration;  // a calibration file and/or `tandem bench --json` outputs
   bool json = false;
   bool progress = false;
 };

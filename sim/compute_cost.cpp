@@ -1,5 +1,6 @@
 #include "sim/compute_cost.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -9,9 +10,16 @@ namespace tandem {
 
 Result<Calibration> load_calibration(const std::string& path) {
   return catch_input_errors([&] {
-    CardReader r(parse_card_file(path), path);
+    const YAML::Node doc = parse_card_file(path);
+    // `tandem bench ... --json` output: its "calibration" section holds what it measured.
+    const bool bench = doc.IsMap() && doc["calibration"] && doc["results"];
+    CardReader top(doc, path);
+    if (bench)
+      for (const char* k : {"results", "device", "timing", "calibration_sm_count_target"}) top.ignore(k);
+    CardReader r = bench ? top.section("calibration") : top;
     Calibration c;
     c.file = path;
+    c.from_bench = bench;
     c.name = r.text("name");
     r.ignore("gpu");
     r.ignore("source");
@@ -48,14 +56,36 @@ Result<Calibration> load_calibration(const std::string& path) {
     };
     rows("fp8_gemms", 4);
     rows("fp8_grouped_gemms", 5);
-    if (c.fp8.empty()) r.fail("fp8_gemms", "at least one measured FP8 GEMM is needed");
-    c.bf16_gemm_efficiency = r.number("bf16_gemm_efficiency", 0.01, 1.0);
-    c.attention_fwd_efficiency = r.number("attention_fwd_efficiency", 0.01, 1.0);
-    c.attention_bwd_efficiency = r.number("attention_bwd_efficiency", 0.01, 1.0);
-    c.hbm_efficiency = r.number("hbm_efficiency", 0.01, 1.0);
+    // A calibration file is complete; a bench output holds only what that bench measured and is
+    // laid over a complete one (overlay()).
+    auto efficiency = [&](const char* key) { return bench ? r.number_or(key, 0.0, 0.0, 1.0) : r.number(key, 0.01, 1.0); };
+    if (c.fp8.empty() && !bench) r.fail("fp8_gemms", "at least one measured FP8 GEMM is needed");
+    c.bf16_gemm_efficiency = efficiency("bf16_gemm_efficiency");
+    c.attention_fwd_efficiency = efficiency("attention_fwd_efficiency");
+    c.attention_bwd_efficiency = efficiency("attention_bwd_efficiency");
+    c.hbm_efficiency = efficiency("hbm_efficiency");
     r.finish();
+    if (bench) top.finish();
     return c;
   });
+}
+
+Calibration overlay(const Calibration& base, const Calibration& top) {
+  Calibration c = base;
+  c.name = base.name + " + " + top.name;
+  c.file = base.file + " + " + top.file;
+  for (const GemmMeasurement& m : top.fp8) {
+    auto same = [&](const GemmMeasurement& b) { return b.groups == m.groups && b.m == m.m && b.n == m.n && b.k == m.k; };
+    auto it = std::find_if(c.fp8.begin(), c.fp8.end(), same);
+    if (it != c.fp8.end()) *it = m;
+    else c.fp8.push_back(m);
+  }
+  auto take = [](double& into, double v) { if (v > 0) into = v; };
+  take(c.bf16_gemm_efficiency, top.bf16_gemm_efficiency);
+  take(c.attention_fwd_efficiency, top.attention_fwd_efficiency);
+  take(c.attention_bwd_efficiency, top.attention_bwd_efficiency);
+  take(c.hbm_efficiency, top.hbm_efficiency);
+  return c;
 }
 
 ComputeCostModel::ComputeCostModel(const GpuSpec& gpu, Calibration cal) : gpu_(gpu), cal_(std::move(cal)) {}

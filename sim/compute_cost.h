@@ -35,9 +35,16 @@ struct Calibration {
   double attention_fwd_efficiency = 0;
   double attention_bwd_efficiency = 0;
   double hbm_efficiency = 0;
+  bool from_bench = false;  // a `tandem bench --json` output: only what it measured (0: absent)
 };
 
+// Loads a calibration file (YAML, complete) or the output of `tandem bench gemm|quant|moe-layer
+// --json` (its "calibration" section: measured rows and efficiencies only).
 Result<Calibration> load_calibration(const std::string& path);
+
+// `top` laid over `base`: its measured GEMM rows replace the base's rows of the same shape (or
+// join the table), its efficiencies replace the base's where it has them.
+Calibration overlay(const Calibration& base, const Calibration& top);
 
 class ComputeCostModel {
  public:

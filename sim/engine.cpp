@@ -476,15 +476,34 @@ class GpuRunner {
 // The kernel data shipped with tandem (H800; its tensor cores equal the H100's and H200's).
 std::string default_calibration() { return std::string(TANDEM_SOURCE_DIR) + "/sim/calibration/h800-deepgemm.yaml"; }
 
+// Kernel cost data: a complete calibration (the first file given, or the default one), with the
+// `tandem bench --json` outputs that follow laid over it in order.
+Calibration calibration_for(const SimOptions& o) {
+  auto load = [](const std::string& path) {
+    auto c = load_calibration(path);
+    if (!c) throw InputException(c.error());
+    return c.value();
+  };
+  std::vector<Calibration> given;
+  for (const std::string& path : o.calibration) given.push_back(load(path));
+  const bool base_given = !given.empty() && !given.front().from_bench;
+  Calibration cal = base_given ? given.front() : load(default_calibration());
+  for (size_t i = base_given ? 1 : 0; i < given.size(); ++i) {
+    if (!given[i].from_bench)
+      throw_input_error(given[i].file, "calibration",
+                        "only the first calibration may be a complete file; later ones must be `tandem bench --json` outputs");
+    cal = overlay(cal, given[i]);
+  }
+  return cal;
+}
+
 }  // namespace
 
 Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
   return catch_input_errors([&]() -> SimResult {
     const auto wall0 = std::chrono::steady_clock::now();
-    const std::string cal_path = o.calibration.empty() ? default_calibration() : o.calibration;
-    auto cal = load_calibration(cal_path);
-    if (!cal) throw InputException(cal.error());
-    const ComputeCostModel costs(s.cluster.gpu, cal.value());
+    const Calibration calibration = calibration_for(o);
+    const ComputeCostModel costs(s.cluster.gpu, calibration);
     const Workload w = scenario_workload(s);
     const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),

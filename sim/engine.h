@@ -36,6 +36,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "common/input_error.h"
 #include "common/trace.h"
@@ -48,7 +49,9 @@ const char* to_string(Fidelity f);
 
 struct SimOptions {
   Fidelity fidelity = Fidelity::replicated;
-  std::string calibration;  // calibration file; empty: sim/calibration/<default for the GPU>
+  // Kernel cost data, in order: a complete calibration file first (or none: the default,
+  // sim/calibration/h800-deepgemm.yaml), then `tandem bench --json` outputs laid over it.
+  std::vector<std::string> calibration;
   int trace_gpus = 0;       // record trace events of the first N GPUs (0: none)
   bool progress = false;
 };

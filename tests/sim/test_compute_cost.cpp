@@ -103,3 +103,42 @@ TEST_CASE("a bad calibration file is an input error", "[sim]") {
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().key == "bf16_gemm_efficiency");
 }
+
+// `tandem bench gemm --json` output (cli/bench_command.cpp's shape) as a calibration overlay.
+TEST_CASE("tandem bench output overlays the calibration", "[sim]") {
+  const std::string path = "/tmp/tandem_tests_bench_gemm.json";
+  std::ofstream(path) << R"({"results": [{"m": 4096, "n": 7168, "k": 2048, "mode": "vec128_blk128x128", "ms": 0.1, "tflops": 584}],
+    "device": {"name": "NVIDIA H100 80GB HBM3", "sm_count": 132},
+    "timing": {"iters": 20, "warmup": 3},
+    "calibration": {"name": "tandem-bench-gemm", "gpu": "NVIDIA H100 80GB HBM3", "source": "tandem bench gemm",
+                    "fp8_gemms": [[4096, 7168, 2048, 584], [4096, 1024, 1024, 300]], "hbm_efficiency": 0.5},
+    "calibration_sm_count_target": {"sm_count_target": 112, "fp8_gemms": [[4096, 7168, 2048, 500]]}})";
+  auto bench = load_calibration(path);
+  INFO((bench.ok() ? "" : bench.error().message()));
+  REQUIRE(bench.ok());
+  CHECK(bench.value().from_bench);
+  CHECK(bench.value().fp8.size() == 2);
+  CHECK(bench.value().bf16_gemm_efficiency == 0);  // not measured by this bench
+
+  auto base = load_calibration(repo("sim/calibration/h800-deepgemm.yaml"));
+  REQUIRE(base.ok());
+  const Calibration c = overlay(base.value(), bench.value());
+  CHECK(c.fp8.size() == base.value().fp8.size() + 1);  // one row replaced, one new
+  CHECK(c.hbm_efficiency == 0.5);
+  CHECK(c.bf16_gemm_efficiency == base.value().bf16_gemm_efficiency);
+  // The measured row now sets that shape's time: half the published 1168 TFLOP/s, twice the time.
+  const GpuSpec gpu = test::cluster_card("h800-2048").gpu;
+  const ComputeCostModel published(gpu, base.value()), measured(gpu, c);
+  Gemm g;
+  g.m = 4096; g.n = 7168; g.k = 2048;
+  g.a = g.b = Dtype::fp8_e4m3;
+  g.b_block_scaled = true;
+  CHECK(measured.gemm_seconds(g) / published.gemm_seconds(g) == Approx(1168.0 / 584.0).epsilon(1e-9));
+
+  // A bench output with a bad row is an error naming the file and the key.
+  std::ofstream(path) << R"({"results": [], "calibration": {"name": "b", "fp8_gemms": [[4096, 7168, -1, 5]]}})";
+  auto bad = load_calibration(path);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().file == path);
+  CHECK(bad.error().key == "calibration.fp8_gemms[0]");
+}
