@@ -51,7 +51,7 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
     const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                        static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
-    const Program prog = build_program(sch, w, part);
+    const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});
     const std::vector<std::string> problems = check_program(prog);
     if (!problems.empty()) throw std::runtime_error("generated program fails its checks: " + problems.front());
     const UnitCostRun run = run_unit_costs(sch, costs);

@@ -69,12 +69,14 @@ std::vector<TaskKind> forward_ops(const Block& b) {
 class RankExpander {
  public:
   RankExpander(const Schedule& s, const Workload& w, const StagePartition& p, int rank,
-               std::vector<Task>& out)
-      : s_(s), w_(w), p_(p), rank_(rank), out_(out) {
+               std::vector<Task>& out, const ProgramOptions& o)
+      : s_(s), w_(w), p_(p), rank_(rank), out_(out), o_(o) {
     for (const Message& m : s.messages) {
       if (m.to_rank == rank) incoming_[{m.to_slot, m.gradient, m.chunk.micro_batch}] = &m;
       if (m.from_rank == rank) outgoing_[m.from_slot].push_back(&m);
     }
+    for (const Slot& sl : s.slots[static_cast<size_t>(rank)])
+      if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) chunks_[sl.f.stage]++;
   }
 
   void expand() {
@@ -90,6 +92,7 @@ class RankExpander {
         case SlotKind::FB: overlapped(sl.f, sl.b); break;
       }
       sends_released_here();
+      if (o_.dp_overlap) reduce_finished_stages();
     }
     end_of_step();
   }
@@ -177,6 +180,7 @@ class RankExpander {
     const Stage& st = stage_of(c);
     for (size_t b = st.end_block; b-- > st.first_block;) prev = backward_block(c, static_cast<int>(b), prev, with_w);
     last_b_[key(c)] = prev;
+    if (with_w) weights_done_[c.stage]++;
   }
 
   void weights(const Chunk& c) {
@@ -184,6 +188,20 @@ class RankExpander {
     if (it == deferred_.end()) return;
     for (const auto& [k, block, after] : it->second) add(k, c, block, {after});
     deferred_.erase(it);
+    weights_done_[c.stage]++;
+  }
+
+  // dp_overlap: a stage whose every chunk has had its weight gradients gets its reduce-scatter
+  // now, after the rank's compute so far (which includes those passes).
+  void reduce_finished_stages() {
+    for (const auto& [stage, n] : chunks_) {
+      if (reduced_.count(stage) || weights_done_[stage] < n) continue;
+      int last_compute = -1;
+      for (size_t i = 0; i < out_.size(); ++i)
+        if (out_[i].stream == Stream::compute) last_compute = static_cast<int>(i);
+      reduce_scatters_.push_back(add(TaskKind::dp_reduce_scatter, Chunk{0, -1, stage, 0}, -1, {last_compute}, Group::dp));
+      reduced_.insert(stage);
+    }
   }
 
   // One forward chunk and one backward chunk of another micro-batch, interleaved layer by layer:
@@ -217,6 +235,7 @@ class RankExpander {
     }
     last_f_[key(f)] = pf;
     last_b_[key(b)] = pb;
+    weights_done_[b.stage]++;
   }
 
   // pp_send tasks for every output released at the end of this slot (DualPipe may hold an
@@ -242,8 +261,10 @@ class RankExpander {
     for (size_t i = 0; i < out_.size(); ++i)
       (out_[i].stream == Stream::compute ? last_compute : last_comm) = static_cast<int>(i);
     const Chunk none{0, -1, -1, 0};
-    const int rs = add(TaskKind::dp_reduce_scatter, none, -1, {last_compute, last_comm}, Group::dp);
-    const int opt = add(TaskKind::optimizer, none, -1, {rs});
+    std::vector<int> reduced = reduce_scatters_;
+    if (!o_.dp_overlap) reduced.push_back(add(TaskKind::dp_reduce_scatter, none, -1, {last_compute, last_comm}, Group::dp));
+    reduced.push_back(last_compute);
+    const int opt = add(TaskKind::optimizer, none, -1, reduced);
     add(TaskKind::dp_all_gather, none, -1, {opt}, Group::dp);
   }
 
@@ -262,16 +283,20 @@ class RankExpander {
   std::map<int, std::vector<const Message*>> outgoing_;            // release slot -> messages
   std::map<Key, int> last_f_, last_b_;
   std::map<Key, std::vector<Deferred>> deferred_;
+  const ProgramOptions& o_;
+  std::map<int, int> chunks_, weights_done_;  // per stage of this rank: chunks, chunks with W done
+  std::set<int> reduced_;
+  std::vector<int> reduce_scatters_;
 };
 
 }  // namespace
 
-Program build_program(const Schedule& s, const Workload& w, const StagePartition& p) {
+Program build_program(const Schedule& s, const Workload& w, const StagePartition& p, const ProgramOptions& o) {
   Program prog{s, p, {}, {}};
   prog.tasks.resize(static_cast<size_t>(s.ranks));
   prog.rank_stages.resize(static_cast<size_t>(s.ranks));
   for (int r = 0; r < s.ranks; ++r) {
-    RankExpander(s, w, p, r, prog.tasks[static_cast<size_t>(r)]).expand();
+    RankExpander(s, w, p, r, prog.tasks[static_cast<size_t>(r)], o).expand();
     std::set<int> st;
     for (const Slot& sl : s.slots[static_cast<size_t>(r)])
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) st.insert(sl.f.stage);

@@ -12,7 +12,8 @@
 // Tasks run on a compute or a comm stream of their rank, each stream in list order; `deps` name
 // earlier tasks of the rank that must have finished. pp_send/pp_recv pair through a message id.
 // dispatch/combine are all-to-alls with the same rank of the other pipelines of the EP group;
-// dp_reduce_scatter/dp_all_gather are ZeRO-1 collectives over the data-parallel copies. Neither
+// dp_reduce_scatter/dp_all_gather are ZeRO-1 collectives over the data-parallel copies (a
+// reduce-scatter with a valid chunk.stage covers that stage only: ProgramOptions::dp_overlap). Neither
 // engine reorders anything.
 #pragma once
 
@@ -55,7 +56,15 @@ struct Program {
   std::vector<std::vector<int>> rank_stages;  // stages each rank holds (in phase order)
 };
 
-Program build_program(const Schedule& s, const Workload& w, const StagePartition& p);
+struct ProgramOptions {
+  // ZeRO-1 overlap: each stage's gradient reduce-scatter goes on the comm stream right after the
+  // slot that completes the stage's last weight-gradient pass, so it overlaps the rank's remaining
+  // passes; otherwise one reduce-scatter after all of them. The optimizer step and the parameter
+  // all-gather stay at the end of the step.
+  bool dp_overlap = false;
+};
+
+Program build_program(const Schedule& s, const Workload& w, const StagePartition& p, const ProgramOptions& o = {});
 
 // Static checks of a generated program; returns the problems found (empty: all good).
 // Every message has one send and one receive; every chunk has one F, one B and (if deferred)

@@ -195,6 +195,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   s.plan.tp = plan.integer_or("tp", 1, 1, 1);
   s.plan.ep = plan.integer_or("ep", 1, 1, 65536);
   s.plan.zero_stage = plan.integer_or("zero_stage", 1, 0, 1);
+  s.plan.dp_overlap = plan.boolean_or("dp_overlap", false);
   plan.ignore("dp");
   if (s.gpus % (s.plan.pp * s.plan.tp) != 0)
     plan.fail("pp", "GPUs (" + std::to_string(s.gpus) + ") are not a whole number of pipelines of " +

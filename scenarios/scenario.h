@@ -30,6 +30,7 @@ struct ParallelPlan {
   int64_t tp = 1;          // tensor parallelism: not modelled, must be 1
   int64_t dp = 1;          // derived: gpus / (pp * tp)
   int64_t zero_stage = 1;  // ZeRO-1: optimizer states sharded over data-parallel copies
+  bool dp_overlap = false; // each stage's gradient reduce-scatter right after its last W pass
 };
 
 struct ScheduleSpec {

@@ -12,13 +12,16 @@ bool in_part(const Op& op, TaskKind k) {
   return attention ? op.part == Part::attention : op.part == Part::mlp;
 }
 
+// Parameters of one stage on one GPU: routed experts sharded over the EP group.
+double stage_params(const Scenario& s, const Program& p, int st) {
+  const Stage& stage = p.partition.stages[static_cast<size_t>(st)];
+  return static_cast<double>(stage.params - stage.routed_params) +
+         static_cast<double>(stage.routed_params) / static_cast<double>(s.plan.ep);
+}
+
 double rank_params(const Scenario& s, const Program& p, int rank) {
   double params = 0;
-  for (int st : p.rank_stages[static_cast<size_t>(rank)]) {
-    const Stage& stage = p.partition.stages[static_cast<size_t>(st)];
-    params += static_cast<double>(stage.params - stage.routed_params) +
-              static_cast<double>(stage.routed_params) / static_cast<double>(s.plan.ep);
-  }
+  for (int st : p.rank_stages[static_cast<size_t>(rank)]) params += stage_params(s, p, st);
   return params;
 }
 
@@ -72,7 +75,12 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
     }
     case TaskKind::pp_send:
     case TaskKind::pp_recv: out.bytes = tokens * hidden * 2.0; break;
-    case TaskKind::dp_reduce_scatter: out.bytes = rank_params(s, p, rank) * bytes_per_element(s.precision.grads); break;
+    case TaskKind::dp_reduce_scatter: {
+      // One stage's gradients (dp_overlap), or all the rank's.
+      const double params = t.chunk.stage >= 0 ? stage_params(s, p, t.chunk.stage) : rank_params(s, p, rank);
+      out.bytes = params * bytes_per_element(s.precision.grads);
+      break;
+    }
     case TaskKind::dp_all_gather: out.bytes = rank_params(s, p, rank) * bytes_per_element(s.precision.weights); break;
     case TaskKind::optimizer: {
       // Per local shard parameter: read gradient, master and both moments; write master, moments

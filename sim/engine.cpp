@@ -508,7 +508,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                        static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
-    const Program prog = build_program(sch, w, part);
+    const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});
     auto say = [&](const std::string& what) {
       if (!o.progress) return;
       const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();

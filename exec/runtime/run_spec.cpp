@@ -1,5 +1,7 @@
 #include "exec/runtime/run_spec.h"
 
+#include "common/input_error.h"
+
 namespace tandem::runtime {
 
 std::vector<int> RunSpec::ep_group(int g) const {
@@ -28,6 +30,10 @@ RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint6
   spec.partition = partition_stages(spec.workload, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
   const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                      static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
+  // The executor reduces every stage's gradients at the end of the step; the per-stage
+  // reduce-scatters of plan.dp_overlap are modelled by the simulator only (for now).
+  if (s.plan.dp_overlap)
+    throw_input_error(s.file, "plan.dp_overlap", "the executor runs ZeRO-1 at the end of the step; dp_overlap is simulated only");
   spec.program = build_program(sch, spec.workload, spec.partition);
   spec.pp = static_cast<int>(s.plan.pp);
   spec.dp = static_cast<int>(s.plan.dp);

@@ -2,6 +2,9 @@
 // the unit-cost bubble formulas, and the Program's static checks.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <set>
+
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/schedule.h"
@@ -175,5 +178,46 @@ TEST_CASE("an overlapped slot interleaves its chunks in the report's order", "[s
                       t.kind == TaskKind::dp_all_gather || t.kind == TaskKind::dp_reduce_scatter;
     CHECK((t.stream == Stream::comm) == comm);
     for (int d : t.deps) CHECK(d < static_cast<int>(&t - prog.tasks[1].data()));
+  }
+}
+
+// plan.dp_overlap: one reduce-scatter per stage the rank holds, after that stage's last weight
+// pass and before the rank's remaining compute; the optimizer waits for all of them.
+TEST_CASE("dp_overlap reduces each stage's gradients after its last weight pass", "[schedule]") {
+  for (const char* name : {"tiny-dualpipe", "tiny-1f1b", "tiny-dualpipev"}) {
+    auto r = load_scenario(repo(std::string("scenarios/") + name + ".yaml"), {"plan.dp_overlap=true"});
+    REQUIRE(r.ok());
+    const Scenario& s = r.value();
+    CHECK(s.plan.dp_overlap);
+    const Workload w = scenario_workload(s);
+    const StagePartition p = partition_stages(w, s.stages(), {}, s.file, "plan.pp");
+    const Program prog = build_program(
+        make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp), static_cast<int>(s.micro_batches())), w, p,
+        ProgramOptions{true});
+    INFO(name);
+    CHECK(check_program(prog).empty());
+    for (size_t rank = 0; rank < prog.tasks.size(); ++rank) {
+      const auto& tasks = prog.tasks[rank];
+      std::set<int> reduced;
+      int optimizer = -1;
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        const Task& t = tasks[i];
+        if (t.kind == TaskKind::optimizer) optimizer = static_cast<int>(i);
+        if (t.kind != TaskKind::dp_reduce_scatter) continue;
+        CHECK(t.chunk.stage >= 0);
+        reduced.insert(t.chunk.stage);
+        // Every weight pass of that stage comes before it.
+        for (size_t j = i + 1; j < tasks.size(); ++j)
+          CHECK_FALSE(((tasks[j].kind == TaskKind::attn_w || tasks[j].kind == TaskKind::mlp_w) &&
+                       tasks[j].chunk.stage == t.chunk.stage));
+      }
+      const auto& held = prog.rank_stages[rank];
+      CHECK(reduced == std::set<int>(held.begin(), held.end()));
+      REQUIRE(optimizer >= 0);
+      for (size_t i = 0; i < tasks.size(); ++i)
+        if (tasks[i].kind == TaskKind::dp_reduce_scatter)
+          CHECK(std::count(tasks[static_cast<size_t>(optimizer)].deps.begin(), tasks[static_cast<size_t>(optimizer)].deps.end(),
+                           static_cast<int>(i)) == 1);
+    }
   }
 }
