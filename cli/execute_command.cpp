@@ -1,5 +1,6 @@
 #include "cli/execute_command.h"
 
+#include <cmath>
 #include <cstdio>
 
 #include "exec/runtime/budget.h"
@@ -34,7 +35,13 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   try {
     if (s.model.tie_word_embeddings)
       throw_input_error(s.file, "model.tie_word_embeddings", "tied embeddings are not supported by the executor");
+    if (!(o.bias_update_speed >= 0 && o.bias_update_speed < 1))
+      throw_input_error("<command line>", "--bias-update-speed", "expected a value in [0, 1)");
+    if (!(std::abs(o.router_bias_skew) < 1))
+      throw_input_error("<command line>", "--router-bias-skew", "expected a value in (-1, 1)");
     spec = runtime::make_run_spec(s, numerics, o.lr, 1);
+    spec.bias_update_speed = o.bias_update_speed;
+    spec.setup.router_bias_skew = o.router_bias_skew;
     runtime::check_cpu_budget(s, spec.workload);
   } catch (const InputException& e) {
     return e.error();
@@ -74,11 +81,35 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   nlohmann::json steps = nlohmann::json::array();
   char line[256];
   text += "tandem execute " + s.name + ": " + r.world + ", " + o.numerics + "\n";
+  const bool has_moe = !r.steps.empty() && !r.steps.front().moe_layers.empty();
+  if (has_moe) {
+    j["bias_update_speed"] = o.bias_update_speed;
+    std::snprintf(line, sizeof line, "aux-loss-free bias update: gamma %g after each step%s\n", o.bias_update_speed,
+                  o.bias_update_speed == 0 ? " (off)" : "");
+    text += line;
+    if (o.router_bias_skew != 0) {
+      j["router_bias_skew"] = o.router_bias_skew;
+      std::snprintf(line, sizeof line, "router bias skew %g on experts [0, E/4) at init (test option)\n", o.router_bias_skew);
+      text += line;
+    }
+  }
   for (size_t i = 0; i < r.steps.size(); ++i) {
     const auto& st = r.steps[i];
-    steps.push_back({{"step", i + 1}, {"loss", st.loss}, {"wall_s", st.wall_s}, {"tokens_per_s", st.tokens_per_s}});
-    std::snprintf(line, sizeof line, "step %zu  loss %.6f  %.3f s  %.0f tokens/s\n", i + 1, st.loss, st.wall_s, st.tokens_per_s);
+    nlohmann::json js{{"step", i + 1}, {"loss", st.loss}, {"wall_s", st.wall_s}, {"tokens_per_s", st.tokens_per_s}};
+    std::snprintf(line, sizeof line, "step %zu  loss %.6f  %.3f s  %.0f tokens/s", i + 1, st.loss, st.wall_s, st.tokens_per_s);
     text += line;
+    if (has_moe) {
+      // max/mean expert load of the step: per MoE layer (keyed by layer index) and the worst.
+      nlohmann::json per_layer = nlohmann::json::object();
+      for (size_t l = 0; l < st.moe_layers.size(); ++l)
+        per_layer[std::to_string(st.moe_layers[l])] = st.load_max_over_mean[l];
+      js["expert_load_max_over_mean"] = per_layer;
+      js["max_expert_load_max_over_mean"] = st.worst_load();
+      std::snprintf(line, sizeof line, "  expert load max/mean %.3f", st.worst_load());
+      text += line;
+    }
+    text += "\n";
+    steps.push_back(js);
   }
   j["steps"] = steps;
   j["loss"] = nlohmann::json::array();

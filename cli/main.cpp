@@ -106,6 +106,9 @@ int main(int argc, char** argv) {
                "compare step 1's loss and gradients with a sequential single-rank step");
   ex->add_option("--numerics", execute.numerics, "fp32 (exact, default), bf16 or fp8");
   ex->add_option("--lr", execute.lr, "AdamW learning rate (default 1e-3)");
+  ex->add_option("--bias-update-speed", execute.bias_update_speed,
+                 "aux-loss-free balancing: router bias speed gamma per step (default 0.001, DeepSeek-V3; 0 = off)");
+  ex->add_option("--router-bias-skew", execute.router_bias_skew)->group("");  // tests: skewed router bias at init
   ex->add_option("--trace", execute.trace, "write step 1's task timings as a Perfetto/Chrome trace (JSON)");
   ex->add_flag("--json", execute.json, "print one JSON object on stdout instead of text");
   ex->add_option("--fault-rank", execute.fault_rank)->group("");  // tests: this world rank fails...

@@ -69,7 +69,11 @@ BlockParams make_block_params(const ModelSetup& s, const Block& b, int member) {
     case BlockKind::moe_layer:
       p.layer_w = nn::make_layer_weights<float>(s.card, b.layer, init);
       if (b.kind == BlockKind::moe_layer)
+      {
         p.moe = moe::init_moe_weights<float>(s.moe, member, moe_seed(s.seed, b.layer));
+        const Eigen::Index skewed = p.moe->bias.size() / 4;
+        for (Eigen::Index e = 0; e < skewed; ++e) p.moe->bias[e] += static_cast<float>(s.router_bias_skew);
+      }
       break;
     case BlockKind::mtp:
       throw std::invalid_argument("the CPU executor does not run MTP modules yet");

@@ -48,6 +48,9 @@ struct ModelSetup {
   moe::MoeConfig moe;  // ep and numerics of this run (ep = 1 for the reference)
   nn::Numerics numerics = nn::Numerics::exact;
   uint64_t seed = 0;
+  // Tests only: added to the initial router selection bias of experts [0, n_routed/4) of every
+  // MoE layer (a skewed start for the aux-loss-free balancing to undo). 0 = the normal init.
+  double router_bias_skew = 0;
 };
 
 ModelSetup make_setup(const ModelCard& card, int ep, nn::Numerics numerics, uint64_t seed);

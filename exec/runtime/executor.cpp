@@ -46,7 +46,26 @@ double compare_rank(RankRunner& r, const ReferenceStep& ref, const RunSpec& spec
   return worst;
 }
 
+// "rank G: ..." (the interpreter's and the communicator's messages use world ranks) →
+// "world rank G (pipeline rank P, replica R): ...", so a person can find the rank in the Program.
+std::string name_world_rank(const std::string& msg, const RunSpec& spec) {
+  if (msg.rfind("rank ", 0) != 0) return msg;
+  size_t end = 5;
+  while (end < msg.size() && msg[end] >= '0' && msg[end] <= '9') ++end;
+  if (end == 5 || end >= msg.size() || msg[end] != ':') return msg;
+  const int g = std::stoi(msg.substr(5, end - 5));
+  if (g < 0 || g >= spec.world_size()) return msg;
+  return "world rank " + std::to_string(g) + " (pipeline rank " + std::to_string(spec.pipeline_rank_of(g)) +
+         ", replica " + std::to_string(spec.replica_of(g)) + ")" + msg.substr(end);
+}
+
 }  // namespace
+
+double StepStats::worst_load() const {
+  double w = 0;
+  for (double x : load_max_over_mean) w = std::max(w, x);
+  return w;
+}
 
 ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
   comm::CommOptions co;
@@ -72,6 +91,9 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
   for (int g : local) runners.push_back(std::make_unique<RankRunner>(spec, g, world->comm(g)));
   const size_t M = static_cast<size_t>(spec.dp) * static_cast<size_t>(spec.micro_batches);
   const std::vector<int> all = whole_world(spec.world_size());
+  std::vector<int64_t> moe_layers;
+  for (const Block& b : spec.workload.blocks)
+    if (b.kind == BlockKind::moe_layer) moe_layers.push_back(b.layer);
 
   for (int step = 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -101,6 +123,11 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
           }
           mine.push_back(err);
           mine.push_back(loss_differs);
+          // Expert load per MoE layer: every holder of a layer reports the same value, others 0.
+          for (int64_t layer : moe_layers) {
+            auto it = r.expert_load().find(layer);
+            mine.push_back(it == r.expert_load().end() ? 0.0 : it->second);
+          }
           std::vector<double> world_values(mine.size() * all.size());
           c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
           gathered[i] = std::move(world_values);
@@ -119,19 +146,23 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
     if (failed) {
       std::string why = first_error;
       if (auto f = world->failure(); f && why.find("failed first") != std::string::npos) why = f->reason;
-      throw ExecFailure(why);
+      throw ExecFailure(name_world_rank(why, spec));
     }
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // Every rank gathered the same values; sum the losses in (replica, micro-batch) order.
     const auto& v = gathered.front();
     StepStats s;
     double worst = 0, differs = 0;
-    const size_t stride = M + 2;
+    const size_t stride = M + 2 + moe_layers.size();
     for (size_t k = 0; k < M; ++k)
       for (size_t rank = 0; rank < all.size(); ++rank) s.loss += v[rank * stride + k];
+    s.moe_layers = moe_layers;
+    s.load_max_over_mean.assign(moe_layers.size(), 0.0);
     for (size_t rank = 0; rank < all.size(); ++rank) {
       worst = std::max(worst, v[rank * stride + M]);
       differs = std::max(differs, v[rank * stride + M + 1]);
+      for (size_t l = 0; l < moe_layers.size(); ++l)
+        s.load_max_over_mean[l] = std::max(s.load_max_over_mean[l], v[rank * stride + M + 2 + l]);
     }
     s.wall_s = wall;
     s.tokens_per_s = spec.scenario.tokens_per_step() / wall;

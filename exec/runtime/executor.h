@@ -37,6 +37,11 @@ struct StepStats {
   double loss = 0;
   double wall_s = 0;
   double tokens_per_s = 0;
+  // Max/mean expert load of the step per MoE layer (model order), over the whole global batch,
+  // with the selection bias the step ran with (the update follows the step).
+  std::vector<int64_t> moe_layers;
+  std::vector<double> load_max_over_mean;
+  double worst_load() const;  // max over the layers (0 without MoE layers)
 };
 
 struct ExecResult {

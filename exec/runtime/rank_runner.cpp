@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "exec/moe/balance.h"
+
 namespace tandem::runtime {
 
 namespace {
 
 constexpr int kMirrorTag = 1 << 24;  // DualPipe's copy exchange; pp messages use their ids below
+constexpr int kCountsTag = 1 << 25;  // DualPipe's copy exchange of the expert counts
 
 void append(std::vector<float>& out, std::span<const float> s) { out.insert(out.end(), s.begin(), s.end()); }
 
@@ -80,7 +83,11 @@ void RankRunner::begin_step(int step) {
   for (HeldStage& st : stages_) {
     st.grads.clear();
     for (const BlockParams& bp : st.params) st.grads.push_back(make_block_grads(spec_.setup, bp, spec_.ep));
+    st.routed.assign(st.params.size(), {});
+    for (size_t b = 0; b < st.params.size(); ++b)
+      if (st.params[b].moe) st.routed[b].assign(static_cast<size_t>(spec_.setup.card.n_routed_experts), 0);
   }
+  expert_load_.clear();
 }
 
 HeldStage& RankRunner::held(int stage) {
@@ -158,7 +165,10 @@ void RankRunner::run(int, const Task& t) {
       (m.gradient ? cs.d_output : cs.input) = std::move(x);
       return;
     }
-    case TaskKind::dp_reduce_scatter: end_of_step_reduce(); return;
+    case TaskKind::dp_reduce_scatter:
+      end_of_step_balance();
+      end_of_step_reduce();
+      return;
     case TaskKind::optimizer: end_of_step_optimizer(); return;
     case TaskKind::dp_all_gather: end_of_step_gather(); return;
     case TaskKind::attn_w:
@@ -187,7 +197,13 @@ void RankRunner::compute_task(const Task& t) {
     bs.d_out = last ? stage_grad(c) : cs.blocks[i + 1].dx;
 
   switch (t.kind) {
-    case TaskKind::attn_f: attn_f(ctx_, bp, bs, data(c.micro_batch)); break;
+    case TaskKind::attn_f:
+      attn_f(ctx_, bp, bs, data(c.micro_batch));
+      if (bp.moe) {
+        std::lock_guard lock(m_);
+        moe::add_expert_counts(bs.tok.router.routing, st.routed[i]);
+      }
+      break;
     case TaskKind::dispatch_f: dispatch_f(ctx_, bs, [this](auto& s, auto& l) { return exchange(s, l); }, label); break;
     case TaskKind::mlp_f: mlp_f(ctx_, bp, bs); break;
     case TaskKind::combine_f: combine_f(ctx_, bs, [this](auto& s, auto& l) { return exchange(s, l); }, label); break;
@@ -258,6 +274,42 @@ std::vector<float> RankRunner::flatten_experts(HeldStage& st, bool grads) {
     append(out, acc);
   }
   return out;
+}
+
+// Aux-loss-free balancing: the step's expert counts of every MoE block summed over the holders of
+// its stage (the DualPipe copy, then the DP group: integer sums, exact in any order), max/mean
+// load recorded, bias_e += γ · sign(mean − c_e) on every holder alike. Runs when every forward of
+// the step on this rank is done (the reduce task follows all of the rank's compute).
+void RankRunner::end_of_step_balance() {
+  const bool mirrored = spec_.program.schedule.paths == 2;
+  for (HeldStage& st : stages_) {
+    std::vector<int64_t> counts;
+    for (const auto& r : st.routed) counts.insert(counts.end(), r.begin(), r.end());
+    if (counts.empty()) continue;
+    if (mirrored) {
+      const int other = spec_.world_rank(spec_.program.schedule.rank_of(1 - st.path, st.stage), replica_);
+      const std::string label = "dualpipe copy exchange of expert counts stage " + std::to_string(st.stage);
+      comm_.send(other, kCountsTag + st.stage, counts.data(), counts.size() * sizeof(int64_t), label);
+      std::vector<int64_t> theirs(counts.size());
+      comm_.recv(other, kCountsTag + st.stage, theirs.data(), theirs.size() * sizeof(int64_t), label);
+      for (size_t k = 0; k < counts.size(); ++k) counts[k] += theirs[k];
+    }
+    std::vector<int64_t> all(counts.size() * dp_group_.size());
+    comm_.all_gather(dp_group_, counts.data(), counts.size() * sizeof(int64_t), all.data(),
+                     "expert counts stage " + std::to_string(st.stage));
+    std::fill(counts.begin(), counts.end(), 0);
+    for (size_t m = 0; m < dp_group_.size(); ++m)
+      for (size_t k = 0; k < counts.size(); ++k) counts[k] += all[m * counts.size() + k];
+    size_t k = 0;
+    for (size_t b = 0; b < st.params.size(); ++b) {
+      if (!st.params[b].moe) continue;
+      std::vector<int64_t>& c = st.routed[b];
+      std::copy(counts.begin() + static_cast<long>(k), counts.begin() + static_cast<long>(k + c.size()), c.begin());
+      k += c.size();
+      expert_load_[st.params[b].layer] = moe::load_stats(c).max_over_mean;
+      if (spec_.bias_update_speed > 0) moe::update_bias<float>(st.params[b].moe->bias, c, spec_.bias_update_speed);
+    }
+  }
 }
 
 void RankRunner::end_of_step_reduce() {

@@ -39,6 +39,9 @@ struct HeldStage {
   std::vector<float> dense_shard_grad, expert_shard_grad;  // the reduced gradient (for checks)
   std::vector<float> dense_m, dense_v, expert_m, expert_v;
   std::vector<float> dense_shard_param, expert_shard_param;
+  // Rows routed to each expert this step, per block (empty for blocks without a router): this
+  // rank's micro-batches until the reduce, then the sum over every holder of the stage.
+  std::vector<std::vector<int64_t>> routed;
 };
 
 class RankRunner final : public TaskRunner {
@@ -53,6 +56,9 @@ class RankRunner final : public TaskRunner {
   int replica() const { return replica_; }
   const std::map<int, double>& losses() const { return losses_; }  // micro-batch → loss (last stage)
   std::vector<HeldStage>& stages() { return stages_; }
+  // After a step: max/mean expert load of the step per MoE layer this rank holds (layer → ratio),
+  // over the tokens of every rank holding the layer (before this step's bias update).
+  const std::map<int64_t, double>& expert_load() const { return expert_load_; }
 
   // The flattened layout of a held stage's parameters (and gradients): dense, then experts.
   static std::vector<float> flatten_dense(std::vector<BlockParams>& blocks);
@@ -74,6 +80,7 @@ class RankRunner final : public TaskRunner {
   void compute_task(const Task& t);
   void weight_task(const Task& t);
   void end_of_step_reduce();
+  void end_of_step_balance();
   void end_of_step_optimizer();
   void end_of_step_gather();
   std::vector<moe::Buffer> exchange(std::vector<moe::Buffer>& send, const std::string& label);
@@ -90,6 +97,7 @@ class RankRunner final : public TaskRunner {
   std::map<Key, ChunkState> chunks_;
   std::map<int, MicroBatchData> data_;
   std::map<int, double> losses_;
+  std::map<int64_t, double> expert_load_;
   // Weight passes in micro-batch order: per (stage, block, kind) the micro-batches expected, in
   // order, how many ran, and the ones waiting for an earlier micro-batch.
   struct WeightQueue {

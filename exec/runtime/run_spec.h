@@ -28,6 +28,11 @@ struct RunSpec {
   double loss_scale = 1;     // 1 / tokens in the global batch
   uint64_t data_seed = 1;
   nn::AdamWConfig adam;
+  // Aux-loss-free balancing (deepseek-v3.md §8): after each step every MoE layer's selection bias
+  // moves by gamma · sign(mean − c_e), c_e = the step's rows routed to expert e summed over every
+  // rank holding the layer (DP replicas and DualPipe's two copies; integers, so the sum is exact).
+  // 0 disables the update. DeepSeek-V3 uses 0.001 for most of pre-training.
+  double bias_update_speed = 0.001;
 
   int world_size() const { return pp * dp; }
   int world_rank(int pipeline_rank, int replica) const { return pipeline_rank * dp + replica; }

@@ -1,5 +1,8 @@
 // The executor on the tiny model: every schedule bit-identical to the sequential reference,
 // training lowers the loss, failures stop the job naming the rank, the budget and the trace.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -15,13 +18,23 @@ using namespace tandem::runtime;
 
 namespace {
 
+constexpr double SKEW = 0.05, GAMMA = 0.005;
+constexpr int BAL_STEPS = 12;
+
 // The tiny scenarios, shrunk so the whole [runtime] run stays within minutes on 2 cores.
-RunSpec tiny(const std::string& file, std::vector<std::string> extra = {}) {
+RunSpec tiny(const std::string& file, std::vector<std::string> extra = {},
+             nn::Numerics numerics = nn::Numerics::exact) {
   std::vector<std::string> o{"model.num_nextn_predict_layers=0", "batch.seq_len=32"};
   o.insert(o.end(), extra.begin(), extra.end());
   auto s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/" + file, o);
   if (!s) FAIL(s.error().message());
-  return make_run_spec(s.value(), nn::Numerics::exact, 1e-3, 1);
+  return make_run_spec(s.value(), numerics, 1e-3, 1);
+}
+
+std::vector<double> losses(const ExecResult& r) {
+  std::vector<double> l;
+  for (const auto& s : r.steps) l.push_back(s.loss);
+  return l;
 }
 
 }  // namespace
@@ -70,7 +83,7 @@ TEST_CASE("a failing rank stops the job, naming the rank, without hanging", "[ru
     FAIL("no failure");
   } catch (const ExecFailure& e) {
     INFO(e.what());
-    CHECK(std::string(e.what()).find("rank 3") != std::string::npos);
+    CHECK(std::string(e.what()).rfind("world rank 3 (pipeline rank 1, replica 1): ", 0) == 0);
   }
 }
 
@@ -101,10 +114,89 @@ TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
   size_t tasks = 0;
   for (const auto& t : spec.program.tasks) tasks += t.size();
   CHECK(r.trace.events.size() == tasks * static_cast<size_t>(spec.dp));
-  const std::string path = "runtime_trace_test.json";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("tandem_runtime_test_" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "trace.json").string();
   REQUIRE(r.trace.write_perfetto(path));
-  std::ifstream in(path);
-  const auto j = nlohmann::json::parse(in);
-  CHECK(j.contains("traceEvents"));
-  CHECK(!j["traceEvents"].empty());
+  {
+    std::ifstream in(path);
+    const auto j = nlohmann::json::parse(in);
+    CHECK(j.contains("traceEvents"));
+    CHECK(!j["traceEvents"].empty());
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// FP8 / BF16 training against FP32: 12 steps of the shrunk DualPipeV model (3 layers, seq_len 16,
+// AdamW lr 1e-3) in each numerics. Measured (2026-11): the loss falls 6.925 → 3.50 in every one;
+// the largest per-step relative difference to fp32 is 0.26% (bf16) and 0.92% (fp8). Bounds: 1%
+// and 3% — a lost or mis-scaled quantisation moves the curve far more (at lr 2e-3, where the
+// dynamics are already chaotic, fp8 drifts 7.7% by step 12). The curves must also differ from
+// fp32 (the numerics are really applied).
+TEST_CASE("bf16 and fp8 training curves follow fp32", "[runtime]") {
+  const int steps = 12;
+  auto curve = [&](nn::Numerics n) {
+    RunSpec spec = tiny("tiny-dualpipev.yaml", {"model.num_hidden_layers=3", "batch.seq_len=16"}, n);
+    ExecOptions o;
+    o.steps = steps;
+    return losses(execute(spec, o));
+  };
+  const auto f32 = curve(nn::Numerics::exact), b16 = curve(nn::Numerics::bf16), f8 = curve(nn::Numerics::fp8);
+  REQUIRE(f32.size() == static_cast<size_t>(steps));
+  double worst_b16 = 0, worst_f8 = 0;
+  for (int i = 0; i < steps; ++i) {
+    const size_t k = static_cast<size_t>(i);
+    const double rb = std::abs(b16[k] - f32[k]) / f32[k], r8 = std::abs(f8[k] - f32[k]) / f32[k];
+    worst_b16 = std::max(worst_b16, rb);
+    worst_f8 = std::max(worst_f8, r8);
+    std::printf("curve step %2d  fp32 %.6f  bf16 %.6f (%.2e)  fp8 %.6f (%.2e)\n", i + 1, f32[k], b16[k], rb, f8[k], r8);
+  }
+  std::printf("curve worst rel diff: bf16 %.3e fp8 %.3e\n", worst_b16, worst_f8);
+  for (const auto* c : {&f32, &b16, &f8}) {
+    for (size_t k = 1; k < c->size(); ++k) CHECK((*c)[k] < (*c)[k - 1]);
+    CHECK(c->back() < 0.6 * c->front());
+  }
+  CHECK(worst_b16 < 0.01);
+  CHECK(worst_f8 < 0.03);
+  CHECK(worst_b16 > 0);
+  CHECK(worst_f8 > 0);
+}
+
+// The reference builds its blocks with the run's numerics and calls the same block functions in
+// the canonical order, so in FP8 (FP8 GEMMs and FP8/BF16 EP wires) it is still bit-identical.
+TEST_CASE("fp8 numerics: bit-identical to the fp8 sequential reference", "[runtime]") {
+  const RunSpec spec = tiny("tiny-dualpipe.yaml", {"model.num_hidden_layers=4"}, nn::Numerics::fp8);
+  ExecOptions o;
+  o.check_reference = true;
+  const ExecResult r = execute(spec, o);
+  REQUIRE(r.max_grad_rel_err.has_value());
+  std::printf("fp8 max_grad_rel_err %.3e\n", *r.max_grad_rel_err);
+  CHECK(*r.max_grad_rel_err == 0.0);
+  CHECK(r.losses_match.value_or(false));
+}
+
+// Aux-loss-free balancing on PP4 x DP2 x EP2 (counts summed over the DP group): a router biased
+// by +0.05 towards experts [0, E/4) at init sends most rows to them (max/mean 3.4 of at most 4);
+// gamma = 0.005 brings it to ~1.4 in 12 steps (mean of the last three < 1.5; 256 tokens a step,
+// so ~1.3 is the sampling floor); with gamma = 0 it stays near 3. Measured: 3.41 → 1.38 / 2.95.
+TEST_CASE("aux-loss-free bias update balances a skewed router", "[runtime]") {
+  auto loads = [&](double gamma) {
+    RunSpec spec = tiny("tiny-1f1b.yaml", {"model.num_hidden_layers=3", "batch.seq_len=16", "batch.global_sequences=16", "batch.micro_batch_sequences=2"});
+    spec.setup.router_bias_skew = SKEW;
+    spec.bias_update_speed = gamma;
+    ExecOptions o;
+    o.steps = BAL_STEPS;
+    std::vector<double> w;
+    for (const auto& s : execute(spec, o).steps) w.push_back(s.worst_load());
+    return w;
+  };
+  const auto on = loads(GAMMA), off = loads(0);
+  for (size_t i = 0; i < on.size(); ++i) std::printf("balance step %2zu  gamma %.3f: %.3f  gamma 0: %.3f\n", i + 1, GAMMA, on[i], off[i]);
+  REQUIRE(on.size() == static_cast<size_t>(BAL_STEPS));
+  auto last3 = [](const std::vector<double>& w) { return (w[w.size() - 1] + w[w.size() - 2] + w[w.size() - 3]) / 3; };
+  CHECK(on.front() > 3.0);
+  CHECK(last3(on) < 1.5);
+  CHECK(off.front() > 3.0);
+  CHECK(last3(off) > 2.5);
 }
