@@ -164,6 +164,16 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
       for (size_t l = 0; l < moe_layers.size(); ++l)
         s.load_max_over_mean[l] = std::max(s.load_max_over_mean[l], v[rank * stride + M + 2 + l]);
     }
+    // Every holder of a layer summed the same integer counts: their loads (and so their bias
+    // updates) must agree exactly; a mismatch is a bug in the count exchange.
+    for (size_t rank = 0; rank < all.size(); ++rank)
+      for (size_t l = 0; l < moe_layers.size(); ++l) {
+        const double x = v[rank * stride + M + 2 + l];
+        if (x != 0 && x != s.load_max_over_mean[l])
+          throw ExecFailure("step " + std::to_string(step) + ": world rank " + std::to_string(rank) +
+                            " counted a different expert load for layer " + std::to_string(moe_layers[l]) +
+                            " than another holder of the layer");
+      }
     s.wall_s = wall;
     s.tokens_per_s = spec.scenario.tokens_per_step() / wall;
     result.steps.push_back(s);

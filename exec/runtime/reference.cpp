@@ -40,7 +40,8 @@ std::vector<moe::Buffer> hand_back(std::vector<moe::Buffer>& send, const std::st
 
 ReferenceStep run_reference(const RunSpec& spec) {
   if (spec.setup.card.num_nextn_predict_layers > 0) throw std::invalid_argument("reference: MTP not supported");
-  const ModelSetup setup = make_setup(spec.setup.card, 1, spec.setup.numerics, spec.setup.seed);
+  ModelSetup setup = make_setup(spec.setup.card, 1, spec.setup.numerics, spec.setup.seed);
+  setup.router_bias_skew = spec.setup.router_bias_skew;
   BlockContext ctx{&setup, 0, spec.seq_len, spec.loss_scale};
   const auto& blocks = spec.workload.blocks;
   std::vector<BlockParams> params;
