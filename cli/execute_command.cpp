@@ -37,10 +37,13 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
       throw_input_error(s.file, "model.tie_word_embeddings", "tied embeddings are not supported by the executor");
     if (!(o.bias_update_speed >= 0 && o.bias_update_speed < 1))
       throw_input_error("<command line>", "--bias-update-speed", "expected a value in [0, 1)");
+    if (!(o.balance_loss_alpha >= 0 && o.balance_loss_alpha < 1))
+      throw_input_error("<command line>", "--balance-loss-alpha", "expected a value in [0, 1)");
     if (!(std::abs(o.router_bias_skew) < 1))
       throw_input_error("<command line>", "--router-bias-skew", "expected a value in (-1, 1)");
     spec = runtime::make_run_spec(s, numerics, o.lr, 1);
     spec.bias_update_speed = o.bias_update_speed;
+    spec.balance_loss_alpha = o.balance_loss_alpha;
     spec.setup.router_bias_skew = o.router_bias_skew;
     runtime::check_cpu_budget(s, spec.workload);
   } catch (const InputException& e) {
@@ -87,6 +90,10 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     std::snprintf(line, sizeof line, "aux-loss-free bias update: gamma %g after each step%s\n", o.bias_update_speed,
                   o.bias_update_speed == 0 ? " (off)" : "");
     text += line;
+    j["balance_loss_alpha"] = o.balance_loss_alpha;
+    std::snprintf(line, sizeof line, "sequence-wise balance loss: alpha %g%s\n", o.balance_loss_alpha,
+                  o.balance_loss_alpha == 0 ? " (off)" : "");
+    text += line;
     if (o.router_bias_skew != 0) {
       j["router_bias_skew"] = o.router_bias_skew;
       std::snprintf(line, sizeof line, "router bias skew %g on experts [0, E/4) at init (test option)\n", o.router_bias_skew);
@@ -105,7 +112,8 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
         per_layer[std::to_string(st.moe_layers[l])] = st.load_max_over_mean[l];
       js["expert_load_max_over_mean"] = per_layer;
       js["max_expert_load_max_over_mean"] = st.worst_load();
-      std::snprintf(line, sizeof line, "  expert load max/mean %.3f", st.worst_load());
+      js["balance_loss"] = st.balance_loss;
+      std::snprintf(line, sizeof line, "  balance loss %.3g  expert load max/mean %.3f", st.balance_loss, st.worst_load());
       text += line;
     }
     text += "\n";
@@ -114,6 +122,10 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   j["steps"] = steps;
   j["loss"] = nlohmann::json::array();
   for (const auto& st : r.steps) j["loss"].push_back(st.loss);
+  if (has_moe) {
+    j["balance_loss"] = nlohmann::json::array();
+    for (const auto& st : r.steps) j["balance_loss"].push_back(st.balance_loss);
+  }
   if (r.max_grad_rel_err) {
     j["max_grad_rel_err"] = *r.max_grad_rel_err;
     j["loss_matches_reference"] = r.losses_match.value_or(false);

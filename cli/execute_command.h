@@ -1,5 +1,5 @@
 // `tandem execute <scenario> --backend cpu [--steps N] [--check-reference] [--numerics fp32|bf16|fp8]
-//  [--bias-update-speed G] [--trace FILE] [--json] [--set k=v]...` — runs training steps of a scenario on the executor.
+//  [--bias-update-speed G] [--balance-loss-alpha A] [--trace FILE] [--json] [--set k=v]...` — runs training steps of a scenario on the executor.
 // Exit codes: 0 success, 2 bad input (InputError: unknown backend, scenario too large for the CPU
 // backend naming the key), 3 a rank failed (the message names the rank and the task).
 #pragma once
@@ -26,6 +26,8 @@ struct ExecuteOptions {
   // Aux-loss-free balancing speed γ (deepseek-v3.md §8; 0 = off). The scenario format has no key
   // for it; the value used is printed with the result.
   double bias_update_speed = 0.001;
+  // Sequence-wise balance loss α (deepseek-v3.md §1.1; 0 = off), in [0, 1); printed with the result.
+  double balance_loss_alpha = 1e-4;
   double router_bias_skew = 0;  // hidden (tests): initial bias offset of experts [0, E/4)
   int fault_rank = -1;  // hidden: make this world rank fail at its fault_at-th communicator call
   long fault_at = 1;

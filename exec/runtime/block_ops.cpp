@@ -79,6 +79,11 @@ void attn_f(const BlockContext& c, const BlockParams& p, BlockState& s, const Mi
   if (p.moe) {
     s.tok = moe::route<float>(c.setup->moe, *p.moe, s.xn);
     s.send = moe::dispatch_pack<float>(c.setup->moe, s.tok, s.xn);
+    if (c.balance_alpha > 0) {
+      s.balance = moe::balance_loss_forward<float>(s.tok.router.routing, s.tok.router.scores,
+                                                   static_cast<int>(c.seq_len), c.balance_alpha);
+      s.balance_loss = static_cast<double>(s.balance.loss) * c.balance_scale;
+    }
   }
 }
 
@@ -149,7 +154,14 @@ void attn_b(const BlockContext& c, const BlockParams& p, BlockState& s) {
   if (p.kind == BlockKind::embedding) return;  // token ids have no gradient
   const auto& w = *p.layer_w;
   if (p.moe) {
-    const Mat<float> dx_router = moe::route_backward_input<float>(c.setup->moe, *p.moe, s.tok);
+    Mat<float> d_scores;
+    if (c.balance_alpha > 0) {
+      d_scores = moe::balance_loss_backward<float>(s.balance, s.tok.router.scores, static_cast<int>(c.seq_len),
+                                                   c.balance_alpha, static_cast<float>(c.balance_scale));
+      s.balance = {};
+    }
+    const Mat<float> dx_router =
+        moe::route_backward_input<float>(c.setup->moe, *p.moe, s.tok, c.balance_alpha > 0 ? &d_scores : nullptr);
     s.d_xn = (s.dx_routed + dx_router) + s.shared_g.dx;  // moe_layer.h's order
     s.dx_routed.resize(0, 0);
   }

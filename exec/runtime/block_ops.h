@@ -1,13 +1,15 @@
 // The sub-steps of one block for one micro-batch, cut exactly as the Program's tasks cut them:
 //
-//   layer  attn_f     x → RMSNorm → MLA → h = x + attn; xn = RMSNorm(h); MoE: router + dispatch pack
+//   layer  attn_f     x → RMSNorm → MLA → h = x + attn; xn = RMSNorm(h); MoE: router + dispatch pack,
+//                     sequence-wise balance loss forward (balance_alpha > 0)
 //          dispatch_f all_to_all_v of the routed rows to the EP group, unpacked into expert segments
 //          mlp_f      dense: FFN, out = h + ffn; MoE: local experts + combine pack, shared expert
 //          combine_f  all_to_all_v back; out = h + (Σ_k gate·y + shared)
 //          combine_b  pack g·dout, all_to_all_v to the experts, unpack
 //          mlp_b      dense: FFN input grad; MoE: experts' input grads + pack, shared expert input grad
 //          dispatch_b all_to_all_v of the experts' input grads back, Σ over slots
-//          attn_b     router input grad (MoE), post-attention RMSNorm, MLA, input RMSNorm input grads
+//          attn_b     router input grad (MoE, with the balance loss's d_scores), post-attention
+//                     RMSNorm, MLA, input RMSNorm input grads
 //          mlp_w      FFN / shared expert / routed experts (per source member) weight grads
 //          attn_w     norms, MLA and router weight grads
 //   embedding  attn_f lookup; attn_b nothing (token ids have no gradient); attn_w scatter-add
@@ -24,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "exec/moe/balance.h"
 #include "exec/nn/head.h"
 #include "exec/runtime/block_params.h"
 
@@ -37,6 +40,11 @@ struct BlockContext {
   int member = 0;          // this rank's index in its EP group
   int64_t seq_len = 0;
   double loss_scale = 1;   // 1 / tokens of the global batch
+  // Sequence-wise balance loss (exec/moe/balance.h) in every MoE block: α (0 = off) and the
+  // d_loss of a micro-batch's summed per-sequence losses, 1 / sequences of the global batch (the
+  // reported balance loss is the mean over sequences, summed over MoE layers).
+  double balance_alpha = 0;
+  double balance_scale = 1;
 };
 
 // Token ids of one micro-batch: tokens[i] is the input at row i, targets[i] the next token.
@@ -66,6 +74,8 @@ struct BlockState {
   nn::HeadInputGrad<float> head_g;
   Mat<float> dlogits;
   double loss = 0;
+  moe::BalanceLoss<float> balance;  // MoE blocks with balance_alpha > 0: attn_f → attn_b
+  double balance_loss = 0;          // its loss · balance_scale
 };
 
 void attn_f(const BlockContext& c, const BlockParams& p, BlockState& s, const MicroBatchData& data);

@@ -128,6 +128,11 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
             auto it = r.expert_load().find(layer);
             mine.push_back(it == r.expert_load().end() ? 0.0 : it->second);
           }
+          // Balance loss: [replica · micro-batches] per rank, Σ over the rank's MoE blocks in block order.
+          std::vector<double> bal(M, 0.0);
+          for (const auto& [key, value] : r.balance_losses())
+            bal[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(key.first)] += value;
+          mine.insert(mine.end(), bal.begin(), bal.end());
           std::vector<double> world_values(mine.size() * all.size());
           c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
           gathered[i] = std::move(world_values);
@@ -153,9 +158,11 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
     const auto& v = gathered.front();
     StepStats s;
     double worst = 0, differs = 0;
-    const size_t stride = M + 2 + moe_layers.size();
+    const size_t stride = M + 2 + moe_layers.size() + M;
     for (size_t k = 0; k < M; ++k)
       for (size_t rank = 0; rank < all.size(); ++rank) s.loss += v[rank * stride + k];
+    for (size_t k = 0; k < M; ++k)
+      for (size_t rank = 0; rank < all.size(); ++rank) s.balance_loss += v[rank * stride + M + 2 + moe_layers.size() + k];
     s.moe_layers = moe_layers;
     s.load_max_over_mean.assign(moe_layers.size(), 0.0);
     for (size_t rank = 0; rank < all.size(); ++rank) {

@@ -34,7 +34,10 @@ struct ExecOptions {
 };
 
 struct StepStats {
-  double loss = 0;
+  double loss = 0;          // cross-entropy (the main model's LM loss)
+  // Sequence-wise balance loss: α Σ_i f_i P_i per sequence, averaged over the global batch's
+  // sequences, summed over the MoE layers (0 when off). The trained objective is loss + this.
+  double balance_loss = 0;
   double wall_s = 0;
   double tokens_per_s = 0;
   // Max/mean expert load of the step per MoE layer (model order), over the whole global batch,

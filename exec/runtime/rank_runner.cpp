@@ -38,10 +38,7 @@ bool is_weight(TaskKind k) { return k == TaskKind::attn_w || k == TaskKind::mlp_
 RankRunner::RankRunner(const RunSpec& spec, int world_rank, comm::Communicator& comm)
     : spec_(spec), g_(world_rank), p_(spec.pipeline_rank_of(world_rank)), replica_(spec.replica_of(world_rank)),
       comm_(comm) {
-  ctx_.setup = &spec_.setup;
-  ctx_.member = spec_.member_of(replica_);
-  ctx_.seq_len = spec_.seq_len;
-  ctx_.loss_scale = spec_.loss_scale;
+  ctx_ = spec_.block_context(spec_.setup, spec_.member_of(replica_));
   ep_group_ = spec_.ep_group(g_);
   dp_group_ = spec_.dp_group(g_);
   expert_dp_group_ = spec_.expert_dp_group(g_);
@@ -73,6 +70,7 @@ void RankRunner::begin_step(int step) {
   std::lock_guard lock(m_);
   chunks_.clear();
   losses_.clear();
+  balance_losses_.clear();
   for (auto& [k, q] : weight_queues_) {
     q.next = 0;
     q.waiting.clear();
@@ -202,6 +200,7 @@ void RankRunner::compute_task(const Task& t) {
       if (bp.moe) {
         std::lock_guard lock(m_);
         moe::add_expert_counts(bs.tok.router.routing, st.routed[i]);
+        if (ctx_.balance_alpha > 0) balance_losses_[{c.micro_batch, t.block}] = bs.balance_loss;
       }
       break;
     case TaskKind::dispatch_f: dispatch_f(ctx_, bs, [this](auto& s, auto& l) { return exchange(s, l); }, label); break;

@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "exec/comm/communicator.h"
@@ -56,6 +57,9 @@ class RankRunner final : public TaskRunner {
   int replica() const { return replica_; }
   const std::map<int, double>& losses() const { return losses_; }  // micro-batch → loss (last stage)
   std::vector<HeldStage>& stages() { return stages_; }
+  // Sequence-wise balance loss of the step: (micro-batch, block) → its MoE block's loss (already
+  // scaled to the global mean over sequences), for the MoE blocks this rank ran forward.
+  const std::map<std::pair<int, int>, double>& balance_losses() const { return balance_losses_; }
   // After a step: max/mean expert load of the step per MoE layer this rank holds (layer → ratio),
   // over the tokens of every rank holding the layer (before this step's bias update).
   const std::map<int64_t, double>& expert_load() const { return expert_load_; }
@@ -97,6 +101,7 @@ class RankRunner final : public TaskRunner {
   std::map<Key, ChunkState> chunks_;
   std::map<int, MicroBatchData> data_;
   std::map<int, double> losses_;
+  std::map<std::pair<int, int>, double> balance_losses_;
   std::map<int64_t, double> expert_load_;
   // Weight passes in micro-batch order: per (stage, block, kind) the micro-batches expected, in
   // order, how many ran, and the ones waiting for an earlier micro-batch.

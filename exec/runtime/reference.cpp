@@ -42,7 +42,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
   if (spec.setup.card.num_nextn_predict_layers > 0) throw std::invalid_argument("reference: MTP not supported");
   ModelSetup setup = make_setup(spec.setup.card, 1, spec.setup.numerics, spec.setup.seed);
   setup.router_bias_skew = spec.setup.router_bias_skew;
-  BlockContext ctx{&setup, 0, spec.seq_len, spec.loss_scale};
+  const BlockContext ctx = spec.block_context(setup, 0);
   const auto& blocks = spec.workload.blocks;
   std::vector<BlockParams> params;
   for (const Block& b : blocks) params.push_back(make_block_params(setup, b, 0));
@@ -53,6 +53,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
   std::vector<std::vector<std::vector<BlockGrads>>> acc(static_cast<size_t>(spec.dp));
   ReferenceStep out;
   out.loss.assign(static_cast<size_t>(spec.dp), std::vector<double>(static_cast<size_t>(spec.micro_batches), 0.0));
+  out.balance_loss = out.loss;
   for (int r = 0; r < spec.dp; ++r) {
     acc[static_cast<size_t>(r)].resize(static_cast<size_t>(paths));
     for (auto& per_block : acc[static_cast<size_t>(r)])
@@ -73,7 +74,10 @@ ReferenceStep run_reference(const RunSpec& spec) {
             break;
           default:
             attn_f(ctx, params[b], s, data);
-            if (params[b].moe) dispatch_f(ctx, s, hand_back, "");
+            if (params[b].moe) {
+              out.balance_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.balance_loss;
+              dispatch_f(ctx, s, hand_back, "");
+            }
             mlp_f(ctx, params[b], s);
             if (params[b].moe) combine_f(ctx, s, hand_back, "");
         }

@@ -70,4 +70,15 @@ MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch
   return d;
 }
 
+BlockContext RunSpec::block_context(const ModelSetup& s, int member) const {
+  BlockContext c;
+  c.setup = &s;
+  c.member = member;
+  c.seq_len = seq_len;
+  c.loss_scale = loss_scale;
+  c.balance_alpha = balance_loss_alpha;
+  c.balance_scale = static_cast<double>(seq_len) * loss_scale;  // 1 / sequences of the global batch
+  return c;
+}
+
 }  // namespace tandem::runtime

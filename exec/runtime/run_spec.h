@@ -33,6 +33,9 @@ struct RunSpec {
   // rank holding the layer (DP replicas and DualPipe's two copies; integers, so the sum is exact).
   // 0 disables the update. DeepSeek-V3 uses 0.001 for most of pre-training.
   double bias_update_speed = 0.001;
+  // Sequence-wise balance loss α (deepseek-v3.md §1.1; exec/moe/balance.h) in every MoE block,
+  // averaged over the global batch's sequences; 0 disables it.
+  double balance_loss_alpha = 1e-4;
 
   int world_size() const { return pp * dp; }
   int world_rank(int pipeline_rank, int replica) const { return pipeline_rank * dp + replica; }
@@ -43,6 +46,8 @@ struct RunSpec {
   std::vector<int> dp_group(int g) const;
   std::vector<int> expert_dp_group(int g) const;
   int64_t tokens_per_mb() const { return seq_len * sequences_per_mb; }
+  // The block context of EP member `member` (the reference: member 0 of its ep = 1 setup).
+  BlockContext block_context(const ModelSetup& s, int member) const;
 };
 
 // Builds the Program and the model setup of a loaded scenario.
