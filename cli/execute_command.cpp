@@ -21,15 +21,6 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     return InputError{"<command line>", "--numerics", "'" + o.numerics + "': expected fp32, bf16 or fp8"};
   auto loaded = load_scenario(o.path, o.overrides);
   if (!loaded) return loaded.error();
-  std::string note;
-  if (loaded.value().model.num_nextn_predict_layers > 0) {
-    // The executor has no MTP module yet: run the main model only, and say so.
-    auto overrides = o.overrides;
-    overrides.push_back("model.num_nextn_predict_layers=0");
-    loaded = load_scenario(o.path, overrides);
-    if (!loaded) return loaded.error();
-    note = "MTP modules not executed (model.num_nextn_predict_layers=0 applied)";
-  }
   const Scenario& s = loaded.value();
   runtime::RunSpec spec;
   try {
@@ -39,11 +30,16 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
       throw_input_error("<command line>", "--bias-update-speed", "expected a value in [0, 1)");
     if (!(o.balance_loss_alpha >= 0 && o.balance_loss_alpha < 1))
       throw_input_error("<command line>", "--balance-loss-alpha", "expected a value in [0, 1)");
+    if (!(o.mtp_lambda >= 0 && o.mtp_lambda <= 10))
+      throw_input_error("<command line>", "--mtp-lambda", "expected a value in [0, 10]");
+    if (s.model.num_nextn_predict_layers > 1)
+      throw_input_error(s.file, "model.num_nextn_predict_layers", "the executor runs one MTP module (depth 1) at most");
     if (!(std::abs(o.router_bias_skew) < 1))
       throw_input_error("<command line>", "--router-bias-skew", "expected a value in (-1, 1)");
     spec = runtime::make_run_spec(s, numerics, o.lr, 1);
     spec.bias_update_speed = o.bias_update_speed;
     spec.balance_loss_alpha = o.balance_loss_alpha;
+    spec.mtp_lambda = o.mtp_lambda;
     spec.setup.router_bias_skew = o.router_bias_skew;
     runtime::check_cpu_budget(s, spec.workload);
   } catch (const InputException& e) {
@@ -69,6 +65,7 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     return InputError{o.trace, "", "cannot write the trace"};
 
   nlohmann::json j;
+  char line[256];
   j["scenario"] = s.name;
   j["backend"] = o.backend;
   j["numerics"] = o.numerics;
@@ -77,12 +74,15 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   j["schedule"] = to_string(s.schedule.kind);
   j["micro_batches"] = spec.micro_batches;
   j["tokens_per_step"] = s.tokens_per_step();
-  if (!note.empty()) {
-    j["note"] = note;
-    text += "note: " + note + "\n";
+  const bool has_mtp = s.model.num_nextn_predict_layers > 0;
+  if (has_mtp) {
+    j["mtp_depth"] = s.model.num_nextn_predict_layers;
+    j["mtp_lambda"] = o.mtp_lambda;
+    std::snprintf(line, sizeof line, "MTP: depth %lld, lambda %g (mtp loss = lambda/D * sum of the depths' CE)\n",
+                  static_cast<long long>(s.model.num_nextn_predict_layers), o.mtp_lambda);
+    text += line;
   }
   nlohmann::json steps = nlohmann::json::array();
-  char line[256];
   text += "tandem execute " + s.name + ": " + r.world + ", " + o.numerics + "\n";
   const bool has_moe = !r.steps.empty() && !r.steps.front().moe_layers.empty();
   if (has_moe) {
@@ -105,6 +105,11 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     nlohmann::json js{{"step", i + 1}, {"loss", st.loss}, {"wall_s", st.wall_s}, {"tokens_per_s", st.tokens_per_s}};
     std::snprintf(line, sizeof line, "step %zu  loss %.6f  %.3f s  %.0f tokens/s", i + 1, st.loss, st.wall_s, st.tokens_per_s);
     text += line;
+    if (has_mtp) {
+      js["mtp_loss"] = st.mtp_loss;
+      std::snprintf(line, sizeof line, "  mtp loss %.6f", st.mtp_loss);
+      text += line;
+    }
     if (has_moe) {
       // max/mean expert load of the step: per MoE layer (keyed by layer index) and the worst.
       nlohmann::json per_layer = nlohmann::json::object();
@@ -122,6 +127,10 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   j["steps"] = steps;
   j["loss"] = nlohmann::json::array();
   for (const auto& st : r.steps) j["loss"].push_back(st.loss);
+  if (has_mtp) {
+    j["mtp_loss"] = nlohmann::json::array();
+    for (const auto& st : r.steps) j["mtp_loss"].push_back(st.mtp_loss);
+  }
   if (has_moe) {
     j["balance_loss"] = nlohmann::json::array();
     for (const auto& st : r.steps) j["balance_loss"].push_back(st.balance_loss);

@@ -28,6 +28,7 @@ struct ExecuteOptions {
   double bias_update_speed = 0.001;
   // Sequence-wise balance loss α (deepseek-v3.md §1.1; 0 = off), in [0, 1); printed with the result.
   double balance_loss_alpha = 1e-4;
+  double mtp_lambda = 0.3;  // MTP loss weight λ (models with num_nextn_predict_layers > 0)
   double router_bias_skew = 0;  // hidden (tests): initial bias offset of experts [0, E/4)
   int fault_rank = -1;  // hidden: make this world rank fail at its fault_at-th communicator call
   long fault_at = 1;

@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
                  "aux-loss-free balancing: router bias speed gamma per step (default 0.001, DeepSeek-V3; 0 = off)");
   ex->add_option("--balance-loss-alpha", execute.balance_loss_alpha,
                  "sequence-wise balance loss alpha in every MoE layer (default 0.0001; 0 = off)");
+  ex->add_option("--mtp-lambda", execute.mtp_lambda,
+                 "MTP loss weight lambda (default 0.3, DeepSeek-V3's early training; 0 = MTP loss off)");
   ex->add_option("--router-bias-skew", execute.router_bias_skew)->group("");  // tests: skewed router bias at init
   ex->add_option("--trace", execute.trace, "write step 1's task timings as a Perfetto/Chrome trace (JSON)");
   ex->add_flag("--json", execute.json, "print one JSON object on stdout instead of text");

@@ -71,6 +71,11 @@ void attn_f(const BlockContext& c, const BlockParams& p, BlockState& s, const Mi
     return;
   }
   if (!is_layer(p)) throw std::logic_error("attn_f on a block without attention");
+  if (p.mtp) {
+    // s.x holds h (the head's input); the layer's input is the projection's output.
+    const Mat<float> emb = nn::embedding_forward<float>(p.mtp_embed, data.targets);
+    s.x = nn::mtp_input_forward<float>(*p.mtp, s.x, emb, eps(c), num(c), &s.mtp);
+  }
   const auto& w = *p.layer_w;
   const Mat<float> xn1 = nn::rmsnorm_forward<float>(s.x, w.input_layernorm, eps(c));
   const Mat<float> a = nn::mla_forward<float>(c.setup->mla, w.self_attn, xn1, c.seq_len, num(c), &s.mla);
@@ -115,7 +120,18 @@ void combine_f(const BlockContext& c, BlockState& s, const Exchange& ex, const s
   s.shared_out.resize(0, 0);
 }
 
-void loss_f(const BlockContext& c, BlockState& s, const MicroBatchData& data) {
+void loss_f(const BlockContext& c, const BlockParams& p, BlockState& s, const MicroBatchData& data) {
+  if (p.kind == BlockKind::mtp) {
+    const Mat<float>& proj = *p.shared_lm_head;
+    const Mat<float> logits = nn::head_forward<float>(p.norm, proj, s.out, eps(c), num(c), &s.head);
+    auto ce = nn::cross_entropy<float>(logits, data.mtp_targets, c.mtp_loss_scale);
+    s.loss = ce.loss;
+    s.dlogits = std::move(ce.dlogits);
+    s.head_g = nn::head_backward_input<float>(p.norm, proj, s.head, s.dlogits, eps(c), num(c));
+    s.d_out = s.head_g.dh;
+    s.out.resize(0, 0);
+    return;
+  }
   auto ce = nn::cross_entropy<float>(s.out, data.targets, c.loss_scale);
   s.loss = ce.loss;
   s.dlogits = std::move(ce.dlogits);
@@ -131,7 +147,8 @@ void combine_b(const BlockContext& c, BlockState& s, const Exchange& ex, const s
 void mlp_b(const BlockContext& c, const BlockParams& p, BlockState& s) {
   if (p.kind == BlockKind::head) {
     s.head_g = nn::head_backward_input<float>(p.norm, p.lm_head, s.head, s.dlogits, eps(c), num(c));
-    s.dx = s.head_g.dh;
+    // The MTP module's gradient w.r.t. h (its d_out here), head + MTP in that order.
+    s.dx = s.d_out.size() > 0 ? Mat<float>(s.head_g.dh + s.d_out) : s.head_g.dh;
     return;
   }
   if (p.moe) {
@@ -168,6 +185,11 @@ void attn_b(const BlockContext& c, const BlockParams& p, BlockState& s) {
   s.d_h = s.d_out + nn::rmsnorm_backward_input<float>(s.h, w.post_attention_layernorm, eps(c), s.d_xn);
   s.mla_g = nn::mla_backward_input<float>(c.setup->mla, w.self_attn, s.mla, s.d_h, num(c));
   s.dx = s.d_h + nn::rmsnorm_backward_input<float>(s.x, w.input_layernorm, eps(c), s.mla_g.dx);
+  if (p.mtp) {
+    s.d_proj_out = std::move(s.dx);
+    s.mtp_g = nn::mtp_input_backward_input<float>(*p.mtp, s.mtp, s.d_proj_out, eps(c), num(c));
+    s.dx = s.mtp_g.dh;
+  }
 }
 
 void mlp_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGrads& g) {
@@ -180,9 +202,10 @@ void mlp_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGrad
     with_moe_grads(g, [&](moe::MoeGrads<float>& mg) {
       moe::shared_expert_backward_weight<float>(c.setup->moe, s.shared, s.shared_g, s.d_out, mg);
     });
-    return;
+  } else {
+    nn::ffn_backward_weight<float>(s.ffn, s.ffn_g, s.d_out, num(c), *g.dense.layer_w->mlp);
   }
-  nn::ffn_backward_weight<float>(s.ffn, s.ffn_g, s.d_out, num(c), *g.dense.layer_w->mlp);
+  if (p.mtp) nn::head_backward_weight<float>(s.head, s.head_g, s.dlogits, eps(c), num(c), g.dense.norm, g.mtp_lm_head);
 }
 
 void attn_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGrads& g,
@@ -197,6 +220,10 @@ void attn_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGra
   nn::rmsnorm_backward_weight<float>(s.x, eps(c), s.mla_g.dx, gw.input_layernorm);
   if (p.moe)
     with_moe_grads(g, [&](moe::MoeGrads<float>& mg) { moe::route_backward_weight<float>(c.setup->moe, s.tok, mg); });
+  if (p.mtp) {
+    nn::mtp_input_backward_weight<float>(s.mtp, s.mtp_g, s.d_proj_out, eps(c), num(c), *g.dense.mtp);
+    nn::embedding_backward<float>(data.targets, s.mtp_g.d_emb, g.mtp_embed);
+  }
 }
 
 void release(BlockState& s) {

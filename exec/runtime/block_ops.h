@@ -14,7 +14,17 @@
 //          attn_w     norms, MLA and router weight grads
 //   embedding  attn_f lookup; attn_b nothing (token ids have no gradient); attn_w scatter-add
 //   head       mlp_f final norm + projection; loss: cross-entropy scaled by 1/global tokens;
-//              mlp_b dlogits → dh; mlp_w norm + projection weight grads
+//              mlp_b dlogits → dh (+ the MTP module's input grad d_out, when there is one);
+//              mlp_w norm + projection weight grads
+//   mtp        (DeepSeek-V3 §2.2, depth 1) attn_f: emb = the MTP copy of the embedding at the next
+//              tokens (targets), x = eh_proj·[enorm(emb); hnorm(h)] with h = the head block's input,
+//              then the layer as above; loss: own norm + the SHARED lm_head + cross-entropy on
+//              t_{i+2} (the last position of each sequence ignored) scaled by λ/D / global tokens,
+//              and the head's backward-input right there (d_out of the layer); attn_b ends in the
+//              input projection's backward: dx = d/dh (added to the head's dh), d_emb; weight
+//              passes: the layer's, then shared_head.norm and the lm_head contribution (mlp_w),
+//              then enorm/hnorm/eh_proj and the embedding contribution (attn_w) — the shared
+//              tensors' contributions go to BlockGrads::mtp_lm_head / mtp_embed.
 //
 // The same functions serve the distributed ranks and the single-thread reference (ep = 1, the
 // exchange hands the buffers straight back): the arithmetic is shared, so any difference between
@@ -28,6 +38,7 @@
 
 #include "exec/moe/balance.h"
 #include "exec/nn/head.h"
+#include "exec/nn/mtp.h"
 #include "exec/runtime/block_params.h"
 
 namespace tandem::runtime {
@@ -45,11 +56,14 @@ struct BlockContext {
   // reported balance loss is the mean over sequences, summed over MoE layers).
   double balance_alpha = 0;
   double balance_scale = 1;
+  // MTP: the d_loss of a micro-batch's summed MTP cross-entropy, λ / D / tokens of the global batch.
+  double mtp_loss_scale = 0;
 };
 
 // Token ids of one micro-batch: tokens[i] is the input at row i, targets[i] the next token.
 struct MicroBatchData {
   std::vector<int32_t> tokens, targets;
+  std::vector<int32_t> mtp_targets;  // the token after the target (t_{i+2}); -1 at each sequence's end
 };
 
 // Everything one block keeps for one micro-batch between its tasks.
@@ -76,13 +90,16 @@ struct BlockState {
   double loss = 0;
   moe::BalanceLoss<float> balance;  // MoE blocks with balance_alpha > 0: attn_f → attn_b
   double balance_loss = 0;          // its loss · balance_scale
+  nn::MtpSaved<float> mtp;          // MTP: the head's input h and the embedded next tokens
+  nn::MtpInputGrad<float> mtp_g;
+  Mat<float> d_proj_out;            // MTP: gradient at the projection's output (the layer's dx)
 };
 
 void attn_f(const BlockContext& c, const BlockParams& p, BlockState& s, const MicroBatchData& data);
 void dispatch_f(const BlockContext& c, BlockState& s, const Exchange& ex, const std::string& label);
 void mlp_f(const BlockContext& c, const BlockParams& p, BlockState& s);
 void combine_f(const BlockContext& c, BlockState& s, const Exchange& ex, const std::string& label);
-void loss_f(const BlockContext& c, BlockState& s, const MicroBatchData& data);
+void loss_f(const BlockContext& c, const BlockParams& p, BlockState& s, const MicroBatchData& data);
 
 void combine_b(const BlockContext& c, BlockState& s, const Exchange& ex, const std::string& label);
 void mlp_b(const BlockContext& c, const BlockParams& p, BlockState& s);

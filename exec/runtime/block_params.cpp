@@ -75,8 +75,24 @@ BlockParams make_block_params(const ModelSetup& s, const Block& b, int member) {
         for (Eigen::Index e = 0; e < skewed; ++e) p.moe->bias[e] += static_cast<float>(s.router_bias_skew);
       }
       break;
-    case BlockKind::mtp:
-      throw std::invalid_argument("the CPU executor does not run MTP modules yet");
+    case BlockKind::mtp: {
+      const int64_t depth = b.layer - s.card.num_hidden_layers;
+      auto w = nn::make_mtp_weights<float>(s.card, depth, init);
+      p.mtp = std::move(w.input);
+      p.layer_w = std::move(w.block);
+      p.norm = std::move(w.norm);
+      if (s.card.is_moe_layer(b.layer)) {
+        p.layer_w->mlp.reset();
+        p.moe = moe::init_moe_weights<float>(s.moe, member, moe_seed(s.seed, b.layer));
+        const Eigen::Index skewed = p.moe->bias.size() / 4;
+        for (Eigen::Index e = 0; e < skewed; ++e) p.moe->bias[e] += static_cast<float>(s.router_bias_skew);
+      }
+      ModelCard bare = s.card;
+      bare.num_hidden_layers = 0;
+      bare.num_nextn_predict_layers = 0;
+      p.mtp_embed = nn::make_model_weights<float>(bare, init).embed_tokens;  // = stage 0's table
+      break;
+    }
   }
   return p;
 }
@@ -88,6 +104,10 @@ BlockGrads make_block_grads(const ModelSetup&, const BlockParams& p, int sources
   g.dense.embed = Mat<float>::Zero(p.embed.rows(), p.embed.cols());
   g.dense.norm = Vec<float>::Zero(p.norm.size());
   g.dense.lm_head = Mat<float>::Zero(p.lm_head.rows(), p.lm_head.cols());
+  g.mtp_embed = Mat<float>::Zero(p.mtp_embed.rows(), p.mtp_embed.cols());
+  if (p.shared_lm_head) g.mtp_lm_head = Mat<float>::Zero(p.shared_lm_head->rows(), p.shared_lm_head->cols());
+  if (p.mtp) g.dense.mtp = nn::MtpProjWeights<float>{Vec<float>::Zero(p.mtp->hnorm.size()), Vec<float>::Zero(p.mtp->enorm.size()),
+                                                    Mat<float>::Zero(p.mtp->eh_proj.rows(), p.mtp->eh_proj.cols())};
   if (p.layer_w) {
     g.dense.layer_w = *p.layer_w;
     nn::for_each_layer_tensor(*g.dense.layer_w, "", [](const std::string&, auto& t) { t.setZero(); });
@@ -105,10 +125,26 @@ BlockGrads make_block_grads(const ModelSetup&, const BlockParams& p, int sources
   return g;
 }
 
+void link_shared_head(std::vector<BlockParams>& blocks) {
+  const Mat<float>* head = nullptr;
+  for (const BlockParams& b : blocks)
+    if (b.kind == BlockKind::head) head = &b.lm_head;
+  for (BlockParams& b : blocks)
+    if (b.kind == BlockKind::mtp) {
+      if (!head) throw std::logic_error("an MTP block without the head on its stage");
+      b.shared_lm_head = head;
+    }
+}
+
 void for_each_dense(BlockParams& p, const std::function<void(const std::string&, std::span<float>)>& f) {
   if (p.embed.size() > 0) f("model.embed_tokens.weight", span_of(p.embed));
   if (p.layer_w) {
     const std::string prefix = "model.layers." + std::to_string(p.layer) + ".";
+    if (p.mtp) {
+      f(prefix + "enorm.weight", span_of(p.mtp->enorm));
+      f(prefix + "hnorm.weight", span_of(p.mtp->hnorm));
+      f(prefix + "eh_proj.weight", span_of(p.mtp->eh_proj));
+    }
     nn::for_each_layer_tensor(*p.layer_w, prefix, [&](const std::string& name, auto& t) { f(name, span_of(t)); });
     if (p.moe) {
       // The selection bias is not trained by gradients (aux-loss-free balancing), so it is not here.
@@ -116,7 +152,8 @@ void for_each_dense(BlockParams& p, const std::function<void(const std::string&,
       visit_ffn(prefix + "mlp.shared_experts.", p.moe->shared, f);
     }
   }
-  if (p.norm.size() > 0) f("model.norm.weight", span_of(p.norm));
+  if (p.norm.size() > 0)
+    f(p.mtp ? "model.layers." + std::to_string(p.layer) + ".shared_head.norm.weight" : "model.norm.weight", span_of(p.norm));
   if (p.lm_head.size() > 0) f("lm_head.weight", span_of(p.lm_head));
 }
 

@@ -33,13 +33,23 @@ struct BlockParams {
   Mat<float> embed;                              // embedding: [vocab, hidden]
   std::optional<nn::LayerWeights<float>> layer_w;  // layers: norms, MLA, dense FFN
   std::optional<moe::MoeWeights<float>> moe;       // MoE layers: router, local experts, shared
-  Vec<float> norm;                               // head: final norm
+  Vec<float> norm;                               // head: final norm; MTP: shared_head.norm
   Mat<float> lm_head;                            // head: [vocab, hidden]
+  // MTP module (kind mtp, layer = num_hidden_layers + depth): its input projection (enorm, hnorm,
+  // eh_proj); its copy of the embedding table (equal to stage 0's at step start, refreshed after
+  // every step; not a parameter of its own: not walked by for_each_dense); the shared output head
+  // (the same stage's head block's lm_head, set by the owner of both blocks).
+  std::optional<nn::MtpProjWeights<float>> mtp;
+  Mat<float> mtp_embed;
+  const Mat<float>* shared_lm_head = nullptr;
 };
 
 struct BlockGrads {
   BlockParams dense;  // same shapes as the params, zero; dense.moe->experts empty (by source below)
   std::vector<std::vector<nn::FfnWeights<float>>> experts_by_src;  // [src member][local expert]
+  // MTP blocks: the module's contributions to the shared embedding and output head (not walked;
+  // folded into the embedding's / head's gradients at the end of the step, in a fixed order).
+  Mat<float> mtp_embed, mtp_lm_head;
 };
 
 struct ModelSetup {
@@ -59,6 +69,9 @@ ModelSetup make_setup(const ModelCard& card, int ep, nn::Numerics numerics, uint
 BlockParams make_block_params(const ModelSetup& s, const Block& b, int member);
 // Zero gradients of the same shapes, with `sources` per-source expert accumulators.
 BlockGrads make_block_grads(const ModelSetup& s, const BlockParams& p, int sources);
+
+// Points every MTP block's shared_lm_head at the head block among `blocks` (the last stage holds both).
+void link_shared_head(std::vector<BlockParams>& blocks);
 
 // Every replicated ("dense") tensor of the block, in a fixed order: f(name, span).
 void for_each_dense(BlockParams& p, const std::function<void(const std::string&, std::span<float>)>& f);

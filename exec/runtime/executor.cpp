@@ -93,7 +93,8 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
   const std::vector<int> all = whole_world(spec.world_size());
   std::vector<int64_t> moe_layers;
   for (const Block& b : spec.workload.blocks)
-    if (b.kind == BlockKind::moe_layer) moe_layers.push_back(b.layer);
+    if (b.kind == BlockKind::moe_layer || (b.kind == BlockKind::mtp && spec.setup.card.is_moe_layer(b.layer)))
+      moe_layers.push_back(b.layer);
 
   for (int step = 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -120,6 +121,8 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
             err = compare_rank(r, *ref, spec);
             for (const auto& [mb, loss] : r.losses())
               if (loss != ref->loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
+            for (const auto& [mb, loss] : r.mtp_losses())
+              if (loss != ref->mtp_loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
           }
           mine.push_back(err);
           mine.push_back(loss_differs);
@@ -133,6 +136,11 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
           for (const auto& [key, value] : r.balance_losses())
             bal[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(key.first)] += value;
           mine.insert(mine.end(), bal.begin(), bal.end());
+          // MTP loss: [replica · micro-batches] per rank, as the losses.
+          std::vector<double> mtp(M, 0.0);
+          for (const auto& [mb, loss] : r.mtp_losses())
+            mtp[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(mb)] = loss;
+          mine.insert(mine.end(), mtp.begin(), mtp.end());
           std::vector<double> world_values(mine.size() * all.size());
           c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
           gathered[i] = std::move(world_values);
@@ -158,11 +166,13 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
     const auto& v = gathered.front();
     StepStats s;
     double worst = 0, differs = 0;
-    const size_t stride = M + 2 + moe_layers.size() + M;
+    const size_t stride = M + 2 + moe_layers.size() + M + M;
     for (size_t k = 0; k < M; ++k)
       for (size_t rank = 0; rank < all.size(); ++rank) s.loss += v[rank * stride + k];
     for (size_t k = 0; k < M; ++k)
       for (size_t rank = 0; rank < all.size(); ++rank) s.balance_loss += v[rank * stride + M + 2 + moe_layers.size() + k];
+    for (size_t k = 0; k < M; ++k)
+      for (size_t rank = 0; rank < all.size(); ++rank) s.mtp_loss += v[rank * stride + M + 2 + moe_layers.size() + M + k];
     s.moe_layers = moe_layers;
     s.load_max_over_mean.assign(moe_layers.size(), 0.0);
     for (size_t rank = 0; rank < all.size(); ++rank) {

@@ -35,6 +35,9 @@ struct ExecOptions {
 
 struct StepStats {
   double loss = 0;          // cross-entropy (the main model's LM loss)
+  // MTP: λ/D · Σ_k CE_k over the global batch (0 without MTP modules). Trained: loss + mtp_loss
+  // (+ balance_loss).
+  double mtp_loss = 0;
   // Sequence-wise balance loss: α Σ_i f_i P_i per sequence, averaged over the global batch's
   // sequences, summed over the MoE layers (0 when off). The trained objective is loss + this.
   double balance_loss = 0;

@@ -11,6 +11,8 @@ namespace {
 
 constexpr int kMirrorTag = 1 << 24;  // DualPipe's copy exchange; pp messages use their ids below
 constexpr int kCountsTag = 1 << 25;  // DualPipe's copy exchange of the expert counts
+constexpr int kMtpGradTag = 1 << 26;   // MTP embedding gradient → the holder of stage 0
+constexpr int kMtpTableTag = (1 << 26) + 1;  // the updated embedding table → the MTP copy
 
 void append(std::vector<float>& out, std::span<const float> s) { out.insert(out.end(), s.begin(), s.end()); }
 
@@ -57,6 +59,7 @@ RankRunner::RankRunner(const RunSpec& spec, int world_rank, comm::Communicator& 
       st.params.push_back(make_block_params(spec_.setup, spec_.workload.blocks[b], ctx_.member));
     stages_.push_back(std::move(st));
   }
+  for (HeldStage& st : stages_) link_shared_head(st.params);
   // The micro-batch order of every weight pass, and how many weight passes each block awaits.
   for (const Task& t : tasks) {
     if (!is_weight(t.kind)) continue;
@@ -70,6 +73,7 @@ void RankRunner::begin_step(int step) {
   std::lock_guard lock(m_);
   chunks_.clear();
   losses_.clear();
+  mtp_losses_.clear();
   balance_losses_.clear();
   for (auto& [k, q] : weight_queues_) {
     q.next = 0;
@@ -187,11 +191,19 @@ void RankRunner::compute_task(const Task& t) {
   const bool first = i == 0, last = i + 1 == cs.blocks.size();
 
   // A block's input and output gradient are taken when its first forward / backward task runs.
+  // The MTP module takes h = the head block's input (the block before it); its attn_f turns x into
+  // the projection's output. Its d_out comes from its own loss task; the head's from the MTP's dx.
   const bool starts_forward = t.kind == TaskKind::attn_f || (t.kind == TaskKind::mlp_f && bp.kind == BlockKind::head);
-  if (starts_forward && bp.kind != BlockKind::embedding && bs.x.size() == 0)
+  if (starts_forward && bp.kind == BlockKind::mtp) {
+    if (i == 0 || st.params[i - 1].kind != BlockKind::head) throw std::logic_error("the MTP block does not follow the head");
+    bs.x = i == 1 ? stage_input(c) : cs.blocks[i - 2].out;
+  } else if (starts_forward && bp.kind != BlockKind::embedding && bs.x.size() == 0) {
     bs.x = first ? stage_input(c) : cs.blocks[i - 1].out;
+  }
   const bool backward = t.kind == TaskKind::combine_b || t.kind == TaskKind::mlp_b || t.kind == TaskKind::attn_b;
-  if (backward && bp.kind != BlockKind::head && bs.d_out.size() == 0)
+  if (backward && bp.kind == BlockKind::head && !last && st.params[i + 1].kind == BlockKind::mtp)
+    bs.d_out = cs.blocks[i + 1].dx;
+  else if (backward && bp.kind != BlockKind::head && bp.kind != BlockKind::mtp && bs.d_out.size() == 0)
     bs.d_out = last ? stage_grad(c) : cs.blocks[i + 1].dx;
 
   switch (t.kind) {
@@ -207,9 +219,10 @@ void RankRunner::compute_task(const Task& t) {
     case TaskKind::mlp_f: mlp_f(ctx_, bp, bs); break;
     case TaskKind::combine_f: combine_f(ctx_, bs, [this](auto& s, auto& l) { return exchange(s, l); }, label); break;
     case TaskKind::loss: {
-      loss_f(ctx_, bs, data(c.micro_batch));
+      loss_f(ctx_, bp, bs, data(c.micro_batch));
       std::lock_guard lock(m_);
-      losses_[c.micro_batch] = bs.loss;
+      if (bp.kind == BlockKind::mtp) mtp_losses_[c.micro_batch] += bs.loss;
+      else losses_[c.micro_batch] = bs.loss;
       break;
     }
     case TaskKind::combine_b: combine_b(ctx_, bs, [this](auto& s, auto& l) { return exchange(s, l); }, label); break;
@@ -311,8 +324,76 @@ void RankRunner::end_of_step_balance() {
   }
 }
 
+bool RankRunner::rank_holds(int pipeline_rank, int stage) const {
+  const auto& held_here = spec_.program.rank_stages[static_cast<size_t>(pipeline_rank)];
+  return std::find(held_here.begin(), held_here.end(), stage) != held_here.end();
+}
+
+// MTP's shared-tensor gradients, before any stage is flattened: lm_head into the head's on the
+// same stage; the embedding's into stage 0's of this replica — here when this rank holds stage 0,
+// else sent to the stage-0 holder of the MTP stage's path (which adds it to its own, path by path).
+// reference.cpp folds the same (replica, path) accumulators the same way.
+void RankRunner::fold_mtp_grads() {
+  if (spec_.setup.card.num_nextn_predict_layers == 0) return;
+  const int last_stage = static_cast<int>(spec_.partition.stages.size()) - 1;
+  for (HeldStage& st : stages_) {
+    for (size_t b = 0; b < st.params.size(); ++b) {
+      if (st.params[b].kind != BlockKind::mtp) continue;
+      BlockGrads& mg = st.grads[b];
+      for (size_t h = 0; h < st.params.size(); ++h)
+        if (st.params[h].kind == BlockKind::head) st.grads[h].dense.lm_head += mg.mtp_lm_head;
+      if (rank_holds(p_, 0)) {
+        held(0).grads.front().dense.embed += mg.mtp_embed;
+      } else {
+        const int to = spec_.world_rank(spec_.program.schedule.rank_of(st.path, 0), replica_);
+        comm_.send(to, kMtpGradTag, mg.mtp_embed.data(), static_cast<size_t>(mg.mtp_embed.size()) * sizeof(float),
+                   "mtp embedding gradient to stage 0");
+      }
+    }
+  }
+  if (!rank_holds(p_, 0)) return;
+  HeldStage& s0 = held(0);
+  for (int path = 0; path < spec_.program.schedule.paths; ++path) {
+    if (spec_.program.schedule.rank_of(path, 0) != p_) continue;
+    const int from = spec_.program.schedule.rank_of(path, last_stage);
+    if (rank_holds(from, 0)) continue;  // that rank added its own
+    Mat<float> g(s0.grads.front().dense.embed.rows(), s0.grads.front().dense.embed.cols());
+    comm_.recv(spec_.world_rank(from, replica_), kMtpGradTag, g.data(), static_cast<size_t>(g.size()) * sizeof(float),
+               "mtp embedding gradient from the last stage");
+    s0.grads.front().dense.embed += g;
+  }
+}
+
+// After the all-gather: every MTP copy of the embedding = stage 0's updated table.
+void RankRunner::refresh_mtp_embeddings() {
+  if (spec_.setup.card.num_nextn_predict_layers == 0) return;
+  const int last_stage = static_cast<int>(spec_.partition.stages.size()) - 1;
+  if (rank_holds(p_, 0)) {
+    const Mat<float>& table = held(0).params.front().embed;
+    for (int path = 0; path < spec_.program.schedule.paths; ++path) {
+      if (spec_.program.schedule.rank_of(path, 0) != p_) continue;
+      const int to = spec_.program.schedule.rank_of(path, last_stage);
+      if (rank_holds(to, 0)) continue;
+      comm_.send(spec_.world_rank(to, replica_), kMtpTableTag, table.data(), static_cast<size_t>(table.size()) * sizeof(float),
+                 "embedding table to the mtp copy");
+    }
+  }
+  for (HeldStage& st : stages_)
+    for (BlockParams& bp : st.params) {
+      if (bp.kind != BlockKind::mtp) continue;
+      if (rank_holds(p_, 0)) {
+        bp.mtp_embed = held(0).params.front().embed;
+      } else {
+        const int from = spec_.world_rank(spec_.program.schedule.rank_of(st.path, 0), replica_);
+        comm_.recv(from, kMtpTableTag, bp.mtp_embed.data(), static_cast<size_t>(bp.mtp_embed.size()) * sizeof(float),
+                   "embedding table from stage 0");
+      }
+    }
+}
+
 void RankRunner::end_of_step_reduce() {
   const bool mirrored = spec_.program.schedule.paths == 2;
+  fold_mtp_grads();
   for (HeldStage& st : stages_) {
     std::vector<float> dense;
     for (BlockGrads& bg : st.grads)
@@ -398,6 +479,7 @@ void RankRunner::end_of_step_gather() {
           k += s.size();
         });
   }
+  refresh_mtp_embeddings();
 }
 
 }  // namespace tandem::runtime

@@ -6,6 +6,10 @@
 //  * weight passes accumulate in place, and for each (stage, block, pass) in micro-batch order: a
 //    W task that comes before an earlier micro-batch's is deferred until that one ran (a W task
 //    is a pure function of what its chunk saved, so running it later changes no bits);
+//  * MTP (last stage): the module's lm_head gradient is added to the head's (head + MTP); its
+//    embedding gradient to stage 0's embedding gradient of the same replica — on this rank when it
+//    holds stage 0 (DualPipe / DualPipeV / pp 1), else sent point-to-point to the stage-0 holder of
+//    its path; after the all-gather the stage-0 holder hands the updated table back to the copy;
 //  * routed experts accumulate per source member (block_params.h), folded in group order at the
 //    end of the step;
 //  * DualPipe holds each stage on two ranks (one per path): the two copies' sums are exchanged and
@@ -56,6 +60,8 @@ class RankRunner final : public TaskRunner {
   int pipeline_rank() const { return p_; }
   int replica() const { return replica_; }
   const std::map<int, double>& losses() const { return losses_; }  // micro-batch → loss (last stage)
+  // micro-batch → the MTP loss (λ/D-weighted, summed over depths; last stage, MTP models only).
+  const std::map<int, double>& mtp_losses() const { return mtp_losses_; }
   std::vector<HeldStage>& stages() { return stages_; }
   // Sequence-wise balance loss of the step: (micro-batch, block) → its MoE block's loss (already
   // scaled to the global mean over sequences), for the MoE blocks this rank ran forward.
@@ -84,6 +90,9 @@ class RankRunner final : public TaskRunner {
   void compute_task(const Task& t);
   void weight_task(const Task& t);
   void end_of_step_reduce();
+  void fold_mtp_grads();
+  void refresh_mtp_embeddings();
+  bool rank_holds(int pipeline_rank, int stage) const;
   void end_of_step_balance();
   void end_of_step_optimizer();
   void end_of_step_gather();
@@ -100,7 +109,7 @@ class RankRunner final : public TaskRunner {
   std::mutex m_;  // guards the maps below (entries are only touched by tasks their deps order)
   std::map<Key, ChunkState> chunks_;
   std::map<int, MicroBatchData> data_;
-  std::map<int, double> losses_;
+  std::map<int, double> losses_, mtp_losses_;
   std::map<std::pair<int, int>, double> balance_losses_;
   std::map<int64_t, double> expert_load_;
   // Weight passes in micro-batch order: per (stage, block, kind) the micro-batches expected, in

@@ -1,5 +1,6 @@
 #include "exec/runtime/reference.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace tandem::runtime {
@@ -39,13 +40,13 @@ std::vector<moe::Buffer> hand_back(std::vector<moe::Buffer>& send, const std::st
 }  // namespace
 
 ReferenceStep run_reference(const RunSpec& spec) {
-  if (spec.setup.card.num_nextn_predict_layers > 0) throw std::invalid_argument("reference: MTP not supported");
   ModelSetup setup = make_setup(spec.setup.card, 1, spec.setup.numerics, spec.setup.seed);
   setup.router_bias_skew = spec.setup.router_bias_skew;
   const BlockContext ctx = spec.block_context(setup, 0);
   const auto& blocks = spec.workload.blocks;
   std::vector<BlockParams> params;
   for (const Block& b : blocks) params.push_back(make_block_params(setup, b, 0));
+  link_shared_head(params);
   const int stages = static_cast<int>(spec.partition.stages.size());
   const int paths = spec.program.schedule.paths, per_path = spec.micro_batches / paths;
 
@@ -54,6 +55,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
   ReferenceStep out;
   out.loss.assign(static_cast<size_t>(spec.dp), std::vector<double>(static_cast<size_t>(spec.micro_batches), 0.0));
   out.balance_loss = out.loss;
+  out.mtp_loss = out.loss;
   for (int r = 0; r < spec.dp; ++r) {
     acc[static_cast<size_t>(r)].resize(static_cast<size_t>(paths));
     for (auto& per_block : acc[static_cast<size_t>(r)])
@@ -64,13 +66,24 @@ ReferenceStep run_reference(const RunSpec& spec) {
       std::vector<BlockState> st(blocks.size());
       for (size_t b = 0; b < blocks.size(); ++b) {
         BlockState& s = st[b];
-        if (b > 0) s.x = st[b - 1].out;
+        if (b > 0) s.x = blocks[b].kind == BlockKind::mtp ? st[b - 1].x : st[b - 1].out;  // MTP: the head's input
         switch (blocks[b].kind) {
           case BlockKind::embedding: attn_f(ctx, params[b], s, data); break;
           case BlockKind::head:
             mlp_f(ctx, params[b], s);
-            loss_f(ctx, s, data);
+            loss_f(ctx, params[b], s, data);
             out.loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] = s.loss;
+            break;
+          case BlockKind::mtp:
+            attn_f(ctx, params[b], s, data);
+            if (params[b].moe) {
+              out.balance_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.balance_loss;
+              dispatch_f(ctx, s, hand_back, "");
+            }
+            mlp_f(ctx, params[b], s);
+            if (params[b].moe) combine_f(ctx, s, hand_back, "");
+            loss_f(ctx, params[b], s, data);
+            out.mtp_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.loss;
             break;
           default:
             attn_f(ctx, params[b], s, data);
@@ -84,7 +97,8 @@ ReferenceStep run_reference(const RunSpec& spec) {
       }
       for (size_t b = blocks.size(); b-- > 0;) {
         BlockState& s = st[b];
-        if (b + 1 < blocks.size()) s.d_out = st[b + 1].dx;
+        // The head takes the MTP module's dx; the MTP module's d_out comes from its loss.
+        if (b + 1 < blocks.size() && blocks[b].kind != BlockKind::mtp) s.d_out = st[b + 1].dx;
         switch (blocks[b].kind) {
           case BlockKind::embedding:
             attn_w(ctx, params[b], s, grads[b], data);
@@ -104,6 +118,32 @@ ReferenceStep run_reference(const RunSpec& spec) {
         if (b + 1 < blocks.size()) st[b + 1] = BlockState{};
       }
     }
+  }
+
+  // MTP folds (rank_runner.cpp fold_mtp_grads), per (replica, path): lm_head head + MTP; the
+  // embedding gradient into stage 0's of the path whose stage 0 the MTP stage's rank holds (DualPipe:
+  // the other path), else of its own path.
+  const auto& sch = spec.program.schedule;
+  auto rank_holds = [&](int prank, int stage) {
+    const auto& h = spec.program.rank_stages[static_cast<size_t>(prank)];
+    return std::find(h.begin(), h.end(), stage) != h.end();
+  };
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    if (blocks[b].kind != BlockKind::mtp) continue;
+    size_t head = 0;
+    for (size_t h = 0; h < blocks.size(); ++h)
+      if (blocks[h].kind == BlockKind::head) head = h;
+    for (int r = 0; r < spec.dp; ++r)
+      for (int path = 0; path < paths; ++path) {
+        auto& mine = acc[static_cast<size_t>(r)][static_cast<size_t>(path)];
+        mine[head].dense.lm_head += mine[b].mtp_lm_head;
+        const int holder = sch.rank_of(path, stages - 1);
+        int target = path;
+        if (rank_holds(holder, 0))
+          for (int q = 0; q < paths; ++q)
+            if (sch.rank_of(q, 0) == holder) target = q;
+        acc[static_cast<size_t>(r)][static_cast<size_t>(target)][0].dense.embed += mine[b].mtp_embed;
+      }
   }
 
   // The canonical sums, per stage, laid out as the ranks flatten them.

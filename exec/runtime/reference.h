@@ -17,6 +17,7 @@ namespace tandem::runtime {
 
 struct ReferenceStep {
   std::vector<std::vector<double>> loss;            // [replica][micro-batch]
+  std::vector<std::vector<double>> mtp_loss;        // [replica][micro-batch], Σ over MTP depths
   std::vector<std::vector<double>> balance_loss;    // [replica][micro-batch], Σ over MoE blocks in order
   std::vector<std::vector<float>> dense;            // [stage] replicated parameters' gradient
   std::vector<std::vector<std::vector<float>>> experts;  // [stage][EP member] routed experts' gradient

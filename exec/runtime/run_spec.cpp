@@ -66,6 +66,8 @@ MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch
       seq.push_back(static_cast<int32_t>(mix(base ^ static_cast<uint64_t>(q * (L + 1) + i)) % vocab));
     d.tokens.insert(d.tokens.end(), seq.begin(), seq.end() - 1);
     d.targets.insert(d.targets.end(), seq.begin() + 1, seq.end());
+    for (int64_t i = 2; i <= L; ++i) d.mtp_targets.push_back(seq[static_cast<size_t>(i)]);
+    d.mtp_targets.push_back(-1);  // the last position of a sequence has no t_{i+2}
   }
   return d;
 }
@@ -78,6 +80,8 @@ BlockContext RunSpec::block_context(const ModelSetup& s, int member) const {
   c.loss_scale = loss_scale;
   c.balance_alpha = balance_loss_alpha;
   c.balance_scale = static_cast<double>(seq_len) * loss_scale;  // 1 / sequences of the global batch
+  const int64_t depth = s.card.num_nextn_predict_layers;
+  c.mtp_loss_scale = depth > 0 ? mtp_lambda / static_cast<double>(depth) * loss_scale : 0.0;
   return c;
 }
 

@@ -36,6 +36,9 @@ struct RunSpec {
   // Sequence-wise balance loss α (deepseek-v3.md §1.1; exec/moe/balance.h) in every MoE block,
   // averaged over the global batch's sequences; 0 disables it.
   double balance_loss_alpha = 1e-4;
+  // MTP loss weight λ (deepseek-v3.md §1: 0.3 early in training, 0.1 later); the MTP loss is
+  // λ / D · Σ_k CE_k, each CE_k averaged over the global batch's tokens (ignored rows count as 0).
+  double mtp_lambda = 0.3;
 
   int world_size() const { return pp * dp; }
   int world_rank(int pipeline_rank, int replica) const { return pipeline_rank * dp + replica; }

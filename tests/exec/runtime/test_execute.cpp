@@ -63,6 +63,52 @@ TEST_CASE("every schedule is bit-identical to the sequential reference", "[runti
   }
 }
 
+TEST_CASE("MTP (depth 1): every schedule bit-identical to the reference, the MTP loss reported", "[runtime]") {
+  struct Case {
+    const char* file;
+    std::vector<std::string> extra;
+  };
+  const std::vector<Case> cases{
+      {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16"}},
+      {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16", "schedule.kind=zb1p"}},
+      {"tiny-dualpipe.yaml", {"model.num_hidden_layers=4"}},
+      {"tiny-dualpipev.yaml", {"model.num_hidden_layers=4"}},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> extra = c.extra;
+    extra.push_back("model.num_nextn_predict_layers=1");
+    const RunSpec spec = tiny(c.file, extra);
+    INFO(c.file << " " << to_string(spec.scenario.schedule.kind));
+    REQUIRE(spec.workload.blocks.back().kind == BlockKind::mtp);
+    ExecOptions o;
+    o.check_reference = true;
+    o.steps = 2;  // step 2 runs with the refreshed MTP copy of the embedding
+    const ExecResult r = execute(spec, o);
+    REQUIRE(r.max_grad_rel_err.has_value());
+    CHECK(*r.max_grad_rel_err == 0.0);
+    CHECK(r.losses_match.value_or(false));
+    REQUIRE(r.steps.size() == 2);
+    CHECK(r.steps[0].mtp_loss > 0);
+    // λ = 0.3 times a cross-entropy near log(vocab) at init, over (seq_len - 1) / seq_len of the rows.
+    CHECK(r.steps[0].mtp_loss < 0.3 * r.steps[0].loss);
+    CHECK(r.steps[0].mtp_loss > 0.2 * r.steps[0].loss);
+  }
+}
+
+TEST_CASE("MTP changes the main model's gradients (shared embedding and head, dh)", "[runtime]") {
+  const RunSpec with = tiny("tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16",
+                                              "model.num_nextn_predict_layers=1"});
+  RunSpec off = with;
+  off.mtp_lambda = 0;
+  const ReferenceStep a = run_reference(with), z = run_reference(off);
+  CHECK(a.loss == z.loss);  // the main model's forward does not see the MTP module
+  CHECK(z.mtp_loss.front().front() == 0.0);
+  CHECK(a.mtp_loss.front().front() > 0.0);
+  // Every stage's gradient differs with λ > 0: stage 0 through the embedding, the last through
+  // the shared head, the ones between through the head's dh.
+  for (size_t st = 0; st < a.dense.size(); ++st) CHECK(a.dense[st] != z.dense[st]);
+}
+
 TEST_CASE("the loss falls over 20 steps", "[runtime]") {
   const RunSpec spec = tiny("tiny-dualpipev.yaml", {"model.num_hidden_layers=3", "batch.seq_len=16"});
   RunSpec fast = spec;
