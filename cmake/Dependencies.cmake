@@ -17,6 +17,24 @@ set(TANDEM_HAVE_MPI OFF)
 if(MPI_CXX_FOUND)
   set(TANDEM_HAVE_MPI ON)
   message(STATUS "tandem: MPI world ON (MPI ${MPI_CXX_VERSION}, ${MPIEXEC_EXECUTABLE})")
+  # How the MPI tests launch processes. Open MPI's mpiexec: --oversubscribe (several processes x
+  # threads on a 2-core CI machine); it refuses to run as root unless told twice (CI containers
+  # run as root); vader's single-copy mechanism (CMA) needs ptrace rights containers often lack,
+  # so plain copy-in/copy-out is used. Under the sanitizers, LeakSanitizer would report Open MPI's
+  # own allocations at exit, so leak detection is off for MPI tests.
+  set(TANDEM_MPIEXEC_FLAGS "")
+  set(TANDEM_MPI_TEST_ENV "")
+  if(MPIEXEC_EXECUTABLE)
+    execute_process(COMMAND ${MPIEXEC_EXECUTABLE} --version OUTPUT_VARIABLE tandem_mpiexec_version ERROR_QUIET)
+    if(tandem_mpiexec_version MATCHES "Open MPI|OpenRTE")
+      set(TANDEM_MPIEXEC_FLAGS --oversubscribe)
+      set(TANDEM_MPI_TEST_ENV
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none)
+    endif()
+  endif()
+  if(TANDEM_SANITIZE)
+    list(APPEND TANDEM_MPI_TEST_ENV ASAN_OPTIONS=detect_leaks=0)
+  endif()
 else()
   message(STATUS "tandem: MPI world OFF (no MPI found)")
 endif()
