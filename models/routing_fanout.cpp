@@ -154,6 +154,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, d
     p.gpu_hit.assign(ep, gpn > 1 ? f.nvlink_sends / (static_cast<double>(p.nodes) * static_cast<double>(gpn - 1))
                                  : f.dest_gpus / static_cast<double>(p.ep));
     p.node_hit.assign(nodes, p.nodes > 1 ? f.remote_nodes / static_cast<double>(p.nodes - 1) : 1.0);
+    p.load.assign(ep, 1.0);
     return p;
   }
   const int64_t G = m.n_group;
@@ -199,9 +200,11 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, d
   for (auto& v : p.rows_per_token) v /= n;
   for (auto& v : p.gpu_hit) v /= n;
   for (auto& v : p.node_hit) v /= n;
-  double max_member = 0;
-  for (int64_t d = 0; d < p.ep; ++d) max_member = std::max(max_member, p.load_factor(d));
-  p.max_load = max_member;
+  double rows = 0;
+  for (double r : p.rows_per_token) rows += r;
+  p.load.assign(ep, 1.0);
+  for (size_t d = 0; d < ep && rows > 0; ++d) p.load[d] = p.rows_per_token[d] * static_cast<double>(p.ep) / rows;
+  p.max_load = *std::max_element(p.load.begin(), p.load.end());
   const double mean_expert = n * k / static_cast<double>(E);
   p.max_expert_load = *std::max_element(expert_rows.begin(), expert_rows.end()) / mean_expert;
   std::lock_guard<std::mutex> lock(mu);

@@ -37,15 +37,12 @@ struct RoutingPattern {
   std::vector<double> rows_per_token;  // per member: expected routed rows a sent token makes there
   std::vector<double> gpu_hit;         // per member: P(a token has an expert there)
   std::vector<double> node_hit;        // per node of the group: P(a token has an expert there)
-  double max_load = 1;                 // busiest member's rows over the mean (1: balanced)
+  std::vector<double> load;            // per member: its rows over the balanced share (1: balanced)
+  double max_load = 1;                 // busiest member's load
   double max_expert_load = 1;          // busiest expert's rows over the mean
 
   // Rows member `d` processes, relative to the balanced share.
-  double load_factor(int64_t d) const {
-    double total = 0;
-    for (double r : rows_per_token) total += r;
-    return total > 0 ? rows_per_token[static_cast<size_t>(d)] * static_cast<double>(ep) / total : 1.0;
-  }
+  double load_factor(int64_t d) const { return load[static_cast<size_t>(d)]; }
 };
 
 // Balanced: the symmetric pattern of the fan-out above (every member and node alike). Skewed

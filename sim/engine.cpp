@@ -109,19 +109,23 @@ struct GroupA2A {
         pattern(&p), bytes_per_token(t.tokens * t.bytes_per_copy) {
     const int replica = gpu % w.dp;
     first = replica - replica % ep;
+    // per_pair: member j's share of its node's IB bytes, in proportion to its hits.
+    share.assign(static_cast<size_t>(ep), 1.0 / gpn);
+    for (int n0 = 0; n0 < ep; n0 += gpn) {
+      double total = 0;
+      for (int j = n0; j < n0 + gpn; ++j) total += p.gpu_hit[static_cast<size_t>(j)];
+      if (total > 0)
+        for (int j = n0; j < n0 + gpn; ++j) share[static_cast<size_t>(j)] = p.gpu_hit[static_cast<size_t>(j)] / total;
+    }
   }
   int gpu(const World& w, int member) const { return w.gpu(rank, first + member); }
   // IB bytes a member sends to node n (the copies deduplicated per node), and NVLink bytes an
   // arrival GPU forwards to member j (the copies for j's experts).
   double ib(int node) const { return bytes_per_token * pattern->node_hit[static_cast<size_t>(node)]; }
   double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[static_cast<size_t>(member)]; }
-  // per_pair: member j's share of its node's IB bytes.
-  double ib_share(int member) const {
-    const int n0 = member / gpn * gpn;
-    double total = 0;
-    for (int j = n0; j < n0 + gpn; ++j) total += pattern->gpu_hit[static_cast<size_t>(j)];
-    return total > 0 ? pattern->gpu_hit[static_cast<size_t>(member)] / total : 1.0 / gpn;
-  }
+  double ib_share(int member) const { return share[static_cast<size_t>(member)]; }
+
+  std::vector<double> share;
 };
 
 // DeepEP's two legs from member `me`: IB to the same-local-index GPU of each other node of the

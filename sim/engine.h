@@ -19,16 +19,17 @@
 //               node) to the same-local-index GPU there, and one NVLink flow per forwarded peer.
 //   replicated: one pipeline replica is simulated (its PP transfers as flows); since balanced
 //               routing makes every replica and every EP group behave alike and EP groups share
-//               no links on the multi-plane fabric, each all-to-all takes the time its whole EP
-//               group's aggregated flows need on the fabric's links (max over links of load /
-//               bandwidth, plus the longest route latency), and each DP ring, pipelined, the
-//               time of its (n-1)/n bytes over the ring's slowest hop plus one latency (the
-//               all-GPU tiers send the same bytes as one flow per hop). Fast enough for 2048
-//               GPUs and beyond.
+//               no links on the multi-plane fabric, each all-to-all takes its analytic plan's time
+//               (the group's aggregated flows on the fabric's links, each flow as long as the
+//               busiest link on its route needs, all starting together), and each DP ring,
+//               pipelined, the time of its (n-1)/n bytes over the ring's slowest hop plus one
+//               latency (the all-GPU tiers send the same bytes as one flow per hop). Fast enough
+//               for 2048 GPUs and beyond.
 //   grouped:    every GPU simulated (PP and DP transfers as flows); each all-to-all is a collective
-//               of its EP group: it starts when the last member arrives and takes the
-//               replicated tier's analytic time for the group's traffic matrix. Works with skewed
-//               routing (hot GPUs, stragglers) at 2048 GPUs.
+//               of its EP group: when the last member arrives, every member's end follows from
+//               the members' arrival times and the same analytic plan (a flow starts once both
+//               its ends have arrived). Works with skewed routing (hot GPUs, stragglers) at 2048
+//               GPUs; refused by the replicated tier.
 // per_pair, aggregated and grouped simulate every GPU. Flows follow each MoE layer's
 // RoutingPattern: balanced routing spreads a GPU's bytes evenly over its destinations, skewed
 // routing sends more to the GPUs of popular experts, which also compute more.
