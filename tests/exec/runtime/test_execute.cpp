@@ -41,54 +41,53 @@ std::vector<double> losses(const ExecResult& r) {
 
 }  // namespace
 
-TEST_CASE("every schedule is bit-identical to the sequential reference", "[runtime]") {
-  struct Case {
-    const char* file;
-    std::vector<std::string> extra;
-  };
-  const std::vector<Case> cases{
+namespace {
+
+// The four schedules on the shrunk tiny scenarios, each with `extra` settings.
+std::vector<RunSpec> every_schedule(const std::vector<std::string>& extra) {
+  const std::vector<std::pair<const char*, std::vector<std::string>>> cases{
       {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16"}},
       {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16", "schedule.kind=zb1p"}},
       {"tiny-dualpipe.yaml", {"model.num_hidden_layers=4"}},
       {"tiny-dualpipev.yaml", {"model.num_hidden_layers=4"}},
   };
-  for (const auto& c : cases) {
-    const RunSpec spec = tiny(c.file, c.extra);
-    INFO(c.file << " " << to_string(spec.scenario.schedule.kind));
-    ExecOptions o;
-    o.check_reference = true;
-    const ExecResult r = execute(spec, o);
-    REQUIRE(r.max_grad_rel_err.has_value());
-    CHECK(*r.max_grad_rel_err == 0.0);
-    CHECK(r.losses_match.value_or(false));
+  std::vector<RunSpec> specs;
+  for (auto [file, sets] : cases) {
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    specs.push_back(tiny(file, sets));
+  }
+  return specs;
+}
+
+// Runs `steps` steps checked against the sequential reference: bit-identical gradients and losses.
+ExecResult check_against_reference(const RunSpec& spec, int steps) {
+  INFO(spec.scenario.file << " " << to_string(spec.scenario.schedule.kind));
+  ExecOptions o;
+  o.check_reference = true;
+  o.steps = steps;
+  const ExecResult r = execute(spec, o);
+  REQUIRE(r.max_grad_rel_err.has_value());
+  CHECK(*r.max_grad_rel_err == 0.0);
+  CHECK(r.losses_match.value_or(false));
+  REQUIRE(r.steps.size() == static_cast<size_t>(steps));
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("every schedule is bit-identical to the sequential reference", "[runtime]") {
+  for (const RunSpec& spec : every_schedule({"model.num_nextn_predict_layers=0"})) {
+    REQUIRE(spec.workload.blocks.back().kind != BlockKind::mtp);
+    check_against_reference(spec, 1);
   }
 }
 
 TEST_CASE("MTP (depth 1): every schedule bit-identical to the reference, the MTP loss reported", "[runtime]") {
-  struct Case {
-    const char* file;
-    std::vector<std::string> extra;
-  };
-  const std::vector<Case> cases{
-      {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16"}},
-      {"tiny-1f1b.yaml", {"model.num_hidden_layers=4", "batch.global_sequences=16", "schedule.kind=zb1p"}},
-      {"tiny-dualpipe.yaml", {"model.num_hidden_layers=4"}},
-      {"tiny-dualpipev.yaml", {"model.num_hidden_layers=4"}},
-  };
-  for (const auto& c : cases) {
-    std::vector<std::string> extra = c.extra;
-    extra.push_back("model.num_nextn_predict_layers=1");
-    const RunSpec spec = tiny(c.file, extra);
-    INFO(c.file << " " << to_string(spec.scenario.schedule.kind));
+  for (const RunSpec& spec : every_schedule({"model.num_nextn_predict_layers=1"})) {
+    INFO(spec.scenario.file << " " << to_string(spec.scenario.schedule.kind));
     REQUIRE(spec.workload.blocks.back().kind == BlockKind::mtp);
-    ExecOptions o;
-    o.check_reference = true;
-    o.steps = 2;  // step 2 runs with the refreshed MTP copy of the embedding
-    const ExecResult r = execute(spec, o);
-    REQUIRE(r.max_grad_rel_err.has_value());
-    CHECK(*r.max_grad_rel_err == 0.0);
-    CHECK(r.losses_match.value_or(false));
-    REQUIRE(r.steps.size() == 2);
+    // Step 2 runs with the refreshed MTP copy of the embedding.
+    const ExecResult r = check_against_reference(spec, 2);
     CHECK(r.steps[0].mtp_loss > 0);
     // λ = 0.3 times a cross-entropy near log(vocab) at init, over (seq_len - 1) / seq_len of the rows.
     CHECK(r.steps[0].mtp_loss < 0.3 * r.steps[0].loss);
