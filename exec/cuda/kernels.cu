@@ -43,6 +43,19 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The scaling of one 1x128 tile held by a warp, four values per lane (lane + 32 t): the warp's
+// amax and whether every value is finite, as exec/fp8 scales a tile.
+__device__ __forceinline__ Scaling warp_tile_scaling(const float (&v)[4], bool pow2) {
+  float amax = 0.0f;
+  bool finite = true;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    finite = finite && isfinite(v[t]);
+    amax = fmaxf(amax, fabsf(v[t]));
+  }
+  return block_scaling(warp_max(amax), __all_sync(kFull, finite), pow2);
+}
+
 // One warp per 1x128 tile (row r, K block kb); lane handles elements k0 + lane + 32 j.
 __global__ void quantize_rowwise_kernel(const float* __restrict__ x, int rows, int cols, int L,
                                         uint8_t* __restrict__ codes, float* __restrict__ scales, bool pow2) {
@@ -54,18 +67,12 @@ __global__ void quantize_rowwise_kernel(const float* __restrict__ x, int rows, i
   const int k0 = kb * kQuantBlock;
   const float* row = x + static_cast<size_t>(r) * cols;
   float v[4];
-  float amax = 0.0f;
-  bool finite = true;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int k = k0 + lane + 32 * j;
     v[j] = k < cols ? row[k] : 0.0f;
-    finite = finite && isfinite(v[j]);
-    amax = fmaxf(amax, fabsf(v[j]));
   }
-  amax = warp_max(amax);
-  finite = __all_sync(kFull, finite);
-  const Scaling s = block_scaling(amax, finite, pow2);
+  const Scaling s = warp_tile_scaling(v, pow2);
   uint8_t* out = codes + static_cast<size_t>(r) * cols;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -97,17 +104,9 @@ __global__ void quantize_columnwise_kernel(const float* __restrict__ x, int rows
     const int c = c0 + cc;
     if (c >= cols) break;  // warp-uniform
     float v[4];
-    float amax = 0.0f;
-    bool finite = true;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      v[t] = tile[lane + 32 * t][cc];  // zero beyond `rows`: cannot change amax
-      finite = finite && isfinite(v[t]);
-      amax = fmaxf(amax, fabsf(v[t]));
-    }
-    amax = warp_max(amax);
-    finite = __all_sync(kFull, finite);
-    const Scaling s = block_scaling(amax, finite, pow2);
+    for (int t = 0; t < 4; ++t) v[t] = tile[lane + 32 * t][cc];  // zero beyond `rows`: cannot change amax
+    const Scaling s = warp_tile_scaling(v, pow2);
     uint8_t* out = codes + static_cast<size_t>(c) * rows;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
