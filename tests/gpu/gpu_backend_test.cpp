@@ -1,5 +1,5 @@
-// tandem_gpu_tests <check>: the CUDA backend against the CPU reference (exec/fp8). Each check exits
-// 0 (pass), 1 (fail) or 77 (skipped: no CUDA device), so CTest runs each as its own test.
+// The first GPU checks (gpu_check.h): the quantisers, FP8 conversion, cuBLASLt GEMMs and the small
+// kernels against the CPU reference (exec/fp8), and one-rank NCCL.
 //   quant           GPU 1x128 rowwise / columnwise, 128x128 blocks and the 2-D transpose are
 //                   bit-identical (codes and scale bits) to exec/fp8 on random and edge inputs
 //   fp8_exhaustive  __nv_cvt_float_to_fp8 on the device == exec/fp8's encode for all 2^32 floats
@@ -32,7 +32,7 @@
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/fp8.h"
 #include "exec/fp8/quantize.h"
-#include "exec/gpu_probe.h"
+#include "tests/gpu/gpu_check.h"
 
 #if TANDEM_HAVE_NCCL
 #include <nccl.h>
@@ -44,31 +44,10 @@ using namespace tandem;
 namespace fp8 = tandem::fp8;
 namespace cu = tandem::cuda;
 
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-template <class T>
-cu::DeviceBuffer<T> to_device(const std::vector<T>& v) {
-  cu::DeviceBuffer<T> d(v.size());
-  if (!v.empty()) d.upload(v.data(), v.size());
-  return d;
-}
-template <class T>
-std::vector<T> to_host(const cu::DeviceBuffer<T>& d, std::size_t n) {
-  std::vector<T> v(n);
-  if (n > 0) d.download(v.data(), n);
-  return v;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
+using tandem::gputest::expect;
+using tandem::gputest::same_bits;
+using tandem::gputest::to_device;
+using tandem::gputest::to_host;
 
 // ---------------------------------------------------------------- quant
 std::vector<float> make_input(int rows, int cols, int kind, uint32_t seed) {
@@ -142,7 +121,7 @@ void check_quant_case(int rows, int cols, int kind, bool pow2) {
   cu::check(cudaDeviceSynchronize(), "quant");
 }
 
-void check_quant() {
+void check_quant_all() {
   const int shapes[][2] = {{1, 1}, {3, 130}, {128, 128}, {129, 385}, {300, 250}, {256, 1024}, {1000, 7168 / 4}};
   for (const auto& s : shapes)
     for (int kind = 0; kind < 3; ++kind)
@@ -354,9 +333,9 @@ void check_gemm(bool sm_target_only) {
     const fp8::BlockFp8 wq = fp8::quantize_blocks(w.data(), n, k);
     std::vector<float> cpu(static_cast<std::size_t>(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
-    const int before = failures;
+    const int before = tandem::gputest::failure_count();
     run_and_compare(lt, upload(xq), upload(wq), gemm64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k), cpu, "INFO partial K=320");
-    failures = before;  // informational only
+    tandem::gputest::set_failure_count(before);  // informational only
   } catch (const std::exception& e) {
     std::printf("INFO partial K=320 not supported: %s\n", e.what());
   }
@@ -498,36 +477,15 @@ void check_nccl() {
   cudaStreamDestroy(s);
   nccl(ncclCommDestroy(comm), "ncclCommDestroy");
 #else
-  std::printf("SKIP: built without NCCL\n");
-  std::exit(77);
+  tandem::gputest::skip("built without NCCL");
 #endif
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const std::string check = argc > 1 ? argv[1] : "";
-  const tandem::GpuProbe p = tandem::probe_gpus();
-  if (p.devices == 0) {
-    std::printf("SKIP: %s\n", p.detail.c_str());
-    return 77;
-  }
-  std::printf("device: %s\n", p.detail.c_str());
-  try {
-    if (check == "quant") check_quant();
-    else if (check == "fp8_exhaustive") check_fp8_exhaustive();
-    else if (check == "gemm") check_gemm(false);
-    else if (check == "sm_target") check_gemm(true);
-    else if (check == "kernels") check_kernels();
-    else if (check == "nccl") check_nccl();
-    else {
-      std::printf("usage: tandem_gpu_tests quant|fp8_exhaustive|gemm|sm_target|kernels|nccl\n");
-      return 2;
-    }
-  } catch (const std::exception& e) {
-    std::printf("FAIL: %s: exception: %s\n", check.c_str(), e.what());
-    return 1;
-  }
-  std::printf("%s: %s (%d failures)\n", check.c_str(), failures == 0 ? "PASS" : "FAIL", failures);
-  return failures == 0 ? 0 : 1;
-}
+TANDEM_GPU_CHECK(quant) { check_quant_all(); }
+TANDEM_GPU_CHECK(fp8_exhaustive) { check_fp8_exhaustive(); }
+TANDEM_GPU_CHECK(gemm) { check_gemm(false); }
+TANDEM_GPU_CHECK(sm_target) { check_gemm(true); }
+TANDEM_GPU_CHECK(kernels) { check_kernels(); }
+TANDEM_GPU_CHECK(nccl) { check_nccl(); }

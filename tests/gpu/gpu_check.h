@@ -1,0 +1,72 @@
+// The GPU checks' shared harness: `tandem_gpu_tests <check>` runs one registered check and exits
+// 0 (pass), 1 (fail) or 77 (skipped: no CUDA device), so CTest runs each check as its own test
+// (tests/CMakeLists.txt lists the names). A check is a plain function registered by name:
+//
+//   TANDEM_GPU_CHECK(router) { ... expect(ok, "what"); ... }
+//
+// A check fails by calling expect(false, ...) (it goes on, to report every failure) or by
+// throwing; it skips by calling skip("why").
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "exec/cuda/cuda_check.h"
+
+namespace tandem::gputest {
+
+void expect(bool ok, const std::string& what);
+[[noreturn]] void skip(const std::string& why);
+
+// Failures counted so far; an informational case restores the count after it ran.
+int failure_count();
+void set_failure_count(int n);
+
+struct Registrar {
+  Registrar(const char* name, void (*check)());
+};
+
+template <class T>
+cuda::DeviceBuffer<T> to_device(const std::vector<T>& v) {
+  cuda::DeviceBuffer<T> d(v.size());
+  if (!v.empty()) d.upload(v.data(), v.size());
+  return d;
+}
+template <class T>
+std::vector<T> to_host(const cuda::DeviceBuffer<T>& d, std::size_t n) {
+  std::vector<T> v(n);
+  if (n > 0) d.download(v.data(), n);
+  return v;
+}
+template <class T>
+std::vector<T> to_host(const cuda::DeviceBuffer<T>& d) {
+  return to_host(d, d.size());
+}
+
+inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+// ||got - want||_2 / ||want||_2 (0 when both are zero).
+template <class A, class B>
+double rel_l2(const A& got, const B& want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
+    num += d * d;
+    den += static_cast<double>(want[i]) * static_cast<double>(want[i]);
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+}  // namespace tandem::gputest
+
+#define TANDEM_GPU_CHECK(name)                                                       \
+  static void tandem_gpu_check_##name();                                            \
+  static const ::tandem::gputest::Registrar tandem_gpu_registrar_##name(#name,      \
+                                                                        &tandem_gpu_check_##name); \
+  static void tandem_gpu_check_##name()
