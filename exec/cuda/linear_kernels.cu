@@ -1,1 +1,100 @@
-// placeholder: filled in by the CUDA backend work (exec/cuda/README.md)
+// Element-wise kernels of the device linear layer; contracts in linear_kernels.h.
+// The BF16 rounding is integer arithmetic (exec/fp8/bf16.cpp's), the accumulation an explicit
+// __fadd_rn, so nothing here depends on nvcc's floating-point contraction.
+#include "exec/cuda/linear_kernels.h"
+
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "exec/cuda/cuda_check.h"
+
+namespace tandem::cuda {
+namespace {
+
+constexpr unsigned kThreads = 256;
+
+// exec/fp8 float_to_bf16, operation for operation.
+__device__ __forceinline__ uint16_t bf16_bits(float x) {
+  const uint32_t u = __float_as_uint(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  const uint32_t lsb = (u >> 16) & 1u;
+  return static_cast<uint16_t>((u + 0x7FFFu + lsb) >> 16);
+}
+
+__device__ __forceinline__ float bf16_round(float x) {
+  return __uint_as_float(static_cast<uint32_t>(bf16_bits(x)) << 16);
+}
+
+// Grid-stride loops over rows * cols elements (one thread an element, row-major order, so
+// neighbouring threads touch neighbouring addresses).
+__global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols, int ld, uint16_t* __restrict__ dst) {
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const size_t r = i / static_cast<size_t>(cols);
+    const size_t c = i % static_cast<size_t>(cols);
+    dst[i] = bf16_bits(src[r * static_cast<size_t>(ld) + c]);
+  }
+}
+
+// No __restrict__: src and dst may be the same array (in-place rounding).
+__global__ void epilogue_kernel(const float* src, int ld_src, int rows, int cols, float* dst, int ld_dst,
+                                bool round_bf16, bool accumulate) {
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const size_t r = i / static_cast<size_t>(cols);
+    const size_t c = i % static_cast<size_t>(cols);
+    float v = src[r * static_cast<size_t>(ld_src) + c];
+    if (round_bf16) v = bf16_round(v);
+    float* d = dst + r * static_cast<size_t>(ld_dst) + c;
+    *d = accumulate ? __fadd_rn(*d, v) : v;
+  }
+}
+
+__global__ void pad_copy_kernel(const float* __restrict__ src, int rows, int cols, int ld, float* __restrict__ dst,
+                                int rows_p, int cols_p) {
+  const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const size_t r = i / static_cast<size_t>(cols_p);
+    const size_t c = i % static_cast<size_t>(cols_p);
+    dst[i] = (r < static_cast<size_t>(rows) && c < static_cast<size_t>(cols)) ? src[r * static_cast<size_t>(ld) + c]
+                                                                              : 0.0f;
+  }
+}
+
+// Enough blocks to cover n once, capped (the loops are grid-stride); n > 0.
+unsigned grid_for(size_t n) {
+  const size_t g = (n + kThreads - 1) / kThreads;
+  constexpr size_t kMaxBlocks = size_t{65535} * 16;
+  return static_cast<unsigned>(g < kMaxBlocks ? g : kMaxBlocks);
+}
+
+}  // namespace
+
+void linear_to_bf16(const float* src, int rows, int cols, int ld, uint16_t* dst, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, rows, cols, ld, dst);
+  check_launch("linear_to_bf16");
+}
+
+void linear_epilogue(const float* src, int ld_src, int rows, int cols, float* dst, int ld_dst, bool round_bf16,
+                     bool accumulate, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  epilogue_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, ld_src, rows, cols, dst, ld_dst, round_bf16, accumulate);
+  check_launch("linear_epilogue");
+}
+
+void linear_pad_copy(const float* src, int rows, int cols, int ld, float* dst, int rows_p, int cols_p,
+                     cudaStream_t stream) {
+  if (rows_p <= 0 || cols_p <= 0) return;
+  const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
+  pad_copy_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, rows, cols, ld, dst, rows_p, cols_p);
+  check_launch("linear_pad_copy");
+}
+
+}  // namespace tandem::cuda
