@@ -76,6 +76,16 @@ TEST_CASE("bad input exits 2 with file, key and reason", "[cli]") {
   CHECK(r.out.find("--set applies to scenarios only") != std::string::npos);
 }
 
+TEST_CASE("execute names the backends it has", "[cli]") {
+  Run r = run("execute " + repo("scenarios/tiny-dualpipe.yaml") + " --backend cuda");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("--backend") != std::string::npos);
+  CHECK(r.out.find("CUDA executor runtime is not written yet") != std::string::npos);
+  r = run("execute " + repo("scenarios/tiny-dualpipe.yaml") + " --backend tpu");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("expected cpu or cuda") != std::string::npos);
+}
+
 TEST_CASE("schedule --json reports bubbles and peak activations per rank", "[cli]") {
   const std::string svg = "/tmp/tandem_tests_schedule.svg";
   Run r = run_stdout("schedule " + repo("scenarios/deepseek-v3-2048.yaml") + " --json --unit-costs 1,2,1,2.5 --svg " + svg);
