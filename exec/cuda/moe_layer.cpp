@@ -1,0 +1,1 @@
+// placeholder: the device MoE layer (exec/cuda/README.md)
