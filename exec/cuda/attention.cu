@@ -488,14 +488,6 @@ int MlaDevice::core_chunk(int rows, int seq_len, bool backward) const {
 }
 
 // A buffer about to be replaced may still be read by work queued on the stream: wait for it first.
-float* MlaDevice::scratch(DeviceBuffer<float>& b, std::size_t count) {
-  if (b.size() < count) {
-    check(cudaStreamSynchronize(stream()), "MlaDevice: grow scratch");
-    b = DeviceBuffer<float>(count);
-  }
-  return b.get();
-}
-
 float* MlaDevice::resize(DeviceBuffer<float>& b, std::size_t count) {
   if (b.size() != count) {
     check(cudaStreamSynchronize(stream()), "MlaDevice: resize buffer");
@@ -581,7 +573,7 @@ void MlaDevice::forward(const MlaDeviceWeights& w, const float* x, int rows, int
   Projected p;
   p.q_inv_rms = q_inv;
   p.kv_inv_rms = kv_inv;
-  p.c_kv = scratch(s_c_kv_, M * kl);
+  p.c_kv = s_c_kv_.reserve(M * kl, stream());
   if (keep) {
     p.q_a_normed = resize(sv.q_a_normed, ql > 0 ? M * ql : 0);
     p.kv_a_normed = resize(sv.kv_a_normed, M * kl);
@@ -592,11 +584,11 @@ void MlaDevice::forward(const MlaDeviceWeights& w, const float* x, int rows, int
     if (saved) {
       for (DeviceBuffer<float>* b : {&sv.q_a_normed, &sv.kv_a_normed, &sv.q, &sv.kv, &sv.k_pe}) resize(*b, 0);
     }
-    p.q_a_normed = scratch(s_q_a_normed_, ql > 0 ? M * ql : 0);
-    p.kv_a_normed = scratch(s_kv_a_normed_, M * kl);
-    p.q = scratch(s_q_, M * H * qk);
-    p.kv = scratch(s_kv_, M * H * dkv);
-    p.k_pe = scratch(s_k_pe_, M * c_.qk_rope);
+    p.q_a_normed = s_q_a_normed_.reserve(ql > 0 ? M * ql : 0, stream());
+    p.kv_a_normed = s_kv_a_normed_.reserve(M * kl, stream());
+    p.q = s_q_.reserve(M * H * qk, stream());
+    p.kv = s_kv_.reserve(M * H * dkv, stream());
+    p.k_pe = s_k_pe_.reserve(M * c_.qk_rope, stream());
   }
   sv.rows = rows;
   sv.seq_len = seq_len;
@@ -608,7 +600,7 @@ void MlaDevice::forward(const MlaDeviceWeights& w, const float* x, int rows, int
   project_up(w, x, q_a, kv_a, rows, seq_len, p);
   const AttentionShape cs = core_shape(rows, seq_len);
   const int chunk = attention_core_chunk(cs, core_budget_, false);
-  float* ws = scratch(core_ws_, attention_core_workspace(cs, chunk, false));
+  float* ws = core_ws_.reserve(attention_core_workspace(cs, chunk, false), stream());
   attention_core_forward(blas_, cs, chunk, p.q, p.kv, p.k_pe, ws, attn, lse);
   project(MlaProj::o, attn, w.o_proj, rows, c_.hidden, H * c_.v_head, out);
 }
@@ -643,7 +635,7 @@ void MlaDevice::backward_input(const MlaDeviceWeights& w, const MlaDeviceSaved& 
   if (rows == 0) return;
   const float* table = rope_table(s.seq_len);
 
-  float* c_kv = scratch(s_c_kv_, M * kl);
+  float* c_kv = s_c_kv_.reserve(M * kl, stream());
   const float *q, *kv, *k_pe;
   if (s.kept) {
     copy_async(g.q_a_normed.get(), s.q_a_normed.get(), g.q_a_normed.size(), st, "MlaDevice: q_a_normed");
@@ -657,21 +649,21 @@ void MlaDevice::backward_input(const MlaDeviceWeights& w, const MlaDeviceSaved& 
     p.q_a_normed = g.q_a_normed.get();
     p.c_kv = c_kv;
     p.kv_a_normed = g.kv_a_normed.get();
-    p.q = scratch(s_q_, M * H * qk);
-    p.kv = scratch(s_kv_, M * H * dkv);
-    p.k_pe = scratch(s_k_pe_, M * c_.qk_rope);
+    p.q = s_q_.reserve(M * H * qk, stream());
+    p.kv = s_kv_.reserve(M * H * dkv, stream());
+    p.k_pe = s_k_pe_.reserve(M * c_.qk_rope, stream());
     project_up(w, s.x.get(), s.q_a.get(), s.kv_a.get(), rows, s.seq_len, p);
     q = p.q;
     kv = p.kv;
     k_pe = p.k_pe;
   }
 
-  float* d_attn = scratch(s_d_attn_, M * H * c_.v_head);
+  float* d_attn = s_d_attn_.reserve(M * H * c_.v_head, stream());
   project_dgrad(MlaProj::o, dy, w.o_proj, rows, c_.hidden, H * c_.v_head, d_attn, false);
-  float* dk_pe = scratch(s_dk_pe_, M * c_.qk_rope);
+  float* dk_pe = s_dk_pe_.reserve(M * c_.qk_rope, stream());
   const AttentionShape cs = core_shape(rows, s.seq_len);
   const int chunk = attention_core_chunk(cs, core_budget_, true);
-  float* ws = scratch(core_ws_, attention_core_workspace(cs, chunk, true));
+  float* ws = core_ws_.reserve(attention_core_workspace(cs, chunk, true), stream());
   attention_core_backward(blas_, cs, chunk, q, kv, k_pe, s.attn.get(), s.lse.get(), d_attn, ws, g.d_q.get(),
                           g.d_kv.get(), dk_pe);
   // back through RoPE (the rotation's transpose), to the projections' outputs
@@ -689,7 +681,7 @@ void MlaDevice::backward_input(const MlaDeviceWeights& w, const MlaDeviceSaved& 
   }
   // key/value path
   project_dgrad(MlaProj::kv_b, g.d_kv.get(), w.kv_b_proj, rows, H * dkv, kl, g.d_kv_a_normed.get(), false);
-  float* d_c_kv = scratch(s_d_c_kv_, M * kl);
+  float* d_c_kv = s_d_c_kv_.reserve(M * kl, stream());
   rmsnorm_backward_input(c_kv, w.kv_a_layernorm, g.d_kv_a_normed.get(), rows, kl, eps, d_c_kv, st);
   copy_cols(g.d_kv_a.get(), kva, d_c_kv, kl, kl, rows, st, "MlaDevice: d_kv_a");
   project_dgrad(MlaProj::kv_a, g.d_kv_a.get(), w.kv_a_proj_with_mqa, rows, kva, c_.hidden, g.dx.get(), true);

@@ -233,7 +233,6 @@ class MlaDevice {
   void project_up(const MlaDeviceWeights& w, const float* x, const float* q_a, const float* kv_a, int rows,
                   int seq_len, const Projected& p);
   const float* rope_table(int seq_len);
-  float* scratch(DeviceBuffer<float>& b, std::size_t count);
   float* resize(DeviceBuffer<float>& b, std::size_t count);
   AttentionShape core_shape(int rows, int seq_len) const;
 

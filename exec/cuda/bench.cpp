@@ -15,18 +15,6 @@ namespace {
 
 size_t sz(long long a, long long b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
 
-class Stream {
- public:
-  Stream() { check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 // Milliseconds per call of f (warm-up calls first), events on `s`.
 double time_ms(cudaStream_t s, const BenchTiming& t, const std::function<void()>& f) {
   for (int i = 0; i < t.warmup; ++i) f();

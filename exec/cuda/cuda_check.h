@@ -2,6 +2,7 @@
 // Host code only (compiled by g++ or nvcc).
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -27,7 +28,8 @@ inline void check(cudaError_t err, const char* what) {
 // After a kernel launch: reports launch-configuration errors (not asynchronous faults).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
-// A device allocation owned by one object (move-only).
+// A device allocation owned by one object (move-only). Either sized once (the constructor) or
+// used as a grow-only workspace (reserve), which reallocates only when asked for more.
 template <class T>
 class DeviceBuffer {
  public:
@@ -50,6 +52,19 @@ class DeviceBuffer {
   }
   ~DeviceBuffer() { reset(); }
 
+  // At least n elements (the contents are not kept when it grows). Growing first synchronises
+  // `stream`, the stream whose queued work may still use the old allocation, then frees it.
+  T* reserve(std::size_t n, cudaStream_t stream) {
+    if (n <= count_) return ptr_;
+    if (ptr_) {
+      check(cudaStreamSynchronize(stream), "DeviceBuffer::reserve: synchronise before growing");
+      reset();
+    }
+    check(cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T)), "cudaMalloc (DeviceBuffer::reserve)");
+    count_ = n;
+    return ptr_;
+  }
+
   T* get() const { return ptr_; }
   std::size_t size() const { return count_; }
   std::size_t bytes() const { return count_ * sizeof(T); }
@@ -69,6 +84,23 @@ class DeviceBuffer {
   }
   T* ptr_ = nullptr;
   std::size_t count_ = 0;
+};
+
+// An owned CUDA stream (non-blocking by default, so that work launched on the wrong stream is not
+// silently ordered by the legacy default stream).
+class Stream {
+ public:
+  explicit Stream(unsigned flags = cudaStreamNonBlocking) {
+    check(cudaStreamCreateWithFlags(&s_, flags), "cudaStreamCreateWithFlags");
+  }
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  void sync(const char* what) const { check(cudaStreamSynchronize(s_), what); }
+
+ private:
+  cudaStream_t s_ = nullptr;
 };
 
 }  // namespace tandem::cuda

@@ -56,24 +56,19 @@ const float* DeviceLinear::dense_padded(ConstDeviceMat m, int rows_p, int cols_p
   return p;
 }
 
-// m (padded to [rows_p, cols_p]) quantised 1x128 along its rows: operand [rows_p, cols_p], VEC128.
-Fp8Operand DeviceLinear::quantize_rows(ConstDeviceMat m, int rows_p, int cols_p, GrowOnlyBuffer<uint8_t>& codes,
-                                       GrowOnlyBuffer<float>& scales) {
+// m padded to [rows_p, cols_p], quantised in 1x128 tiles: along its rows (operand [rows_p, cols_p])
+// or, along_cols, along its columns (operand mᵀ [cols_p, rows_p]); VEC128 scales either way.
+Fp8Operand DeviceLinear::quantize_1x128(ConstDeviceMat m, int rows_p, int cols_p, bool along_cols,
+                                        DeviceBuffer<uint8_t>& codes, DeviceBuffer<float>& scales) {
   const float* src = dense_padded(m, rows_p, cols_p);
-  uint8_t* c = codes.reserve(count_of(rows_p, cols_p), stream());
-  float* s = scales.reserve(count_of(k_blocks(cols_p), rows_p), stream());
-  quantize_rowwise(src, rows_p, cols_p, c, s, false, stream());
-  return {c, s, rows_p, cols_p, ScaleMode::vec128};
-}
-
-// mᵀ (m padded to [rows_p, cols_p]) quantised 1x128 along m's columns: operand [cols_p, rows_p], VEC128.
-Fp8Operand DeviceLinear::quantize_cols(ConstDeviceMat m, int rows_p, int cols_p, GrowOnlyBuffer<uint8_t>& codes,
-                                       GrowOnlyBuffer<float>& scales) {
-  const float* src = dense_padded(m, rows_p, cols_p);
-  uint8_t* c = codes.reserve(count_of(cols_p, rows_p), stream());
-  float* s = scales.reserve(count_of(k_blocks(rows_p), cols_p), stream());
-  quantize_columnwise(src, rows_p, cols_p, c, s, false, stream());
-  return {c, s, cols_p, rows_p, ScaleMode::vec128};
+  const int op_rows = along_cols ? cols_p : rows_p, op_k = along_cols ? rows_p : cols_p;
+  uint8_t* c = codes.reserve(count_of(op_rows, op_k), stream());
+  float* s = scales.reserve(count_of(k_blocks(op_k), op_rows), stream());
+  if (along_cols)
+    quantize_columnwise(src, rows_p, cols_p, c, s, false, stream());
+  else
+    quantize_rowwise(src, rows_p, cols_p, c, s, false, stream());
+  return {c, s, op_rows, op_k, ScaleMode::vec128};
 }
 
 void DeviceLinear::quantize_weight(ConstDeviceMat W, Fp8Weight& out) {
@@ -131,7 +126,7 @@ void DeviceLinear::fp8_gemm_into(const Fp8Operand& a, const Fp8Operand& b, Devic
   epilogue(d, b.rows, y, round_bf16, accumulate);
 }
 
-const uint16_t* DeviceLinear::to_bf16(ConstDeviceMat m, GrowOnlyBuffer<uint16_t>& buf) {
+const uint16_t* DeviceLinear::to_bf16(ConstDeviceMat m, DeviceBuffer<uint16_t>& buf) {
   uint16_t* p = buf.reserve(count_of(m.rows, m.cols), stream());
   linear_to_bf16(m.data, m.rows, m.cols, m.ld, p, stream());
   return p;
@@ -205,7 +200,7 @@ void DeviceLinear::forward_impl(ConstDeviceMat x, const LinearWeight* W, const D
       return;
     }
     case LinearNumerics::fp8: {
-      const Fp8Operand a = quantize_rows(x, fp8_padded(M), fp8_padded(K), codes_a_, scales_a_);
+      const Fp8Operand a = quantize_1x128(x, fp8_padded(M), fp8_padded(K), false, codes_a_, scales_a_);
       for (int i = 0; i < count; ++i) {
         if (W[i].rows() == 0) continue;
         const Fp8Weight& q = fp8_weight(W[i]);
@@ -251,7 +246,7 @@ void DeviceLinear::backward_input(ConstDeviceMat dy, const LinearWeight& W, Devi
     }
     case LinearNumerics::fp8: {
       const Fp8Weight& q = fp8_weight(W);
-      const Fp8Operand a = quantize_rows(dy, fp8_padded(M), q.padded_rows(), codes_a_, scales_a_);
+      const Fp8Operand a = quantize_1x128(dy, fp8_padded(M), q.padded_rows(), false, codes_a_, scales_a_);
       fp8_gemm_into(a, q.dgrad(), dx, true, accumulate);
       return;
     }
@@ -300,8 +295,8 @@ void DeviceLinear::backward_weight_split(ConstDeviceMat dy, ConstDeviceMat x, co
     }
     case LinearNumerics::fp8: {
       const int mp = fp8_padded(M), np = fp8_padded(N), kp = fp8_padded(K);
-      const Fp8Operand a = quantize_cols(dy, mp, np, codes_a_, scales_a_);  // dyᵀ [np, mp]
-      const Fp8Operand b = quantize_cols(x, mp, kp, codes_b_, scales_b_);   // xᵀ [kp, mp]
+      const Fp8Operand a = quantize_1x128(dy, mp, np, true, codes_a_, scales_a_);  // dyᵀ [np, mp]
+      const Fp8Operand b = quantize_1x128(x, mp, kp, true, codes_b_, scales_b_);   // xᵀ [kp, mp]
       const float* d = fp8_gemm_scratch(a, b);                               // [np, kp]
       int off = 0;
       for (int i = 0; i < count; ++i) {

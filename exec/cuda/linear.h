@@ -48,7 +48,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 
 #include <cuda_runtime_api.h>
 
@@ -79,50 +78,6 @@ struct ConstDeviceMat {
   ConstDeviceMat(const float* p, int r, int c, int stride = 0)
       : data(p), rows(r), cols(c), ld(stride > 0 ? stride : c) {}
   ConstDeviceMat(const DeviceMat& m) : data(m.data), rows(m.rows), cols(m.cols), ld(m.ld) {}  // NOLINT: implicit
-};
-
-// A device allocation that only grows: reserve(n) returns room for at least n elements, keeping
-// the allocation when it is big enough. Contents are not preserved across a growth, which first
-// synchronises `stream` because work queued there may still read or write the old allocation.
-template <class T>
-class GrowOnlyBuffer {
- public:
-  GrowOnlyBuffer() = default;
-  GrowOnlyBuffer(const GrowOnlyBuffer&) = delete;
-  GrowOnlyBuffer& operator=(const GrowOnlyBuffer&) = delete;
-  GrowOnlyBuffer(GrowOnlyBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), capacity_(std::exchange(o.capacity_, 0)) {}
-  GrowOnlyBuffer& operator=(GrowOnlyBuffer&& o) noexcept {
-    if (this != &o) {
-      release();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      capacity_ = std::exchange(o.capacity_, 0);
-    }
-    return *this;
-  }
-  ~GrowOnlyBuffer() { release(); }
-
-  T* reserve(std::size_t n, cudaStream_t stream) {
-    if (n <= capacity_) return ptr_;
-    if (ptr_) {
-      check(cudaStreamSynchronize(stream), "GrowOnlyBuffer: synchronise before growing");
-      release();
-    }
-    check(cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T)), "cudaMalloc (GrowOnlyBuffer)");
-    capacity_ = n;
-    return ptr_;
-  }
-  T* get() const { return ptr_; }
-  std::size_t capacity() const { return capacity_; }
-
- private:
-  void release() {
-    if (ptr_) cudaFree(ptr_);
-    ptr_ = nullptr;
-    capacity_ = 0;
-  }
-  T* ptr_ = nullptr;
-  std::size_t capacity_ = 0;
 };
 
 // Every FP8 GEMM dimension is zero-padded to a multiple of this (see the header comment).
@@ -157,8 +112,8 @@ class Fp8Weight {
  private:
   friend class DeviceLinear;
   int rows_ = 0, cols_ = 0, rows_p_ = 0, cols_p_ = 0;
-  GrowOnlyBuffer<uint8_t> codes_, t_codes_;
-  GrowOnlyBuffer<float> scales_, t_scales_;
+  DeviceBuffer<uint8_t> codes_, t_codes_;
+  DeviceBuffer<float> scales_, t_scales_;
 };
 
 // A weight argument: the FP32 matrix W [N, K] (exact and bf16 use it; fp8 quantises it per call)
@@ -206,25 +161,23 @@ class DeviceLinear {
  private:
   void forward_impl(ConstDeviceMat x, const LinearWeight* W, const DeviceMat* y, int count, bool accumulate);
   const float* dense_padded(ConstDeviceMat m, int rows_p, int cols_p);
-  Fp8Operand quantize_rows(ConstDeviceMat m, int rows_p, int cols_p, GrowOnlyBuffer<uint8_t>& codes,
-                           GrowOnlyBuffer<float>& scales);
-  Fp8Operand quantize_cols(ConstDeviceMat m, int rows_p, int cols_p, GrowOnlyBuffer<uint8_t>& codes,
-                           GrowOnlyBuffer<float>& scales);
+  Fp8Operand quantize_1x128(ConstDeviceMat m, int rows_p, int cols_p, bool along_cols, DeviceBuffer<uint8_t>& codes,
+                            DeviceBuffer<float>& scales);
   const Fp8Weight& fp8_weight(const LinearWeight& W);
   void fp8_gemm_into(const Fp8Operand& a, const Fp8Operand& b, DeviceMat y, bool round_bf16, bool accumulate);
   const float* fp8_gemm_scratch(const Fp8Operand& a, const Fp8Operand& b);
-  const uint16_t* to_bf16(ConstDeviceMat m, GrowOnlyBuffer<uint16_t>& buf);
+  const uint16_t* to_bf16(ConstDeviceMat m, DeviceBuffer<uint16_t>& buf);
   void epilogue(const float* src, int ld_src, DeviceMat dst, bool round_bf16, bool accumulate);
   void zero(DeviceMat m);
 
   Blas& blas_;
   LtFp8Gemm& lt_;
   LinearNumerics numerics_;
-  GrowOnlyBuffer<float> pad_;      // a zero-padded FP32 copy being quantised
-  GrowOnlyBuffer<float> out_;      // a GEMM's FP32 output before its epilogue
-  GrowOnlyBuffer<uint8_t> codes_a_, codes_b_;
-  GrowOnlyBuffer<float> scales_a_, scales_b_;
-  GrowOnlyBuffer<uint16_t> bf16_a_, bf16_b_;
+  DeviceBuffer<float> pad_;      // a zero-padded FP32 copy being quantised
+  DeviceBuffer<float> out_;      // a GEMM's FP32 output before its epilogue
+  DeviceBuffer<uint8_t> codes_a_, codes_b_;
+  DeviceBuffer<float> scales_a_, scales_b_;
+  DeviceBuffer<uint16_t> bf16_a_, bf16_b_;
   Fp8Weight weight_;               // W quantised per call when no Fp8Weight is given
 };
 
@@ -270,14 +223,14 @@ struct DeviceFfnGrads {
 struct DeviceFfnSaved {
   const float* x = nullptr;        // [rows, hidden]
   int rows = 0;
-  GrowOnlyBuffer<float> gate_up;   // [rows, 2·inter]: gate(x) | up(x)
+  DeviceBuffer<float> gate_up;   // [rows, 2·inter]: gate(x) | up(x)
 };
 
 // backward_input's results kept for backward_weight (exec/nn's FfnInputGrad, fused).
 struct DeviceFfnInputGrad {
   int rows = 0;
-  GrowOnlyBuffer<float> d_gate_up;   // [rows, 2·inter]: gradient at gate(x) | at up(x)
-  GrowOnlyBuffer<float> swiglu_out;  // [rows, inter]: silu(gate(x)) * up(x), recomputed
+  DeviceBuffer<float> d_gate_up;   // [rows, 2·inter]: gradient at gate(x) | at up(x)
+  DeviceBuffer<float> swiglu_out;  // [rows, inter]: silu(gate(x)) * up(x), recomputed
 };
 
 class DeviceFfn {
@@ -305,8 +258,8 @@ class DeviceFfn {
   DeviceLinear& lin_;
   int hidden_;
   int inter_;
-  GrowOnlyBuffer<float> gate_up_;  // forward's gate|up when nothing is saved
-  GrowOnlyBuffer<float> act_;      // forward's SwiGLU output / backward's gradient at it
+  DeviceBuffer<float> gate_up_;  // forward's gate|up when nothing is saved
+  DeviceBuffer<float> act_;      // forward's SwiGLU output / backward's gradient at it
 };
 
 }  // namespace tandem::cuda
