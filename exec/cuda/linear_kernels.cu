@@ -26,43 +26,38 @@ __device__ __forceinline__ float bf16_round(float x) {
   return __uint_as_float(static_cast<uint32_t>(bf16_bits(x)) << 16);
 }
 
-// Grid-stride loops over rows * cols elements (one thread an element, row-major order, so
-// neighbouring threads touch neighbouring addresses).
-__global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols, int ld, uint16_t* __restrict__ dst) {
+// A grid-stride loop over rows * cols elements calling f(r, c, i), i = r * cols + c: one thread an
+// element, row-major order, so neighbouring threads touch neighbouring addresses.
+template <class F>
+__device__ __forceinline__ void for_each_element(int rows, int cols, F f) {
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const size_t r = i / static_cast<size_t>(cols);
-    const size_t c = i % static_cast<size_t>(cols);
-    dst[i] = bf16_bits(src[r * static_cast<size_t>(ld) + c]);
-  }
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    f(i / static_cast<size_t>(cols), i % static_cast<size_t>(cols), i);
+}
+
+__global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols, int ld, uint16_t* __restrict__ dst) {
+  for_each_element(rows, cols,
+                   [=](size_t r, size_t c, size_t i) { dst[i] = bf16_bits(src[r * static_cast<size_t>(ld) + c]); });
 }
 
 // No __restrict__: src and dst may be the same array (in-place rounding).
 __global__ void epilogue_kernel(const float* src, int ld_src, int rows, int cols, float* dst, int ld_dst,
                                 bool round_bf16, bool accumulate) {
-  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const size_t r = i / static_cast<size_t>(cols);
-    const size_t c = i % static_cast<size_t>(cols);
+  for_each_element(rows, cols, [=](size_t r, size_t c, size_t) {
     float v = src[r * static_cast<size_t>(ld_src) + c];
     if (round_bf16) v = bf16_round(v);
     float* d = dst + r * static_cast<size_t>(ld_dst) + c;
     *d = accumulate ? __fadd_rn(*d, v) : v;
-  }
+  });
 }
 
 __global__ void pad_copy_kernel(const float* __restrict__ src, int rows, int cols, int ld, float* __restrict__ dst,
                                 int rows_p, int cols_p) {
-  const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const size_t r = i / static_cast<size_t>(cols_p);
-    const size_t c = i % static_cast<size_t>(cols_p);
+  for_each_element(rows_p, cols_p, [=](size_t r, size_t c, size_t i) {
     dst[i] = (r < static_cast<size_t>(rows) && c < static_cast<size_t>(cols)) ? src[r * static_cast<size_t>(ld) + c]
                                                                               : 0.0f;
-  }
+  });
 }
 
 // Enough blocks to cover n once, capped (the loops are grid-stride); n > 0.
