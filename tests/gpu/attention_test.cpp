@@ -39,35 +39,13 @@ using namespace tandem;
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
 using gputest::expect;
+using gputest::flat;
 using gputest::same_bits;
 using gputest::to_device;
 using gputest::to_host;
 
 constexpr double kTol = 1e-4;
 using Tensors = std::map<std::string, std::vector<float>>;
-
-class Stream {
- public:
-  Stream() { cu::check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate"); }
-  ~Stream() { cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
-template <class M>
-std::vector<float> flat(const M& m) {
-  return std::vector<float>(m.data(), m.data() + m.size());
-}
-
-std::vector<float> download(const float* p, std::size_t n) {
-  std::vector<float> v(n);
-  if (n > 0) cu::check(cudaMemcpy(v.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
-  return v;
-}
 
 // ‖got − want‖₂ / max(‖want‖₂, 0.1·√n)
 double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
@@ -113,7 +91,7 @@ void rope_case(const std::string& tag, nn::Mat<float> m, int64_t col, int64_t wi
   cu::rope_apply(d.get() + col, ld, d.get() + col, ld, rows, static_cast<int>(width), static_cast<int>(count),
                  static_cast<int>(stride), static_cast<int>(seq_len), table.get(), true, nullptr);
   expect(same_bits(to_host(d), flat(inv)), tag + ": inverse (in place) differs from nn::rope_apply");
-  cu::check(cudaDeviceSynchronize(), "rope");
+  gputest::sync_device("rope");
 }
 
 void check_rope() {
@@ -131,7 +109,7 @@ void check_rope() {
   cu::rope_apply(d_kv_a.get() + 128, 144, d_k_pe.get(), 16, 128, 16, 1, 16, 64, table.get(), false, nullptr);
   expect(same_bits(to_host(d_k_pe), flat(k_pe)), "rope k_pe: out of place differs from nn::rope_apply");
   expect(same_bits(to_host(d_kv_a), flat(kv_a)), "rope k_pe: the input kv_a was modified");
-  cu::check(cudaDeviceSynchronize(), "rope");
+  gputest::sync_device("rope");
   std::printf("rope: checked (bitwise)\n");
 }
 
@@ -171,7 +149,7 @@ void check_core(int nope, int chunk_pairs) {
                              g_lse.get());
   cu::attention_core_backward(blas, s, chunk_pairs, d_q.get(), d_kv.get(), d_k_pe.get(), g_attn.get(), g_lse.get(),
                               d_d_attn.get(), ws.get(), g_dq.get(), g_dkv.get(), g_dk_pe.get());
-  cu::check(cudaDeviceSynchronize(), "core");
+  gputest::sync_device("core");
   compare(tag, "attn", to_host(g_attn), flat(attn));
   compare(tag, "lse", to_host(g_lse), flat(lse));
   compare(tag, "dq", to_host(g_dq), flat(dq));
@@ -241,14 +219,7 @@ struct DeviceTensors {
   }
   cu::MlaDeviceWeights weights() const {
     cu::MlaDeviceWeights c;
-    c.q_a_proj = p.q_a_proj;
-    c.q_a_layernorm = p.q_a_layernorm;
-    c.q_b_proj = p.q_b_proj;
-    c.q_proj = p.q_proj;
-    c.kv_a_proj_with_mqa = p.kv_a_proj_with_mqa;
-    c.kv_a_layernorm = p.kv_a_layernorm;
-    c.kv_b_proj = p.kv_b_proj;
-    c.o_proj = p.o_proj;
+    for_each_tensor(c, p, [](const char*, const float*& to, float* from) { to = from; });
     return c;
   }
 };
@@ -291,6 +262,35 @@ Inputs make_inputs(const nn::MlaConfig& c, int64_t sequences, int64_t seq_len, u
   return in;
 }
 
+// The output, the saved state and the input gradients by name (CPU and device structs use the same
+// field names); get(x) reads one of them into floats.
+template <class Out, class Saved, class Grad, class Get>
+Tensors state(const Out& out, const Saved& s, const Grad& g, Get get) {
+  Tensors t;
+  t["out"] = get(out);
+  t["saved.q_a"] = get(s.q_a);
+  t["saved.kv_a"] = get(s.kv_a);
+  t["saved.attn"] = get(s.attn);
+  t["saved.lse"] = get(s.lse);
+  if (s.kept) {
+    t["saved.q_a_normed"] = get(s.q_a_normed);
+    t["saved.kv_a_normed"] = get(s.kv_a_normed);
+    t["saved.q"] = get(s.q);
+    t["saved.kv"] = get(s.kv);
+    t["saved.k_pe"] = get(s.k_pe);
+  }
+  t["g.dx"] = get(g.dx);
+  t["g.d_q"] = get(g.d_q);
+  t["g.q_a_normed"] = get(g.q_a_normed);
+  t["g.d_q_a_normed"] = get(g.d_q_a_normed);
+  t["g.d_q_a"] = get(g.d_q_a);
+  t["g.d_kv_a"] = get(g.d_kv_a);
+  t["g.kv_a_normed"] = get(g.kv_a_normed);
+  t["g.d_kv_a_normed"] = get(g.d_kv_a_normed);
+  t["g.d_kv"] = get(g.d_kv);
+  return t;
+}
+
 Tensors run_cpu(const Inputs& in) {
   const nn::Numerics ex = nn::Numerics::exact;
   nn::MlaSaved<float> s;
@@ -298,28 +298,7 @@ Tensors run_cpu(const Inputs& in) {
   const nn::MlaInputGrad<float> g = nn::mla_backward_input<float>(in.c, in.w, s, in.dy, ex);
   nn::MlaWeights<float> grads = nn::mla_zero_weights<float>(in.c);
   for (int rep = 0; rep < 2; ++rep) nn::mla_backward_weight<float>(in.c, s, g, in.dy, ex, grads);
-  Tensors t;
-  t["out"] = flat(out);
-  t["saved.q_a"] = flat(s.q_a);
-  t["saved.kv_a"] = flat(s.kv_a);
-  t["saved.attn"] = flat(s.attn);
-  t["saved.lse"] = flat(s.lse);
-  if (s.kept) {
-    t["saved.q_a_normed"] = flat(s.q_a_normed);
-    t["saved.kv_a_normed"] = flat(s.kv_a_normed);
-    t["saved.q"] = flat(s.q);
-    t["saved.kv"] = flat(s.kv);
-    t["saved.k_pe"] = flat(s.k_pe);
-  }
-  t["g.dx"] = flat(g.dx);
-  t["g.d_q"] = flat(g.d_q);
-  t["g.q_a_normed"] = flat(g.q_a_normed);
-  t["g.d_q_a_normed"] = flat(g.d_q_a_normed);
-  t["g.d_q_a"] = flat(g.d_q_a);
-  t["g.d_kv_a"] = flat(g.d_kv_a);
-  t["g.kv_a_normed"] = flat(g.kv_a_normed);
-  t["g.d_kv_a_normed"] = flat(g.d_kv_a_normed);
-  t["g.d_kv"] = flat(g.d_kv);
+  Tensors t = state(out, s, g, [](const auto& m) { return flat(m); });
   cu::MlaDeviceGrads no_pointers;
   for_each_tensor(grads, no_pointers, [&](const char* name, const auto& m, float*) {
     if (m.size() > 0) t[std::string("grad.") + name] = flat(m);
@@ -328,7 +307,7 @@ Tensors run_cpu(const Inputs& in) {
 }
 
 Tensors run_gpu(const Inputs& in, std::size_t core_budget) {
-  Stream stream;  // non-blocking: the layer must order everything on its own stream
+  cu::Stream stream;  // non-blocking: the layer must order everything on its own stream
   cu::Blas blas(stream.get());
   const DeviceTensors w(in.w);
   DeviceTensors grads(nn::mla_zero_weights<float>(in.c));
@@ -336,7 +315,7 @@ Tensors run_gpu(const Inputs& in, std::size_t core_budget) {
   auto dy = to_device(flat(in.dy));
   const int M = static_cast<int>(in.x.rows());
   cu::DeviceBuffer<float> out(static_cast<std::size_t>(M) * in.c.hidden);
-  cu::check(cudaDeviceSynchronize(), "uploads");  // they ran on the legacy stream
+  gputest::sync_device("uploads");  // they ran on the legacy stream
 
   cu::MlaDevice mla(device_config(in.c), blas, core_budget);
   cu::MlaDeviceSaved s;
@@ -346,30 +325,9 @@ Tensors run_gpu(const Inputs& in, std::size_t core_budget) {
   for (int rep = 0; rep < 2; ++rep) mla.backward_weight(s, g, dy.get(), grads.p);
   cu::check(cudaStreamSynchronize(stream.get()), "mla");
 
-  Tensors t;
-  t["out"] = to_host(out);
-  t["saved.q_a"] = to_host(s.q_a);
-  t["saved.kv_a"] = to_host(s.kv_a);
-  t["saved.attn"] = to_host(s.attn);
-  t["saved.lse"] = to_host(s.lse);
-  if (s.kept) {
-    t["saved.q_a_normed"] = to_host(s.q_a_normed);
-    t["saved.kv_a_normed"] = to_host(s.kv_a_normed);
-    t["saved.q"] = to_host(s.q);
-    t["saved.kv"] = to_host(s.kv);
-    t["saved.k_pe"] = to_host(s.k_pe);
-  }
-  t["g.dx"] = to_host(g.dx);
-  t["g.d_q"] = to_host(g.d_q);
-  t["g.q_a_normed"] = to_host(g.q_a_normed);
-  t["g.d_q_a_normed"] = to_host(g.d_q_a_normed);
-  t["g.d_q_a"] = to_host(g.d_q_a);
-  t["g.d_kv_a"] = to_host(g.d_kv_a);
-  t["g.kv_a_normed"] = to_host(g.kv_a_normed);
-  t["g.d_kv_a_normed"] = to_host(g.d_kv_a_normed);
-  t["g.d_kv"] = to_host(g.d_kv);
+  Tensors t = state(out, s, g, [](const auto& b) { return to_host(b); });
   for_each_tensor(grads.shapes, grads.p, [&](const char* name, const auto& m, float* ptr) {
-    if (m.size() > 0) t[std::string("grad.") + name] = download(ptr, static_cast<std::size_t>(m.size()));
+    if (m.size() > 0) t[std::string("grad.") + name] = to_host(ptr, static_cast<std::size_t>(m.size()));
   });
   return t;
 }

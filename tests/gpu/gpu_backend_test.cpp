@@ -29,6 +29,7 @@
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/lt_gemm.h"
+#include "exec/fp8/bf16.h"
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/fp8.h"
 #include "exec/fp8/quantize.h"
@@ -45,7 +46,10 @@ namespace fp8 = tandem::fp8;
 namespace cu = tandem::cuda;
 
 using tandem::gputest::expect;
+using tandem::gputest::gemm_abt64;
+using tandem::gputest::rel_l2;
 using tandem::gputest::same_bits;
+using tandem::gputest::sync_device;
 using tandem::gputest::to_device;
 using tandem::gputest::to_host;
 
@@ -118,7 +122,7 @@ void check_quant_case(int rows, int cols, int kind, bool pow2) {
   cu::transpose_blocks(bc.get(), bs.get(), rows, cols, tc.get(), ts.get(), nullptr);
   expect(to_host(tc, t.data.size()) == t.data, tag + ": transposed codes");
   expect(same_bits(to_host(ts, t.scales.size()), t.scales), tag + ": transposed scales");
-  cu::check(cudaDeviceSynchronize(), "quant");
+  sync_device("quant");
 }
 
 void check_quant_all() {
@@ -175,34 +179,6 @@ void check_fp8_exhaustive() {
 }
 
 // ---------------------------------------------------------------- gemm
-float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-// d = a · bᵀ in FP64 from dequantised operands ([M, K], [N, K] row-major).
-std::vector<double> gemm64(const std::vector<float>& a, const std::vector<float>& b, int m, int n, int k) {
-  std::vector<double> d(static_cast<std::size_t>(m) * n);
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < n; ++j) {
-      double s = 0;
-      for (int p = 0; p < k; ++p) s += static_cast<double>(a[static_cast<std::size_t>(i) * k + p]) * b[static_cast<std::size_t>(j) * k + p];
-      d[static_cast<std::size_t>(i) * n + j] = s;
-    }
-  return d;
-}
-
 struct DevOp {
   cu::DeviceBuffer<uint8_t> data;
   cu::DeviceBuffer<float> scales;
@@ -232,11 +208,11 @@ std::vector<float> run_and_compare(cu::LtFp8Gemm& lt, const DevOp& a, const DevO
   lt.gemm(a.op, b.op, d32.get(), o, nullptr);
   o.out = cu::OutType::bf16;
   lt.gemm(a.op, b.op, d16.get(), o, nullptr);
-  cu::check(cudaDeviceSynchronize(), tag.c_str());
+  sync_device(tag.c_str());
   std::vector<float> g32 = to_host(d32, mn);
   std::vector<uint16_t> g16raw = to_host(d16, mn);
   std::vector<float> g16(mn);
-  for (std::size_t i = 0; i < mn; ++i) g16[i] = bf16_to_float(g16raw[i]);
+  for (std::size_t i = 0; i < mn; ++i) g16[i] = fp8::bf16_to_float(g16raw[i]);
   std::vector<double> cpu64(cpu_bf16.begin(), cpu_bf16.end());
   const double e32 = rel_l2(g32, ref64), e16 = rel_l2(g16, ref64), ecpu = rel_l2(g16, cpu64);
   std::printf("%s: rel-L2 vs FP64: FP32 out %.3e, BF16 out %.3e; BF16 vs CPU block GEMM %.3e\n", tag.c_str(), e32, e16, ecpu);
@@ -261,7 +237,7 @@ void check_gemm(bool sm_target_only) {
     const DevOp gx = upload(xq), gw = upload(wq);
     std::vector<float> cpu(static_cast<std::size_t>(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
-    const std::vector<double> ref = gemm64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k);
+    const std::vector<double> ref = gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v;
     if (sm_target_only) {
       const std::vector<float> full = run_and_compare(lt, gx, gw, ref, cpu, "fprop " + shape);
       const int target = std::max(1, sms - 20);
@@ -281,14 +257,14 @@ void check_gemm(bool sm_target_only) {
     gwt.op = {gwt.data.get(), gwt.scales.get(), k, n, cu::ScaleMode::blk128x128};
     std::vector<float> cpu_d(static_cast<std::size_t>(m) * k);
     fp8::gemm_vec128_blk128(dyq, wtq, cpu_d.data(), true);
-    run_and_compare(lt, gdy, gwt, gemm64(fp8::dequantize(dyq), fp8::dequantize(wtq), m, k, n), cpu_d, "dgrad " + shape);
+    run_and_compare(lt, gdy, gwt, gemm_abt64(fp8::dequantize(dyq), fp8::dequantize(wtq), m, k, n).v, cpu_d, "dgrad " + shape);
 
     // wgrad: dW[N, K] = dyᵀ · x, both quantised columnwise (1x128 along the M tokens).
     const fp8::RowwiseFp8 dyc = fp8::quantize_columnwise(dy.data(), m, n), xc = fp8::quantize_columnwise(x.data(), m, k);
     const DevOp gdyc = upload(dyc), gxc = upload(xc);
     std::vector<float> cpu_w(static_cast<std::size_t>(n) * k);
     fp8::gemm_vec128_vec128(dyc, xc, cpu_w.data(), true);
-    run_and_compare(lt, gdyc, gxc, gemm64(fp8::dequantize(dyc), fp8::dequantize(xc), n, k, m), cpu_w, "wgrad " + shape);
+    run_and_compare(lt, gdyc, gxc, gemm_abt64(fp8::dequantize(dyc), fp8::dequantize(xc), n, k, m).v, cpu_w, "wgrad " + shape);
   }
 
   // Grouped (per-expert loop) = the single GEMMs, bit for bit.
@@ -318,7 +294,7 @@ void check_gemm(bool sm_target_only) {
       if (rows[g] == 0) continue;
       cu::DeviceBuffer<float> single(static_cast<std::size_t>(rows[g]) * n);
       lt.gemm(ao[g], bo[g], single.get(), o, nullptr);
-      cu::check(cudaDeviceSynchronize(), "grouped");
+      sync_device("grouped");
       const std::size_t cnt = static_cast<std::size_t>(rows[g]) * n;
       expect(same_bits(to_host(ds[g], cnt), to_host(single, cnt)), "grouped group " + std::to_string(g) + " == single GEMM");
     }
@@ -334,7 +310,7 @@ void check_gemm(bool sm_target_only) {
     std::vector<float> cpu(static_cast<std::size_t>(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
     const int before = tandem::gputest::failure_count();
-    run_and_compare(lt, upload(xq), upload(wq), gemm64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k), cpu, "INFO partial K=320");
+    run_and_compare(lt, upload(xq), upload(wq), gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v, cpu, "INFO partial K=320");
     tandem::gputest::set_failure_count(before);  // informational only
   } catch (const std::exception& e) {
     std::printf("INFO partial K=320 not supported: %s\n", e.what());

@@ -13,7 +13,10 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#include <cuda_runtime_api.h>
 
 #include "exec/cuda/cuda_check.h"
 
@@ -46,6 +49,24 @@ template <class T>
 std::vector<T> to_host(const cuda::DeviceBuffer<T>& d) {
   return to_host(d, d.size());
 }
+// n elements at a device pointer (a layer's workspace, a view into a bigger buffer).
+template <class T>
+std::vector<T> to_host(const T* device, std::size_t n) {
+  std::vector<T> v(n);
+  if (n > 0) cuda::check(cudaMemcpy(v.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), "to_host");
+  return v;
+}
+
+// A matrix's (or vector's) elements in storage order: row-major for nn::Mat (exec/nn/tensor.h).
+template <class M>
+auto flat(const M& m) {
+  using T = std::decay_t<decltype(*m.data())>;
+  return std::vector<T>(m.data(), m.data() + m.size());
+}
+
+// Every stream's work done; also makes uploads (cudaMemcpy from pageable memory may return
+// before its DMA lands) visible to every stream.
+inline void sync_device(const char* what) { cuda::check(cudaDeviceSynchronize(), what); }
 
 inline bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
@@ -61,6 +82,31 @@ double rel_l2(const A& got, const B& want) {
     den += static_cast<double>(want[i]) * static_cast<double>(want[i]);
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// d[M, N] = c0 + a[M, K] · b[N, K]ᵀ in FP64 (a, b row-major, any element type; c0 [M, N]
+// row-major, or none), and per element the sum of the absolute terms, |c0| + Σ_k |a·b|.
+struct Gemm64 {
+  std::vector<double> v, abs;
+};
+template <class A, class B>
+Gemm64 gemm_abt64(const A& a, const B& b, int M, int N, int K, const float* c0 = nullptr) {
+  const std::size_t mn = static_cast<std::size_t>(M) * static_cast<std::size_t>(N);
+  Gemm64 r{std::vector<double>(mn), std::vector<double>(mn)};
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      const std::size_t ij = static_cast<std::size_t>(i) * N + j;
+      double s = c0 ? static_cast<double>(c0[ij]) : 0.0, sa = std::fabs(s);
+      for (int p = 0; p < K; ++p) {
+        const double t = static_cast<double>(a[static_cast<std::size_t>(i) * K + p]) *
+                         static_cast<double>(b[static_cast<std::size_t>(j) * K + p]);
+        s += t;
+        sa += std::fabs(t);
+      }
+      r.v[ij] = s;
+      r.abs[ij] = sa;
+    }
+  return r;
 }
 
 }  // namespace tandem::gputest

@@ -70,6 +70,9 @@ namespace nn = tandem::nn;
 namespace fp8 = tandem::fp8;
 using tandem::exec_test::random_mat;
 using tandem::gputest::expect;
+using tandem::gputest::flat;
+using tandem::gputest::gemm_abt64;
+using tandem::gputest::sync_device;
 using tandem::gputest::rel_l2;
 using tandem::gputest::same_bits;
 using tandem::gputest::to_device;
@@ -82,23 +85,7 @@ constexpr double kU = 0x1p-24;  // FP32 unit roundoff
 
 std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
 
-// Stream work done; uploads (cudaMemcpy from pageable memory may return before its DMA lands)
-// visible to every stream.
-void sync_device(const char* what) { cu::check(cudaDeviceSynchronize(), what); }
-
-std::vector<float> vec(const MatF& m) { return std::vector<float>(m.data(), m.data() + m.size()); }
-cu::DeviceBuffer<float> upload(const MatF& m) { return to_device(vec(m)); }
-
-std::vector<uint8_t> bytes_at(const uint8_t* p, std::size_t n) {
-  std::vector<uint8_t> h(n);
-  if (n > 0) cu::check(cudaMemcpy(h.data(), p, n, cudaMemcpyDeviceToHost), "download codes");
-  return h;
-}
-std::vector<float> floats_at(const float* p, std::size_t n) {
-  std::vector<float> h(n);
-  if (n > 0) cu::check(cudaMemcpy(h.data(), p, n * sizeof(float), cudaMemcpyDeviceToHost), "download floats");
-  return h;
-}
+cu::DeviceBuffer<float> upload(const MatF& m) { return to_device(flat(m)); }
 
 bool is_bf16(float v) {
   uint32_t u;
@@ -133,16 +120,8 @@ nn::Numerics to_nn(cu::LinearNumerics n) {
 constexpr cu::LinearNumerics kAllNumerics[] = {cu::LinearNumerics::exact, cu::LinearNumerics::bf16,
                                                cu::LinearNumerics::fp8};
 
-// A non-blocking stream, so that work launched on the wrong stream is not silently ordered by the
-// legacy default stream.
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { cu::check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  void sync(const char* what) const { cu::check(cudaStreamSynchronize(s), what); }
-};
+// Non-blocking (cuda_check.h), so work launched on the wrong stream is not silently ordered.
+using cu::Stream;
 
 // ================================================================ blas
 
@@ -160,6 +139,12 @@ Stored make_stored(int rows, int cols, int pad, uint64_t seed, float pad_value) 
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) s.v[static_cast<std::size_t>(r) * s.ld + c] = m(r, c);
   return s;
+}
+
+// Sets the interior (not the padding) to NaN: an input the GEMM must not read.
+void poison(Stored& s) {
+  for (int r = 0; r < s.rows; ++r)
+    for (int c = 0; c < s.cols; ++c) s.v[static_cast<std::size_t>(r) * s.ld + c] = NAN;
 }
 
 // alpha·op(A)·op(B) + beta·C0 in FP64, [m, n] dense (beta == 0: C0 is not read).
@@ -208,9 +193,7 @@ void check_blas_gemm(cu::Blas& blas, const Stream& st) {
         const Stored A = make_stored(ta ? k : m, ta ? m : k, 3, ++seed, kPadValue);
         const Stored B = make_stored(tb ? n : k, tb ? k : n, 5, ++seed, kPadValue);
         Stored C = make_stored(m, n, 7, ++seed, kSentinel);
-        if (coef[1] == 0)  // beta = 0: C need not hold anything valid
-          for (int i = 0; i < m; ++i)
-            for (int j = 0; j < n; ++j) C.v[static_cast<std::size_t>(i) * C.ld + j] = NAN;
+        if (coef[1] == 0) poison(C);  // beta = 0: C need not hold anything valid
         const Vec64 ref = ref_gemm(ta, tb, m, n, k, coef[0], A, B, coef[1], C);
         auto dA = to_device(A.v), dB = to_device(B.v), dC = to_device(C.v);
         sync_device("blas upload");
@@ -303,9 +286,7 @@ void check_blas_bf16(cu::Blas& blas, const Stream& st) {
         const StoredBf16 A = make_bf16(ta ? k : m, ta ? m : k, 3, ++seed);
         const StoredBf16 B = make_bf16(tb ? n : k, tb ? k : n, 1, ++seed);
         Stored C = make_stored(m, n, 2, ++seed, kSentinel);
-        if (coef[1] == 0)
-          for (int i = 0; i < m; ++i)
-            for (int j = 0; j < n; ++j) C.v[static_cast<std::size_t>(i) * C.ld + j] = NAN;
+        if (coef[1] == 0) poison(C);
         const Vec64 ref = ref_gemm(ta, tb, m, n, k, coef[0], A.values, B.values, coef[1], C);
         auto dA = to_device(A.bits), dB = to_device(B.bits);
         auto dC = to_device(C.v);
@@ -339,33 +320,12 @@ Vec64 bf16_of(Vec64 v) {
   return v;
 }
 
-// d[M, N] = a[M, K] · b[N, K]ᵀ (+ c0) in FP64, with sum_k |a b| (+ |c0|) per element.
-struct Ref {
-  Vec64 v, abs;
-};
-Ref gemm_abt(const Vec64& a, const Vec64& b, int M, int N, int K, const MatF* c0) {
-  Ref r{Vec64(count_of(M, N)), Vec64(count_of(M, N))};
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      double s = c0 ? (*c0)(i, j) : 0.0, sa = std::fabs(s);
-      const double* ai = a.data() + static_cast<std::size_t>(i) * K;
-      const double* bj = b.data() + static_cast<std::size_t>(j) * K;
-      for (int p = 0; p < K; ++p) {
-        s += ai[p] * bj[p];
-        sa += std::fabs(ai[p] * bj[p]);
-      }
-      r.v[static_cast<std::size_t>(i) * N + j] = s;
-      r.abs[static_cast<std::size_t>(i) * N + j] = sa;
-    }
-  return r;
-}
-
 double exact_tol(int kred) { return 4 * kU * std::sqrt(kred + 1.0); }
 
 // got vs exec/nn (cpu) and vs FP64 (ref) with the numerics' tolerance; kred = reduction length;
 // rounded = the output is rounded to BF16 (forward, backward_input in bf16 / fp8).
 void compare(const std::string& tag, cu::LinearNumerics num, const std::vector<float>& got,
-             const std::vector<float>& cpu, const Ref& ref, int kred, bool rounded) {
+             const std::vector<float>& cpu, const tandem::gputest::Gemm64& ref, int kred, bool rounded) {
   const double e_cpu = rel_l2(got, cpu), e_ref = rel_l2(got, ref.v);
   const bool rounding_applies = rounded && num != cu::LinearNumerics::exact;
   bool all_bf16 = true;
@@ -415,8 +375,8 @@ void check_fp8_weight(const std::string& tag, const cu::Fp8Weight& q, const MatF
   const int np = q.padded_rows(), kp = q.padded_cols();
   expect(q.rows() == N && q.cols() == K && np == cu::fp8_padded(N) && kp == cu::fp8_padded(K),
          tag + ": Fp8Weight dimensions");
-  const std::vector<uint8_t> codes = bytes_at(q.codes(), count_of(np, kp));
-  const std::vector<uint8_t> t_codes = bytes_at(q.t_codes(), count_of(kp, np));
+  const std::vector<uint8_t> codes = to_host(q.codes(), count_of(np, kp));
+  const std::vector<uint8_t> t_codes = to_host(q.t_codes(), count_of(kp, np));
   bool codes_ok = true, t_ok = true;
   for (int r = 0; r < np; ++r)
     for (int c = 0; c < kp; ++c) {
@@ -427,9 +387,9 @@ void check_fp8_weight(const std::string& tag, const cu::Fp8Weight& q, const MatF
     }
   expect(codes_ok, tag + ": quantised W codes == exec/fp8 (padding 0)");
   expect(t_ok, tag + ": transposed codes == exec/fp8 transpose (padding 0)");
-  expect(q.scales_count() == cb.scales.size() && same_bits(floats_at(q.scales(), q.scales_count()), cb.scales),
+  expect(q.scales_count() == cb.scales.size() && same_bits(to_host(q.scales(), q.scales_count()), cb.scales),
          tag + ": W scales bit-identical to exec/fp8 (same layout and size)");
-  expect(q.t_scales_count() == ct.scales.size() && same_bits(floats_at(q.t_scales(), q.t_scales_count()), ct.scales),
+  expect(q.t_scales_count() == ct.scales.size() && same_bits(to_host(q.t_scales(), q.t_scales_count()), ct.scales),
          tag + ": Wᵀ scales bit-identical to exec/fp8 transpose");
 }
 
@@ -467,8 +427,8 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
       break;
     }
   }
-  const Ref ry = gemm_abt(fa, fb, M, N, K, nullptr), rdx = gemm_abt(da, db, M, K, N, nullptr);
-  const Ref rdw = gemm_abt(wa, wb, N, K, M, &dW0);
+  const auto ry = gemm_abt64(fa, fb, M, N, K), rdx = gemm_abt64(da, db, M, K, N);
+  const auto rdw = gemm_abt64(wa, wb, N, K, M, dW0.data());
 
   auto gx = upload(x), gW = upload(W), gdy = upload(dy), gdW = upload(dW0);
   cu::DeviceBuffer<float> gy(count_of(M, N)), gdx(count_of(M, K));
@@ -480,9 +440,9 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
   lin.backward_weight(dym, xm, cu::DeviceMat(gdW.get(), N, K));
   st.sync("linear");
   const std::vector<float> y = to_host(gy), dx = to_host(gdx), dW = to_host(gdW);
-  compare(tag + " forward", num, y, vec(y_c), ry, K, true);
-  compare(tag + " backward_input", num, dx, vec(dx_c), rdx, N, true);
-  compare(tag + " backward_weight", num, dW, vec(dW_c), rdw, M, false);
+  compare(tag + " forward", num, y, flat(y_c), ry, K, true);
+  compare(tag + " backward_input", num, dx, flat(dx_c), rdx, N, true);
+  compare(tag + " backward_weight", num, dW, flat(dW_c), rdw, M, false);
 
   // accumulate = true into strided destinations: = y0 + (the plain result), FP32 add.
   {
@@ -564,7 +524,7 @@ void check_linear_empty(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, cu:
   lin.backward_input(cu::ConstDeviceMat(nullptr, 64, 0), cu::ConstDeviceMat(nullptr, 0, 32),
                      cu::DeviceMat(gdx.get(), 64, 32));
   st.sync("linear empty");
-  expect(same_bits(to_host(gdW), vec(dW0)), tag + ": M = 0 leaves dW unchanged");
+  expect(same_bits(to_host(gdW), flat(dW0)), tag + ": M = 0 leaves dW unchanged");
   expect(to_host(gy) == std::vector<float>(64 * 32, 0.0f), tag + ": K = 0 gives y = 0");
   expect(to_host(gy_acc) == ones, tag + ": K = 0 with accumulate leaves y");
   expect(to_host(gdx) == std::vector<float>(64 * 32, 0.0f), tag + ": N = 0 gives dx = 0");
@@ -625,9 +585,9 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
   ffn.backward_weight(dsv, dg, ddy.get(), {ggate.get(), gup.get(), gdown.get()});
   st.sync("ffn");
   const std::vector<float> y = to_host(gy), dx = to_host(gdx);
-  const std::vector<float> gate_up = floats_at(dsv.gate_up.get(), count_of(rows, 2 * I));
-  const std::vector<float> d_gate_up = floats_at(dg.d_gate_up.get(), count_of(rows, 2 * I));
-  const std::vector<float> swiglu_out = floats_at(dg.swiglu_out.get(), count_of(rows, I));
+  const std::vector<float> gate_up = to_host(dsv.gate_up, count_of(rows, 2 * I));
+  const std::vector<float> d_gate_up = to_host(dg.d_gate_up, count_of(rows, 2 * I));
+  const std::vector<float> swiglu_out = to_host(dg.swiglu_out, count_of(rows, I));
   const std::vector<float> dgate_w = to_host(ggate), dup_w = to_host(gup), ddown_w = to_host(gdown);
 
   const double tol = num == cu::LinearNumerics::exact ? 1e-5 : num == cu::LinearNumerics::bf16 ? 2e-3 : 1e-2;
@@ -636,14 +596,14 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
     const std::vector<float>* got;
     std::vector<float> want;
   };
-  const Item items[] = {{"y", &y, vec(y_c)},
+  const Item items[] = {{"y", &y, flat(y_c)},
                         {"gate|up", &gate_up, side_by_side(sv.gate_out, sv.up_out)},
-                        {"dx", &dx, vec(gi.dx)},
+                        {"dx", &dx, flat(gi.dx)},
                         {"d_gate|d_up", &d_gate_up, side_by_side(gi.d_gate_out, gi.d_up_out)},
-                        {"swiglu_out", &swiglu_out, vec(gi.swiglu_out)},
-                        {"grad gate", &dgate_w, vec(gc.gate)},
-                        {"grad up", &dup_w, vec(gc.up)},
-                        {"grad down", &ddown_w, vec(gc.down)}};
+                        {"swiglu_out", &swiglu_out, flat(gi.swiglu_out)},
+                        {"grad gate", &dgate_w, flat(gc.gate)},
+                        {"grad up", &dup_w, flat(gc.up)},
+                        {"grad down", &ddown_w, flat(gc.down)}};
   std::printf("%s: rel-L2 vs exec/nn (tol %.0e):", tag.c_str(), tol);
   for (const Item& it : items) {
     const double e = rel_l2(*it.got, it.want);
@@ -710,7 +670,7 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
 
 TANDEM_GPU_CHECK(blas) {
   Stream st;
-  cu::Blas blas(st.s);
+  cu::Blas blas(st.get());
   check_blas_gemm(blas, st);
   check_blas_batched(blas, st);
   check_blas_bf16(blas, st);
@@ -718,7 +678,7 @@ TANDEM_GPU_CHECK(blas) {
 
 TANDEM_GPU_CHECK(linear) {
   Stream st;
-  cu::Blas blas(st.s);
+  cu::Blas blas(st.get());
   cu::LtFp8Gemm lt;
   const int shapes[][3] = {{256, 256, 512}, {130, 384, 128}, {70, 200, 100}};  // (M, K, N)
   for (cu::LinearNumerics num : kAllNumerics) {
@@ -729,7 +689,7 @@ TANDEM_GPU_CHECK(linear) {
 
 TANDEM_GPU_CHECK(ffn) {
   Stream st;
-  cu::Blas blas(st.s);
+  cu::Blas blas(st.get());
   cu::LtFp8Gemm lt;
   const int shapes[][3] = {{256, 256, 384}, {130, 200, 100}, {128, 128, 256}};  // (rows, hidden, inter)
   for (cu::LinearNumerics num : kAllNumerics)

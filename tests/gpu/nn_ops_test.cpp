@@ -14,6 +14,7 @@
 //           (2e-6 relative) of exec/moe's; backward d_logits bit-identical to
 //           router_backward_logits (with and without the balance loss's d_scores); counts equal
 //           to add_expert_counts; the Blas forward: selection consistent with its own scores.
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -47,14 +48,11 @@ namespace cu = tandem::cuda;
 
 using exec_test::random_mat;
 using gputest::expect;
+using gputest::flat;
 using gputest::same_bits;
+using gputest::sync_device;
 using gputest::to_device;
 using gputest::to_host;
-
-template <class T>
-std::vector<T> flat(const nn::Mat<T>& m) {
-  return std::vector<T>(m.data(), m.data() + m.size());
-}
 
 nn::Mat<float> mat_of(const std::vector<float>& v, int rows, int cols) {
   nn::Mat<float> m(rows, cols);
@@ -62,18 +60,8 @@ nn::Mat<float> mat_of(const std::vector<float>& v, int rows, int cols) {
   return m;
 }
 
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint32_t bits_of(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-void sync(const char* what) { cu::check(cudaDeviceSynchronize(), what); }
+float from_bits(uint32_t u) { return std::bit_cast<float>(u); }
+uint32_t bits_of(float f) { return std::bit_cast<uint32_t>(f); }
 
 // ================================================================ nn_ops
 
@@ -100,7 +88,7 @@ void check_embedding_case(int vocab, int hidden, const std::vector<int32_t>& tok
   cu::embedding_backward(d_tok.get(), n, d_dy.get(), vocab, hidden, d_dtable.get(), d_bad.get(), nullptr);
   expect(same_bits(to_host(d_dtable), flat(dtable)), tag + ": backward table gradient == exec/nn (bitwise)");
   expect(to_host(d_bad)[0] == 0, tag + ": no bad token reported");
-  sync(tag.c_str());
+  sync_device(tag.c_str());
 }
 
 std::vector<int32_t> skewed_tokens(int n, int vocab, int hot, uint64_t seed) {
@@ -156,7 +144,7 @@ void check_embedding_bad_ids() {
   cu::embedding_backward(d_tok.get(), n, d_dy.get(), vocab, hidden, d_dtable.get(), d_bad2.get(), nullptr);
   expect(same_bits(to_host(d_dtable), flat(dtable)), "embedding bad ids: backward skips them (bitwise)");
   expect(to_host(d_bad2)[0] == 1, "embedding bad ids: backward sets the flag");
-  sync("embedding bad ids");
+  sync_device("embedding bad ids");
 }
 
 void check_embedding() {
@@ -226,7 +214,7 @@ void check_ce_case(int rows, int vocab, double scale, int ignore_every, bool spi
   expect(ignored_ok, tag + ": ignored rows have zero d_logits and row loss");
   std::printf("%s: loss %.17g (exec/nn %.17g), d_logits: %zu of %zu not bit-equal, worst rel %.3g\n", tag.c_str(),
               loss, ref.loss, differ, dl.size(), worst);
-  sync(tag.c_str());
+  sync_device(tag.c_str());
 }
 
 void check_ce_bad_target() {
@@ -243,7 +231,7 @@ void check_ce_bad_target() {
   for (int j = 0; j < vocab; ++j) nan_row = nan_row && std::isnan(dl[2 * vocab + j]);
   expect(nan_row && std::isnan(to_host(d_rows)[2]), "cross_entropy: a target >= vocab gives a NaN row");
   expect(std::isnan(to_host(d_loss)[0]), "cross_entropy: ... and a NaN loss");
-  sync("cross_entropy bad target");
+  sync_device("cross_entropy bad target");
 }
 
 void check_cross_entropy() {
@@ -282,7 +270,7 @@ void check_adamw_case(const nn::AdamWConfig& cfg, const std::vector<int64_t>& st
     expect(same_bits(to_host(dm), m), at + ": m == exec/nn (bitwise)");
     expect(same_bits(to_host(dv), v), at + ": v == exec/nn (bitwise)");
   }
-  sync(tag.c_str());
+  sync_device(tag.c_str());
 }
 
 void check_adamw() {
@@ -349,7 +337,7 @@ void check_elementwise() {
   for (std::size_t i = 0; i < n; ++i) want[i] = b[i] * 0.37f;
   expect(same_values(to_host(dc), want), "scale in place");
   cu::add(dc.get(), dc.get(), 0, dc.get(), nullptr);  // empty: a no-op
-  sync("elementwise");
+  sync_device("elementwise");
 }
 
 void check_bf16() {
@@ -381,7 +369,7 @@ void check_bf16() {
       std::printf("  bf16 edge 0x%08X: got 0x%08X, exec/fp8 0x%08X\n", edges[i], bits_of(got[i]), bits_of(want[i]));
   cu::round_to_bf16(dx.get(), x.size(), dx.get(), nullptr);
   expect(same_bits(to_host(dx), want), "round_to_bf16 in place");
-  sync("bf16");
+  sync_device("bf16");
 }
 
 // ================================================================ router
@@ -540,7 +528,7 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
     std::printf("%s: sigmoid %zu of %zu not bit-equal (worst rel %.3g); %zu slots differ from the CPU's scores\n",
                 tag.c_str(), differ, s2.size(), worst, moved);
   }
-  sync(tag.c_str());
+  sync_device(tag.c_str());
 }
 
 // The convenience forward through Blas (tiny-moe sizes): scores within a GEMM tolerance of
@@ -570,7 +558,7 @@ void check_router_blas(const moe::RouterConfig& c) {
   std::size_t moved = 0;
   for (std::size_t i = 0; i < r.expert.size(); ++i) moved += r.expert[i] != st.routing.expert[i];
   std::printf("router Blas forward: worst |Δs| %.3g, %zu slots differ from exec/moe's full forward\n", worst, moved);
-  sync("router Blas forward");
+  sync_device("router Blas forward");
 }
 
 void check_router_validation() {
