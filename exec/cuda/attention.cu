@@ -232,9 +232,16 @@ void check_core_shape(const AttentionShape& s, int chunk, const char* what) {
 std::size_t round_up(std::size_t n) { return (n + 31) / 32 * 32; }  // 128 bytes of floats
 
 // Offsets (floats) of the core's sub-buffers in the workspace.
-struct CoreLayout {
-  std::size_t d = 0, qg = 0, kg = 0, vg = 0, og = 0, dog = 0, p = 0, ds = 0, dqg = 0, dkg = 0, dvg = 0;
+template <class T>
+struct CoreParts {
+  T d{}, qg{}, kg{}, vg{}, og{}, dog{}, p{}, ds{}, dqg{}, dkg{}, dvg{};
+};
+struct CoreLayout : CoreParts<std::size_t> {
   std::size_t total = 0;
+  // The parts' addresses in a workspace of `total` floats (parts a pass does not use: offset 0).
+  CoreParts<float*> in(float* ws) const {
+    return {ws + d, ws + qg, ws + kg, ws + vg, ws + og, ws + dog, ws + p, ws + ds, ws + dqg, ws + dkg, ws + dvg};
+  }
 };
 
 CoreLayout core_layout(const AttentionShape& s, int chunk, bool backward) {
@@ -348,25 +355,20 @@ void attention_core_forward(Blas& blas, const AttentionShape& s, int chunk, cons
   const int S = s.seq_len, H = s.heads, qk = s.qk(), dv = s.dv;
   const long long sq = static_cast<long long>(S) * S, sqk = static_cast<long long>(S) * qk,
                   sdv = static_cast<long long>(S) * dv;
-  const CoreLayout L = core_layout(s, chunk, false);
-  float* Qg = workspace + L.qg;
-  float* Kg = workspace + L.kg;
-  float* Vg = workspace + L.vg;
-  float* P = workspace + L.p;
-  float* Og = workspace + L.og;
+  const CoreParts<float*> w = core_layout(s, chunk, false).in(workspace);
   const long long pairs = static_cast<long long>(s.sequences()) * H;
   for (long long z0 = 0; z0 < pairs; z0 += chunk) {
     const int zc = static_cast<int>(std::min<long long>(chunk, pairs - z0));
-    gather_qkv(s, z0, zc, q, kv, k_pe, Qg, Kg, Vg, stream);
+    gather_qkv(s, z0, zc, q, kv, k_pe, w.qg, w.kg, w.vg, stream);
     // raw scores [zc, S, S] = Q·Kᵀ (one dot product over [nope | rope] per entry, as nn)
-    blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, Qg, qk, sqk, Kg, qk, sqk, 0.0f, P, S, sq, zc);
+    blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, w.qg, qk, sqk, w.kg, qk, sqk, 0.0f, w.p, S, sq, zc);
     const std::size_t rows = static_cast<std::size_t>(zc) * S;
     causal_softmax_kernel<<<blocks_for((rows + kSoftmaxWarps - 1) / kSoftmaxWarps, "causal_softmax"),
-                            32 * kSoftmaxWarps, 0, stream>>>(P, rows, S, H, z0, s.scale, lse);
+                            32 * kSoftmaxWarps, 0, stream>>>(w.p, rows, S, H, z0, s.scale, lse);
     check_launch("causal_softmax");
     // O = P·V; P is zero above the diagonal, so each row sums over its own prefix only
-    blas.gemm_strided_batched(false, false, S, dv, S, 1.0f, P, S, sq, Vg, dv, sdv, 0.0f, Og, dv, sdv, zc);
-    scatter_heads(Og, dv, dv, s, z0, zc, attn, static_cast<std::size_t>(H) * dv, dv, stream);
+    blas.gemm_strided_batched(false, false, S, dv, S, 1.0f, w.p, S, sq, w.vg, dv, sdv, 0.0f, w.og, dv, sdv, zc);
+    scatter_heads(w.og, dv, dv, s, z0, zc, attn, static_cast<std::size_t>(H) * dv, dv, stream);
   }
 }
 
@@ -379,20 +381,10 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
   const int S = s.seq_len, H = s.heads, qk = s.qk(), dv = s.dv, dkvw = s.nope + s.dv;
   const long long sq = static_cast<long long>(S) * S, sqk = static_cast<long long>(S) * qk,
                   sdv = static_cast<long long>(S) * dv;
-  const CoreLayout L = core_layout(s, chunk, true);
-  float* D = workspace + L.d;
-  float* Qg = workspace + L.qg;
-  float* Kg = workspace + L.kg;
-  float* Vg = workspace + L.vg;
-  float* dOg = workspace + L.dog;
-  float* P = workspace + L.p;
-  float* dS = workspace + L.ds;
-  float* dQg = workspace + L.dqg;
-  float* dKg = workspace + L.dkg;
-  float* dVg = workspace + L.dvg;
+  const CoreParts<float*> w = core_layout(s, chunk, true).in(workspace);
 
   const std::size_t rh = static_cast<std::size_t>(s.rows) * H;
-  row_dot_kernel<<<blocks_for((rh + 255) / 256, "row_dot"), 256, 0, stream>>>(attn, d_attn, rh, dv, D);
+  row_dot_kernel<<<blocks_for((rh + 255) / 256, "row_dot"), 256, 0, stream>>>(attn, d_attn, rh, dv, w.d);
   check_launch("row_dot");
   if (s.rope > 0)
     check(cudaMemsetAsync(dk_pe, 0, sizeof(float) * static_cast<std::size_t>(s.rows) * s.rope, stream),
@@ -403,25 +395,25 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
   const long long pairs = static_cast<long long>(s.sequences()) * H;
   for (long long z0 = 0; z0 < pairs; z0 += chunk) {
     const int zc = static_cast<int>(std::min<long long>(chunk, pairs - z0));
-    gather_qkv(s, z0, zc, q, kv, k_pe, Qg, Kg, Vg, stream);
-    gather_heads(d_attn, ldo, dv, dv, s, z0, zc, dOg, dv, stream);
-    blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, Qg, qk, sqk, Kg, qk, sqk, 0.0f, P, S, sq, zc);
-    blas.gemm_strided_batched(false, true, S, S, dv, 1.0f, dOg, dv, sdv, Vg, dv, sdv, 0.0f, dS, S, sq, zc);
+    gather_qkv(s, z0, zc, q, kv, k_pe, w.qg, w.kg, w.vg, stream);
+    gather_heads(d_attn, ldo, dv, dv, s, z0, zc, w.dog, dv, stream);
+    blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, w.qg, qk, sqk, w.kg, qk, sqk, 0.0f, w.p, S, sq, zc);
+    blas.gemm_strided_batched(false, true, S, S, dv, 1.0f, w.dog, dv, sdv, w.vg, dv, sdv, 0.0f, w.ds, S, sq, zc);
     const std::size_t rows = static_cast<std::size_t>(zc) * S;
-    softmax_backward_kernel<<<blocks_for(rows, "softmax_backward"), 128, 0, stream>>>(P, dS, S, H, z0, s.scale, lse,
-                                                                                       D);
+    softmax_backward_kernel<<<blocks_for(rows, "softmax_backward"), 128, 0, stream>>>(w.p, w.ds, S, H, z0, s.scale,
+                                                                                       lse, w.d);
     check_launch("softmax_backward");
     // dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q (dS is the gradient at the unscaled dot product)
-    blas.gemm_strided_batched(true, false, S, dv, S, 1.0f, P, S, sq, dOg, dv, sdv, 0.0f, dVg, dv, sdv, zc);
-    blas.gemm_strided_batched(false, false, S, qk, S, 1.0f, dS, S, sq, Kg, qk, sqk, 0.0f, dQg, qk, sqk, zc);
-    blas.gemm_strided_batched(true, false, S, qk, S, 1.0f, dS, S, sq, Qg, qk, sqk, 0.0f, dKg, qk, sqk, zc);
-    scatter_heads(dQg, qk, qk, s, z0, zc, dq, ldq, qk, stream);
-    scatter_heads(dKg, qk, s.nope, s, z0, zc, dkv, ldkv, dkvw, stream);
-    scatter_heads(dVg, dv, dv, s, z0, zc, dkv + s.nope, ldkv, dkvw, stream);
+    blas.gemm_strided_batched(true, false, S, dv, S, 1.0f, w.p, S, sq, w.dog, dv, sdv, 0.0f, w.dvg, dv, sdv, zc);
+    blas.gemm_strided_batched(false, false, S, qk, S, 1.0f, w.ds, S, sq, w.kg, qk, sqk, 0.0f, w.dqg, qk, sqk, zc);
+    blas.gemm_strided_batched(true, false, S, qk, S, 1.0f, w.ds, S, sq, w.qg, qk, sqk, 0.0f, w.dkg, qk, sqk, zc);
+    scatter_heads(w.dqg, qk, qk, s, z0, zc, dq, ldq, qk, stream);
+    scatter_heads(w.dkg, qk, s.nope, s, z0, zc, dkv, ldkv, dkvw, stream);
+    scatter_heads(w.dvg, dv, dv, s, z0, zc, dkv + s.nope, ldkv, dkvw, stream);
     if (s.rope > 0) {
       const long long b_first = z0 / H, b_last = (z0 + zc - 1) / H;
       const std::size_t grid = static_cast<std::size_t>(b_last - b_first + 1) * S;
-      sum_heads_kernel<<<blocks_for(grid, "sum_heads"), 64, 0, stream>>>(dKg + s.nope, qk, s.rope, S, H, z0,
+      sum_heads_kernel<<<blocks_for(grid, "sum_heads"), 64, 0, stream>>>(w.dkg + s.nope, qk, s.rope, S, H, z0,
                                                                          z0 + zc, dk_pe);
       check_launch("sum_heads");
     }
