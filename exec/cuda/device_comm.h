@@ -109,7 +109,55 @@ class DeviceCommunicator {
   virtual void abort(std::string_view reason) = 0;
 };
 
+// The contract's argument checks, shared by the implementations. Every problem goes through
+// fail(), which each implementation defines: it fails the world on this rank's behalf and throws
+// CommError(kind, rank(), op, label, peers, rank(), detail), as the host world does for its own.
+class CheckedDeviceCommunicator : public DeviceCommunicator {
+ protected:
+  [[noreturn]] virtual void fail(comm::CommErrorKind kind, const char* op, std::string_view label,
+                                 std::vector<int> peers, const std::string& detail) = 0;
+
+  // p2p: peer a rank of the world, tag >= 0, the buffer (what: "the send buffer") as check_buffer.
+  void check_p2p(const char* op, std::string_view label, int peer, int tag, const void* data, std::size_t bytes,
+                 const char* what);
+  // A buffer of `bytes` bytes: null only when empty. what: "the send buffer".
+  void check_buffer(const char* op, std::string_view label, const void* data, std::size_t bytes, const char* what);
+  // A valid group containing this rank; returns this rank's index in it.
+  std::size_t check_group(const char* op, std::string_view label, std::span<const int> group);
+  // all_to_all_v: the group, one send and one receive buffer per member (each checked), and the
+  // self send as large as the self receive. Returns this rank's index.
+  std::size_t check_all_to_all(const char* op, std::string_view label, std::span<const int> group,
+                               std::span<const comm::ConstBytes> send, std::span<const comm::MutableBytes> recv);
+  // reduce_scatter_sum / all_gather_v: the group and one size per member (sizes_name: "counts").
+  // The caller checks its buffers against the result.
+  struct Blocks {
+    std::size_t self = 0;             // this rank's index in the group
+    std::vector<std::size_t> offset;  // prefix_offsets(sizes): offset.back() is the total
+    std::size_t mine = 0;             // sizes[self]
+  };
+  Blocks check_blocks(const char* op, std::string_view label, std::span<const int> group,
+                      std::span<const std::size_t> sizes, const char* sizes_name);
+};
+
 // Helpers shared by the implementations (device_comm.cpp).
+
+// Device memory from the stream-ordered allocator, freed with cudaFreeAsync on `stream` when this
+// goes: after all work enqueued there before, so error paths may leave with work still pending.
+class StreamScratch {
+ public:
+  explicit StreamScratch(cudaStream_t stream) : stream_(stream) {}
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  ~StreamScratch();
+  // cudaMallocFromPoolAsync from `pool`, or cudaMallocAsync (the device's pool) when null; once.
+  // Returns the runtime's result (get() stays null on failure).
+  cudaError_t allocate(std::size_t bytes, cudaMemPool_t pool = nullptr);
+  void* get() const { return p_; }
+
+ private:
+  cudaStream_t stream_;
+  void* p_ = nullptr;
+};
 
 // A group as the host contract wants it for rank `rank` of a world of `size`: members in range,
 // distinct, the caller among them. self: the caller's index; problem: empty when valid, else the
@@ -124,9 +172,12 @@ std::string group_text(std::span<const int> group);  // "{1,3}"
 // Prefix sums: offsets[i] = sum of sizes[0..i), offsets[n] = the total.
 std::vector<std::size_t> prefix_offsets(std::span<const std::size_t> sizes);
 
-// A fingerprint of a size list (FNV-1a over the count and the values): members compare theirs to
-// detect calls that disagree on sizes every member must share.
+// A fingerprint of a size list (comm::group_id's FNV-1a over the sizes as 32-bit halves): members
+// compare theirs to detect calls that disagree on sizes every member must share.
 std::uint64_t sizes_fingerprint(std::span<const std::size_t> sizes);
+
+// The detail of a recv whose size differs from the matching send's.
+std::string recv_size_problem(std::size_t expected, int tag, int peer, std::size_t sent);
 
 // Whether the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte (empty ranges don't).
 bool ranges_overlap(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes);

@@ -128,10 +128,14 @@ class NcclCommunicator::Impl {
   Channel& group_channel(const Call& c, std::span<const int> group, std::unique_lock<std::mutex>& lock);
   // Records an event on `stream` after the call's NCCL work for the watchdog.
   void track(const Call& c, cudaStream_t stream);
-
-  std::size_t check_group(const Call& c, std::span<const int> group);
-  void check_peer(const Call& c, int peer, int tag);
-  void check_buffer(const Call& c, const void* data, std::size_t bytes, const char* what);
+  // One collective on the group's NCCL communicator: body(channel, comm) under the channel's lock,
+  // then track(c, stream).
+  template <class Body>
+  void collective(const Call& c, std::span<const int> group, cudaStream_t stream, Body&& body);
+  // ncclGroupStart; issue(note), where each NCCL call's result goes to note(result, name);
+  // ncclGroupEnd (always: a group left open would swallow later calls); then the first failure.
+  template <class Issue>
+  void grouped(Channel& ch, const Call& c, Issue&& issue);
 
   // p2p state (guarded by p2p.m).
   std::vector<std::uint64_t> sent_to_;
@@ -270,6 +274,8 @@ void NcclCommunicator::Impl::init_channel(Channel& ch, const Call& c, std::span<
   float* scratch = nullptr;
   cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&scratch), sizeof(float));
   if (err == cudaSuccess) err = cudaMemset(scratch, 0, sizeof(float));
+  // cudaMemset runs on the default stream, which the callers' (non-blocking) streams do not wait for.
+  if (err == cudaSuccess) err = cudaStreamSynchronize(nullptr);
   if (err != cudaSuccess) {
     if (scratch) cudaFree(scratch);
     ncclCommDestroy(comm);
@@ -341,24 +347,30 @@ void NcclCommunicator::Impl::track(const Call& c, cudaStream_t stream) {
   pending_.push_back({e, c.op, c.label, c.deadline});
 }
 
-std::size_t NcclCommunicator::Impl::check_group(const Call& c, std::span<const int> group) {
-  const GroupCheck g = tandem::cuda::check_group(group, rank, size);
-  if (!g.problem.empty()) fail(CommErrorKind::invalid_argument, c, {}, g.problem);
-  return g.self;
+template <class Body>
+void NcclCommunicator::Impl::collective(const Call& c, std::span<const int> group, cudaStream_t stream, Body&& body) {
+  {
+    std::unique_lock<std::mutex> lock;
+    Channel& ch = group_channel(c, group, lock);
+    body(ch, ch.comm.load());
+  }
+  track(c, stream);
 }
 
-void NcclCommunicator::Impl::check_peer(const Call& c, int peer, int tag) {
-  if (peer < 0 || peer >= size) {
-    fail(CommErrorKind::invalid_argument, c, {},
-         "peer " + std::to_string(peer) + " is not a rank of this world of " + std::to_string(size));
-  }
-  if (tag < 0) fail(CommErrorKind::invalid_argument, c, {peer}, "tag " + std::to_string(tag) + " is negative");
-}
-
-void NcclCommunicator::Impl::check_buffer(const Call& c, const void* data, std::size_t bytes, const char* what) {
-  if (!data && bytes) {
-    fail(CommErrorKind::invalid_argument, c, {}, std::string(what) + " is null but has " + std::to_string(bytes) + " bytes");
-  }
+template <class Issue>
+void NcclCommunicator::Impl::grouped(Channel& ch, const Call& c, Issue&& issue) {
+  check_nccl(c, ncclGroupStart(), "ncclGroupStart");
+  ncclResult_t first = ncclSuccess;
+  const char* first_what = "";
+  issue([&](ncclResult_t r, const char* what) {
+    if (!nccl_ok(r) && first == ncclSuccess) {
+      first = r;
+      first_what = what;
+    }
+  });
+  const ncclResult_t end = ncclGroupEnd();
+  check_nccl(c, first, first_what);
+  settle(ch, c, end, "ncclGroupEnd");
 }
 
 // ------------------------------------------------------------------------------- watchdog
@@ -523,17 +535,23 @@ void NcclCommunicator::abort(std::string_view reason) {
   impl_->host.abort(reason);
 }
 
+void NcclCommunicator::fail(comm::CommErrorKind kind, const char* op, std::string_view label, std::vector<int> peers,
+                            const std::string& detail) {
+  impl_->fail(kind, Impl::Call{op, std::string(label), Clock::now()}, std::move(peers), detail);
+}
+
 void NcclCommunicator::send(int peer, int tag, const void* data, std::size_t bytes, std::string_view label,
                             cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("send", label, [&] {
-    const Impl::Call c = m.begin("send", label);
-    m.check_peer(c, peer, tag);
-    m.check_buffer(c, data, bytes, "the send buffer");
+  const char* op = "send";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    check_p2p(op, label, peer, tag, data, bytes, "the send buffer");
     Ticket t;
     t.bytes = bytes;
     if (peer == m.rank) {
-      // NCCL pairs a send to self only with a recv in the same group: stage a copy instead.
+      // NCCL pairs a send to self only with a recv in the same group: stage a copy instead. The
+      // staging and its event belong to the recv from here on (the destructor frees leftovers).
       t.to_self = 1;
       void* staging = nullptr;
       cudaEvent_t ready = nullptr;
@@ -543,7 +561,7 @@ void NcclCommunicator::send(int peer, int tag, const void* data, std::size_t byt
         if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
         if (err == cudaSuccess) err = cudaEventRecord(ready, stream);
         if (err != cudaSuccess) {
-          cudaFreeAsync(staging, stream);
+          cudaFreeAsync(staging, stream);  // stream-ordered after the copy, if that was enqueued
           if (ready) cudaEventDestroy(ready);
           m.check_cuda(c, err, "staging a send to self");
         }
@@ -581,10 +599,10 @@ void NcclCommunicator::send(int peer, int tag, const void* data, std::size_t byt
 void NcclCommunicator::recv(int peer, int tag, void* data, std::size_t bytes, std::string_view label,
                             cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("recv", label, [&] {
-    const Impl::Call c = m.begin("recv", label);
-    m.check_peer(c, peer, tag);
-    m.check_buffer(c, data, bytes, "the receive buffer");
+  const char* op = "recv";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    check_p2p(op, label, peer, tag, data, bytes, "the receive buffer");
     Ticket t;
     m.host.recv(peer, tag, &t, sizeof t, label);
     if (t.magic != kTicketMagic || t.to_self != (peer == m.rank ? 1u : 0u)) {
@@ -595,33 +613,26 @@ void NcclCommunicator::recv(int peer, int tag, void* data, std::size_t bytes, st
     if (peer == m.rank) {
       auto* staging = reinterpret_cast<void*>(static_cast<std::uintptr_t>(t.staging));
       auto* ready = reinterpret_cast<cudaEvent_t>(static_cast<std::uintptr_t>(t.event));
-      if (staging) {
-        std::lock_guard lock(m.self_m_);
-        m.self_parcels_.erase(staging);
-      }
       cudaError_t err = cudaSuccess;
-      if (ready) err = cudaStreamWaitEvent(stream, ready, 0);
-      const bool same = t.bytes == bytes;
-      if (err == cudaSuccess && same && bytes) {
-        err = cudaMemcpyAsync(data, staging, bytes, cudaMemcpyDeviceToDevice, stream);
-      }
-      if (staging && ready) {
-        cudaFreeAsync(staging, stream);  // after the wait (or, on a failed wait, best effort)
-        cudaEventDestroy(ready);         // the wait has captured it
+      if (staging) {
+        {
+          std::lock_guard lock(m.self_m_);
+          m.self_parcels_.erase(staging);
+        }
+        err = cudaStreamWaitEvent(stream, ready, 0);
+        if (err == cudaSuccess && t.bytes == bytes) {
+          err = cudaMemcpyAsync(data, staging, bytes, cudaMemcpyDeviceToDevice, stream);
+        }
+        // The free must follow the sender's copy into staging: the wait orders it on `stream`;
+        // without a wait, the host waits for the copy first.
+        if (err != cudaSuccess) cudaEventSynchronize(ready);
+        cudaFreeAsync(staging, stream);
+        cudaEventDestroy(ready);  // a wait already enqueued is not affected
       }
       m.check_cuda(c, err, "receiving a send to self");
-      if (!same) {
-        m.fail(CommErrorKind::mismatch, c, {peer},
-               "expected " + std::to_string(bytes) + " bytes with tag " + std::to_string(tag) + " but rank " +
-                   std::to_string(peer) + " sent " + std::to_string(t.bytes));
-      }
-      return;
     }
-    if (t.bytes != bytes) {
-      m.fail(CommErrorKind::mismatch, c, {peer},
-             "expected " + std::to_string(bytes) + " bytes with tag " + std::to_string(tag) + " but rank " +
-                 std::to_string(peer) + " sent " + std::to_string(t.bytes));
-    }
+    if (t.bytes != bytes) m.fail(CommErrorKind::mismatch, c, {peer}, recv_size_problem(bytes, tag, peer, t.bytes));
+    if (peer == m.rank) return;
     {
       std::unique_lock lock = m.lock_channel(m.p2p, c);
       const std::uint64_t expected = m.received_from_[static_cast<std::size_t>(peer)];
@@ -643,45 +654,19 @@ void NcclCommunicator::all_to_all_v(std::span<const int> group, std::span<const 
                                     std::span<const comm::MutableBytes> recv, std::string_view label,
                                     cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("all_to_all_v", label, [&] {
-    const Impl::Call c = m.begin("all_to_all_v", label);
-    const std::size_t self = m.check_group(c, group);
-    const std::size_t n = group.size();
-    if (send.size() != n || recv.size() != n) {
-      m.fail(CommErrorKind::invalid_argument, c, {},
-             std::to_string(send.size()) + " send and " + std::to_string(recv.size()) +
-                 " receive buffers for a group of " + std::to_string(n));
-    }
-    for (const comm::ConstBytes& b : send) m.check_buffer(c, b.data, b.size, "a send buffer");
-    for (const comm::MutableBytes& b : recv) m.check_buffer(c, b.data, b.size, "a receive buffer");
-    if (recv[self].size != send[self].size) {
-      m.fail(CommErrorKind::invalid_argument, c, {},
-             "sends " + std::to_string(send[self].size) + " bytes to itself into a receive buffer of " +
-                 std::to_string(recv[self].size));
-    }
-    {
-      std::unique_lock<std::mutex> lock;
-      Impl::Channel& ch = m.group_channel(c, group, lock);
-      const ncclComm_t comm = ch.comm.load();
-      m.check_nccl(c, ncclGroupStart(), "ncclGroupStart");
-      ncclResult_t first = ncclSuccess;
-      const char* first_what = "";
-      auto note = [&](ncclResult_t r, const char* what) {
-        if (!nccl_ok(r) && first == ncclSuccess) {
-          first = r;
-          first_what = what;
+  const char* op = "all_to_all_v";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    check_all_to_all(op, label, group, send, recv);
+    m.collective(c, group, stream, [&](Impl::Channel& ch, ncclComm_t comm) {
+      m.grouped(ch, c, [&](auto&& note) {
+        for (std::size_t i = 0; i < group.size(); ++i) {
+          const int peer = static_cast<int>(i);
+          if (send[i].size) note(ncclSend(send[i].data, send[i].size, ncclInt8, peer, comm, stream), "ncclSend");
+          if (recv[i].size) note(ncclRecv(recv[i].data, recv[i].size, ncclInt8, peer, comm, stream), "ncclRecv");
         }
-      };
-      for (std::size_t i = 0; i < n; ++i) {
-        const int peer = static_cast<int>(i);
-        if (send[i].size) note(ncclSend(send[i].data, send[i].size, ncclInt8, peer, comm, stream), "ncclSend");
-        if (recv[i].size) note(ncclRecv(recv[i].data, recv[i].size, ncclInt8, peer, comm, stream), "ncclRecv");
-      }
-      const ncclResult_t end = ncclGroupEnd();  // always: a group left open would swallow later calls
-      m.check_nccl(c, first, first_what);
-      m.settle(ch, c, end, "ncclGroupEnd");
-    }
-    m.track(c, stream);
+      });
+    });
   });
 }
 
@@ -689,54 +674,40 @@ void NcclCommunicator::reduce_scatter_sum(std::span<const int> group, const floa
                                           std::span<const std::size_t> counts, std::string_view label,
                                           cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("reduce_scatter_sum", label, [&] {
-    const Impl::Call c = m.begin("reduce_scatter_sum", label);
-    const std::size_t self = m.check_group(c, group);
+  const char* op = "reduce_scatter_sum";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    const Blocks b = check_blocks(op, label, group, counts, "counts");
+    check_buffer(op, label, in, b.offset.back() * sizeof(float), "the input");
+    check_buffer(op, label, out, b.mine * sizeof(float), "the output");
     const std::size_t n = group.size();
-    if (counts.size() != n) {
-      m.fail(CommErrorKind::invalid_argument, c, {},
-             std::to_string(counts.size()) + " counts for a group of " + std::to_string(n));
-    }
-    const std::vector<std::size_t> off = prefix_offsets(counts);
-    const std::size_t mine = counts[self];
-    m.check_buffer(c, in, off[n] * sizeof(float), "the input");
-    m.check_buffer(c, out, mine * sizeof(float), "the output");
     const std::size_t most = *std::max_element(counts.begin(), counts.end());
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](std::size_t k) { return k == most; });
-    {
-      std::unique_lock<std::mutex> lock;
-      Impl::Channel& ch = m.group_channel(c, group, lock);
-      const ncclComm_t comm = ch.comm.load();
-      if (most == 0) {
-        // Nothing to reduce anywhere.
-      } else if (equal) {
+    m.collective(c, group, stream, [&](Impl::Channel& ch, ncclComm_t comm) {
+      if (most == 0) return;  // nothing to reduce anywhere
+      if (equal) {
         m.settle(ch, c, ncclReduceScatter(in, out, most, ncclFloat32, ncclSum, comm, stream), "ncclReduceScatter");
-      } else {
-        // Pad every block to `most` floats with zeros; reduce in place; copy the own block out.
-        float* padded = nullptr;
-        m.check_cuda(c, cudaMallocAsync(reinterpret_cast<void**>(&padded), n * most * sizeof(float), stream),
-                     "cudaMallocAsync (padded reduce-scatter)");
-        cudaError_t err = cudaMemsetAsync(padded, 0, n * most * sizeof(float), stream);
-        for (std::size_t i = 0; i < n && err == cudaSuccess; ++i) {
-          if (counts[i]) {
-            err = cudaMemcpyAsync(padded + i * most, in + off[i], counts[i] * sizeof(float), cudaMemcpyDeviceToDevice,
-                                  stream);
-          }
-        }
-        if (err != cudaSuccess) {
-          cudaFreeAsync(padded, stream);
-          m.check_cuda(c, err, "padding the reduce-scatter input");
-        }
-        float* own = padded + self * most;
-        const ncclResult_t r = ncclReduceScatter(padded, own, most, ncclFloat32, ncclSum, comm, stream);
-        if (!nccl_ok(r)) cudaFreeAsync(padded, stream);
-        m.settle(ch, c, r, "ncclReduceScatter (padded)");
-        err = mine ? cudaMemcpyAsync(out, own, mine * sizeof(float), cudaMemcpyDeviceToDevice, stream) : cudaSuccess;
-        cudaFreeAsync(padded, stream);
-        m.check_cuda(c, err, "cudaMemcpyAsync (own block of the padded reduce-scatter)");
+        return;
       }
-    }
-    m.track(c, stream);
+      // Pad every block to `most` floats with zeros; reduce in place; copy the own block out.
+      StreamScratch padded_memory(stream);
+      m.check_cuda(c, padded_memory.allocate(n * most * sizeof(float)), "cudaMallocAsync (padded reduce-scatter)");
+      auto* padded = static_cast<float*>(padded_memory.get());
+      m.check_cuda(c, cudaMemsetAsync(padded, 0, n * most * sizeof(float), stream), "cudaMemsetAsync (padding)");
+      for (std::size_t i = 0; i < n; ++i) {
+        if (!counts[i]) continue;
+        m.check_cuda(c, cudaMemcpyAsync(padded + i * most, in + b.offset[i], counts[i] * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync (padding the reduce-scatter input)");
+      }
+      float* own = padded + b.self * most;
+      m.settle(ch, c, ncclReduceScatter(padded, own, most, ncclFloat32, ncclSum, comm, stream),
+               "ncclReduceScatter (padded)");
+      if (b.mine) {
+        m.check_cuda(c, cudaMemcpyAsync(out, own, b.mine * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync (own block of the padded reduce-scatter)");
+      }
+    });
   });
 }
 
@@ -744,70 +715,48 @@ void NcclCommunicator::all_gather_v(std::span<const int> group, const void* in, 
                                     std::span<const std::size_t> bytes_per_member, std::string_view label,
                                     cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("all_gather_v", label, [&] {
-    const Impl::Call c = m.begin("all_gather_v", label);
-    const std::size_t self = m.check_group(c, group);
-    const std::size_t n = group.size();
-    if (bytes_per_member.size() != n) {
-      m.fail(CommErrorKind::invalid_argument, c, {},
-             std::to_string(bytes_per_member.size()) + " sizes for a group of " + std::to_string(n));
-    }
-    const std::vector<std::size_t> off = prefix_offsets(bytes_per_member);
-    const std::size_t mine = bytes_per_member[self];
-    m.check_buffer(c, in, mine, "the input");
-    m.check_buffer(c, out, off[n], "the output");
+  const char* op = "all_gather_v";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    const Blocks b = check_blocks(op, label, group, bytes_per_member, "sizes");
+    check_buffer(op, label, in, b.mine, "the input");
+    check_buffer(op, label, out, b.offset.back(), "the output");
     auto* o = static_cast<std::byte*>(out);
     const bool equal = std::all_of(bytes_per_member.begin(), bytes_per_member.end(),
-                                   [&](std::size_t b) { return b == bytes_per_member[0]; });
-    {
-      std::unique_lock<std::mutex> lock;
-      Impl::Channel& ch = m.group_channel(c, group, lock);
-      const ncclComm_t comm = ch.comm.load();
+                                   [&](std::size_t k) { return k == bytes_per_member[0]; });
+    m.collective(c, group, stream, [&](Impl::Channel& ch, ncclComm_t comm) {
       if (equal) {
-        if (mine) m.settle(ch, c, ncclAllGather(in, out, mine, ncclInt8, comm, stream), "ncclAllGather");
-      } else {
-        if (mine && in != o + off[self]) {
-          m.check_cuda(c, cudaMemcpyAsync(o + off[self], in, mine, cudaMemcpyDeviceToDevice, stream),
-                       "cudaMemcpyAsync (own slot)");
-        }
-        m.check_nccl(c, ncclGroupStart(), "ncclGroupStart");
-        ncclResult_t first = ncclSuccess;
-        const char* first_what = "";
-        auto note = [&](ncclResult_t r, const char* what) {
-          if (!nccl_ok(r) && first == ncclSuccess) {
-            first = r;
-            first_what = what;
-          }
-        };
-        for (std::size_t i = 0; i < n; ++i) {
-          if (i == self) continue;
-          const int peer = static_cast<int>(i);
-          if (mine) note(ncclSend(in, mine, ncclInt8, peer, comm, stream), "ncclSend");
-          if (bytes_per_member[i]) {
-            note(ncclRecv(o + off[i], bytes_per_member[i], ncclInt8, peer, comm, stream), "ncclRecv");
-          }
-        }
-        const ncclResult_t end = ncclGroupEnd();
-        m.check_nccl(c, first, first_what);
-        m.settle(ch, c, end, "ncclGroupEnd");
+        if (b.mine) m.settle(ch, c, ncclAllGather(in, out, b.mine, ncclInt8, comm, stream), "ncclAllGather");
+        return;
       }
-    }
-    m.track(c, stream);
+      if (b.mine && in != o + b.offset[b.self]) {
+        m.check_cuda(c, cudaMemcpyAsync(o + b.offset[b.self], in, b.mine, cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync (own slot)");
+      }
+      m.grouped(ch, c, [&](auto&& note) {
+        for (std::size_t i = 0; i < group.size(); ++i) {
+          if (i == b.self) continue;
+          const int peer = static_cast<int>(i);
+          if (b.mine) note(ncclSend(in, b.mine, ncclInt8, peer, comm, stream), "ncclSend");
+          if (bytes_per_member[i]) {
+            note(ncclRecv(o + b.offset[i], bytes_per_member[i], ncclInt8, peer, comm, stream), "ncclRecv");
+          }
+        }
+      });
+    });
   });
 }
 
 void NcclCommunicator::barrier(std::span<const int> group, std::string_view label, cudaStream_t stream) {
   Impl& m = *impl_;
-  m.run("barrier", label, [&] {
-    const Impl::Call c = m.begin("barrier", label);
-    m.check_group(c, group);
-    {
-      std::unique_lock<std::mutex> lock;
-      Impl::Channel& ch = m.group_channel(c, group, lock);
-      m.settle(ch, c, ncclAllReduce(ch.scratch, ch.scratch, 1, ncclFloat32, ncclSum, ch.comm.load(), stream),
+  const char* op = "barrier";
+  m.run(op, label, [&] {
+    const Impl::Call c = m.begin(op, label);
+    check_group(op, label, group);
+    m.collective(c, group, stream, [&](Impl::Channel& ch, ncclComm_t comm) {
+      m.settle(ch, c, ncclAllReduce(ch.scratch, ch.scratch, 1, ncclFloat32, ncclSum, comm, stream),
                "ncclAllReduce (barrier)");
-    }
-    m.track(c, stream);
+    });
   });
 }
 

@@ -97,7 +97,7 @@ bool nccl_built();
 // ncclGetVersion (e.g. 22809 for 2.28.9); works without a GPU.
 int nccl_version();
 
-class NcclCommunicator final : public DeviceCommunicator {
+class NcclCommunicator final : public CheckedDeviceCommunicator {
  public:
   // Bootstrap (b): every rank of host's world calls this, each from its own thread, with the
   // device it drives. `host` must outlive the result. Throws CommError (transport: NCCL failed).
@@ -130,6 +130,8 @@ class NcclCommunicator final : public DeviceCommunicator {
 
  private:
   explicit NcclCommunicator(std::unique_ptr<Impl> impl);
+  [[noreturn]] void fail(comm::CommErrorKind kind, const char* op, std::string_view label, std::vector<int> peers,
+                         const std::string& detail) override;
   std::unique_ptr<Impl> impl_;
   friend class NcclLocalWorld;
 };

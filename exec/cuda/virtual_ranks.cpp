@@ -11,63 +11,11 @@
 #include "exec/comm/comm_error.h"
 #include "exec/comm/in_process.h"
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/nn_ops.h"
 
 namespace tandem::cuda {
 
 namespace {
-
-// One step of the group-order reduction: acc[i] = acc[i] + x[i] for i < n (u64), grid-stride.
-// PTX by hand because this file is compiled by the host compiler. `add.rn.f32` carries an explicit
-// rounding mode, which forbids ptxas from fusing it with anything, and has no .ftz, so subnormals
-// are kept: one IEEE binary32 round-to-nearest-even addition, as the host's `acc += x`.
-constexpr char kAccumulatePtx[] = R"PTX(
-.version 7.8
-.target sm_90
-.address_size 64
-
-.visible .entry tandem_accumulate_f32(
-	.param .u64 param_acc,
-	.param .u64 param_x,
-	.param .u64 param_n
-)
-{
-	.reg .pred 	%p<2>;
-	.reg .f32 	%f<4>;
-	.reg .b32 	%r<5>;
-	.reg .b64 	%rd<12>;
-
-	ld.param.u64 	%rd1, [param_acc];
-	ld.param.u64 	%rd2, [param_x];
-	ld.param.u64 	%rd3, [param_n];
-	cvta.to.global.u64 	%rd4, %rd1;
-	cvta.to.global.u64 	%rd5, %rd2;
-	mov.u32 	%r1, %ctaid.x;
-	mov.u32 	%r2, %ntid.x;
-	mov.u32 	%r3, %tid.x;
-	mov.u32 	%r4, %nctaid.x;
-	mul.wide.u32 	%rd6, %r1, %r2;
-	cvt.u64.u32 	%rd7, %r3;
-	add.s64 	%rd6, %rd6, %rd7;
-	mul.wide.u32 	%rd8, %r2, %r4;
-$L_loop:
-	setp.ge.u64 	%p1, %rd6, %rd3;
-	@%p1 bra 	$L_done;
-	shl.b64 	%rd9, %rd6, 2;
-	add.s64 	%rd10, %rd4, %rd9;
-	add.s64 	%rd11, %rd5, %rd9;
-	ld.global.f32 	%f1, [%rd10];
-	ld.global.f32 	%f2, [%rd11];
-	add.rn.f32 	%f3, %f1, %f2;
-	st.global.f32 	[%rd10], %f3;
-	add.s64 	%rd6, %rd6, %rd8;
-	bra.uni 	$L_loop;
-$L_done:
-	ret;
-}
-)PTX";
-constexpr const char* kAccumulateName = "tandem_accumulate_f32";
-constexpr unsigned kAccumulateThreads = 256;
-constexpr std::size_t kAccumulateMaxBlocks = 4096;  // grid-stride beyond this
 
 enum class Op : std::uint32_t { send = 1, all_to_all_v, reduce_scatter_sum, all_gather_v, barrier };
 
@@ -138,7 +86,7 @@ class VirtualRankWorld::Shared {
   void free_staging(Parcel& p, cudaStream_t stream) noexcept;
 
   void* alloc(std::size_t bytes, cudaStream_t stream);
-  void launch_accumulate(float* acc, const float* x, std::size_t n, cudaStream_t stream);
+  cudaMemPool_t pool() const { return pool_; }
 
   // Frees every parcel still registered (never received), each after its sender's copy.
   void release_all_parcels();
@@ -152,8 +100,6 @@ class VirtualRankWorld::Shared {
   void destroy_resources() noexcept;
 
   cudaMemPool_t pool_ = nullptr;
-  cudaLibrary_t library_ = nullptr;
-  cudaKernel_t accumulate_ = nullptr;
   cudaStream_t cleanup_ = nullptr;  // releases parcels nobody received
 
   mutable std::mutex m_;
@@ -177,13 +123,6 @@ VirtualRankWorld::Shared::Shared(int ranks, int dev, const comm::CommOptions& op
     std::uint64_t keep = UINT64_MAX;
     check(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep),
           "cudaMemPoolSetAttribute (release threshold)");
-    check(cudaLibraryLoadData(&library_, kAccumulatePtx, nullptr, nullptr, 0, nullptr, nullptr, 0),
-          "cudaLibraryLoadData (group-order reduction kernel, PTX JIT)");
-    check(cudaLibraryGetKernel(&accumulate_, library_, kAccumulateName), "cudaLibraryGetKernel");
-    // Loads (JIT-compiles) the kernel into this device's context now rather than at the first sum.
-    cudaFuncAttributes attr{};
-    check(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(accumulate_)),
-          "cudaFuncGetAttributes (loading the reduction kernel)");
     check(cudaStreamCreateWithFlags(&cleanup_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   } catch (...) {
     destroy_resources();
@@ -208,10 +147,8 @@ void VirtualRankWorld::Shared::destroy_resources() noexcept {
   all_events_.clear();
   free_events_.clear();
   if (pool_) cudaMemPoolDestroy(pool_);
-  if (library_) cudaLibraryUnload(library_);
   cleanup_ = nullptr;
   pool_ = nullptr;
-  library_ = nullptr;
 }
 
 cudaEvent_t VirtualRankWorld::Shared::acquire_event() {
@@ -289,17 +226,6 @@ void VirtualRankWorld::Shared::free_staging(Parcel& p, cudaStream_t stream) noex
   if (!p.staging || p.ready) return;
   cudaFreeAsync(p.staging, stream);
   p.staging = nullptr;
-}
-
-void VirtualRankWorld::Shared::launch_accumulate(float* acc, const float* x, std::size_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  const std::size_t want = (n + kAccumulateThreads - 1) / kAccumulateThreads;
-  const auto blocks = static_cast<unsigned>(std::min(want, kAccumulateMaxBlocks));
-  std::uint64_t count = n;
-  void* args[] = {&acc, &x, &count};
-  check(cudaLaunchKernel(reinterpret_cast<const void*>(accumulate_), dim3(blocks), dim3(kAccumulateThreads), args, 0,
-                         stream),
-        "cudaLaunchKernel (tandem_accumulate_f32)");
 }
 
 void VirtualRankWorld::Shared::release_all_parcels() {
@@ -380,25 +306,15 @@ class Received {
   Parcel p_;
 };
 
-// Scratch from the staging pool, freed on `stream` when it goes.
-class Scratch {
- public:
-  Scratch(Shared& w, std::size_t bytes, cudaStream_t stream) : stream_(stream) {
-    if (bytes) p_ = w.alloc(bytes, stream);
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() {
-    if (p_) cudaFreeAsync(p_, stream_);
-  }
-  void* get() const { return p_; }
+// `bytes` (> 0) at `src` as they are at this point of `stream`, copied into `scratch` from the
+// staging pool: for an input the call overwrites before its last read.
+const void* snapshot(Shared& w, StreamScratch& scratch, const void* src, std::size_t bytes, cudaStream_t stream) {
+  check(scratch.allocate(bytes, w.pool()), "cudaMallocFromPoolAsync (own block)");
+  copy_d2d(scratch.get(), src, bytes, stream);
+  return scratch.get();
+}
 
- private:
-  cudaStream_t stream_;
-  void* p_ = nullptr;
-};
-
-class VirtualRankComm final : public DeviceCommunicator {
+class VirtualRankComm final : public CheckedDeviceCommunicator {
  public:
   VirtualRankComm(Shared& w, int rank) : w_(w), host_(w.host.comm(rank)), rank_(rank) {}
 
@@ -429,12 +345,8 @@ class VirtualRankComm final : public DeviceCommunicator {
   // after failing the world.
   template <class Body>
   void guarded(const char* op, std::string_view label, Body&& body);
-  // Fails the world and throws (as the host world does for its own errors).
   [[noreturn]] void fail(comm::CommErrorKind kind, const char* op, std::string_view label, std::vector<int> peers,
-                         const std::string& detail);
-  void check_peer(const char* op, std::string_view label, int peer, int tag);
-  void check_buffer(const char* op, std::string_view label, const void* data, std::size_t bytes, const char* what);
-  std::size_t check_group(const char* op, std::string_view label, std::span<const int> group);
+                         const std::string& detail) override;
   void set_device() { check(cudaSetDevice(w_.device), "cudaSetDevice"); }
 
   // The host exchange of a device collective: out[i] goes to member i; returns what each member
@@ -477,29 +389,6 @@ void VirtualRankComm::fail(comm::CommErrorKind kind, const char* op, std::string
   const comm::CommError e(kind, rank_, op, std::string(label), std::move(peers), rank_, detail);
   host_.abort(e.what());
   throw e;
-}
-
-void VirtualRankComm::check_peer(const char* op, std::string_view label, int peer, int tag) {
-  if (peer < 0 || peer >= size()) {
-    fail(comm::CommErrorKind::invalid_argument, op, label, {},
-         "peer " + std::to_string(peer) + " is not a rank of this world of " + std::to_string(size()));
-  }
-  if (tag < 0) fail(comm::CommErrorKind::invalid_argument, op, label, {peer}, "tag " + std::to_string(tag) + " is negative");
-}
-
-void VirtualRankComm::check_buffer(const char* op, std::string_view label, const void* data, std::size_t bytes,
-                                   const char* what) {
-  if (!data && bytes) {
-    fail(comm::CommErrorKind::invalid_argument, op, label, {},
-         std::string(what) + " is null but has " + std::to_string(bytes) + " bytes");
-  }
-}
-
-std::size_t VirtualRankComm::check_group(const char* op, std::string_view label, std::span<const int> group) {
-  // Checked here, before any parcel is posted (the host checks again in the exchange).
-  const GroupCheck g = tandem::cuda::check_group(group, rank_, size());
-  if (!g.problem.empty()) fail(comm::CommErrorKind::invalid_argument, op, label, {}, g.problem);
-  return g.self;
 }
 
 std::vector<Handoff> VirtualRankComm::exchange(std::span<const int> group, const std::vector<Handoff>& out,
@@ -554,8 +443,7 @@ void VirtualRankComm::check_handoffs(const char* op, std::string_view label, std
 void VirtualRankComm::send(int peer, int tag, const void* data, std::size_t bytes, std::string_view label,
                            cudaStream_t stream) {
   guarded("send", label, [&] {
-    check_peer("send", label, peer, tag);
-    check_buffer("send", label, data, bytes, "the send buffer");
+    check_p2p("send", label, peer, tag, data, bytes, "the send buffer");
     set_device();
     Handoff h = handoff(Op::send);
     h.bytes = bytes;
@@ -572,8 +460,7 @@ void VirtualRankComm::send(int peer, int tag, const void* data, std::size_t byte
 void VirtualRankComm::recv(int peer, int tag, void* data, std::size_t bytes, std::string_view label,
                            cudaStream_t stream) {
   guarded("recv", label, [&] {
-    check_peer("recv", label, peer, tag);
-    check_buffer("recv", label, data, bytes, "the receive buffer");
+    check_p2p("recv", label, peer, tag, data, bytes, "the receive buffer");
     set_device();
     Handoff h;
     host_.recv(peer, tag, &h, sizeof h, label);
@@ -584,9 +471,7 @@ void VirtualRankComm::recv(int peer, int tag, void* data, std::size_t bytes, std
     }
     if (h.bytes != bytes) {
       discard(h.parcel, stream);
-      fail(comm::CommErrorKind::mismatch, "recv", label, {peer},
-           "expected " + std::to_string(bytes) + " bytes with tag " + std::to_string(tag) + " but rank " +
-               std::to_string(peer) + " sent " + std::to_string(h.bytes));
+      fail(comm::CommErrorKind::mismatch, "recv", label, {peer}, recv_size_problem(bytes, tag, peer, h.bytes));
     }
     Received r(w_, h.parcel, stream);
     copy_d2d(data, r.data(), r.bytes(), stream);
@@ -598,20 +483,8 @@ void VirtualRankComm::all_to_all_v(std::span<const int> group, std::span<const c
                                    cudaStream_t stream) {
   const char* op = "all_to_all_v";
   guarded(op, label, [&] {
-    const std::size_t self = check_group(op, label, group);
+    const std::size_t self = check_all_to_all(op, label, group, send, recv);
     const std::size_t n = group.size();
-    if (send.size() != n || recv.size() != n) {
-      fail(comm::CommErrorKind::invalid_argument, op, label, {},
-           std::to_string(send.size()) + " send and " + std::to_string(recv.size()) + " receive buffers for a group of " +
-               std::to_string(n));
-    }
-    for (const comm::ConstBytes& b : send) check_buffer(op, label, b.data, b.size, "a send buffer");
-    for (const comm::MutableBytes& b : recv) check_buffer(op, label, b.data, b.size, "a receive buffer");
-    if (recv[self].size != send[self].size) {
-      fail(comm::CommErrorKind::invalid_argument, op, label, {},
-           "sends " + std::to_string(send[self].size) + " bytes to itself into a receive buffer of " +
-               std::to_string(recv[self].size));
-    }
     set_device();
     std::vector<Handoff> out(n, handoff(Op::all_to_all_v));
     for (std::size_t i = 0; i < n; ++i) {
@@ -636,49 +509,40 @@ void VirtualRankComm::reduce_scatter_sum(std::span<const int> group, const float
                                          cudaStream_t stream) {
   const char* op = "reduce_scatter_sum";
   guarded(op, label, [&] {
-    const std::size_t self = check_group(op, label, group);
+    const Blocks b = check_blocks(op, label, group, counts, "counts");
     const std::size_t n = group.size();
-    if (counts.size() != n) {
-      fail(comm::CommErrorKind::invalid_argument, op, label, {},
-           std::to_string(counts.size()) + " counts for a group of " + std::to_string(n));
-    }
-    const std::vector<std::size_t> off = prefix_offsets(counts);
-    const std::size_t mine = counts[self];
-    check_buffer(op, label, in, off[n] * sizeof(float), "the input");
-    check_buffer(op, label, out, mine * sizeof(float), "the output");
+    check_buffer(op, label, in, b.offset.back() * sizeof(float), "the input");
+    check_buffer(op, label, out, b.mine * sizeof(float), "the output");
     set_device();
     const std::uint64_t fingerprint = sizes_fingerprint(counts);
     std::vector<Handoff> h(n, handoff(Op::reduce_scatter_sum, fingerprint));
     for (std::size_t i = 0; i < n; ++i) {
-      if (i == self) continue;
+      if (i == b.self) continue;
       h[i].bytes = counts[i] * sizeof(float);
-      h[i].parcel = w_.post(in + off[i], counts[i] * sizeof(float), false, stream);
+      h[i].parcel = w_.post(in + b.offset[i], counts[i] * sizeof(float), false, stream);
     }
     // The own block is read after `out` is first written unless this rank is member 0 and sums in
     // place; keep a copy when `out` overlaps it otherwise.
-    const float* own = in + off[self];
-    const bool keep_own = mine > 0 && ranges_overlap(out, mine * sizeof(float), own, mine * sizeof(float)) &&
-                          !(self == 0 && out == own);
-    Scratch own_copy(w_, keep_own ? mine * sizeof(float) : 0, stream);
-    if (keep_own) {
-      copy_d2d(own_copy.get(), own, mine * sizeof(float), stream);
-      own = static_cast<const float*>(own_copy.get());
-    }
+    const float* own = in + b.offset[b.self];
+    const bool keep_own = b.mine > 0 && ranges_overlap(out, b.mine * sizeof(float), own, b.mine * sizeof(float)) &&
+                          !(b.self == 0 && out == own);
+    StreamScratch own_copy(stream);
+    if (keep_own) own = static_cast<const float*>(snapshot(w_, own_copy, own, b.mine * sizeof(float), stream));
     const std::vector<Handoff> got = exchange(group, h, label);
-    check_handoffs(op, label, group, self, got, Op::reduce_scatter_sum, fingerprint,
-                   [&](std::size_t) { return mine * sizeof(float); }, stream);
+    check_handoffs(op, label, group, b.self, got, Op::reduce_scatter_sum, fingerprint,
+                   [&](std::size_t) { return b.mine * sizeof(float); }, stream);
     std::vector<Received> parts(n);
     for (std::size_t i = 0; i < n; ++i) {
-      if (i != self) parts[i] = Received(w_, got[i].parcel, stream);
+      if (i != b.self) parts[i] = Received(w_, got[i].parcel, stream);
     }
-    if (mine == 0) return;
+    if (b.mine == 0) return;
     // Group order, as the host: out = in_0; out += in_1; out += in_2; ...
     for (std::size_t m = 0; m < n; ++m) {
-      const float* src = m == self ? own : static_cast<const float*>(parts[m].data());
+      const float* src = m == b.self ? own : static_cast<const float*>(parts[m].data());
       if (m == 0) {
-        copy_d2d(out, src, mine * sizeof(float), stream);
+        copy_d2d(out, src, b.mine * sizeof(float), stream);
       } else {
-        w_.launch_accumulate(out, src, mine, stream);
+        add_inplace(out, src, b.mine, stream);  // one __fadd_rn per element
       }
     }
   });
@@ -689,44 +553,34 @@ void VirtualRankComm::all_gather_v(std::span<const int> group, const void* in, v
                                    cudaStream_t stream) {
   const char* op = "all_gather_v";
   guarded(op, label, [&] {
-    const std::size_t self = check_group(op, label, group);
+    const Blocks b = check_blocks(op, label, group, bytes_per_member, "sizes");
     const std::size_t n = group.size();
-    if (bytes_per_member.size() != n) {
-      fail(comm::CommErrorKind::invalid_argument, op, label, {},
-           std::to_string(bytes_per_member.size()) + " sizes for a group of " + std::to_string(n));
-    }
-    const std::vector<std::size_t> off = prefix_offsets(bytes_per_member);
-    const std::size_t mine = bytes_per_member[self];
-    check_buffer(op, label, in, mine, "the input");
-    check_buffer(op, label, out, off[n], "the output");
+    check_buffer(op, label, in, b.mine, "the input");
+    check_buffer(op, label, out, b.offset[n], "the output");
     set_device();
     auto* o = static_cast<std::byte*>(out);
     const std::uint64_t fingerprint = sizes_fingerprint(bytes_per_member);
     std::vector<Handoff> h(n, handoff(Op::all_gather_v, fingerprint));
     for (std::size_t i = 0; i < n; ++i) {
-      if (i == self) continue;
-      h[i].bytes = mine;
-      h[i].parcel = w_.post(in, mine, false, stream);
+      if (i == b.self) continue;
+      h[i].bytes = b.mine;
+      h[i].parcel = w_.post(in, b.mine, false, stream);
     }
     // In place (`in` is the own slot) needs nothing; an `in` overlapping other slots is copied
     // before they are written.
-    const bool in_place = in == o + off[self];
-    const bool keep_own = mine > 0 && !in_place && ranges_overlap(in, mine, out, off[n]);
-    const void* own = in;
-    Scratch own_copy(w_, keep_own ? mine : 0, stream);
-    if (keep_own) {
-      copy_d2d(own_copy.get(), in, mine, stream);
-      own = own_copy.get();
-    }
+    const bool in_place = in == o + b.offset[b.self];
+    const bool keep_own = b.mine > 0 && !in_place && ranges_overlap(in, b.mine, out, b.offset[n]);
+    StreamScratch own_copy(stream);
+    const void* own = keep_own ? snapshot(w_, own_copy, in, b.mine, stream) : in;
     const std::vector<Handoff> got = exchange(group, h, label);
-    check_handoffs(op, label, group, self, got, Op::all_gather_v, fingerprint,
+    check_handoffs(op, label, group, b.self, got, Op::all_gather_v, fingerprint,
                    [&](std::size_t i) { return bytes_per_member[i]; }, stream);
     for (std::size_t i = 0; i < n; ++i) {
-      if (i == self) continue;
+      if (i == b.self) continue;
       Received r(w_, got[i].parcel, stream);
-      copy_d2d(o + off[i], r.data(), r.bytes(), stream);
+      copy_d2d(o + b.offset[i], r.data(), r.bytes(), stream);
     }
-    if (!in_place) copy_d2d(o + off[self], own, mine, stream);
+    if (!in_place) copy_d2d(o + b.offset[b.self], own, b.mine, stream);
   });
 }
 

@@ -21,14 +21,12 @@
 // once the receiver's cudaStreamWaitEvent has captured them (CUDA: later records of an event do not
 // affect an earlier wait). Parcels never received are released by undelivered() or the destructor.
 //
-// Numerics: copies are exact. reduce_scatter_sum adds in GROUP ORDER in FP32: out = in_0's block;
-// then out += in_m's block for m = 1..n-1, one kernel launch each, every addition one IEEE
-// round-to-nearest-even `add.rn.f32` (no FMA contraction, no flush-to-zero). That is exactly the
-// host contract's loop `acc = in_0[k]; for (m = 1; m < n; ++m) acc += in_m[k];`, so results are
-// bit-identical to comm::Communicator::reduce_scatter_sum (in-process or MPI) on the same data,
-// NaN payloads aside. The kernel is hand-written PTX in virtual_ranks.cpp loaded with
-// cudaLibraryLoadData (this file is compiled by the host compiler), i.e. JIT-compiled by the driver
-// once per world.
+// Numerics: copies are exact. reduce_scatter_sum adds in GROUP ORDER in FP32: out = in_0's block
+// (a D2D copy); then add_inplace(out, in_m's block) for m = 1..n-1 (exec/cuda/nn_ops.h, one launch
+// each: one IEEE round-to-nearest-even __fadd_rn per element, no FMA contraction, no
+// flush-to-zero). That is exactly the host contract's loop
+// `acc = in_0[k]; for (m = 1; m < n; ++m) acc += in_m[k];`, so results are bit-identical to
+// comm::Communicator::reduce_scatter_sum (in-process or MPI) on the same data, NaN payloads aside.
 //
 // Errors: host-side failures are the host world's CommErrors, reported under the device operation's
 // name (a device reduce_scatter_sum that times out says "reduce_scatter_sum", not the all_to_all_v
@@ -52,11 +50,9 @@ namespace tandem::cuda {
 class VirtualRankWorld {
  public:
   // ranks >= 1; options as for comm::InProcessWorld (timeout > 0, optional fault). Creates the
-  // staging memory pool on `device` and loads the reduction kernel (throws CudaError if the device
-  // or the driver's PTX JIT is unavailable).
+  // staging memory pool on `device` (throws CudaError if the device is unavailable).
   explicit VirtualRankWorld(int ranks, int device = 0, const comm::CommOptions& options = {});
-  // Waits for the device, releases parcels never received, destroys events, the pool and the
-  // kernel module. Streams the ranks used must still exist or be destroyed after their work ended.
+  // Waits for the device, releases parcels never received, destroys events and the pool. Streams the ranks used must still exist or be destroyed after their work ended.
   ~VirtualRankWorld();
   VirtualRankWorld(const VirtualRankWorld&) = delete;
   VirtualRankWorld& operator=(const VirtualRankWorld&) = delete;

@@ -44,7 +44,6 @@ namespace cu = tandem::cuda;
 using cu::DeviceBuffer;
 using tandem::gputest::expect;
 using tandem::gputest::same_bits;
-using tandem::gputest::to_device;
 using tandem::gputest::to_host;
 
 constexpr int kRanks = 4;
@@ -115,6 +114,18 @@ std::vector<float> grad_data(std::size_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (std::size_t i = 0; i < n; ++i) v[i] = n01(rng) * std::pow(10.0f, static_cast<float>(i % 7) - 3.0f);
   return v;
+}
+
+// `v` on the device, written on `stream`: ordered before the calls that read it there. (cudaMemcpy
+// runs on the default stream, which the non-blocking streams used here do not wait for; a pageable
+// source is staged before cudaMemcpyAsync returns, so `v` may go at once.)
+template <class T>
+DeviceBuffer<T> upload(const std::vector<T>& v, cudaStream_t stream) {
+  DeviceBuffer<T> d(v.size());
+  if (!v.empty()) {
+    cu::check(cudaMemcpyAsync(d.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream), "upload");
+  }
+  return d;
 }
 
 std::vector<std::size_t> offsets_of(const std::vector<std::size_t>& sizes) { return cu::prefix_offsets(sizes); }
@@ -189,7 +200,7 @@ void check_all_to_all(cu::VirtualRankWorld& world) {
       const std::vector<uint8_t> p = pattern(send_sizes[i], static_cast<uint64_t>(r * 100 + group[i]));
       std::copy(p.begin(), p.end(), host_send.begin() + static_cast<std::ptrdiff_t>(so[i]));
     }
-    auto d_send = to_device(host_send);
+    auto d_send = upload(host_send, st.s);
     DeviceBuffer<uint8_t> d_recv(ro[n]);
     std::vector<comm::ConstBytes> sb(n);
     std::vector<comm::MutableBytes> rb(n);
@@ -256,7 +267,7 @@ void check_reduce_scatter(cu::VirtualRankWorld& world) {
       cu::DeviceCommunicator& c = world.comm(r);
       Stream st;
       const std::size_t self = static_cast<std::size_t>(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
-      auto d_in = to_device(inputs[static_cast<std::size_t>(r)]);
+      auto d_in = upload(inputs[static_cast<std::size_t>(r)], st.s);
       DeviceBuffer<float> d_out(cs.counts[self]);
       float* out = cs.in_place ? d_in.get() + off[self] : d_out.get();
       c.reduce_scatter_sum(cs.group, d_in.get(), out, cs.counts, "dp_reduce_scatter", st.s);
@@ -285,22 +296,23 @@ void check_all_gather(cu::VirtualRankWorld& world) {
     cu::DeviceCommunicator& c = world.comm(r);
     Stream st;
     const std::size_t self = static_cast<std::size_t>(r);
-    auto d_in = to_device(pattern(bytes[self], static_cast<uint64_t>(500 + r)));
+    auto d_in = upload(pattern(bytes[self], static_cast<uint64_t>(500 + r)), st.s);
     DeviceBuffer<uint8_t> d_out(off.back());
     c.all_gather_v(group, d_in.get(), d_out.get(), bytes, "dp_all_gather", st.s);
     st.sync();
     log.want(to_host(d_out) == want, "all_gather_v");
     // In place: the own contribution already sits in its slot.
     DeviceBuffer<uint8_t> d_place(off.back());
-    cu::check(cudaMemset(d_place.get(), 0, d_place.bytes()), "cudaMemset");
+    cu::check(cudaMemsetAsync(d_place.get(), 0, d_place.bytes(), st.s), "cudaMemsetAsync");
     if (bytes[self]) {
-      cu::check(cudaMemcpy(d_place.get() + off[self], d_in.get(), bytes[self], cudaMemcpyDeviceToDevice), "copy");
+      cu::check(cudaMemcpyAsync(d_place.get() + off[self], d_in.get(), bytes[self], cudaMemcpyDeviceToDevice, st.s),
+                "copy");
     }
     c.all_gather_v(group, d_place.get() + off[self], d_place.get(), bytes, "dp_all_gather in place", st.s);
     st.sync();
     log.want(to_host(d_place) == want, "all_gather_v in place");
     // Equal contributions.
-    auto d_eq = to_device(pattern(256, static_cast<uint64_t>(900 + r)));
+    auto d_eq = upload(pattern(256, static_cast<uint64_t>(900 + r)), st.s);
     DeviceBuffer<uint8_t> d_all(256 * group.size());
     c.all_gather(group, d_eq.get(), 256, d_all.get(), "all_gather", st.s);
     st.sync();
@@ -319,6 +331,7 @@ void check_sub_groups(cu::VirtualRankWorld& world) {
   // Ranks 1 and 3 work on the group {3,1}; ranks 0 and 2 check the barrier's stream ordering.
   DeviceBuffer<uint8_t> flag(64);
   cu::check(cudaMemset(flag.get(), 0, 64), "cudaMemset");
+  cu::check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");  // the ranks' streams do not wait for it
   const std::vector<int> pair = {3, 1};
   const std::vector<std::size_t> counts = {100, 77};
   std::vector<std::vector<float>> inputs(kRanks);
@@ -330,7 +343,7 @@ void check_sub_groups(cu::VirtualRankWorld& world) {
     if (r == 1 || r == 3) {
       const std::size_t self = r == 3 ? 0 : 1;
       const std::vector<float>& in = inputs[static_cast<std::size_t>(r)];
-      auto d_in = to_device(in);
+      auto d_in = upload(in, st.s);
       DeviceBuffer<float> d_out(counts[self]);
       c.reduce_scatter_sum(pair, d_in.get(), d_out.get(), counts, "dp_rs {3,1}", st.s);
       // The contract's loop, member 0 (rank 3) first.
@@ -342,7 +355,7 @@ void check_sub_groups(cu::VirtualRankWorld& world) {
         want[k] = acc;
       }
       const std::vector<std::size_t> bytes = {5, 9};
-      auto d_mine = to_device(pattern(bytes[self], static_cast<uint64_t>(40 + r)));
+      auto d_mine = upload(pattern(bytes[self], static_cast<uint64_t>(40 + r)), st.s);
       DeviceBuffer<uint8_t> d_all(14);
       c.all_gather_v(pair, d_mine.get(), d_all.get(), bytes, "dp_ag {3,1}", st.s);
       c.barrier(pair, "barrier {3,1}", st.s);
@@ -359,7 +372,7 @@ void check_sub_groups(cu::VirtualRankWorld& world) {
         cu::check(cudaLaunchHostFunc(st.s, sleep_100ms, nullptr), "cudaLaunchHostFunc");
         cu::check(cudaMemsetAsync(flag.get(), 0xAB, 64, st.s), "cudaMemsetAsync");
         c.barrier(evens, "barrier {0,2}", st.s);
-        auto msg = to_device(pattern(333, 11));
+        auto msg = upload(pattern(333, 11), st.s);
         c.send(2, 11, msg.get(), 333, "pp_send 0->2", st.s);
         st.sync();
       } else {
@@ -441,28 +454,35 @@ void check_back_to_back(cu::VirtualRankWorld& world) {
                                " MiB less free than before)");
 }
 
+// A recv on rank 0 from `peer` that nobody sends, in a world with a short timeout: it must throw
+// a CommError of kind timeout naming rank 0, `label` and the peer, within 5 s.
+void expect_recv_timeout(cu::DeviceCommunicator& c, int peer, const std::string& what, cudaStream_t stream) {
+  const std::string label = "pp_recv never sent";
+  DeviceBuffer<float> buf(4);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool threw = false;
+  try {
+    c.recv(peer, 99, buf.get(), buf.bytes(), label, stream);
+  } catch (const comm::CommError& e) {
+    threw = true;
+    const std::string text = e.what();
+    std::printf("%s: %s\n", what.c_str(), e.what());
+    expect(e.kind() == comm::CommErrorKind::timeout, what + ": kind " + std::string(comm::to_string(e.kind())));
+    expect(e.rank() == 0 && e.label() == label, what + ": rank and label: " + text);
+    expect(text.find("rank 0") != std::string::npos && text.find(label) != std::string::npos &&
+               text.find("rank " + std::to_string(peer)) != std::string::npos,
+           what + ": message names rank, label and peer: " + text);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  expect(threw, what + ": the recv returned");
+  expect(s < 5.0, what + ": took " + std::to_string(s) + " s");
+}
+
 void check_failures(int device) {
   Stream st;
   {  // A recv nobody sends: a timeout naming rank, label and peer, then the world is failed.
     cu::VirtualRankWorld w(2, device, with_timeout(200ms));
-    DeviceBuffer<float> buf(4);
-    const auto t0 = std::chrono::steady_clock::now();
-    bool threw = false;
-    try {
-      w.comm(0).recv(1, 9, buf.get(), 16, "pp_recv never sent", st.s);
-    } catch (const comm::CommError& e) {
-      threw = true;
-      const std::string what = e.what();
-      std::printf("timeout: %s\n", e.what());
-      expect(e.kind() == comm::CommErrorKind::timeout, "timeout: kind " + std::string(comm::to_string(e.kind())));
-      expect(e.rank() == 0 && e.label() == "pp_recv never sent", "timeout: rank and label: " + what);
-      expect(what.find("rank 0") != std::string::npos && what.find("pp_recv never sent") != std::string::npos &&
-                 what.find("rank 1") != std::string::npos,
-             "timeout: message names rank, label and peer: " + what);
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    expect(threw, "timeout: the recv returned");
-    expect(s < 5.0, "timeout: took " + std::to_string(s) + " s");
+    expect_recv_timeout(w.comm(0), 1, "timeout", st.s);
     try {
       const std::vector<int> both = {0, 1};
       w.comm(1).barrier(both, "after the timeout", st.s);
@@ -534,8 +554,8 @@ void check_nccl_comm() {
       const int partner = (r % 2 == 0) ? (r + 1 < n ? r + 1 : r) : r - 1;
       const std::vector<uint8_t> a = pattern(1000 + 3 * r, static_cast<uint64_t>(r * 10 + 3));
       const std::vector<uint8_t> b = pattern(77, static_cast<uint64_t>(r * 10 + 4));
-      auto da = to_device(a);
-      auto db = to_device(b);
+      auto da = upload(a, st.s);
+      auto db = upload(b, st.s);
       DeviceBuffer<uint8_t> ra(1000 + 3 * partner), rb(77);
       if (partner == r) {
         c.send(r, 3, da.get(), a.size(), "self tag 3", st.s);
@@ -568,7 +588,7 @@ void check_nccl_comm() {
         const std::vector<uint8_t> p = pattern(ss[static_cast<std::size_t>(d)], static_cast<uint64_t>(r * 100 + d));
         std::copy(p.begin(), p.end(), hs.begin() + static_cast<std::ptrdiff_t>(so[static_cast<std::size_t>(d)]));
       }
-      auto ds = to_device(hs);
+      auto ds = upload(hs, st.s);
       DeviceBuffer<uint8_t> dr(ro.back());
       std::vector<comm::ConstBytes> sb(static_cast<std::size_t>(n));
       std::vector<comm::MutableBytes> rbuf(static_cast<std::size_t>(n));
@@ -597,7 +617,7 @@ void check_nccl_comm() {
         std::vector<std::vector<float>> ins;
         for (int m = 0; m < n; ++m) ins.push_back(grad_data(off.back(), static_cast<uint32_t>(pass * 1000 + group[static_cast<std::size_t>(m)])));
         const std::vector<float>& mine = ins[self];
-        auto d_in = to_device(mine);
+        auto d_in = upload(mine, st.s);
         DeviceBuffer<float> d_out(counts[self]);
         c.reduce_scatter_sum(group, d_in.get(), d_out.get(), counts, pass == 0 ? "rs equal" : "rs padded", st.s);
         st.sync();
@@ -627,13 +647,15 @@ void check_nccl_comm() {
       std::vector<std::size_t> gb(static_cast<std::size_t>(n));
       for (int i = 0; i < n; ++i) gb[static_cast<std::size_t>(i)] = 10 + 3 * static_cast<std::size_t>(i);
       const std::vector<std::size_t> goff = offsets_of(gb);
-      auto d_mine = to_device(pattern(gb[static_cast<std::size_t>(r)], static_cast<uint64_t>(700 + r)));
+      auto d_mine = upload(pattern(gb[static_cast<std::size_t>(r)], static_cast<uint64_t>(700 + r)), st.s);
       DeviceBuffer<uint8_t> d_all(goff.back());
       c.all_gather_v(all, d_mine.get(), d_all.get(), gb, "ag unequal", st.s);
       const std::size_t eq = 512;
       DeviceBuffer<uint8_t> d_eq(eq * static_cast<std::size_t>(n));
       const std::vector<uint8_t> own = pattern(eq, static_cast<uint64_t>(800 + r));
-      cu::check(cudaMemcpy(d_eq.get() + eq * static_cast<std::size_t>(r), own.data(), eq, cudaMemcpyHostToDevice), "upload");
+      cu::check(cudaMemcpyAsync(d_eq.get() + eq * static_cast<std::size_t>(r), own.data(), eq, cudaMemcpyHostToDevice,
+                                st.s),
+                "upload");
       c.all_gather(all, d_eq.get() + eq * static_cast<std::size_t>(r), eq, d_eq.get(), "ag equal in place", st.s);
       c.barrier(all, "barrier", st.s);
       st.sync();
@@ -651,7 +673,7 @@ void check_nccl_comm() {
       const std::vector<int> me = {r};
       const std::vector<std::size_t> one = {300};
       const std::vector<float> x = grad_data(300, static_cast<uint32_t>(900 + r));
-      auto d_x = to_device(x);
+      auto d_x = upload(x, st.s);
       DeviceBuffer<float> d_y(300);
       c.reduce_scatter_sum(me, d_x.get(), d_y.get(), one, "rs singleton", st.s);
       c.barrier(me, "barrier singleton", st.s);
@@ -663,17 +685,7 @@ void check_nccl_comm() {
     cu::NcclLocalWorld w({0}, with_timeout(200ms));
     cu::check(cudaSetDevice(0), "cudaSetDevice");
     Stream st;
-    DeviceBuffer<float> buf(4);
-    bool threw = false;
-    try {
-      w.comm(0).recv(0, 99, buf.get(), 16, "pp_recv never sent", st.s);
-    } catch (const comm::CommError& e) {
-      threw = true;
-      const std::string what = e.what();
-      expect(e.kind() == comm::CommErrorKind::timeout && e.rank() == 0 && e.label() == "pp_recv never sent",
-             "nccl timeout: " + what);
-    }
-    expect(threw, "nccl timeout: the recv returned");
+    expect_recv_timeout(w.comm(0), 0, "nccl timeout", st.s);
   }
 }
 #endif
