@@ -257,14 +257,16 @@ void check_gemm(bool sm_target_only) {
     gwt.op = {gwt.data.get(), gwt.scales.get(), k, n, cu::ScaleMode::blk128x128};
     std::vector<float> cpu_d(static_cast<std::size_t>(m) * k);
     fp8::gemm_vec128_blk128(dyq, wtq, cpu_d.data(), true);
-    run_and_compare(lt, gdy, gwt, gemm_abt64(fp8::dequantize(dyq), fp8::dequantize(wtq), m, k, n).v, cpu_d, "dgrad " + shape);
+    run_and_compare(lt, gdy, gwt, gemm_abt64(fp8::dequantize(dyq), fp8::dequantize(wtq), m, k, n).v, cpu_d,
+                    "dgrad " + shape);
 
     // wgrad: dW[N, K] = dyᵀ · x, both quantised columnwise (1x128 along the M tokens).
     const fp8::RowwiseFp8 dyc = fp8::quantize_columnwise(dy.data(), m, n), xc = fp8::quantize_columnwise(x.data(), m, k);
     const DevOp gdyc = upload(dyc), gxc = upload(xc);
     std::vector<float> cpu_w(static_cast<std::size_t>(n) * k);
     fp8::gemm_vec128_vec128(dyc, xc, cpu_w.data(), true);
-    run_and_compare(lt, gdyc, gxc, gemm_abt64(fp8::dequantize(dyc), fp8::dequantize(xc), n, k, m).v, cpu_w, "wgrad " + shape);
+    run_and_compare(lt, gdyc, gxc, gemm_abt64(fp8::dequantize(dyc), fp8::dequantize(xc), n, k, m).v, cpu_w,
+                    "wgrad " + shape);
   }
 
   // Grouped (per-expert loop) = the single GEMMs, bit for bit.
@@ -310,7 +312,8 @@ void check_gemm(bool sm_target_only) {
     std::vector<float> cpu(static_cast<std::size_t>(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
     const int before = tandem::gputest::failure_count();
-    run_and_compare(lt, upload(xq), upload(wq), gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v, cpu, "INFO partial K=320");
+    run_and_compare(lt, upload(xq), upload(wq), gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v, cpu,
+                    "INFO partial K=320");
     tandem::gputest::set_failure_count(before);  // informational only
   } catch (const std::exception& e) {
     std::printf("INFO partial K=320 not supported: %s\n", e.what());
