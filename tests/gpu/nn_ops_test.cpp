@@ -39,7 +39,9 @@
 #include "exec/nn/loss.h"
 #include "models/model_card.h"
 #include "tests/exec/tensor_test_util.h"
+#include "tests/exec/moe/moe_test_util.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/test_paths.h"
 
 namespace {
 
@@ -47,6 +49,7 @@ using namespace tandem;
 namespace cu = tandem::cuda;
 
 using exec_test::random_mat;
+using moe::test::router_config;
 using gputest::expect;
 using gputest::flat;
 using gputest::same_bits;
@@ -374,28 +377,12 @@ void check_bf16() {
 
 // ================================================================ router
 
-moe::RouterConfig router_config(int E, int G, int M, int K, double rsf, bool norm) {
-  moe::RouterConfig c;
-  c.n_routed = E;
-  c.n_group = G;
-  c.topk_group = M;
-  c.top_k = K;
-  c.routed_scaling_factor = rsf;
-  c.norm_topk_prob = norm;
-  c.validate();
-  return c;
-}
-
-// The model cards hold these configs; cross-checked when the cards can be found from this
-// source file's path (the build tree's test binary runs next to its sources).
+// The model cards hold these configs: cross-checked against the repository's cards.
 void check_card(const moe::RouterConfig& c, const char* card) {
-  std::string path = __FILE__;
-  const std::string self = "tests/gpu/nn_ops_test.cpp";
-  if (path.size() < self.size() || path.compare(path.size() - self.size(), self.size(), self) != 0) return;
-  path = path.substr(0, path.size() - self.size()) + "models/" + card;
+  const std::string path = tandem::test::repo(std::string("models/") + card);
   const Result<ModelCard> r = load_model_card(path);
   if (!r.ok()) {
-    std::printf("note: %s not readable; the config is the one written in this test\n", path.c_str());
+    expect(false, "cannot read " + path);
     return;
   }
   const moe::RouterConfig f = moe::RouterConfig::from_card(r.value());

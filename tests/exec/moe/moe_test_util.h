@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "exec/moe/dispatch_plan.h"
+#include "exec/moe/router.h"
 #include "exec/nn/tensor.h"
 #include "../tensor_test_util.h"
 
@@ -16,6 +17,19 @@ using exec_test::dot;
 using exec_test::finite_diff;
 using exec_test::random_mat;
 using exec_test::rel_err;
+
+// A validated router config: E experts in G groups, M groups and K experts a token.
+inline RouterConfig router_config(int E, int G, int M, int K, double rsf = 2.5, bool norm = true) {
+  RouterConfig c;
+  c.n_routed = E;
+  c.n_group = G;
+  c.topk_group = M;
+  c.top_k = K;
+  c.routed_scaling_factor = rsf;
+  c.norm_topk_prob = norm;
+  c.validate();
+  return c;
+}
 
 // The all-to-all-v: send[s][d] (member s's buffer for d) → recv[d][s].
 inline std::vector<std::vector<Buffer>> all_to_all(std::vector<std::vector<Buffer>> send) {

@@ -14,20 +14,9 @@ using tandem::moe::test::dot;
 using tandem::moe::test::finite_diff;
 using tandem::moe::test::random_mat;
 using tandem::moe::test::rel_err;
+using tandem::moe::test::router_config;
 
 namespace {
-
-RouterConfig config(int E, int G, int M, int K, double rsf = 2.5, bool norm = true) {
-  RouterConfig c;
-  c.n_routed = E;
-  c.n_group = G;
-  c.topk_group = M;
-  c.top_k = K;
-  c.routed_scaling_factor = rsf;
-  c.norm_topk_prob = norm;
-  c.validate();
-  return c;
-}
 
 // "a ranks before b": higher value, then lower index.
 template <class T>
@@ -90,12 +79,12 @@ TEMPLATE_TEST_CASE("moe router: selection equals the brute-force reference, ties
                    float, double) {
   using T = TestType;
   const std::vector<RouterConfig> configs = {
-      config(16, 4, 2, 4),   // tiny-moe
-      config(32, 8, 4, 8),   // DeepSeek-V3's shape, scaled down (4 experts a group)
-      config(8, 8, 3, 3),    // one expert a group
-      config(12, 3, 3, 5),   // no group limit (topk_group = n_group)
-      config(16, 1, 1, 6),   // a single group
-      config(24, 6, 2, 8),   // top_k = all experts of the kept groups
+      router_config(16, 4, 2, 4),   // tiny-moe
+      router_config(32, 8, 4, 8),   // DeepSeek-V3's shape, scaled down (4 experts a group)
+      router_config(8, 8, 3, 3),    // one expert a group
+      router_config(12, 3, 3, 5),   // no group limit (topk_group = n_group)
+      router_config(16, 1, 1, 6),   // a single group
+      router_config(24, 6, 2, 8),   // top_k = all experts of the kept groups
   };
   int cfg_i = 0;
   for (const RouterConfig& c : configs) {
@@ -122,7 +111,7 @@ TEMPLATE_TEST_CASE("moe router: selection equals the brute-force reference, ties
 
 TEST_CASE("moe router: at most topk_group groups (nodes) and exactly top_k distinct experts", "[moe][router]") {
   // DeepSeek-V3's routing: 256 experts, 8 groups, 4 groups kept, top-8; EP64 over 8 nodes of 8.
-  const RouterConfig c = config(256, 8, 4, 8);
+  const RouterConfig c = router_config(256, 8, 4, 8);
   const EpLayout ep(256, 64);
   REQUIRE(groups_are_nodes(c, ep, 8));
   REQUIRE_FALSE(groups_are_nodes(c, EpLayout(256, 32), 8));
@@ -155,7 +144,7 @@ TEST_CASE("moe router: gate weights are the normalised unbiased scores times rou
   const Mat<float> Wg = random_mat<float>(16, 32, 12, 0.3);
   Vec<float> bias = random_mat<float>(16, 1, 13, 0.5);  // a large bias changes selection, not gates
   for (bool norm : {true, false}) {
-    const RouterConfig c = config(16, 4, 2, 4, 2.5, norm);
+    const RouterConfig c = router_config(16, 4, 2, 4, 2.5, norm);
     const RouterState<float> st = router_forward<float>(c, Wg, bias, x);
     for (int t = 0; t < st.routing.tokens; ++t) {
       float sum = 0, ssum = 0;
@@ -175,7 +164,7 @@ TEST_CASE("moe router: gate weights are the normalised unbiased scores times rou
 TEST_CASE("moe router: backward matches central finite differences (double, selection fixed)",
           "[moe][router]") {
   for (bool norm : {true, false}) {
-    const RouterConfig c = config(8, 4, 2, 3, 2.5, norm);
+    const RouterConfig c = router_config(8, 4, 2, 3, 2.5, norm);
     Mat<double> x = random_mat(6, 10, 21);
     Mat<double> Wg = random_mat(8, 10, 22, 0.5);
     const Vec<double> bias = random_mat(8, 1, 23, 0.1);
@@ -202,10 +191,10 @@ TEST_CASE("moe router: backward matches central finite differences (double, sele
 }
 
 TEST_CASE("moe router: invalid configs are rejected", "[moe][router]") {
-  RouterConfig c = config(16, 4, 2, 4);
+  RouterConfig c = router_config(16, 4, 2, 4);
   c.top_k = 9;  // more than 2 groups of 4 hold
   REQUIRE_THROWS_AS(c.validate(), std::invalid_argument);
-  c = config(16, 4, 2, 4);
+  c = router_config(16, 4, 2, 4);
   c.n_group = 3;
   REQUIRE_THROWS_AS(c.validate(), std::invalid_argument);
   REQUIRE_THROWS_AS(EpLayout(16, 3), std::invalid_argument);
