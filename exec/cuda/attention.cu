@@ -456,11 +456,13 @@ void copy_cols(float* dst, int ld_dst, const float* src, int ld_src, int width, 
 
 }  // namespace
 
-MlaDevice::MlaDevice(const MlaDeviceConfig& c, Blas& blas, std::size_t core_budget_bytes)
-    : c_(c), blas_(blas), core_budget_(core_budget_bytes) {
+MlaDevice::MlaDevice(const MlaDeviceConfig& c, Blas& blas, DeviceLinear& linear, std::size_t core_budget_bytes)
+    : c_(c), blas_(blas), lin_(linear), core_budget_(core_budget_bytes) {
   require(c.hidden > 0 && c.heads > 0 && c.kv_lora_rank > 0 && c.qk_rope > 0 && c.qk_rope % 2 == 0 &&
               c.qk_rope <= kRopeSmem && c.v_head > 0 && c.qk_nope >= 0 && c.q_lora_rank >= 0,
           "MlaDevice: bad config");
+  // one stream orders the core's GEMMs, the kernels and the projections' GEMMs and scratch reuse
+  require(linear.stream() == blas.stream(), "MlaDevice: linear and blas must share one stream");
 }
 
 AttentionShape MlaDevice::core_shape(int rows, int seq_len) const {
@@ -502,20 +504,57 @@ const float* MlaDevice::rope_table(int seq_len) {
   return rope_dev_.get();
 }
 
-// ---- the projections: the only weight GEMMs (swap their bodies for BF16 / FP8, see attention.h)
+// ---- the projections: the only weight GEMMs, in the DeviceLinear's numerics
 
-void MlaDevice::project(MlaProj /*which*/, const float* x, const float* W, int m, int n, int k, float* y) {
-  blas_.gemm(false, true, m, n, k, 1.0f, x, k, W, k, 0.0f, y, n);
+void MlaDevice::prepare_weights(const MlaDeviceWeights& w) {
+  clear_prepared_weights();
+  if (lin_.numerics() != LinearNumerics::fp8) return;
+  check_tensors(c_, w, "weights");
+  const int H = c_.heads, qk = c_.qk_head(), dkv = c_.qk_nope + c_.v_head;
+  const int kva = c_.kv_lora_rank + c_.qk_rope;
+  auto prepare = [&](MlaProj which, const float* W, int n, int k) {
+    Prepared& p = prepared_[static_cast<int>(which)];
+    // grow-only buffers, written on stream(): ordered after queued reads of the previous codes
+    lin_.quantize_weight(ConstDeviceMat(W, n, k), p.q);
+    p.src = W;
+  };
+  if (c_.q_lora_rank > 0) {
+    prepare(MlaProj::q_a, w.q_a_proj, c_.q_lora_rank, c_.hidden);
+    prepare(MlaProj::q_b, w.q_b_proj, H * qk, c_.q_lora_rank);
+  } else {
+    prepare(MlaProj::q, w.q_proj, H * qk, c_.hidden);
+  }
+  prepare(MlaProj::kv_a, w.kv_a_proj_with_mqa, kva, c_.hidden);
+  prepare(MlaProj::kv_b, w.kv_b_proj, H * dkv, c_.kv_lora_rank);
+  prepare(MlaProj::o, w.o_proj, c_.hidden, H * c_.v_head);
 }
 
-void MlaDevice::project_dgrad(MlaProj /*which*/, const float* dy, const float* W, int m, int n, int k, float* dx,
+void MlaDevice::clear_prepared_weights() {
+  for (Prepared& p : prepared_) p.src = nullptr;
+}
+
+const Fp8Weight* MlaDevice::prepared_weight(MlaProj which) const {
+  const Prepared& p = prepared_[static_cast<int>(which)];
+  return p.src != nullptr ? &p.q : nullptr;
+}
+
+LinearWeight MlaDevice::weight(MlaProj which, const float* W, int n, int k) const {
+  const Prepared& p = prepared_[static_cast<int>(which)];
+  const bool cached = lin_.numerics() == LinearNumerics::fp8 && p.src != nullptr && p.src == W;
+  return LinearWeight(ConstDeviceMat(W, n, k), cached ? &p.q : nullptr);
+}
+
+void MlaDevice::project(MlaProj which, const float* x, const float* W, int m, int n, int k, float* y) {
+  lin_.forward(ConstDeviceMat(x, m, k), weight(which, W, n, k), DeviceMat(y, m, n));
+}
+
+void MlaDevice::project_dgrad(MlaProj which, const float* dy, const float* W, int m, int n, int k, float* dx,
                               bool accumulate) {
-  blas_.gemm(false, false, m, k, n, 1.0f, dy, n, W, k, accumulate ? 1.0f : 0.0f, dx, k);
+  lin_.backward_input(ConstDeviceMat(dy, m, n), weight(which, W, n, k), DeviceMat(dx, m, k), accumulate);
 }
 
 void MlaDevice::project_wgrad(MlaProj /*which*/, const float* dy, const float* x, int m, int n, int k, float* dW) {
-  if (m == 0) return;
-  blas_.gemm(true, false, n, k, m, 1.0f, dy, n, x, k, 1.0f, dW, k);
+  lin_.backward_weight(ConstDeviceMat(dy, m, n), ConstDeviceMat(x, m, k), DeviceMat(dW, n, k));
 }
 
 // nn's project_up: norms, up-projections, RoPE (q in place; k_pe out of kv_a into p.k_pe).

@@ -12,16 +12,25 @@
 // [q_nope | q_pe]; kv [M, heads·(qk_nope+v_head)] per head [k_nope | v]; attn [M, heads·v_head];
 // lse [M, heads]. Weights in PyTorch layout [out, in], the shapes of nn::MlaWeights.
 //
-// Numerics (FP32 throughout; compare with nn's Numerics::exact by a tolerance, not bitwise):
-//   * projections: cuBLAS FP32 GEMMs (Blas, pedantic: no TF32). cuBLAS sums in its own order.
-//   * RMSNorm: kernels.h (tree-reduced sum of squares). The norm weight gradient is accumulated
-//     here (rmsnorm_weight_accumulate): dw[j] is read, then Σ_i dy·(x·r_i) is added to it one row
-//     at a time in increasing i, the CPU's order, with r_i the forward's (saved) inverse RMS.
+// Numerics: as exec/nn's mla_* with the run's Numerics (the DeviceLinear's LinearNumerics):
+//   * the seven projections (q_a, q_b | q, kv_a_proj_with_mqa, kv_b, o) run through DeviceLinear
+//     in its numerics, all seven of them (exec/nn keeps none out of BF16 / FP8): exact = cuBLAS
+//     FP32 (pedantic, no TF32; cuBLAS sums in its own order), bf16 / fp8 = exec/cuda/linear.h
+//     (forward and input-gradient outputs rounded to BF16 where the CPU rounds them, weight
+//     gradients added to the FP32 accumulators unrounded). The input gradient at x is summed as
+//     the CPU does: dx = dgrad(q_a | q) first, then dx += dgrad(kv_a) (each rounded, added in FP32).
+//   * RMSNorm: kernels.h (tree-reduced sum of squares), FP32 in every numerics. The norm weight
+//     gradient is accumulated here (rmsnorm_weight_accumulate): dw[j] is read, then Σ_i dy·(x·r_i)
+//     is added to it one row at a time in increasing i, the CPU's order, with r_i the forward's
+//     (saved) inverse RMS.
 //   * RoPE: cos/sin computed on the host exactly as exec/nn does (double, rounded to float) and
 //     uploaded once per seq_len; the rotation is written with __fmul_rn/__fadd_rn/__fsub_rn, so
 //     the kernel is bit-identical to nn::rope_apply on the same input.
-//   * attention core: scores and P·V by batched cuBLAS GEMMs, softmax / softmax-backward kernels
-//     using expf/logf (not glibc's), so the core is tolerance-equal to the CPU's loop.
+//   * attention core (FP32 in every numerics, as exec/nn: DeepSeek-V3 keeps it out of FP8): scores
+//     and P·V by batched cuBLAS FP32 GEMMs on the Blas, softmax / softmax-backward kernels using
+//     expf/logf (not glibc's), so the core is tolerance-equal to the CPU's loop.
+// Compare with exec/nn by a tolerance, not bitwise (tests/gpu/attention_test.cpp: exact 1e-4,
+// bf16 2e-3, fp8 1e-2 rel-L2).
 // Deterministic: no atomics; every reduction has a fixed order (warp butterflies, sequential loops,
 // cuBLAS without atomics on one stream); the sum of dk_pe over heads runs in increasing head order.
 // Two runs with the same inputs, shapes and core budget are bit-identical.
@@ -34,9 +43,18 @@
 //
 // Projections: every GEMM with a weight goes through MlaDevice::project (y = x·Wᵀ),
 // project_dgrad (dx = dy·W, optionally added) and project_wgrad (dW += dyᵀ·x), each told which
-// weight it is (MlaProj). To run them in BF16 or FP8 (exec/cuda/linear.h, DeepSeek-V3's recipe),
-// replace the bodies of those three functions in attention.cu (e.g. dispatch on a Numerics member,
-// with per-MlaProj cached quantised weights); nothing else in this file issues a weight GEMM.
+// weight it is (MlaProj), and they call the DeviceLinear; nothing else issues a weight GEMM.
+//
+// FP8 weights: DeviceLinear quantises W (128x128 blocks, plus its transpose for the input
+// gradient) on every call unless it is given a quantised copy. A layer's weights are used by
+// every micro-batch of a step, so prepare_weights(w) quantises the six projection matrices of w
+// once into per-MlaProj Fp8Weights held by this object. THE CALLER CALLS IT AFTER EACH OPTIMIZER
+// STEP (and before the step's first forward): the cache is not refreshed by itself, and a cached
+// copy is used whenever a call's weight pointer is the one it was prepared from, so a stale cache
+// would silently run the previous step's weights. Calls with other weight pointers (e.g. another
+// layer sharing this MlaDevice) quantise per call, correctly. Results with prepared weights are
+// bit-identical to per-call quantisation (same kernels on the same input). exact / bf16 have
+// nothing to prepare (prepare_weights only clears the cache).
 //
 // Workspace: the attention core works on `chunk` (sequence, head) pairs at a time, gathered to a
 // [chunk, seq_len, ·] layout so one strided-batched GEMM covers them. Per pair it needs, in floats,
@@ -57,6 +75,7 @@
 
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/linear.h"
 
 namespace tandem::cuda {
 
@@ -128,8 +147,9 @@ struct MlaDeviceInputGrad {
   DeviceBuffer<float> d_kv;           // [M, heads·(qk_nope + v_head)]
 };
 
-// Which weight a projection multiplies (for a later per-weight BF16/FP8 routing).
+// Which weight a projection multiplies (indexes the prepared FP8 weights).
 enum class MlaProj { q_a, q_b, q, kv_a, kv_b, o };
+inline constexpr int kMlaProjCount = 6;
 
 // ---- The pieces (launchers on device pointers, asynchronous on `stream`) ----
 
@@ -182,21 +202,36 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
 
 // ---- The layer ----
 
-// One MLA layer's passes on one stream (the Blas's). Holds the config, the cached RoPE table and
-// the scratch / core workspace (grown on demand, kept between calls). Not thread-safe.
+// One MLA layer's passes on one stream (the Blas's, which must be the DeviceLinear's). Holds the
+// config, the cached RoPE table, the prepared FP8 weights and the scratch / core workspace (grown on
+// demand, kept between calls). Not thread-safe.
 class MlaDevice {
  public:
   static constexpr std::size_t kDefaultCoreBudget = std::size_t{2} << 30;
 
-  // Throws std::invalid_argument on a bad config (as nn's check_config).
-  MlaDevice(const MlaDeviceConfig& c, Blas& blas, std::size_t core_budget_bytes = kDefaultCoreBudget);
+  // blas (the attention core's batched GEMMs) and linear (the projections, in its numerics) must
+  // outlive this object and share one stream. Throws std::invalid_argument on a bad config (as
+  // nn's check_config) or when linear.stream() != blas.stream().
+  MlaDevice(const MlaDeviceConfig& c, Blas& blas, DeviceLinear& linear,
+            std::size_t core_budget_bytes = kDefaultCoreBudget);
   MlaDevice(const MlaDevice&) = delete;
   MlaDevice& operator=(const MlaDevice&) = delete;
 
   const MlaDeviceConfig& config() const { return c_; }
   cudaStream_t stream() const { return blas_.stream(); }
+  LinearNumerics numerics() const { return lin_.numerics(); }
   // The attention core's chunk for `rows` tokens of `seq_len` (see Workspace above).
   int core_chunk(int rows, int seq_len, bool backward) const;
+
+  // fp8: quantise the projection weights of w (q_a_proj, q_b_proj | q_proj, kv_a_proj_with_mqa,
+  // kv_b_proj, o_proj) into this object's cache, asynchronously on stream(); later calls whose
+  // weight pointer equals the prepared one use the cached copy. Call it after every optimizer
+  // step (see FP8 weights above). exact / bf16: only clears the cache.
+  void prepare_weights(const MlaDeviceWeights& w);
+  // Forget the prepared weights (every call quantises per call again); frees nothing.
+  void clear_prepared_weights();
+  // The cached quantisation of `which` (nullptr when none is prepared), for checks.
+  const Fp8Weight* prepared_weight(MlaProj which) const;
 
   // nn::mla_forward: out [rows, hidden] (device, overwritten) = MLA(x [rows, hidden]); rows a
   // multiple of seq_len. Fills *saved when non-null (x copied into it).
@@ -222,6 +257,14 @@ class MlaDevice {
     float* k_pe = nullptr;
   };
 
+  // One prepared (cached) FP8 weight: valid for calls with W == src.
+  struct Prepared {
+    const float* src = nullptr;
+    Fp8Weight q;
+  };
+  // W [n, k] as a DeviceLinear argument, with its prepared quantisation when there is one for W.
+  LinearWeight weight(MlaProj which, const float* W, int n, int k) const;
+
   // The only weight GEMMs (see Projections above); all operands contiguous row-major.
   // y[M,N] = x[M,K] · W[N,K]ᵀ
   void project(MlaProj which, const float* x, const float* W, int m, int n, int k, float* y);
@@ -238,7 +281,9 @@ class MlaDevice {
 
   MlaDeviceConfig c_;
   Blas& blas_;
+  DeviceLinear& lin_;
   std::size_t core_budget_;
+  Prepared prepared_[kMlaProjCount];
   int rope_seq_len_ = 0;
   std::vector<float> rope_host_;
   DeviceBuffer<float> rope_dev_;
