@@ -1,1 +1,502 @@
-// placeholder: the device MoE layer (exec/cuda/README.md)
+#include "exec/cuda/moe_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "exec/cuda/kernels.h"
+#include "exec/cuda/nn_ops.h"
+
+namespace tandem::cuda {
+
+namespace {
+
+void require(bool ok, const char* where, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(where) + ": " + what);
+}
+
+std::size_t count_of(int64_t rows, int64_t cols) {
+  return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+}
+
+template <class T>
+void upload(DeviceBuffer<T>& d, const std::vector<T>& h, cudaStream_t stream) {
+  d = DeviceBuffer<T>(h.size());
+  // Pageable H2D: the source is staged before the call returns, so h may die afterwards.
+  if (!h.empty())
+    check(cudaMemcpyAsync(d.get(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice, stream),
+          "DeviceMoeLayer: index upload");
+}
+
+
+std::vector<comm::ConstBytes> blocks_of(const float* base, const std::vector<std::size_t>& offset, int cols) {
+  std::vector<comm::ConstBytes> out(offset.size() - 1);
+  for (std::size_t i = 0; i + 1 < offset.size(); ++i)
+    out[i] = {base ? base + offset[i] * static_cast<std::size_t>(cols) : nullptr,
+              (offset[i + 1] - offset[i]) * static_cast<std::size_t>(cols) * sizeof(float)};
+  return out;
+}
+std::vector<comm::MutableBytes> blocks_of(float* base, const std::vector<std::size_t>& offset, int cols) {
+  std::vector<comm::MutableBytes> out(offset.size() - 1);
+  for (std::size_t i = 0; i + 1 < offset.size(); ++i)
+    out[i] = {base ? base + offset[i] * static_cast<std::size_t>(cols) : nullptr,
+              (offset[i + 1] - offset[i]) * static_cast<std::size_t>(cols) * sizeof(float)};
+  return out;
+}
+
+std::vector<std::size_t> prefix(const std::vector<std::size_t>& sizes) {
+  std::vector<std::size_t> o(sizes.size() + 1, 0);
+  for (std::size_t i = 0; i < sizes.size(); ++i) o[i + 1] = o[i] + sizes[i];
+  return o;
+}
+
+}  // namespace
+
+float moe_wire_decode_e4m3(uint8_t code) {
+  const int sign = code >> 7, exp = (code >> 3) & 0xF, man = code & 0x7;
+  const float mag = exp == 0xF && man == 0x7 ? std::numeric_limits<float>::quiet_NaN()
+                    : exp == 0               ? std::ldexp(static_cast<float>(man), -9)
+                                             : std::ldexp(static_cast<float>(8 + man), exp - 10);
+  return sign ? -mag : mag;
+}
+
+void DeviceMoeConfig::use_deepseek_wires() {
+  dispatch_wire = MoeWire::fp8;
+  combine_wire = MoeWire::bf16;
+  combine_grad_wire = MoeWire::fp8;
+  dispatch_grad_wire = MoeWire::bf16;
+}
+
+void DeviceMoeConfig::validate() const {
+  router.validate();
+  require(ep > 0 && router.n_routed % ep == 0, "DeviceMoeConfig", "ep must divide n_routed");
+  require(hidden > 0, "DeviceMoeConfig", "hidden must be positive");
+  require(moe_inter > 0, "DeviceMoeConfig", "moe_inter must be positive");
+  require(n_shared >= 0, "DeviceMoeConfig", "n_shared must be >= 0");
+  require(align > 0, "DeviceMoeConfig", "align must be positive");
+}
+
+// ---- host plan ----
+
+MoeTokenPlan make_token_plan(int n_routed, int ep, int tokens, int top_k, std::span<const int32_t> expert) {
+  require(n_routed > 0 && ep > 0 && n_routed % ep == 0, "make_token_plan", "ep must divide n_routed");
+  require(tokens >= 0 && top_k > 0, "make_token_plan", "tokens >= 0 and top_k > 0");
+  require(expert.size() == count_of(tokens, top_k), "make_token_plan", "expert must hold tokens * top_k ids");
+  const int per = n_routed / ep;
+  MoeTokenPlan plan;
+  plan.ep = ep;
+  plan.tokens = tokens;
+  plan.top_k = top_k;
+  plan.to.assign(static_cast<std::size_t>(ep), {});
+  for (int t = 0; t < tokens; ++t)
+    for (int k = 0; k < top_k; ++k) {
+      const int32_t e = expert[static_cast<std::size_t>(t) * top_k + k];
+      require(e >= 0 && e < n_routed, "make_token_plan", "expert id out of range");
+      plan.to[static_cast<std::size_t>(e / per)].push_back(MoePlanRow{t, k, e});
+    }
+  return plan;
+}
+
+MoeSegmentPlan make_segment_plan(int n_routed, int ep, int rank, int align,
+                                 const std::vector<std::vector<int32_t>>& ids_from) {
+  require(n_routed > 0 && ep > 0 && n_routed % ep == 0, "make_segment_plan", "ep must divide n_routed");
+  require(rank >= 0 && rank < ep, "make_segment_plan", "rank out of range");
+  require(align > 0, "make_segment_plan", "align must be positive");
+  require(ids_from.size() == static_cast<std::size_t>(ep), "make_segment_plan", "one id list per source");
+  MoeSegmentPlan p;
+  p.ep = ep;
+  p.rank = rank;
+  p.n_local = n_routed / ep;
+  p.first_expert = rank * p.n_local;
+  p.align = align;
+  const auto nl = static_cast<std::size_t>(p.n_local);
+  p.rows.assign(nl, 0);
+  p.from.assign(static_cast<std::size_t>(ep), {});
+  p.src_first.assign(nl, std::vector<int64_t>(static_cast<std::size_t>(ep), 0));
+  p.src_count.assign(nl, std::vector<int64_t>(static_cast<std::size_t>(ep), 0));
+  for (int s = 0; s < ep; ++s) {
+    const auto& ids = ids_from[static_cast<std::size_t>(s)];
+    auto& places = p.from[static_cast<std::size_t>(s)];
+    places.resize(ids.size());
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const int32_t local = ids[i] - p.first_expert;
+      require(local >= 0 && local < p.n_local, "make_segment_plan", "a row for an expert this member does not own");
+      const auto l = static_cast<std::size_t>(local);
+      if (p.src_count[l][static_cast<std::size_t>(s)] == 0) p.src_first[l][static_cast<std::size_t>(s)] = p.rows[l];
+      ++p.src_count[l][static_cast<std::size_t>(s)];
+      places[i] = {local, static_cast<int32_t>(p.rows[l]++)};
+    }
+  }
+  p.padded.assign(nl, 0);
+  p.offset.assign(nl + 1, 0);
+  for (std::size_t e = 0; e < nl; ++e) {
+    p.padded[e] = (p.rows[e] + align - 1) / align * align;
+    p.offset[e + 1] = p.offset[e] + p.padded[e];
+  }
+  return p;
+}
+
+// ---- the layer ----
+
+DeviceMoeLayer::DeviceMoeLayer(const DeviceMoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
+                               std::vector<int> group, cudaStream_t comm_stream)
+    : cfg_(cfg),
+      blas_(blas),
+      lin_(linear),
+      comm_(comm),
+      group_(std::move(group)),
+      comm_stream_(comm_stream),
+      expert_ffn_(linear, cfg.hidden > 0 ? cfg.hidden : 1, cfg.moe_inter > 0 ? cfg.moe_inter : 1),
+      shared_ffn_(linear, cfg.hidden > 0 ? cfg.hidden : 1,
+                  cfg.n_shared > 0 && cfg.moe_inter > 0 ? cfg.n_shared * cfg.moe_inter : 1) {
+  cfg_.validate();
+  require(blas.stream() == linear.stream(), "DeviceMoeLayer", "blas must run on the DeviceLinear's stream");
+  require(static_cast<int>(group_.size()) == cfg_.ep, "DeviceMoeLayer", "group must hold cfg.ep ranks");
+  const auto it = std::find(group_.begin(), group_.end(), comm.rank());
+  require(it != group_.end(), "DeviceMoeLayer", "group must contain this rank");
+  ep_rank_ = static_cast<int>(it - group_.begin());
+  check(cudaEventCreateWithFlags(&to_comm_, cudaEventDisableTiming), "DeviceMoeLayer: cudaEventCreate");
+  check(cudaEventCreateWithFlags(&to_compute_, cudaEventDisableTiming), "DeviceMoeLayer: cudaEventCreate");
+}
+
+DeviceMoeLayer::~DeviceMoeLayer() {
+  if (to_comm_) cudaEventDestroy(to_comm_);
+  if (to_compute_) cudaEventDestroy(to_compute_);
+}
+
+void DeviceMoeLayer::comm_after_compute() {
+  check(cudaEventRecord(to_comm_, stream()), "DeviceMoeLayer: cudaEventRecord");
+  check(cudaStreamWaitEvent(comm_stream_, to_comm_, 0), "DeviceMoeLayer: cudaStreamWaitEvent");
+}
+
+void DeviceMoeLayer::compute_after_comm() {
+  check(cudaEventRecord(to_compute_, comm_stream_), "DeviceMoeLayer: cudaEventRecord");
+  check(cudaStreamWaitEvent(stream(), to_compute_, 0), "DeviceMoeLayer: cudaStreamWaitEvent");
+}
+
+void DeviceMoeLayer::apply_wire(float* rows, std::size_t n, MoeWire wire) {
+  const int H = cfg_.hidden;
+  if (n == 0 || wire == MoeWire::exact) return;
+  if (wire == MoeWire::bf16) {
+    round_to_bf16(rows, count_of(static_cast<int64_t>(n), H), rows, stream());
+    return;
+  }
+  // fp8: exec/fp8 quantize_rowwise (pow2 scales) on the device, bit-identical; then the CPU's
+  // dequantise decode(code) · scale on the host (no device dequantise kernel yet).
+  const int r = static_cast<int>(n), kb = k_blocks(H);
+  uint8_t* codes = wire_codes_.reserve(count_of(r, H), stream());
+  float* scales = wire_scales_.reserve(count_of(kb, r), stream());
+  quantize_rowwise(rows, r, H, codes, scales, /*pow2_scales=*/true, stream());
+  std::vector<uint8_t> hc(count_of(r, H));
+  std::vector<float> hs(count_of(kb, r)), hx(count_of(r, H));
+  check(cudaMemcpyAsync(hc.data(), codes, hc.size(), cudaMemcpyDeviceToHost, stream()), "fp8 wire: codes D2H");
+  check(cudaMemcpyAsync(hs.data(), scales, hs.size() * sizeof(float), cudaMemcpyDeviceToHost, stream()),
+        "fp8 wire: scales D2H");
+  check(cudaStreamSynchronize(stream()), "fp8 wire: synchronise");
+  for (int i = 0; i < r; ++i)
+    for (int c = 0; c < H; ++c) {
+      const std::size_t at = static_cast<std::size_t>(i) * H + c;
+      hx[at] = moe_wire_decode_e4m3(hc[at]) * hs[static_cast<std::size_t>(c / kQuantBlock) * r + i];
+    }
+  check(cudaMemcpyAsync(rows, hx.data(), hx.size() * sizeof(float), cudaMemcpyHostToDevice, stream()),
+        "fp8 wire: values H2D");
+  // hx is pageable and local: make sure the copy has consumed it before it goes.
+  check(cudaStreamSynchronize(stream()), "fp8 wire: synchronise");
+}
+
+// ---- forward ----
+
+void DeviceMoeLayer::route(const DeviceMoeWeights& w, const float* x, int tokens, DeviceMoeTokenState& ts) {
+  require(tokens >= 0, "DeviceMoeLayer::route", "negative tokens");
+  const int E = cfg_.router.n_routed, K = cfg_.router.top_k, H = cfg_.hidden;
+  ts.tokens = tokens;
+  ts.x = x;
+  ts.scores = DeviceBuffer<float>(count_of(tokens, E));
+  ts.expert = DeviceBuffer<int32_t>(count_of(tokens, K));
+  ts.gate = DeviceBuffer<float>(count_of(tokens, K));
+  ts.expert_host.assign(count_of(tokens, K), 0);
+  if (tokens > 0) {
+    router_forward(blas_, x, w.router, tokens, H, w.bias, cfg_.router, ts.scores.get(), ts.expert.get(),
+                   ts.gate.get());
+    check(cudaMemcpyAsync(ts.expert_host.data(), ts.expert.get(), ts.expert_host.size() * sizeof(int32_t),
+                          cudaMemcpyDeviceToHost, stream()),
+          "DeviceMoeLayer::route: routing D2H");
+    check(cudaStreamSynchronize(stream()), "DeviceMoeLayer::route: synchronise");
+  }
+  ts.plan = make_token_plan(E, cfg_.ep, tokens, K, ts.expert_host);
+  ts.rows_to.assign(static_cast<std::size_t>(cfg_.ep), 0);
+  for (int d = 0; d < cfg_.ep; ++d) ts.rows_to[static_cast<std::size_t>(d)] = ts.plan.to[static_cast<std::size_t>(d)].size();
+  ts.row_offset = prefix(ts.rows_to);
+  const std::size_t n = ts.row_offset.back();
+  std::vector<int32_t> send_token(n), send_slot(n), slot_row(count_of(tokens, K), -1);
+  for (int d = 0; d < cfg_.ep; ++d) {
+    const auto& rows = ts.plan.to[static_cast<std::size_t>(d)];
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const std::size_t at = ts.row_offset[static_cast<std::size_t>(d)] + i;
+      const int32_t slot = rows[i].token * K + rows[i].slot;
+      send_token[at] = rows[i].token;
+      send_slot[at] = slot;
+      slot_row[static_cast<std::size_t>(slot)] = static_cast<int32_t>(at);
+    }
+  }
+  upload(ts.send_token, send_token, stream());
+  upload(ts.send_slot, send_slot, stream());
+  upload(ts.slot_row, slot_row, stream());
+  upload(ts.ones, std::vector<float>(count_of(tokens, K), 1.0f), stream());
+}
+
+void DeviceMoeLayer::dispatch_pack(DeviceMoeTokenState& ts) {
+  const int H = cfg_.hidden;
+  const std::size_t n = ts.row_offset.empty() ? 0 : ts.row_offset.back();
+  ts.send = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
+  gather_rows(ts.x, ts.send_token.get(), static_cast<int>(n), H, ts.send.get(), stream());
+  apply_wire(ts.send.get(), n, cfg_.dispatch_wire);
+}
+
+void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es) {
+  const int H = cfg_.hidden, ep = cfg_.ep;
+  require(ts.row_offset.size() == static_cast<std::size_t>(ep) + 1, "DeviceMoeLayer::dispatch", "route first");
+  // The expert ids travel on the host (they are host data on both sides; their sizes are the counts).
+  std::vector<std::vector<int32_t>> ids_to(static_cast<std::size_t>(ep));
+  std::vector<comm::ConstBytes> id_send(static_cast<std::size_t>(ep));
+  for (int d = 0; d < ep; ++d) {
+    auto& ids = ids_to[static_cast<std::size_t>(d)];
+    for (const MoePlanRow& r : ts.plan.to[static_cast<std::size_t>(d)]) ids.push_back(r.expert);
+    id_send[static_cast<std::size_t>(d)] = {ids.empty() ? nullptr : ids.data(), ids.size() * sizeof(int32_t)};
+  }
+  std::vector<std::vector<std::byte>> id_recv;
+  comm_.host().all_to_all_v(group_, id_send, id_recv, "moe dispatch ids");
+  require(id_recv.size() == static_cast<std::size_t>(ep), "DeviceMoeLayer::dispatch", "one id list per member");
+  std::vector<std::vector<int32_t>> ids_from(static_cast<std::size_t>(ep));
+  for (int s = 0; s < ep; ++s) {
+    const auto& b = id_recv[static_cast<std::size_t>(s)];
+    require(b.size() % sizeof(int32_t) == 0, "DeviceMoeLayer::dispatch", "id list of a partial int32");
+    auto& ids = ids_from[static_cast<std::size_t>(s)];
+    ids.resize(b.size() / sizeof(int32_t));
+    if (!b.empty()) std::memcpy(ids.data(), b.data(), b.size());
+  }
+  es.layout = make_segment_plan(cfg_.router.n_routed, ep, ep_rank_, cfg_.align, ids_from);
+  es.rows_from.assign(static_cast<std::size_t>(ep), 0);
+  for (int s = 0; s < ep; ++s) es.rows_from[static_cast<std::size_t>(s)] = ids_from[static_cast<std::size_t>(s)].size();
+  es.row_offset = prefix(es.rows_from);
+  const std::size_t nrecv = es.row_offset.back();
+  const int64_t total = es.layout.total_rows();
+  require(total <= std::numeric_limits<int32_t>::max(), "DeviceMoeLayer::dispatch", "too many segment rows");
+  std::vector<int32_t> seg_src(static_cast<std::size_t>(total), -1), back_row(nrecv);
+  for (int s = 0; s < ep; ++s) {
+    const auto& places = es.layout.from[static_cast<std::size_t>(s)];
+    for (std::size_t i = 0; i < places.size(); ++i) {
+      const int64_t seg_row = es.layout.offset[static_cast<std::size_t>(places[i].expert)] + places[i].row;
+      const std::size_t at = es.row_offset[static_cast<std::size_t>(s)] + i;
+      seg_src[static_cast<std::size_t>(seg_row)] = static_cast<int32_t>(at);
+      back_row[at] = static_cast<int32_t>(seg_row);
+    }
+  }
+  upload(es.seg_src, seg_src, stream());
+  upload(es.back_row, back_row, stream());
+  es.recv = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
+
+  comm_after_compute();
+  const auto send = blocks_of(static_cast<const float*>(ts.send.get()), ts.row_offset, H);
+  const auto recv = blocks_of(es.recv.get(), es.row_offset, H);
+  comm_.all_to_all_v(group_, send, recv, "moe dispatch", comm_stream_);
+  compute_after_comm();
+
+  es.x = DeviceBuffer<float>(count_of(total, H));
+  gather_rows(es.recv.get(), es.seg_src.get(), static_cast<int>(total), H, es.x.get(), stream());
+}
+
+void DeviceMoeLayer::experts_forward(const DeviceMoeWeights& w, DeviceMoeExpertState& es) {
+  const int H = cfg_.hidden, n = es.layout.n_local;
+  require(static_cast<int>(w.experts.size()) == n, "DeviceMoeLayer::experts_forward",
+          "w.experts must hold the member's local experts");
+  es.saved.clear();
+  es.saved.resize(static_cast<std::size_t>(n));
+  es.y = DeviceBuffer<float>(count_of(es.layout.total_rows(), H));
+  for (int e = 0; e < n; ++e) {
+    const auto i = static_cast<std::size_t>(e);
+    const int64_t rows = es.layout.padded[i];
+    if (rows == 0) continue;  // zero-row experts are skipped, as on the CPU
+    const std::size_t off = count_of(es.layout.offset[i], H);
+    expert_ffn_.forward(w.experts[i], es.x.get() + off, static_cast<int>(rows), es.y.get() + off, &es.saved[i]);
+  }
+}
+
+void DeviceMoeLayer::combine_pack(DeviceMoeExpertState& es) {
+  const int H = cfg_.hidden;
+  const std::size_t nrecv = es.row_offset.empty() ? 0 : es.row_offset.back();
+  es.send = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
+  gather_rows(es.y.get(), es.back_row.get(), static_cast<int>(nrecv), H, es.send.get(), stream());
+  apply_wire(es.send.get(), nrecv, cfg_.combine_wire);
+}
+
+void DeviceMoeLayer::shared_forward(const DeviceMoeWeights& w, DeviceMoeTokenState& ts) {
+  if (cfg_.n_shared == 0) return;
+  ts.shared_out = DeviceBuffer<float>(count_of(ts.tokens, cfg_.hidden));
+  shared_ffn_.forward(w.shared, ts.x, ts.tokens, ts.shared_out.get(), &ts.shared_saved);
+}
+
+void DeviceMoeLayer::combine(DeviceMoeExpertState& es, DeviceMoeTokenState& ts, float* out) {
+  const int H = cfg_.hidden, K = cfg_.router.top_k;
+  const std::size_t n = ts.row_offset.back();
+  ts.recv = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
+  comm_after_compute();
+  const auto send = blocks_of(static_cast<const float*>(es.send.get()), es.row_offset, H);
+  const auto recv = blocks_of(ts.recv.get(), ts.row_offset, H);
+  comm_.all_to_all_v(group_, send, recv, "moe combine", comm_stream_);
+  compute_after_comm();
+  const std::size_t tn = count_of(ts.tokens, H);
+  ts.routed = DeviceBuffer<float>(tn);
+  combine_rows(ts.recv.get(), ts.slot_row.get(), ts.gate.get(), ts.tokens, K, H, ts.routed.get(), stream());
+  if (cfg_.n_shared > 0) {
+    require(ts.shared_out.size() == tn, "DeviceMoeLayer::combine", "run shared_forward first");
+    add(ts.routed.get(), ts.shared_out.get(), tn, out, stream());
+  } else if (tn > 0) {
+    check(cudaMemcpyAsync(out, ts.routed.get(), tn * sizeof(float), cudaMemcpyDeviceToDevice, stream()),
+          "DeviceMoeLayer::combine: copy");
+  }
+}
+
+// ---- backward ----
+
+void DeviceMoeLayer::combine_backward(DeviceMoeTokenState& ts, DeviceMoeExpertState& es, const float* dout) {
+  const int H = cfg_.hidden, K = cfg_.router.top_k;
+  const int tokens = ts.tokens;
+  const std::size_t n = ts.row_offset.back();
+  require(ts.recv.size() == count_of(static_cast<int64_t>(n), H), "DeviceMoeLayer::combine_backward",
+          "run combine first");
+  // d_gate(t, k) = <y_{t,k}, dout_t>, from the y the forward combine received (after its wire).
+  ts.y_slots = DeviceBuffer<float>(count_of(static_cast<int64_t>(tokens) * K, H));
+  gather_rows(ts.recv.get(), ts.slot_row.get(), tokens * K, H, ts.y_slots.get(), stream());
+  ts.d_gate = DeviceBuffer<float>(count_of(tokens, K));
+  if (tokens > 0)
+    blas_.gemm_strided_batched(false, true, 1, K, H, 1.0f, dout, H, H, ts.y_slots.get(), H,
+                               static_cast<long long>(K) * H, 0.0f, ts.d_gate.get(), K, K, tokens);
+  // Rows gate(t,k) · dout_t in the dispatch order (combine_rows with k = 1: 0 + g·dout, exact).
+  ts.gate_send = DeviceBuffer<float>(n);
+  gather_rows(ts.gate.get(), ts.send_slot.get(), static_cast<int>(n), 1, ts.gate_send.get(), stream());
+  ts.send_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
+  combine_rows(dout, ts.send_token.get(), ts.gate_send.get(), static_cast<int>(n), 1, H, ts.send_b.get(), stream());
+  apply_wire(ts.send_b.get(), n, cfg_.combine_grad_wire);
+
+  const std::size_t nrecv = es.row_offset.back();
+  es.recv_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
+  comm_after_compute();
+  const auto send = blocks_of(static_cast<const float*>(ts.send_b.get()), ts.row_offset, H);
+  const auto recv = blocks_of(es.recv_b.get(), es.row_offset, H);
+  comm_.all_to_all_v(group_, send, recv, "moe combine_b", comm_stream_);
+  compute_after_comm();
+  const int64_t total = es.layout.total_rows();
+  es.dy = DeviceBuffer<float>(count_of(total, H));
+  gather_rows(es.recv_b.get(), es.seg_src.get(), static_cast<int>(total), H, es.dy.get(), stream());
+}
+
+void DeviceMoeLayer::experts_backward_input(const DeviceMoeWeights& w, DeviceMoeExpertState& es) {
+  const int H = cfg_.hidden, n = es.layout.n_local;
+  require(static_cast<int>(w.experts.size()) == n, "DeviceMoeLayer::experts_backward_input",
+          "w.experts must hold the member's local experts");
+  require(static_cast<int>(es.saved.size()) == n, "DeviceMoeLayer::experts_backward_input", "run experts_forward first");
+  es.in_grad.clear();
+  es.in_grad.resize(static_cast<std::size_t>(n));
+  es.dx = DeviceBuffer<float>(count_of(es.layout.total_rows(), H));
+  for (int e = 0; e < n; ++e) {
+    const auto i = static_cast<std::size_t>(e);
+    if (es.layout.padded[i] == 0) continue;
+    const std::size_t off = count_of(es.layout.offset[i], H);
+    expert_ffn_.backward_input(w.experts[i], es.saved[i], es.dy.get() + off, es.dx.get() + off, es.in_grad[i]);
+  }
+  const std::size_t nrecv = es.row_offset.back();
+  es.send_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
+  gather_rows(es.dx.get(), es.back_row.get(), static_cast<int>(nrecv), H, es.send_b.get(), stream());
+  apply_wire(es.send_b.get(), nrecv, cfg_.dispatch_grad_wire);
+}
+
+void DeviceMoeLayer::shared_backward_input(const DeviceMoeWeights& w, DeviceMoeTokenState& ts, const float* dout) {
+  if (cfg_.n_shared == 0) return;
+  ts.shared_dx = DeviceBuffer<float>(count_of(ts.tokens, cfg_.hidden));
+  shared_ffn_.backward_input(w.shared, ts.shared_saved, dout, ts.shared_dx.get(), ts.shared_grad);
+}
+
+void DeviceMoeLayer::dispatch_backward(DeviceMoeExpertState& es, DeviceMoeTokenState& ts) {
+  const int H = cfg_.hidden, K = cfg_.router.top_k;
+  const std::size_t n = ts.row_offset.back();
+  ts.recv_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
+  comm_after_compute();
+  const auto send = blocks_of(static_cast<const float*>(es.send_b.get()), es.row_offset, H);
+  const auto recv = blocks_of(ts.recv_b.get(), ts.row_offset, H);
+  comm_.all_to_all_v(group_, send, recv, "moe dispatch_b", comm_stream_);
+  compute_after_comm();
+  ts.dx_routed = DeviceBuffer<float>(count_of(ts.tokens, H));
+  combine_rows(ts.recv_b.get(), ts.slot_row.get(), ts.ones.get(), ts.tokens, K, H, ts.dx_routed.get(), stream());
+}
+
+void DeviceMoeLayer::router_backward_input(const DeviceMoeWeights& w, DeviceMoeTokenState& ts, const float* d_scores,
+                                           float* dx) {
+  const int E = cfg_.router.n_routed, H = cfg_.hidden, tokens = ts.tokens;
+  require(ts.d_gate.size() == count_of(tokens, cfg_.router.top_k), "DeviceMoeLayer::router_backward_input",
+          "run combine_backward first");
+  ts.d_logits = DeviceBuffer<float>(count_of(tokens, E));
+  ts.dx_router = DeviceBuffer<float>(count_of(tokens, H));
+  if (tokens == 0) return;
+  router_backward_logits(ts.scores.get(), ts.expert.get(), ts.d_gate.get(), d_scores, tokens, cfg_.router,
+                         ts.d_logits.get(), stream());
+  blas_.gemm(false, false, tokens, H, E, 1.0f, ts.d_logits.get(), E, w.router, H, 0.0f, ts.dx_router.get(), H);
+  const std::size_t tn = count_of(tokens, H);
+  require(ts.dx_routed.size() == tn, "DeviceMoeLayer::router_backward_input", "run dispatch_backward first");
+  require(cfg_.n_shared == 0 || ts.shared_dx.size() == tn, "DeviceMoeLayer::router_backward_input",
+          "run shared_backward_input first");
+  add(ts.dx_routed.get(), ts.dx_router.get(), tn, dx, stream());
+  if (cfg_.n_shared > 0) add(dx, ts.shared_dx.get(), tn, dx, stream());
+}
+
+// ---- weight passes ----
+
+void DeviceMoeLayer::experts_backward_weight(DeviceMoeExpertState& es,
+                                             const std::vector<std::vector<DeviceFfnGrads>>& grads_by_src) {
+  const int H = cfg_.hidden, I = cfg_.moe_inter, n = es.layout.n_local, ep = cfg_.ep;
+  require(static_cast<int>(grads_by_src.size()) == ep, "DeviceMoeLayer::experts_backward_weight",
+          "grads_by_src must hold one entry per source member");
+  for (const auto& g : grads_by_src)
+    require(static_cast<int>(g.size()) == n, "DeviceMoeLayer::experts_backward_weight",
+            "grads_by_src[s] must hold the member's local experts");
+  require(static_cast<int>(es.in_grad.size()) == n, "DeviceMoeLayer::experts_backward_weight",
+          "run experts_backward_input first");
+  // DeviceFfn::backward_weight on the rows of one source: they are contiguous in the segment
+  // (segments are ordered by source), so each source's gradient sees exactly its rows, in order.
+  for (int e = 0; e < n; ++e) {
+    const auto i = static_cast<std::size_t>(e);
+    if (es.layout.padded[i] == 0) continue;
+    const float* dy = es.dy.get() + count_of(es.layout.offset[i], H);
+    for (int s = 0; s < ep; ++s) {
+      const int64_t first = es.layout.src_first[i][static_cast<std::size_t>(s)];
+      const int count = static_cast<int>(es.layout.src_count[i][static_cast<std::size_t>(s)]);
+      if (count == 0) continue;
+      const DeviceFfnGrads& g = grads_by_src[static_cast<std::size_t>(s)][i];
+      lin_.backward_weight(ConstDeviceMat(dy + count_of(first, H), count, H),
+                           ConstDeviceMat(es.in_grad[i].swiglu_out.get() + count_of(first, I), count, I),
+                           DeviceMat(g.down, H, I));
+      const DeviceMat parts[2] = {DeviceMat(g.gate, I, H), DeviceMat(g.up, I, H)};
+      lin_.backward_weight_split(ConstDeviceMat(es.in_grad[i].d_gate_up.get() + count_of(first, 2 * I), count, 2 * I),
+                                 ConstDeviceMat(es.saved[i].x + count_of(first, H), count, H), parts, 2);
+    }
+  }
+}
+
+void DeviceMoeLayer::shared_backward_weight(DeviceMoeTokenState& ts, const float* dout, const DeviceFfnGrads& grads) {
+  if (cfg_.n_shared == 0) return;
+  shared_ffn_.backward_weight(ts.shared_saved, ts.shared_grad, dout, grads);
+}
+
+void DeviceMoeLayer::router_backward_weight(DeviceMoeTokenState& ts, float* d_router) {
+  const int E = cfg_.router.n_routed, H = cfg_.hidden;
+  if (ts.tokens == 0) return;
+  require(ts.d_logits.size() == count_of(ts.tokens, E), "DeviceMoeLayer::router_backward_weight",
+          "run router_backward_input first");
+  blas_.gemm(true, false, E, H, ts.tokens, 1.0f, ts.d_logits.get(), E, ts.x, H, 1.0f, d_router, H);
+}
+
+}  // namespace tandem::cuda

@@ -1,2 +1,513 @@
-// placeholder
+// GPU check of the device MoE layer (exec/cuda/moe_layer.h), TANDEM_GPU_CHECK(moe_layer), against
+// exec/moe's CPU layer on tiny-moe's MoE shape (models/tiny-moe.yaml: hidden 256, 16 routed experts
+// top-4 in 4 groups (2 kept), rsf 2.5, one shared expert, moe_inter 128), 2 x 64 tokens a rank,
+// a random selection bias (expert 3's at -10: it gets no rows, exercising the skipped empty
+// segment and its zero gradient) and a random balance-loss d_scores:
+//   host parts: the FP8 wire's host decode == exec/fp8 decode_e4m3 for all 256 codes;
+//   (c) the host plan: make_token_plan == moe::make_dispatch_plan and make_segment_plan == the
+//       SegmentLayout moe::unpack_dispatch builds (rows, padded, offset, from; src_first/count
+//       consistent with from), for ep 1/2/4, align 128 and 4, random routings in which some experts
+//       get no rows, 0 / 1 / 37 / 128 tokens a source.
+//   (a) one rank (the DeviceCommunicator of a 1-rank VirtualRankWorld) vs moe_forward_local /
+//       moe_backward_local given the device's routing (`fixed`, so a near-tie of the two routers'
+//       logits cannot pick other experts): output, dx, router / shared / expert weight gradients.
+//   (b) EP 4 on 4 virtual ranks (one thread each, rank r holding tokens [128r, 128r + 128)) vs the
+//       CPU EP-1 run of the 512-token batch (the CPU's EP is bit-identical to EP 1 by design): the
+//       same tensors (router / shared grads summed over ranks, expert grads folded over sources in
+//       order); and vs the device EP-1 run of the same 512 tokens: routing ids must be equal; where
+//       the gates are bit-equal (the router GEMM has M = 128 vs 512, cuBLAS may pick another kernel:
+//       printed), the routed output Σ_k gate·y and dx_routed must be BIT-identical (each expert's
+//       segment has the same rows, order and padded length at any ep, so the same GEMM shapes).
+// Numerics: exact, bf16, fp8 (fp8 with DeepSeek-V3's wires, as exec/runtime uses: dispatch and
+// combine_b FP8, combine and dispatch_b BF16; exact and bf16 with exact wires, and bf16 also with
+// DeepSeek's wires). Tolerances, rel-L2 over each tensor:
+//   exact 1e-5: only the summation order differs (cuBLAS FP32 vs the CPU's fixed order), ~2^-24 ·
+//     sqrt(K) per GEMM through a few GEMMs; the router's d_gate is a cuBLAS dot.
+//   bf16 2e-3, fp8 1e-2: the ffn check's (linear_test.cpp): a reordered FP32 sum can move a value
+//     across a BF16 / FP8 rounding boundary, one BF16 ulp is 2^-8 relative on that element; the
+//     layer chains three such GEMMs per expert plus the wires, so the FFN bounds are used as is.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "exec/cuda/blas.h"
+#include "exec/cuda/cuda_check.h"
+#include "exec/cuda/linear.h"
+#include "exec/cuda/lt_gemm.h"
+#include "exec/cuda/moe_layer.h"
+#include "exec/cuda/virtual_ranks.h"
+#include "exec/fp8/fp8.h"
+#include "exec/moe/dispatch_plan.h"
+#include "exec/moe/moe_layer.h"
+#include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
+
+namespace {
+
+namespace cu = tandem::cuda;
+namespace moe = tandem::moe;
+namespace nn = tandem::nn;
+using tandem::gputest::expect;
+using tandem::gputest::rel_l2;
+using tandem::gputest::same_bits;
+using tandem::gputest::to_device;
+using tandem::gputest::to_host;
+using Mat = nn::Mat<float>;
+
+constexpr int kHidden = 256, kInter = 128, kExperts = 16, kTopK = 4, kTokensPerRank = 128;
+constexpr int kEmptyExpert = 3;
+
+// ---------------------------------------------------------------------------------------- (c)
+
+void check_plans() {
+  std::mt19937_64 rng(42);
+  int cases = 0;
+  for (int ep : {1, 2, 4})
+    for (int align : {128, 4})
+      for (int rep = 0; rep < 3; ++rep) {
+        const moe::EpLayout layout(kExperts, ep);
+        // Experts allowed this case: drop a random third, so some experts (often a whole member's) get nothing.
+        std::vector<int32_t> allowed;
+        for (int e = 0; e < kExperts; ++e)
+          if (rng() % 3 != 0) allowed.push_back(e);
+        if (allowed.empty()) allowed.push_back(5);
+        const int token_choices[4] = {0, 1, 37, 128};
+        std::vector<moe::Routing> routings(static_cast<std::size_t>(ep));
+        std::vector<std::vector<moe::Buffer>> sent(static_cast<std::size_t>(ep));  // sent[s][d]
+        for (int s = 0; s < ep; ++s) {
+          moe::Routing& r = routings[static_cast<std::size_t>(s)];
+          r.tokens = token_choices[(s + rep) % 4];
+          r.top_k = kTopK;
+          for (int i = 0; i < r.tokens * kTopK; ++i) r.expert.push_back(allowed[rng() % allowed.size()]);
+          const moe::DispatchPlan want = moe::make_dispatch_plan(layout, r);
+          const cu::MoeTokenPlan got = cu::make_token_plan(kExperts, ep, r.tokens, kTopK, r.expert);
+          bool same = got.ep == want.ep && got.tokens == want.tokens && got.top_k == want.top_k &&
+                      got.to.size() == want.to.size();
+          for (std::size_t d = 0; same && d < want.to.size(); ++d) {
+            same = got.to[d].size() == want.to[d].size();
+            for (std::size_t i = 0; same && i < want.to[d].size(); ++i)
+              same = got.to[d][i].token == want.to[d][i].token && got.to[d][i].slot == want.to[d][i].slot &&
+                     got.to[d][i].expert == want.to[d][i].expert;
+          }
+          expect(same, "plan: token plan == moe::make_dispatch_plan (ep " + std::to_string(ep) + ", source " +
+                           std::to_string(s) + ")");
+          sent[static_cast<std::size_t>(s)] = moe::pack_dispatch<float>(want, Mat::Zero(r.tokens, 8), moe::Wire::exact);
+        }
+        for (int d = 0; d < ep; ++d) {
+          std::vector<moe::Buffer> recv;
+          std::vector<std::vector<int32_t>> ids_from;
+          for (int s = 0; s < ep; ++s) {
+            recv.push_back(sent[static_cast<std::size_t>(s)][static_cast<std::size_t>(d)]);
+            const moe::DispatchPlan p = moe::make_dispatch_plan(layout, routings[static_cast<std::size_t>(s)]);
+            std::vector<int32_t> ids;
+            for (const auto& row : p.to[static_cast<std::size_t>(d)]) ids.push_back(row.expert);
+            ids_from.push_back(ids);
+          }
+          const moe::SegmentLayout want = moe::unpack_dispatch<float>(layout, d, recv, align).layout;
+          const cu::MoeSegmentPlan got = cu::make_segment_plan(kExperts, ep, d, align, ids_from);
+          bool same = got.ep == want.ep && got.rank == want.rank && got.first_expert == want.first_expert &&
+                      got.n_local == want.n_local && got.rows == want.rows && got.padded == want.padded &&
+                      got.offset == want.offset && got.from.size() == want.from.size();
+          for (std::size_t s = 0; same && s < want.from.size(); ++s) {
+            same = got.from[s].size() == want.from[s].size();
+            for (std::size_t i = 0; same && i < want.from[s].size(); ++i)
+              same = got.from[s][i].expert == want.from[s][i].expert && got.from[s][i].row == want.from[s][i].row;
+          }
+          // src_first / src_count: source s's rows of expert e are exactly [first, first + count).
+          for (int e = 0; same && e < got.n_local; ++e)
+            for (int s = 0; same && s < ep; ++s) {
+              std::vector<int32_t> rows;
+              for (const auto& p : got.from[static_cast<std::size_t>(s)])
+                if (p.expert == e) rows.push_back(p.row);
+              const int64_t first = got.src_first[static_cast<std::size_t>(e)][static_cast<std::size_t>(s)];
+              const int64_t count = got.src_count[static_cast<std::size_t>(e)][static_cast<std::size_t>(s)];
+              same = static_cast<int64_t>(rows.size()) == count;
+              for (std::size_t i = 0; same && i < rows.size(); ++i) same = rows[i] == first + static_cast<int64_t>(i);
+            }
+          bool some_empty = false;
+          for (int64_t n : got.rows) some_empty = some_empty || n == 0;
+          expect(same, "plan: segment plan == moe::unpack_dispatch's layout (ep " + std::to_string(ep) + ", align " +
+                           std::to_string(align) + ", member " + std::to_string(d) +
+                           (some_empty ? ", with empty experts)" : ")"));
+          ++cases;
+        }
+      }
+  std::printf("moe_layer plan: %d segment layouts compared with exec/moe\n", cases);
+}
+
+// The FP8 wire's host decode == exec/fp8's, bit for bit (NaN: NaN with the same sign), all 256 codes.
+void check_decode() {
+  int bad = 0;
+  for (int c = 0; c < 256; ++c) {
+    const float got = cu::moe_wire_decode_e4m3(static_cast<uint8_t>(c));
+    const float want = tandem::fp8::decode_e4m3(static_cast<uint8_t>(c));
+    const bool same = std::isnan(want) ? std::isnan(got) && std::signbit(got) == std::signbit(want)
+                                       : std::memcmp(&got, &want, sizeof got) == 0;
+    bad += same ? 0 : 1;
+  }
+  expect(bad == 0, "fp8 wire decode == exec/fp8 decode_e4m3 (" + std::to_string(bad) + " of 256 codes differ)");
+}
+
+// ---------------------------------------------------------------------------------------- setup
+
+struct Case {
+  std::string name;
+  nn::Numerics numerics;
+  bool deepseek_wires;
+  double tol;
+};
+
+moe::MoeConfig cpu_config(const Case& c, int ep) {
+  moe::MoeConfig m;
+  m.router.n_routed = kExperts;
+  m.router.n_group = 4;
+  m.router.topk_group = 2;
+  m.router.top_k = kTopK;
+  m.router.routed_scaling_factor = 2.5;
+  m.router.norm_topk_prob = true;
+  m.ep = moe::EpLayout(kExperts, ep);
+  m.hidden = kHidden;
+  m.moe_inter = kInter;
+  m.n_shared = 1;
+  m.numerics = c.numerics;
+  if (c.deepseek_wires) m.use_deepseek_wires();
+  return m;
+}
+
+cu::MoeWire dev_wire(moe::Wire w) {
+  switch (w) {
+    case moe::Wire::exact: return cu::MoeWire::exact;
+    case moe::Wire::bf16: return cu::MoeWire::bf16;
+    case moe::Wire::fp8: return cu::MoeWire::fp8;
+  }
+  return cu::MoeWire::exact;
+}
+
+cu::DeviceMoeConfig dev_config(const moe::MoeConfig& m) {
+  cu::DeviceMoeConfig d;
+  d.router = cu::RouterParams::from(m.router);
+  d.ep = m.ep.ep;
+  d.hidden = m.hidden;
+  d.moe_inter = m.moe_inter;
+  d.n_shared = m.n_shared;
+  d.numerics = m.numerics == nn::Numerics::exact  ? cu::LinearNumerics::exact
+               : m.numerics == nn::Numerics::bf16 ? cu::LinearNumerics::bf16
+                                                   : cu::LinearNumerics::fp8;
+  d.align = m.align;
+  d.dispatch_wire = dev_wire(m.dispatch_wire);
+  d.combine_wire = dev_wire(m.combine_wire);
+  d.combine_grad_wire = dev_wire(m.combine_grad_wire);
+  d.dispatch_grad_wire = dev_wire(m.dispatch_grad_wire);
+  return d;
+}
+
+std::vector<float> flat(const Mat& m) { return tandem::gputest::flat(m); }
+std::vector<float> rows_of(const Mat& m, int first, int count) { return flat(Mat(m.middleRows(first, count))); }
+
+// What one device rank produced (host copies).
+struct FfnGrad {
+  std::vector<float> gate, up, down;
+};
+struct RankOut {
+  std::vector<int32_t> expert;
+  std::vector<float> gate, out, routed, dx, dx_routed, d_router;
+  FfnGrad shared;
+  std::vector<std::vector<FfnGrad>> experts_by_src;  // [src][local]
+};
+
+struct DevFfn {
+  cu::DeviceBuffer<float> gate, up, down;
+  explicit DevFfn(const nn::FfnWeights<float>& w)
+      : gate(to_device(flat(w.gate))), up(to_device(flat(w.up))), down(to_device(flat(w.down))) {}
+  cu::DeviceFfnWeights view() const { return {gate.get(), up.get(), down.get(), nullptr}; }
+};
+struct DevGrad {
+  cu::DeviceBuffer<float> gate, up, down;
+  DevGrad(std::size_t gu, std::size_t d) : gate(gu), up(gu), down(d) {
+    cu::check(cudaMemset(gate.get(), 0, gate.bytes()), "memset");
+    cu::check(cudaMemset(up.get(), 0, up.bytes()), "memset");
+    cu::check(cudaMemset(down.get(), 0, down.bytes()), "memset");
+  }
+  cu::DeviceFfnGrads view() const { return {gate.get(), up.get(), down.get()}; }
+  FfnGrad host() const { return {to_host(gate), to_host(up), to_host(down)}; }
+};
+
+// The whole layer on one device rank: forward, backward-input, weight passes, in the runtime's order.
+RankOut run_rank(const moe::MoeConfig& mc, const moe::MoeWeights<float>& all, cu::DeviceCommunicator& comm,
+                 const std::vector<int>& group, const Mat& x, const Mat& dout, const Mat& d_scores) {
+  const cu::DeviceMoeConfig cfg = dev_config(mc);
+  const int ep_rank = static_cast<int>(std::find(group.begin(), group.end(), comm.rank()) - group.begin());
+  const int per = cfg.experts_per_rank(), tokens = static_cast<int>(x.rows());
+  cu::Stream compute, comm_stream;
+  cu::Blas blas(compute.get());
+  cu::LtFp8Gemm lt;
+  cu::DeviceLinear lin(blas, lt, cfg.numerics);
+  cu::DeviceMoeLayer layer(cfg, blas, lin, comm, group, comm_stream.get());
+
+  cu::DeviceBuffer<float> router = to_device(flat(all.router));
+  cu::DeviceBuffer<float> bias = to_device(std::vector<float>(all.bias.data(), all.bias.data() + all.bias.size()));
+  std::vector<DevFfn> experts;
+  for (int e = 0; e < per; ++e) experts.emplace_back(all.experts[static_cast<std::size_t>(ep_rank * per + e)]);
+  DevFfn shared(all.shared);
+  cu::DeviceMoeWeights w;
+  w.router = router.get();
+  w.bias = bias.get();
+  for (const DevFfn& f : experts) w.experts.push_back(f.view());
+  w.shared = shared.view();
+
+  const std::size_t ih = static_cast<std::size_t>(kInter) * kHidden;
+  DevGrad g_shared(ih, ih);
+  std::vector<std::vector<DevGrad>> g_experts(static_cast<std::size_t>(cfg.ep));
+  std::vector<std::vector<cu::DeviceFfnGrads>> g_views(static_cast<std::size_t>(cfg.ep));
+  for (int s = 0; s < cfg.ep; ++s) {
+    g_experts[static_cast<std::size_t>(s)].reserve(static_cast<std::size_t>(per));
+    for (int e = 0; e < per; ++e) {
+      g_experts[static_cast<std::size_t>(s)].emplace_back(ih, ih);
+      g_views[static_cast<std::size_t>(s)].push_back(g_experts[static_cast<std::size_t>(s)].back().view());
+    }
+  }
+  cu::DeviceBuffer<float> d_router(static_cast<std::size_t>(kExperts) * kHidden);
+  cu::check(cudaMemset(d_router.get(), 0, d_router.bytes()), "memset");
+
+  cu::DeviceBuffer<float> dx_in = to_device(flat(x)), ddout = to_device(flat(dout)), dscores = to_device(flat(d_scores));
+  const std::size_t th = static_cast<std::size_t>(tokens) * kHidden;
+  cu::DeviceBuffer<float> out(th), dx(th);
+  tandem::gputest::sync_device("moe_layer: uploads");
+
+  cu::DeviceMoeTokenState ts;
+  cu::DeviceMoeExpertState es;
+  layer.route(w, dx_in.get(), tokens, ts);          // attn_f
+  layer.dispatch_pack(ts);
+  layer.dispatch(ts, es);                            // dispatch_f
+  layer.experts_forward(w, es);                      // mlp_f
+  layer.combine_pack(es);
+  layer.shared_forward(w, ts);
+  layer.combine(es, ts, out.get());                  // combine_f
+  layer.combine_backward(ts, es, ddout.get());       // combine_b
+  layer.experts_backward_input(w, es);               // mlp_b
+  layer.shared_backward_input(w, ts, ddout.get());
+  layer.dispatch_backward(es, ts);                   // dispatch_b
+  layer.router_backward_input(w, ts, dscores.get(), dx.get());  // attn_b
+  layer.experts_backward_weight(es, g_views);        // mlp_w
+  layer.shared_backward_weight(ts, ddout.get(), g_shared.view());
+  layer.router_backward_weight(ts, d_router.get());  // attn_w
+  compute.sync("moe_layer: compute");
+  comm_stream.sync("moe_layer: comm");
+
+  RankOut r;
+  r.expert = ts.expert_host;
+  r.gate = to_host(ts.gate);
+  r.out = to_host(out);
+  r.routed = to_host(ts.routed);
+  r.dx = to_host(dx);
+  r.dx_routed = to_host(ts.dx_routed);
+  r.d_router = to_host(d_router);
+  r.shared = g_shared.host();
+  r.experts_by_src.resize(static_cast<std::size_t>(cfg.ep));
+  for (int s = 0; s < cfg.ep; ++s)
+    for (int e = 0; e < per; ++e)
+      r.experts_by_src[static_cast<std::size_t>(s)].push_back(
+          g_experts[static_cast<std::size_t>(s)][static_cast<std::size_t>(e)].host());
+  return r;
+}
+
+void compare(const std::string& what, const std::vector<float>& got, const std::vector<float>& want, double tol) {
+  const bool shaped = got.size() == want.size();
+  const double e = shaped ? rel_l2(got, want) : 1e30;
+  std::printf("  %-44s rel-L2 %.3g (tol %.0e)\n", what.c_str(), e, tol);
+  expect(shaped && e <= tol, what + ": rel-L2 " + std::to_string(e) + " > " + std::to_string(tol));
+}
+
+void add_into(std::vector<float>& acc, const std::vector<float>& v) {
+  if (acc.empty()) acc.assign(v.size(), 0.0f);
+  for (std::size_t i = 0; i < v.size(); ++i) acc[i] += v[i];
+}
+
+struct CpuRef {
+  Mat out, dx;
+  moe::MoeGrads<float> grads;
+};
+CpuRef cpu_run(const moe::MoeConfig& mc, const moe::MoeWeights<float>& w, const Mat& x, const Mat& dout,
+               const Mat& d_scores, const std::vector<int32_t>& expert) {
+  moe::Routing fixed;
+  fixed.tokens = static_cast<int>(x.rows());
+  fixed.top_k = kTopK;
+  fixed.expert = expert;
+  moe::MoeLocalState<float> st;
+  CpuRef r;
+  r.out = moe::moe_forward_local<float>(mc, w, x, &st, &fixed);
+  r.grads = moe::zero_grads(w);
+  r.dx = moe::moe_backward_local<float>(mc, w, st, dout, r.grads, &d_scores);
+  return r;
+}
+
+moe::MoeWeights<float> weights(const moe::MoeConfig& mc1) {
+  moe::MoeWeights<float> w = moe::init_moe_weights<float>(mc1, 0, 0x5eed);
+  w.bias = tandem::exec_test::random_mat<float>(1, kExperts, 77, 0.01).row(0).transpose();
+  w.bias(kEmptyExpert) = -10.0f;  // scores lie in (0, 1): expert 3 is never chosen, its segment has no rows
+  return w;
+}
+
+void run_case(const Case& c) {
+  std::printf("moe_layer %s\n", c.name.c_str());
+  const moe::MoeConfig mc1 = cpu_config(c, 1);
+  const moe::MoeWeights<float> w = weights(mc1);
+  const int T4 = 4 * kTokensPerRank;
+  const Mat x = tandem::exec_test::random_mat<float>(T4, kHidden, 11, 1.0);
+  const Mat dout = tandem::exec_test::random_mat<float>(T4, kHidden, 12, 1.0);
+  const Mat d_scores = tandem::exec_test::random_mat<float>(T4, kExperts, 13, 0.1);
+
+  // (a) one rank, the first 128 tokens.
+  {
+    cu::VirtualRankWorld world(1);
+    cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
+    const Mat xa = x.topRows(kTokensPerRank), da = dout.topRows(kTokensPerRank), sa = d_scores.topRows(kTokensPerRank);
+    const RankOut g = run_rank(mc1, w, world.comm(0), {0}, xa, da, sa);
+    const CpuRef ref = cpu_run(mc1, w, xa, da, sa, g.expert);
+    compare("ep1 output", g.out, flat(ref.out), c.tol);
+    compare("ep1 dx", g.dx, flat(ref.dx), c.tol);
+    compare("ep1 router grad", g.d_router, flat(ref.grads.router), c.tol);
+    compare("ep1 shared gate/up/down grads", [&] {
+      std::vector<float> v = g.shared.gate;
+      v.insert(v.end(), g.shared.up.begin(), g.shared.up.end());
+      v.insert(v.end(), g.shared.down.begin(), g.shared.down.end());
+      return v;
+    }(), [&] {
+      std::vector<float> v = flat(ref.grads.shared.gate);
+      const auto u = flat(ref.grads.shared.up), d = flat(ref.grads.shared.down);
+      v.insert(v.end(), u.begin(), u.end());
+      v.insert(v.end(), d.begin(), d.end());
+      return v;
+    }(), c.tol);
+    for (int e = 0; e < kExperts; ++e) {
+      const FfnGrad& ge = g.experts_by_src[0][static_cast<std::size_t>(e)];
+      const auto& re = ref.grads.experts[static_cast<std::size_t>(e)];
+      if (e == kEmptyExpert) {  // no rows: its gradient must stay zero
+        expect(re.down.norm() == 0, "cpu: expert 3 got no rows");
+        expect(ge.down == flat(re.down) && ge.gate == flat(re.gate), "ep1 expert " + std::to_string(e) + " grads zero");
+        continue;
+      }
+      compare("ep1 expert " + std::to_string(e) + " grads (gate, up, down)",
+              [&] { std::vector<float> v = ge.gate; v.insert(v.end(), ge.up.begin(), ge.up.end());
+                    v.insert(v.end(), ge.down.begin(), ge.down.end()); return v; }(),
+              [&] { std::vector<float> v = flat(re.gate); const auto u = flat(re.up), d = flat(re.down);
+                    v.insert(v.end(), u.begin(), u.end()); v.insert(v.end(), d.begin(), d.end()); return v; }(),
+              c.tol);
+    }
+  }
+
+  // (b) EP 4 on 4 virtual ranks vs the CPU EP 1 and the device EP 1 of the 512 tokens.
+  const moe::MoeConfig mc4 = cpu_config(c, 4);
+  std::vector<RankOut> ranks(4);
+  {
+    cu::VirtualRankWorld world(4);
+    std::vector<std::string> errors(4);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 4; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
+          const int f = r * kTokensPerRank;
+          ranks[static_cast<std::size_t>(r)] =
+              run_rank(mc4, w, world.comm(r), {0, 1, 2, 3}, x.middleRows(f, kTokensPerRank),
+                       dout.middleRows(f, kTokensPerRank), d_scores.middleRows(f, kTokensPerRank));
+        } catch (const std::exception& e) {
+          errors[static_cast<std::size_t>(r)] = e.what();
+          world.comm(r).abort(std::string("moe_layer check: ") + e.what());
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < 4; ++r)
+      if (!errors[static_cast<std::size_t>(r)].empty()) {
+        expect(false, "ep4 rank " + std::to_string(r) + ": " + errors[static_cast<std::size_t>(r)]);
+        return;
+      }
+  }
+  std::vector<int32_t> expert4;
+  std::vector<float> gate4, out4, routed4, dx4, dxr4, d_router4, shared4;
+  for (const RankOut& r : ranks) {
+    expert4.insert(expert4.end(), r.expert.begin(), r.expert.end());
+    gate4.insert(gate4.end(), r.gate.begin(), r.gate.end());
+    out4.insert(out4.end(), r.out.begin(), r.out.end());
+    routed4.insert(routed4.end(), r.routed.begin(), r.routed.end());
+    dx4.insert(dx4.end(), r.dx.begin(), r.dx.end());
+    dxr4.insert(dxr4.end(), r.dx_routed.begin(), r.dx_routed.end());
+    add_into(d_router4, r.d_router);
+    std::vector<float> s = r.shared.gate;
+    s.insert(s.end(), r.shared.up.begin(), r.shared.up.end());
+    s.insert(s.end(), r.shared.down.begin(), r.shared.down.end());
+    add_into(shared4, s);
+  }
+  const CpuRef ref = cpu_run(mc1, w, x, dout, d_scores, expert4);
+  compare("ep4 output", out4, flat(ref.out), c.tol);
+  compare("ep4 dx", dx4, flat(ref.dx), c.tol);
+  compare("ep4 router grad (sum over ranks)", d_router4, flat(ref.grads.router), c.tol);
+  {
+    std::vector<float> v = flat(ref.grads.shared.gate);
+    const auto u = flat(ref.grads.shared.up), d = flat(ref.grads.shared.down);
+    v.insert(v.end(), u.begin(), u.end());
+    v.insert(v.end(), d.begin(), d.end());
+    compare("ep4 shared grads (sum over ranks)", shared4, v, c.tol);
+  }
+  std::vector<float> eg4, egref;
+  for (int e = 0; e < kExperts; ++e) {
+    const RankOut& owner = ranks[static_cast<std::size_t>(e / 4)];
+    std::vector<float> acc;
+    for (int s = 0; s < 4; ++s) {
+      const FfnGrad& g = owner.experts_by_src[static_cast<std::size_t>(s)][static_cast<std::size_t>(e % 4)];
+      std::vector<float> v = g.gate;
+      v.insert(v.end(), g.up.begin(), g.up.end());
+      v.insert(v.end(), g.down.begin(), g.down.end());
+      add_into(acc, v);
+    }
+    eg4.insert(eg4.end(), acc.begin(), acc.end());
+    const auto& re = ref.grads.experts[static_cast<std::size_t>(e)];
+    for (const Mat* m : {&re.gate, &re.up, &re.down}) {
+      const auto f = flat(*m);
+      egref.insert(egref.end(), f.begin(), f.end());
+    }
+  }
+  compare("ep4 expert grads (sources folded in order)", eg4, egref, c.tol);
+
+  // Device EP 1 of the same 512 tokens.
+  cu::VirtualRankWorld world1(1);
+  cu::check(cudaSetDevice(world1.device()), "cudaSetDevice");
+  const RankOut one = run_rank(mc1, w, world1.comm(0), {0}, x, dout, d_scores);
+  expect(one.expert == expert4, "ep4 routing ids == device ep1's");
+  const bool gates_equal = same_bits(one.gate, gate4);
+  std::printf("  device ep4 vs ep1: routing %s, gates %s\n", one.expert == expert4 ? "equal" : "DIFFER",
+              gates_equal ? "bit-identical" : "differ (router GEMM M = 128 vs 512)");
+  if (one.expert == expert4 && gates_equal) {
+    expect(same_bits(one.routed, routed4), "device ep4 routed output bit-identical to ep1");
+    expect(same_bits(one.dx_routed, dxr4), "device ep4 dx_routed bit-identical to ep1");
+    std::printf("  device ep4 vs ep1: routed output %s, dx_routed %s\n",
+                same_bits(one.routed, routed4) ? "bit-identical" : "DIFFER",
+                same_bits(one.dx_routed, dxr4) ? "bit-identical" : "DIFFER");
+  }
+  compare("device ep4 vs ep1 output", out4, one.out, c.tol);
+  compare("device ep4 vs ep1 dx", dx4, one.dx, c.tol);
+}
+
+}  // namespace
+
+TANDEM_GPU_CHECK(moe_layer) {
+  check_decode();
+  check_plans();
+  const std::vector<Case> cases = {
+      {"exact", nn::Numerics::exact, false, 1e-5},
+      {"bf16", nn::Numerics::bf16, false, 2e-3},
+      {"bf16, DeepSeek wires", nn::Numerics::bf16, true, 2e-3},
+      {"fp8, DeepSeek wires", nn::Numerics::fp8, true, 1e-2},
+  };
+  for (const Case& c : cases) run_case(c);
+}

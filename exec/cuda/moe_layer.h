@@ -1,0 +1,257 @@
+// The MoE MLP of one layer on ONE EP member, on the device: the twin of exec/moe/moe_layer.h, cut
+// into the sub-steps exec/runtime/block_ops.h schedules (read the CPU header first: same order,
+// same layouts, same wire rounding). FP32 row-major device activations, experts' GEMMs in the
+// DeviceLinear's numerics (exact / bf16 / fp8), the router always exact FP32 (cuBLAS, router.h).
+//
+//   attn_f     route(w, x, tokens, ts)              router on device; ids → host (ONE synchronised
+//                                                   D2H copy); host plan; index arrays uploaded
+//              dispatch_pack(ts)                    x rows per destination, wire-rounded
+//   dispatch_f dispatch(ts, es)                     expert ids through host(); payload all_to_all_v;
+//                                                   rows placed into 128-padded expert segments
+//   mlp_f      experts_forward(w, es)               DeviceFfn per non-empty local expert segment
+//              combine_pack(es)                     outputs back in the order each source sent them
+//              shared_forward(w, ts)                shared expert on the member's tokens
+//   combine_f  combine(es, ts, out)                 all_to_all_v; out = Σ_k gate·y (k order) + shared
+//   combine_b  combine_backward(ts, es, dout)       d_gate = <y, dout>; rows gate·dout → experts
+//   mlp_b      experts_backward_input(w, es)        per segment; dx rows packed back
+//              shared_backward_input(w, ts, dout)
+//   dispatch_b dispatch_backward(es, ts)            all_to_all_v; dx_routed = Σ_k (k order)
+//   attn_b     router_backward_input(w, ts, d_scores, dx)   dx = (dx_routed + dx_router) + dx_shared
+//   mlp_w      experts_backward_weight(es, grads_by_src)    per SOURCE member over exactly its rows
+//              shared_backward_weight(ts, dout, grads)
+//   attn_w     router_backward_weight(ts, dWg)
+//
+// Host plan (Eigen-free; tandem_exec_cuda cannot link tandem_moe): make_token_plan is
+// moe::make_dispatch_plan, make_segment_plan is the SegmentLayout unpack_dispatch builds (rows of
+// every source placed per local expert in (source, t, k) order, each segment padded to a multiple
+// of `align`, 0 stays 0). The moe_layer GPU check compares both with exec/moe's.
+//
+// Streams. compute = linear.stream() (= blas.stream(); the Blas must be the DeviceLinear's).
+// `comm_stream` (the caller's, one per rank) carries every all_to_all_v. Before each all_to_all_v
+// the comm stream waits on an event recorded on compute after the pack; after it, compute waits on
+// an event recorded on comm. So every method enqueues on compute only what may run after what came
+// before it on compute, and the caller may chain the methods without synchronising. Host blocking:
+// route() synchronises compute once (the routing ids), dispatch() blocks in the host exchange of
+// expert ids (every member must call it), an FP8 wire synchronises compute (see below); the
+// all_to_all_v calls block as device_comm.h says. Buffers in the states are owned by them and kept
+// until the state is destroyed or reused by the next micro-batch (freeing synchronises the device:
+// cudaFree; destroy a state only after its work is done). Each transfer has its own buffers, so
+// nothing is reallocated while a transfer may still read it. x (route) and dout (combine_backward / weight passes) are the caller's and must stay
+// valid until the weight passes are enqueued and done.
+//
+// Wires (exec/moe/dispatch_plan.h): the VALUES that arrive are the CPU wire's bit for bit —
+// exact: FP32 as is; bf16: round_to_bf16 (nn_ops.h, exec/fp8's RNE); fp8: quantize_rowwise with
+// pow2 scales (kernels.h, bit-identical to exec/fp8) then decode(code) · scale. The TRANSPORT is
+// FP32 rows whatever the wire (4 bytes an element): no device BF16→FP32 or FP8 dequantise kernel
+// exists yet, and the FP8 decode runs on the host (compute synchronised, codes and scales D2H,
+// FP32 H2D). Rows are independent on every wire, so EP and EP 1 round the same rows the same way.
+//
+// Numerics against exec/moe<float> (given the same routing; the CPU is -ffp-contract=off):
+//   bit-identical given equal inputs: the segment placement and every copy, the wire rounding,
+//     combine's Σ_k gate·y (combine_rows: k order, __fadd_rn/__fmul_rn, from +0), g·dout, and
+//     dispatch_b's Σ_k dx (weight 1·dx is exact), the final adds (nn_ops add).
+//   within a tolerance: router logits (cuBLAS FP32), the expert / shared FFNs (DeviceFfn, linear.h),
+//     d_gate (a cuBLAS batched dot, not the CPU's sequential sum), the router GEMMs.
+//   EP vs EP 1 on the device: an expert's segment holds the same rows in the same order with the
+//     same padded length for any ep (when the members' token blocks are the EP-1 batch cut in
+//     order), so each expert's forward / backward-input GEMMs get the same shapes and data: the
+//     routed output and dx_routed are bit-identical to EP 1 provided the routing and gates are (the
+//     router GEMM has M = tokens, which differs, so cuBLAS may pick another kernel). Per-source
+//     expert gradients, the shared expert and the router grads depend on M: not bit-identical.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "exec/cuda/blas.h"
+#include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_comm.h"
+#include "exec/cuda/linear.h"
+#include "exec/cuda/router.h"
+
+namespace tandem::cuda {
+
+// exec/moe's Wire.
+enum class MoeWire { exact, bf16, fp8 };
+
+// exec/moe's MoeConfig, field for field (ep: the EP group's size).
+struct DeviceMoeConfig {
+  RouterParams router;
+  int ep = 1;
+  int hidden = 0;
+  int moe_inter = 0;
+  int n_shared = 0;
+  LinearNumerics numerics = LinearNumerics::exact;
+  int align = 128;
+  MoeWire dispatch_wire = MoeWire::exact;
+  MoeWire combine_wire = MoeWire::exact;
+  MoeWire combine_grad_wire = MoeWire::exact;
+  MoeWire dispatch_grad_wire = MoeWire::exact;
+
+  int experts_per_rank() const { return router.n_routed / ep; }
+  // DeepSeek-V3 (and exec/runtime for fp8 numerics): dispatch & combine_b FP8, combine & dispatch_b BF16.
+  void use_deepseek_wires();
+  // std::invalid_argument naming the field.
+  void validate() const;
+};
+
+// exec/fp8 decode_e4m3 (host; the FP8 wire's dequantise decode(code) · scale runs on the host):
+// sign, 4 exponent bits (bias 7), 3 mantissa bits; S.1111.111 is NaN with the code's sign.
+float moe_wire_decode_e4m3(uint8_t code);
+
+// ---- host plan ----------------------------------------------------------------------------------
+
+struct MoePlanRow {
+  int32_t token = 0, slot = 0, expert = 0;
+};
+// moe::DispatchPlan: to[d] = the (t, k) rows whose expert lives on member d, in (t, k) order.
+struct MoeTokenPlan {
+  int ep = 1, tokens = 0, top_k = 0;
+  std::vector<std::vector<MoePlanRow>> to;
+};
+// expert: [tokens · top_k] global ids in slot order. std::invalid_argument on an id out of range.
+MoeTokenPlan make_token_plan(int n_routed, int ep, int tokens, int top_k, std::span<const int32_t> expert);
+
+// moe::SegmentLayout as unpack_dispatch builds it from the expert ids each source sent.
+struct MoeSegmentPlan {
+  struct Place {
+    int32_t expert = 0;  // local expert
+    int32_t row = 0;     // row within its segment
+  };
+  int ep = 1, rank = 0, first_expert = 0, n_local = 0, align = 128;
+  std::vector<int64_t> rows;    // [n_local]
+  std::vector<int64_t> padded;  // [n_local]
+  std::vector<int64_t> offset;  // [n_local + 1]
+  std::vector<std::vector<Place>> from;  // from[s][i]: the i-th row received from member s
+  // Source s's rows of local expert e: segment rows [src_first[e][s], + src_count[e][s]).
+  std::vector<std::vector<int64_t>> src_first, src_count;
+  int64_t total_rows() const { return offset.empty() ? 0 : offset.back(); }
+};
+// ids_from[s]: the global expert ids member s sent here, in its order. std::invalid_argument on an
+// expert this member does not own, or a bad rank / align.
+MoeSegmentPlan make_segment_plan(int n_routed, int ep, int rank, int align,
+                                 const std::vector<std::vector<int32_t>>& ids_from);
+
+// ---- weights, gradients, states -----------------------------------------------------------------
+
+struct DeviceMoeWeights {
+  const float* router = nullptr;  // [E, hidden]
+  const float* bias = nullptr;    // [E]
+  std::vector<DeviceFfnWeights> experts;  // the member's E/ep local experts
+  DeviceFfnWeights shared;                // n_shared · moe_inter wide (unused when n_shared = 0)
+};
+
+// Token side of one micro-batch.
+struct DeviceMoeTokenState {
+  int tokens = 0;
+  const float* x = nullptr;              // [tokens, hidden], the caller's
+  DeviceBuffer<float> scores;            // [tokens, E]
+  DeviceBuffer<int32_t> expert;          // [tokens · K]
+  DeviceBuffer<float> gate;              // [tokens · K]
+  std::vector<int32_t> expert_host;      // the routing on the host
+  MoeTokenPlan plan;
+  std::vector<std::size_t> rows_to;      // [ep] rows for member d (= rows coming back from d)
+  std::vector<std::size_t> row_offset;   // [ep + 1] prefix sums
+  DeviceBuffer<int32_t> send_token;      // [n] token of the i-th packed row
+  DeviceBuffer<int32_t> send_slot;       // [n] slot t·K + k of the i-th packed row
+  DeviceBuffer<int32_t> slot_row;        // [tokens · K] packed row of slot s
+  DeviceBuffer<float> ones;              // [tokens · K] 1.0f (dispatch_b's plain Σ_k)
+  DeviceBuffer<float> send;              // [n, hidden] dispatch payload
+  DeviceBuffer<float> recv;              // [n, hidden] combine payload (y as received)
+  DeviceBuffer<float> gate_send;         // [n] gate of the i-th packed row (combine_b)
+  DeviceBuffer<float> send_b;            // [n, hidden] combine_b payload
+  DeviceBuffer<float> recv_b;            // [n, hidden] dispatch_b payload
+  DeviceBuffer<float> routed;            // [tokens, hidden] Σ_k gate · y
+  DeviceBuffer<float> shared_out;        // [tokens, hidden]
+  DeviceFfnSaved shared_saved;
+  DeviceFfnInputGrad shared_grad;
+  DeviceBuffer<float> shared_dx;         // [tokens, hidden]
+  DeviceBuffer<float> y_slots;           // [tokens · K, hidden] (combine_backward, for d_gate)
+  DeviceBuffer<float> d_gate;            // [tokens · K]
+  DeviceBuffer<float> d_logits;          // [tokens, E]
+  DeviceBuffer<float> dx_routed;         // [tokens, hidden]
+  DeviceBuffer<float> dx_router;         // [tokens, hidden]
+};
+
+// Expert side of one micro-batch.
+struct DeviceMoeExpertState {
+  MoeSegmentPlan layout;
+  std::vector<std::size_t> rows_from;    // [ep] rows received from member s
+  std::vector<std::size_t> row_offset;   // [ep + 1]
+  DeviceBuffer<int32_t> seg_src;         // [total_rows] received row of a segment row, −1 padding
+  DeviceBuffer<int32_t> back_row;        // [n] segment row of the i-th received row
+  DeviceBuffer<float> recv;              // [n, hidden] dispatch payload
+  DeviceBuffer<float> recv_b;            // [n, hidden] combine_b payload
+  DeviceBuffer<float> x;                 // [total_rows, hidden] padded segments
+  DeviceBuffer<float> y;                 // [total_rows, hidden]
+  DeviceBuffer<float> dy;                // [total_rows, hidden]
+  DeviceBuffer<float> dx;                // [total_rows, hidden]
+  DeviceBuffer<float> send;              // [n, hidden] combine payload
+  DeviceBuffer<float> send_b;            // [n, hidden] dispatch_b payload
+  std::vector<DeviceFfnSaved> saved;     // [n_local]
+  std::vector<DeviceFfnInputGrad> in_grad;  // [n_local]
+};
+
+class DeviceMoeLayer {
+ public:
+  // blas must be linear's (blas.stream() == linear.stream()); group: the EP group's world ranks
+  // (size cfg.ep, containing comm.rank(); member index = EP rank). All must outlive the layer.
+  DeviceMoeLayer(const DeviceMoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
+                 std::vector<int> group, cudaStream_t comm_stream);
+  DeviceMoeLayer(const DeviceMoeLayer&) = delete;
+  DeviceMoeLayer& operator=(const DeviceMoeLayer&) = delete;
+  ~DeviceMoeLayer();
+
+  const DeviceMoeConfig& config() const { return cfg_; }
+  int ep_rank() const { return ep_rank_; }
+  int first_expert() const { return ep_rank_ * cfg_.experts_per_rank(); }
+  cudaStream_t stream() const { return lin_.stream(); }
+
+  // ---- forward ----
+  void route(const DeviceMoeWeights& w, const float* x, int tokens, DeviceMoeTokenState& ts);
+  void dispatch_pack(DeviceMoeTokenState& ts);
+  void dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es);
+  void experts_forward(const DeviceMoeWeights& w, DeviceMoeExpertState& es);
+  void combine_pack(DeviceMoeExpertState& es);
+  void shared_forward(const DeviceMoeWeights& w, DeviceMoeTokenState& ts);
+  // out [tokens, hidden] = routed + shared (n_shared = 0: routed).
+  void combine(DeviceMoeExpertState& es, DeviceMoeTokenState& ts, float* out);
+
+  // ---- backward ----
+  void combine_backward(DeviceMoeTokenState& ts, DeviceMoeExpertState& es, const float* dout);
+  void experts_backward_input(const DeviceMoeWeights& w, DeviceMoeExpertState& es);
+  void shared_backward_input(const DeviceMoeWeights& w, DeviceMoeTokenState& ts, const float* dout);
+  void dispatch_backward(DeviceMoeExpertState& es, DeviceMoeTokenState& ts);
+  // dx [tokens, hidden] = (dx_routed + dx_router) + dx_shared; d_scores [tokens, E] or null.
+  void router_backward_input(const DeviceMoeWeights& w, DeviceMoeTokenState& ts, const float* d_scores, float* dx);
+
+  // ---- weight passes (accumulate) ----
+  // grads_by_src[s][e]: local expert e's accumulators for the rows from source member s.
+  void experts_backward_weight(DeviceMoeExpertState& es, const std::vector<std::vector<DeviceFfnGrads>>& grads_by_src);
+  void shared_backward_weight(DeviceMoeTokenState& ts, const float* dout, const DeviceFfnGrads& grads);
+  void router_backward_weight(DeviceMoeTokenState& ts, float* d_router);
+
+ private:
+  void apply_wire(float* rows, std::size_t n, MoeWire wire);
+  void comm_after_compute();
+  void compute_after_comm();
+
+  DeviceMoeConfig cfg_;
+  Blas& blas_;
+  DeviceLinear& lin_;
+  DeviceCommunicator& comm_;
+  std::vector<int> group_;
+  int ep_rank_ = 0;
+  cudaStream_t comm_stream_;
+  DeviceFfn expert_ffn_;
+  DeviceFfn shared_ffn_;
+  cudaEvent_t to_comm_ = nullptr, to_compute_ = nullptr;
+  DeviceBuffer<uint8_t> wire_codes_;
+  DeviceBuffer<float> wire_scales_;
+};
+
+}  // namespace tandem::cuda
