@@ -1,0 +1,1 @@
+// placeholder: device kernels of the MoE wire formats (exec/cuda/README.md)
