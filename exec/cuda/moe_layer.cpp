@@ -10,6 +10,7 @@
 
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/nn_ops.h"
+#include "exec/cuda/wire_kernels.h"
 
 namespace tandem::cuda {
 
@@ -54,14 +55,35 @@ std::vector<std::size_t> prefix(const std::vector<std::size_t>& sizes) {
   return o;
 }
 
+std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
+
+// Where the peers' blocks lie in a transfer's wire buffer (moe_layer.h, "Wire bytes").
+struct WireBlocks {
+  std::vector<std::size_t> offset;  // [peers + 1]
+  std::vector<std::size_t> bytes;   // [peers], what all_to_all_v moves
+};
+WireBlocks wire_blocks(MoeWire wire, const std::vector<std::size_t>& row_offset, int cols) {
+  const std::size_t peers = row_offset.size() - 1;
+  WireBlocks b;
+  b.offset.assign(peers + 1, 0);
+  b.bytes.assign(peers, 0);
+  for (std::size_t i = 0; i < peers; ++i) {
+    b.bytes[i] = moe_wire_block_bytes(wire, row_offset[i + 1] - row_offset[i], cols);
+    b.offset[i + 1] = b.offset[i] + (wire == MoeWire::fp8 ? align16(b.bytes[i]) : b.bytes[i]);
+  }
+  return b;
+}
+
 }  // namespace
 
-float moe_wire_decode_e4m3(uint8_t code) {
-  const int sign = code >> 7, exp = (code >> 3) & 0xF, man = code & 0x7;
-  const float mag = exp == 0xF && man == 0x7 ? std::numeric_limits<float>::quiet_NaN()
-                    : exp == 0               ? std::ldexp(static_cast<float>(man), -9)
-                                             : std::ldexp(static_cast<float>(8 + man), exp - 10);
-  return sign ? -mag : mag;
+std::size_t moe_wire_block_bytes(MoeWire wire, std::size_t rows, int cols) {
+  const std::size_t n = rows * static_cast<std::size_t>(cols);
+  switch (wire) {
+    case MoeWire::exact: return n * sizeof(float);
+    case MoeWire::bf16: return n * sizeof(uint16_t);
+    case MoeWire::fp8: return align16(n) + static_cast<std::size_t>(k_blocks(cols)) * rows * sizeof(float);
+  }
+  throw std::invalid_argument("moe_wire_block_bytes: unknown wire");
 }
 
 void DeviceMoeConfig::use_deepseek_wires() {
@@ -178,34 +200,78 @@ void DeviceMoeLayer::compute_after_comm() {
   check(cudaStreamWaitEvent(stream(), to_compute_, 0), "DeviceMoeLayer: cudaStreamWaitEvent");
 }
 
-void DeviceMoeLayer::apply_wire(float* rows, std::size_t n, MoeWire wire) {
+void DeviceMoeLayer::encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, MoeWire wire,
+                                 DeviceBuffer<uint8_t>& buf) {
   const int H = cfg_.hidden;
-  if (n == 0 || wire == MoeWire::exact) return;
-  if (wire == MoeWire::bf16) {
-    round_to_bf16(rows, count_of(static_cast<int64_t>(n), H), rows, stream());
+  if (wire == MoeWire::exact) {  // the FP32 rows travel as they are
+    buf = DeviceBuffer<uint8_t>();
     return;
   }
-  // fp8: exec/fp8 quantize_rowwise (pow2 scales) on the device, bit-identical; then the CPU's
-  // dequantise decode(code) · scale on the host (no device dequantise kernel yet).
-  const int r = static_cast<int>(n), kb = k_blocks(H);
-  uint8_t* codes = wire_codes_.reserve(count_of(r, H), stream());
-  float* scales = wire_scales_.reserve(count_of(kb, r), stream());
-  quantize_rowwise(rows, r, H, codes, scales, /*pow2_scales=*/true, stream());
-  std::vector<uint8_t> hc(count_of(r, H));
-  std::vector<float> hs(count_of(kb, r)), hx(count_of(r, H));
-  check(cudaMemcpyAsync(hc.data(), codes, hc.size(), cudaMemcpyDeviceToHost, stream()), "fp8 wire: codes D2H");
-  check(cudaMemcpyAsync(hs.data(), scales, hs.size() * sizeof(float), cudaMemcpyDeviceToHost, stream()),
-        "fp8 wire: scales D2H");
-  check(cudaStreamSynchronize(stream()), "fp8 wire: synchronise");
-  for (int i = 0; i < r; ++i)
-    for (int c = 0; c < H; ++c) {
-      const std::size_t at = static_cast<std::size_t>(i) * H + c;
-      hx[at] = moe_wire_decode_e4m3(hc[at]) * hs[static_cast<std::size_t>(c / kQuantBlock) * r + i];
-    }
-  check(cudaMemcpyAsync(rows, hx.data(), hx.size() * sizeof(float), cudaMemcpyHostToDevice, stream()),
-        "fp8 wire: values H2D");
-  // hx is pageable and local: make sure the copy has consumed it before it goes.
-  check(cudaStreamSynchronize(stream()), "fp8 wire: synchronise");
+  const WireBlocks b = wire_blocks(wire, row_offset, H);
+  buf = DeviceBuffer<uint8_t>(b.offset.back());
+  const std::size_t n = row_offset.back();
+  if (n == 0) return;
+  if (wire == MoeWire::bf16) {  // blocks back to back: one kernel for every peer
+    pack_bf16(rows, static_cast<int>(n), H, reinterpret_cast<uint16_t*>(buf.get()), stream());
+    return;
+  }
+  // fp8: each peer's rows quantised as one [n_d, H] matrix (rows are independent: each row gets
+  // the codes and scales exec/fp8 gives it), codes then scales inside the peer's block.
+  for (std::size_t d = 0; d + 1 < row_offset.size(); ++d) {
+    const std::size_t nd = row_offset[d + 1] - row_offset[d];
+    if (nd == 0) continue;
+    uint8_t* block = buf.get() + b.offset[d];
+    quantize_rowwise(rows + count_of(static_cast<int64_t>(row_offset[d]), H), static_cast<int>(nd), H, block,
+                     reinterpret_cast<float*>(block + align16(count_of(static_cast<int64_t>(nd), H))),
+                     /*pow2_scales=*/true, stream());
+  }
+}
+
+void DeviceMoeLayer::decode_wire(const DeviceBuffer<uint8_t>& buf, const std::vector<std::size_t>& row_offset,
+                                 MoeWire wire, float* rows) {
+  const int H = cfg_.hidden;
+  const std::size_t n = row_offset.back();
+  if (wire == MoeWire::exact || n == 0) return;
+  if (wire == MoeWire::bf16) {
+    unpack_bf16(reinterpret_cast<const uint16_t*>(buf.get()), static_cast<int>(n), H, rows, stream());
+    return;
+  }
+  const WireBlocks b = wire_blocks(wire, row_offset, H);
+  for (std::size_t s = 0; s + 1 < row_offset.size(); ++s) {
+    const std::size_t ns = row_offset[s + 1] - row_offset[s];
+    if (ns == 0) continue;
+    const uint8_t* block = buf.get() + b.offset[s];
+    dequantize_rowwise(block, reinterpret_cast<const float*>(block + align16(count_of(static_cast<int64_t>(ns), H))),
+                       static_cast<int>(ns), H, rows + count_of(static_cast<int64_t>(row_offset[s]), H), stream());
+  }
+}
+
+void DeviceMoeLayer::transfer(const float* send_rows, const DeviceBuffer<uint8_t>& send_wire,
+                              const std::vector<std::size_t>& send_offset, float* recv_rows,
+                              DeviceBuffer<uint8_t>& recv_wire, const std::vector<std::size_t>& recv_offset,
+                              MoeWire wire, const char* label) {
+  const int H = cfg_.hidden;
+  std::vector<comm::ConstBytes> send;
+  std::vector<comm::MutableBytes> recv;
+  if (wire == MoeWire::exact) {
+    recv_wire = DeviceBuffer<uint8_t>();
+    send = blocks_of(send_rows, send_offset, H);
+    recv = blocks_of(recv_rows, recv_offset, H);
+  } else {
+    const WireBlocks sb = wire_blocks(wire, send_offset, H), rb = wire_blocks(wire, recv_offset, H);
+    require(send_wire.size() == sb.offset.back(), "DeviceMoeLayer", std::string(label) + ": send wire not packed");
+    recv_wire = DeviceBuffer<uint8_t>(rb.offset.back());
+    send.resize(sb.bytes.size());
+    recv.resize(rb.bytes.size());
+    for (std::size_t i = 0; i < sb.bytes.size(); ++i)
+      send[i] = {send_wire.get() ? send_wire.get() + sb.offset[i] : nullptr, sb.bytes[i]};
+    for (std::size_t i = 0; i < rb.bytes.size(); ++i)
+      recv[i] = {recv_wire.get() ? recv_wire.get() + rb.offset[i] : nullptr, rb.bytes[i]};
+  }
+  comm_after_compute();
+  comm_.all_to_all_v(group_, send, recv, label, comm_stream_);
+  compute_after_comm();
+  decode_wire(recv_wire, recv_offset, wire, recv_rows);
 }
 
 // ---- forward ----
@@ -254,7 +320,7 @@ void DeviceMoeLayer::dispatch_pack(DeviceMoeTokenState& ts) {
   const std::size_t n = ts.row_offset.empty() ? 0 : ts.row_offset.back();
   ts.send = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
   gather_rows(ts.x, ts.send_token.get(), static_cast<int>(n), H, ts.send.get(), stream());
-  apply_wire(ts.send.get(), n, cfg_.dispatch_wire);
+  encode_wire(ts.send.get(), ts.row_offset, cfg_.dispatch_wire, ts.send_wire);
 }
 
 void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es) {
@@ -300,11 +366,8 @@ void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es)
   upload(es.back_row, back_row, stream());
   es.recv = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
 
-  comm_after_compute();
-  const auto send = blocks_of(static_cast<const float*>(ts.send.get()), ts.row_offset, H);
-  const auto recv = blocks_of(es.recv.get(), es.row_offset, H);
-  comm_.all_to_all_v(group_, send, recv, "moe dispatch", comm_stream_);
-  compute_after_comm();
+  transfer(ts.send.get(), ts.send_wire, ts.row_offset, es.recv.get(), es.recv_wire, es.row_offset, cfg_.dispatch_wire,
+           "moe dispatch");
 
   es.x = DeviceBuffer<float>(count_of(total, H));
   gather_rows(es.recv.get(), es.seg_src.get(), static_cast<int>(total), H, es.x.get(), stream());
@@ -331,7 +394,7 @@ void DeviceMoeLayer::combine_pack(DeviceMoeExpertState& es) {
   const std::size_t nrecv = es.row_offset.empty() ? 0 : es.row_offset.back();
   es.send = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
   gather_rows(es.y.get(), es.back_row.get(), static_cast<int>(nrecv), H, es.send.get(), stream());
-  apply_wire(es.send.get(), nrecv, cfg_.combine_wire);
+  encode_wire(es.send.get(), es.row_offset, cfg_.combine_wire, es.send_wire);
 }
 
 void DeviceMoeLayer::shared_forward(const DeviceMoeWeights& w, DeviceMoeTokenState& ts) {
@@ -344,11 +407,8 @@ void DeviceMoeLayer::combine(DeviceMoeExpertState& es, DeviceMoeTokenState& ts, 
   const int H = cfg_.hidden, K = cfg_.router.top_k;
   const std::size_t n = ts.row_offset.back();
   ts.recv = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
-  comm_after_compute();
-  const auto send = blocks_of(static_cast<const float*>(es.send.get()), es.row_offset, H);
-  const auto recv = blocks_of(ts.recv.get(), ts.row_offset, H);
-  comm_.all_to_all_v(group_, send, recv, "moe combine", comm_stream_);
-  compute_after_comm();
+  transfer(es.send.get(), es.send_wire, es.row_offset, ts.recv.get(), ts.recv_wire, ts.row_offset, cfg_.combine_wire,
+           "moe combine");
   const std::size_t tn = count_of(ts.tokens, H);
   ts.routed = DeviceBuffer<float>(tn);
   combine_rows(ts.recv.get(), ts.slot_row.get(), ts.gate.get(), ts.tokens, K, H, ts.routed.get(), stream());
@@ -381,15 +441,12 @@ void DeviceMoeLayer::combine_backward(DeviceMoeTokenState& ts, DeviceMoeExpertSt
   gather_rows(ts.gate.get(), ts.send_slot.get(), static_cast<int>(n), 1, ts.gate_send.get(), stream());
   ts.send_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
   combine_rows(dout, ts.send_token.get(), ts.gate_send.get(), static_cast<int>(n), 1, H, ts.send_b.get(), stream());
-  apply_wire(ts.send_b.get(), n, cfg_.combine_grad_wire);
+  encode_wire(ts.send_b.get(), ts.row_offset, cfg_.combine_grad_wire, ts.send_b_wire);
 
   const std::size_t nrecv = es.row_offset.back();
   es.recv_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
-  comm_after_compute();
-  const auto send = blocks_of(static_cast<const float*>(ts.send_b.get()), ts.row_offset, H);
-  const auto recv = blocks_of(es.recv_b.get(), es.row_offset, H);
-  comm_.all_to_all_v(group_, send, recv, "moe combine_b", comm_stream_);
-  compute_after_comm();
+  transfer(ts.send_b.get(), ts.send_b_wire, ts.row_offset, es.recv_b.get(), es.recv_b_wire, es.row_offset,
+           cfg_.combine_grad_wire, "moe combine_b");
   const int64_t total = es.layout.total_rows();
   es.dy = DeviceBuffer<float>(count_of(total, H));
   gather_rows(es.recv_b.get(), es.seg_src.get(), static_cast<int>(total), H, es.dy.get(), stream());
@@ -412,7 +469,7 @@ void DeviceMoeLayer::experts_backward_input(const DeviceMoeWeights& w, DeviceMoe
   const std::size_t nrecv = es.row_offset.back();
   es.send_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(nrecv), H));
   gather_rows(es.dx.get(), es.back_row.get(), static_cast<int>(nrecv), H, es.send_b.get(), stream());
-  apply_wire(es.send_b.get(), nrecv, cfg_.dispatch_grad_wire);
+  encode_wire(es.send_b.get(), es.row_offset, cfg_.dispatch_grad_wire, es.send_b_wire);
 }
 
 void DeviceMoeLayer::shared_backward_input(const DeviceMoeWeights& w, DeviceMoeTokenState& ts, const float* dout) {
@@ -425,11 +482,8 @@ void DeviceMoeLayer::dispatch_backward(DeviceMoeExpertState& es, DeviceMoeTokenS
   const int H = cfg_.hidden, K = cfg_.router.top_k;
   const std::size_t n = ts.row_offset.back();
   ts.recv_b = DeviceBuffer<float>(count_of(static_cast<int64_t>(n), H));
-  comm_after_compute();
-  const auto send = blocks_of(static_cast<const float*>(es.send_b.get()), es.row_offset, H);
-  const auto recv = blocks_of(ts.recv_b.get(), ts.row_offset, H);
-  comm_.all_to_all_v(group_, send, recv, "moe dispatch_b", comm_stream_);
-  compute_after_comm();
+  transfer(es.send_b.get(), es.send_b_wire, es.row_offset, ts.recv_b.get(), ts.recv_b_wire, ts.row_offset,
+           cfg_.dispatch_grad_wire, "moe dispatch_b");
   ts.dx_routed = DeviceBuffer<float>(count_of(ts.tokens, H));
   combine_rows(ts.recv_b.get(), ts.slot_row.get(), ts.ones.get(), ts.tokens, K, H, ts.dx_routed.get(), stream());
 }

@@ -32,19 +32,37 @@
 // an event recorded on comm. So every method enqueues on compute only what may run after what came
 // before it on compute, and the caller may chain the methods without synchronising. Host blocking:
 // route() synchronises compute once (the routing ids), dispatch() blocks in the host exchange of
-// expert ids (every member must call it), an FP8 wire synchronises compute (see below); the
-// all_to_all_v calls block as device_comm.h says. Buffers in the states are owned by them and kept
-// until the state is destroyed or reused by the next micro-batch (freeing synchronises the device:
-// cudaFree; destroy a state only after its work is done). Each transfer has its own buffers, so
-// nothing is reallocated while a transfer may still read it. x (route) and dout (combine_backward / weight passes) are the caller's and must stay
-// valid until the weight passes are enqueued and done.
+// expert ids (every member must call it); the all_to_all_v calls block as device_comm.h says;
+// nothing else waits for the device (the wires are packed and unpacked by kernels on compute).
+// Buffers in the states are owned by them and kept until the state is destroyed or reused by the
+// next micro-batch (freeing synchronises the device: cudaFree; destroy a state only after its work
+// is done). Each transfer has its own buffers (FP32 rows and wire bytes), so nothing is
+// reallocated while a transfer may still read it. x (route) and dout (combine_backward / weight
+// passes) are the caller's and must stay valid until the weight passes are enqueued and done.
 //
-// Wires (exec/moe/dispatch_plan.h): the VALUES that arrive are the CPU wire's bit for bit —
-// exact: FP32 as is; bf16: round_to_bf16 (nn_ops.h, exec/fp8's RNE); fp8: quantize_rowwise with
-// pow2 scales (kernels.h, bit-identical to exec/fp8) then decode(code) · scale. The TRANSPORT is
-// FP32 rows whatever the wire (4 bytes an element): no device BF16→FP32 or FP8 dequantise kernel
-// exists yet, and the FP8 decode runs on the host (compute synchronised, codes and scales D2H,
-// FP32 H2D). Rows are independent on every wire, so EP and EP 1 round the same rows the same way.
+// Wires (exec/moe/dispatch_plan.h): each transfer moves its wire's bytes, packed by kernels on
+// compute before the all_to_all_v and unpacked by kernels on compute after it into FP32 rows
+// (ts.recv, es.recv, ...); the VALUES unpacked are the CPU wire's bit for bit —
+//   exact: FP32 as is (the FP32 rows themselves are sent and received; no wire buffer);
+//   bf16:  pack_bf16 / unpack_bf16 (wire_kernels.h: exec/fp8's float_to_bf16 / bf16_to_float);
+//   fp8:   quantize_rowwise with pow2 scales (kernels.h, bit-identical to exec/fp8), then on the
+//          receiver dequantize_rowwise (wire_kernels.h: decode_e4m3(code) · scale as exec/fp8).
+// Rows are independent on every wire (a row's codes and scales depend on that row only), so
+// quantising each peer's rows as one matrix gives each row the CPU's codes, and EP and EP 1 round
+// the same rows the same way.
+//
+// Wire bytes. A transfer's buffer (ts.send_wire, es.recv_wire, ...; uint8) holds one block per
+// peer, in member order; block d carries the n_d rows for / from member d (n_d·H elements, in the
+// order of the FP32 rows they encode), moe_wire_block_bytes(wire, n_d, H) bytes:
+//   bf16   n_d·H BF16 bit patterns (uint16, row-major); blocks back to back (one kernel packs all);
+//   fp8    n_d·H E4M3 codes (row-major), 0..15 unused bytes up to a multiple of 16, then
+//          k_blocks(H)·n_d FP32 scales, VEC128 over the block's rows (scales[kb·n_d + r]); each
+//          block starts at a multiple of 16 bytes (the bytes between blocks are not sent; the
+//          unused bytes inside a block are sent and never read). One quantise / dequantise launch
+//          per non-empty peer.
+// Both sides compute the same block sizes from the row counts (the receiver's rows_from[s] is the
+// sender's rows_to[d]). No header: unlike exec/moe's CPU buffers, the sizes and the wire are known
+// on both sides.
 //
 // Numerics against exec/moe<float> (given the same routing; the CPU is -ffp-contract=off):
 //   bit-identical given equal inputs: the segment placement and every copy, the wire rounding,
@@ -99,9 +117,9 @@ struct DeviceMoeConfig {
   void validate() const;
 };
 
-// exec/fp8 decode_e4m3 (host; the FP8 wire's dequantise decode(code) · scale runs on the host):
-// sign, 4 exponent bits (bias 7), 3 mantissa bits; S.1111.111 is NaN with the code's sign.
-float moe_wire_decode_e4m3(uint8_t code);
+// Bytes of one peer's block of `rows` rows of `cols` elements on `wire` (see "Wire bytes"):
+// exact 4·rows·cols, bf16 2·rows·cols, fp8 roundup(rows·cols, 16) + 4·k_blocks(cols)·rows.
+std::size_t moe_wire_block_bytes(MoeWire wire, std::size_t rows, int cols);
 
 // ---- host plan ----------------------------------------------------------------------------------
 
@@ -160,11 +178,12 @@ struct DeviceMoeTokenState {
   DeviceBuffer<int32_t> send_slot;       // [n] slot t·K + k of the i-th packed row
   DeviceBuffer<int32_t> slot_row;        // [tokens · K] packed row of slot s
   DeviceBuffer<float> ones;              // [tokens · K] 1.0f (dispatch_b's plain Σ_k)
-  DeviceBuffer<float> send;              // [n, hidden] dispatch payload
-  DeviceBuffer<float> recv;              // [n, hidden] combine payload (y as received)
+  DeviceBuffer<float> send;              // [n, hidden] dispatch rows (FP32, before the wire)
+  DeviceBuffer<float> recv;              // [n, hidden] combine rows (y as received, unpacked)
   DeviceBuffer<float> gate_send;         // [n] gate of the i-th packed row (combine_b)
-  DeviceBuffer<float> send_b;            // [n, hidden] combine_b payload
-  DeviceBuffer<float> recv_b;            // [n, hidden] dispatch_b payload
+  DeviceBuffer<float> send_b;            // [n, hidden] combine_b rows (FP32, before the wire)
+  DeviceBuffer<float> recv_b;            // [n, hidden] dispatch_b rows (unpacked)
+  DeviceBuffer<uint8_t> send_wire, recv_wire, send_b_wire, recv_b_wire;  // wire bytes (empty: exact)
   DeviceBuffer<float> routed;            // [tokens, hidden] Σ_k gate · y
   DeviceBuffer<float> shared_out;        // [tokens, hidden]
   DeviceFfnSaved shared_saved;
@@ -184,14 +203,15 @@ struct DeviceMoeExpertState {
   std::vector<std::size_t> row_offset;   // [ep + 1]
   DeviceBuffer<int32_t> seg_src;         // [total_rows] received row of a segment row, −1 padding
   DeviceBuffer<int32_t> back_row;        // [n] segment row of the i-th received row
-  DeviceBuffer<float> recv;              // [n, hidden] dispatch payload
-  DeviceBuffer<float> recv_b;            // [n, hidden] combine_b payload
+  DeviceBuffer<float> recv;              // [n, hidden] dispatch rows (unpacked)
+  DeviceBuffer<float> recv_b;            // [n, hidden] combine_b rows (unpacked)
   DeviceBuffer<float> x;                 // [total_rows, hidden] padded segments
   DeviceBuffer<float> y;                 // [total_rows, hidden]
   DeviceBuffer<float> dy;                // [total_rows, hidden]
   DeviceBuffer<float> dx;                // [total_rows, hidden]
-  DeviceBuffer<float> send;              // [n, hidden] combine payload
-  DeviceBuffer<float> send_b;            // [n, hidden] dispatch_b payload
+  DeviceBuffer<float> send;              // [n, hidden] combine rows (FP32, before the wire)
+  DeviceBuffer<float> send_b;            // [n, hidden] dispatch_b rows (FP32, before the wire)
+  DeviceBuffer<uint8_t> recv_wire, send_wire, recv_b_wire, send_b_wire;  // wire bytes (empty: exact)
   std::vector<DeviceFfnSaved> saved;     // [n_local]
   std::vector<DeviceFfnInputGrad> in_grad;  // [n_local]
 };
@@ -236,7 +256,18 @@ class DeviceMoeLayer {
   void router_backward_weight(DeviceMoeTokenState& ts, float* d_router);
 
  private:
-  void apply_wire(float* rows, std::size_t n, MoeWire wire);
+  // rows [row_offset.back(), hidden] FP32, peer d's from row row_offset[d] → buf (wire bytes; left
+  // empty for exact), on compute.
+  void encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, MoeWire wire,
+                   DeviceBuffer<uint8_t>& buf);
+  // The inverse on compute: buf → FP32 rows (nothing for exact: the rows were received as they are).
+  void decode_wire(const DeviceBuffer<uint8_t>& buf, const std::vector<std::size_t>& row_offset, MoeWire wire,
+                   float* rows);
+  // One all_to_all_v on the comm stream between the compute-side encode and decode (event
+  // handoffs both ways); recv_wire is (re)allocated here.
+  void transfer(const float* send_rows, const DeviceBuffer<uint8_t>& send_wire,
+                const std::vector<std::size_t>& send_offset, float* recv_rows, DeviceBuffer<uint8_t>& recv_wire,
+                const std::vector<std::size_t>& recv_offset, MoeWire wire, const char* label);
   void comm_after_compute();
   void compute_after_comm();
 
@@ -250,8 +281,6 @@ class DeviceMoeLayer {
   DeviceFfn expert_ffn_;
   DeviceFfn shared_ffn_;
   cudaEvent_t to_comm_ = nullptr, to_compute_ = nullptr;
-  DeviceBuffer<uint8_t> wire_codes_;
-  DeviceBuffer<float> wire_scales_;
 };
 
 }  // namespace tandem::cuda

@@ -3,7 +3,14 @@
 // top-4 in 4 groups (2 kept), rsf 2.5, one shared expert, moe_inter 128), 2 x 64 tokens a rank,
 // a random selection bias (expert 3's at -10: it gets no rows, exercising the skipped empty
 // segment and its zero gradient) and a random balance-loss d_scores:
-//   host parts: the FP8 wire's host decode == exec/fp8 decode_e4m3 for all 256 codes;
+//   wire kernels (wire_kernels.h) vs exec/fp8, bit for bit, NaN patterns included: the device
+//       decode of all 256 codes; dequantize_rowwise vs fp8::dequantize on every code x edge scales
+//       (subnormal products, overflow, NaN / Inf scales) and on exec/fp8's quantisation (pow2 and
+//       not) of random, outlier and edge rows (zeros, float subnormals, ±3.4e38, ±464, ±Inf, NaN,
+//       an all-zero row) at 6 shapes incl. 1x1, 5x129, 129x385; the device wire end to end
+//       (quantize_rowwise pow2 + dequantize_rowwise) == exec/fp8's; pack_bf16 vs float_to_bf16 on
+//       NaN payloads, ±Inf, ties to even / odd, overflow, subnormals and 2^20 random patterns;
+//       unpack_bf16 vs bf16_to_float on all 65536 patterns; empty shapes, a negative size.
 //   (c) the host plan: make_token_plan == moe::make_dispatch_plan and make_segment_plan == the
 //       SegmentLayout moe::unpack_dispatch builds (rows, padded, offset, from; src_first/count
 //       consistent with from), for ep 1/2/4, align 128 and 4, random routings in which some experts
@@ -33,9 +40,13 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <iterator>
+#include <limits>
 #include <random>
 #include <string>
+#include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -45,8 +56,12 @@
 #include "exec/cuda/linear.h"
 #include "exec/cuda/lt_gemm.h"
 #include "exec/cuda/moe_layer.h"
+#include "exec/cuda/kernels.h"
 #include "exec/cuda/virtual_ranks.h"
+#include "exec/cuda/wire_kernels.h"
+#include "exec/fp8/bf16.h"
 #include "exec/fp8/fp8.h"
+#include "exec/fp8/quantize.h"
 #include "exec/moe/dispatch_plan.h"
 #include "exec/moe/moe_layer.h"
 #include "tests/exec/tensor_test_util.h"
@@ -145,17 +160,172 @@ void check_plans() {
   std::printf("moe_layer plan: %d segment layouts compared with exec/moe\n", cases);
 }
 
-// The FP8 wire's host decode == exec/fp8's, bit for bit (NaN: NaN with the same sign), all 256 codes.
-void check_decode() {
-  int bad = 0;
-  for (int c = 0; c < 256; ++c) {
-    const float got = cu::moe_wire_decode_e4m3(static_cast<uint8_t>(c));
-    const float want = tandem::fp8::decode_e4m3(static_cast<uint8_t>(c));
-    const bool same = std::isnan(want) ? std::isnan(got) && std::signbit(got) == std::signbit(want)
-                                       : std::memcmp(&got, &want, sizeof got) == 0;
-    bad += same ? 0 : 1;
+// ---------------------------------------------------------------------------------------- wire kernels
+// The device wire kernels (wire_kernels.h) vs exec/fp8, bit for bit (NaN patterns included: the
+// device mirrors the CPU's NaN results by construction, see the header).
+
+std::vector<float> dev_dequantize(const std::vector<uint8_t>& codes, const std::vector<float>& scales, int rows,
+                                  int cols) {
+  cu::DeviceBuffer<uint8_t> dc = to_device(codes);
+  cu::DeviceBuffer<float> ds = to_device(scales), out(static_cast<std::size_t>(rows) * cols);
+  tandem::gputest::sync_device("wire: uploads");
+  cu::dequantize_rowwise(dc.get(), ds.get(), rows, cols, out.get(), nullptr);
+  tandem::gputest::sync_device("wire: dequantize_rowwise");
+  return to_host(out);
+}
+
+std::string first_diff(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return " (sizes differ)";
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    uint32_t g = 0, w = 0;
+    std::memcpy(&g, &got[i], 4);
+    std::memcpy(&w, &want[i], 4);
+    if (g != w) {
+      char b[96];
+      std::snprintf(b, sizeof b, " (first at %zu: 0x%08x vs 0x%08x)", i, g, w);
+      return b;
+    }
   }
-  expect(bad == 0, "fp8 wire decode == exec/fp8 decode_e4m3 (" + std::to_string(bad) + " of 256 codes differ)");
+  return "";
+}
+
+void check_wire_decode() {
+  // All 256 codes with unit scales: decode(code) · 1 is decode(code) (NaN codes: their own NaN).
+  std::vector<uint8_t> codes(256);
+  for (int c = 0; c < 256; ++c) codes[static_cast<std::size_t>(c)] = static_cast<uint8_t>(c);
+  std::vector<float> want(256);
+  for (int c = 0; c < 256; ++c) want[static_cast<std::size_t>(c)] = tandem::fp8::decode_e4m3(static_cast<uint8_t>(c));
+  const std::vector<float> got = dev_dequantize(codes, {1.0f, 1.0f}, 1, 256);
+  expect(same_bits(got, want), "wire: device decode_e4m3 == exec/fp8 for all 256 codes" + first_diff(got, want));
+  // Every code against odd scales: powers of two (subnormal products), non-pow2, FLT_MAX (overflow
+  // to Inf), a quiet and a signalling NaN of either sign, ±Inf (0 · Inf). Same rows as the CPU.
+  const uint32_t scale_bits[] = {0x3F800000u, 0x3E000000u, 0x00800000u, 0x0A000000u, 0x3F9D70A4u, 0x7F7FFFFFu,
+                                 0x7FC00001u, 0xFF800123u, 0x7F800000u, 0xFF800000u, 0x00000001u, 0x80000000u};
+  const int rows = static_cast<int>(std::size(scale_bits));
+  std::vector<uint8_t> c2(static_cast<std::size_t>(rows) * 256);
+  std::vector<float> s2(static_cast<std::size_t>(rows) * 2);
+  // A NaN code times a NaN scale is left out: which NaN the CPU returns depends on the operand
+  // order the compiler picks for a commutative multiply (x86 returns the first source's NaN).
+  for (int r = 0; r < rows; ++r) {
+    float s = 0;
+    std::memcpy(&s, &scale_bits[r], 4);
+    for (int c = 0; c < 256; ++c) {
+      uint8_t code = static_cast<uint8_t>((c + 37 * r) & 0xFF);
+      if (std::isnan(s) && (code & 0x7F) == 0x7F) code = static_cast<uint8_t>(code & 0x80);
+      c2[static_cast<std::size_t>(r) * 256 + c] = code;
+    }
+    s2[static_cast<std::size_t>(r)] = s;                                       // kb 0
+    s2[static_cast<std::size_t>(rows + r)] = r % 2 ? s : 0.5f;                 // kb 1
+  }
+  tandem::fp8::RowwiseFp8 q;
+  q.rows = rows;
+  q.cols = 256;
+  q.data = c2;
+  q.scales = s2;
+  const std::vector<float> w2 = tandem::fp8::dequantize(q), g2 = dev_dequantize(c2, s2, rows, 256);
+  expect(same_bits(g2, w2),
+         "wire: dequantize_rowwise == fp8::dequantize, every code x edge scales" + first_diff(g2, w2));
+}
+
+// exec/fp8 quantize_rowwise (pow2 and not) then dequantize, vs the device: the CPU's codes and
+// scales dequantised on the device, and the full device wire (quantize_rowwise pow2 on device,
+// dequantize_rowwise) vs the CPU's.
+void check_wire_fp8() {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float edge[] = {0.0f, -0.0f, 1e-40f, -1e-45f, 3.4e38f, -3.4e38f, 464.0f, -464.0f, 448.0f, 1e-30f,
+                        inf, -inf, nan, 1.0f, -2.5f, 0.1f};
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  int cases = 0;
+  const std::vector<std::pair<int, int>> shapes = {{1, 1}, {3, 128}, {5, 129}, {129, 385}, {64, 256}, {7, 1000}};
+  for (const auto& [rows, cols] : shapes)
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> x(static_cast<std::size_t>(rows) * cols);
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        float v = normal(rng);
+        if (kind == 1 && rng() % 100 == 0) v *= 1000.0f;                      // outliers
+        if (kind == 2) v = rng() % 4 == 0 ? edge[rng() % std::size(edge)] : v * 1e-3f;  // edge values
+        x[i] = v;
+      }
+      if (kind == 2 && rows > 2) std::fill(x.begin(), x.begin() + cols, 0.0f);  // an all-zero row
+      for (bool pow2 : {true, false}) {
+        const tandem::fp8::RowwiseFp8 q = tandem::fp8::quantize_rowwise(x.data(), rows, cols, {pow2});
+        const std::vector<float> want = tandem::fp8::dequantize(q);
+        const std::vector<float> got = dev_dequantize(q.data, q.scales, rows, cols);
+        const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + " kind " + std::to_string(kind) +
+                                 (pow2 ? " pow2" : "");
+        expect(same_bits(got, want), "wire: dequantize_rowwise == fp8::dequantize, " + what + first_diff(got, want));
+        ++cases;
+        if (!pow2) continue;
+        // The wire on the device end to end (the moe layer's FP8 path).
+        cu::DeviceBuffer<float> dx = to_device(x), out(x.size());
+        cu::DeviceBuffer<uint8_t> dc(x.size());
+        cu::DeviceBuffer<float> ds(static_cast<std::size_t>(cu::k_blocks(cols)) * rows);
+        tandem::gputest::sync_device("wire: uploads");
+        cu::quantize_rowwise(dx.get(), rows, cols, dc.get(), ds.get(), true, nullptr);
+        cu::dequantize_rowwise(dc.get(), ds.get(), rows, cols, out.get(), nullptr);
+        tandem::gputest::sync_device("wire: fp8 round trip");
+        const std::vector<float> trip = to_host(out);
+        expect(same_bits(trip, want),
+               "wire: device quantise+dequantise == exec/fp8's, " + what + first_diff(trip, want));
+      }
+    }
+  std::printf("moe_layer wire: fp8 dequantise bit-identical on %d cases\n", cases);
+}
+
+void check_wire_bf16() {
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00000u,
+                                0x7F800001u, 0xFF800001u, 0x7F80FFFFu, 0x7FFFFFFFu, 0x7F810000u,  // NaNs
+                                0x3F808000u, 0x3F818000u, 0x3F807FFFu, 0x3F808001u,  // ties even/odd, around them
+                                0x7F7F8000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x7F7F7FFFu,  // overflow to Inf / not
+                                0x00000001u, 0x00008000u, 0x00018000u, 0x007FFFFFu, 0x80008000u,  // subnormals
+                                0x3F800000u, 0xBF800000u, 0x00800000u};
+  std::mt19937_64 rng(9);
+  for (int i = 0; i < (1 << 20); ++i) bits.push_back(static_cast<uint32_t>(rng()));
+  std::vector<float> x(bits.size());
+  std::memcpy(x.data(), bits.data(), bits.size() * 4);
+  const int cols = 64, rows = static_cast<int>((x.size() + cols - 1) / cols);
+  x.resize(static_cast<std::size_t>(rows) * cols, 1.0f);
+  std::vector<uint16_t> want(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = tandem::fp8::float_to_bf16(x[i]);
+  cu::DeviceBuffer<float> dx = to_device(x);
+  cu::DeviceBuffer<uint16_t> packed(x.size());
+  tandem::gputest::sync_device("wire: uploads");
+  cu::pack_bf16(dx.get(), rows, cols, packed.get(), nullptr);
+  cu::pack_bf16(dx.get(), 0, cols, packed.get(), nullptr);  // empty shapes are no-ops
+  cu::unpack_bf16(packed.get(), rows, 0, dx.get(), nullptr);
+  tandem::gputest::sync_device("wire: pack_bf16");
+  const std::vector<uint16_t> got = to_host(packed);
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) bad += got[i] == want[i] ? 0 : 1;
+  expect(bad == 0, "wire: pack_bf16 == fp8::float_to_bf16 (" + std::to_string(bad) + " of " +
+                       std::to_string(x.size()) + " differ)");
+  // Unpack: every one of the 65536 patterns.
+  std::vector<uint16_t> all(65536);
+  std::vector<float> wantf(65536);
+  for (uint32_t b = 0; b < 65536; ++b) {
+    all[b] = static_cast<uint16_t>(b);
+    wantf[b] = tandem::fp8::bf16_to_float(static_cast<uint16_t>(b));
+  }
+  cu::DeviceBuffer<uint16_t> da = to_device(all);
+  cu::DeviceBuffer<float> df(65536);
+  tandem::gputest::sync_device("wire: uploads");
+  cu::unpack_bf16(da.get(), 256, 256, df.get(), nullptr);
+  tandem::gputest::sync_device("wire: unpack_bf16");
+  const std::vector<float> gotf = to_host(df);
+  expect(same_bits(gotf, wantf),
+         "wire: unpack_bf16 == fp8::bf16_to_float, all 65536 patterns" + first_diff(gotf, wantf));
+  // Empty shapes must not launch; negative sizes name the argument.
+  bool threw = false;
+  try {
+    cu::dequantize_rowwise(nullptr, nullptr, -1, 4, nullptr, nullptr);
+  } catch (const std::invalid_argument& e) {
+    threw = std::string(e.what()).find("rows") != std::string::npos;
+  }
+  expect(threw, "wire: dequantize_rowwise(rows = -1) throws std::invalid_argument naming rows");
+  cu::dequantize_rowwise(nullptr, nullptr, 0, 0, nullptr, nullptr);
+  tandem::gputest::sync_device("wire: empty shapes");
+  std::printf("moe_layer wire: bf16 pack %zu values, unpack 65536 patterns\n", x.size());
 }
 
 // ---------------------------------------------------------------------------------------- setup
@@ -501,7 +671,9 @@ void run_case(const Case& c) {
 }  // namespace
 
 TANDEM_GPU_CHECK(moe_layer) {
-  check_decode();
+  check_wire_decode();
+  check_wire_fp8();
+  check_wire_bf16();
   check_plans();
   const std::vector<Case> cases = {
       {"exact", nn::Numerics::exact, false, 1e-5},
