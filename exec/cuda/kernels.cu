@@ -9,9 +9,12 @@
 #include <cuda_runtime.h>
 
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_util.cuh"
 
 namespace tandem::cuda {
 namespace {
+
+using device::grid_for;
 
 constexpr float kE4M3Max = 448.0f;
 constexpr unsigned kFull = 0xFFFFFFFFu;
@@ -308,11 +311,6 @@ __global__ void fill_uniform_kernel(float* __restrict__ x, size_t n, uint64_t se
     const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
     x[i] = lo + (hi - lo) * u;
   }
-}
-
-unsigned grid_for(size_t n, unsigned block) {
-  const size_t g = (n + block - 1) / block;
-  return static_cast<unsigned>(g < 65535u * 16u ? (g > 0 ? g : 1) : 65535u * 16u);
 }
 
 }  // namespace

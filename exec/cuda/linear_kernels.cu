@@ -8,23 +8,16 @@
 #include <cuda_runtime.h>
 
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_util.cuh"
 
 namespace tandem::cuda {
 namespace {
 
+using device::grid_for;
+using device::bf16_bits;
+using device::bf16_round;
+
 constexpr unsigned kThreads = 256;
-
-// exec/fp8 float_to_bf16, operation for operation.
-__device__ __forceinline__ uint16_t bf16_bits(float x) {
-  const uint32_t u = __float_as_uint(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  const uint32_t lsb = (u >> 16) & 1u;
-  return static_cast<uint16_t>((u + 0x7FFFu + lsb) >> 16);
-}
-
-__device__ __forceinline__ float bf16_round(float x) {
-  return __uint_as_float(static_cast<uint32_t>(bf16_bits(x)) << 16);
-}
 
 // A grid-stride loop over rows * cols elements calling f(r, c, i), i = r * cols + c: one thread an
 // element, row-major order, so neighbouring threads touch neighbouring addresses.
@@ -60,19 +53,12 @@ __global__ void pad_copy_kernel(const float* __restrict__ src, int rows, int col
   });
 }
 
-// Enough blocks to cover n once, capped (the loops are grid-stride); n > 0.
-unsigned grid_for(size_t n) {
-  const size_t g = (n + kThreads - 1) / kThreads;
-  constexpr size_t kMaxBlocks = size_t{65535} * 16;
-  return static_cast<unsigned>(g < kMaxBlocks ? g : kMaxBlocks);
-}
-
 }  // namespace
 
 void linear_to_bf16(const float* src, int rows, int cols, int ld, uint16_t* dst, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-  to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, rows, cols, ld, dst);
+  to_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, rows, cols, ld, dst);
   check_launch("linear_to_bf16");
 }
 
@@ -80,7 +66,7 @@ void linear_epilogue(const float* src, int ld_src, int rows, int cols, float* ds
                      bool accumulate, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-  epilogue_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, ld_src, rows, cols, dst, ld_dst, round_bf16, accumulate);
+  epilogue_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, ld_src, rows, cols, dst, ld_dst, round_bf16, accumulate);
   check_launch("linear_epilogue");
 }
 
@@ -88,7 +74,7 @@ void linear_pad_copy(const float* src, int rows, int cols, int ld, float* dst, i
                      cudaStream_t stream) {
   if (rows_p <= 0 || cols_p <= 0) return;
   const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
-  pad_copy_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, rows, cols, ld, dst, rows_p, cols_p);
+  pad_copy_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, rows, cols, ld, dst, rows_p, cols_p);
   check_launch("linear_pad_copy");
 }
 

@@ -11,16 +11,15 @@
 #include <cuda_runtime.h>
 
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_util.cuh"
 
 namespace tandem::cuda {
 namespace {
 
-constexpr unsigned kFull = 0xFFFFFFFFu;
+using device::grid_for;
+using device::bf16_round;
 
-unsigned grid_for(std::size_t n, unsigned block) {
-  const std::size_t g = (n + block - 1) / block;
-  return static_cast<unsigned>(g < 65535u * 16u ? (g > 0 ? g : 1) : 65535u * 16u);
-}
+constexpr unsigned kFull = 0xFFFFFFFFu;
 
 void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(what);
@@ -193,19 +192,6 @@ __global__ void __launch_bounds__(kSumThreads) sum_in_order_kernel(const double*
 }
 
 // ---------------------------------------------------------------- AdamW and elementwise
-
-// exec/fp8/bf16.cpp float_to_bf16 followed by bf16_to_float, on the bit pattern.
-__device__ __forceinline__ float bf16_round(float x) {
-  const uint32_t u = __float_as_uint(x);
-  uint32_t h;
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-    h = (u >> 16) | 0x0040u;
-  } else {
-    const uint32_t lsb = (u >> 16) & 1u;
-    h = (u + 0x7FFFu + lsb) >> 16;
-  }
-  return __uint_as_float((h & 0xFFFFu) << 16);
-}
 
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, std::size_t n, AdamWScalars s) {

@@ -13,19 +13,17 @@
 
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_util.cuh"
 
 namespace tandem::cuda {
 namespace {
+
+using device::grid_for;
 
 constexpr unsigned kFull = 0xFFFFFFFFu;
 constexpr int kNone = INT_MAX;  // "no candidate": loses to every real (value, index) but a NaN
 constexpr int kMaxWarps = 8;
 constexpr std::size_t kSharedBudget = 32 * 1024;  // well under the 48 KB usable without an opt-in
-
-unsigned grid_for(std::size_t n, unsigned block) {
-  const std::size_t g = (n + block - 1) / block;
-  return static_cast<unsigned>(g < 65535u * 16u ? (g > 0 ? g : 1) : 65535u * 16u);
-}
 
 // exec/moe's Better: a ranks before b when its score is higher, or equal with a lower index.
 __device__ __forceinline__ bool beats(float va, int ia, float vb, int ib) {

@@ -9,20 +9,16 @@
 #include <cuda_runtime.h>
 
 #include "exec/cuda/cuda_check.h"
+#include "exec/cuda/device_util.cuh"
 #include "exec/cuda/kernels.h"
 
 namespace tandem::cuda {
 namespace {
 
-constexpr unsigned kThreads = 256;
+using device::grid_for;
+using device::bf16_bits;
 
-// exec/fp8 float_to_bf16 (bf16.cpp), operation for operation.
-__device__ __forceinline__ uint16_t bf16_bits(float x) {
-  const uint32_t u = __float_as_uint(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  const uint32_t lsb = (u >> 16) & 1u;
-  return static_cast<uint16_t>((u + 0x7FFFu + lsb) >> 16);
-}
+constexpr unsigned kThreads = 256;
 
 // exec/fp8 decode_e4m3: sign, 4 exponent bits (bias 7), 3 mantissa bits; only S.1111.111 is NaN.
 // Normal codes map to float bits directly; subnormals are man · 2^-9 (an exact product: man < 8
@@ -73,11 +69,6 @@ __global__ void dequantize_rowwise_kernel(const uint8_t* __restrict__ codes, con
   }
 }
 
-unsigned grid_for(size_t n) {
-  const size_t g = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(g < 65535u * 16u ? g : 65535u * 16u);
-}
-
 // The element count, 0 for an empty shape; std::invalid_argument naming a negative size.
 size_t elements(const char* op, int rows, int cols) {
   if (rows < 0) throw std::invalid_argument(std::string(op) + ": rows must be >= 0");
@@ -90,14 +81,14 @@ size_t elements(const char* op, int rows, int cols) {
 void pack_bf16(const float* x, int rows, int cols, uint16_t* out, cudaStream_t stream) {
   const size_t n = elements("pack_bf16", rows, cols);
   if (n == 0) return;
-  pack_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, out);
+  pack_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(x, n, out);
   check_launch("pack_bf16");
 }
 
 void unpack_bf16(const uint16_t* in, int rows, int cols, float* out, cudaStream_t stream) {
   const size_t n = elements("unpack_bf16", rows, cols);
   if (n == 0) return;
-  unpack_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(in, n, out);
+  unpack_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(in, n, out);
   check_launch("unpack_bf16");
 }
 
@@ -105,7 +96,7 @@ void dequantize_rowwise(const uint8_t* codes, const float* scales, int rows, int
                         cudaStream_t stream) {
   const size_t n = elements("dequantize_rowwise", rows, cols);
   if (n == 0) return;
-  dequantize_rowwise_kernel<<<grid_for(n), kThreads, 0, stream>>>(codes, scales, rows, cols, out);
+  dequantize_rowwise_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(codes, scales, rows, cols, out);
   check_launch("dequantize_rowwise");
 }
 
