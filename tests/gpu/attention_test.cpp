@@ -52,7 +52,11 @@
 #include "exec/nn/attention.h"
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/gpu/numerics_util.h"
 
+using tandem::gputest::name;
+using tandem::gputest::to_nn;
+using tandem::gputest::is_bf16;
 namespace {
 
 using namespace tandem;
@@ -309,30 +313,6 @@ Tensors state(const Out& out, const Saved& s, const Grad& g, Get get) {
   t["g.d_kv_a_normed"] = get(g.d_kv_a_normed);
   t["g.d_kv"] = get(g.d_kv);
   return t;
-}
-
-const char* name(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return "exact";
-    case cu::LinearNumerics::bf16: return "bf16";
-    case cu::LinearNumerics::fp8: return "fp8";
-  }
-  return "?";
-}
-
-nn::Numerics to_nn(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return nn::Numerics::exact;
-    case cu::LinearNumerics::bf16: return nn::Numerics::bf16;
-    case cu::LinearNumerics::fp8: return nn::Numerics::fp8;
-  }
-  return nn::Numerics::exact;
-}
-
-bool is_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return (u & 0xFFFFu) == 0;
 }
 
 Tensors run_cpu(const Inputs& in, cu::LinearNumerics num = cu::LinearNumerics::exact) {

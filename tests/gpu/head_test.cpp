@@ -54,7 +54,11 @@
 #include "exec/nn/mtp.h"
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/gpu/numerics_util.h"
 
+using tandem::gputest::name;
+using tandem::gputest::to_nn;
+using tandem::gputest::kAllNumerics;
 namespace {
 
 using namespace tandem;
@@ -72,25 +76,6 @@ constexpr int kHidden = 256;
 constexpr int kVocab = 1000;
 constexpr int kRows = 130;
 constexpr double kEps = 1e-6;
-
-const char* name(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return "exact";
-    case cu::LinearNumerics::bf16: return "bf16";
-    case cu::LinearNumerics::fp8: return "fp8";
-  }
-  return "?";
-}
-nn::Numerics to_nn(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return nn::Numerics::exact;
-    case cu::LinearNumerics::bf16: return nn::Numerics::bf16;
-    case cu::LinearNumerics::fp8: return nn::Numerics::fp8;
-  }
-  return nn::Numerics::exact;
-}
-constexpr cu::LinearNumerics kAllNumerics[] = {cu::LinearNumerics::exact, cu::LinearNumerics::bf16,
-                                               cu::LinearNumerics::fp8};
 
 // Tolerances (see the header).
 double tol_head(cu::LinearNumerics n) { return n == cu::LinearNumerics::exact ? 1e-5 : 2e-3; }

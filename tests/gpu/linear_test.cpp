@@ -62,7 +62,12 @@
 #include "exec/nn/tensor.h"
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/gpu/numerics_util.h"
 
+using tandem::gputest::name;
+using tandem::gputest::to_nn;
+using tandem::gputest::kAllNumerics;
+using tandem::gputest::is_bf16;
 namespace {
 
 namespace cu = tandem::cuda;
@@ -87,12 +92,6 @@ std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows)
 
 cu::DeviceBuffer<float> upload(const MatF& m) { return to_device(flat(m)); }
 
-bool is_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return (u & 0xFFFFu) == 0;
-}
-
 // One BF16 ulp at the magnitude of v (8 significant bits).
 double ulp_bf16(double v) {
   if (v == 0) return 0;
@@ -100,25 +99,6 @@ double ulp_bf16(double v) {
   std::frexp(std::fabs(v), &e);  // |v| in [2^(e-1), 2^e)
   return std::ldexp(1.0, e - 8);
 }
-
-const char* name(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return "exact";
-    case cu::LinearNumerics::bf16: return "bf16";
-    case cu::LinearNumerics::fp8: return "fp8";
-  }
-  return "?";
-}
-nn::Numerics to_nn(cu::LinearNumerics n) {
-  switch (n) {
-    case cu::LinearNumerics::exact: return nn::Numerics::exact;
-    case cu::LinearNumerics::bf16: return nn::Numerics::bf16;
-    case cu::LinearNumerics::fp8: return nn::Numerics::fp8;
-  }
-  return nn::Numerics::exact;
-}
-constexpr cu::LinearNumerics kAllNumerics[] = {cu::LinearNumerics::exact, cu::LinearNumerics::bf16,
-                                               cu::LinearNumerics::fp8};
 
 // Non-blocking (cuda_check.h), so work launched on the wrong stream is not silently ordered.
 using cu::Stream;

@@ -1,0 +1,37 @@
+// The GPU checks' view of the three numerics: the device's LinearNumerics, its exec/nn twin, a
+// name to print, and whether a value is exactly a BF16 value (an output the recipe rounds).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+
+#include "exec/cuda/linear.h"
+#include "exec/nn/tensor.h"
+
+namespace tandem::gputest {
+
+inline const char* name(cuda::LinearNumerics n) {
+  switch (n) {
+    case cuda::LinearNumerics::exact: return "exact";
+    case cuda::LinearNumerics::bf16: return "bf16";
+    case cuda::LinearNumerics::fp8: return "fp8";
+  }
+  return "?";
+}
+
+inline nn::Numerics to_nn(cuda::LinearNumerics n) {
+  switch (n) {
+    case cuda::LinearNumerics::exact: return nn::Numerics::exact;
+    case cuda::LinearNumerics::bf16: return nn::Numerics::bf16;
+    case cuda::LinearNumerics::fp8: return nn::Numerics::fp8;
+  }
+  return nn::Numerics::exact;
+}
+
+inline constexpr cuda::LinearNumerics kAllNumerics[] = {cuda::LinearNumerics::exact, cuda::LinearNumerics::bf16,
+                                                        cuda::LinearNumerics::fp8};
+
+// The low 16 bits are zero: v is a BF16 value held in FP32.
+inline bool is_bf16(float v) { return (std::bit_cast<uint32_t>(v) & 0xFFFFu) == 0; }
+
+}  // namespace tandem::gputest
