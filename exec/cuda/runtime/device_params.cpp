@@ -1,0 +1,1 @@
+// placeholder (exec/cuda/README.md)

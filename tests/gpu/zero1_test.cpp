@@ -1,0 +1,2 @@
+// placeholder
+#include "tests/gpu/gpu_check.h"
