@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "exec/moe/balance.h"
+#include "exec/runtime/zero1_shards.h"
 
 namespace tandem::runtime {
 
@@ -16,18 +17,6 @@ constexpr int kMtpTableTag = (1 << 26) + 1;  // the updated embedding table → 
 
 void append(std::vector<float>& out, std::span<const float> s) { out.insert(out.end(), s.begin(), s.end()); }
 
-// Near-equal contiguous shards of n elements over `members`.
-std::vector<size_t> shard_counts(size_t n, size_t members) {
-  std::vector<size_t> c(members, n / members);
-  for (size_t i = 0; i < n % members; ++i) ++c[i];
-  return c;
-}
-
-size_t offset_of(const std::vector<size_t>& counts, size_t member) {
-  size_t o = 0;
-  for (size_t i = 0; i < member; ++i) o += counts[i];
-  return o;
-}
 
 size_t index_in(const std::vector<int>& group, int g) {
   return static_cast<size_t>(std::find(group.begin(), group.end(), g) - group.begin());
@@ -414,13 +403,13 @@ void RankRunner::end_of_step_reduce() {
       add_in_path_order(dense, od);
       add_in_path_order(experts, ox);
     }
-    st.dense_counts = shard_counts(dense.size(), dp_group_.size());
-    st.dense_offset = offset_of(st.dense_counts, index_in(dp_group_, g_));
+    st.dense_counts = zero1_shard_counts(dense.size(), dp_group_.size());
+    st.dense_offset = zero1_shard_offset(st.dense_counts, index_in(dp_group_, g_));
     st.dense_shard_grad.assign(st.dense_counts[index_in(dp_group_, g_)], 0.f);
     comm_.reduce_scatter_sum(dp_group_, dense.data(), st.dense_shard_grad.data(), st.dense_counts,
                              "dp_reduce_scatter stage " + std::to_string(st.stage));
-    st.expert_counts = shard_counts(experts.size(), expert_dp_group_.size());
-    st.expert_offset = offset_of(st.expert_counts, index_in(expert_dp_group_, g_));
+    st.expert_counts = zero1_shard_counts(experts.size(), expert_dp_group_.size());
+    st.expert_offset = zero1_shard_offset(st.expert_counts, index_in(expert_dp_group_, g_));
     st.expert_shard_grad.assign(st.expert_counts[index_in(expert_dp_group_, g_)], 0.f);
     if (!experts.empty())
       comm_.reduce_scatter_sum(expert_dp_group_, experts.data(), st.expert_shard_grad.data(), st.expert_counts,

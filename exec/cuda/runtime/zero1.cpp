@@ -36,19 +36,6 @@ DeviceBuffer<float> zeroed(std::size_t n) {
 
 }  // namespace
 
-std::vector<std::size_t> zero1_shard_counts(std::size_t n, std::size_t members) {
-  if (members == 0) throw std::invalid_argument("members: 0 (must be >= 1)");
-  std::vector<std::size_t> c(members, n / members);
-  for (std::size_t i = 0; i < n % members; ++i) ++c[i];
-  return c;
-}
-
-std::size_t zero1_shard_offset(const std::vector<std::size_t>& counts, std::size_t member) {
-  std::size_t o = 0;
-  for (std::size_t i = 0; i < member && i < counts.size(); ++i) o += counts[i];
-  return o;
-}
-
 DeviceZero1::DeviceZero1(DeviceCommunicator& comm, std::vector<int> dp_group, std::vector<int> expert_dp_group,
                          int stage, const StageLayout& layout, const nn::AdamWConfig& adam)
     : comm_(comm),

@@ -46,13 +46,13 @@
 #include "exec/cuda/device_comm.h"
 #include "exec/cuda/runtime/device_params.h"
 #include "exec/nn/adamw.h"
+#include "exec/runtime/zero1_shards.h"
 
 namespace tandem::cuda {
 
-// rank_runner.cpp's shard layout: counts[i] = n / members (+1 for i < n % members); members >= 1.
-std::vector<std::size_t> zero1_shard_counts(std::size_t n, std::size_t members);
-// The offset of member `member`'s shard: sum of counts[0, member).
-std::size_t zero1_shard_offset(const std::vector<std::size_t>& counts, std::size_t member);
+// The CPU rank runner's shard layout (exec/runtime/zero1_shards.h).
+using runtime::zero1_shard_counts;
+using runtime::zero1_shard_offset;
 
 class DeviceZero1 {
  public:
