@@ -39,6 +39,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -50,19 +51,21 @@
 #include "exec/cuda/linear.h"
 #include "exec/cuda/lt_gemm.h"
 #include "exec/nn/attention.h"
+#include "models/model_card.h"
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
+#include "tests/test_paths.h"
 
-using tandem::gputest::name;
-using tandem::gputest::to_nn;
-using tandem::gputest::is_bf16;
 namespace {
 
 using namespace tandem;
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
 using gputest::expect;
+using gputest::name;
+using gputest::to_nn;
+using gputest::is_bf16;
 using gputest::flat;
 using gputest::same_bits;
 using gputest::to_device;
@@ -183,18 +186,13 @@ void check_core(int nope, int chunk_pairs) {
 
 // ---------------------------------------------------------------- mla
 
-// tiny-moe's MLA shape (models/tiny-moe.yaml: hidden 256, 4 heads, q_lora 128, kv_lora 128,
-// qk_nope 32, qk_rope 16, v_head 32, rms_norm_eps 1e-6).
+// tiny-moe's MLA shape, read from its card (models/tiny-moe.yaml: hidden 256, 4 heads, q_lora 128,
+// kv_lora 128, qk_nope 32, qk_rope 16, v_head 32, rms_norm_eps 1e-6), with q_lora_rank replaced.
 nn::MlaConfig tiny_moe(int64_t q_lora_rank) {
-  nn::MlaConfig c;
-  c.hidden = 256;
-  c.heads = 4;
+  const Result<ModelCard> card = load_model_card(tandem::test::repo("models/tiny-moe.yaml"));
+  if (!card.ok()) throw std::runtime_error("cannot read models/tiny-moe.yaml");
+  nn::MlaConfig c = nn::mla_config(card.value());
   c.q_lora_rank = q_lora_rank;
-  c.kv_lora_rank = 128;
-  c.qk_nope = 32;
-  c.qk_rope = 16;
-  c.v_head = 32;
-  c.rms_eps = 1e-6;
   return c;
 }
 

@@ -56,15 +56,15 @@
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
 
-using tandem::gputest::name;
-using tandem::gputest::to_nn;
-using tandem::gputest::kAllNumerics;
 namespace {
 
 using namespace tandem;
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
 using gputest::expect;
+using gputest::name;
+using gputest::to_nn;
+using gputest::kAllNumerics;
 using gputest::flat;
 using gputest::same_bits;
 using gputest::to_device;

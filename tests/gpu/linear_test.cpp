@@ -64,10 +64,6 @@
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
 
-using tandem::gputest::name;
-using tandem::gputest::to_nn;
-using tandem::gputest::kAllNumerics;
-using tandem::gputest::is_bf16;
 namespace {
 
 namespace cu = tandem::cuda;
@@ -75,6 +71,10 @@ namespace nn = tandem::nn;
 namespace fp8 = tandem::fp8;
 using tandem::exec_test::random_mat;
 using tandem::gputest::expect;
+using tandem::gputest::is_bf16;
+using tandem::gputest::kAllNumerics;
+using tandem::gputest::name;
+using tandem::gputest::to_nn;
 using tandem::gputest::flat;
 using tandem::gputest::gemm_abt64;
 using tandem::gputest::sync_device;
