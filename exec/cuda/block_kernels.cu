@@ -1,0 +1,1 @@
+#include "exec/cuda/block_kernels.h"

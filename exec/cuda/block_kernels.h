@@ -1,0 +1,2 @@
+// Placeholder: kernels the device block sub-steps need beyond the other exec/cuda files.
+#pragma once

@@ -1,0 +1,1 @@
+#include "exec/cuda/runtime/device_blocks.h"

@@ -1,0 +1,1 @@
+// Placeholder for the device blocks check.
