@@ -8,18 +8,14 @@
 #include <thread>
 
 #include "exec/comm/world.h"
+#include "exec/runtime/cpu_backend.h"
 #include "exec/runtime/rank_runner.h"
 #include "exec/runtime/reference.h"
+#include "exec/runtime/step_loop.h"
 
 namespace tandem::runtime {
 
 namespace {
-
-std::vector<int> whole_world(int n) {
-  std::vector<int> g(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) g[static_cast<size_t>(i)] = i;
-  return g;
-}
 
 // max |a - b| / max |b| over a shard (0 when both are zero).
 double rel_err(std::span<const float> got, std::span<const float> want) {
@@ -32,19 +28,22 @@ double rel_err(std::span<const float> got, std::span<const float> want) {
 }
 
 // The largest relative error of this rank's reduced shards against the reference.
-double compare_rank(RankRunner& r, const ReferenceStep& ref, const RunSpec& spec) {
+double compare_rank(CpuRankRunner& r, const ReferenceStep& ref, const RunSpec& spec) {
   double worst = 0;
-  for (HeldStage& st : r.stages()) {
-    const auto& d = ref.dense[static_cast<size_t>(st.stage)];
+  for (HeldStage<CpuBackend>& hs : r.stages()) {
+    const CpuBackend::StageData& st = hs.data;
+    const auto& d = ref.dense[static_cast<size_t>(hs.stage)];
     worst = std::max(worst, rel_err(st.dense_shard_grad,
                                     std::span<const float>(d).subspan(st.dense_offset, st.dense_shard_grad.size())));
-    const auto& x = ref.experts[static_cast<size_t>(st.stage)][static_cast<size_t>(spec.member_of(r.replica()))];
+    const auto& x = ref.experts[static_cast<size_t>(hs.stage)][static_cast<size_t>(spec.member_of(r.replica()))];
     if (!st.expert_shard_grad.empty())
       worst = std::max(worst, rel_err(st.expert_shard_grad,
                                       std::span<const float>(x).subspan(st.expert_offset, st.expert_shard_grad.size())));
   }
   return worst;
 }
+
+}  // namespace
 
 // "rank G: ..." (the interpreter's and the communicator's messages use world ranks) →
 // "world rank G (pipeline rank P, replica R): ...", so a person can find the rank in the Program.
@@ -58,8 +57,6 @@ std::string name_world_rank(const std::string& msg, const RunSpec& spec) {
   return "world rank " + std::to_string(g) + " (pipeline rank " + std::to_string(spec.pipeline_rank_of(g)) +
          ", replica " + std::to_string(spec.replica_of(g)) + ")" + msg.substr(end);
 }
-
-}  // namespace
 
 double StepStats::worst_load() const {
   double w = 0;
@@ -87,137 +84,11 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
   std::optional<ReferenceStep> ref;
   if (o.check_reference) ref = run_reference(spec);
 
-  std::vector<std::unique_ptr<RankRunner>> runners;
-  for (int g : local) runners.push_back(std::make_unique<RankRunner>(spec, g, world->comm(g)));
-  const size_t M = static_cast<size_t>(spec.dp) * static_cast<size_t>(spec.micro_batches);
-  const std::vector<int> all = whole_world(spec.world_size());
-  std::vector<int64_t> moe_layers;
-  for (const Block& b : spec.workload.blocks)
-    if (b.kind == BlockKind::moe_layer || (b.kind == BlockKind::mtp && spec.setup.card.is_moe_layer(b.layer)))
-      moe_layers.push_back(b.layer);
-
-  for (int step = 1; step <= o.steps; ++step) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::mutex m;
-    std::string first_error;
-    bool failed = false;
-    std::vector<std::vector<double>> gathered(runners.size());
-    std::vector<double> errs(runners.size(), 0.0);
-    std::vector<std::vector<TaskTiming>> timings(runners.size());
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < runners.size(); ++i) {
-      threads.emplace_back([&, i] {
-        RankRunner& r = *runners[i];
-        comm::Communicator& c = world->comm(r.world_rank());
-        try {
-          r.begin_step(step);
-          timings[i] = run_rank_program(r.world_rank(), spec.program.tasks[static_cast<size_t>(r.pipeline_rank())], r, t0,
-                                        [&](const std::string& why) { c.abort(why); });
-          // Losses: [replica · micro-batches] per rank, zero where the rank has none; summed later.
-          std::vector<double> mine(M, 0.0);
-          for (const auto& [mb, loss] : r.losses()) mine[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(mb)] = loss;
-          double err = 0, loss_differs = 0;
-          if (ref && step == 1) {
-            err = compare_rank(r, *ref, spec);
-            for (const auto& [mb, loss] : r.losses())
-              if (loss != ref->loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
-            for (const auto& [mb, loss] : r.mtp_losses())
-              if (loss != ref->mtp_loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
-          }
-          mine.push_back(err);
-          mine.push_back(loss_differs);
-          // Expert load per MoE layer: every holder of a layer reports the same value, others 0.
-          for (int64_t layer : moe_layers) {
-            auto it = r.expert_load().find(layer);
-            mine.push_back(it == r.expert_load().end() ? 0.0 : it->second);
-          }
-          // Balance loss: [replica · micro-batches] per rank, Σ over the rank's MoE blocks in block order.
-          std::vector<double> bal(M, 0.0);
-          for (const auto& [key, value] : r.balance_losses())
-            bal[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(key.first)] += value;
-          mine.insert(mine.end(), bal.begin(), bal.end());
-          // MTP loss: [replica · micro-batches] per rank, as the losses.
-          std::vector<double> mtp(M, 0.0);
-          for (const auto& [mb, loss] : r.mtp_losses())
-            mtp[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(mb)] = loss;
-          mine.insert(mine.end(), mtp.begin(), mtp.end());
-          std::vector<double> world_values(mine.size() * all.size());
-          c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
-          gathered[i] = std::move(world_values);
-        } catch (const std::exception& e) {
-          c.abort(e.what());
-          std::lock_guard lock(m);
-          // The failing rank's own error names the task; peers report "rank X failed first".
-          const bool own = dynamic_cast<const RankFailure*>(&e) != nullptr &&
-                           std::string(e.what()).find("failed first") == std::string::npos;
-          if (!failed || (own && first_error.find("failed first") != std::string::npos)) first_error = e.what();
-          failed = true;
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    if (failed) {
-      std::string why = first_error;
-      if (auto f = world->failure(); f && why.find("failed first") != std::string::npos) why = f->reason;
-      throw ExecFailure(name_world_rank(why, spec));
-    }
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    // Every rank gathered the same values; sum the losses in (replica, micro-batch) order.
-    const auto& v = gathered.front();
-    StepStats s;
-    double worst = 0, differs = 0;
-    const size_t stride = M + 2 + moe_layers.size() + M + M;
-    for (size_t k = 0; k < M; ++k)
-      for (size_t rank = 0; rank < all.size(); ++rank) s.loss += v[rank * stride + k];
-    for (size_t k = 0; k < M; ++k)
-      for (size_t rank = 0; rank < all.size(); ++rank) s.balance_loss += v[rank * stride + M + 2 + moe_layers.size() + k];
-    for (size_t k = 0; k < M; ++k)
-      for (size_t rank = 0; rank < all.size(); ++rank) s.mtp_loss += v[rank * stride + M + 2 + moe_layers.size() + M + k];
-    s.moe_layers = moe_layers;
-    s.load_max_over_mean.assign(moe_layers.size(), 0.0);
-    for (size_t rank = 0; rank < all.size(); ++rank) {
-      worst = std::max(worst, v[rank * stride + M]);
-      differs = std::max(differs, v[rank * stride + M + 1]);
-      for (size_t l = 0; l < moe_layers.size(); ++l)
-        s.load_max_over_mean[l] = std::max(s.load_max_over_mean[l], v[rank * stride + M + 2 + l]);
-    }
-    // Every holder of a layer summed the same integer counts: their loads (and so their bias
-    // updates) must agree exactly; a mismatch is a bug in the count exchange.
-    for (size_t rank = 0; rank < all.size(); ++rank)
-      for (size_t l = 0; l < moe_layers.size(); ++l) {
-        const double x = v[rank * stride + M + 2 + l];
-        if (x != 0 && x != s.load_max_over_mean[l])
-          throw ExecFailure("step " + std::to_string(step) + ": world rank " + std::to_string(rank) +
-                            " counted a different expert load for layer " + std::to_string(moe_layers[l]) +
-                            " than another holder of the layer");
-      }
-    s.wall_s = wall;
-    s.tokens_per_s = spec.scenario.tokens_per_step() / wall;
-    result.steps.push_back(s);
-    if (ref && step == 1) {
-      result.losses_match = differs == 0;
-      result.max_grad_rel_err = worst;
-    }
-    if (o.trace && step == 1) {
-      for (size_t i = 0; i < runners.size(); ++i) {
-        const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
-        for (const TaskTiming& tt : timings[i]) {
-          const Task& t = tasks[static_cast<size_t>(tt.task)];
-          TraceEvent e;
-          e.gpu = runners[i]->world_rank();
-          e.rank = runners[i]->pipeline_rank();
-          e.stream = to_string(t.stream);
-          e.kind = to_string(t.kind);
-          e.block = t.block;
-          e.micro_batch = t.chunk.micro_batch;
-          e.stage = t.chunk.stage;
-          e.start = tt.start;
-          e.end = tt.end;
-          result.trace.events.push_back(e);
-        }
-      }
-    }
-  }
+  std::vector<std::unique_ptr<CpuRankRunner>> runners;
+  for (int g : local) runners.push_back(std::make_unique<CpuRankRunner>(spec, g, world->comm(g)));
+  StepHooks<CpuRankRunner> hooks;
+  hooks.grad_error = [&](CpuRankRunner& r, const ReferenceStep& reference) { return compare_rank(r, reference, spec); };
+  run_steps(spec, o, runners, *world, ref, hooks, result);
   return result;
 }
 

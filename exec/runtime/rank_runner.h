@@ -1,6 +1,10 @@
-// RankRunner: what each task of one rank's Program does on the CPU backend (the TaskRunner the
-// interpreter calls), and the rank's state across steps: the blocks of its stages, their gradient
-// accumulators, the activations of the micro-batches in flight, the ZeRO-1 optimizer shards.
+// RankRunner<Backend>: what each task of one rank's Program does (the TaskRunner the interpreter
+// calls), and the rank's state across steps — ONE orchestration for every backend. The runner
+// decides which block state a task works on, where a block's input and output gradient come
+// from, in which order weight passes run, how DualPipe's two copies of a stage and the MTP
+// module's shared tensors are folded, and the end-of-step sequence; the Backend does the
+// arithmetic on its own tensors (cpu_backend.h: host Eigen matrices; exec/cuda/runtime/
+// device_backend.h: device buffers on one GPU).
 //
 // Canonical gradient order (what makes every schedule bit-identical to the reference):
 //  * weight passes accumulate in place, and for each (stage, block, pass) in micro-batch order: a
@@ -17,9 +21,15 @@
 //  * then reduce_scatter_sum over the DP group (replicated parameters) or the expert-DP group
 //    (routed experts), which adds in group order; AdamW on the shard; all_gather.
 // reference.h computes the same sums in the same order on one thread.
+//
+// The Backend B (a concrete class; see CpuBackend for each member's contract) provides
+//   types   Tensor (activations; B::empty(t)), State (one block, one micro-batch: members x, out,
+//           d_out, dx of type Tensor, loss, balance_loss), Batch (a micro-batch's token ids),
+//           StageData (its per-held-stage parameters, gradients and optimizer state)
+//   calls   the block sub-steps, pp send / recv of tensors, the end-of-step pieces, and
+//           before_task / after_task around every task (stream ordering and timing on a GPU).
 #pragma once
 
-#include <functional>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -33,25 +43,25 @@
 namespace tandem::runtime {
 
 // One stage as this rank holds it (DualPipe / DualPipeV ranks hold two).
+template <class B>
 struct HeldStage {
   int stage = 0;
   int path = 0;  // the path whose chunks run this stage here
-  std::vector<BlockParams> params;  // blocks [first_block, end_block) of the stage
-  std::vector<BlockGrads> grads;
-  // ZeRO-1: this rank's shard of the flattened replicated ("dense") and routed-expert parameters.
-  std::vector<size_t> dense_counts, expert_counts;  // per member of the DP / expert-DP group
-  size_t dense_offset = 0, expert_offset = 0;       // where this rank's shard starts
-  std::vector<float> dense_shard_grad, expert_shard_grad;  // the reduced gradient (for checks)
-  std::vector<float> dense_m, dense_v, expert_m, expert_v;
-  std::vector<float> dense_shard_param, expert_shard_param;
+  // Blocks [first_block, end_block) of the stage as built by make_block_params: the backend's
+  // starting values, the blocks' kinds and the router's selection bias the balancing updates.
+  std::vector<BlockParams> params;
   // Rows routed to each expert this step, per block (empty for blocks without a router): this
   // rank's micro-batches until the reduce, then the sum over every holder of the stage.
   std::vector<std::vector<int64_t>> routed;
+  typename B::StageData data;
 };
 
+template <class B>
 class RankRunner final : public TaskRunner {
  public:
-  RankRunner(const RunSpec& spec, int world_rank, comm::Communicator& comm);
+  // The backend is built from (spec, world_rank, block context, extra...): the RankRunner owns it.
+  template <class... Extra>
+  RankRunner(const RunSpec& spec, int world_rank, Extra&&... extra);
 
   void begin_step(int step);  // zero the gradients, forget last step's micro-batches
   void run(int task_index, const Task& task) override;
@@ -59,10 +69,11 @@ class RankRunner final : public TaskRunner {
   int world_rank() const { return g_; }
   int pipeline_rank() const { return p_; }
   int replica() const { return replica_; }
+  B& backend() { return be_; }
   const std::map<int, double>& losses() const { return losses_; }  // micro-batch → loss (last stage)
   // micro-batch → the MTP loss (λ/D-weighted, summed over depths; last stage, MTP models only).
   const std::map<int, double>& mtp_losses() const { return mtp_losses_; }
-  std::vector<HeldStage>& stages() { return stages_; }
+  std::vector<HeldStage<B>>& stages() { return stages_; }
   // Sequence-wise balance loss of the step: (micro-batch, block) → its MoE block's loss (already
   // scaled to the global mean over sequences), for the MoE blocks this rank ran forward.
   const std::map<std::pair<int, int>, double>& balance_losses() const { return balance_losses_; }
@@ -70,45 +81,39 @@ class RankRunner final : public TaskRunner {
   // over the tokens of every rank holding the layer (before this step's bias update).
   const std::map<int64_t, double>& expert_load() const { return expert_load_; }
 
-  // The flattened layout of a held stage's parameters (and gradients): dense, then experts.
-  static std::vector<float> flatten_dense(std::vector<BlockParams>& blocks);
-  std::vector<float> flatten_experts(HeldStage& st, bool grads);
-
  private:
   using Key = std::tuple<int, int, int>;  // path, micro-batch, stage
+  using Tensor = typename B::Tensor;
+  using State = typename B::State;
   struct ChunkState {
-    std::vector<BlockState> blocks;
-    Mat<float> input, d_output;  // received from the neighbour stage
+    std::vector<State> blocks;
+    Tensor input, d_output;  // received from the neighbour stage
   };
 
   ChunkState& chunk(const Chunk& c);
   ChunkState* find_chunk(int path, int mb, int stage);
-  HeldStage& held(int stage);
-  const MicroBatchData& data(int mb);
-  const Mat<float>& stage_input(const Chunk& c);
-  const Mat<float>& stage_grad(const Chunk& c);
+  HeldStage<B>& held(int stage);
+  const typename B::Batch& data(int mb);
+  const Tensor& stage_input(const Chunk& c);
+  const Tensor& stage_grad(const Chunk& c);
   void compute_task(const Task& t);
   void weight_task(const Task& t);
-  void end_of_step_reduce();
   void fold_mtp_grads();
   void refresh_mtp_embeddings();
   bool rank_holds(int pipeline_rank, int stage) const;
+  int mirror_of(const HeldStage<B>& st) const;  // the other copy's world rank (DualPipe), else -1
   void end_of_step_balance();
-  void end_of_step_optimizer();
-  void end_of_step_gather();
-  std::vector<moe::Buffer> exchange(std::vector<moe::Buffer>& send, const std::string& label);
 
   const RunSpec& spec_;
   int g_, p_, replica_;
-  comm::Communicator& comm_;
   BlockContext ctx_;
-  std::vector<int> ep_group_, dp_group_, expert_dp_group_;
-  std::vector<HeldStage> stages_;
+  B be_;
+  std::vector<HeldStage<B>> stages_;
   int step_ = 0;
 
   std::mutex m_;  // guards the maps below (entries are only touched by tasks their deps order)
   std::map<Key, ChunkState> chunks_;
-  std::map<int, MicroBatchData> data_;
+  std::map<int, typename B::Batch> data_;
   std::map<int, double> losses_, mtp_losses_;
   std::map<std::pair<int, int>, double> balance_losses_;
   std::map<int64_t, double> expert_load_;
