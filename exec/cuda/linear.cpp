@@ -47,6 +47,11 @@ std::size_t Fp8Weight::t_scales_count() const {
 DeviceLinear::DeviceLinear(Blas& blas, LtFp8Gemm& lt, LinearNumerics numerics)
     : blas_(blas), lt_(lt), numerics_(numerics) {}
 
+void DeviceLinear::set_sm_count_target(int sms) {
+  if (sms < 0) throw std::invalid_argument("DeviceLinear::set_sm_count_target: sms must be >= 0, got " + std::to_string(sms));
+  sm_count_target_ = sms;
+}
+
 // ---------------------------------------------------------------- building blocks
 
 const float* DeviceLinear::dense_padded(ConstDeviceMat m, int rows_p, int cols_p) {
@@ -106,6 +111,7 @@ const float* DeviceLinear::fp8_gemm_scratch(const Fp8Operand& a, const Fp8Operan
   float* d = out_.reserve(count_of(a.rows, b.rows), stream());
   LtGemmOptions o;
   o.out = OutType::f32;
+  o.sm_count_target = sm_count_target_;
   lt_.gemm(a, b, d, o, stream());
   return d;
 }
@@ -118,6 +124,7 @@ void DeviceLinear::fp8_gemm_into(const Fp8Operand& a, const Fp8Operand& b, Devic
   if (direct) {
     LtGemmOptions o;
     o.out = OutType::f32;
+    o.sm_count_target = sm_count_target_;
     lt_.gemm(a, b, y.data, o, stream());
     if (round_bf16) epilogue(y.data, y.ld, y, true, false);
     return;

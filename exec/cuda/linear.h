@@ -139,6 +139,13 @@ class DeviceLinear {
   LinearNumerics numerics() const { return numerics_; }
   cudaStream_t stream() const { return blas_.stream(); }
 
+  // The SM budget of the FP8 GEMMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET): a rank whose GEMMs
+  // overlap communication kernels leaves the SMs those hold (scenario comm.sms) to them, so the
+  // two do not fight over SMs. 0 (the default): all SMs. Exact and bf16 GEMMs (cuBLAS) have no
+  // such knob and are unaffected. std::invalid_argument when negative.
+  void set_sm_count_target(int sms);
+  int sm_count_target() const { return sm_count_target_; }
+
   // fp8 only (std::invalid_argument otherwise): quantise W [N, K] into out (its buffers grow only).
   void quantize_weight(ConstDeviceMat W, Fp8Weight& out);
 
@@ -173,6 +180,7 @@ class DeviceLinear {
   Blas& blas_;
   LtFp8Gemm& lt_;
   LinearNumerics numerics_;
+  int sm_count_target_ = 0;
   DeviceBuffer<float> pad_;      // a zero-padded FP32 copy being quantised
   DeviceBuffer<float> out_;      // a GEMM's FP32 output before its epilogue
   DeviceBuffer<uint8_t> codes_a_, codes_b_;
