@@ -636,6 +636,7 @@ void DeviceStageBlocks::attn_b(std::size_t i, DeviceBlockState& s) {
   const int H = m.hidden;
   const int rows = to_int(s.h.rows(), "rows");
   const std::size_t n = count_of(rows, H);
+  if (s.d_out.size() != static_cast<int64_t>(n)) throw std::invalid_argument("attn_b: s.d_out must be [rows, hidden]");
   if (b.has_moe) {
     if (!s.tok) throw std::logic_error("attn_b: not a routed MoE block");
     const float* d_scores = nullptr;
