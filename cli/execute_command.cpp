@@ -7,19 +7,40 @@
 #include "exec/runtime/executor.h"
 #include "scenarios/scenario.h"
 
+#ifdef TANDEM_HAVE_CUDA
+#include "exec/cuda/device_query.h"
+#include "exec/cuda/runtime/cuda_executor.h"
+#endif
+
 namespace tandem {
 
 Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& text, bool& leader,
                                        ExecuteFailure* failure) {
   leader = true;
-  // The CUDA backend's device ops and communicators exist (exec/cuda/README.md); the runtime that
-  // runs a rank's Program on them does not yet, so say that rather than fail later.
-  if (o.backend == "cuda")
-    return InputError{"<command line>", "--backend",
-                      "'cuda': the CUDA executor runtime is not written yet (its device ops and communicators are, "
-                      "exec/cuda/README.md); use --backend cpu"};
-  if (o.backend != "cpu")
+  if (o.backend != "cpu" && o.backend != "cuda")
     return InputError{"<command line>", "--backend", "'" + o.backend + "': expected cpu or cuda"};
+  const bool cuda = o.backend == "cuda";
+#ifdef TANDEM_HAVE_CUDA
+  cuda::CudaWorld cuda_world = cuda::CudaWorld::automatic;
+  if (cuda) {
+    try {
+      cuda_world = cuda::parse_cuda_world(o.cuda_world);
+    } catch (const std::invalid_argument& e) {
+      return InputError{"<command line>", "--cuda-world", e.what()};
+    }
+    const cuda::DeviceQuery q = cuda::query_devices();
+    if (q.count == 0)
+      return InputError{"<command line>", "--backend", "'cuda': no CUDA device is present (" + q.detail + "); use --backend cpu"};
+    if (o.check_reference)
+      return InputError{"<command line>", "--check-reference",
+                        "the CPU backend's check (the CUDA backend is checked against the CPU backend by the GPU "
+                        "check exec_cuda); drop it or use --backend cpu"};
+  }
+#else
+  if (cuda)
+    return InputError{"<command line>", "--backend",
+                      "'cuda': this build has no CUDA backend (configured with TANDEM_CUDA=OFF or without nvcc); use --backend cpu"};
+#endif
   nn::Numerics numerics = nn::Numerics::exact;
   if (o.numerics == "bf16") numerics = nn::Numerics::bf16;
   else if (o.numerics == "fp8") numerics = nn::Numerics::fp8;
@@ -47,7 +68,7 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     spec.balance_loss_alpha = o.balance_loss_alpha;
     spec.mtp_lambda = o.mtp_lambda;
     spec.setup.router_bias_skew = o.router_bias_skew;
-    runtime::check_cpu_budget(s, spec.workload);
+    if (!cuda) runtime::check_cpu_budget(s, spec.workload);
   } catch (const InputException& e) {
     return e.error();
   }
@@ -61,7 +82,11 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   if (o.fault_rank >= 0) eo.fault = comm::FaultInjection{o.fault_rank, o.fault_at, comm::FaultInjection::Mode::announced};
   runtime::ExecResult r;
   try {
+#ifdef TANDEM_HAVE_CUDA
+    r = cuda ? cuda::execute_cuda(spec, eo, cuda_world) : runtime::execute(spec, eo);
+#else
     r = runtime::execute(spec, eo);
+#endif
   } catch (const runtime::ExecFailure& e) {
     if (failure) failure->message = e.what();
     return nlohmann::json::object();

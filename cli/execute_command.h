@@ -1,7 +1,7 @@
-// `tandem execute <scenario> --backend cpu [--steps N] [--check-reference] [--numerics fp32|bf16|fp8]
+// `tandem execute <scenario> [--backend cpu|cuda] [--cuda-world auto|virtual|nccl] [--steps N] [--check-reference] [--numerics fp32|bf16|fp8]
 //  [--bias-update-speed G] [--balance-loss-alpha A] [--trace FILE] [--json] [--set k=v]...` — runs training steps of a scenario on the executor.
-// Exit codes: 0 success, 2 bad input (InputError: unknown backend, scenario too large for the CPU
-// backend naming the key), 3 a rank failed (the message names the rank and the task).
+// Exit codes: 0 success, 2 bad input (InputError: unknown backend, no CUDA device or no CUDA backend
+// built for --backend cuda, scenario too large for the CPU backend naming the key), 3 a rank failed (the message names the rank and the task).
 #pragma once
 
 #include <string>
@@ -17,6 +17,7 @@ struct ExecuteOptions {
   std::string path;
   std::vector<std::string> overrides;
   std::string backend = "cpu";
+  std::string cuda_world = "auto";  // --backend cuda: auto | virtual | nccl (exec/cuda/runtime/cuda_executor.h)
   int steps = 1;
   bool check_reference = false;
   std::string numerics = "fp32";

@@ -97,10 +97,12 @@ int main(int argc, char** argv) {
   be->add_flag("--json", bench.json, "print one JSON object on stdout instead of text");
 
   tandem::ExecuteOptions execute;
-  auto* ex = app.add_subcommand("execute", "Run training steps of a scenario on the executor (CPU backend)");
+  auto* ex = app.add_subcommand("execute", "Run training steps of a scenario on the executor (CPU or CUDA backend)");
   ex->add_option("scenario", execute.path, "scenario file")->required();
   ex->add_option("--set", execute.overrides, "override a scenario key (repeatable)");
-  ex->add_option("--backend", execute.backend, "cpu (the only backend built here)");
+  ex->add_option("--backend", execute.backend, "cpu (default) or cuda (GPUs: needs a CUDA build and a device)");
+  ex->add_option("--cuda-world", execute.cuda_world,
+                 "--backend cuda: auto (default), virtual (every rank on GPU 0) or nccl (one rank per GPU)");
   ex->add_option("--steps", execute.steps, "training steps (default 1)")->check(CLI::Range(1, 100000));
   ex->add_flag("--check-reference", execute.check_reference,
                "compare step 1's loss and gradients with a sequential single-rank step");

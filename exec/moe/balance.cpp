@@ -6,7 +6,11 @@
 namespace tandem::moe {
 
 void add_expert_counts(const Routing& routing, std::vector<int64_t>& counts) {
-  for (int32_t e : routing.expert) {
+  add_expert_counts(std::span<const int32_t>(routing.expert.data(), routing.expert.size()), counts);
+}
+
+void add_expert_counts(std::span<const int32_t> expert, std::vector<int64_t>& counts) {
+  for (int32_t e : expert) {
     if (e < 0 || static_cast<size_t>(e) >= counts.size())
       throw std::invalid_argument("add_expert_counts: expert index out of range");
     ++counts[static_cast<size_t>(e)];

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "exec/moe/router.h"
@@ -27,6 +28,8 @@ namespace tandem::moe {
 std::vector<int64_t> expert_counts(const Routing& routing, int n_routed);
 // counts[e] += rows of `routing` routed to e (accumulate a step over micro-batches).
 void add_expert_counts(const Routing& routing, std::vector<int64_t>& counts);
+// The same from the expert ids alone (a backend that keeps them outside a Routing).
+void add_expert_counts(std::span<const int32_t> expert, std::vector<int64_t>& counts);
 
 struct LoadStats {
   int64_t max = 0, min = 0, total = 0;

@@ -46,10 +46,13 @@ class CpuBackend {
   static bool empty(const Tensor& t) { return t.size() == 0; }
   comm::Communicator& host_comm() { return comm_; }  // host data: expert counts
   void add_stage(HeldStage<CpuBackend>& st);         // once per held stage, after its blocks are built
+  void start_step() {}                               // once per step, before begin_step of each stage
   void begin_step(HeldStage<CpuBackend>& st);        // zero the stage's gradient accumulators
   Batch make_batch(MicroBatchData d) { return d; }   // the token ids as the sub-steps read them
-  void before_task(int, const Task&) {}              // stream ordering / timing hooks (GPU)
-  void after_task(int, const Task&) {}
+  // Held while a task runs (RAII: also when it throws); a GPU backend orders its streams and
+  // times the task here. Nothing to do on the CPU.
+  struct TaskScope {};
+  TaskScope task_scope(int, const Task&) { return {}; }
 
   // The block sub-steps (block_ops.h) of block i of the stage.
   void attn_f(HeldStage<CpuBackend>& st, size_t i, State& s, const Batch& d);

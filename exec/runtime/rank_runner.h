@@ -27,7 +27,8 @@
 //           d_out, dx of type Tensor, loss, balance_loss), Batch (a micro-batch's token ids),
 //           StageData (its per-held-stage parameters, gradients and optimizer state)
 //   calls   the block sub-steps, pp send / recv of tensors, the end-of-step pieces, and
-//           before_task / after_task around every task (stream ordering and timing on a GPU).
+//           task_scope(index, task), an RAII object held while each task runs (stream ordering
+//           and timing on a GPU).
 #pragma once
 
 #include <map>

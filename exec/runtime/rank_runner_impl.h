@@ -68,6 +68,7 @@ void RankRunner<B>::begin_step(int step) {
   weights_left_.clear();
   for (const Task& t : spec_.program.tasks[static_cast<size_t>(p_)])
     if (rank_runner_detail::is_weight(t.kind)) ++weights_left_[{t.chunk.path, t.chunk.micro_batch, t.chunk.stage, t.block}];
+  be_.start_step();
   for (HeldStage<B>& st : stages_) {
     be_.begin_step(st);
     st.routed.assign(st.params.size(), {});
@@ -133,7 +134,8 @@ const typename B::Tensor& RankRunner<B>::stage_grad(const Chunk& c) {
 
 template <class B>
 void RankRunner<B>::run(int task_index, const Task& t) {
-  be_.before_task(task_index, t);
+  // The backend's view of the task (a GPU's stream ordering and timing), until it returns or throws.
+  [[maybe_unused]] const auto scope = be_.task_scope(task_index, t);
   switch (t.kind) {
     case TaskKind::pp_send: {
       const Message& m = spec_.program.schedule.messages[static_cast<size_t>(t.message)];
@@ -166,7 +168,6 @@ void RankRunner<B>::run(int task_index, const Task& t) {
     case TaskKind::mlp_w: weight_task(t); break;
     default: compute_task(t); break;
   }
-  be_.after_task(task_index, t);
 }
 
 template <class B>

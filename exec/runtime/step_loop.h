@@ -35,8 +35,11 @@ struct StepHooks {
   // Step 1 with check_reference: the rank's largest relative gradient error against the reference.
   std::function<double(Runner&, const ReferenceStep&)> grad_error;
   // The rank's task timings for the trace, given the interpreter's host clock times (a GPU
-  // backend returns the device's).
+  // backend waits for its device and returns the device's). Called after every step, in the
+  // rank's thread, before the losses are gathered: the step's wall time includes it.
   std::function<std::vector<TaskTiming>(Runner&, std::vector<TaskTiming>)> timings;
+  // On the calling thread before the ranks start step `step` (a GPU backend's time origin).
+  std::function<void(int step)> before_step;
 };
 
 // Runs o.steps steps of `runners` (the ranks this process hosts) in `world`, appending each
@@ -54,6 +57,7 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
       moe_layers.push_back(b.layer);
 
   for (int step = 1; step <= o.steps; ++step) {
+    if (hooks.before_step) hooks.before_step(step);
     const auto t0 = std::chrono::steady_clock::now();
     std::mutex m;
     std::string first_error;
