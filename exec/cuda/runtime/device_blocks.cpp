@@ -192,7 +192,6 @@ struct DeviceStageBlocks::Impl {
   std::unique_ptr<DeviceMtpProj> mtp;     // MTP blocks
   std::unique_ptr<DeviceMoeLayer> moe;    // MoE blocks (weights are passed per call)
   std::vector<std::unique_ptr<BlockDev>> blocks;
-  bool fp8_ready = false;  // fp8 weights quantised for this step
   // Scratch of the sub-steps that is not kept between them (grow-only, compute stream).
   DeviceBuffer<float> bal_P, bal_per_seq, bal_loss;
   DeviceBuffer<double> row_loss;
@@ -428,7 +427,6 @@ void DeviceStageBlocks::begin_step() {
       b.mtp_w.eh_proj_fp8 = &b.eh_proj_fp8;
     }
   }
-  m.fp8_ready = true;
 }
 
 // ---------------------------------------------------------------------------------------------
