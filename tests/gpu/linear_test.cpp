@@ -31,6 +31,8 @@
 //           quantize_weight's codes / scales / transpose bit-identical to exec/fp8 (padding codes
 //           0) and results with the quantised weight bit-identical to quantising per call; empty
 //           shapes (M = 0, K = 0 -> y = 0, N = 0 -> dx = 0).
+//           Also: fp8 forward with the SM budget set (set_sm_count_target = SMs − 20) equals the
+//           all-SM product within one BF16 ulp (rel-L2 4e-3); a negative budget is refused.
 //   ffn     DeviceFfn forward / backward_input / backward_weight vs exec/nn's ffn_* (y, gate|up,
 //           dx, d_gate|d_up, the recomputed SwiGLU output, the three weight gradients onto random
 //           starting values) at (rows, hidden, inter) = (256, 256, 384), (130, 200, 100),
@@ -46,6 +48,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -510,6 +513,40 @@ void check_linear_empty(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, cu:
   expect(to_host(gdx) == std::vector<float>(64 * 32, 0.0f), tag + ": N = 0 gives dx = 0");
 }
 
+// The FP8 GEMMs' SM budget (set_sm_count_target: SMs − the scenario's comm SMs, as the CUDA
+// executor sets it): the same product up to FP32 accumulation order (cuBLASLt may pick another
+// algorithm for fewer SMs), seen through fp8's BF16-rounded outputs — an order difference can
+// move an element by one BF16 ulp (2^-8 relative), so rel-L2 <= 4e-3 bounds even every element
+// moving; whether it is bit-identical is printed. A negative budget is refused.
+void check_linear_sm_budget(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st) {
+  const int M = 512, K = 1024, N = 768;
+  cudaDeviceProp prop{};
+  cu::check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+  const int budget = std::max(1, prop.multiProcessorCount - 20);
+  const MatF x = random_mat<float>(M, K, 31), W = random_mat<float>(N, K, 32);
+  auto gx = upload(x), gW = upload(W);
+  cu::DeviceBuffer<float> all(static_cast<std::size_t>(M) * N), fewer(static_cast<std::size_t>(M) * N);
+  cu::DeviceLinear full(blas, lt, cu::LinearNumerics::fp8), limited(blas, lt, cu::LinearNumerics::fp8);
+  limited.set_sm_count_target(budget);
+  expect(limited.sm_count_target() == budget, "linear fp8 SM budget: the target is kept");
+  const cu::ConstDeviceMat xm(gx.get(), M, K), Wm(gW.get(), N, K);
+  full.forward(xm, Wm, cu::DeviceMat(all.get(), M, N));
+  limited.forward(xm, Wm, cu::DeviceMat(fewer.get(), M, N));
+  st.sync("linear sm budget");
+  const std::vector<float> a = to_host(all), b = to_host(fewer);
+  const double e = rel_l2(b, a);
+  std::printf("  linear fp8 with %d of %d SMs: rel-L2 %.3g vs all SMs (%s)\n", budget, prop.multiProcessorCount, e,
+              same_bits(a, b) ? "bit-identical" : "not bit-identical");
+  expect(e <= 4e-3, "linear fp8 SM budget: same product within one BF16 ulp (rel-L2 4e-3)");
+  bool refused = false;
+  try {
+    limited.set_sm_count_target(-1);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  expect(refused, "linear SM budget: a negative target is refused");
+}
+
 // ================================================================ ffn
 
 // [rows, 2·inter] = a | b (a, b [rows, inter]).
@@ -665,6 +702,7 @@ TANDEM_GPU_CHECK(linear) {
     for (const auto& s : shapes) check_linear_case(blas, lt, st, s[0], s[1], s[2], num);
     check_linear_empty(blas, lt, st, num);
   }
+  check_linear_sm_budget(blas, lt, st);
 }
 
 TANDEM_GPU_CHECK(ffn) {
