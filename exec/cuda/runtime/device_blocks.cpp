@@ -711,10 +711,38 @@ void DeviceStageBlocks::attn_w(std::size_t i, DeviceBlockState& s, const DeviceM
 
 void DeviceStageBlocks::release(DeviceBlockState& s) {
   impl_->set_device();
-  DeviceTensor out = std::move(s.out), dx = std::move(s.dx);
-  s = DeviceBlockState{};
-  s.out = std::move(out);
-  s.dx = std::move(dx);
+  // runtime::release's effect, member by member, WITHOUT touching out and dx (not even a move out
+  // and back): the rank's comm thread may read them at this very moment (pp_send of the stage's
+  // output / input gradient runs concurrently with the weight passes that end in release).
+  s.x = DeviceTensor{};
+  s.d_out = DeviceTensor{};
+  s.loss = 0;
+  s.balance_loss = 0;
+  s.routing = {};
+  s.h = DeviceTensor{};
+  s.xn = DeviceTensor{};
+  s.d_h = DeviceTensor{};
+  s.d_xn = DeviceTensor{};
+  s.xn1 = DeviceBuffer<float>{};
+  s.inv_rms1 = DeviceBuffer<float>{};
+  s.inv_rms2 = DeviceBuffer<float>{};
+  s.mla = MlaDeviceSaved{};
+  s.mla_g = MlaDeviceInputGrad{};
+  s.ffn = DeviceFfnSaved{};
+  s.ffn_g = DeviceFfnInputGrad{};
+  s.tok.reset();
+  s.exp.reset();
+  s.logits = DeviceTensor{};
+  s.dlogits = DeviceBuffer<float>{};
+  s.head = DeviceHeadSaved{};
+  s.head_g = DeviceHeadInputGrad{};
+  s.balance_f = DeviceBuffer<float>{};
+  s.d_scores = DeviceBuffer<float>{};
+  s.mtp = DeviceMtpSaved{};
+  s.mtp_g = DeviceMtpInputGrad{};
+  s.emb = DeviceTensor{};
+  s.d_proj_out = DeviceTensor{};
+  s.scalar = DeviceBuffer<double>{};
 }
 
 // ---------------------------------------------------------------------------------------------
