@@ -31,6 +31,12 @@ std::size_t table_floats(const DeviceBackend::Held& stage0) {
   return static_cast<std::size_t>(stage0.params.front().embed.size());
 }
 
+// Comm-stream tasks that also enqueue work on the compute stream after their transfer.
+bool has_compute_tail(const Task& t) {
+  return t.stream == tandem::Stream::comm && (t.kind == TaskKind::dispatch_f || t.kind == TaskKind::dispatch_b ||
+                                               t.kind == TaskKind::combine_f || t.kind == TaskKind::combine_b);
+}
+
 // Makes `device` current on this thread, for the members built after it.
 unsigned on_device(int device) {
   check(cudaSetDevice(device), "cudaSetDevice");
@@ -71,6 +77,13 @@ DeviceBackend::DeviceBackend(const runtime::RunSpec& spec, int world_rank, const
     end_.push_back(timing_event());
   }
   ran_.assign(tasks_.size(), 0);
+  // dispatch / combine run on the comm stream but end with compute-side work (the unpack, combine's
+  // sums and residual add, moe_layer.h): a point on compute after it, for comm-stream successors.
+  tail_.assign(tasks_.size(), nullptr);
+  tail_ran_.assign(tasks_.size(), 0);
+  for (std::size_t k = 0; k < tasks_.size(); ++k)
+    if (has_compute_tail(tasks_[k]))
+      check(cudaEventCreateWithFlags(&tail_[k], cudaEventDisableTiming), "cudaEventCreateWithFlags (task tail)");
   own_origin_ = timing_event();
   check(cudaEventCreateWithFlags(&handoff_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
 }
@@ -83,6 +96,8 @@ DeviceBackend::~DeviceBackend() {
   cudaStreamSynchronize(comm_stream_.get());
   for (cudaEvent_t e : start_) cudaEventDestroy(e);
   for (cudaEvent_t e : end_) cudaEventDestroy(e);
+  for (cudaEvent_t e : tail_)
+    if (e) cudaEventDestroy(e);
   if (own_origin_) cudaEventDestroy(own_origin_);
   if (handoff_) cudaEventDestroy(handoff_);
 }
@@ -113,6 +128,7 @@ void DeviceBackend::start_step() {
     check(cudaStreamWaitEvent(comm_stream_.get(), own_origin_, 0), "cudaStreamWaitEvent (step origin)");
   }
   std::fill(ran_.begin(), ran_.end(), 0);
+  std::fill(tail_ran_.begin(), tail_ran_.end(), 0);
 }
 
 void DeviceBackend::begin_step(Held& st) {
@@ -137,9 +153,14 @@ DeviceBackend::TaskScope::TaskScope(DeviceBackend& be, int index, const Task& t)
   // The Program's cross-stream deps as device order: the deps finished on the host (the
   // interpreter ran them), so their end events are recorded; wait for those on the other stream.
   for (int d : t.deps) {
-    const Task& dep = be.tasks_[static_cast<std::size_t>(d)];
-    if (dep.stream != t.stream && be.ran_[static_cast<std::size_t>(d)])
-      check(cudaStreamWaitEvent(stream_, be.end_[static_cast<std::size_t>(d)], 0), "cudaStreamWaitEvent (task deps)");
+    const std::size_t k = static_cast<std::size_t>(d);
+    const Task& dep = be.tasks_[k];
+    if (dep.stream != t.stream && be.ran_[k])
+      check(cudaStreamWaitEvent(stream_, be.end_[k], 0), "cudaStreamWaitEvent (task deps)");
+    // A comm-stream dep's compute-side tail (e.g. pp_send of the output combine_f wrote on compute).
+    // A compute-stream task needs no wait: the tail was enqueued on compute before it.
+    if (t.stream == tandem::Stream::comm && be.tail_[k] && be.tail_ran_[k])
+      check(cudaStreamWaitEvent(stream_, be.tail_[k], 0), "cudaStreamWaitEvent (task tail)");
   }
   check(cudaEventRecord(be.start_[static_cast<std::size_t>(index)], stream_), "cudaEventRecord (task start)");
 }
@@ -153,8 +174,9 @@ DeviceBackend::TaskScope::~TaskScope() {
   if (!be_) return;
   // Recorded even when the task threw: a later wait on it then waits for what was enqueued.
   // Errors here would only repeat the task's own; they are not thrown from a destructor.
-  if (cudaEventRecord(be_->end_[static_cast<std::size_t>(index_)], stream_) == cudaSuccess)
-    be_->ran_[static_cast<std::size_t>(index_)] = 1;
+  const std::size_t k = static_cast<std::size_t>(index_);
+  if (be_->tail_[k] && cudaEventRecord(be_->tail_[k], be_->compute_.get()) == cudaSuccess) be_->tail_ran_[k] = 1;
+  if (cudaEventRecord(be_->end_[k], stream_) == cudaSuccess) be_->ran_[k] = 1;
 }
 
 void DeviceBackend::attn_f(Held& st, std::size_t i, State& s, const Batch& d) { st.data.blocks->attn_f(i, s, d); }

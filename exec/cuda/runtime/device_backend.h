@@ -12,6 +12,9 @@
 //   (routing ids, loss values). Its stream (Task::stream) first waits on the end events of its
 //   dependencies that ran on the OTHER stream — the Program's deps, turned into device order —
 //   and its start and end are CUDA events on its stream: timings() reads them after the step.
+//   dispatch / combine are comm tasks whose work ends on compute (the unpack; combine_f's output):
+//   a comm-stream successor (pp_send of a stage ending in a MoE layer) also waits on an event
+//   recorded on compute when they end.
 // - The rank's compute state (the DeviceLinear's scratch, the MoE layers' events) is one object
 //   driven from two host threads (the interpreter's), so every task except pp_send / pp_recv runs
 //   under the rank's device mutex. pp messages need no compute state and may block the host
@@ -163,6 +166,10 @@ class DeviceBackend {
   std::mutex device_mutex_;
   std::vector<cudaEvent_t> start_, end_;  // per task index, timing enabled
   std::vector<uint8_t> ran_;              // the task's events were recorded this step (a byte each: two threads write)
+  // Per task: dispatch / combine only (else null), recorded on compute when the task ends, after
+  // the compute-side work it enqueued; comm-stream successors wait on it (end_ is on comm).
+  std::vector<cudaEvent_t> tail_;
+  std::vector<uint8_t> tail_ran_;
   cudaEvent_t origin_ = nullptr, own_origin_ = nullptr, handoff_ = nullptr;
   DeviceBuffer<float> scratch_;           // received copies (DualPipe exchange, MTP embedding gradient)
 };
