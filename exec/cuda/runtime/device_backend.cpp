@@ -274,13 +274,27 @@ void DeviceBackend::reduce(Held& st, int mirror, int tag) {
     const std::string label = "dualpipe copy exchange stage " + std::to_string(st.stage);
     const std::size_t nd = grads.layout().dense_size(), nx = grads.layout().expert_size();
     float* experts = nx > 0 ? grads.experts(0) : nullptr;
-    comm_.send(mirror, tag, grads.dense(), nd * sizeof(float), label, s);
-    comm_.send(mirror, tag + 1, experts, nx * sizeof(float), label, s);
-    float* tmp = scratch_.reserve(std::max<std::size_t>({nd, nx, 1}), s);
-    comm_.recv(mirror, tag, tmp, nd * sizeof(float), label, s);
+    // Both sums are received before either is added (the sends read the unmodified sums). Path 0
+    // sends first, path 1 receives first: NCCL's p2p is a rendezvous on the GPU, so two copies
+    // that both enqueued their sends ahead of their receives would wait for each other forever.
+    float* tmp = scratch_.reserve(std::max<std::size_t>(nd + nx, 1), s);
+    auto send_mine = [&] {
+      comm_.send(mirror, tag, grads.dense(), nd * sizeof(float), label, s);
+      comm_.send(mirror, tag + 1, experts, nx * sizeof(float), label, s);
+    };
+    auto recv_theirs = [&] {
+      comm_.recv(mirror, tag, tmp, nd * sizeof(float), label, s);
+      comm_.recv(mirror, tag + 1, nx > 0 ? tmp + nd : nullptr, nx * sizeof(float), label, s);
+    };
+    if (st.path == 0) {
+      send_mine();
+      recv_theirs();
+    } else {
+      recv_theirs();
+      send_mine();
+    }
     add_inplace(grads.dense(), tmp, nd, s);
-    comm_.recv(mirror, tag + 1, tmp, nx * sizeof(float), label, s);
-    if (nx > 0) add_inplace(experts, tmp, nx, s);
+    if (nx > 0) add_inplace(experts, tmp + nd, nx, s);
   }
   st.data.zero1->reduce(grads, s);
 }
