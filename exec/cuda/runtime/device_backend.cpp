@@ -299,8 +299,10 @@ void DeviceBackend::reduce(Held& st, int mirror, int tag) {
   st.data.zero1->reduce(grads, s);
 }
 
+// On the optimizer task's own stream (compute), so its trace event times the AdamW kernels; the
+// task scope made compute wait for the reduce-scatter, and the all-gather (comm) waits for this.
 void DeviceBackend::optimize(Held& st, int t) {
-  st.data.zero1->optimize(st.data.blocks->params(), st.data.blocks->grads(), t, comm_stream_.get());
+  st.data.zero1->optimize(st.data.blocks->params(), st.data.blocks->grads(), t, compute_.get());
 }
 
 void DeviceBackend::gather(Held& st) { st.data.zero1->gather(st.data.blocks->params(), comm_stream_.get()); }

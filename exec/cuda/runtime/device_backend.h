@@ -25,7 +25,9 @@
 // - End of step: DualPipe's copy exchange and the MTP folds are device sends / recvs and
 //   add_inplace on the comm stream (FP32 adds are commutative, so both copies' path-0 + path-1 sums
 //   are bit-identical whichever copy computes them; the path-0 copy sends first, the path-1 copy
-//   receives first, since NCCL's sends wait on the GPU for the matching receive). begin_step makes each stream wait for the
+//   receives first, since NCCL's sends wait on the GPU for the matching receive). The reduce-scatter
+//   and all-gather run on the comm stream, AdamW on the optimizer task's (compute) stream, ordered
+//   between them by the task deps. begin_step makes each stream wait for the
 //   other (last step's all-gather lands before this step's compute reads the weights) and
 //   re-quantises FP8 weights (DeviceStageBlocks::begin_step).
 // - The router's selection bias: the orchestration updates the host copy (HeldStage::params) and
