@@ -67,9 +67,11 @@ void compare_case(const std::string& name, const runtime::RunSpec& spec, bool ex
         std::printf("    layer %lld expert load max/mean: cpu %.4f gpu %.4f\n",
                     static_cast<long long>(c.moe_layers[l]), c.load_max_over_mean[l], g.load_max_over_mean[l]);
   }
-  // The trace: every task of every rank once, device times from the origin.
+  // The trace: every task of every world rank once (each replica runs its pipeline rank's list),
+  // device times from the origin.
   std::size_t tasks = 0;
-  for (const auto& list : spec.program.tasks) tasks += list.size();
+  for (int g = 0; g < spec.world_size(); ++g)
+    tasks += spec.program.tasks[static_cast<std::size_t>(spec.pipeline_rank_of(g))].size();
   expect(gpu.trace.events.size() == tasks, name + ": one trace event per task (" +
                                                std::to_string(gpu.trace.events.size()) + " of " + std::to_string(tasks) + ")");
   bool ordered = true;
