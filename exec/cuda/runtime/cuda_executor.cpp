@@ -37,6 +37,19 @@ struct DeviceWorld {
   std::unique_ptr<NcclLocalWorld> nccl_local;
   std::unique_ptr<comm::World> mpi_host;
   std::vector<std::unique_ptr<NcclCommunicator>> nccl_ranks;  // indexed like `local`
+
+  DeviceWorld() = default;
+  DeviceWorld(const DeviceWorld&) = delete;
+  DeviceWorld& operator=(const DeviceWorld&) = delete;
+  // ncclCommDestroy is an intra-node collective (nccl_comm.h): this process's ranks are destroyed
+  // concurrently, one thread each (as NcclLocalWorld does), before the host world they use.
+  ~DeviceWorld() {
+    if (nccl_ranks.size() > 1) {
+      std::vector<std::thread> threads;
+      for (auto& r : nccl_ranks) threads.emplace_back([&r] { r.reset(); });
+      for (auto& t : threads) t.join();
+    }
+  }
 #endif
 };
 
