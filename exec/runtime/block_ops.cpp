@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 
 #include "exec/nn/embedding.h"
 #include "exec/nn/head.h"
@@ -226,11 +227,14 @@ void attn_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGra
   }
 }
 
+// out and dx are never touched: the comm thread may be sending them right now (pp_send of the
+// stage's output or input gradient), so they are not even moved out and back. The loss and the
+// balance loss stay too (reported after the step).
 void release(BlockState& s) {
-  Mat<float> out = std::move(s.out), dx = std::move(s.dx);
-  s = BlockState{};
-  s.out = std::move(out);
-  s.dx = std::move(dx);
+  auto reset = [](auto&... m) { ((m = std::remove_reference_t<decltype(m)>{}), ...); };
+  reset(s.x, s.h, s.xn, s.d_out, s.d_h, s.d_xn, s.mla, s.mla_g, s.ffn, s.ffn_g, s.tok, s.exp, s.shared,
+        s.shared_g, s.shared_out, s.dx_routed, s.send, s.head, s.head_g, s.dlogits, s.balance, s.mtp, s.mtp_g,
+        s.d_proj_out);
 }
 
 }  // namespace tandem::runtime

@@ -110,7 +110,8 @@ void mlp_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGrad
 void attn_w(const BlockContext& c, const BlockParams& p, BlockState& s, BlockGrads& g,
             const MicroBatchData& data);
 
-// Frees what backward no longer needs once both weight passes ran (the output stays for sends).
+// Frees what backward no longer needs once both weight passes ran. out and dx stay, untouched (a
+// pp_send on the comm thread may be reading them), and so do the loss values.
 void release(BlockState& s);
 
 }  // namespace tandem::runtime

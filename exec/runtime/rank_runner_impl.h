@@ -56,6 +56,7 @@ RankRunner<B>::RankRunner(const RunSpec& spec, int world_rank, Extra&&... extra)
 template <class B>
 void RankRunner<B>::begin_step(int step) {
   step_ = step;
+  be_.start_step();  // first: a GPU backend makes its device current before last step's state is freed
   std::lock_guard lock(m_);
   chunks_.clear();
   losses_.clear();
@@ -68,7 +69,6 @@ void RankRunner<B>::begin_step(int step) {
   weights_left_.clear();
   for (const Task& t : spec_.program.tasks[static_cast<size_t>(p_)])
     if (rank_runner_detail::is_weight(t.kind)) ++weights_left_[{t.chunk.path, t.chunk.micro_batch, t.chunk.stage, t.block}];
-  be_.start_step();
   for (HeldStage<B>& st : stages_) {
     be_.begin_step(st);
     st.routed.assign(st.params.size(), {});

@@ -109,9 +109,10 @@ void make_nccl(DeviceWorld& w, int ranks, int devices, const comm::CommOptions& 
 #endif
 
 void make_world(DeviceWorld& w, CudaWorld kind, int ranks, int devices, const comm::CommOptions& co) {
+  // nccl only where there is no other way (several processes): on one process the virtual ranks'
+  // eager sends cannot stall the way NCCL's rendezvous can (exec/cuda/README.md, known doubts).
   if (kind == CudaWorld::automatic)
-    kind = nccl_built() && (comm::launched_under_mpi() || (ranks > 1 && devices >= ranks)) ? CudaWorld::nccl
-                                                                                            : CudaWorld::virtual_ranks;
+    kind = nccl_built() && comm::launched_under_mpi() ? CudaWorld::nccl : CudaWorld::virtual_ranks;
   if (kind == CudaWorld::virtual_ranks) return make_virtual(w, ranks, co);
 #ifdef TANDEM_HAVE_NCCL
   make_nccl(w, ranks, devices, co);

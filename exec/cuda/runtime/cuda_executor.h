@@ -11,8 +11,10 @@
 //                  world-size GPUs (NcclLocalWorld, ncclCommInitAll); under mpirun / srun (the host
 //                  world is MPI, exec/comm/world.h) this process's ranks, each on GPU
 //                  (node-local rank) through NcclCommunicator::init_rank.
-//   automatic      nccl when the build has NCCL and either the host world is MPI or this process
-//                  sees world-size GPUs (> 1); otherwise virtual_ranks.
+//   automatic      nccl when the build has NCCL and this process runs under an MPI launcher (no
+//                  other way to reach the other processes); otherwise virtual_ranks. NCCL's p2p is
+//                  a rendezvous on the GPU and the Programs are checked for eager sends, so the nccl
+//                  world is the untested path (exec/cuda/README.md, known doubts).
 //
 // Trace: each task's start and end are CUDA events on its stream (device_backend.h), in seconds
 // from one origin per device (virtual ranks: one event every rank's streams wait on, so the ranks

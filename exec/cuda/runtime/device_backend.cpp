@@ -11,15 +11,6 @@ namespace tandem::cuda {
 
 namespace {
 
-LinearNumerics linear_numerics(nn::Numerics n) {
-  switch (n) {
-    case nn::Numerics::exact: return LinearNumerics::exact;
-    case nn::Numerics::bf16: return LinearNumerics::bf16;
-    case nn::Numerics::fp8: return LinearNumerics::fp8;
-  }
-  throw std::invalid_argument("unknown numerics");
-}
-
 cudaEvent_t timing_event() {
   cudaEvent_t e = nullptr;
   check(cudaEventCreate(&e), "cudaEventCreate (task timing)");

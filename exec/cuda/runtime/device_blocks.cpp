@@ -23,15 +23,6 @@ int to_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-LinearNumerics linear_numerics(nn::Numerics n) {
-  switch (n) {
-    case nn::Numerics::exact: return LinearNumerics::exact;
-    case nn::Numerics::bf16: return LinearNumerics::bf16;
-    case nn::Numerics::fp8: return LinearNumerics::fp8;
-  }
-  throw std::invalid_argument("DeviceStageBlocks: unknown numerics");
-}
-
 MoeWire moe_wire(moe::Wire w) {
   switch (w) {
     case moe::Wire::exact: return MoeWire::exact;
@@ -92,6 +83,15 @@ DeviceBuffer<T> upload_on(const T* host, std::size_t n, cudaStream_t stream) {
 
 // ---------------------------------------------------------------------------------------------
 // DeviceTensor, micro-batch upload
+
+LinearNumerics linear_numerics(nn::Numerics n) {
+  switch (n) {
+    case nn::Numerics::exact: return LinearNumerics::exact;
+    case nn::Numerics::bf16: return LinearNumerics::bf16;
+    case nn::Numerics::fp8: return LinearNumerics::fp8;
+  }
+  throw std::invalid_argument("linear_numerics: unknown numerics");
+}
 
 DeviceTensor DeviceTensor::make(int64_t rows, int64_t cols) {
   if (rows < 0 || cols < 0) throw std::invalid_argument("DeviceTensor::make: negative rows or cols");

@@ -63,6 +63,9 @@ class DeviceTensor {
   int64_t rows_ = 0, cols_ = 0;
 };
 
+// exec/nn's Numerics as the device's (the run's numerics for DeviceLinear).
+LinearNumerics linear_numerics(nn::Numerics n);
+
 // One micro-batch's token ids on the device (runtime::MicroBatchData, uploaded once per step).
 struct DeviceMicroBatch {
   int rows = 0;
