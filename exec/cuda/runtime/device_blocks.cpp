@@ -713,11 +713,10 @@ void DeviceStageBlocks::release(DeviceBlockState& s) {
   impl_->set_device();
   // runtime::release's effect, member by member, WITHOUT touching out and dx (not even a move out
   // and back): the rank's comm thread may read them at this very moment (pp_send of the stage's
-  // output / input gradient runs concurrently with the weight passes that end in release).
+  // output / input gradient runs concurrently with the weight passes that end in release). The
+  // loss values stay, as there (reported after the step).
   s.x = DeviceTensor{};
   s.d_out = DeviceTensor{};
-  s.loss = 0;
-  s.balance_loss = 0;
   s.routing = {};
   s.h = DeviceTensor{};
   s.xn = DeviceTensor{};

@@ -153,7 +153,8 @@ class DeviceStageBlocks {
   void mlp_w(std::size_t i, DeviceBlockState& s);  // into grads() (experts per source member)
   void attn_w(std::size_t i, DeviceBlockState& s, const DeviceMicroBatch& data);
   // Frees what backward no longer needs once both weight passes ran (out and dx stay, as in
-  // runtime::release; they are not written at all, so another thread may read them meanwhile).
+  // runtime::release; they are not written at all, so another thread may read them meanwhile; the
+  // loss values stay too).
   // Enqueue-safe: buffers still read by queued work are freed by cudaFree, which waits for the device.
   void release(DeviceBlockState& s);
 
