@@ -5,18 +5,23 @@
 //
 // One stage holding every block kind: embedding, layer 0 (dense), layer 1 (MoE), head, MTP (layer
 // 8, MoE), EP 1 (the exchange hands the buffers straight back on the CPU; a 1-rank
-// VirtualRankWorld's communicator on the device). One micro-batch of 2 sequences x 32 tokens,
-// random token ids, sequence-wise balance loss on (α = 0.003), MTP loss scale 0.3 / tokens. Both
-// sides run the sub-steps in exec/runtime/reference.cpp's order (forward: attn_f, dispatch_f,
-// mlp_f, combine_f, loss_f; backward: combine_b, mlp_b, mlp_w, dispatch_b, attn_b, attn_w), the
-// device also calling release() after each block's weight passes (out and dx must survive it).
+// VirtualRankWorld's communicator on the device). Two micro-batches of 2 sequences x 32 tokens,
+// random token ids, sequence-wise balance loss on (α = 0.003), MTP loss scale 0.3 / tokens (the
+// scales over both micro-batches' tokens / sequences). The CPU runs exec/runtime/reference.cpp's
+// order per micro-batch (forward: attn_f, dispatch_f, mlp_f, combine_f, loss_f; backward:
+// combine_b, mlp_b, mlp_w, dispatch_b, attn_b, attn_w), accumulating both into one set of
+// gradients. The device runs both forwards, then every input-gradient pass, and DEFERS every
+// weight pass to the end (block by block, micro-batch order, release() after each block's weight
+// passes), as the rank runner may: so the check also covers weight passes that run after the
+// other micro-batch reused the shared pieces' scratch, after the next block was released (out and
+// dx must survive release), and that ADD into accumulators already holding a contribution.
 //
 // Asserted (Numerics::exact):
 //   routing    every MoE block's expert ids [tokens · top_k] EQUAL to the CPU's. The router GEMM is
 //              cuBLAS FP32 vs Eigen's fixed order, so a token whose k-th and (k+1)-th biased scores
 //              tie to the last bit could pick another expert; that is reported as a failure (and
 //              then every downstream tensor of that layer differs), not hidden by a tolerance.
-//   losses     head loss, MTP loss, each MoE block's balance loss: relative error 1e-5.
+//   losses     per micro-batch: head loss, MTP loss, each MoE block's balance loss: relative error 1e-5.
 //   forward    the embedding output (a copy: bit-identical), layer 0's and layer 1's outputs:
 //              rel-L2 1e-5 — cuBLAS FP32 vs the CPU's order (~2^-24·sqrt(K) per GEMM), RMSNorm's tree
 //              sum, CUDA's expf in SwiGLU / softmax; errors of ~1e-6 are expected.
@@ -69,7 +74,7 @@ using tandem::gputest::expect;
 using tandem::gputest::rel_l2;
 using tandem::gputest::to_host;
 
-constexpr int kSeqLen = 32, kSequences = 2, kTokens = kSeqLen * kSequences;
+constexpr int kSeqLen = 32, kSequences = 2, kTokens = kSeqLen * kSequences, kMicroBatches = 2;
 constexpr double kBalanceAlpha = 0.003, kMtpLambda = 0.3;
 
 ModelCard tiny_moe() {
@@ -97,9 +102,9 @@ std::vector<rt::BlockParams> make_stage(const rt::ModelSetup& s) {
 }
 
 // Random sequences: tokens[i] = s_i, targets[i] = s_{i+1}, mtp_targets[i] = s_{i+2} (−1 at a
-// sequence's last position), as runtime's synthetic batches lay them out.
-rt::MicroBatchData make_batch(int vocab) {
-  std::mt19937_64 rng(20261123);
+// sequence's last position), as runtime's synthetic batches lay them out. One stream per micro-batch.
+rt::MicroBatchData make_batch(int vocab, int micro_batch) {
+  std::mt19937_64 rng(20261123 + static_cast<uint64_t>(micro_batch));
   std::uniform_int_distribution<int32_t> tok(0, vocab - 1);
   rt::MicroBatchData d;
   for (int q = 0; q < kSequences; ++q) {
@@ -119,20 +124,32 @@ rt::BlockContext make_context(const rt::ModelSetup& s) {
   c.setup = &s;
   c.member = 0;
   c.seq_len = kSeqLen;
-  c.loss_scale = 1.0 / kTokens;
+  c.loss_scale = 1.0 / (kTokens * kMicroBatches);
   c.balance_alpha = kBalanceAlpha;
-  c.balance_scale = 1.0 / kSequences;
-  c.mtp_loss_scale = kMtpLambda / static_cast<double>(s.card.num_nextn_predict_layers) / kTokens;
+  c.balance_scale = 1.0 / (kSequences * kMicroBatches);
+  c.mtp_loss_scale =
+      kMtpLambda / static_cast<double>(s.card.num_nextn_predict_layers) / (kTokens * kMicroBatches);
   return c;
 }
 
-// What one side produced, as host copies (indexed by block; empty where a block has none).
-struct RunOut {
+// What one micro-batch produced on one side, as host copies (indexed by block; empty where a
+// block has none).
+struct MicroBatchOut {
   double loss = 0, mtp_loss = 0;
   std::vector<double> balance;                  // [block]
   std::vector<std::vector<int32_t>> routing;    // [block]
   std::vector<std::vector<float>> out, dx;      // [block]
-  std::vector<rt::BlockGrads> grads;            // [block]
+  void size(std::size_t n) {
+    balance.assign(n, 0.0);
+    routing.resize(n);
+    out.resize(n);
+    dx.resize(n);
+  }
+};
+
+struct RunOut {
+  std::vector<MicroBatchOut> mb;                // [micro-batch]
+  std::vector<rt::BlockGrads> grads;            // [block], summed over the micro-batches
   std::vector<float> mtp_embed, mtp_lm_head;    // the MTP block's contributions
   bool released_ok = true;                      // device: release kept out / dx, dropped the rest
 };
@@ -143,64 +160,66 @@ rt::Exchange hand_back() {
   return [](std::vector<moe::Buffer>& send, const std::string&) { return send; };
 }
 
-// The CPU reference: exec/runtime/reference.cpp's loop for one micro-batch.
-RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params, const rt::MicroBatchData& data) {
+// The CPU reference: exec/runtime/reference.cpp's loop, one micro-batch after the other, the
+// weight passes adding into one set of accumulators (micro-batch 0's contribution first).
+RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params,
+               const std::vector<rt::MicroBatchData>& batches) {
   const std::size_t n = params.size();
   const rt::Exchange ex = hand_back();
   RunOut r;
-  r.balance.assign(n, 0.0);
-  r.routing.resize(n);
-  r.out.resize(n);
-  r.dx.resize(n);
   for (const rt::BlockParams& p : params) r.grads.push_back(rt::make_block_grads(*ctx.setup, p, 1));
-  std::vector<rt::BlockState> st(n);
-  for (std::size_t b = 0; b < n; ++b) {
-    rt::BlockState& s = st[b];
-    const rt::BlockParams& p = params[b];
-    if (b > 0) s.x = p.kind == BlockKind::mtp ? st[b - 1].x : st[b - 1].out;
-    switch (p.kind) {
-      case BlockKind::embedding: rt::attn_f(ctx, p, s, data); break;
-      case BlockKind::head:
-        rt::mlp_f(ctx, p, s);
-        rt::loss_f(ctx, p, s, data);
-        r.loss = s.loss;
-        break;
-      default:
-        rt::attn_f(ctx, p, s, data);
-        if (p.moe) {
-          r.balance[b] = s.balance_loss;
-          r.routing[b] = s.tok.router.routing.expert;
-          rt::dispatch_f(ctx, s, ex, "dispatch");
-        }
-        rt::mlp_f(ctx, p, s);
-        if (p.moe) rt::combine_f(ctx, s, ex, "combine");
-        if (p.kind == BlockKind::mtp) {
+  for (const rt::MicroBatchData& data : batches) {
+    MicroBatchOut& o = r.mb.emplace_back();
+    o.size(n);
+    std::vector<rt::BlockState> st(n);
+    for (std::size_t b = 0; b < n; ++b) {
+      rt::BlockState& s = st[b];
+      const rt::BlockParams& p = params[b];
+      if (b > 0) s.x = p.kind == BlockKind::mtp ? st[b - 1].x : st[b - 1].out;
+      switch (p.kind) {
+        case BlockKind::embedding: rt::attn_f(ctx, p, s, data); break;
+        case BlockKind::head:
+          rt::mlp_f(ctx, p, s);
           rt::loss_f(ctx, p, s, data);
-          r.mtp_loss = s.loss;
-        }
+          o.loss = s.loss;
+          break;
+        default:
+          rt::attn_f(ctx, p, s, data);
+          if (p.moe) {
+            o.balance[b] = s.balance_loss;
+            o.routing[b] = s.tok.router.routing.expert;
+            rt::dispatch_f(ctx, s, ex, "dispatch");
+          }
+          rt::mlp_f(ctx, p, s);
+          if (p.moe) rt::combine_f(ctx, s, ex, "combine");
+          if (p.kind == BlockKind::mtp) {
+            rt::loss_f(ctx, p, s, data);
+            o.mtp_loss = s.loss;
+          }
+      }
+      if (p.kind != BlockKind::head && p.kind != BlockKind::mtp) o.out[b] = flat(s.out);
     }
-    if (p.kind != BlockKind::head && p.kind != BlockKind::mtp) r.out[b] = flat(s.out);
-  }
-  for (std::size_t b = n; b-- > 0;) {
-    rt::BlockState& s = st[b];
-    const rt::BlockParams& p = params[b];
-    if (b + 1 < n && p.kind != BlockKind::mtp) s.d_out = st[b + 1].dx;
-    switch (p.kind) {
-      case BlockKind::embedding: rt::attn_w(ctx, p, s, r.grads[b], data); break;
-      case BlockKind::head:
-        rt::mlp_b(ctx, p, s);
-        rt::mlp_w(ctx, p, s, r.grads[b]);
-        break;
-      default:
-        if (p.moe) rt::combine_b(ctx, s, ex, "combine_b");
-        rt::mlp_b(ctx, p, s);
-        rt::mlp_w(ctx, p, s, r.grads[b]);
-        if (p.moe) rt::dispatch_b(ctx, s, ex, "dispatch_b");
-        rt::attn_b(ctx, p, s);
-        rt::attn_w(ctx, p, s, r.grads[b], data);
+    for (std::size_t b = n; b-- > 0;) {
+      rt::BlockState& s = st[b];
+      const rt::BlockParams& p = params[b];
+      if (b + 1 < n && p.kind != BlockKind::mtp) s.d_out = st[b + 1].dx;
+      switch (p.kind) {
+        case BlockKind::embedding: rt::attn_w(ctx, p, s, r.grads[b], data); break;
+        case BlockKind::head:
+          rt::mlp_b(ctx, p, s);
+          rt::mlp_w(ctx, p, s, r.grads[b]);
+          break;
+        default:
+          if (p.moe) rt::combine_b(ctx, s, ex, "combine_b");
+          rt::mlp_b(ctx, p, s);
+          rt::mlp_w(ctx, p, s, r.grads[b]);
+          if (p.moe) rt::dispatch_b(ctx, s, ex, "dispatch_b");
+          rt::attn_b(ctx, p, s);
+          rt::attn_w(ctx, p, s, r.grads[b], data);
+      }
+      if (p.kind != BlockKind::embedding) o.dx[b] = flat(s.dx);
+      rt::release(s);
     }
-    if (p.kind != BlockKind::embedding) r.dx[b] = flat(s.dx);
-    rt::release(s);
   }
   r.mtp_embed = flat(r.grads[n - 1].mtp_embed);
   r.mtp_lm_head = flat(r.grads[n - 1].mtp_lm_head);
@@ -209,10 +228,17 @@ RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params
 
 std::vector<float> download(const cu::DeviceTensor& t) { return to_host(t.data(), static_cast<std::size_t>(t.size())); }
 
-// The same on the device.
-RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params, const rt::MicroBatchData& data,
-                  cu::LinearNumerics numerics) {
-  const std::size_t n = params.size();
+// The same on the device, scheduled as the rank runner may: both micro-batches' forwards, then
+// block by block (last first) both micro-batches' input-gradient passes, and only after ALL of
+// them the weight passes, block by block in micro-batch order, each block released right after
+// its weight passes. So every weight pass runs after the other micro-batch's passes on the same
+// block (the shared MlaDevice / DeviceFfn / DeviceMoeLayer / DeviceHead scratch was reused in
+// between: a weight pass must read its own micro-batch's state only), after the next block was
+// released (its dx, this block's d_out, must survive), and into accumulators that already hold
+// micro-batch 0's contribution (a weight pass that overwrote instead of adding would lose it).
+RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params,
+                  const std::vector<rt::MicroBatchData>& batches, cu::LinearNumerics numerics) {
+  const std::size_t n = params.size(), nmb = batches.size();
   cu::VirtualRankWorld world(1);
   cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
   cu::Stream compute, comm_stream;
@@ -230,74 +256,84 @@ RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& par
   kit.ep_group = {0};
 
   RunOut r;
-  r.balance.assign(n, 0.0);
-  r.routing.resize(n);
-  r.out.resize(n);
-  r.dx.resize(n);
+  r.mb.resize(nmb);
+  for (MicroBatchOut& o : r.mb) o.size(n);
   {
     cu::DeviceStageBlocks dev(ctx, params, kit);
     expect(dev.size() == n, "blocks: size() == the stage's blocks");
-    const cu::DeviceMicroBatch db = cu::upload_micro_batch(data);
+    std::vector<cu::DeviceMicroBatch> db;
+    for (const rt::MicroBatchData& d : batches) db.push_back(cu::upload_micro_batch(d));
     dev.begin_step();
-    std::vector<cu::DeviceBlockState> st(n);
-    for (std::size_t b = 0; b < n; ++b) {
-      cu::DeviceBlockState& s = st[b];
-      const rt::BlockParams& p = params[b];
-      if (b > 0) s.x = p.kind == BlockKind::mtp ? st[b - 1].x : st[b - 1].out;
-      switch (p.kind) {
-        case BlockKind::embedding: dev.attn_f(b, s, db); break;
-        case BlockKind::head:
-          dev.mlp_f(b, s);
-          dev.loss_f(b, s, db);
-          r.loss = s.loss;
-          break;
-        default:
-          dev.attn_f(b, s, db);
-          if (p.moe) {
-            r.balance[b] = s.balance_loss;
-            r.routing[b] = s.routing;
-            dev.dispatch_f(b, s, "dispatch");
-          }
-          dev.mlp_f(b, s);
-          if (p.moe) dev.combine_f(b, s, "combine");
-          if (p.kind == BlockKind::mtp) {
-            dev.loss_f(b, s, db);
-            r.mtp_loss = s.loss;
-          }
+    std::vector<std::vector<cu::DeviceBlockState>> st(nmb);
+    for (std::size_t m = 0; m < nmb; ++m) {
+      st[m] = std::vector<cu::DeviceBlockState>(n);
+      MicroBatchOut& o = r.mb[m];
+      for (std::size_t b = 0; b < n; ++b) {
+        cu::DeviceBlockState& s = st[m][b];
+        const rt::BlockParams& p = params[b];
+        if (b > 0) s.x = p.kind == BlockKind::mtp ? st[m][b - 1].x : st[m][b - 1].out;
+        switch (p.kind) {
+          case BlockKind::embedding: dev.attn_f(b, s, db[m]); break;
+          case BlockKind::head:
+            dev.mlp_f(b, s);
+            dev.loss_f(b, s, db[m]);
+            o.loss = s.loss;
+            break;
+          default:
+            dev.attn_f(b, s, db[m]);
+            if (p.moe) {
+              o.balance[b] = s.balance_loss;
+              o.routing[b] = s.routing;
+              dev.dispatch_f(b, s, "dispatch");
+            }
+            dev.mlp_f(b, s);
+            if (p.moe) dev.combine_f(b, s, "combine");
+            if (p.kind == BlockKind::mtp) {
+              dev.loss_f(b, s, db[m]);
+              o.mtp_loss = s.loss;
+            }
+        }
       }
     }
     compute.sync("blocks: forward");
     comm_stream.sync("blocks: forward (comm)");
-    for (std::size_t b = 0; b < n; ++b)
-      if (params[b].kind != BlockKind::head && params[b].kind != BlockKind::mtp) r.out[b] = download(st[b].out);
+    for (std::size_t m = 0; m < nmb; ++m)
+      for (std::size_t b = 0; b < n; ++b)
+        if (params[b].kind != BlockKind::head && params[b].kind != BlockKind::mtp) r.mb[m].out[b] = download(st[m][b].out);
 
-    for (std::size_t b = n; b-- > 0;) {
-      cu::DeviceBlockState& s = st[b];
-      const rt::BlockParams& p = params[b];
-      if (b + 1 < n && p.kind != BlockKind::mtp) s.d_out = st[b + 1].dx;
-      switch (p.kind) {
-        case BlockKind::embedding: dev.attn_w(b, s, db); break;
-        case BlockKind::head:
-          dev.mlp_b(b, s);
-          dev.mlp_w(b, s);
-          break;
-        default:
-          if (p.moe) dev.combine_b(b, s, "combine_b");
-          dev.mlp_b(b, s);
-          dev.mlp_w(b, s);
-          if (p.moe) dev.dispatch_b(b, s, "dispatch_b");
-          dev.attn_b(b, s);
-          dev.attn_w(b, s, db);
+    // Input-gradient passes.
+    for (std::size_t b = n; b-- > 0;)
+      for (std::size_t m = 0; m < nmb; ++m) {
+        cu::DeviceBlockState& s = st[m][b];
+        const rt::BlockParams& p = params[b];
+        if (b + 1 < n && p.kind != BlockKind::mtp) s.d_out = st[m][b + 1].dx;
+        switch (p.kind) {
+          case BlockKind::embedding: break;
+          case BlockKind::head: dev.mlp_b(b, s); break;
+          default:
+            if (p.moe) dev.combine_b(b, s, "combine_b");
+            dev.mlp_b(b, s);
+            if (p.moe) dev.dispatch_b(b, s, "dispatch_b");
+            dev.attn_b(b, s);
+        }
       }
-      const bool had_dx = s.dx.size() > 0;
-      dev.release(s);
-      r.released_ok = r.released_ok && (s.dx.size() > 0) == had_dx && s.h.size() == 0 && s.d_out.size() == 0 &&
-                      !s.tok && !s.exp;
-    }
+    // Weight passes, deferred; each block released after both of its micro-batches' passes.
+    for (std::size_t b = n; b-- > 0;)
+      for (std::size_t m = 0; m < nmb; ++m) {
+        cu::DeviceBlockState& s = st[m][b];
+        const BlockKind kind = params[b].kind;
+        if (kind != BlockKind::embedding) dev.mlp_w(b, s);
+        if (kind != BlockKind::head) dev.attn_w(b, s, db[m]);
+        const bool had_dx = s.dx.size() > 0, had_out = s.out.size() > 0;
+        dev.release(s);
+        r.released_ok = r.released_ok && (s.dx.size() > 0) == had_dx && (s.out.size() > 0) == had_out &&
+                        s.h.size() == 0 && s.d_out.size() == 0 && s.x.size() == 0 && !s.tok && !s.exp;
+      }
     compute.sync("blocks: backward");
     comm_stream.sync("blocks: backward (comm)");
-    for (std::size_t b = 0; b < n; ++b)
-      if (params[b].kind != BlockKind::embedding) r.dx[b] = download(st[b].dx);
+    for (std::size_t m = 0; m < nmb; ++m)
+      for (std::size_t b = 0; b < n; ++b)
+        if (params[b].kind != BlockKind::embedding) r.mb[m].dx[b] = download(st[m][b].dx);
 
     for (const rt::BlockParams& p : params) r.grads.push_back(rt::make_block_grads(*ctx.setup, p, 1));
     dev.grads().download(*ctx.setup, r.grads, compute.get());
@@ -353,25 +389,30 @@ std::vector<NamedTensor> tensors(const rt::ModelSetup& setup, rt::BlockGrads& g)
 void compare_runs(const rt::ModelSetup& setup, const std::vector<rt::BlockParams>& params, RunOut& dev, RunOut& cpu,
                   Report& rep, double tol_fwd, double tol_bwd) {
   const std::size_t n = params.size();
-  rep.scalar("head loss", dev.loss, cpu.loss, tol_fwd);
-  rep.scalar("mtp loss", dev.mtp_loss, cpu.mtp_loss, tol_fwd);
-  for (std::size_t b = 0; b < n; ++b) {
-    if (!params[b].moe) continue;
-    const std::string tag = "block " + std::to_string(b) + " (layer " + std::to_string(params[b].layer) + ")";
-    std::size_t differ = 0;
-    const bool shaped = dev.routing[b].size() == cpu.routing[b].size() && !cpu.routing[b].empty();
-    for (std::size_t k = 0; shaped && k < cpu.routing[b].size(); ++k) differ += dev.routing[b][k] != cpu.routing[b][k];
-    std::printf("  %-60s %zu of %zu expert ids differ\n", (tag + " routing").c_str(), shaped ? differ : cpu.routing[b].size(),
-                cpu.routing[b].size());
-    if (rep.assert_it)
-      expect(shaped && differ == 0, "blocks: " + tag + ": the device routing differs from the CPU's (" +
-                                        std::to_string(differ) + " expert ids): a near-tie in the router, see the header");
-    rep.scalar(tag + " balance loss", dev.balance[b], cpu.balance[b], tol_fwd);
-  }
-  for (std::size_t b = 0; b < n; ++b) {
-    const std::string tag = "block " + std::to_string(b) + " ";
-    if (!cpu.out[b].empty()) rep.rel(tag + "out", dev.out[b], cpu.out[b], b == 0 ? 0.0 : tol_fwd);
-    if (!cpu.dx[b].empty()) rep.rel(tag + "dx", dev.dx[b], cpu.dx[b], tol_bwd);
+  if (rep.assert_it) expect(dev.mb.size() == cpu.mb.size(), "blocks: micro-batch counts differ");
+  for (std::size_t m = 0; m < dev.mb.size() && m < cpu.mb.size(); ++m) {
+    const MicroBatchOut &d = dev.mb[m], &c = cpu.mb[m];
+    const std::string mb = "mb " + std::to_string(m) + " ";
+    rep.scalar(mb + "head loss", d.loss, c.loss, tol_fwd);
+    rep.scalar(mb + "mtp loss", d.mtp_loss, c.mtp_loss, tol_fwd);
+    for (std::size_t b = 0; b < n; ++b) {
+      if (!params[b].moe) continue;
+      const std::string tag = mb + "block " + std::to_string(b) + " (layer " + std::to_string(params[b].layer) + ")";
+      std::size_t differ = 0;
+      const bool shaped = d.routing[b].size() == c.routing[b].size() && !c.routing[b].empty();
+      for (std::size_t k = 0; shaped && k < c.routing[b].size(); ++k) differ += d.routing[b][k] != c.routing[b][k];
+      std::printf("  %-60s %zu of %zu expert ids differ\n", (tag + " routing").c_str(), shaped ? differ : c.routing[b].size(),
+                  c.routing[b].size());
+      if (rep.assert_it)
+        expect(shaped && differ == 0, "blocks: " + tag + ": the device routing differs from the CPU's (" +
+                                          std::to_string(differ) + " expert ids): a near-tie in the router, see the header");
+      rep.scalar(tag + " balance loss", d.balance[b], c.balance[b], tol_fwd);
+    }
+    for (std::size_t b = 0; b < n; ++b) {
+      const std::string tag = mb + "block " + std::to_string(b) + " ";
+      if (!c.out[b].empty()) rep.rel(tag + "out", d.out[b], c.out[b], b == 0 ? 0.0 : tol_fwd);
+      if (!c.dx[b].empty()) rep.rel(tag + "dx", d.dx[b], c.dx[b], tol_bwd);
+    }
   }
   for (std::size_t b = 0; b < n; ++b) {
     std::vector<NamedTensor> want = tensors(setup, cpu.grads[b]), got = tensors(setup, dev.grads[b]);
@@ -390,10 +431,12 @@ void run_case(cu::LinearNumerics numerics, bool asserted) {
   const rt::ModelSetup setup = rt::make_setup(card, 1, tandem::gputest::to_nn(numerics), 7);
   const rt::BlockContext ctx = make_context(setup);
   std::vector<rt::BlockParams> params = make_stage(setup);
-  const rt::MicroBatchData data = make_batch(static_cast<int>(card.vocab_size));
-  RunOut cpu = run_cpu(ctx, params, data);
-  RunOut dev = run_device(ctx, params, data, numerics);
-  expect(std::isfinite(dev.loss) && std::isfinite(dev.mtp_loss), "blocks: device losses finite");
+  std::vector<rt::MicroBatchData> batches;
+  for (int m = 0; m < kMicroBatches; ++m) batches.push_back(make_batch(static_cast<int>(card.vocab_size), m));
+  RunOut cpu = run_cpu(ctx, params, batches);
+  RunOut dev = run_device(ctx, params, batches, numerics);
+  for (const MicroBatchOut& o : dev.mb)
+    expect(std::isfinite(o.loss) && std::isfinite(o.mtp_loss), "blocks: device losses finite");
   expect(dev.released_ok, "blocks: release() keeps out and dx and drops the rest");
   const int before = tandem::gputest::failure_count();
   Report rep;
