@@ -1,1 +1,0 @@
-#include "exec/cuda/block_kernels.h"
