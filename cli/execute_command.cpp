@@ -69,6 +69,15 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     spec.mtp_lambda = o.mtp_lambda;
     spec.setup.router_bias_skew = o.router_bias_skew;
     if (!cuda) runtime::check_cpu_budget(s, spec.workload);
+#ifdef TANDEM_HAVE_CUDA
+    if (cuda) {
+      runtime::GpuBudget gb;
+      gb.device_bytes = cuda::query_devices().memory_bytes;
+      // Virtual ranks share GPU 0; NCCL puts one rank on each GPU.
+      gb.devices = cuda::resolve_cuda_world(cuda_world) == cuda::CudaWorld::nccl ? spec.world_size() : 1;
+      runtime::check_gpu_budget(s, spec.workload, gb);
+    }
+#endif
   } catch (const InputException& e) {
     return e.error();
   }

@@ -19,8 +19,10 @@ DeviceQuery query_devices() {
     return q;
   }
   cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess)
+  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
     q.detail = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+    q.memory_bytes = static_cast<double>(prop.totalGlobalMem);
+  }
   return q;
 }
 

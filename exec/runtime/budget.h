@@ -1,5 +1,6 @@
-// What the CPU backend agrees to run: a scenario whose step would take hours or exhaust memory is
-// refused up front (InputException naming the key to change), not discovered by the OOM killer.
+// What the executor agrees to run: a scenario whose step would take hours or exhaust memory is
+// refused up front (InputException naming the key to change), not discovered by the OOM killer or
+// by CUDA's out-of-memory error halfway through building the ranks.
 #pragma once
 
 #include "scenarios/scenario.h"
@@ -18,5 +19,18 @@ struct CpuEstimate {
 CpuEstimate estimate_cpu_cost(const Scenario& s, const Workload& w);
 // Throws InputException (file = the scenario, key = "model" or "batch.global_sequences").
 void check_cpu_budget(const Scenario& s, const Workload& w, const CpuBudget& b = {});
+
+// The CUDA backend: the same estimate, with the job's ranks spread over `devices` GPUs of
+// `device_bytes` each (virtual ranks: all on one), of which it may use `usable` (the rest is
+// CUDA's context, cuBLAS workspaces, NCCL buffers); and the host copy of each rank's block
+// parameters (one FP32 copy of the weights, the starting values and the blocks' shapes) within
+// CpuBudget::max_bytes. Throws InputException (key = "model").
+struct GpuBudget {
+  double device_bytes = 0;
+  int devices = 1;
+  double usable = 0.85;
+  double max_host_bytes = CpuBudget{}.max_bytes;
+};
+void check_gpu_budget(const Scenario& s, const Workload& w, const GpuBudget& b);
 
 }  // namespace tandem::runtime

@@ -109,10 +109,7 @@ void make_nccl(DeviceWorld& w, int ranks, int devices, const comm::CommOptions& 
 #endif
 
 void make_world(DeviceWorld& w, CudaWorld kind, int ranks, int devices, const comm::CommOptions& co) {
-  // nccl only where there is no other way (several processes): on one process the virtual ranks'
-  // eager sends cannot stall the way NCCL's rendezvous can (exec/cuda/README.md, known doubts).
-  if (kind == CudaWorld::automatic)
-    kind = nccl_built() && comm::launched_under_mpi() ? CudaWorld::nccl : CudaWorld::virtual_ranks;
+  kind = resolve_cuda_world(kind);
   if (kind == CudaWorld::virtual_ranks) return make_virtual(w, ranks, co);
 #ifdef TANDEM_HAVE_NCCL
   make_nccl(w, ranks, devices, co);
@@ -124,6 +121,13 @@ void make_world(DeviceWorld& w, CudaWorld kind, int ranks, int devices, const co
 }
 
 }  // namespace
+
+CudaWorld resolve_cuda_world(CudaWorld kind) {
+  // nccl only where there is no other way (several processes): on one process the virtual ranks'
+  // eager sends cannot stall the way NCCL's rendezvous can (exec/cuda/README.md, known doubts).
+  if (kind != CudaWorld::automatic) return kind;
+  return nccl_built() && comm::launched_under_mpi() ? CudaWorld::nccl : CudaWorld::virtual_ranks;
+}
 
 CudaWorld parse_cuda_world(const std::string& name) {
   if (name == "auto") return CudaWorld::automatic;

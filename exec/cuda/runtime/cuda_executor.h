@@ -37,6 +37,9 @@ enum class CudaWorld { automatic, virtual_ranks, nccl };
 // "auto" | "virtual" | "nccl"; std::invalid_argument naming the value otherwise.
 CudaWorld parse_cuda_world(const std::string& name);
 
+// The world `kind` runs on: automatic resolved as above (virtual_ranks or nccl).
+CudaWorld resolve_cuda_world(CudaWorld kind);
+
 runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::ExecOptions& o,
                                  CudaWorld world = CudaWorld::automatic);
 

@@ -153,6 +153,34 @@ TEST_CASE("a scenario too large for the CPU backend names the key", "[runtime]")
   }
 }
 
+TEST_CASE("a scenario too large for the GPU names the key; the tiny one fits an H100", "[runtime]") {
+  auto v3 = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/deepseek-v3-1f1b.yaml");
+  REQUIRE(v3);
+  GpuBudget h100;
+  h100.device_bytes = 80e9;
+  h100.devices = 8;
+  try {
+    check_gpu_budget(v3.value(), scenario_workload(v3.value()), h100);
+    FAIL("accepted");
+  } catch (const InputException& e) {
+    CHECK(e.error().key == "model");
+    CHECK(e.error().reason.find("host copies") != std::string::npos);
+  }
+  auto tiny_s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/tiny-dualpipe.yaml");
+  REQUIRE(tiny_s);
+  h100.devices = 1;  // virtual ranks: the whole job on one GPU
+  CHECK_NOTHROW(check_gpu_budget(tiny_s.value(), scenario_workload(tiny_s.value()), h100));
+  GpuBudget small = h100;
+  small.device_bytes = 64e6;
+  try {
+    check_gpu_budget(tiny_s.value(), scenario_workload(tiny_s.value()), small);
+    FAIL("accepted");
+  } catch (const InputException& e) {
+    CHECK(e.error().key == "model");
+    CHECK(e.error().reason.find("too large for the GPU") != std::string::npos);
+  }
+}
+
 TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
   const RunSpec spec = tiny("tiny-dualpipev.yaml", {"model.num_hidden_layers=3", "batch.seq_len=16"});
   ExecOptions o;
