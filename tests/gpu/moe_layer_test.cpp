@@ -56,6 +56,7 @@
 #include "exec/cuda/linear.h"
 #include "exec/cuda/lt_gemm.h"
 #include "exec/cuda/moe_layer.h"
+#include "exec/cuda/runtime/device_blocks.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/virtual_ranks.h"
 #include "exec/cuda/wire_kernels.h"
@@ -354,33 +355,6 @@ moe::MoeConfig cpu_config(const Case& c, int ep) {
   return m;
 }
 
-cu::MoeWire dev_wire(moe::Wire w) {
-  switch (w) {
-    case moe::Wire::exact: return cu::MoeWire::exact;
-    case moe::Wire::bf16: return cu::MoeWire::bf16;
-    case moe::Wire::fp8: return cu::MoeWire::fp8;
-  }
-  return cu::MoeWire::exact;
-}
-
-cu::DeviceMoeConfig dev_config(const moe::MoeConfig& m) {
-  cu::DeviceMoeConfig d;
-  d.router = cu::RouterParams::from(m.router);
-  d.ep = m.ep.ep;
-  d.hidden = m.hidden;
-  d.moe_inter = m.moe_inter;
-  d.n_shared = m.n_shared;
-  d.numerics = m.numerics == nn::Numerics::exact  ? cu::LinearNumerics::exact
-               : m.numerics == nn::Numerics::bf16 ? cu::LinearNumerics::bf16
-                                                   : cu::LinearNumerics::fp8;
-  d.align = m.align;
-  d.dispatch_wire = dev_wire(m.dispatch_wire);
-  d.combine_wire = dev_wire(m.combine_wire);
-  d.combine_grad_wire = dev_wire(m.combine_grad_wire);
-  d.dispatch_grad_wire = dev_wire(m.dispatch_grad_wire);
-  return d;
-}
-
 std::vector<float> flat(const Mat& m) { return tandem::gputest::flat(m); }
 std::vector<float> rows_of(const Mat& m, int first, int count) { return flat(Mat(m.middleRows(first, count))); }
 
@@ -415,7 +389,7 @@ struct DevGrad {
 // The whole layer on one device rank: forward, backward-input, weight passes, in the runtime's order.
 RankOut run_rank(const moe::MoeConfig& mc, const moe::MoeWeights<float>& all, cu::DeviceCommunicator& comm,
                  const std::vector<int>& group, const Mat& x, const Mat& dout, const Mat& d_scores) {
-  const cu::DeviceMoeConfig cfg = dev_config(mc);
+  const cu::DeviceMoeConfig cfg = cu::moe_device_config(mc);
   const int ep_rank = static_cast<int>(std::find(group.begin(), group.end(), comm.rank()) - group.begin());
   const int per = cfg.experts_per_rank(), tokens = static_cast<int>(x.rows());
   cu::Stream compute, comm_stream;

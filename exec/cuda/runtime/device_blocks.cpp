@@ -47,24 +47,6 @@ MlaDeviceConfig mla_device_config(const nn::MlaConfig& m) {
   return c;
 }
 
-// exec/moe's MoeConfig field for field; the wires as the run's setup chose them (make_setup turns
-// on DeepSeek-V3's wires for fp8 runs), so the device sends exactly what the CPU sends.
-DeviceMoeConfig moe_device_config(const moe::MoeConfig& m) {
-  DeviceMoeConfig d;
-  d.router = RouterParams::from(m.router);
-  d.ep = m.ep.ep;
-  d.hidden = m.hidden;
-  d.moe_inter = m.moe_inter;
-  d.n_shared = m.n_shared;
-  d.numerics = linear_numerics(m.numerics);
-  d.align = m.align;
-  d.dispatch_wire = moe_wire(m.dispatch_wire);
-  d.combine_wire = moe_wire(m.combine_wire);
-  d.combine_grad_wire = moe_wire(m.combine_grad_wire);
-  d.dispatch_grad_wire = moe_wire(m.dispatch_grad_wire);
-  return d;
-}
-
 // One copy of n floats on `stream` (n = 0: nothing).
 void copy_d2d(float* dst, const float* src, std::size_t n, cudaStream_t stream, const char* what) {
   if (n == 0) return;
@@ -91,6 +73,24 @@ LinearNumerics linear_numerics(nn::Numerics n) {
     case nn::Numerics::fp8: return LinearNumerics::fp8;
   }
   throw std::invalid_argument("linear_numerics: unknown numerics");
+}
+
+// exec/moe's MoeConfig field for field; the wires as the run's setup chose them (make_setup turns
+// on DeepSeek-V3's wires for fp8 runs), so the device sends exactly what the CPU sends.
+DeviceMoeConfig moe_device_config(const moe::MoeConfig& m) {
+  DeviceMoeConfig d;
+  d.router = RouterParams::from(m.router);
+  d.ep = m.ep.ep;
+  d.hidden = m.hidden;
+  d.moe_inter = m.moe_inter;
+  d.n_shared = m.n_shared;
+  d.numerics = linear_numerics(m.numerics);
+  d.align = m.align;
+  d.dispatch_wire = moe_wire(m.dispatch_wire);
+  d.combine_wire = moe_wire(m.combine_wire);
+  d.combine_grad_wire = moe_wire(m.combine_grad_wire);
+  d.dispatch_grad_wire = moe_wire(m.dispatch_grad_wire);
+  return d;
 }
 
 DeviceTensor DeviceTensor::make(int64_t rows, int64_t cols) {
