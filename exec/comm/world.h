@@ -39,13 +39,14 @@ class World {
   virtual std::vector<std::string> undelivered() = 0;
 };
 
-// True when this process was started by an MPI launcher (OMPI_COMM_WORLD_SIZE or PMI_SIZE is set).
+// True when this process was started by an MPI launcher: OMPI_COMM_WORLD_SIZE (Open MPI's mpirun),
+// PMI_SIZE (MPICH's hydra, srun --mpi=pmi2) or PMIX_RANK (srun --mpi=pmix, PRRTE) is set.
 bool launched_under_mpi();
 
 // The world for a job of `ranks` ranks: MPI when launched under an MPI launcher (the ranks split
 // over the processes, ranks % processes == 0), in-process otherwise. Under a launcher without MPI
-// support built in, a single process falls back to in-process and several processes are an error
-// (each would run the whole job). Throws CommError (kind invalid_argument or transport).
+// support built in, a single process falls back to in-process and several processes (or a PMIx
+// launch that does not say how many) are an error (each would run the whole job). Throws CommError (kind invalid_argument or transport).
 std::unique_ptr<World> make_world(int ranks, const CommOptions& options);
 
 }  // namespace tandem::comm

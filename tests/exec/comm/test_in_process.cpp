@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -534,4 +536,47 @@ TEST_CASE("comm: make_world without an MPI launcher is the in-process world", "[
   CHECK(world->describe() == "in-process, 3 ranks");
   CHECK(world->size() == 3);
   CHECK(world->local_ranks() == std::vector<int>{0, 1, 2});
+}
+
+namespace {
+// Sets an environment variable for one scope and restores the old state after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) ::setenv(name_, old_->c_str(), 1);
+    else ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+}  // namespace
+
+// srun --mpi=pmix sets neither OMPI_COMM_WORLD_SIZE nor PMI_SIZE: missing it would run every srun
+// task as its own whole job.
+TEST_CASE("comm: a PMIx launch (srun --mpi=pmix) counts as an MPI launcher", "[comm]") {
+  if (launched_under_mpi()) return;  // this case is about plain runs
+  {
+    ScopedEnv pmix("PMIX_RANK", "0");
+    CHECK(launched_under_mpi());
+#ifndef TANDEM_HAVE_MPI
+    // No MPI in this build and no task count: refused rather than run as one of several copies.
+    try {
+      make_world(2, with_timeout(1000ms));
+      FAIL("make_world accepted an unknown number of launcher processes without MPI");
+    } catch (const CommError& e) {
+      CHECK(contains(e.what(), "an unknown number of processes"));
+    }
+    ScopedEnv tasks("SLURM_STEP_NUM_TASKS", "1");
+    CHECK(make_world(2, with_timeout(1000ms))->describe() == "in-process, 2 ranks");
+#endif
+  }
+  CHECK_FALSE(launched_under_mpi());
 }
