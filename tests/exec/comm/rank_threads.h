@@ -36,6 +36,19 @@ inline void check(bool cond, const std::string& what) {
   if (!cond) throw CheckFailed(what);
 }
 
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// One line per rank that ran: "rank 2: ok", or what it failed with (for a failed check's message).
+inline std::string describe(const std::vector<Outcome>& out) {
+  std::string s;
+  for (std::size_t r = 0; r < out.size(); ++r) {
+    if (!out[r].ran) continue;
+    s += "rank " + std::to_string(r) + ": " +
+         (out[r].error ? std::string(out[r].error->what()) : out[r].other.empty() ? "ok" : out[r].other) + "\n";
+  }
+  return s;
+}
+
 // Runs body(comm, rank) on one thread per local rank of `world`; outcomes indexed by world rank.
 template <class Body>
 std::vector<Outcome> run_ranks(World& world, Body body) {

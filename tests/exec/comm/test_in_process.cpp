@@ -28,22 +28,10 @@ CommOptions with_timeout(std::chrono::milliseconds t) {
   return o;
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
 // The error names `rank` among the peers it waited for (and so in its message).
 bool waited_for(const CommError& e, int rank) {
   return std::find(e.peers().begin(), e.peers().end(), rank) != e.peers().end() &&
          contains(e.what(), "waiting for rank");
-}
-
-std::string describe(const std::vector<Outcome>& out) {
-  std::string s;
-  for (std::size_t r = 0; r < out.size(); ++r) {
-    if (!out[r].ran) continue;
-    s += "rank " + std::to_string(r) + ": " +
-         (out[r].error ? std::string(out[r].error->what()) : out[r].other.empty() ? "ok" : out[r].other) + "\n";
-  }
-  return s;
 }
 
 void require_all_ok(const std::vector<Outcome>& out) {

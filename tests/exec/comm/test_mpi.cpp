@@ -34,18 +34,6 @@ std::unique_ptr<World> mpi_world(std::chrono::milliseconds timeout, std::optiona
   return w;
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-std::string describe(const std::vector<Outcome>& out) {
-  std::string s;
-  for (std::size_t r = 0; r < out.size(); ++r) {
-    if (!out[r].ran) continue;
-    s += "rank " + std::to_string(r) + ": " +
-         (out[r].error ? std::string(out[r].error->what()) : out[r].other.empty() ? "ok" : out[r].other) + "\n";
-  }
-  return s;
-}
-
 }  // namespace
 
 TEST_CASE("comm mpi: make_world hosts a contiguous block of ranks per process", "[.][comm_mpi]") {
