@@ -28,6 +28,7 @@
 #include "exec/runtime/run_spec.h"
 #include "scenarios/scenario.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/test_paths.h"
 
 namespace {
 
@@ -37,7 +38,7 @@ using tandem::gputest::expect;
 runtime::RunSpec tiny(const std::string& file, std::vector<std::string> overrides, nn::Numerics numerics) {
   overrides.push_back("model.num_hidden_layers=4");
   overrides.push_back("batch.seq_len=32");
-  auto s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/" + file, overrides);
+  auto s = load_scenario(tandem::test::repo("scenarios/" + file), overrides);
   if (!s) throw std::runtime_error("cannot load " + file + ": " + s.error().message());
   return runtime::make_run_spec(s.value(), numerics, 1e-3, 1);
 }
