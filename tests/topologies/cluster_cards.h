@@ -5,12 +5,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "tests/test_paths.h"
 #include "topologies/cluster_card.h"
 
 namespace tandem::test {
 
 inline std::string cluster_card_path(const std::string& stem) {
-  return std::string(TANDEM_SOURCE_DIR) + "/topologies/" + stem + ".yaml";
+  return tandem::test::repo("topologies/" + stem + ".yaml");
 }
 
 inline ClusterCard cluster_card(const std::string& stem) {

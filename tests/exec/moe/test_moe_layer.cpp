@@ -7,6 +7,7 @@
 #include "exec/moe/balance.h"
 #include "exec/moe/moe_layer.h"
 #include "moe_test_util.h"
+#include "tests/test_paths.h"
 
 using namespace tandem::moe;
 using tandem::moe::test::all_to_all;
@@ -194,7 +195,7 @@ TEST_CASE("moe layer: EP equals the reference with BF16 and FP8 expert numerics"
 
 TEST_CASE("moe layer: tiny-moe card, ep = 4, equals the reference bit for bit", "[moe][layer]") {
   const tandem::ModelCard card =
-      tandem::load_model_card(std::string(TANDEM_SOURCE_DIR) + "/models/tiny-moe.yaml").value();
+      tandem::load_model_card(tandem::test::repo("models/tiny-moe.yaml")).value();
   MoeConfig c = MoeConfig::from_card(card, 1);
   REQUIRE(c.hidden == 256);
   REQUIRE(c.router.n_routed == 16);

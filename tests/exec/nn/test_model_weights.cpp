@@ -5,12 +5,13 @@
 #include <string>
 
 #include "exec/nn/model_weights.h"
+#include "tests/test_paths.h"
 
 using namespace tandem;
 using namespace tandem::nn;
 
 TEST_CASE("model_weights: tiny-moe shapes, deterministic seeded init", "[nn][weights]") {
-  const ModelCard card = load_model_card(std::string(TANDEM_SOURCE_DIR) + "/models/tiny-moe.yaml").value();
+  const ModelCard card = load_model_card(tandem::test::repo("models/tiny-moe.yaml")).value();
   const ModelWeights<float> w = make_model_weights<float>(card, {.seed = 42});
   REQUIRE(w.layers.size() == 8);
   REQUIRE(w.mtp.size() == 1);

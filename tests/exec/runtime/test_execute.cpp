@@ -14,6 +14,7 @@
 #include "exec/runtime/budget.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/reference.h"
+#include "tests/test_paths.h"
 
 using namespace tandem;
 using namespace tandem::runtime;
@@ -28,7 +29,7 @@ RunSpec tiny(const std::string& file, std::vector<std::string> extra = {},
              nn::Numerics numerics = nn::Numerics::exact) {
   std::vector<std::string> o{"model.num_nextn_predict_layers=0", "batch.seq_len=32"};
   o.insert(o.end(), extra.begin(), extra.end());
-  auto s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/" + file, o);
+  auto s = load_scenario(tandem::test::repo("scenarios/" + file), o);
   if (!s) FAIL(s.error().message());
   return make_run_spec(s.value(), numerics, 1e-3, 1);
 }
@@ -135,7 +136,7 @@ TEST_CASE("a failing rank stops the job, naming the rank, without hanging", "[ru
 }
 
 TEST_CASE("a scenario too large for the CPU backend names the key", "[runtime]") {
-  auto s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/deepseek-v3-1f1b.yaml");
+  auto s = load_scenario(tandem::test::repo("scenarios/deepseek-v3-1f1b.yaml"));
   REQUIRE(s);
   try {
     check_cpu_budget(s.value(), scenario_workload(s.value()));
@@ -143,7 +144,7 @@ TEST_CASE("a scenario too large for the CPU backend names the key", "[runtime]")
   } catch (const InputException& e) {
     CHECK((e.error().key == "model" || e.error().key == "batch.global_sequences"));
   }
-  auto big = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/tiny-1f1b.yaml", {"batch.global_sequences=4096"});
+  auto big = load_scenario(tandem::test::repo("scenarios/tiny-1f1b.yaml"), {"batch.global_sequences=4096"});
   REQUIRE(big);
   try {
     check_cpu_budget(big.value(), scenario_workload(big.value()));
@@ -154,7 +155,7 @@ TEST_CASE("a scenario too large for the CPU backend names the key", "[runtime]")
 }
 
 TEST_CASE("a scenario too large for the GPU names the key; the tiny one fits an H100", "[runtime]") {
-  auto v3 = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/deepseek-v3-1f1b.yaml");
+  auto v3 = load_scenario(tandem::test::repo("scenarios/deepseek-v3-1f1b.yaml"));
   REQUIRE(v3);
   GpuBudget h100;
   h100.device_bytes = 80e9;
@@ -166,7 +167,7 @@ TEST_CASE("a scenario too large for the GPU names the key; the tiny one fits an 
     CHECK(e.error().key == "model");
     CHECK(e.error().reason.find("host copies") != std::string::npos);
   }
-  auto tiny_s = load_scenario(std::string(TANDEM_SOURCE_DIR) + "/scenarios/tiny-dualpipe.yaml");
+  auto tiny_s = load_scenario(tandem::test::repo("scenarios/tiny-dualpipe.yaml"));
   REQUIRE(tiny_s);
   h100.devices = 1;  // virtual ranks: the whole job on one GPU
   CHECK_NOTHROW(check_gpu_budget(tiny_s.value(), scenario_workload(tiny_s.value()), h100));
@@ -315,8 +316,8 @@ TEST_CASE("the sequence-wise balance loss keeps the equivalence and changes the 
 // Hidden; CTest `runtime_mpi` runs it (with the launch environment from cmake/Dependencies.cmake).
 TEST_CASE("tiny-dualpipe under mpiexec -n 4 equals the sequential reference", "[.][runtime_mpi]") {
   const tandem::ProcessRun run = tandem::run_process(std::string(TANDEM_MPIEXEC) + " " + TANDEM_BINARY +
-                                                     " execute " + TANDEM_SOURCE_DIR +
-                                                     "/scenarios/tiny-dualpipe.yaml --backend cpu --check-reference --json");
+                                                     " execute " + tandem::test::repo("scenarios/tiny-dualpipe.yaml") +
+                                                     " --backend cpu --check-reference --json");
   INFO(run.out);
   REQUIRE(run.code == 0);
   const auto j = nlohmann::json::parse(run.out);
