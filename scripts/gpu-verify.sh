@@ -59,7 +59,7 @@ libpath="$pack/lib"
   echo "== GPU"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   echo "== libraries"
-  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+  for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do  # the pack carries libcudart
     if d=$(find_lib_dir "$lib"); then
       echo "$lib: $d"
       case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath:$d" ;; esac

@@ -46,7 +46,8 @@ bool launched_under_mpi();
 // The world for a job of `ranks` ranks: MPI when launched under an MPI launcher (the ranks split
 // over the processes, ranks % processes == 0), in-process otherwise. Under a launcher without MPI
 // support built in, a single process falls back to in-process and several processes (or a PMIx
-// launch that does not say how many) are an error (each would run the whole job). Throws CommError (kind invalid_argument or transport).
+// launch that does not say how many) are an error (each would run the whole job). Throws CommError
+// (kind invalid_argument or transport).
 std::unique_ptr<World> make_world(int ranks, const CommOptions& options);
 
 }  // namespace tandem::comm
