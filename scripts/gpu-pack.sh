@@ -17,10 +17,11 @@ cd "$(dirname "$0")/.."
 build="build-gpu-pack"
 pack=.gpu-pack
 
-if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc >/dev/null; then
+nvcc=/usr/local/cuda/bin/nvcc
+[ -x "$nvcc" ] || nvcc=$(command -v nvcc) || {
   echo "gpu-pack: no nvcc here: the GPU checks cannot be built" >&2
   exit 2
-fi
+}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_WERROR=ON -DTANDEM_CUDA=ON \
   -DTANDEM_SIM=OFF -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target tandem_gpu_tests bench_command_test gpu_probe_test tandem
@@ -44,7 +45,7 @@ ldd "$pack"/bin/* | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
   done
 {
   echo "built from $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)') on $(date -u +%F)"
-  /usr/local/cuda/bin/nvcc --version | tail -1
+  "$nvcc" --version | tail -1
 } >"$pack/BUILT"
 du -sh "$pack"
 ls "$pack/lib"

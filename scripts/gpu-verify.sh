@@ -35,7 +35,7 @@ if [ ! -x "$pack/bin/tandem_gpu_tests" ]; then
 fi
 
 # The directory holding library $1: the dynamic linker's cache, the CUDA toolkit, then Python's
-# NVIDIA wheels (PyTorch's cuBLAS / NCCL), then anywhere on the root file system.
+# NVIDIA wheels (PyTorch's cuBLAS / NCCL), then anywhere on the root file system (a minute at most).
 find_lib_dir() {
   local lib="$1" path d
   path=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l {print $NF; exit}')
@@ -47,19 +47,21 @@ find_lib_dir() {
     path=$(find "$d/nvidia" -name "$lib" -print -quit 2>/dev/null)
     [ -n "$path" ] && { dirname "$path"; return 0; }
   done
-  path=$(find / -xdev -name "$lib" -not -path '/proc/*' -print -quit 2>/dev/null)
+  path=$(timeout 60 find / -xdev -name "$lib" -not -path '/proc/*' -print -quit 2>/dev/null)
   [ -n "$path" ] && { dirname "$path"; return 0; }
   return 1
 }
 
 libpath="$pack/lib"
+# The CUDA libraries the pack leaves to this machine, by the sonames the binaries were linked with.
+needed=$(ldd "$pack"/bin/* 2>/dev/null | awk '$1 ~ /^lib(cublas|cublasLt|nccl)\.so/ {print $1}' | sort -u)
 {
   echo "== pack"
   cat "$pack/BUILT" 2>/dev/null
   echo "== GPU"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   echo "== libraries"
-  for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do  # the pack carries libcudart
+  for lib in $needed; do
     if d=$(find_lib_dir "$lib"); then
       echo "$lib: $d"
       case ":$libpath:" in *":$d:"*) ;; *) libpath="$libpath:$d" ;; esac
