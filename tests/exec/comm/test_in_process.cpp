@@ -527,12 +527,13 @@ TEST_CASE("comm: make_world without an MPI launcher is the in-process world", "[
 }
 
 namespace {
-// Sets an environment variable for one scope and restores the old state after.
+// Sets (or, with nullptr, unsets) an environment variable for one scope and restores it after.
 class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value, 1);
+    if (value) ::setenv(name, value, 1);
+    else ::unsetenv(name);
   }
   ~ScopedEnv() {
     if (old_) ::setenv(name_, old_->c_str(), 1);
@@ -552,6 +553,7 @@ class ScopedEnv {
 TEST_CASE("comm: a PMIx launch (srun --mpi=pmix) counts as an MPI launcher", "[comm]") {
   if (launched_under_mpi()) return;  // this case is about plain runs
   {
+    ScopedEnv no_task_count("SLURM_STEP_NUM_TASKS", nullptr);  // tests run inside a Slurm step have one
     ScopedEnv pmix("PMIX_RANK", "0");
     CHECK(launched_under_mpi());
 #ifndef TANDEM_HAVE_MPI
