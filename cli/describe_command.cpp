@@ -149,10 +149,19 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
   if (o.ops) describe_ops(w, t);
   describe_cluster(s.cluster, t, j);
 
-  const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+  const StagePartition part = scenario_partition(s, w);
   t += strprintf("Stage partition (%lld stages%s)\n", (long long)s.stages(),
-           s.schedule.stage_layers.empty() ? ", balanced by training FLOPs" : ", from schedule.stage_layers");
+           s.schedule.stage_layers.empty() ? ", balanced with the calibrated costs for the schedule" : ", from schedule.stage_layers");
   t += part.describe(w);
+  t += std::string("Compute per micro-batch by pipeline rank (forward, backward and weight gradients of the stages it holds)\n");
+  t += part.describe_ranks();
+  nlohmann::json jp = nlohmann::json::array();
+  for (const Stage& st : part.stages)
+    jp.push_back({{"first_block", st.first_block}, {"end_block", st.end_block}, {"layers", st.layers},
+                  {"train_flops", st.cost}, {part.load_in_seconds ? "compute_s" : "load_flops", st.load}});
+  j["stage_partition"] = {{"stages", jp}, {"mirrored", part.mirrored}, {"rank_loads", part.rank_loads()},
+                          {"rank_loads_unit", part.load_in_seconds ? "s" : "flops"},
+                          {"manual", !s.schedule.stage_layers.empty()}};
 
   // All-to-all of one MoE layer.
   nlohmann::json a2a;

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/bench_command.h"
+#include "cli/calibrate_command.h"
 #include "cli/describe_command.h"
 #include "cli/execute_command.h"
 #include "cli/schedule_command.h"
@@ -75,6 +76,17 @@ int main(int argc, char** argv) {
   si->add_option("--calibration", simulate.calibration, "kernel cost data, repeatable: a calibration file (default sim/calibration/h800-deepgemm.yaml) and/or `tandem bench ... --json` outputs laid over it");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
+
+  tandem::CalibrateOptions calibrate;
+  auto* ca = app.add_subcommand("calibrate", "Derive a calibration overlay for the simulator from measured traces (a PyTorch profiler trace, tandem execute --trace)");
+  ca->add_option("traces", calibrate.traces, "Chrome trace-event JSON files")->required();
+  ca->add_option("--scenario", calibrate.scenario, "the scenario whose shapes the traces ran (model, micro-batch, EP, precision)")->required();
+  ca->add_option("--set", calibrate.overrides, "override a scenario key (repeatable)");
+  ca->add_option("--rules", calibrate.rules, "kernel classification rules (default sim/calibration/kernel-rules.yaml)");
+  ca->add_option("--out", calibrate.out, "write the calibration overlay (YAML) here");
+  ca->add_option("--name", calibrate.name, "the overlay's name");
+  ca->add_option("--source", calibrate.source, "a provenance line put first in the overlay (repeatable): where the traces come from");
+  ca->add_flag("--json", calibrate.json, "print one JSON object on stdout instead of text");
 
   tandem::SweepOptions sweep;
   auto* sw = app.add_subcommand("sweep", "Simulate the cross product of varied scenario keys (what-ifs)");
@@ -152,6 +164,7 @@ int main(int argc, char** argv) {
     }
 #if TANDEM_HAVE_SIM
     if (*si) return emit(tandem::simulate_command(simulate, text), simulate.json, text);
+    if (*ca) return emit(tandem::calibrate_command(calibrate, text), calibrate.json, text);
     if (*sw) {
       std::error_code ec;  // this executable, for the child runs
       sweep.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();

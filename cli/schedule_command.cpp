@@ -48,7 +48,7 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
     if (!loaded) throw InputException(loaded.error());
     const Scenario& s = loaded.value();
     const Workload w = scenario_workload(s);
-    const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+    const StagePartition part = scenario_partition(s, w);
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                        static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
     const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});

@@ -12,7 +12,10 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
   return catch_input_errors([&]() -> nlohmann::json {
     auto loaded = load_scenario(o.path, o.overrides);
     if (!loaded) throw InputException(loaded.error());
-    const Scenario& s = loaded.value();
+    // --calibration files join the scenario's own, so the stage balancer and the engine weigh
+    // with the same costs (and the busiest GPU is checked again under the partition they give).
+    Scenario s = loaded.value();
+    for (const std::string& f : o.calibration) s.calibration.push_back(f);
     SimOptions so;
     // auto: the fastest tier that is exact for the scenario's routing.
     if (o.fidelity == "auto")
@@ -22,17 +25,17 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     else if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
     else if (o.fidelity == "per_pair") so.fidelity = Fidelity::per_pair;
     else throw_input_error("<command line>", "--fidelity", "must be auto, replicated, grouped, aggregated or per_pair, got '" + o.fidelity + "'");
-    so.calibration = o.calibration;
     so.trace_gpus = o.trace.empty() ? 0 : o.trace_gpus;
     so.progress = o.progress;
+    const Workload w = scenario_workload(s);
+    const StagePartition part = scenario_partition(s, w);
+    if (!o.calibration.empty()) check_memory_fits(s, part);
     auto run = simulate(s, so);
     if (!run) throw InputException(run.error());
     const SimResult& r = run.value();
     if (!o.trace.empty() && !r.trace.write_perfetto(o.trace))
       throw_input_error("<command line>", "--trace", "cannot write '" + o.trace + "'");
 
-    const Workload w = scenario_workload(s);
-    const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
     double peak_mem = 0;
     for (const RankMemory& m : memory_per_rank(s, part)) peak_mem = std::max(peak_mem, m.total());
     const double step = r.step_time_s;

@@ -30,7 +30,7 @@ bool Trace::write_perfetto(const std::string& path, int gpus) const {
                            {"ts", e.start * 1e6},
                            {"dur", (e.end - e.start) * 1e6},
                            {"args", {{"block", e.block}, {"micro_batch", e.micro_batch}, {"stage", e.stage},
-                                     {"flops", e.flops}, {"bytes", e.bytes}}}});
+                                     {"slot", e.slot}, {"rank", e.rank}, {"flops", e.flops}, {"bytes", e.bytes}}}});
   }
   nlohmann::json doc{{"traceEvents", events_json},
                      {"displayTimeUnit", "ms"},
@@ -42,11 +42,11 @@ bool Trace::write_perfetto(const std::string& path, int gpus) const {
 bool Trace::write_csv(const std::string& path) const {
   std::ofstream out(path);
   if (!out) return false;
-  out << "gpu,rank,stream,kind,block,micro_batch,stage,start_s,end_s,flops,bytes\n";
+  out << "gpu,rank,stream,kind,block,micro_batch,stage,slot,start_s,end_s,flops,bytes\n";
   out.precision(12);
   for (const TraceEvent& e : events)
     out << e.gpu << ',' << e.rank << ',' << e.stream << ',' << e.kind << ',' << e.block << ',' << e.micro_batch
-        << ',' << e.stage << ',' << e.start << ',' << e.end << ',' << e.flops << ',' << e.bytes << '\n';
+        << ',' << e.stage << ',' << e.slot << ',' << e.start << ',' << e.end << ',' << e.flops << ',' << e.bytes << '\n';
   return static_cast<bool>(out);
 }
 

@@ -23,6 +23,7 @@ struct TraceEvent {
   int stage = -1;
   double start = 0, end = 0;  // seconds
   double flops = 0, bytes = 0;
+  int slot = -1;            // the rank's schedule slot (-1: end-of-step tasks)
 };
 
 struct Trace {

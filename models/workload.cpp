@@ -21,13 +21,16 @@ struct Ctx {
   double seqs; // sequences in the micro-batch
 
   double tile() const { return static_cast<double>(p.act_tile); }
-  // Bytes of a rows x cols activation as kept by the FP8 cache (with its 1 x tile scales).
+  // Bytes of a rows x cols FP8 tensor with its 1 x tile FP32 scales.
   double fp8_tensor(double rows, double cols) const {
     return rows * cols + rows * ceil_div(cols, tile()) * 4.0;
   }
+  double scales(double rows, double cols) const { return rows * ceil_div(cols, tile()) * 4.0; }
+  // Bytes of a rows x cols activation as kept by the FP8 cache (with its 1 x tile scales).
   double cached(double rows, double cols) const {
     return (p.fp8 && rc.fp8_activation_cache) ? fp8_tensor(rows, cols) : rows * cols * 2.0;
   }
+  double hidden() const { return static_cast<double>(m.hidden_size); }
 };
 
 // How a linear's input reaches it.
@@ -50,8 +53,21 @@ struct LinearSpec {
   bool recompute_output = false;  // forward redone in backward (MLA up-projections)
   OpKind kind = OpKind::linear;
   Dtype out_dtype = Dtype::bf16;
+  // BF16 linears whose weight gradient is computed with the input gradient, not deferred to a
+  // W pass (DeepSeek's router gate: only its FP8 linears split their backward).
+  bool wgrad_with_dgrad = false;
+  // The output gradient arrives already in FP8 (an MoE layer's output gradient, cast once for
+  // combine's backward): its dgrad needs no cast.
+  bool grad_arrives_fp8 = false;
 };
 
+// A linear's three GEMMs and the kernels DeepSeek's FP8 linear launches around them (read off
+// its profiler trace): every FP8 GEMM is preceded by a small layout kernel for its scales; a BF16
+// input is quantised per token (each linear casts its own copy, even of a shared input); the
+// weight is transposed in FP8 for the pass whose layout differs from the stored one (dgrad for
+// dense linears, fprop for the experts); the weight gradient needs both operands re-tiled along
+// the token dimension (128 x 1), prepared right after dgrad — for the experts, the operands of
+// hidden width only in the W pass.
 Op make_linear(const Ctx& c, const LinearSpec& s) {
   Op op;
   op.name = s.name;
@@ -68,54 +84,76 @@ Op make_linear(const Ctx& c, const LinearSpec& s) {
   Gemm fprop{s.name + ".fprop", m_per, s.out, s.in, s.count, dt, dt, s.out_dtype, fp8, false};
   Gemm dgrad{s.name + ".dgrad", m_per, s.in, s.out, s.count, dt, dt, Dtype::bf16, fp8, false};
   Gemm wgrad{s.name + ".wgrad", s.out, s.in, m_per, s.count, dt, dt, Dtype::fp32, false, true};
+  fprop.role = GemmRole::fprop;
+  dgrad.role = GemmRole::dgrad;
+  wgrad.role = GemmRole::wgrad;
+  wgrad.per_group_launch = s.count > 1;
   fprop.scale_tile = dgrad.scale_tile = wgrad.scale_tile = c.p.act_tile;
   fprop.weight_block = dgrad.weight_block = wgrad.weight_block = c.p.weight_block;
 
   // Casting a BF16 input to FP8 (+ scales): read 2 bytes, write 1 byte and scales.
-  const double quantise_in = fp8 ? M * K * 2.0 + c.fp8_tensor(M, K) : 0.0;
-  const double quantise_dy = fp8 ? M * N * 2.0 + c.fp8_tensor(M, N) : 0.0;
-
-  op.fwd.gemms.push_back(fprop);
-  if (s.input == Input::bf16) op.fwd.other_bytes += quantise_in;
-  op.bwd_input.gemms.push_back(dgrad);
-  op.bwd_input.other_bytes += quantise_dy;
-  op.bwd_weight.gemms.push_back(wgrad);
+  const double quantise_in = M * K * 2.0 + c.fp8_tensor(M, K);
+  const double quantise_dy = M * N * 2.0 + c.fp8_tensor(M, N);
+  const double weight_transpose = 2.0 * N * K * static_cast<double>(s.count);
+  auto gemm_pass = [&](PassCost& pass, const Gemm& g, double cast_bytes, bool transpose_weight) {
+    if (fp8) {
+      if (cast_bytes > 0) pass.add(s.name + ".quantize", KernelFamily::cast, cast_bytes);
+      if (transpose_weight) pass.add(s.name + ".weight_transpose", KernelFamily::cast, weight_transpose);
+      pass.add(s.name + ".scale_layout", KernelFamily::cast, 2.0 * c.scales(static_cast<double>(g.m * g.count), static_cast<double>(g.k)));
+    }
+    pass.gemms.push_back(g);
+  };
+  const bool needs_cast = s.input != Input::fp8_arrives;
+  gemm_pass(op.fwd, fprop, needs_cast ? quantise_in : 0.0, s.routed);
+  gemm_pass(op.bwd_input, dgrad, s.grad_arrives_fp8 ? 0.0 : quantise_dy, !s.routed);
+  PassCost& wpass = s.wgrad_with_dgrad ? op.bwd_input : op.bwd_weight;
   if (fp8) {
-    // Wgrad needs both operands tiled along the token dimension (128 x 1): the cached input is
-    // dequantised, transposed and requantised; dY is quantised column-wise.
-    op.bwd_weight.other_bytes += c.fp8_tensor(M, K) + M * K + K * ceil_div(M, c.tile()) * 4.0;
-    op.bwd_weight.other_bytes += M * N * 2.0 + M * N + N * ceil_div(M, c.tile()) * 4.0;
+    // Wgrad operands re-tiled 128 x 1 along the tokens: the cached input (dequantised,
+    // transposed, requantised) and dY (cast column-wise).
+    // A recomputed input is read in BF16 straight from its recomputation.
+    const double x_in = s.input == Input::recomputed ? M * K * 2.0 : c.cached(M, K);
+    const double x_t = x_in + M * K + K * ceil_div(M, c.tile()) * 4.0;
+    const double dy_t = M * N * 2.0 + M * N + N * ceil_div(M, c.tile()) * 4.0;
+    const double hidden = c.hidden();
+    PassCost& x_pass = (s.routed && K == hidden) ? op.bwd_weight : op.bwd_input;
+    PassCost& dy_pass = (s.routed && N == hidden) ? op.bwd_weight : op.bwd_input;
+    x_pass.add(s.name + ".input_transpose", KernelFamily::cast, x_t);
+    dy_pass.add(s.name + ".grad_transpose", KernelFamily::cast, dy_t);
   }
+  wpass.gemms.push_back(wgrad);
   if (s.input == Input::bf16) op.kept_bytes = c.cached(M, K);
-  if (s.input == Input::recomputed && fp8) op.recompute.other_bytes += quantise_in;
-  if (s.recompute_output) {
-    op.recompute.gemms.push_back(fprop);
-    if (s.input != Input::fp8_arrives) op.recompute.other_bytes += quantise_in;
-  }
+  if (s.recompute_output) gemm_pass(op.recompute, fprop, needs_cast ? quantise_in : 0.0, s.routed);
   return op;
 }
 
-Op make_norm(const Ctx& c, const std::string& name, Part part, double rows, int64_t dim) {
+// RMSNorm. `residual`: the norm is fused with the residual add before it (DeepSeek's
+// DropoutAddLayerNorm): forward reads the branch output and the residual stream and writes the
+// new residual stream and the normalised output; backward also adds the residual gradient.
+Op make_norm(const Ctx& c, const std::string& name, Part part, double rows, int64_t dim, bool residual) {
   Op op;
   op.name = name;
   op.kind = OpKind::norm;
   op.part = part;
   op.params = dim;
   const double d = static_cast<double>(dim);
-  op.fwd.vector_flops = 4.0 * rows * d;
-  op.fwd.other_bytes = rows * d * 2.0 * 2.0 + rows * 4.0 + d * 2.0;  // x in, y out, rstd, gamma
-  op.bwd_input.vector_flops = 8.0 * rows * d;                        // dx and dgamma, fused
-  op.bwd_input.other_bytes = rows * d * 2.0 * 3.0 + rows * 4.0 + d * 4.0;
-  if (c.rc.rmsnorm) op.recompute = op.fwd;
+  const double tensor = rows * d * 2.0;
+  op.fwd.add(name, KernelFamily::norm, tensor * (residual ? 4.0 : 2.0) + rows * 4.0 + d * 2.0, 4.0 * rows * d);
+  // Backward: dx from x, dy (and the residual gradient); dgamma partials, then their reduction
+  // and the accumulation into the FP32 gradient.
+  op.bwd_input.add(name + ".backward", KernelFamily::norm, tensor * (residual ? 4.0 : 3.0) + rows * 4.0 + d * 4.0,
+                   8.0 * rows * d, 2);
+  op.bwd_input.add(name + ".accumulate_grad", KernelFamily::elementwise, d * 4.0 * 3.0);
+  if (c.rc.rmsnorm) op.recompute.add(name + ".recompute", KernelFamily::norm, tensor * 2.0 + rows * 4.0 + d * 2.0, 4.0 * rows * d);
   op.kept_bytes = rows * d * 2.0 + rows * 4.0;  // the input (and rstd) backward needs
   if (!c.rc.rmsnorm) op.kept_bytes += rows * d * 2.0;  // the output, kept for its consumers
   return op;
 }
 
+// SwiGLU on the fused gate|up GEMM output (rows x 2I) -> rows x I, written straight as the FP8
+// input of the down projection. Routed experts also apply the routing weight here, so its
+// gradient comes from the same recomputed output (no expert outputs kept for combine); its
+// backward is a kernel of its own.
 Op make_swiglu(const Ctx& c, const std::string& name, double rows, int64_t inter, bool gated) {
-  // SwiGLU on the fused gate|up GEMM output (rows x 2I) -> rows x I, written straight as the
-  // FP8 input of the down projection. Routed experts also apply the gate weight here, so its
-  // gradient comes from the same recomputed output (no expert outputs kept for combine).
   Op op;
   op.name = name;
   op.kind = OpKind::swiglu;
@@ -123,20 +161,25 @@ Op make_swiglu(const Ctx& c, const std::string& name, double rows, int64_t inter
   const double I = static_cast<double>(inter);
   const double out_bytes = c.p.fp8 ? c.fp8_tensor(rows, I) : rows * I * 2.0;
   const double in_cache = c.cached(rows, 2 * I);
-  op.fwd.vector_flops = rows * I * (gated ? 7.0 : 6.0);
-  op.fwd.other_bytes = rows * 2 * I * 2.0 + out_bytes + in_cache + (gated ? rows * 4.0 : 0.0);
-  op.bwd_input.vector_flops = rows * I * 12.0;
-  op.bwd_input.other_bytes = in_cache + rows * I * 2.0 + rows * 2 * I * 2.0;
-  op.kept_bytes = in_cache + (gated ? rows * 4.0 : 0.0);
-  if (c.rc.swiglu) {
-    op.recompute.vector_flops = op.fwd.vector_flops;
-    op.recompute.other_bytes = in_cache + out_bytes;
-  } else {
-    op.kept_bytes += out_bytes;
-  }
+  const double weights = gated ? rows * 4.0 : 0.0;
+  op.fwd.add(name, KernelFamily::swiglu, rows * 2 * I * 2.0 + out_bytes + (in_cache == rows * 2 * I * 2.0 ? 0.0 : in_cache) + weights,
+             rows * I * (gated ? 7.0 : 6.0));
+  // Backward (with the forward recomputed in the same kernel when SwiGLU is recomputed): the
+  // cached input and dY in, d(gate|up) out, and the re-tiled output the down wgrad needs.
+  op.bwd_input.add(name + ".backward", KernelFamily::swiglu,
+                   in_cache + rows * I * 2.0 + rows * 2 * I * 2.0 + (c.rc.swiglu ? out_bytes : 0.0) + weights,
+                   rows * I * (c.rc.swiglu ? 18.0 : 12.0));
+  if (gated) op.bwd_input.add(name + ".weight_backward", KernelFamily::swiglu, rows * I * 2.0 * 2.0 + rows * 4.0, rows * I * 2.0);
+  op.kept_bytes = in_cache + weights;
+  if (!c.rc.swiglu) op.kept_bytes += out_bytes;
   return op;
 }
 
+// The attention core as FlashAttention runs it for MLA: RoPE on the decoupled q and k parts,
+// copies that build the per-head q and k of width nope + rope (k's rope part broadcast to every
+// head), the fused kernel; backward undoes the rope on dq and sums dk's rope part over heads,
+// and splits the gradients back. With the up-projections recomputed, backward redoes the rope
+// and the copies first.
 Op make_attention_core(const Ctx& c) {
   const ModelCard& m = c.m;
   const double nh = static_cast<double>(m.num_attention_heads);
@@ -149,15 +192,26 @@ Op make_attention_core(const Ctx& c) {
   op.name = "attention";
   op.kind = OpKind::attention_core;
   op.part = Part::attention;
-  op.fwd.attention_flops = 2.0 * pairs * dqk + 2.0 * pairs * dv;
-  op.fwd.vector_flops = 5.0 * pairs + c.T * (nh + 1) * dr * 3.0;  // softmax; RoPE on q, k
-  const double q = c.T * nh * dqk * 2.0, k = c.T * (nh * dn + dr) * 2.0, v = c.T * nh * dv * 2.0;
+  const double q = c.T * nh * dqk * 2.0, k = c.T * nh * dqk * 2.0, v = c.T * nh * dv * 2.0;
   const double o = c.T * nh * dv * 2.0, lse = c.T * nh * 4.0;
-  op.fwd.other_bytes = q + k + v + o + lse;
+  // q comes out of q_b already per head [nope | rope]: its rope part is rotated and copied back;
+  // k is built from kv_b's nope part and the one shared rope key, broadcast to every head.
+  PassCost prepare;
+  prepare.add("attention.rope", KernelFamily::rope, c.T * (nh + 1) * dr * 2.0 * 2.0, c.T * (nh + 1) * dr * 3.0, 2);
+  prepare.add("attention.build_heads", KernelFamily::copy,
+              k + c.T * (nh * dn + dr) * 2.0 + c.T * nh * dr * 2.0 * 2.0, 0, 2);
+  op.fwd = prepare;
+  op.fwd.attention_flops = 2.0 * pairs * dqk + 2.0 * pairs * dv;
+  op.fwd.attention_bytes = q + k + v + o + lse;
+  op.fwd.attention_launches = 1;
   op.bwd_input.attention_flops = 2.0 * op.fwd.attention_flops;
-  op.bwd_input.vector_flops = 6.0 * pairs;
-  op.bwd_input.other_bytes = q + k + v + o + o + lse + q + k + v;  // + dO in; dQ, dK, dV out
+  op.bwd_input.attention_bytes = q + k + v + o + o + lse + q + k + v;  // + dO in; dQ, dK, dV out
+  op.bwd_input.attention_launches = 3;
+  op.bwd_input.add("attention.rope_backward", KernelFamily::rope, c.T * nh * dr * 2.0 * 3.0 + c.T * dr * 2.0 * 2.0, c.T * nh * dr * 4.0, 3);
+  // dK's nope part and dV gathered into kv_b's output gradient [nope | v] per head.
+  op.bwd_input.add("attention.split_grads", KernelFamily::copy, k + v + c.T * nh * (dn + dv) * 2.0, 0, 2);
   op.recompute.attention_flops = 2.0 * pairs * dqk;  // flash backward rebuilds S = QK^T
+  if (c.rc.mla_up_projection) op.recompute += prepare;
   // Kept: softmax statistics and the RoPE'd shared key; Q, K, V too when the up-projections
   // are not recomputed. The output O is kept once, as the input cache of o_proj.
   op.kept_bytes = lse + c.T * dr * 2.0;
@@ -171,12 +225,12 @@ void add_attention_ops(const Ctx& c, std::vector<Op>& ops, const std::string& pr
   // A norm's output feeds the next linear; with RMSNorm recompute the linear keeps nothing and
   // re-quantises in backward, without it the norm keeps its output (make_norm) instead.
   const Input after_norm = Input::recomputed;
-  ops.push_back(make_norm(c, prefix + "attn_norm", Part::attention, c.T, h));
+  ops.push_back(make_norm(c, prefix + "attn_norm", Part::attention, c.T, h, true));
   if (m.q_lora_rank) {
     const int64_t dq = *m.q_lora_rank;
     ops.push_back(make_linear(c, {prefix + "q_a_proj", Part::attention, c.T, h, dq, 1, h * dq,
                                   false, true, after_norm}));
-    ops.push_back(make_norm(c, prefix + "q_a_norm", Part::attention, c.T, dq));
+    ops.push_back(make_norm(c, prefix + "q_a_norm", Part::attention, c.T, dq, false));
     ops.push_back(make_linear(c, {prefix + "q_b_proj", Part::attention, c.T, dq,
                                   nh * m.q_head_dim(), 1, dq * nh * m.q_head_dim(), false, true,
                                   after_norm, c.rc.mla_up_projection}));
@@ -187,24 +241,46 @@ void add_attention_ops(const Ctx& c, std::vector<Op>& ops, const std::string& pr
   const int64_t kva = m.kv_lora_rank + m.qk_rope_head_dim;
   ops.push_back(make_linear(c, {prefix + "kv_a_proj", Part::attention, c.T, h, kva, 1, h * kva,
                                 false, true, after_norm}));
-  ops.push_back(make_norm(c, prefix + "kv_a_norm", Part::attention, c.T, m.kv_lora_rank));
+  Op kv_norm = make_norm(c, prefix + "kv_a_norm", Part::attention, c.T, m.kv_lora_rank, false);
+  // kv_a's output is split into the latent and the rope key: the latent is made contiguous.
+  kv_norm.fwd.add(prefix + "kv_a_norm.contiguous", KernelFamily::copy, c.T * static_cast<double>(m.kv_lora_rank) * 2.0 * 2.0);
+  ops.push_back(kv_norm);
   const int64_t kvb = nh * (m.qk_nope_head_dim + m.v_head_dim);
   ops.push_back(make_linear(c, {prefix + "kv_b_proj", Part::attention, c.T, m.kv_lora_rank, kvb, 1,
                                 m.kv_lora_rank * kvb, false, true, after_norm,
                                 c.rc.mla_up_projection}));
   ops.push_back(make_attention_core(c));
   ops.back().name = prefix + "attention";
+  const double attn_out = static_cast<double>(nh * m.v_head_dim);
   Op o = make_linear(c, {prefix + "o_proj", Part::attention, c.T, nh * m.v_head_dim, h, 1,
                          nh * m.v_head_dim * h, false, true, Input::bf16});
   if (c.p.fp8 && c.rc.fp8_activation_cache) {
-    // The report caches this input in E5M6 (12 bits) with power-of-two 1 x 128 scales.
-    const double rows = c.T, cols = static_cast<double>(nh * m.v_head_dim);
-    o.kept_bytes = rows * cols * bytes_per_element(c.p.attn_out_cache) +
-                   rows * ceil_div(cols, c.tile()) * 4.0;
+    // The report caches this input in E5M6 (12 bits) with power-of-two 1 x 128 scales: a cast
+    // of its own in forward, a cast back before the weight gradient's re-tiling.
+    const double rows = c.T, e5m6 = bytes_per_element(c.p.attn_out_cache);
+    o.kept_bytes = rows * attn_out * e5m6 + c.scales(rows, attn_out);
+    o.fwd.add(prefix + "o_proj.cache_input", KernelFamily::cast, rows * attn_out * (2.0 + e5m6) + c.scales(rows, attn_out));
+    o.bwd_input.add(prefix + "o_proj.uncache_input", KernelFamily::cast, rows * attn_out * (2.0 + e5m6) + c.scales(rows, attn_out));
   }
-  o.fwd.other_bytes += c.T * h * 2.0 * 3.0;  // residual add: x + o_proj(out)
+  // The branch output scaled before the residual add (fused into the next norm), and its
+  // gradient likewise.
+  o.fwd.add(prefix + "o_proj.branch_scale", KernelFamily::elementwise, c.T * static_cast<double>(h) * 2.0 * 2.0, c.T * static_cast<double>(h));
+  o.bwd_input.add(prefix + "o_proj.branch_scale_backward", KernelFamily::elementwise, c.T * static_cast<double>(h) * 2.0 * 2.0);
   ops.push_back(o);
-  ops.push_back(make_norm(c, prefix + "mlp_norm", Part::attention, c.T, h));
+  Op mlp_norm = make_norm(c, prefix + "mlp_norm", Part::attention, c.T, h, true);
+  if (!mlp_norm.recompute.empty()) {
+    // Its output is rebuilt where the MLP's backward needs it (the shared experts' and router's
+    // inputs): in the MLP part's backward, not the attention part's.
+    Op again;
+    again.name = prefix + "mlp_norm.recompute";
+    again.kind = OpKind::norm;
+    again.part = Part::mlp;
+    std::swap(again.recompute, mlp_norm.recompute);
+    ops.push_back(mlp_norm);
+    ops.push_back(again);
+  } else {
+    ops.push_back(mlp_norm);
+  }
 }
 
 void add_dense_ffn(const Ctx& c, std::vector<Op>& ops, const std::string& prefix) {
@@ -212,45 +288,85 @@ void add_dense_ffn(const Ctx& c, std::vector<Op>& ops, const std::string& prefix
   ops.push_back(make_linear(c, {prefix + "ffn.gate_up", Part::mlp, c.T, h, 2 * I, 1, 2 * I * h,
                                 false, true, Input::recomputed}));
   ops.push_back(make_swiglu(c, prefix + "ffn.swiglu", c.T, I, false));
-  Op down = make_linear(c, {prefix + "ffn.down", Part::mlp, c.T, I, h, 1, I * h, false, true,
-                            Input::fp8_arrives});
-  down.fwd.other_bytes += c.T * h * 2.0 * 3.0;  // residual add
-  ops.push_back(down);
+  ops.push_back(make_linear(c, {prefix + "ffn.down", Part::mlp, c.T, I, h, 1, I * h, false, true,
+                                Input::fp8_arrives}));
 }
 
-void add_moe(const Ctx& c, const ExpertLayout& layout, std::vector<Op>& ops,
-             const std::string& prefix) {
+// The gate as DeepSeek's PyTorch implementation runs it (its profiler trace): a BF16 GEMM to FP32
+// scores, then a chain of small kernels — score function, bias, group scores, group and expert
+// top-k, masks, gathers, normalisation and the balance statistics — about thirty launches, two of
+// them top-k passes over every expert score; backward about twenty-five, plus the gate's two
+// GEMMs (its weight gradient is not deferred).
+constexpr int kRouterForwardLaunches = 32;
+constexpr int kRouterBackwardLaunches = 24;
+
+void add_moe(const Ctx& c, const ExpertLayout& layout, const RoutingFanout& fanout,
+             std::vector<Op>& ops, const std::string& prefix) {
   const ModelCard& m = c.m;
   const int64_t h = m.hidden_size, E = m.n_routed_experts, k = m.num_experts_per_tok;
   const int64_t I = m.moe_intermediate_size;
+  const double H = static_cast<double>(h), Ed = static_cast<double>(E);
   const double rows = c.T * static_cast<double>(k);  // token-expert rows per GPU (balanced)
+  // Distinct tokens a GPU receives: each sent token lands once on every GPU holding one of its
+  // experts (balanced: as many as a token reaches, per sender).
+  const double received = c.T * std::max(1.0, fanout.dest_gpus);
   const int64_t local = std::max<int64_t>(1, E / std::max<int64_t>(1, layout.ep));
 
   // Router: BF16 inputs, FP32 scores (kept out of FP8 by the recipe).
-  Op router = make_linear(c, {prefix + "router", Part::attention, c.T, h, E, 1, E * h, false,
-                              false, Input::recomputed, false, OpKind::router, Dtype::fp32});
-  router.fwd.vector_flops += c.T * static_cast<double>(E) * 8.0;  // score fn, groups, top-k
-  router.fwd.other_bytes += c.T * E * 4.0 + c.T * k * 8.0;
-  router.bwd_input.vector_flops += c.T * static_cast<double>(E) * 4.0;
-  router.kept_bytes = c.T * E * 4.0 + c.T * k * 8.0;  // scores, chosen experts and weights
+  LinearSpec gate{prefix + "router", Part::attention, c.T, h, E, 1, E * h, false,
+                  false, Input::recomputed, false, OpKind::router, Dtype::fp32};
+  gate.wgrad_with_dgrad = true;
+  Op router = make_linear(c, gate);
+  const double scores = c.T * Ed * 4.0;
+  // Forward streams the scores about ten times (two of them top-k passes); backward, without
+  // top-k, about three.
+  router.fwd.add(prefix + "router.select", KernelFamily::router, scores * 10.0 + c.T * static_cast<double>(k) * 12.0,
+                 c.T * Ed * 8.0, kRouterForwardLaunches);
+  router.bwd_input.add(prefix + "router.select_backward", KernelFamily::router, scores * 3.0, c.T * Ed * 4.0,
+                       kRouterBackwardLaunches);
+  router.bwd_input.add(prefix + "router.accumulate_input_grad", KernelFamily::elementwise, c.T * H * 2.0 * 3.0, c.T * H);
+  router.kept_bytes = c.T * Ed * 4.0 + c.T * static_cast<double>(k) * 8.0;  // scores, chosen experts and weights
   ops.push_back(router);
 
-  // Dispatch preparation: cast to the wire format and lay tokens out per destination.
+  // Dispatch preparation: the normalised tokens cast to the wire format (FP8 + scales, also the
+  // shared experts' input).
   Op prep;
   prep.name = prefix + "dispatch_prep";
   prep.kind = OpKind::quantize;
   prep.part = Part::attention;
-  prep.fwd.other_bytes = c.T * h * 2.0 + (c.p.fp8 ? c.fp8_tensor(c.T, h) : c.T * h * 2.0);
-  prep.fwd.vector_flops = c.T * h * 2.0;
+  if (c.p.fp8) prep.fwd.add(prep.name, KernelFamily::cast, c.T * H * 2.0 + c.fp8_tensor(c.T, H), c.T * H * 2.0);
   ops.push_back(prep);
 
-  const Input arrives = c.p.fp8 ? Input::fp8_arrives : Input::bf16;
+  const bool fp8 = c.p.fp8;
+  const Input arrives = fp8 ? Input::fp8_arrives : Input::bf16;
+  const double token_bytes = fp8 ? c.fp8_tensor(1, H) : H * 2.0;
   Op gate_up = make_linear(c, {prefix + "experts.gate_up", Part::mlp, rows, h, 2 * I, local,
                                E * 2 * I * h, true, true, arrives});
-  if (arrives == Input::fp8_arrives) gate_up.kept_bytes = c.cached(rows, h);
+  if (arrives == Input::fp8_arrives) gate_up.kept_bytes = c.cached(rows, H);
+  // Received tokens to expert-major rows: count tokens per expert, build the mapping, expand.
+  gate_up.fwd.kernels.insert(gate_up.fwd.kernels.begin(),
+                             {MemoryKernel{prefix + "experts.count_and_map", KernelFamily::permute,
+                                           rows * 8.0 * 4.0 + Ed * 4.0, 0, 2},
+                              MemoryKernel{prefix + "experts.expand", KernelFamily::permute,
+                                           (received + rows) * token_bytes, 0, 1}});
+  // Backward: the arriving (FP8) output gradient dequantised and expanded to expert rows; the
+  // input gradient of the expert rows reduced back to the received tokens for combine's backward.
   Op swiglu = make_swiglu(c, prefix + "experts.swiglu", rows, I, true);
-  Op experts_down = make_linear(c, {prefix + "experts.down", Part::mlp, rows, I, h, local, E * I * h,
-                            true, true, Input::fp8_arrives});
+  LinearSpec down_spec{prefix + "experts.down", Part::mlp, rows, I, h, local, E * I * h, true, true, Input::fp8_arrives};
+  down_spec.grad_arrives_fp8 = fp8;
+  Op experts_down = make_linear(c, down_spec);
+  // Expert rows summed back per received token with the routing weights (each token's experts on
+  // this GPU), and the sum cast for the FP8 cache of the layer's output rows.
+  experts_down.fwd.add(prefix + "experts.reduce", KernelFamily::permute, rows * H * 2.0 + received * H * 2.0 + rows * 4.0,
+                       rows * H * 2.0);
+  if (fp8) experts_down.fwd.add(prefix + "experts.quantize_output", KernelFamily::cast, received * H * 2.0 + c.fp8_tensor(received, H));
+  if (fp8) experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin(),
+                                                 MemoryKernel{prefix + "experts.dequantize_grad", KernelFamily::cast,
+                                                              c.fp8_tensor(received, H) + received * H * 2.0});
+  experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin() + (fp8 ? 1 : 0),
+                                        MemoryKernel{prefix + "experts.expand_grad", KernelFamily::permute,
+                                                     (received + rows) * token_bytes});
+  gate_up.bwd_input.add(prefix + "experts.reduce_grad", KernelFamily::permute, rows * H * 2.0 + received * H * 2.0, rows * H);
   for (Op* op : {&gate_up, &swiglu, &experts_down}) {
     op->per_routed_row = true;
     ops.push_back(*op);
@@ -258,17 +374,15 @@ void add_moe(const Ctx& c, const ExpertLayout& layout, std::vector<Op>& ops,
   if (m.n_shared_experts > 0) {
     const int64_t Is = I * m.n_shared_experts;
     ops.push_back(make_linear(c, {prefix + "shared.gate_up", Part::mlp, c.T, h, 2 * Is, 1,
-                                  2 * Is * h, false, true, Input::recomputed}));
+                                  2 * Is * h, false, true, fp8 ? Input::fp8_arrives : Input::recomputed}));
     ops.push_back(make_swiglu(c, prefix + "shared.swiglu", c.T, Is, false));
-    Op down = make_linear(c, {prefix + "shared.down", Part::mlp, c.T, Is, h, 1, Is * h, false,
-                              true, Input::fp8_arrives});
-    down.fwd.other_bytes += c.T * h * 2.0 * 3.0;  // shared output + combined routed + residual
-    ops.push_back(down);
+    LinearSpec shared_down{prefix + "shared.down", Part::mlp, c.T, Is, h, 1, Is * h, false, true, Input::fp8_arrives};
+    shared_down.grad_arrives_fp8 = fp8;
+    ops.push_back(make_linear(c, shared_down));
   }
 }
 
-AllToAll make_all_to_all(const Ctx& c, const ExpertLayout& layout) {
-  const RoutingFanout f = sample_routing_fanout(c.m, layout);
+AllToAll make_all_to_all(const Ctx& c, const RoutingFanout& f) {
   AllToAll a;
   const double h = static_cast<double>(c.m.hidden_size);
   a.tokens = c.T;
@@ -292,9 +406,10 @@ Block transformer_block(const Ctx& c, const ExpertLayout& layout, int64_t layer,
   const std::string prefix = kind_if_dense == BlockKind::mtp ? name + "." : "";
   add_attention_ops(c, b.ops, prefix);
   if (moe) {
-    add_moe(c, layout, b.ops, prefix);
+    const RoutingFanout fanout = sample_routing_fanout(c.m, layout);
+    add_moe(c, layout, fanout, b.ops, prefix);
     b.has_all_to_all = true;
-    b.all_to_all = make_all_to_all(c, layout);
+    b.all_to_all = make_all_to_all(c, fanout);
     b.routing = routing_pattern(c.m, layout, layout.routing_skew, layer);
   } else {
     add_dense_ffn(c, b.ops, prefix);
@@ -309,9 +424,8 @@ Op make_embedding(const Ctx& c, const std::string& name, int64_t params) {
   op.kind = OpKind::embedding;
   op.part = Part::attention;
   op.params = params;
-  op.fwd.other_bytes = c.T * 4.0 + c.T * h * 2.0 * 2.0;  // ids, gather rows, write
-  op.bwd_weight.other_bytes = c.T * h * 2.0 + c.T * h * 4.0 * 2.0;  // scatter-add into FP32 grads
-  op.bwd_weight.vector_flops = c.T * h;
+  op.fwd.add(name, KernelFamily::embedding, c.T * 4.0 + c.T * h * 2.0 * 2.0);  // ids, gather rows, write
+  op.bwd_weight.add(name + ".scatter_grad", KernelFamily::embedding, c.T * h * 2.0 + c.T * h * 4.0 * 2.0, c.T * h);
   op.kept_bytes = c.T * 4.0;
   return op;
 }
@@ -328,10 +442,8 @@ void add_head_and_loss(const Ctx& c, std::vector<Op>& ops, const std::string& pr
   loss.kind = OpKind::loss;
   loss.part = Part::mlp;
   const double tv = c.T * static_cast<double>(V);
-  loss.fwd.vector_flops = 5.0 * tv;
-  loss.fwd.other_bytes = tv * 4.0 + tv * 2.0;
-  loss.bwd_input.vector_flops = 2.0 * tv;
-  loss.bwd_input.other_bytes = tv * 2.0 + tv * 2.0;
+  loss.fwd.add(loss.name, KernelFamily::loss, tv * 4.0 + tv * 2.0, 5.0 * tv);
+  loss.bwd_input.add(loss.name + ".backward", KernelFamily::loss, tv * 2.0 + tv * 2.0, 2.0 * tv);
   loss.kept_bytes = tv * 2.0;
   ops.push_back(loss);
 }
@@ -360,18 +472,79 @@ double PassCost::flops() const {
   return f;
 }
 
+double PassCost::memory_bytes() const {
+  double b = 0;
+  for (const auto& k : kernels) b += k.bytes;
+  return b;
+}
+
 double PassCost::bytes() const {
-  double b = other_bytes;
+  double b = attention_bytes + memory_bytes();
   for (const auto& g : gemms) b += g.bytes();
   return b;
+}
+
+double PassCost::vector_flops() const {
+  double f = 0;
+  for (const auto& k : kernels) f += k.flops;
+  return f;
+}
+
+int PassCost::launches() const {
+  int n = attention_launches;
+  for (const auto& g : gemms) n += g.launches();
+  for (const auto& k : kernels) n += k.launches;
+  return n;
+}
+
+void PassCost::add(const std::string& name, KernelFamily family, double bytes, double flops, int launches) {
+  kernels.push_back(MemoryKernel{name, family, bytes, flops, launches});
 }
 
 PassCost& PassCost::operator+=(const PassCost& o) {
   gemms.insert(gemms.end(), o.gemms.begin(), o.gemms.end());
   attention_flops += o.attention_flops;
-  vector_flops += o.vector_flops;
-  other_bytes += o.other_bytes;
+  attention_bytes += o.attention_bytes;
+  attention_launches += o.attention_launches;
+  kernels.insert(kernels.end(), o.kernels.begin(), o.kernels.end());
   return *this;
+}
+
+const char* to_string(GemmRole r) {
+  switch (r) {
+    case GemmRole::fprop: return "fprop";
+    case GemmRole::dgrad: return "dgrad";
+    case GemmRole::wgrad: return "wgrad";
+  }
+  return "?";
+}
+
+const char* to_string(KernelFamily f) {
+  switch (f) {
+    case KernelFamily::cast: return "cast";
+    case KernelFamily::norm: return "norm";
+    case KernelFamily::rope: return "rope";
+    case KernelFamily::copy: return "copy";
+    case KernelFamily::permute: return "permute";
+    case KernelFamily::swiglu: return "swiglu";
+    case KernelFamily::router: return "router";
+    case KernelFamily::elementwise: return "elementwise";
+    case KernelFamily::embedding: return "embedding";
+    case KernelFamily::loss: return "loss";
+    case KernelFamily::optimizer: return "optimizer";
+  }
+  return "?";
+}
+
+bool kernel_family_from_string(const std::string& name, KernelFamily* out) {
+  for (int i = 0; i < kKernelFamilies; ++i) {
+    const auto f = static_cast<KernelFamily>(i);
+    if (name == to_string(f)) {
+      *out = f;
+      return true;
+    }
+  }
+  return false;
 }
 
 const char* to_string(Part p) {
@@ -465,7 +638,7 @@ Workload build_workload(const ModelCard& m, const MicroBatch& mb, const Precisio
   Block head;
   head.name = "head";
   head.kind = BlockKind::head;
-  head.ops.push_back(make_norm(c, "final_norm", Part::mlp, c.T, h));
+  head.ops.push_back(make_norm(c, "final_norm", Part::mlp, c.T, h, true));
   add_head_and_loss(c, head.ops, "", m.tie_word_embeddings ? 0 : V * h);
   w.blocks.push_back(head);
 
@@ -478,12 +651,12 @@ Workload build_workload(const ModelCard& m, const MicroBatch& mb, const Precisio
     b.kind = BlockKind::mtp;
     std::vector<Op> pre;
     pre.push_back(make_embedding(c, name + ".embed", 0));
-    pre.push_back(make_norm(c, name + ".enorm", Part::attention, c.T, h));
-    pre.push_back(make_norm(c, name + ".hnorm", Part::attention, c.T, h));
+    pre.push_back(make_norm(c, name + ".enorm", Part::attention, c.T, h, false));
+    pre.push_back(make_norm(c, name + ".hnorm", Part::attention, c.T, h, false));
     pre.push_back(make_linear(c, {name + ".eh_proj", Part::attention, c.T, 2 * h, h, 1, 2 * h * h,
                                   false, true, Input::recomputed}));
     b.ops.insert(b.ops.begin(), pre.begin(), pre.end());
-    b.ops.push_back(make_norm(c, name + ".final_norm", Part::mlp, c.T, h));
+    b.ops.push_back(make_norm(c, name + ".final_norm", Part::mlp, c.T, h, true));
     add_head_and_loss(c, b.ops, name + ".", 0);
     w.blocks.push_back(b);
   }

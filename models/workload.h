@@ -42,6 +42,12 @@ struct ExpertLayout {
   double routing_skew = 0;    // per-expert logit offset spread (0: balanced routing)
 };
 
+// Which of a linear's three GEMMs: forward, backward-for-input, backward-for-weights. Kernel
+// libraries implement them differently (DeepGEMM's weight-gradient kernels accumulate into FP32
+// and run well below its forward ones), so the cost model looks each role up on its own.
+enum class GemmRole { fprop, dgrad, wgrad };
+const char* to_string(GemmRole r);
+
 // One GEMM (or `count` identical ones, e.g. the local experts of a grouped GEMM):
 // C[m x n] = A[m x k] · B[n x k]^T, the "TN" layout of cuBLASLt and DeepGEMM.
 struct Gemm {
@@ -54,22 +60,60 @@ struct Gemm {
   bool accumulate = false;      // C += A·B^T (reads C too): weight-gradient accumulation
   int64_t scale_tile = 128;
   int64_t weight_block = 128;
+  GemmRole role = GemmRole::fprop;
+  // One kernel per group (DeepSeek's per-expert weight-gradient GEMMs), not one grouped kernel.
+  bool per_group_launch = false;
 
   double flops() const;
   double bytes() const;  // operands, their scales, output (twice when accumulating)
+  int launches() const { return per_group_launch ? static_cast<int>(count) : 1; }
 };
 
-// The cost of one op in one pass.
+// What bounds a memory kernel's speed, for the calibration: each family has its own measured
+// fraction of HBM bandwidth, because one family of kernels (e.g. DeepSeek's FP8 casts) reaches
+// very different bandwidth from another (e.g. the PyTorch router's many small kernels).
+enum class KernelFamily {
+  cast,         // FP8 quantise / dequantise / transpose of FP8 data or its scales
+  norm,         // RMSNorm forward (fused with the residual add) and backward
+  rope,         // rotary embedding and its backward
+  copy,         // layout copies (building FlashAttention's q/k heads, splitting gradients)
+  permute,      // routed tokens to expert-major rows and back (count, map, expand, reduce)
+  swiglu,       // SwiGLU (with the routing weight) and its backward
+  router,       // gate scores, group and expert top-k, balance statistics, their backward
+  elementwise,  // residual scales and gradient accumulation adds, fills
+  embedding,    // embedding gather and its gradient scatter-add
+  loss,         // softmax cross-entropy over the vocabulary
+  optimizer,    // AdamW over a parameter shard
+};
+constexpr int kKernelFamilies = 11;
+const char* to_string(KernelFamily f);
+bool kernel_family_from_string(const std::string& name, KernelFamily* out);
+
+// A memory-bound kernel (or `launches` kernels of one family doing one piece of work): the HBM
+// bytes it streams and the arithmetic it does on CUDA cores.
+struct MemoryKernel {
+  std::string name;
+  KernelFamily family = KernelFamily::elementwise;
+  double bytes = 0;
+  double flops = 0;  // elementwise / reduction arithmetic (not model FLOPs)
+  int launches = 1;
+};
+
+// The cost of one op in one pass: its kernels, as a DeepSeek-style implementation launches them.
 struct PassCost {
+  std::vector<Gemm> gemms;        // tensor-core matrix work
+  double attention_flops = 0;     // fused attention core (flash-style), BF16 tensor cores
+  double attention_bytes = 0;     // its HBM traffic (q, k, v, o, statistics): reported, not timed
+  int attention_launches = 0;     // forward 1; backward 3 (pre-processing, main, dQ conversion)
+  std::vector<MemoryKernel> kernels;
 
-  std::vector<Gemm> gemms;     // tensor-core matrix work
-  double attention_flops = 0;  // fused attention core (flash-style), BF16 tensor cores
-  double vector_flops = 0;     // elementwise/reduction work on CUDA cores
-  double other_bytes = 0;      // HBM bytes of everything but `gemms` (norms, casts, attention)
-
-  double flops() const;
-  double bytes() const;
-  bool empty() const { return gemms.empty() && attention_flops == 0 && vector_flops == 0 && other_bytes == 0; }
+  double flops() const;           // model FLOPs: GEMMs and attention
+  double bytes() const;           // HBM bytes of every kernel
+  double memory_bytes() const;    // of the memory kernels only
+  double vector_flops() const;    // CUDA-core arithmetic of the memory kernels
+  int launches() const;           // kernel launches of the pass
+  bool empty() const { return gemms.empty() && attention_flops == 0 && kernels.empty(); }
+  void add(const std::string& name, KernelFamily family, double bytes, double flops = 0, int launches = 1);
   PassCost& operator+=(const PassCost& o);
 };
 

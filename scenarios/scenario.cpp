@@ -299,6 +299,29 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
       comm->fail("dispatch_dtype", "FP8 dispatch needs the fp8_block precision recipe");
     comm->finish();
   }
+  if (E > 0 && s.plan.ep > 1 && s.comm.sms < 1)
+    r.fail("comm.sms", "expert-parallel all-to-alls need SMs of their own (DeepSeek-V3 gives them 20), got 0");
+  if (r.has("calibration")) {
+    const YAML::Node list = r.node()["calibration"];
+    std::vector<std::string> files;
+    if (list.IsScalar()) files.push_back(r.text("calibration"));
+    else if (list.IsSequence()) {
+      for (size_t i = 0; i < list.size(); ++i) {
+        if (!list[i].IsScalar()) r.fail("calibration[" + std::to_string(i) + "]", "expected a file path");
+        files.push_back(list[i].as<std::string>());
+      }
+    } else {
+      r.fail("calibration", "expected a file path or a list of them");
+    }
+    for (size_t i = 0; i < files.size(); ++i) {
+      const fs::path f = fs::path(files[i]).is_absolute() ? fs::path(files[i]) : fs::path(path).parent_path() / files[i];
+      std::error_code ec;
+      if (!fs::is_regular_file(f, ec))
+        r.fail(list.IsScalar() ? "calibration" : "calibration[" + std::to_string(i) + "]", "no such file: " + f.string());
+      s.calibration.push_back(f.lexically_normal().string());
+    }
+  }
+  r.ignore("calibration");
   if (auto rt = r.optional_section("routing")) {
     const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed"});
     s.routing.model = model == "skewed" ? RoutingModel::skewed : RoutingModel::balanced;
@@ -315,8 +338,13 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
 
   // Feasibility: the layers split into stages, and the busiest GPU fits in HBM.
   const Workload w = scenario_workload(s);
-  const StagePartition part =
-      partition_stages(w, s.stages(), s.schedule.stage_layers, path, "plan.pp");
+  check_memory_fits(s, scenario_partition(s, w));
+  return s;
+}
+
+}  // namespace
+
+void check_memory_fits(const Scenario& s, const StagePartition& part) {
   const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
   for (const RankMemory& m : memory_per_rank(s, part)) {
     if (m.total() > hbm) {
@@ -327,13 +355,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
                     m.total() / 1e9, static_cast<long long>(m.rank), m.weights / 1e9, m.grads / 1e9,
                     m.optimizer / 1e9, m.activations / 1e9, s.cluster.gpu.hbm_gbytes,
                     s.cluster.name.c_str());
-      r.fail("plan", buf);
+      throw_input_error(s.file, "plan", buf);
     }
   }
-  return s;
 }
-
-}  // namespace
 
 Workload scenario_workload(const Scenario& s) {
   return build_workload(s.model, s.micro_batch(), s.precision, s.recompute, s.expert_layout());

@@ -1,7 +1,7 @@
 // Scenario: one training job — which model on which cluster, how it is parallelised and
 // scheduled, batch, precision, communication settings, routing and recompute choices.
 //
-// Loading resolves the model and cluster cards (paths relative to the scenario file; a
+// Loading resolves the model and cluster cards (and the calibration files) (paths relative to the scenario file; a
 // `model:`/`cluster:` section may instead be a map with `card:` plus overrides of that card's
 // keys), applies command-line overrides (`--set plan.pp=8`, `--set cluster.nic_gbps=800`,
 // `--set model.num_hidden_layers=8`) and validates the whole: every error names the file, the
@@ -9,6 +9,7 @@
 // schedule's rules hold and the busiest GPU's memory fits its HBM.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "models/model_card.h"
 #include "models/precision.h"
 #include "models/workload.h"
+#include "scenarios/stage_partition.h"
 #include "topologies/cluster_card.h"
 
 namespace tandem {
@@ -80,6 +82,10 @@ struct Scenario {
   RecomputePolicy recompute;
   CommSpec comm;
   RoutingSpec routing;
+  // Kernel-level cost data for the simulator, in order (paths resolved against the scenario
+  // file): a complete calibration first or none (the shipped H800 one), then overlays — e.g. the
+  // calibration `tandem calibrate` derived from a profiler trace. sim/compute_cost.h.
+  std::vector<std::string> calibration;
 
   int64_t stages() const { return schedule.kind == ScheduleKind::dualpipev ? 2 * plan.pp : plan.pp; }
   int64_t micro_batches() const {  // per pipeline per step
@@ -93,6 +99,15 @@ struct Scenario {
   double tokens_per_step() const {
     return static_cast<double>(batch.global_sequences) * static_cast<double>(batch.seq_len);
   }
+  // SMs the GEMMs and attention are given. With expert-parallel all-to-alls, DeepEP's kernels
+  // hold comm.sms SMs and compute kernels are sized for the rest, the whole step through (DeepSeek's
+  // profiler trace shows every FP8 GEMM as a persistent kernel of exactly 132 - 20 = 112 CTAs,
+  // with or without a transfer beside it: a kernel on every SM would keep the communication
+  // kernels from starting). Without all-to-alls, compute has the whole GPU.
+  int64_t gemm_sms() const {
+    const bool all_to_all = plan.ep > 1 && model.n_routed_experts > 0;
+    return all_to_all ? std::max<int64_t>(1, cluster.gpu.sms - comm.sms) : cluster.gpu.sms;
+  }
 };
 
 // Loads, resolves and validates a scenario file. `overrides` are "dotted.key=value" strings.
@@ -100,5 +115,13 @@ Result<Scenario> load_scenario(const std::string& path, const std::vector<std::s
 
 // The workload of one micro-batch of this scenario.
 Workload scenario_workload(const Scenario& s);
+
+// The stage partition both engines run: the manual one (schedule.stage_layers), or the balancer's
+// (scenarios/stage_partition.h) weighing each block by its compute seconds from the scenario's
+// calibration (sim/compute_cost.h), with DualPipe's mirrored stage pairs.
+StagePartition scenario_partition(const Scenario& s, const Workload& w);
+
+// Throws InputException (key `plan`) when the busiest GPU of this partition exceeds its HBM.
+void check_memory_fits(const Scenario& s, const StagePartition& part);
 
 }  // namespace tandem

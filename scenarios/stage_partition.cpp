@@ -13,10 +13,10 @@ namespace {
 struct Unit {
   size_t first = 0, end = 0;
   int64_t layers = 0;
-  double cost = 0;
+  double cost = 0;  // the balancer's weight (load)
 };
 
-std::vector<Unit> make_units(const Workload& w) {
+std::vector<Unit> make_units(const Workload& w, const std::vector<double>& block_load) {
   std::vector<Unit> units;
   const auto& b = w.blocks;
   size_t i = 0;
@@ -33,13 +33,13 @@ std::vector<Unit> make_units(const Workload& w) {
       while (i < b.size()) ++i;  // head and MTP modules: one tail unit
     }
     u.end = i;
-    for (size_t j = u.first; j < u.end; ++j) u.cost += b[j].model_flops();
+    for (size_t j = u.first; j < u.end; ++j) u.cost += block_load[j];
     units.push_back(u);
   }
   return units;
 }
 
-Stage make_stage(const Workload& w, size_t first, size_t end) {
+Stage make_stage(const Workload& w, const std::vector<double>& block_load, size_t first, size_t end) {
   Stage s;
   s.first_block = first;
   s.end_block = end;
@@ -47,6 +47,7 @@ Stage make_stage(const Workload& w, size_t first, size_t end) {
     const Block& b = w.blocks[j];
     s.layers += (b.kind == BlockKind::dense_layer || b.kind == BlockKind::moe_layer) ? 1 : 0;
     s.cost += b.model_flops();
+    s.load += block_load[j];
     s.kept_bytes += b.kept_bytes();
     s.params += b.params();
     s.routed_params += b.routed_params();
@@ -76,8 +77,14 @@ int64_t max_stages(const ModelCard& m) { return m.num_hidden_layers + 1; }
 
 StagePartition partition_stages(const Workload& w, int64_t stages,
                                 const std::vector<int64_t>& manual_layers,
-                                const std::string& file, const std::string& key) {
-  const std::vector<Unit> units = make_units(w);
+                                const std::string& file, const std::string& key,
+                                const StageLayoutOptions& o) {
+  std::vector<double> block_load = o.block_seconds;
+  if (block_load.size() != w.blocks.size()) {
+    block_load.clear();
+    for (const Block& b : w.blocks) block_load.push_back(b.model_flops());
+  }
+  const std::vector<Unit> units = make_units(w, block_load);
   const size_t S = static_cast<size_t>(stages);
   const int64_t L = w.model.num_hidden_layers;
   if (stages < 1 || S > units.size())
@@ -87,6 +94,8 @@ StagePartition partition_stages(const Workload& w, int64_t stages,
                           ") into " + std::to_string(stages) + " pipeline stages (at most " +
                           std::to_string(units.size()) + ")");
   StagePartition p;
+  p.mirrored = o.mirrored && S % 2 == 0;
+  p.load_in_seconds = o.block_seconds.size() == w.blocks.size();
   std::vector<size_t> cut;  // unit index where each stage starts
   if (!manual_layers.empty()) {
     const std::string mkey = "schedule.stage_layers";
@@ -134,9 +143,38 @@ StagePartition partition_stages(const Workload& w, int64_t stages,
   for (size_t i = 0; i < S; ++i) {
     const size_t u0 = cut[i];
     const size_t u1 = i + 1 < S ? cut[i + 1] : units.size();
-    p.stages.push_back(make_stage(w, units[u0].first, units[u1 - 1].end));
+    p.stages.push_back(make_stage(w, block_load, units[u0].first, units[u1 - 1].end));
   }
   return p;
+}
+
+std::vector<double> StagePartition::rank_loads() const {
+  std::vector<double> loads;
+  const size_t S = stages.size();
+  if (!mirrored) {
+    for (const Stage& s : stages) loads.push_back(s.load);
+    return loads;
+  }
+  for (size_t r = 0; r < S / 2; ++r) loads.push_back(stages[r].load + stages[S - 1 - r].load);
+  return loads;
+}
+
+std::string StagePartition::describe_ranks() const {
+  const std::vector<double> loads = rank_loads();
+  double mean = 0, top = 0;
+  for (double l : loads) {
+    mean += l / static_cast<double>(loads.size());
+    top = std::max(top, l);
+  }
+  std::string out;
+  const size_t S = stages.size();
+  for (size_t r = 0; r < loads.size(); ++r) {
+    const std::string held = mirrored ? strprintf("stages %zu+%zu", r, S - 1 - r) : strprintf("stage %zu", r);
+    const std::string value = load_in_seconds ? strprintf("%8.2f ms", loads[r] * 1e3) : strprintf("%8.2f TFLOP", loads[r] / 1e12);
+    out += strprintf("  %-14s %s per micro-batch  %5.1f%% of the mean%s\n", held.c_str(), value.c_str(),
+                     100 * loads[r] / mean, loads[r] == top ? "  (busiest)" : "");
+  }
+  return out;
 }
 
 std::string StagePartition::describe(const Workload& w) const {
@@ -158,8 +196,10 @@ std::string StagePartition::describe(const Workload& w) const {
       if (!names.empty()) names += " ";
       names += layer ? "layer." + std::to_string(b.layer) : b.name;
     }
-    out += strprintf("  stage %2zu: %-28s %6.2f TFLOP/micro-batch  %6.2f GB kept\n", i, names.c_str(),
+    out += strprintf("  stage %2zu: %-28s %6.2f TFLOP/micro-batch  %6.2f GB kept", i, names.c_str(),
                      s.cost / 1e12, s.kept_bytes / 1e9);
+    if (load_in_seconds) out += strprintf("  %7.2f ms compute", s.load * 1e3);
+    out += "\n";
   }
   return out;
 }

@@ -1,5 +1,7 @@
 #include "scenarios/task_work.h"
 
+#include <cmath>
+
 #include "scenarios/memory.h"
 
 namespace tandem {
@@ -71,6 +73,13 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
       out.bytes = out.ib_bytes + out.nvlink_bytes;
       out.tokens = a.tokens;
       out.bytes_per_copy = dispatch_shaped ? a.dispatch_bytes_per_copy : a.combine_bytes_per_copy;
+      // The MoE layer's output gradient is cast to the FP8 wire format on the comm stream before
+      // combine's backward sends it (the shared experts' dgrad reuses that copy).
+      if (t.kind == TaskKind::combine_b && s.comm.dispatch_dtype == Dtype::fp8_e4m3) {
+        const double tile = static_cast<double>(s.precision.act_tile);
+        out.compute.add("combine_b.quantize_grad", KernelFamily::cast,
+                        tokens * hidden * 2.0 + tokens * hidden + tokens * std::ceil(hidden / tile) * 4.0);
+      }
       break;
     }
     case TaskKind::pp_send:
@@ -89,8 +98,7 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
       const double shard = rank_params(s, p, rank) / copies;
       const double per = bytes_per_element(s.precision.grads) + 2 * bytes_per_element(s.precision.master) +
                          4 * bytes_per_element(s.precision.moments) + bytes_per_element(s.precision.weights);
-      out.compute.other_bytes = shard * per;
-      out.compute.vector_flops = shard * 12.0;
+      out.compute.add("adamw", KernelFamily::optimizer, shard * per, shard * 12.0);
       break;
     }
   }

@@ -22,7 +22,7 @@
 namespace tandem {
 
 struct TaskWork {
-  PassCost compute;      // for compute tasks
+  PassCost compute;      // compute tasks; comm tasks: kernels they run on the comm stream first
   PassCost routed;       // the part of `compute` that scales with the GPU's routed-expert rows
   bool backward = false; // selects the attention backward efficiency
   // Communication: bytes this GPU sends over IB (to other nodes) and NVLink (inside its node);

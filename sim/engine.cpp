@@ -15,7 +15,9 @@
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
 #include "scenarios/task_work.h"
+#include "sim/all_to_all.h"
 #include "sim/compute_cost.h"
+#include "scenarios/task_cost.h"
 #include "topologies/simgrid_platform.h"
 #include "topologies/topology.h"
 
@@ -37,43 +39,26 @@ namespace {
 
 constexpr double kHostSpeed = 1e9;  // host "flop/s": compute durations are played as seconds x speed
 
-struct A2APlan {
-  struct Leg {
-    int from, to;  // members
-    double seconds;
-  };
-  std::vector<Leg> legs;
-  std::vector<double> seconds;  // per member, when all members start together
-
-  // Per member end times when member m starts at arrive[m]: a flow runs once both its ends are
-  // there (a mailbox transfer starts when both sides have posted it).
-  std::vector<double> ends(const std::vector<double>& arrive) const {
-    std::vector<double> end = arrive;
-    for (const Leg& l : legs) {
-      const double e = std::max(arrive[static_cast<size_t>(l.from)], arrive[static_cast<size_t>(l.to)]) + l.seconds;
-      end[static_cast<size_t>(l.from)] = std::max(end[static_cast<size_t>(l.from)], e);
-      end[static_cast<size_t>(l.to)] = std::max(end[static_cast<size_t>(l.to)], e);
-    }
-    return end;
-  }
-};
-
 // Everything the GPU actors share, read-only once the run starts (and the results they write).
 struct World {
   const Program* program = nullptr;
   const SimOptions* options = nullptr;
   std::vector<sg4::Host*> hosts;
   int dp = 1, ep = 1, gpn = 8;
-  double comm_sm_fraction = 1.0;  // compute's share of the SMs while comm kernels run
+  const AllToAllCalibration* a2a = nullptr;
+  EpLayout layout;
+  int64_t comm_sms = 0;
   // Per rank, per task: what it does (identical for every replica of the rank).
   std::vector<std::vector<TaskWork>> work;
-  std::vector<std::vector<double>> compute_seconds;  // full SMs
-  std::vector<std::vector<double>> compute_seconds_shared;
+  // Compute tasks: seconds on the SMs the GEMMs are given; comm tasks: seconds of the kernels
+  // they run on their own stream before the transfer (casts, DeepEP's notify/layout).
+  std::vector<std::vector<double>> compute_seconds;
   const Topology* topo = nullptr;
   std::map<std::tuple<int, int, double>, A2APlan> a2a_plans;  // (rank, block, bytes per copy)
   const Workload* workload = nullptr;
   bool skewed = false;  // routing differs per member: per-member expert loads
-  std::vector<std::vector<double>> routed_seconds, routed_seconds_shared;  // of compute_seconds*
+  std::vector<std::vector<double>> routed_seconds;  // the part of compute_seconds that scales with routed rows
+  std::vector<std::vector<double>> transfer_scale;  // all-to-all tasks: the stretch of their transfers
   // grouped tier: each all-to-all instance (rank, EP group, task) meets here; the last member
   // to arrive fixes the end time and tells the others through their "a2a-done/<gpu>" mailbox.
   struct Rendezvous {
@@ -91,127 +76,15 @@ struct World {
   int gpu(int rank, int replica) const { return rank * dp + replica; }
 };
 
-// Flows of one all-to-all task from one GPU: (destination GPU, bytes), sent by this GPU.
-struct Flow {
-  int from = 0, to = 0;
-  double bytes = 0;
-};
-
-// One all-to-all task as its EP group sees it: who the members are and where copies go.
-struct GroupA2A {
-  int rank = 0, first = 0;  // pipeline rank; first replica of the EP group
-  int ep = 1, gpn = 1, nodes = 1;
-  const RoutingPattern* pattern = nullptr;
-  double bytes_per_token = 0;  // tokens each member sends x bytes per copy
-
-  GroupA2A(const World& w, int gpu, const TaskWork& t, const RoutingPattern& p)
-      : rank(gpu / w.dp), ep(w.ep), gpn(std::min(w.gpn, w.ep)), nodes(std::max(1, w.ep / std::min(w.gpn, w.ep))),
-        pattern(&p), bytes_per_token(t.tokens * t.bytes_per_copy) {
-    const int replica = gpu % w.dp;
-    first = replica - replica % ep;
-    // per_pair: member j's share of its node's IB bytes, in proportion to its hits.
-    share.assign(static_cast<size_t>(ep), 1.0 / gpn);
-    for (int n0 = 0; n0 < ep; n0 += gpn) {
-      double total = 0;
-      for (int j = n0; j < n0 + gpn; ++j) total += p.gpu_hit[static_cast<size_t>(j)];
-      if (total > 0)
-        for (int j = n0; j < n0 + gpn; ++j) share[static_cast<size_t>(j)] = p.gpu_hit[static_cast<size_t>(j)] / total;
-    }
-  }
-  int gpu(const World& w, int member) const { return w.gpu(rank, first + member); }
-  // IB bytes a member sends to node n (the copies deduplicated per node), and NVLink bytes an
-  // arrival GPU forwards to member j (the copies for j's experts).
-  double ib(int node) const { return bytes_per_token * pattern->node_hit[static_cast<size_t>(node)]; }
-  double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[static_cast<size_t>(member)]; }
-  double ib_share(int member) const { return share[static_cast<size_t>(member)]; }
-
-  std::vector<double> share;
-};
-
-// DeepEP's two legs from member `me`: IB to the same-local-index GPU of each other node of the
-// group, then NVLink from each arrival GPU (that node's relay, or `me` itself on its own node)
-// to the other GPUs of that node holding the token's experts.
-std::vector<Flow> all_to_all_flows(const World& w, const GroupA2A& g, int me, Fidelity f) {
-  std::vector<Flow> flows;
-  const int src = g.gpu(w, me), local = me % g.gpn;
-  for (int n = 0; n < g.nodes; ++n) {
-    const int arrival_member = n * g.gpn + local;
-    const int arrival = g.gpu(w, arrival_member);
-    const bool remote = n != me / g.gpn;
-    for (int j = n * g.gpn; j < (n + 1) * g.gpn; ++j) {
-      const int peer = g.gpu(w, j);
-      // aggregated: one IB flow per destination node; per_pair: one per destination GPU.
-      if (remote && g.ib(n) > 0) {
-        if (f == Fidelity::per_pair) flows.push_back({src, arrival, g.ib(n) * g.ib_share(j)});
-        else if (j == arrival_member) flows.push_back({src, arrival, g.ib(n)});
-      }
-      if (peer != arrival && g.nvl(j) > 0) flows.push_back({arrival, peer, g.nvl(j)});
-    }
-  }
-  return flows;
-}
-
-// The flows of one all-to-all task of `me`'s EP group that `me` sends or receives, in O(ep): all
-// of its own flows, and from every other member only the legs that touch `me`'s node.
-std::vector<Flow> flows_touching(const World& w, const GroupA2A& g, int me_gpu, Fidelity f) {
-  const int me = me_gpu % w.dp - g.first;
-  std::vector<Flow> out = all_to_all_flows(w, g, me, f);  // me as the source
-  const int my_node = me / g.gpn;
-  for (int m = 0; m < g.ep; ++m) {
-    if (m == me) continue;
-    const int source = g.gpu(w, m), source_node = m / g.gpn;
-    const int arrival_member = my_node * g.gpn + m % g.gpn;  // where m's copies land on my node
-    if (arrival_member == me) {
-      if (source_node != my_node && g.ib(my_node) > 0) {
-        if (f == Fidelity::per_pair) {
-          for (int j = my_node * g.gpn; j < (my_node + 1) * g.gpn; ++j)
-            out.push_back({source, me_gpu, g.ib(my_node) * g.ib_share(j)});
-        } else {
-          out.push_back({source, me_gpu, g.ib(my_node)});
-        }
-      }
-      for (int j = my_node * g.gpn; j < (my_node + 1) * g.gpn; ++j)
-        if (j != me && g.nvl(j) > 0) out.push_back({me_gpu, g.gpu(w, j), g.nvl(j)});
-    } else if (g.nvl(me) > 0) {
-      out.push_back({g.gpu(w, arrival_member), me_gpu, g.nvl(me)});
-    }
-  }
-  // Keep only what touches `me` (its own list also holds the legs its arrivals forward).
-  out.erase(std::remove_if(out.begin(), out.end(), [me_gpu](const Flow& fl) { return fl.from != me_gpu && fl.to != me_gpu; }),
-            out.end());
-  return out;
-}
-
-// An all-to-all on the Topology, analytically: the aggregated flows of every member of the group
-// loaded onto their routes; a flow lasts as long as the busiest link on its route needs for its
-// load (max-min sharing drains a link's flows together) plus its route's latency, and a member is
-// done when the last flow it sends or receives is. Loads count every flow of the group at once,
-// so a flow whose peers started earlier is charged for contention it may not have met.
-// EP groups of one rank route over disjoint, isomorphic links and share the layer's
-// RoutingPattern, so the first group's figures stand for all of them.
-const A2APlan& analytic_all_to_all(World& w, const GroupA2A& g0, int block, double bytes_per_copy) {
-  const auto key = std::make_tuple(g0.rank, block, bytes_per_copy);
+// An all-to-all's analytic plan, once per (rank, block, bytes per copy): EP groups of one rank
+// route over disjoint, isomorphic links and share the layer's RoutingPattern, so the first
+// group's figures stand for all of them.
+const A2APlan& analytic_all_to_all(World& w, const A2AGroup& g, int block, double bytes_per_copy) {
+  const auto key = std::make_tuple(g.rank, block, bytes_per_copy);
   auto it = w.a2a_plans.find(key);
   if (it != w.a2a_plans.end()) return it->second;
-  GroupA2A g = g0;
-  g.first = 0;
-  std::vector<Flow> flows;
-  for (int m = 0; m < g.ep; ++m)
-    for (const Flow& f : all_to_all_flows(w, g, m, Fidelity::aggregated)) flows.push_back(f);
-  std::vector<Route> routes;
-  std::map<int, double> load;
-  for (const Flow& f : flows) {
-    routes.push_back(w.topo->route(f.from, f.to));
-    for (const Link& l : routes.back().links) load[l.id] += f.bytes;
-  }
-  A2APlan plan;
-  for (size_t i = 0; i < flows.size(); ++i) {
-    double t = 0;
-    for (const Link& l : routes[i].links) t = std::max(t, load[l.id] / w.topo->link(l.id).bandwidth);
-    plan.legs.push_back({flows[i].from % w.dp - g.first, flows[i].to % w.dp - g.first, t + routes[i].latency});
-  }
-  plan.seconds = plan.ends(std::vector<double>(static_cast<size_t>(g.ep), 0.0));
-  return w.a2a_plans.emplace(key, std::move(plan)).first->second;
+  return w.a2a_plans.emplace(key, plan_all_to_all(w.layout, *w.topo, g, w.a2a->ib_efficiency, w.a2a->nvlink_efficiency))
+      .first->second;
 }
 
 // The replicated tier's ring collective, pipelined: (n-1)/n of the bytes over the slowest hop of
@@ -272,9 +145,10 @@ class GpuRunner {
       // for the producer is pipeline bubble, not communication.
       if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
         start_[static_cast<size_t>(task)] = std::max(start_[static_cast<size_t>(task)], acts[static_cast<size_t>(i)]->get_start_time());
-      const bool met = pending_[static_cast<size_t>(i)].rendezvous;
+      const Then then = pending_[static_cast<size_t>(i)].then;
       pending_.erase(pending_.begin() + i);
-      if (met) after_meeting(task);
+      if (then == Then::after_meeting) after_meeting(task);
+      if (then == Then::start_flows) start_flows(task);
       if (--outstanding_[task] == 0) finish(task);
     }
     finished_ = std::all_of(done_.begin(), done_.end(), [](char d) { return d != 0; });
@@ -285,10 +159,16 @@ class GpuRunner {
   }
 
  private:
+  // What finishing an activity starts next within its task.
+  enum class Then {
+    nothing,
+    after_meeting,  // the grouped tier's wait for the last member of the EP group ended
+    start_flows,    // an all-to-all's kernels before its transfers (casts, notify) ended
+  };
   struct Pending {
     sg4::ActivityPtr activity;
     int task;
-    bool rendezvous = false;  // the grouped tier's wait for the last member of the EP group
+    Then then = Then::nothing;
   };
 
   bool ready(const Task& t) const {
@@ -306,14 +186,13 @@ class GpuRunner {
     running = i;
     start_[static_cast<size_t>(i)] = sg4::Engine::get_clock();
     if (stream == Stream::compute) {
-      const bool shared = comm_running_ >= 0;
       const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
-      double secs = (shared ? w_.compute_seconds_shared : w_.compute_seconds)[r][ti];
+      double secs = w_.compute_seconds[r][ti];
       if (w_.skewed && tasks_[ti].block >= 0) {
         // This GPU's experts get load_factor times the balanced rows of the layer.
         const RoutingPattern& p = w_.workload->blocks[static_cast<size_t>(tasks_[ti].block)].routing;
         if (!p.rows_per_token.empty())
-          secs += (p.load_factor(replica_ % w_.ep) - 1.0) * (shared ? w_.routed_seconds_shared : w_.routed_seconds)[r][ti];
+          secs += (p.load_factor(replica_ % w_.ep) - 1.0) * w_.routed_seconds[r][ti];
       }
       add(sg4::this_actor::exec_async(std::max(secs, 0.0) * kHostSpeed), i);
     } else {
@@ -339,18 +218,19 @@ class GpuRunner {
   // grouped tier: the EP group's members meet at each all-to-all; when the last one arrives,
   // everyone's end time follows from the arrival times and the analytic plan. Members that
   // arrived earlier wait for the last one's word (a 1-byte message), then for the rest.
-  void meet(const GroupA2A& g, int task, const A2APlan& plan) {
+  // A member is ready to transfer once its own kernels before the transfer (`prefix`) are done.
+  void meet(const A2AGroup& g, int task, const A2APlan& plan, double prefix, double scale) {
     auto& rv = w_.rendezvous[std::make_tuple(rank_, g.first, task)];
     if (rv.arrive.empty()) rv.arrive.assign(static_cast<size_t>(g.ep), 0.0);
-    rv.arrive[static_cast<size_t>(replica_ % w_.ep)] = sg4::Engine::get_clock();
+    rv.arrive[static_cast<size_t>(replica_ % w_.ep)] = sg4::Engine::get_clock() + prefix;
     if (++rv.arrived < g.ep) {
       rv.waiting.push_back(gpu_);
       payloads_.emplace_back(nullptr);
       add(done_mailbox(gpu_)->get_async<void>(&payloads_.back()), task);
-      pending_.back().rendezvous = true;
+      pending_.back().then = Then::after_meeting;
       return;
     }
-    rv.end = plan.ends(rv.arrive);
+    rv.end = plan.ends(rv.arrive, scale);
     rv.left = static_cast<int>(rv.waiting.size());
     for (int other : rv.waiting) done_mailbox(other)->put_init(&token_, 1)->detach();
     const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
@@ -389,21 +269,23 @@ class GpuRunner {
       case TaskKind::combine_f:
       case TaskKind::combine_b: {
         if (w_.ep <= 1) break;
-        const GroupA2A group(w_, gpu_, work, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
+        const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
+        const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
+        const double prefix = w_.compute_seconds[r][ti], scale = w_.transfer_scale[r][ti];
         if (w_.options->fidelity == Fidelity::replicated) {
-          const double secs = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
-          add(sg4::this_actor::exec_async(secs * kHostSpeed), i);
+          const double transfer = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
+          add(sg4::this_actor::exec_async((prefix + transfer * scale) * kHostSpeed), i);
           break;
         }
         if (w_.options->fidelity == Fidelity::grouped) {
-          meet(group, i, analytic_all_to_all(w_, group, t.block, work.bytes_per_copy));
+          meet(group, i, analytic_all_to_all(w_, group, t.block, work.bytes_per_copy), prefix, scale);
           break;
         }
-        // This GPU sends its flows (IB legs, and NVLink legs it forwards as an arrival GPU) and
-        // receives every flow addressed to it; the task ends when all have completed.
-        for (const Flow& fl : flows_touching(w_, group, gpu_, w_.options->fidelity)) {
-          if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), fl.bytes, i);
-          if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
+        if (prefix > 0) {
+          add(sg4::this_actor::exec_async(prefix * kHostSpeed), i);
+          pending_.back().then = Then::start_flows;
+        } else {
+          start_flows(i);
         }
         break;
       }
@@ -425,6 +307,23 @@ class GpuRunner {
     }
   }
 
+  // per_pair and aggregated tiers: this GPU sends its flows of an all-to-all task (IB legs, and
+  // NVLink legs it forwards as an arrival GPU) and receives every flow addressed to it; the task
+  // ends when all have completed. A flow carries its bytes over the efficiency of its leg and the
+  // task's stretch, so the links' nominal rates give the measured transfer times.
+  void start_flows(int i) {
+    const Task& t = tasks_[static_cast<size_t>(i)];
+    const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+    const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
+    const double scale = w_.transfer_scale[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+    for (const A2AFlow& fl : flows_touching(w_.layout, group, gpu_, w_.options->fidelity == Fidelity::per_pair)) {
+      const bool nvlink = fl.from / w_.gpn == fl.to / w_.gpn;
+      const double bytes = fl.bytes * scale / (nvlink ? w_.a2a->nvlink_efficiency : w_.a2a->ib_efficiency);
+      if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), bytes, i);
+      if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
+    }
+  }
+
   void finish(int i) {
     const Task& t = tasks_[static_cast<size_t>(i)];
     const double now = sg4::Engine::get_clock();
@@ -442,7 +341,7 @@ class GpuRunner {
       const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
       w_.events.push_back(TraceEvent{gpu_, rank_, to_string(t.stream), to_string(t.kind), t.block,
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,
-                                     work.compute.flops(), t.stream == Stream::comm ? work.bytes : work.compute.bytes()});
+                                     work.compute.flops(), t.stream == Stream::comm ? work.bytes : work.compute.bytes(), t.slot});
     }
     if (t.stream == Stream::compute) compute_intervals_.push_back({begin, now});
   }
@@ -477,39 +376,17 @@ class GpuRunner {
   std::vector<std::pair<double, double>> compute_intervals_, comm_intervals_;
 };
 
-// The kernel data shipped with tandem (H800; its tensor cores equal the H100's and H200's).
-std::string default_calibration() { return std::string(TANDEM_SOURCE_DIR) + "/sim/calibration/h800-deepgemm.yaml"; }
-
-// Kernel cost data: a complete calibration (the first file given, or the default one), with the
-// `tandem bench --json` outputs that follow laid over it in order.
-Calibration calibration_for(const SimOptions& o) {
-  auto load = [](const std::string& path) {
-    auto c = load_calibration(path);
-    if (!c) throw InputException(c.error());
-    return c.value();
-  };
-  std::vector<Calibration> given;
-  for (const std::string& path : o.calibration) given.push_back(load(path));
-  const bool base_given = !given.empty() && !given.front().from_bench;
-  Calibration cal = base_given ? given.front() : load(default_calibration());
-  for (size_t i = base_given ? 1 : 0; i < given.size(); ++i) {
-    if (!given[i].from_bench)
-      throw_input_error(given[i].file, "calibration",
-                        "only the first calibration may be a complete file; later ones must be `tandem bench --json` outputs");
-    cal = overlay(cal, given[i]);
-  }
-  return cal;
-}
-
 }  // namespace
 
 Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
   return catch_input_errors([&]() -> SimResult {
     const auto wall0 = std::chrono::steady_clock::now();
-    const Calibration calibration = calibration_for(o);
+    std::vector<std::string> files = s.calibration;
+    files.insert(files.end(), o.calibration.begin(), o.calibration.end());
+    const Calibration calibration = resolve_calibration(files);
     const ComputeCostModel costs(s.cluster.gpu, calibration);
     const Workload w = scenario_workload(s);
-    const StagePartition part = partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+    const StagePartition part = scenario_partition(s, w);
     const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                        static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
     const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});
@@ -535,25 +412,23 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     world.dp = static_cast<int>(s.plan.dp);
     world.ep = static_cast<int>(s.plan.ep);
     world.gpn = static_cast<int>(s.cluster.gpus_per_node);
-    world.comm_sm_fraction = static_cast<double>(s.cluster.gpu.sms - s.comm.sms) / static_cast<double>(s.cluster.gpu.sms);
+    world.a2a = &costs.calibration().all_to_all;
+    world.layout = EpLayout{world.dp, world.ep, world.gpn};
+    world.comm_sms = s.comm.sms;
     for (int r = 0; r < sch.ranks; ++r) {
       std::vector<TaskWork> works;
-      std::vector<double> full, shared, routed, routed_shared;
+      std::vector<double> seconds, routed, scale;
       for (const Task& t : prog.tasks[static_cast<size_t>(r)]) {
         works.push_back(task_work(s, w, prog, r, t));
-        const bool compute = t.stream == Stream::compute;
-        full.push_back(compute ? costs.pass_seconds(works.back().compute, works.back().backward, 1.0) : 0.0);
-        shared.push_back(compute ? costs.pass_seconds(works.back().compute, works.back().backward, world.comm_sm_fraction) : 0.0);
-        // Linear in the rows: at DeepSeek-V3's expert GEMM sizes (thousands of rows per expert)
-        // the kernel efficiency hardly changes with the row count.
-        routed.push_back(compute ? costs.pass_seconds(works.back().routed, works.back().backward, 1.0) : 0.0);
-        routed_shared.push_back(compute ? costs.pass_seconds(works.back().routed, works.back().backward, world.comm_sm_fraction) : 0.0);
+        const TaskCost c = task_cost(s, prog, r, t, works.back(), costs);
+        seconds.push_back(c.seconds);
+        routed.push_back(c.routed_seconds);
+        scale.push_back(c.transfer_scale);
       }
       world.work.push_back(std::move(works));
-      world.compute_seconds.push_back(std::move(full));
-      world.compute_seconds_shared.push_back(std::move(shared));
+      world.compute_seconds.push_back(std::move(seconds));
       world.routed_seconds.push_back(std::move(routed));
-      world.routed_seconds_shared.push_back(std::move(routed_shared));
+      world.transfer_scale.push_back(std::move(scale));
     }
 
     // The cluster: only the nodes the scenario uses.

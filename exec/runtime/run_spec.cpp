@@ -27,7 +27,7 @@ RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint6
   RunSpec spec;
   spec.scenario = s;
   spec.workload = scenario_workload(s);
-  spec.partition = partition_stages(spec.workload, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+  spec.partition = scenario_partition(s, spec.workload);
   const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
                                      static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
   // The executor reduces every stage's gradients at the end of the step; the per-stage

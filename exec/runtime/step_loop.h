@@ -173,6 +173,7 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           e.block = t.block;
           e.micro_batch = t.chunk.micro_batch;
           e.stage = t.chunk.stage;
+          e.slot = t.slot;
           e.start = tt.start;
           e.end = tt.end;
           result.trace.events.push_back(e);

@@ -21,6 +21,10 @@ double UnitCostRun::max_bubble() const {
 }
 
 UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c) {
+  return run_slot_costs(s, [&c](int, const Slot& slot) { return c.duration(slot.kind); });
+}
+
+UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
   const size_t R = static_cast<size_t>(s.ranks);
   UnitCostRun run;
   run.timeline.resize(R);
@@ -52,7 +56,7 @@ UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c) {
           ready = std::max(ready, t.end);
         }
         if (blocked) break;
-        run.timeline[r][i] = SlotTiming{ready, ready + c.duration(s.slots[r][i].kind)};
+        run.timeline[r][i] = SlotTiming{ready, ready + duration(static_cast<int>(r), s.slots[r][i])};
         free_at[r] = run.timeline[r][i].end;
         ++next[r];
         progress = true;
@@ -74,7 +78,7 @@ UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c) {
     run.step_time = std::max(run.step_time, free_at[r]);
     int live = 0;
     for (const Slot& sl : s.slots[r]) {
-      run.busy[r] += c.duration(sl.kind);
+      run.busy[r] += duration(static_cast<int>(r), sl);
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) ++live;
       run.peak_activations[r] = std::max(run.peak_activations[r], live);
       if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) --live;

@@ -8,6 +8,7 @@
 // end of its B), and the slot timeline for drawing.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,5 +36,10 @@ struct UnitCostRun {
 };
 
 UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c);
+
+// The same run with each slot's duration given per rank and slot (e.g. from the stages the slot's
+// chunks hold): what the stage balancer weighs candidate partitions with.
+using SlotDuration = std::function<double(int rank, const Slot& slot)>;
+UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration);
 
 }  // namespace tandem

@@ -55,7 +55,7 @@ TEST_CASE("other shapes scale from the nearest measurement by their roofline", "
         CHECK(g.bytes() / c.gemm_seconds(g) <= 3.35e12 * 1.0001);
       }
   // Fewer SMs (communication kernels hold 20 of 132): proportionally slower.
-  CHECK(c.gemm_seconds(a, 112.0 / 132.0) == Approx(c.gemm_seconds(a) * 132.0 / 112.0));
+  CHECK(c.gemm_seconds(a, 112) == Approx(c.gemm_seconds(a) * 132.0 / 112.0));
 }
 
 TEST_CASE("BF16 GEMMs, attention and memory-bound kernels", "[sim]") {
@@ -70,7 +70,7 @@ TEST_CASE("BF16 GEMMs, attention and memory-bound kernels", "[sim]") {
   CHECK(c.pass_seconds(p, false) == Approx(1e12 / (989e12 * 0.60)));
   CHECK(c.pass_seconds(p, true) == Approx(1e12 / (989e12 * 0.45)));
   PassCost m;
-  m.other_bytes = 3.35e9;
+  m.add("stream", KernelFamily::cast, 3.35e9);
   CHECK(c.pass_seconds(m, false) == Approx(1e-3 / 0.80));
 }
 
@@ -117,13 +117,13 @@ TEST_CASE("tandem bench output overlays the calibration", "[sim]") {
   INFO((bench.ok() ? "" : bench.error().message()));
   REQUIRE(bench.ok());
   CHECK(bench.value().from_bench);
-  CHECK(bench.value().fp8.size() == 2);
+  CHECK(bench.value().gemms.size() == 2);
   CHECK(bench.value().bf16_gemm_efficiency == 0);  // not measured by this bench
 
   auto base = load_calibration(repo("sim/calibration/h800-deepgemm.yaml"));
   REQUIRE(base.ok());
   const Calibration c = overlay(base.value(), bench.value());
-  CHECK(c.fp8.size() == base.value().fp8.size() + 1);  // one row replaced, one new
+  CHECK(c.gemms.size() == base.value().gemms.size() + 1);  // one row replaced, one new
   CHECK(c.hbm_efficiency == 0.5);
   CHECK(c.bf16_gemm_efficiency == base.value().bf16_gemm_efficiency);
   // The measured row now sets that shape's time: half the published 1168 TFLOP/s, twice the time.

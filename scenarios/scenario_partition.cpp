@@ -1,0 +1,181 @@
+// scenario_partition (scenario.h): the stage partition of a scenario, weighed with its calibrated
+// costs and its schedule.
+//
+// Two steps. First the stages' compute is balanced (partition_stages with each block's compute
+// seconds). Then, layer by layer, boundaries move while that shortens the step of the schedule
+// itself run with per-stage slot durations (run_slot_costs): a slot lasts its stages' compute plus
+// the all-to-all time it cannot hide — a lone forward or backward waits for each of its transfers,
+// an overlapped F&B slot hides a layer's transfers behind the other chunk's layer beside it, so a
+// pair of unequal stages leaves the longer chunk's extra layers exposed. This is how DualPipe's
+// mirrored stages get balanced: the rank holding the embedding, the head and the MTP modules
+// takes fewer layers only when its neighbours do not stall for it.
+#include <limits>
+#include <map>
+#include <tuple>
+#include <mutex>
+
+#include "scenarios/memory.h"
+#include "scenarios/scenario.h"
+#include "scenarios/schedules/schedule.h"
+#include "scenarios/program.h"
+#include "scenarios/program_timeline.h"
+#include "scenarios/task_cost.h"
+#include "scenarios/task_work.h"
+#include "sim/compute_cost.h"
+
+namespace tandem {
+
+namespace {
+
+// Calibrations by file list, parsed once per process: scenarios are loaded often (sweeps,
+// fuzzing), the files rarely change under a running process.
+Calibration cached_calibration(const std::vector<std::string>& files) {
+  static std::mutex mu;
+  static std::map<std::vector<std::string>, Calibration> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(files); it != cache.end()) return it->second;
+  }
+  Calibration c = resolve_calibration(files);
+  std::lock_guard<std::mutex> lock(mu);
+  return cache.emplace(files, std::move(c)).first->second;
+}
+
+// The balancer's estimate of an all-to-all's transfer: the busier of the GPU's IB and NVLink legs
+// at the rates DeepEP reaches (the simulator times the same bytes on the cluster's links).
+double transfer_seconds(const Scenario& s, const Calibration& cal, const TaskWork& work) {
+  const AllToAllCalibration& a = cal.all_to_all;
+  const double nic = s.cluster.nic_gbps * 1e9 / 8.0 * static_cast<double>(s.cluster.nics_per_gpu) * a.ib_efficiency;
+  const double nvl = s.cluster.nvlink_gbytes_s * 1e9 * a.nvlink_efficiency;
+  return std::max(nic > 0 ? work.ib_bytes / nic : 0.0, nvl > 0 ? work.nvlink_bytes / nvl : 0.0);
+}
+
+// A point-to-point or ring transfer over one GPU's NIC at its line rate, with the fabric's latency.
+double link_seconds(const Scenario& s, double bytes) {
+  const double nic = s.cluster.nic_gbps * 1e9 / 8.0 * static_cast<double>(s.cluster.nics_per_gpu);
+  return (nic > 0 ? bytes / nic : 0.0) + s.cluster.fabric.latency_cross_leaf_us * 1e-6;
+}
+
+// The step of `p` with every task timed as the engine times it, the network estimated (see
+// above). Task costs depend on the task's kind, block and slot kind only, so they are cached
+// across the candidate partitions of one balancing.
+class StepEstimate {
+ public:
+  StepEstimate(const Scenario& s, const Workload& w, const Calibration& cal) : s_(s), w_(w), cal_(cal), costs_(s.cluster.gpu, cal) {}
+
+  double operator()(const Schedule& sch, const StagePartition& part) {
+    const Program prog = build_program(sch, w_, part, ProgramOptions{s_.plan.dp_overlap});
+    std::vector<std::vector<double>> secs(prog.tasks.size());
+    for (size_t r = 0; r < prog.tasks.size(); ++r)
+      for (const Task& t : prog.tasks[r]) secs[r].push_back(seconds(prog, static_cast<int>(r), t));
+    TaskTimes times;
+    times.duration = [&](int r, int i) { return secs[static_cast<size_t>(r)][static_cast<size_t>(i)]; };
+    times.transfer = times.duration;
+    const ProgramTimeline run = play_program(prog, times);
+    return run.finished ? run.step_time : std::numeric_limits<double>::infinity();
+  }
+
+ private:
+  double seconds(const Program& prog, int rank, const Task& t) {
+    const bool cacheable = t.block >= 0;
+    const auto key = std::make_tuple(static_cast<int>(t.kind), t.block, in_overlapped_slot(prog, rank, t));
+    if (cacheable)
+      if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    const TaskWork work = task_work(s_, w_, prog, rank, t);
+    const TaskCost c = task_cost(s_, prog, rank, t, work, costs_);
+    double v = c.seconds;
+    A2AKind a;
+    if (a2a_kind(t.kind, &a) && s_.plan.ep > 1) v += transfer_seconds(s_, cal_, work) * c.transfer_scale;
+    if (t.kind == TaskKind::pp_recv) v = link_seconds(s_, work.bytes);
+    if (t.kind == TaskKind::dp_reduce_scatter || t.kind == TaskKind::dp_all_gather) {
+      const double n = static_cast<double>(s_.plan.dp);
+      v = n > 1 ? link_seconds(s_, work.bytes * (n - 1) / n) : 0.0;
+    }
+    if (cacheable) cache_.emplace(key, v);
+    return v;
+  }
+
+  const Scenario& s_;
+  const Workload& w_;
+  const Calibration& cal_;
+  ComputeCostModel costs_;
+  std::map<std::tuple<int, int, bool>, double> cache_;
+};
+
+}  // namespace
+
+StagePartition scenario_partition(const Scenario& s, const Workload& w) {
+  if (!s.schedule.stage_layers.empty()) return partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
+  const Calibration cal = cached_calibration(s.calibration);
+  const ComputeCostModel costs(s.cluster.gpu, cal);
+  const int64_t sms = s.gemm_sms();
+  StageLayoutOptions o;
+  for (const Block& blk : w.blocks) {
+    double t = 0;
+    for (const Op& op : blk.ops) {
+      PassCost backward = op.bwd_input;
+      backward += op.recompute;
+      t += costs.pass_seconds(op.fwd, false, sms) + costs.pass_seconds(backward, true, sms) +
+           costs.pass_seconds(op.bwd_weight, false, sms);
+    }
+    o.block_seconds.push_back(t);
+  }
+  o.mirrored = s.schedule.kind == ScheduleKind::dualpipe || s.schedule.kind == ScheduleKind::dualpipev;
+  StagePartition best = partition_stages(w, s.stages(), {}, s.file, "plan.pp", o);
+  const int64_t S = s.stages();
+  if (S < 2) return best;
+
+  const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp), static_cast<int>(s.micro_batches()),
+                                     s.file, "schedule.kind");
+  StepEstimate step(s, w, cal);
+  {
+    // Two starts: the stages' compute balanced in seconds, or in training FLOPs (which keeps
+    // the transformer layers evenly spread when the head and MTP weigh more in seconds).
+    StageLayoutOptions by_flops = o;
+    by_flops.block_seconds.clear();
+    StagePartition alt = partition_stages(w, s.stages(), {}, s.file, "plan.pp", by_flops);
+    std::vector<int64_t> alt_layers;
+    for (const Stage& st : alt.stages) alt_layers.push_back(st.layers);
+    alt = partition_stages(w, S, alt_layers, s.file, "plan.pp", o);  // the same cut, loads in seconds
+    if (step(sch, alt) < step(sch, best)) best = alt;
+  }
+  auto fits = [&](const StagePartition& p) {
+    const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
+    for (const RankMemory& m : memory_per_rank(s, p))
+      if (m.total() > hbm) return false;
+    return true;
+  };
+  std::vector<int64_t> layers;
+  for (const Stage& st : best.stages) layers.push_back(st.layers);
+  double best_step = step(sch, best);
+  const bool start_fits = fits(best);
+  // Hill climbing over single-layer moves between neighbouring stages, in a fixed order: the
+  // first improving move is taken, until none improves.
+  for (int pass = 0; pass < 64; ++pass) {
+    bool improved = false;
+    for (int64_t i = 0; i + 1 < S && !improved; ++i) {
+      for (int dir : {+1, -1}) {
+        std::vector<int64_t> trial = layers;
+        const size_t from = static_cast<size_t>(dir > 0 ? i : i + 1), to = static_cast<size_t>(dir > 0 ? i + 1 : i);
+        // Every stage but the last keeps a layer; the last may hold only the head and MTP.
+        const int64_t keep = from + 1 == static_cast<size_t>(S) ? 0 : 1;
+        if (trial[from] <= keep) continue;
+        --trial[from];
+        ++trial[to];
+        const StagePartition p = partition_stages(w, S, trial, s.file, "plan.pp", o);
+        const double t = step(sch, p);
+        if (t < best_step * (1 - 1e-9) && (!start_fits || fits(p))) {
+          best_step = t;
+          layers = trial;
+          best = p;
+          improved = true;
+          break;
+        }
+      }
+    }
+    if (!improved) break;
+  }
+  return best;
+}
+
+}  // namespace tandem
