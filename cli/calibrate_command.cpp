@@ -51,7 +51,7 @@ Result<nlohmann::json> calibrate_command(const CalibrateOptions& o, std::string&
     nlohmann::json kinds = nlohmann::json::object();
     for (const KindFigure& k : d.kinds)
       kinds[k.kind] = {{"instances", k.instances}, {"kernels", k.kernels}, {"measured_us", k.measured_us},
-                       {"charged_us", k.busy_us}, {"model_before_us", k.model_before_us}, {"model_after_us", k.model_after_us}};
+                       {"span_us", k.span_us}, {"charged_us", k.busy_us}, {"model_before_us", k.model_before_us}, {"model_after_us", k.model_after_us}};
     nlohmann::json unclassified = nlohmann::json::array();
     for (const auto& u : d.unclassified) unclassified.push_back({{"name", u.name}, {"count", u.count}, {"us", u.us}});
     nlohmann::json by_op = nlohmann::json::object();

@@ -159,9 +159,11 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
   for (const Stage& st : part.stages)
     jp.push_back({{"first_block", st.first_block}, {"end_block", st.end_block}, {"layers", st.layers},
                   {"train_flops", st.cost}, {part.load_in_seconds ? "compute_s" : "load_flops", st.load}});
+  const double estimate = estimate_step_seconds(s, w, part);
+  t += strprintf("  estimated step %.3f s (the Program with calibrated task times, no network contention: what the balancer minimises)\n", estimate);
   j["stage_partition"] = {{"stages", jp}, {"mirrored", part.mirrored}, {"rank_loads", part.rank_loads()},
                           {"rank_loads_unit", part.load_in_seconds ? "s" : "flops"},
-                          {"manual", !s.schedule.stage_layers.empty()}};
+                          {"manual", !s.schedule.stage_layers.empty()}, {"estimated_step_s", estimate}};
 
   // All-to-all of one MoE layer.
   nlohmann::json a2a;

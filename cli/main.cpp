@@ -15,6 +15,7 @@
 #if TANDEM_HAVE_SIM
 #include "cli/simulate_command.h"
 #include "cli/sweep_command.h"
+#include "cli/validate_command.h"
 #endif
 
 namespace {
@@ -87,6 +88,11 @@ int main(int argc, char** argv) {
   ca->add_option("--name", calibrate.name, "the overlay's name");
   ca->add_option("--source", calibrate.source, "a provenance line put first in the overlay (repeatable): where the traces come from");
   ca->add_flag("--json", calibrate.json, "print one JSON object on stdout instead of text");
+
+  tandem::ValidateOptions validate;
+  auto* va = app.add_subcommand("validate", "The calibrated predictions beside the measurements they are checked against (reports/validation/)");
+  va->add_option("--out", validate.out, "write the Markdown page here (e.g. reports/validation/README.md)");
+  va->add_flag("--json", validate.json, "print one JSON object on stdout instead of the page");
 
   tandem::SweepOptions sweep;
   auto* sw = app.add_subcommand("sweep", "Simulate the cross product of varied scenario keys (what-ifs)");
@@ -165,6 +171,12 @@ int main(int argc, char** argv) {
 #if TANDEM_HAVE_SIM
     if (*si) return emit(tandem::simulate_command(simulate, text), simulate.json, text);
     if (*ca) return emit(tandem::calibrate_command(calibrate, text), calibrate.json, text);
+    if (*va) {
+      std::error_code ec;
+      validate.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+      if (ec) validate.self = argv[0];
+      return emit(tandem::validate_command(validate, text), validate.json, text);
+    }
     if (*sw) {
       std::error_code ec;  // this executable, for the child runs
       sweep.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();

@@ -121,6 +121,12 @@ Workload scenario_workload(const Scenario& s);
 // calibration (sim/compute_cost.h), with DualPipe's mirrored stage pairs.
 StagePartition scenario_partition(const Scenario& s, const Workload& w);
 
+// The step time of the scenario's Program with partition `p`, played without a network model
+// (scenarios/program_timeline.h): compute tasks timed by the calibrated cost model, all-to-alls
+// by their bytes at the rates DeepEP reaches, pipeline and ring transfers at the NIC's line rate.
+// What the balancer minimises; close to the simulator's replicated tier for balanced routing.
+double estimate_step_seconds(const Scenario& s, const Workload& w, const StagePartition& p);
+
 // Throws InputException (key `plan`) when the busiest GPU of this partition exceeds its HBM.
 void check_memory_fits(const Scenario& s, const StagePartition& part);
 

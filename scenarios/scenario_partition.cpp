@@ -47,7 +47,10 @@ double transfer_seconds(const Scenario& s, const Calibration& cal, const TaskWor
   const AllToAllCalibration& a = cal.all_to_all;
   const double nic = s.cluster.nic_gbps * 1e9 / 8.0 * static_cast<double>(s.cluster.nics_per_gpu) * a.ib_efficiency;
   const double nvl = s.cluster.nvlink_gbytes_s * 1e9 * a.nvlink_efficiency;
-  return std::max(nic > 0 ? work.ib_bytes / nic : 0.0, nvl > 0 ? work.nvlink_bytes / nvl : 0.0);
+  // Every leg also waits its route's latency: an IB route when the EP group spans nodes.
+  const double latency = (s.plan.ep > s.cluster.gpus_per_node ? s.cluster.fabric.latency_cross_leaf_us
+                                                               : s.cluster.nvlink_latency_us) * 1e-6;
+  return std::max(nic > 0 ? work.ib_bytes / nic : 0.0, nvl > 0 ? work.nvlink_bytes / nvl : 0.0) + latency;
 }
 
 // A point-to-point or ring transfer over one GPU's NIC at its line rate, with the fabric's latency.
@@ -103,6 +106,14 @@ class StepEstimate {
 };
 
 }  // namespace
+
+double estimate_step_seconds(const Scenario& s, const Workload& w, const StagePartition& p) {
+  const Calibration cal = cached_calibration(s.calibration);
+  const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp), static_cast<int>(s.micro_batches()),
+                                     s.file, "schedule.kind");
+  StepEstimate step(s, w, cal);
+  return step(sch, p);
+}
 
 StagePartition scenario_partition(const Scenario& s, const Workload& w) {
   if (!s.schedule.stage_layers.empty()) return partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");

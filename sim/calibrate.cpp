@@ -25,6 +25,9 @@ constexpr TaskKind kComputeKinds[] = {TaskKind::attn_f, TaskKind::mlp_f, TaskKin
 constexpr TaskKind kCommKinds[] = {TaskKind::dispatch_f, TaskKind::dispatch_b, TaskKind::combine_f,
                                    TaskKind::combine_b};
 
+// Idle gaps between a phase's kernels this long or longer are waits, not launch overhead.
+constexpr double kLongGapUs = 20;
+
 bool is_comm_kind(TaskKind k) {
   A2AKind a;
   return a2a_kind(k, &a);
@@ -156,6 +159,14 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       d.inputs.push_back(t.file + " (sha256 " + t.sha256 + ", " + std::to_string(c.kernels_total) + " GPU events" +
                          (t.device_name.empty() ? "" : ", " + t.device_name) +
                          (t.trace_name.empty() ? "" : ", " + t.trace_name) + ")");
+      {
+        double first = 1e300, last = -1e300;
+        for (const TraceKernel& k : t.kernels) {
+          first = std::min(first, k.start_us);
+          last = std::max(last, k.start_us + k.dur_us);
+        }
+        d.trace_span_us.push_back(t.kernels.empty() ? 0.0 : last - first);
+      }
       d.kernel_us += c.total_us;
       d.classified_us += c.classified_us;
       d.kernels += c.kernels_total;
@@ -214,16 +225,29 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
     std::map<InstanceKey, std::vector<const Measured*>> instances;
     for (const Measured& m : ms) instances[{m.trace, m.kind, m.k->phase_index}].push_back(&m);
     std::map<TaskKind, int> count;
-    std::map<TaskKind, double> span, busy, kernels;
+    std::map<TaskKind, double> span, busy, kernels, work;
     for (const auto& [key, list] : instances) {
       const TaskKind kind = std::get<1>(key);
       double first = 1e300, last = -1e300, charged = 0;
+      std::vector<std::pair<double, double>> iv;
       for (const Measured* m : list) {
         first = std::min(first, m->k->kernel.start_us);
         last = std::max(last, m->k->kernel.start_us + m->k->kernel.dur_us);
         charged += m->charged_us;
+        iv.push_back({m->k->kernel.start_us, m->k->kernel.start_us + m->k->kernel.dur_us});
+      }
+      // The task's own time: its kernels and the short gaps between them (launches). A gap of
+      // kLongGapUs or more is the GPU waiting — for the CPU, or for another stream — which is the
+      // schedule's time, not the task's.
+      std::sort(iv.begin(), iv.end());
+      double busy_union = 0, short_gaps = 0, end = iv.front().first;
+      for (const auto& [a, b] : iv) {
+        if (a > end && a - end < kLongGapUs) short_gaps += a - end;
+        busy_union += std::max(0.0, b - std::max(a, end));
+        end = std::max(end, b);
       }
       ++count[kind];
+      work[kind] += busy_union + short_gaps;
       span[kind] += last - first;
       busy[kind] += charged;
       kernels[kind] += static_cast<double>(list.size());
@@ -296,7 +320,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         // of the comm stream, the CPU): only gaps under 20 µs measure the launch gap.
         for (size_t i = 1; i < list.size(); ++i) {
           const double g = list[i]->kernel.start_us - (list[i - 1]->kernel.start_us + list[i - 1]->kernel.dur_us);
-          if (g >= 0 && g < 20) gaps.push_back(g);
+          if (g >= 0 && g < kLongGapUs) gaps.push_back(g);
         }
       }
       d.kernel_floor_us = median(small);
@@ -428,8 +452,11 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       }
       auto attention_flops = [&](TaskKind k) { return work_of(k).compute.attention_flops; };
       const double ff = attention_flops(TaskKind::attn_f), bf = attention_flops(TaskKind::attn_b);
-      if (fwd_us > 0 && ff > 0) out.attention_fwd_efficiency = ff / (fwd_us / layers * 1e-6) / (gpu.bf16_tflops * 1e12);
-      if (bwd_us > 0 && bf > 0) out.attention_bwd_efficiency = bf / (bwd_us / layers * 1e-6) / (gpu.bf16_tflops * 1e12);
+      // Per instance of the task kind that runs them.
+      if (fwd_us > 0 && ff > 0 && count.count(TaskKind::attn_f))
+        out.attention_fwd_efficiency = ff * count[TaskKind::attn_f] / (fwd_us * 1e-6) / (gpu.bf16_tflops * 1e12);
+      if (bwd_us > 0 && bf > 0 && count.count(TaskKind::attn_b))
+        out.attention_bwd_efficiency = bf * count[TaskKind::attn_b] / (bwd_us * 1e-6) / (gpu.bf16_tflops * 1e12);
       if (out.attention_fwd_efficiency > 0 || out.attention_bwd_efficiency > 0) {
         out.attention_sms = measured_sms;
         // The overlay replaces both figures together; keep the base's where this trace has none.
@@ -439,22 +466,20 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       }
     }
 
-    // Memory-kernel families: the model's kernels of the family in every task kind of a layer
-    // take, together, the time the trace's kernels of that family took.
+    // Memory-kernel families: the model's kernels of the family, in every measured instance of
+    // every task kind, take together the time the trace's kernels of that family took.
     {
       std::map<std::string, std::vector<MemoryKernel>> model;
-      for (TaskKind kind : kComputeKinds)
-        if (count.count(kind))
-          for (const MemoryKernel& k : work_of(kind).compute.kernels) model[to_string(k.family)].push_back(k);
       // A comm task's kernels run on the communication SMs: as if they streamed that much more.
       const double confined = comm_stream_sms(s) > 0 ? static_cast<double>(gpu.sms) / static_cast<double>(comm_stream_sms(s)) : 1.0;
-      for (TaskKind kind : kCommKinds)
-        if (count.count(kind))
-          for (MemoryKernel k : work_of(kind).compute.kernels) {
-            k.bytes *= confined;
-            k.flops *= confined;
-            model[to_string(k.family)].push_back(k);
-          }
+      for (const auto& [kind, n] : count)
+        for (MemoryKernel k : work_of(kind).compute.kernels) {
+          const double scale = static_cast<double>(n) * (is_comm_kind(kind) ? confined : 1.0);
+          k.bytes *= scale;
+          k.flops *= scale;
+          k.launches *= n;
+          model[to_string(k.family)].push_back(k);
+        }
       std::map<std::string, std::pair<int, double>> trace;
       for (const Measured& m : ms) {
         KernelFamily f;
@@ -468,6 +493,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       for (const std::string& name : names) {
         FamilyFigure f;
         f.family = name;
+        // Shown per layer (the most instances any task kind has).
         f.trace_kernels = trace[name].first / layers;
         f.measured_us = trace[name].second / layers;
         double before_s = 0;
@@ -476,13 +502,16 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
           f.model_bytes += k.bytes;
           before_s += before.memory_kernel_seconds(k);
         }
-        f.model_before_us = before_s * 1e6;
+        const double target_us = f.measured_us * layers;  // every instance, as `model` holds
+        f.model_launches /= layers;
+        f.model_bytes /= layers;
+        f.model_before_us = before_s * 1e6 / layers;
         if (model[name].empty()) {
           f.note = "the model has no kernel of this family in these task kinds";
         } else if (f.measured_us <= 0) {
           f.note = "no kernel of this family in the trace";
         } else {
-          f.efficiency = solve_efficiency(model[name], f.measured_us * 1e-6, gpu, floor_us);
+          f.efficiency = solve_efficiency(model[name], target_us * 1e-6, gpu, floor_us);
           if (f.efficiency <= 0) f.note = "the model's floors alone exceed the measured time";
           else {
             KernelFamily fam;
@@ -555,13 +584,14 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       f.kind = to_string(kind);
       f.instances = count[kind];
       f.kernels = static_cast<int>(std::lround(kernels[kind] / count[kind]));
-      f.measured_us = span[kind] / count[kind];
+      f.span_us = span[kind] / count[kind];
+      f.measured_us = work[kind] / count[kind];
       f.busy_us = busy[kind] / count[kind];
       f.model_before_us = model_us(before, kind);
       f.model_after_us = model_us(after, kind);
       for (const Measured& m : ms)
         if (m.kind == kind) f.parts[is_gemm_class(m.k->op) ? "gemm" : m.k->op].measured_us += m.charged_us / count[kind];
-      f.parts["gaps"].measured_us = f.measured_us - f.busy_us;
+      f.parts["gaps"].measured_us = std::max(0.0, f.measured_us - f.busy_us);
       if (!is_comm_kind(kind)) {
         const TaskWork tw = work_of(kind);
         for (const Gemm& g : tw.compute.gemms) f.parts["gemm"].model_us += after.gemm_seconds(g, sms) * 1e6;
@@ -570,6 +600,20 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
               after.attention_seconds(tw.compute.attention_flops, tw.backward, sms) * 1e6;
         for (const MemoryKernel& k : tw.compute.kernels) f.parts[to_string(k.family)].model_us += after.memory_kernel_seconds(k) * 1e6;
         f.parts["gaps"].model_us = static_cast<double>(tw.compute.launches()) * std::max(0.0, after_cal.launch_gap_us);
+      } else {
+        const TaskWork tw = work_of(kind);
+        for (const MemoryKernel& k : tw.compute.kernels)
+          f.parts[to_string(k.family)].model_us += after.memory_kernel_seconds(k) * 1e6 *
+                                                   (comm_stream_sms(s) > 0 ? static_cast<double>(gpu.sms) / static_cast<double>(comm_stream_sms(s)) : 1.0);
+        A2AKind ak;
+        a2a_kind(kind, &ak);
+        const AllToAllCalibration& a = after_cal.all_to_all;
+        f.parts["a2a_notify"].model_us = std::max(0.0, a.notify_us[static_cast<size_t>(ak)]);
+        const bool dispatch_kernel = kind == TaskKind::dispatch_f || kind == TaskKind::combine_b;
+        for (const A2AFigure& x : d.all_to_all)
+          if (x.kind == to_string(kind))
+            f.parts[dispatch_kernel ? "a2a_dispatch" : "a2a_combine"].model_us =
+                x.alone_us * (a.in_training_factor[static_cast<size_t>(ak)] > 0 ? a.in_training_factor[static_cast<size_t>(ak)] : 1.0);
       }
       d.kinds.push_back(f);
     }
@@ -587,10 +631,10 @@ std::string CalibrationDerivation::text() const {
   if (unclassified.empty()) t += "  every kernel classified\n";
   for (const auto& u : unclassified) t += strprintf("  unclassified: %-60.60s %4d x  %9.1f us\n", u.name.c_str(), u.count, u.us);
   if (!kinds.empty()) {
-    t += "Per task kind (per instance, us): measured span | charged | model before -> after (after/measured)\n";
+    t += "Per task kind (per instance, us): span | measured (kernels + launch gaps) | model before -> after (after/measured)\n";
     for (const KindFigure& k : kinds)
       t += strprintf("  %-11s x%d %4d kernels  %9.1f | %9.1f | %9.1f -> %9.1f  (%.3f)\n", k.kind.c_str(), k.instances, k.kernels,
-                     k.measured_us, k.busy_us, k.model_before_us, k.model_after_us,
+                     k.span_us, k.measured_us, k.model_before_us, k.model_after_us,
                      k.measured_us > 0 ? k.model_after_us / k.measured_us : 0.0);
   }
   for (const KindFigure& k : kinds) {
@@ -689,15 +733,27 @@ std::string CalibrationDerivation::yaml() const {
   y << YAML::Key << "measured" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "classified_share" << YAML::Value << (kernel_us > 0 ? std::round(classified_us / kernel_us * 1e5) / 1e5 : 0.0);
   y << YAML::Key << "kernel_us" << YAML::Value << std::round(kernel_us);
+  y << YAML::Key << "trace_span_us" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (double v : trace_span_us) y << std::round(v * 10) / 10;
+  y << YAML::EndSeq;
   y << YAML::Key << "task_kinds" << YAML::Value << YAML::BeginMap;
   for (const KindFigure& k : kinds) {
     y << YAML::Key << k.kind << YAML::Value << YAML::Flow << YAML::BeginMap;
     y << YAML::Key << "instances" << YAML::Value << k.instances;
     y << YAML::Key << "kernels" << YAML::Value << k.kernels;
     num("measured_us", k.measured_us, 10);
+    num("span_us", k.span_us, 10);
     num("charged_us", k.busy_us, 10);
     num("model_before_us", k.model_before_us, 10);
     num("model_after_us", k.model_after_us, 10);
+    if (!k.parts.empty()) {
+      // Where the kind's time goes, measured / model (µs per instance), by op class.
+      y << YAML::Key << "parts" << YAML::Value << YAML::Flow << YAML::BeginMap;
+      for (const auto& [op, p] : k.parts)
+        y << YAML::Key << op << YAML::Value << YAML::Flow << YAML::BeginSeq << std::round(p.measured_us * 10) / 10
+          << std::round(p.model_us * 10) / 10 << YAML::EndSeq;
+      y << YAML::EndMap;
+    }
     y << YAML::EndMap;
   }
   y << YAML::EndMap;

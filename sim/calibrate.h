@@ -57,7 +57,9 @@ struct KindFigure {
   std::string kind;            // task kind
   int instances = 0;           // phase occurrences measured
   int kernels = 0;             // per instance
-  double measured_us = 0;      // per instance: the span of its kernels (first start to last end)
+  double span_us = 0;          // per instance: first kernel start to last kernel end
+  double measured_us = 0;      // per instance: its kernels and the launch gaps between them
+                               // (idle gaps of 20 µs or more are waits: the schedule's time)
   double busy_us = 0;          // per instance: its kernels' charged time
   double model_before_us = 0;  // the model with the base calibration
   double model_after_us = 0;   // with the derived overlay laid over it
@@ -93,6 +95,7 @@ struct CalibrationDerivation {
   Calibration result;          // the overlay
   std::string scenario, block; // shapes from
   std::vector<std::string> inputs;  // "file (sha256 ..., N kernels)"
+  std::vector<double> trace_span_us;  // per input: first GPU event start to last end
   double kernel_us = 0, classified_us = 0;
   int kernels = 0, kernels_classified = 0;
   std::vector<Classification::Unmatched> unclassified;

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <array>
+#include <map>
 #include <fstream>
 #include <cstdio>
 #include <sys/wait.h>
@@ -130,4 +131,63 @@ TEST_CASE("sweep runs the cross product and reports rejected combinations as row
   std::getline(in, header);
   CHECK(header.rfind("comm.sms,plan.pp,step_time_s", 0) == 0);
   CHECK(tandem_run("sweep " + repo("scenarios/tiny-dualpipe.yaml") + " --vary comm.sms").code == 2);
+}
+
+TEST_CASE("compute tasks take the same time whether or not a transfer starts beside them", "[simtier]") {
+  // The SM budget is the kernels' launch configuration, not a guess at the moment a task starts:
+  // every instance of a compute task of one block lasts the same in every slot, in both the
+  // replicated and the all-GPU grouped tier.
+  for (const char* tier : {"replicated", "grouped"}) {
+    const std::string trace = std::string("/tmp/tandem_tests_sm_budget_") + tier + ".json";
+    simulate("scenarios/tiny-sim-128.yaml", std::string("--fidelity ") + tier + " --trace " + trace + " --trace-gpus 128");
+    std::ifstream in(trace);
+    const auto j = nlohmann::json::parse(in);
+    std::map<std::pair<std::string, int>, std::pair<double, double>> span;  // (kind, block) -> min, max duration
+    int overlapped = 0;
+    for (const auto& e : j["traceEvents"]) {
+      // Block tasks only: the optimizer's shard differs from rank to rank.
+      if (e["ph"] != "X" || e["cat"] != "compute" || e["args"]["block"].get<int>() < 0) continue;
+      const auto key = std::make_pair(e["name"].get<std::string>(), e["args"]["block"].get<int>());
+      const double d = e["dur"].get<double>();
+      auto [it, fresh] = span.emplace(key, std::make_pair(d, d));
+      if (!fresh) {
+        it->second.first = std::min(it->second.first, d);
+        it->second.second = std::max(it->second.second, d);
+      }
+    }
+    for (const auto& e : j["traceEvents"])
+      if (e["ph"] == "X" && e["cat"] == "comm" && e["name"].get<std::string>().rfind("dispatch", 0) == 0) ++overlapped;
+    REQUIRE(overlapped > 0);
+    REQUIRE(span.size() > 10);
+    for (const auto& [key, mm] : span) {
+      INFO(tier << " " << key.first << " block " << key.second);
+      CHECK(mm.second == Approx(mm.first).epsilon(1e-9));
+    }
+    std::remove(trace.c_str());
+  }
+}
+
+TEST_CASE("more communication SMs: faster all-to-alls, slower GEMMs", "[simtier]") {
+  const auto few = simulate("scenarios/tiny-sim-128.yaml", "--set comm.sms=10");
+  const auto more = simulate("scenarios/tiny-sim-128.yaml", "--set comm.sms=20");
+  const auto& a = few["seconds_by_kind"];
+  const auto& b = more["seconds_by_kind"];
+  CHECK(b["dispatch_f"].get<double>() < a["dispatch_f"].get<double>());
+  CHECK(b["combine_b"].get<double>() < a["combine_b"].get<double>());
+  CHECK(b["mlp_f"].get<double>() > a["mlp_f"].get<double>());
+  CHECK(b["attn_b"].get<double>() > a["attn_b"].get<double>());
+}
+
+TEST_CASE("the balancer's program estimate tracks the simulator", "[simtier]") {
+  // describe's estimate plays the same Program with the same task costs and estimates the network;
+  // with balanced routing it lands near the replicated tier (what makes its partition choices
+  // trustworthy).
+  for (const char* scenario : {"scenarios/tiny-sim-128.yaml", "scenarios/deepseek-v3-2048.yaml"}) {
+    const Run d = tandem_run("describe " + repo(scenario) + " --json");
+    REQUIRE(d.code == 0);
+    const double estimate = nlohmann::json::parse(d.out)["stage_partition"]["estimated_step_s"].get<double>();
+    const double step = simulate(scenario, "")["step_time_s"].get<double>();
+    INFO(scenario << ": estimate " << estimate << " s, simulated " << step << " s");
+    CHECK(estimate == Approx(step).epsilon(0.05));
+  }
 }
