@@ -153,7 +153,8 @@ void describe_scenario(const Scenario& s, const DescribeOptions& o, std::string&
   t += strprintf("Stage partition (%lld stages%s)\n", (long long)s.stages(),
            s.schedule.stage_layers.empty() ? ", balanced with the calibrated costs for the schedule" : ", from schedule.stage_layers");
   t += part.describe(w);
-  t += std::string("Compute per micro-batch by pipeline rank (forward, backward and weight gradients of the stages it holds)\n");
+  t += part.mirrored ? std::string("Compute per micro-batch by pipeline rank (forward, backward and weight gradients of the stages it holds)\n")
+                     : std::string("Load per micro-batch by pipeline rank (compute, and the all-to-alls this schedule leaves exposed)\n");
   t += part.describe_ranks();
   nlohmann::json jp = nlohmann::json::array();
   for (const Stage& st : part.stages)

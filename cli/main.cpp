@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
       ->check(CLI::Range(1, 1 << 20));
   si->add_option("--fidelity", simulate.fidelity, "auto (default: replicated for balanced routing, grouped for skewed), replicated (one pipeline replica, analytic all-to-all), grouped (every GPU, each all-to-all an EP-group collective with analytic time), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
-  si->add_option("--calibration", simulate.calibration, "kernel cost data, repeatable: a calibration file (default sim/calibration/h800-deepgemm.yaml) and/or `tandem bench ... --json` outputs laid over it");
+  si->add_option("--calibration", simulate.calibration, "kernel cost data, repeatable, laid over the scenario's `calibration:` list: overlays (`tandem calibrate` output) and `tandem bench ... --json` outputs; a complete calibration file replaces the list");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
 

@@ -4,6 +4,7 @@
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/stage_partition.h"
+#include "sim/compute_cost.h"
 #include "sim/engine.h"
 
 namespace tandem {
@@ -15,7 +16,12 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     // --calibration files join the scenario's own, so the stage balancer and the engine weigh
     // with the same costs (and the busiest GPU is checked again under the partition they give).
     Scenario s = loaded.value();
-    for (const std::string& f : o.calibration) s.calibration.push_back(f);
+    for (const std::string& f : o.calibration) {
+      auto c = load_calibration(f);
+      if (!c) throw InputException(c.error());
+      if (!c.value().overlay) s.calibration.clear();  // a complete file replaces the scenario's
+      s.calibration.push_back(f);
+    }
     SimOptions so;
     // auto: the fastest tier that is exact for the scenario's routing.
     if (o.fidelity == "auto")
@@ -88,6 +94,13 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
       t += strprintf("  %-18s %9.3f s  %5.1f %% of the step\n", kind.c_str(), secs, 100 * secs / step);
       by_kind[kind] = secs;
     }
+    // Per pipeline rank: how busy its compute stream is (the stage balancer's concern).
+    t += "Compute busy per pipeline rank (seconds per step; the busiest rank sets the pace)\n ";
+    const double top = r.rank_compute_busy_s.empty() ? 0 : *std::max_element(r.rank_compute_busy_s.begin(), r.rank_compute_busy_s.end());
+    for (size_t k = 0; k < r.rank_compute_busy_s.size(); ++k)
+      t += strprintf(" %zu:%.2f%s%s", k, r.rank_compute_busy_s[k], r.rank_compute_busy_s[k] == top ? "*" : "",
+                     (k + 1) % 8 == 0 && k + 1 < r.rank_compute_busy_s.size() ? "\n " : "");
+    t += "\n";
     if (!o.trace.empty()) t += "  trace of the first " + std::to_string(so.trace_gpus) + " GPUs: " + o.trace + "\n";
 
     return nlohmann::json{{"scenario", s.name},
@@ -106,6 +119,7 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
                           {"days_for_14_8t_tokens", days},
                           {"cost_usd_for_14_8t_tokens", cost},
                           {"seconds_by_kind", by_kind},
+                          {"rank_compute_busy_s", r.rank_compute_busy_s},
                           {"routing", {{"model", to_string(s.routing.model)}, {"skew", s.routing.skew},
                                        {"seed", s.routing.seed}, {"max_gpu_load", busiest_gpu},
                                        {"mean_max_gpu_load", mean_gpu}, {"max_expert_load", busiest_expert}}},

@@ -1,14 +1,14 @@
 // scenario_partition (scenario.h): the stage partition of a scenario, weighed with its calibrated
 // costs and its schedule.
 //
-// Two steps. First the stages' compute is balanced (partition_stages with each block's compute
-// seconds). Then, layer by layer, boundaries move while that shortens the step of the schedule
-// itself run with per-stage slot durations (run_slot_costs): a slot lasts its stages' compute plus
-// the all-to-all time it cannot hide — a lone forward or backward waits for each of its transfers,
-// an overlapped F&B slot hides a layer's transfers behind the other chunk's layer beside it, so a
-// pair of unequal stages leaves the longer chunk's extra layers exposed. This is how DualPipe's
-// mirrored stages get balanced: the rank holding the embedding, the head and the MTP modules
-// takes fewer layers only when its neighbours do not stall for it.
+// One stage per rank (1F1B, ZB1P): the stages' load is balanced — each block's compute seconds
+// and, as these schedules never overlap a chunk's all-to-alls with other work, its all-to-alls.
+// Mirrored stages (DualPipe, DualPipeV: rank r holds stages r and S-1-r): the compute is balanced
+// first, then layers move one at a time while that shortens the step of the scenario's Program
+// played with the calibrated task times (program_timeline.h): an overlapped F&B slot hides a
+// layer's transfers behind the other chunk's layer beside it, so a rank with unequal stages leaves
+// the longer chunk's extra layers exposed, and the rank holding the embedding, the head and the
+// MTP module should take fewer layers only where its neighbours do not stall for it.
 #include <limits>
 #include <map>
 #include <tuple>
@@ -121,7 +121,9 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
   const ComputeCostModel costs(s.cluster.gpu, cal);
   const int64_t sms = s.gemm_sms();
   StageLayoutOptions o;
-  for (const Block& blk : w.blocks) {
+  o.mirrored = s.schedule.kind == ScheduleKind::dualpipe || s.schedule.kind == ScheduleKind::dualpipev;
+  for (size_t b = 0; b < w.blocks.size(); ++b) {
+    const Block& blk = w.blocks[b];
     double t = 0;
     for (const Op& op : blk.ops) {
       PassCost backward = op.bwd_input;
@@ -129,9 +131,20 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
       t += costs.pass_seconds(op.fwd, false, sms) + costs.pass_seconds(backward, true, sms) +
            costs.pass_seconds(op.bwd_weight, false, sms);
     }
+    // Without overlapped F&B slots (1F1B, ZB1P) a chunk waits for each of its all-to-alls.
+    if (!o.mirrored && blk.has_all_to_all && s.plan.ep > 1)
+      for (TaskKind k : {TaskKind::dispatch_f, TaskKind::combine_f, TaskKind::combine_b, TaskKind::dispatch_b}) {
+        Task task;
+        task.kind = k;
+        task.block = static_cast<int>(b);
+        task.stream = Stream::comm;
+        const Program none;
+        const TaskWork work = task_work(s, w, none, 0, task);
+        const TaskCost c = task_cost(s, none, 0, task, work, costs);
+        t += c.seconds + transfer_seconds(s, cal, work) * c.transfer_scale;
+      }
     o.block_seconds.push_back(t);
   }
-  o.mirrored = s.schedule.kind == ScheduleKind::dualpipe || s.schedule.kind == ScheduleKind::dualpipev;
   StagePartition best = partition_stages(w, s.stages(), {}, s.file, "plan.pp", o);
   const int64_t S = s.stages();
   if (S < 2) return best;
@@ -140,16 +153,41 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
                                      s.file, "schedule.kind");
   StepEstimate step(s, w, cal);
   {
-    // Two starts: the stages' compute balanced in seconds, or in training FLOPs (which keeps
-    // the transformer layers evenly spread when the head and MTP weigh more in seconds).
-    StageLayoutOptions by_flops = o;
+    // Other starts, kept when the schedule runs faster on them: the stages' compute alone
+    // balanced in seconds, or in training FLOPs (which keeps the transformer layers evenly spread
+    // when the head and the MTP module weigh more in seconds).
+    auto same_cut = [&](StagePartition p) {
+      std::vector<int64_t> layers;
+      for (const Stage& st : p.stages) layers.push_back(st.layers);
+      return partition_stages(w, S, layers, s.file, "plan.pp", o);  // that cut, with this load
+    };
+    StageLayoutOptions compute_only = o, by_flops = o;
+    for (size_t b = 0; b < w.blocks.size(); ++b) compute_only.block_seconds[b] = 0;
     by_flops.block_seconds.clear();
-    StagePartition alt = partition_stages(w, s.stages(), {}, s.file, "plan.pp", by_flops);
-    std::vector<int64_t> alt_layers;
-    for (const Stage& st : alt.stages) alt_layers.push_back(st.layers);
-    alt = partition_stages(w, S, alt_layers, s.file, "plan.pp", o);  // the same cut, loads in seconds
-    if (step(sch, alt) < step(sch, best)) best = alt;
+    double best_step = step(sch, best);
+    if (!o.mirrored) {
+      // Recompute the compute-only weights: the blocks' load above also holds their all-to-alls.
+      for (size_t b = 0; b < w.blocks.size(); ++b)
+        for (const Op& op : w.blocks[b].ops) {
+          PassCost backward = op.bwd_input;
+          backward += op.recompute;
+          compute_only.block_seconds[b] += costs.pass_seconds(op.fwd, false, sms) + costs.pass_seconds(backward, true, sms) +
+                                           costs.pass_seconds(op.bwd_weight, false, sms);
+        }
+    }
+    for (const StageLayoutOptions* alt_o : {o.mirrored ? nullptr : &compute_only, &by_flops}) {
+      if (!alt_o) continue;
+      const StagePartition alt = same_cut(partition_stages(w, S, {}, s.file, "plan.pp", *alt_o));
+      const double t = step(sch, alt);
+      if (t < best_step) {
+        best_step = t;
+        best = alt;
+      }
+    }
   }
+  // One stage per rank: the busiest stage paces the pipeline, and one of the balanced starts is
+  // the answer. Mirrored stages go on, layer by layer, against the schedule itself.
+  if (!o.mirrored) return best;
   auto fits = [&](const StagePartition& p) {
     const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
     for (const RankMemory& m : memory_per_rank(s, p))

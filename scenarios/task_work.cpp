@@ -11,6 +11,7 @@ namespace {
 bool in_part(const Op& op, TaskKind k) {
   const bool attention = k == TaskKind::attn_f || k == TaskKind::attn_b || k == TaskKind::attn_w;
   if (op.kind == OpKind::loss) return k == TaskKind::loss || k == TaskKind::mlp_b;
+  if (k == TaskKind::loss) return false;  // the loss task runs the loss alone (the head is mlp_f's)
   return attention ? op.part == Part::attention : op.part == Part::mlp;
 }
 

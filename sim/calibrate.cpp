@@ -156,7 +156,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       const ChromeTrace& t = traces[ti];
       classified.push_back(classify(t, rules));
       const Classification& c = classified.back();
-      d.inputs.push_back(t.file + " (sha256 " + t.sha256 + ", " + std::to_string(c.kernels_total) + " GPU events" +
+      d.inputs.push_back(t.file + " (sha256 " + t.sha256 + ", " + std::to_string(c.kernels_total) + (t.format == "tandem" ? " task events" : " GPU events") +
                          (t.device_name.empty() ? "" : ", " + t.device_name) +
                          (t.trace_name.empty() ? "" : ", " + t.trace_name) + ")");
       {
@@ -284,6 +284,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         f.kind = to_string(kind);
         f.instances = count[kind];
         f.measured_us = sm.first * 1e6 / count[kind];
+        f.span_us = f.measured_us;
         f.busy_us = busy[kind] / count[kind];
         f.kernels = 1;
         f.model_before_us = sm.second * 1e6 / count[kind];
@@ -428,6 +429,15 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         r.sms = measured_sms;
         r.source = strprintf("%s %s: %d kernel%s x %d instances", to_string(kind), g.name.c_str(), f.trace_kernels,
                              f.trace_kernels == 1 ? "" : "s", gemm_instances[gi]);
+        // Faster than the tensor cores can go: the trace did not run the scenario's shapes.
+        const double peak = r.dtype == Dtype::fp8_e4m3 ? gpu.fp8_tflops : gpu.bf16_tflops;
+        if (r.tflops > 1.05 * peak) {
+          d.notes.push_back(strprintf("%s %s: %.0f TFLOP/s would exceed the %s peak (%.0f): the trace did not run "
+                                      "this scenario's shapes; no row kept",
+                                      to_string(kind), g.name.c_str(), r.tflops, r.dtype == Dtype::fp8_e4m3 ? "FP8" : "BF16", peak));
+          d.gemms.push_back(f);
+          continue;
+        }
         // The same shape measured in two places (a recomputed forward in backward): one row, at
         // the two measurements' combined rate.
         auto same = std::find_if(out.gemms.begin(), out.gemms.end(), [&](const GemmMeasurement& o) {
@@ -457,6 +467,11 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         out.attention_fwd_efficiency = ff * count[TaskKind::attn_f] / (fwd_us * 1e-6) / (gpu.bf16_tflops * 1e12);
       if (bwd_us > 0 && bf > 0 && count.count(TaskKind::attn_b))
         out.attention_bwd_efficiency = bf * count[TaskKind::attn_b] / (bwd_us * 1e-6) / (gpu.bf16_tflops * 1e12);
+      for (double* e : {&out.attention_fwd_efficiency, &out.attention_bwd_efficiency})
+        if (*e > 1.0) {
+          d.notes.push_back(strprintf("attention at %.2f of the BF16 peak: the trace did not run this scenario's shapes; not kept", *e));
+          *e = 0;
+        }
       if (out.attention_fwd_efficiency > 0 || out.attention_bwd_efficiency > 0) {
         out.attention_sms = measured_sms;
         // The overlay replaces both figures together; keep the base's where this trace has none.
@@ -638,7 +653,7 @@ std::string CalibrationDerivation::text() const {
                      k.measured_us > 0 ? k.model_after_us / k.measured_us : 0.0);
   }
   for (const KindFigure& k : kinds) {
-    if (k.kind.rfind("dispatch", 0) == 0 || k.kind.rfind("combine", 0) == 0) continue;
+    if (k.kind.rfind("dispatch", 0) == 0 || k.kind.rfind("combine", 0) == 0 || k.parts.empty()) continue;
     t += "  " + k.kind + ":";
     for (const auto& [op, p] : k.parts) t += strprintf(" %s %.0f/%.0f", op.c_str(), p.measured_us, p.model_us);
     t += "  (measured/model us)\n";

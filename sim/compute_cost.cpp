@@ -216,8 +216,10 @@ Calibration overlay(const Calibration& base, const Calibration& top) {
 }
 
 std::string shipped_data_path(const std::string& relative) {
-  const char* dir = std::getenv("TANDEM_DATA_DIR");
-  return std::string(dir && *dir ? dir : TANDEM_SOURCE_DIR) + "/" + relative;
+  // A relocated checkout (scripts/gpu-verify.sh runs binaries built elsewhere) says where it is.
+  for (const char* var : {"TANDEM_DATA_DIR", "TANDEM_SOURCE_DIR"})
+    if (const char* dir = std::getenv(var); dir && *dir) return std::string(dir) + "/" + relative;
+  return std::string(TANDEM_SOURCE_DIR) + "/" + relative;
 }
 
 Calibration resolve_calibration(const std::vector<std::string>& files) {
@@ -260,7 +262,7 @@ const GemmMeasurement* ComputeCostModel::nearest(const Gemm& g, int64_t sms) con
     const double d = std::pow(l(static_cast<double>(g.m)) - l(static_cast<double>(m.m)), 2) +
                      std::pow(l(static_cast<double>(g.n)) - l(static_cast<double>(m.n)), 2) +
                      std::pow(l(static_cast<double>(g.k)) - l(static_cast<double>(m.k)), 2) +
-                     (grouped != want_grouped ? 4.0 : 0.0) +          // prefer the same kind of kernel
+                     (grouped != want_grouped ? 100.0 : 0.0) +        // grouped and dense kernels are apart
                      (m.wgrad() != want_wgrad ? 100.0 : 0.0) +         // weight-gradient kernels are their own family
                      // On a tie, a row measured for the very role and on as many SMs as the
                      // GEMM is given (a profiler trace's) wins over a general table's.

@@ -103,8 +103,8 @@ Calibration overlay(const Calibration& base, const Calibration& top);
 // later one laid over the result. Throws InputException naming the file.
 Calibration resolve_calibration(const std::vector<std::string>& files);
 
-// Where tandem's shipped data lives (the source tree, or $TANDEM_DATA_DIR when set, for an
-// installed or relocated binary).
+// Where tandem's shipped data lives: $TANDEM_DATA_DIR, else $TANDEM_SOURCE_DIR (a relocated
+// checkout), else the source tree the binary was built from.
 std::string shipped_data_path(const std::string& relative);
 
 class ComputeCostModel {

@@ -47,7 +47,6 @@ struct World {
   int dp = 1, ep = 1, gpn = 8;
   const AllToAllCalibration* a2a = nullptr;
   EpLayout layout;
-  int64_t comm_sms = 0;
   // Per rank, per task: what it does (identical for every replica of the rank).
   std::vector<std::vector<TaskWork>> work;
   // Compute tasks: seconds on the SMs the GEMMs are given; comm tasks: seconds of the kernels
@@ -414,7 +413,6 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     world.gpn = static_cast<int>(s.cluster.gpus_per_node);
     world.a2a = &costs.calibration().all_to_all;
     world.layout = EpLayout{world.dp, world.ep, world.gpn};
-    world.comm_sms = s.comm.sms;
     for (int r = 0; r < sch.ranks; ++r) {
       std::vector<TaskWork> works;
       std::vector<double> seconds, routed, scale;
@@ -477,6 +475,14 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
       r.exposed_comm_s += world.exposed_comm[static_cast<size_t>(g)] / static_cast<double>(simulated.size());
     }
     for (const auto& [kind, secs] : world.seconds_by_kind) r.seconds_by_kind[kind] = secs / static_cast<double>(simulated.size());
+    r.rank_compute_busy_s.assign(static_cast<size_t>(sch.ranks), 0.0);
+    std::vector<int> per_rank(static_cast<size_t>(sch.ranks), 0);
+    for (int g : simulated) {
+      r.rank_compute_busy_s[static_cast<size_t>(g / world.dp)] += world.busy_compute[static_cast<size_t>(g)];
+      ++per_rank[static_cast<size_t>(g / world.dp)];
+    }
+    for (size_t k = 0; k < per_rank.size(); ++k)
+      if (per_rank[k] > 0) r.rank_compute_busy_s[k] /= per_rank[k];
     r.model_flops_per_gpu = w.train_flops_per_token(true) * s.tokens_per_step() / static_cast<double>(s.gpus);
     r.trace.engine = "sim";
     r.trace.scenario = s.name;

@@ -2,10 +2,12 @@
 //
 // Every GPU is a host; each simulated GPU runs one actor (a plain function, as in SimGrid's S4U
 // examples): its pipeline rank's tasks, on a compute and a comm stream, each in Program order, a task starting
-// once its stream is free and its dependencies are done. Compute tasks take the time the
-// ComputeCostModel gives (with fewer SMs while the GPU's comm stream runs: SM sharing); comm
-// tasks are SimGrid flows on the cluster's fabric, so contention comes from SimGrid's max-min
-// flow model configured for an HPC fabric (CM02, no cross-traffic, no TCP gamma).
+// once its stream is free and its dependencies are done. Compute tasks take the time their
+// TaskCost gives (scenarios/task_cost.h: the calibrated kernel model on the SMs the scenario gives
+// compute); comm tasks run their own kernels first (casts, DeepEP's notify) and then their
+// transfers as SimGrid flows on the cluster's fabric (or the analytic plan of sim/all_to_all.h),
+// so contention comes from SimGrid's max-min flow model configured for an HPC fabric (CM02, no
+// cross-traffic, no TCP gamma).
 //
 // Placement: GPU g = rank * dp + replica, so each node holds the same pipeline rank of gpus_per_node
 // consecutive replicas and an EP group (ep consecutive replicas of one rank) spans ep /
@@ -50,8 +52,9 @@ const char* to_string(Fidelity f);
 
 struct SimOptions {
   Fidelity fidelity = Fidelity::replicated;
-  // Kernel cost data, in order: a complete calibration file first (or none: the default,
-  // sim/calibration/h800-deepgemm.yaml), then `tandem bench --json` outputs laid over it.
+  // Kernel cost data laid over the scenario's own (Scenario::calibration): overlays or
+  // `tandem bench --json` outputs. `tandem simulate --calibration` adds them to the scenario
+  // instead, so the stage balancer weighs with them too.
   std::vector<std::string> calibration;
   int trace_gpus = 0;       // record trace events of the first N GPUs (0: none)
   bool progress = false;
@@ -65,6 +68,7 @@ struct SimResult {
   double exposed_comm_s = 0;    // comm stream busy while compute idle, per GPU, averaged
   double model_flops_per_gpu = 0;  // per step, causal attention
   std::map<std::string, double> seconds_by_kind;  // per simulated GPU, averaged: where time goes
+  std::vector<double> rank_compute_busy_s;        // per pipeline rank, averaged over its simulated GPUs
   Trace trace;
 };
 

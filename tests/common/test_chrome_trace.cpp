@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../temp_dir.h"
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -14,29 +16,11 @@
 #include "tests/test_paths.h"
 
 using namespace tandem;
+using tandem::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under the system's temp directory, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("tandem-trace-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string p = (path / name).string();
-    std::ofstream(p, std::ios::binary) << text;
-    return p;
-  }
-};
 
 // A task event, its fields set by name (TraceEvent grows fields).
 TraceEvent task(int gpu, const std::string& stream, const std::string& kind, int block, int micro_batch, int stage,

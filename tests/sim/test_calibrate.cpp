@@ -17,6 +17,7 @@
 #include "sim/compute_cost.h"
 #include "sim/kernel_rules.h"
 #include "topologies/topology.h"
+#include "../temp_dir.h"
 #include "../test_paths.h"
 
 using namespace tandem;
@@ -122,8 +123,8 @@ TEST_CASE("a calibration derived from DeepSeek's trace reproduces its per-kind t
     CHECK(k.model_after_us == Approx(k.measured_us).epsilon(0.05));
   }
   // What the overlay file says loads back as the same figures.
-  const std::string path = "/tmp/tandem_tests_calibrate_overlay.yaml";
-  std::ofstream(path) << c.yaml();
+  const tandem::test::TempDir dir;
+  const std::string path = dir.write("overlay.yaml", c.yaml());
   auto back = load_calibration(path);
   INFO((back.ok() ? "" : back.error().message()));
   REQUIRE(back.ok());
@@ -132,7 +133,6 @@ TEST_CASE("a calibration derived from DeepSeek's trace reproduces its per-kind t
   CHECK(back.value().all_to_all.notify_us[0] == Approx(c.result.all_to_all.notify_us[0]).epsilon(1e-3));
   for (size_t i = 0; i < c.result.family_efficiency.size(); ++i)
     CHECK(back.value().family_efficiency[i] == Approx(c.result.family_efficiency[i]).epsilon(1e-3));
-  std::remove(path.c_str());
 }
 
 TEST_CASE("the committed calibration holds DeepSeek's trace per task kind within 5%", "[calibrate]") {
@@ -223,7 +223,8 @@ TEST_CASE("the alone-case all-to-all reproduces DeepEP's published EP64 bandwidt
 }
 
 TEST_CASE("calibrating on tandem's own execute trace gives task-level scales", "[calibrate]") {
-  const std::string trace = "/tmp/tandem_tests_calibrate_exec_trace.json";
+  const tandem::test::TempDir dir;
+  const std::string trace = dir.file("exec.json");
   const ProcessRun r = run_process(std::string(TANDEM_BINARY) + " execute " + repo("scenarios/tiny-1f1b.yaml") +
                                    " --backend cpu --steps 1 --trace " + trace + " 2>&1");
   INFO(r.out);
@@ -243,7 +244,6 @@ TEST_CASE("calibrating on tandem's own execute trace gives task-level scales", "
     CHECK(c.result.task_time_scale.at(k) > 0);
     CHECK(kind(c, k).model_after_us == Approx(kind(c, k).measured_us).epsilon(1e-6));
   }
-  std::remove(trace.c_str());
 }
 
 TEST_CASE("calibrate: bad traces and foreign JSON are input errors (exit 2)", "[calibrate]") {
@@ -252,8 +252,8 @@ TEST_CASE("calibrate: bad traces and foreign JSON are input errors (exit 2)", "[
   ProcessRun r = run_process(tandem + "/dev/null" + scenario + " 2>&1");
   CHECK(r.code == 2);
   CHECK(r.out.find("/dev/null") != std::string::npos);
-  const std::string path = "/tmp/tandem_tests_calibrate_foreign.json";
-  std::ofstream(path) << R"({"name": "not a trace", "events": []})";
+  const tandem::test::TempDir dir;
+  const std::string path = dir.write("foreign.json", R"({"name": "not a trace", "events": []})");
   r = run_process(tandem + path + scenario + " 2>&1");
   CHECK(r.code == 2);
   CHECK(r.out.find("traceEvents") != std::string::npos);
@@ -263,7 +263,6 @@ TEST_CASE("calibrate: bad traces and foreign JSON are input errors (exit 2)", "[
   r = run_process(tandem + path + scenario + " 2>&1");
   CHECK(r.code == 2);
   CHECK(r.out.find("nothing to calibrate") != std::string::npos);
-  std::remove(path.c_str());
 }
 
 TEST_CASE("the stage balancer never loses to the FLOPs-balanced partition", "[calibrate]") {

@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "../temp_dir.h"
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -16,28 +18,11 @@
 #include "tests/test_paths.h"
 
 using namespace tandem;
+using tandem::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("tandem-rules-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string p = (path / name).string();
-    std::ofstream(p, std::ios::binary) << text;
-    return p;
-  }
-};
 
 const std::string kShippedRules = "sim/calibration/kernel-rules.yaml";
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/subprocess.h"
+#include "../temp_dir.h"
 #include "../test_paths.h"
 
 using tandem::test::repo;
@@ -137,8 +138,9 @@ TEST_CASE("compute tasks take the same time whether or not a transfer starts bes
   // The SM budget is the kernels' launch configuration, not a guess at the moment a task starts:
   // every instance of a compute task of one block lasts the same in every slot, in both the
   // replicated and the all-GPU grouped tier.
+  const tandem::test::TempDir dir;
   for (const char* tier : {"replicated", "grouped"}) {
-    const std::string trace = std::string("/tmp/tandem_tests_sm_budget_") + tier + ".json";
+    const std::string trace = dir.file(std::string(tier) + ".json");
     simulate("scenarios/tiny-sim-128.yaml", std::string("--fidelity ") + tier + " --trace " + trace + " --trace-gpus 128");
     std::ifstream in(trace);
     const auto j = nlohmann::json::parse(in);
@@ -163,7 +165,6 @@ TEST_CASE("compute tasks take the same time whether or not a transfer starts bes
       INFO(tier << " " << key.first << " block " << key.second);
       CHECK(mm.second == Approx(mm.first).epsilon(1e-9));
     }
-    std::remove(trace.c_str());
   }
 }
 
