@@ -150,6 +150,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
 
     // Classify every trace; keep the kernels whose phase is a task kind.
     std::vector<Classification> classified;
+    classified.reserve(traces.size());  // Measured points into these: no reallocation
     std::vector<Measured> ms;
     bool tandem_format = false, profiler_format = false;
     for (size_t ti = 0; ti < traces.size(); ++ti) {
