@@ -71,10 +71,11 @@ int main(int argc, char** argv) {
   si->add_option("scenario", simulate.path, "scenario file")->required();
   si->add_option("--set", simulate.overrides, "override a scenario key (repeatable)");
   si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON) of the first GPUs");
-  si->add_option("--trace-gpus", simulate.trace_gpus, "how many GPUs the trace covers (default 16)")
+  si->add_option("--trace-gpus", simulate.trace_gpus, "trace GPUs 0..N-1 instead (global ids: GPU = pipeline rank x dp + replica); default: one GPU per pipeline rank")
       ->check(CLI::Range(1, 1 << 20));
   si->add_option("--fidelity", simulate.fidelity, "auto (default: replicated for balanced routing, grouped for skewed), replicated (one pipeline replica, analytic all-to-all), grouped (every GPU, each all-to-all an EP-group collective with analytic time), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
   si->add_option("--calibration", simulate.calibration, "kernel cost data, repeatable, laid over the scenario's `calibration:` list: overlays (`tandem calibrate` output) and `tandem bench ... --json` outputs; a complete calibration file replaces the list");
+  si->add_option("--tokens", simulate.training_tokens, "training tokens the days and cost are given for (default 14.8e12, DeepSeek-V3's pre-training)");
   si->add_flag("--json", simulate.json, "print one JSON object on stdout instead of text");
   si->add_flag("--progress", simulate.progress, "report progress on stderr");
 

@@ -40,12 +40,12 @@ struct TempFile {
   ~TempFile() { std::remove(path.c_str()); }
 };
 
-// One child `tandem simulate --json`, optionally tracing the first `trace_gpus` GPUs.
+// One child `tandem simulate --json`, optionally tracing one GPU per pipeline rank.
 nlohmann::json simulate(const ValidateOptions& o, const std::string& scenario, const std::string& extra,
-                        const std::string& trace = "", int trace_gpus = 0) {
+                        const std::string& trace = "") {
   TempFile err;
   std::string cmd = quote(o.self) + " simulate " + quote(shipped_data_path(scenario)) + " --json " + extra;
-  if (!trace.empty()) cmd += " --trace " + quote(trace) + " --trace-gpus " + std::to_string(trace_gpus);
+  if (!trace.empty()) cmd += " --trace " + quote(trace);
   const ProcessRun r = run_process(cmd + " 2>" + quote(err.path));
   if (r.code != 0) {
     std::ifstream in(err.path);
@@ -100,7 +100,7 @@ Result<nlohmann::json> validate_command(const ValidateOptions& o, std::string& t
     const std::string v3 = "scenarios/deepseek-v3-2048.yaml";
     const int middle_rank = 7, dp = 128;
     TempFile trace;
-    const nlohmann::json v3_run = simulate(o, v3, "", trace.path, middle_rank * dp + 1);
+    const nlohmann::json v3_run = simulate(o, v3, "", trace.path);
     std::ifstream tin(trace.path);
     nlohmann::json events;
     try {

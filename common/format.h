@@ -16,4 +16,20 @@ std::string strprintf(const char* format, Args... args) {
   return out;
 }
 
+// A duration with the unit that keeps it readable: "18.969 s", "2.054 ms", "35.2 us".
+inline std::string format_seconds(double s) {
+  if (s == 0.0) return "0 s";
+  if (s >= 1.0) return strprintf("%.3f s", s);
+  if (s >= 1e-3) return strprintf("%.3f ms", s * 1e3);
+  return strprintf("%.1f us", s * 1e6);
+}
+
+// A token count the way people say it: "14.8T", "62.9M".
+inline std::string format_count(double n) {
+  if (n >= 1e12) return strprintf("%.3gT", n / 1e12);
+  if (n >= 1e9) return strprintf("%.3gB", n / 1e9);
+  if (n >= 1e6) return strprintf("%.3gM", n / 1e6);
+  return strprintf("%.0f", n);
+}
+
 }  // namespace tandem

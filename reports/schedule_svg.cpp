@@ -41,7 +41,8 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   const double unit = std::clamp(1800.0 / std::max(1.0, run.step_time), 14.0, 40.0);  // px per time unit: numbers stay readable
   const double row = 30, left = 70, top = 48;
   const double width = left + run.step_time * unit + 20;
-  const double height = top + row * s.ranks + 78;
+  const double axis = 24;  // the time axis under the ranks
+  const double height = top + row * s.ranks + axis + 78;
   const double font = std::clamp(unit * std::min(c.F, c.W) * 0.55, 5.0, 12.0);
   // Which shade a chunk gets: the path for DualPipe, the half of the V for DualPipeV.
   auto shade = [&](const Chunk& ch) {
@@ -87,8 +88,25 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
       }
     }
   }
+  // Time axis, in unit-cost time: a tick every `tick` units, at least 60 px apart.
+  {
+    const double y0 = top + row * s.ranks + 2;
+    double tick = 1;
+    for (double step : {1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0})
+      if (step * unit >= 60) {
+        tick = step;
+        break;
+      }
+    o += strprintf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\"/>\n", left, y0, left + run.step_time * unit, y0);
+    for (double t = 0; t <= run.step_time + 1e-9; t += tick) {
+      const double x = left + t * unit;
+      o += strprintf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\"/>\n", x, y0, x, y0 + 5);
+      o += strprintf("<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" text-anchor=\"middle\" fill=\"#444\">%g</text>\n", x, y0 + 16, t);
+    }
+    o += strprintf("<text x=\"8\" y=\"%.1f\" font-size=\"10\" fill=\"#444\">time (units)</text>\n", y0 + 16);
+  }
   // Legend.
-  const double ly = top + row * s.ranks + 18;
+  const double ly = top + row * s.ranks + axis + 18;
   double lx = left;
   auto legend = [&](Colour col, const char* text, bool split, Colour col2) {
     if (split) {

@@ -336,7 +336,8 @@ class GpuRunner {
       comm_running_ = -1;
       comm_intervals_.push_back({begin, now});
     }
-    if (gpu_ < w_.options->trace_gpus) {
+    const bool traced = w_.options->trace && (w_.options->trace_gpus > 0 ? gpu_ < w_.options->trace_gpus : replica_ == 0);
+    if (traced) {
       const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
       w_.events.push_back(TraceEvent{gpu_, rank_, to_string(t.stream), to_string(t.kind), t.block,
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,

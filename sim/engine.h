@@ -56,7 +56,10 @@ struct SimOptions {
   // `tandem bench --json` outputs. `tandem simulate --calibration` adds them to the scenario
   // instead, so the stage balancer weighs with them too.
   std::vector<std::string> calibration;
-  int trace_gpus = 0;       // record trace events of the first N GPUs (0: none)
+  bool trace = false;       // record trace events of ...
+  // ... one GPU per pipeline rank (each rank's first replica: every simulated rank in the
+  // replicated tier) when 0, or of GPUs 0..N-1 (global ids: rank * dp + replica) when N > 0.
+  int trace_gpus = 0;
   bool progress = false;
 };
 

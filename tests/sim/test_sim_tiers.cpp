@@ -5,6 +5,7 @@
 
 #include <array>
 #include <map>
+#include <set>
 #include <fstream>
 #include <cstdio>
 #include <sys/wait.h>
@@ -191,4 +192,28 @@ TEST_CASE("the balancer's program estimate tracks the simulator", "[simtier]") {
     INFO(scenario << ": estimate " << estimate << " s, simulated " << step << " s");
     CHECK(estimate == Approx(step).epsilon(0.05));
   }
+}
+
+TEST_CASE("simulate's output: versioned JSON, a chosen token budget, readable units, every rank traced", "[simtier]") {
+  const auto j = simulate("scenarios/tiny-sim-128.yaml", "--tokens 1e12");
+  CHECK(j["schema_version"].get<int>() >= 2);
+  CHECK(!j["tandem_version"].get<std::string>().empty());
+  CHECK(j["training_tokens"].get<double>() == 1e12);
+  const double step = j["step_time_s"].get<double>(), tokens = j["tokens_per_step"].get<double>();
+  CHECK(j["days_for_training_tokens"].get<double>() == Approx(1e12 / tokens * step / 86400.0));
+  // A millisecond step prints in milliseconds, not as 0.000 s; the breakdown comes most first.
+  const Run text = tandem_run("simulate " + repo("scenarios/tiny-sim-128.yaml"));
+  REQUIRE(text.code == 0);
+  CHECK(text.out.find(" ms ") != std::string::npos);
+  CHECK(text.out.find("0.000 s") == std::string::npos);
+  // The default trace holds one GPU per pipeline rank (the replicated tier's simulated GPUs).
+  const tandem::test::TempDir dir;
+  const std::string trace = dir.file("ranks.json");
+  simulate("scenarios/tiny-sim-128.yaml", "--trace " + trace);
+  std::ifstream in(trace);
+  const auto events = nlohmann::json::parse(in);
+  std::set<int> gpus;
+  for (const auto& e : events["traceEvents"])
+    if (e["ph"] == "X") gpus.insert(e["pid"].get<int>());
+  CHECK(gpus.size() == 4);  // PP4
 }
