@@ -2,7 +2,7 @@
 // they are checked against — reports/validation/README.md is this command's output.
 //
 // Kernel level, against DeepSeek's profiler trace of V3 training (what `tandem calibrate`
-// recorded in sim/calibration/deepseek-v3-h800-train.yaml, so ../shared is not needed): per task
+// recorded in sim/calibration/deepseek-v3-h800-train.yaml, so the trace itself is not needed): per task
 // kind the measured time, the calibrated model's, and the simulated default scenario's on its
 // middle pipeline rank; the middle rank's overlapped F&B chunk pair against the trace's span.
 // Step level, against published end-to-end figures that no parameter was fitted to: the V3

@@ -64,7 +64,11 @@ YAML::Node parse_card_file(const std::string& path) {
   if (!in) throw_input_error(path, "", "cannot open the file");
   std::stringstream buf;
   buf << in.rdbuf();
-  return parse_card_text(buf.str(), path);
+  YAML::Node n = parse_card_text(buf.str(), path);
+  // An empty file is most often the output of a command that failed (`tandem bench ... > file`):
+  // say so rather than "expected a map, got null" further down.
+  if (n.IsNull()) throw_input_error(path, "", "the file is empty (no keys); was it written by a command that failed?");
+  return n;
 }
 
 YAML::Node parse_card_text(const std::string& text, const std::string& source) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <numeric>
 #include <regex>
@@ -157,7 +158,8 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       const ChromeTrace& t = traces[ti];
       classified.push_back(classify(t, rules));
       const Classification& c = classified.back();
-      d.inputs.push_back(t.file + " (sha256 " + t.sha256 + ", " + std::to_string(c.kernels_total) + (t.format == "tandem" ? " task events" : " GPU events") +
+      // The file's name and digest identify it; its directory is a detail of the machine it was on.
+      d.inputs.push_back(std::filesystem::path(t.file).filename().string() + " (sha256 " + t.sha256 + ", " + std::to_string(c.kernels_total) + (t.format == "tandem" ? " task events" : " GPU events") +
                          (t.device_name.empty() ? "" : ", " + t.device_name) +
                          (t.trace_name.empty() ? "" : ", " + t.trace_name) + ")");
       {

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "common/card_reader.h"
+#include "../temp_dir.h"
 
 using namespace tandem;
 
@@ -82,4 +83,14 @@ TEST_CASE("unparseable text is an input error, not a crash", "[cards]") {
   CHECK(e.reason.find("not valid YAML") != std::string::npos);
   e = error_of([&] { parse_card_file("/nonexistent/x.yaml"); });
   CHECK(e.reason.find("cannot open") != std::string::npos);
+}
+
+TEST_CASE("an empty file says it is empty (the output of a command that failed)", "[cards]") {
+  test::TempDir dir("card-reader");
+  for (const char* text : {"", "\n  \n", "# only a comment\n"}) {
+    const auto path = dir.write("bench.json", text);
+    auto e = error_of([&] { parse_card_file(path); });
+    CHECK(e.file == path);
+    CHECK(e.reason.find("the file is empty") != std::string::npos);
+  }
 }

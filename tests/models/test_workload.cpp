@@ -1,5 +1,5 @@
-// The workload model against the published figures (reference: ../shared/reference/deepseek-v3.md
-// §1.2, §1.3, §12, §15) and against its own invariants.
+// The workload model against the published figures (the DeepSeek-V2/V3 reports and the models'
+// Hugging Face config.json) and against its own invariants.
 #include <catch2/catch.hpp>
 
 #include <cmath>
