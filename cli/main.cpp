@@ -11,6 +11,7 @@
 #include "cli/calibrate_command.h"
 #include "cli/describe_command.h"
 #include "cli/execute_command.h"
+#include "cli/keys_command.h"
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
 #include "cli/simulate_command.h"
@@ -65,12 +66,17 @@ int main(int argc, char** argv) {
   sc->add_flag("--json", schedule.json, "print one JSON object on stdout instead of text");
   sc->add_option("--unit-costs", schedule.unit_costs, "slot durations F,B,W,FB (default 1,2,1,3)");
 
+  tandem::KeysOptions keys;
+  auto* ke = app.add_subcommand("keys", "The reference of every card key: type, accepted values, default (docs/card-keys.md)");
+  ke->add_option("--out", keys.out, "write the Markdown reference here");
+  ke->add_option("--check", keys.check, "compare a committed reference with the card readers (exit 2 if out of date)");
+
 #if TANDEM_HAVE_SIM
   tandem::SimulateOptions simulate;
   auto* si = app.add_subcommand("simulate", "Predict one training step on the modelled cluster (SimGrid)");
   si->add_option("scenario", simulate.path, "scenario file")->required();
   si->add_option("--set", simulate.overrides, "override a scenario key (repeatable)");
-  si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON) of the first GPUs");
+  si->add_option("--trace", simulate.trace, "write a Perfetto/Chrome trace (JSON): one GPU per pipeline rank unless --trace-gpus");
   si->add_option("--trace-gpus", simulate.trace_gpus, "trace GPUs 0..N-1 instead (global ids: GPU = pipeline rank x dp + replica); default: one GPU per pipeline rank")
       ->check(CLI::Range(1, 1 << 20));
   si->add_option("--fidelity", simulate.fidelity, "auto (default: replicated for balanced routing, grouped for skewed), replicated (one pipeline replica, analytic all-to-all), grouped (every GPU, each all-to-all an EP-group collective with analytic time), aggregated (every GPU, DeepEP flows) or per_pair (every GPU, per-pair flows)");
@@ -158,6 +164,12 @@ int main(int argc, char** argv) {
     if (*sc) return emit(tandem::schedule(schedule, text), schedule.json, text);
     if (*d) return emit(tandem::describe(describe, text), describe.json, text);
     if (*be) return emit(tandem::bench_command(bench, text), bench.json, text);
+    if (*ke) {
+      auto r = tandem::keys_command(keys);
+      if (!r) return report(r.error());
+      std::cout << r.value();
+      return 0;
+    }
     if (*ex) {
       bool leader = true;
       tandem::ExecuteFailure failure;

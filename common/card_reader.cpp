@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 namespace tandem {
@@ -81,6 +82,46 @@ YAML::Node parse_card_text(const std::string& text, const std::string& source) {
   }
 }
 
+namespace {
+thread_local KeyRecording* active_recording = nullptr;
+
+std::string range_text(double min, double max, bool whole) {
+  auto num = [&](double v) { return whole ? std::to_string(static_cast<int64_t>(v)) : format_number(v); };
+  const bool open_top = whole ? max >= 9.2e18 : max >= 1e300;
+  const bool open_bottom = whole ? min <= -9.2e18 : min <= -1e300;
+  if (open_top && open_bottom) return "";
+  if (open_top) return ">= " + num(min);
+  if (open_bottom) return "<= " + num(max);
+  return "[" + num(min) + ", " + num(max) + "]";
+}
+
+std::string choices_text(std::initializer_list<std::string_view> allowed) {
+  std::string list;
+  for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+  return list;
+}
+}  // namespace
+
+KeyRecording::KeyRecording() : outer_(active_recording) { active_recording = this; }
+KeyRecording::~KeyRecording() { active_recording = outer_; }
+
+void KeyRecording::note(KeySpec spec) {
+  static const std::regex index(R"(\[[0-9]+\])");
+  spec.key = std::regex_replace(spec.key, index, "[]");
+  auto [it, fresh] = seen_.emplace(std::make_pair(spec.file, spec.key), keys_.size());
+  if (fresh) {
+    keys_.push_back(std::move(spec));
+  } else if (keys_[it->second].weak && !spec.weak) {
+    keys_[it->second] = std::move(spec);
+  }
+}
+
+void CardReader::note(std::string_view key, std::string type, std::string allowed,
+                      std::string fallback) const {
+  if (active_recording)
+    active_recording->note({file_, path(key), std::move(type), std::move(allowed), std::move(fallback)});
+}
+
 CardReader::CardReader(YAML::Node map, std::string file, std::string prefix,
                        std::shared_ptr<const OriginMap> origins)
     : node_(std::move(map)), file_(std::move(file)), prefix_(std::move(prefix)),
@@ -140,6 +181,7 @@ YAML::Node CardReader::scalar(std::string_view key, bool required) {
 }
 
 int64_t CardReader::integer(std::string_view key, int64_t min, int64_t max) {
+  note(key, "whole number", range_text(double(min), double(max), true), "required");
   YAML::Node n = scalar(key, true);
   auto v = parse_integer(n.Scalar());
   if (!v) fail(key, "expected a whole number, got " + quoted(n));
@@ -150,6 +192,7 @@ int64_t CardReader::integer(std::string_view key, int64_t min, int64_t max) {
 }
 
 int64_t CardReader::integer_or(std::string_view key, int64_t fallback, int64_t min, int64_t max) {
+  note(key, "whole number", range_text(double(min), double(max), true), std::to_string(fallback));
   if (!has(key)) {
     used_.insert(std::string(key));
     return fallback;
@@ -159,6 +202,7 @@ int64_t CardReader::integer_or(std::string_view key, int64_t fallback, int64_t m
 
 std::optional<int64_t> CardReader::optional_integer(std::string_view key, int64_t min,
                                                     int64_t max) {
+  note(key, "whole number", range_text(double(min), double(max), true), "optional (null: none)");
   if (!has(key)) {
     used_.insert(std::string(key));
     return std::nullopt;
@@ -167,6 +211,7 @@ std::optional<int64_t> CardReader::optional_integer(std::string_view key, int64_
 }
 
 double CardReader::number(std::string_view key, double min, double max) {
+  note(key, "number", range_text(min, max, false), "required");
   YAML::Node n = scalar(key, true);
   auto v = parse_number(n.Scalar());
   if (!v) fail(key, "expected a finite number, got " + quoted(n));
@@ -177,6 +222,7 @@ double CardReader::number(std::string_view key, double min, double max) {
 }
 
 double CardReader::number_or(std::string_view key, double fallback, double min, double max) {
+  note(key, "number", range_text(min, max, false), format_number(fallback));
   if (!has(key)) {
     used_.insert(std::string(key));
     return fallback;
@@ -185,6 +231,7 @@ double CardReader::number_or(std::string_view key, double fallback, double min, 
 }
 
 bool CardReader::boolean(std::string_view key) {
+  note(key, "true/false", "", "required");
   YAML::Node n = scalar(key, true);
   const std::string& s = n.Scalar();
   if (s == "true" || s == "True" || s == "TRUE") return true;
@@ -193,6 +240,7 @@ bool CardReader::boolean(std::string_view key) {
 }
 
 bool CardReader::boolean_or(std::string_view key, bool fallback) {
+  note(key, "true/false", "", fallback ? "true" : "false");
   if (!has(key)) {
     used_.insert(std::string(key));
     return fallback;
@@ -201,12 +249,14 @@ bool CardReader::boolean_or(std::string_view key, bool fallback) {
 }
 
 std::string CardReader::text(std::string_view key) {
+  note(key, "text", "", "required");
   YAML::Node n = scalar(key, true);
   if (n.Scalar().empty()) fail(key, "must not be empty");
   return n.Scalar();
 }
 
 std::string CardReader::text_or(std::string_view key, std::string fallback) {
+  note(key, "text", "", fallback.empty() ? "(empty)" : fallback);
   if (!has(key)) {
     used_.insert(std::string(key));
     return fallback;
@@ -216,6 +266,7 @@ std::string CardReader::text_or(std::string_view key, std::string fallback) {
 
 std::string CardReader::choice(std::string_view key,
                                std::initializer_list<std::string_view> allowed) {
+  note(key, "one of", choices_text(allowed), "required");
   std::string v = text(key);
   std::string list;
   for (auto a : allowed) {
@@ -227,6 +278,7 @@ std::string CardReader::choice(std::string_view key,
 
 std::string CardReader::choice_or(std::string_view key, std::string fallback,
                                   std::initializer_list<std::string_view> allowed) {
+  note(key, "one of", choices_text(allowed), fallback.empty() ? "(none)" : fallback);
   if (!has(key)) {
     used_.insert(std::string(key));
     return fallback;
@@ -236,6 +288,7 @@ std::string CardReader::choice_or(std::string_view key, std::string fallback,
 
 std::vector<int64_t> CardReader::integer_list(std::string_view key, int64_t min, int64_t max,
                                               size_t max_len) {
+  note(key, "list of whole numbers", range_text(double(min), double(max), true), "required");
   used_.insert(std::string(key));
   YAML::Node n = get(key);
   if (!n.IsDefined() || n.IsNull()) fail(key, "missing (required)");
@@ -257,6 +310,7 @@ std::vector<int64_t> CardReader::integer_list(std::string_view key, int64_t min,
 }
 
 CardReader CardReader::section(std::string_view key) {
+  note(key, "section", "", "required");
   used_.insert(std::string(key));
   YAML::Node n = get(key);
   if (!n.IsDefined() || n.IsNull()) fail(key, "missing (required section)");
@@ -265,6 +319,7 @@ CardReader CardReader::section(std::string_view key) {
 }
 
 std::optional<CardReader> CardReader::optional_section(std::string_view key) {
+  note(key, "section", "", "optional");
   used_.insert(std::string(key));
   YAML::Node n = get(key);
   if (!n.IsDefined() || n.IsNull()) return std::nullopt;
@@ -272,7 +327,18 @@ std::optional<CardReader> CardReader::optional_section(std::string_view key) {
   return CardReader(n, file_, path(key) + ".", origins_);
 }
 
-void CardReader::ignore(std::string_view key) { used_.insert(std::string(key)); }
+void CardReader::ignore(std::string_view key) {
+  if (active_recording) {
+    KeySpec spec{file_, path(key), "accepted, no bearing on results", "", "optional", true};
+    active_recording->note(std::move(spec));
+  }
+  used_.insert(std::string(key));
+}
+
+void CardReader::read_whole(std::string_view key, std::string what) {
+  note(key, std::move(what), "", "optional");
+  used_.insert(std::string(key));
+}
 
 void CardReader::finish() const {
   for (auto it = node_.begin(); it != node_.end(); ++it) {

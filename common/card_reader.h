@@ -62,6 +62,9 @@ class CardReader {
   std::optional<CardReader> optional_section(std::string_view key);
 
   void ignore(std::string_view key);  // accepted, with no bearing on tandem's results
+  // Marks a key its loader reads as a whole through node() (a list of rows, another card's
+  // keys); `what` describes it for the key reference.
+  void read_whole(std::string_view key, std::string what);
   void finish() const;                // throws on the first key never read nor ignored
 
   std::string path(std::string_view key) const;  // prefix + key
@@ -71,6 +74,7 @@ class CardReader {
 
  private:
   YAML::Node scalar(std::string_view key, bool required);
+  void note(std::string_view key, std::string type, std::string allowed, std::string fallback) const;
   YAML::Node get(std::string_view key) const;
 
   YAML::Node node_;
@@ -78,6 +82,34 @@ class CardReader {
   std::string prefix_;
   std::shared_ptr<const OriginMap> origins_;
   std::set<std::string, std::less<>> used_;
+};
+
+// What one typed accessor of a CardReader was asked for: the reference of card keys
+// (`tandem keys`) is recorded from the readers themselves, so it cannot drift from them.
+struct KeySpec {
+  std::string file;      // the card the key was read from
+  std::string key;       // dotted path; list indices written as []
+  std::string type;      // "whole number", "number", "true/false", "text", "one of", "section", ...
+  std::string allowed;   // range or choices ("" if any value of the type)
+  std::string fallback;  // the default when absent; "required", or "optional" (no default)
+  bool weak = false;     // from ignore(): a later typed read of the key replaces it
+};
+
+// While one is alive, every CardReader on this thread records the keys it is asked for
+// (the first request of a file's key wins: `_or` accessors record their default first).
+class KeyRecording {
+ public:
+  KeyRecording();
+  ~KeyRecording();
+  KeyRecording(const KeyRecording&) = delete;
+  KeyRecording& operator=(const KeyRecording&) = delete;
+  const std::vector<KeySpec>& keys() const { return keys_; }
+  void note(KeySpec spec);
+
+ private:
+  KeyRecording* outer_;
+  std::vector<KeySpec> keys_;
+  std::map<std::pair<std::string, std::string>, size_t> seen_;  // (file, key) -> index in keys_
 };
 
 // Formats a number the way messages show it (no trailing zeros).

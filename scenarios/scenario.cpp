@@ -178,8 +178,8 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   s.cluster = read_cluster_card(cref.node, cref.file, cref.origins);
 
   CardReader r(root, path, "", origins);
-  r.ignore("model");
-  r.ignore("cluster");
+  r.read_whole("model", "section: model card keys over the card's values");
+  r.read_whole("cluster", "section: cluster card keys over the card's values");
   s.name = r.text_or("name", fs::path(path).stem().string());
   s.description = r.text_or("description", "");
   s.gpus = r.integer_or("gpus", s.cluster.gpus(), 1, kMaxGpus);
@@ -196,13 +196,13 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   s.plan.ep = plan.integer_or("ep", 1, 1, 65536);
   s.plan.zero_stage = plan.integer_or("zero_stage", 1, 0, 1);
   s.plan.dp_overlap = plan.boolean_or("dp_overlap", false);
-  plan.ignore("dp");
   if (s.gpus % (s.plan.pp * s.plan.tp) != 0)
     plan.fail("pp", "GPUs (" + std::to_string(s.gpus) + ") are not a whole number of pipelines of " +
                         std::to_string(s.plan.pp) + " ranks: pp x dp must equal the GPU count");
   s.plan.dp = s.gpus / (s.plan.pp * s.plan.tp);
-  if (plan.has("dp")) {
-    const int64_t dp = plan.integer("dp", 1, kMaxGpus);
+  // Optional: a check of the GPU count's split, which the plan's other keys already fix.
+  if (const auto given = plan.optional_integer("dp", 1, kMaxGpus)) {
+    const int64_t dp = *given;
     if (dp != s.plan.dp)
       plan.fail("dp", "pp x dp = " + std::to_string(s.plan.pp * dp) + " does not match the " +
                           std::to_string(s.gpus) + " GPUs (dp would be " + std::to_string(s.plan.dp) + ")");
@@ -227,9 +227,8 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
                     : kind == "zb1p" ? ScheduleKind::zb1p
                     : kind == "dualpipe" ? ScheduleKind::dualpipe
                                          : ScheduleKind::dualpipev;
+  sched.read_whole("stage_layers", "list of whole numbers: layers per pipeline stage (absent: balanced by cost)");
   if (sched.has("stage_layers")) s.schedule.stage_layers = sched.integer_list("stage_layers", 0, 4096);
-  sched.ignore("stage_layers");
-  sched.ignore("micro_batches");
 
   CardReader batch = r.section("batch");
   s.batch.global_sequences = batch.integer("global_sequences", 1, int64_t{1} << 30);
@@ -246,7 +245,8 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
                                        std::to_string(s.plan.dp));
   batch.finish();
   const int64_t C = s.micro_batches();
-  if (sched.has("micro_batches") && sched.integer("micro_batches", 1, int64_t{1} << 30) != C)
+  // Optional: a check of the count the batch keys already fix.
+  if (const auto given = sched.optional_integer("micro_batches", 1, int64_t{1} << 30); given && *given != C)
     sched.fail("micro_batches", "the batch gives " + std::to_string(C) +
                                     " micro-batches per pipeline (global_sequences / (dp x micro_batch_sequences))");
   const int64_t P = s.plan.pp;
@@ -321,7 +321,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
       s.calibration.push_back(f.lexically_normal().string());
     }
   }
-  r.ignore("calibration");
+  r.read_whole("calibration", "a calibration file or a list of them");
   if (auto rt = r.optional_section("routing")) {
     const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed"});
     s.routing.model = model == "skewed" ? RoutingModel::skewed : RoutingModel::balanced;

@@ -57,7 +57,7 @@ void read_rows(CardReader& r, const char* key, size_t width, Dtype dtype, std::v
     g.tflops = v[o + 3];
     out.push_back(g);
   }
-  r.ignore(key);
+  r.read_whole(key, width == 5 ? "list of [groups, m, n, k, tflops]" : "list of [m, n, k, tflops]");
 }
 
 // Detailed rows: {dtype, role, groups, m, n, k, tflops, sms, kernels, source}.
@@ -90,7 +90,7 @@ void read_detailed_rows(CardReader& r, std::vector<GemmMeasurement>& out) {
     row.finish();
     out.push_back(g);
   }
-  r.ignore("gemms");
+  r.read_whole("gemms", "list of rows (gemms[] keys)");
 }
 
 std::array<double, kA2AKinds> read_per_kind(CardReader& r, const char* key, double min, double max, double unset) {

@@ -54,6 +54,7 @@ std::optional<std::regex> optional_regex(CardReader& r, const char* key) {
 
 // A list of strings under `key` (absent: empty).
 std::vector<std::string> text_list(CardReader& r, const char* key) {
+  if (r.has(key)) r.read_whole(key, "list of texts");
   r.ignore(key);
   std::vector<std::string> out;
   if (!r.has(key)) return out;
@@ -109,7 +110,7 @@ KernelRules parse_rules(const std::string& path, const std::string& text) {
   for (size_t i = 0; i < comm.size(); ++i)
     rules.comm_ops.push_back(op_class(r, "comm_ops[" + std::to_string(i) + "]", comm[i]));
 
-  r.ignore("rules");
+  r.read_whole("rules", "list of rules (rules[] keys)");
   if (!r.has("rules")) r.fail("rules", "missing (required)");
   const YAML::Node list = r.node()["rules"];
   if (!list.IsSequence() || list.size() == 0) r.fail("rules", "expected a non-empty list of rules");

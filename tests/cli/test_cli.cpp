@@ -120,3 +120,22 @@ TEST_CASE("schedule --json reports bubbles and peak activations per rank", "[cli
   CHECK(r.code == 2);
   CHECK(r.out.find("schedule.kind") != std::string::npos);
 }
+
+TEST_CASE("keys: docs/card-keys.md is what the card readers accept today", "[cli]") {
+  // Regenerate with: tandem keys --out docs/card-keys.md
+  const Run current = run("keys --check " + repo("docs/card-keys.md"));
+  INFO(current.out);
+  CHECK(current.code == 0);
+
+  const Run stale = run("keys --check " + repo("README.md"));
+  CHECK(stale.code == 2);
+  CHECK(stale.out.find("out of date with the card readers") != std::string::npos);
+
+  const Run reference = run_stdout("keys");
+  REQUIRE(reference.code == 0);
+  for (const char* row : {"| `hidden_size` | whole number | `[1, 1048576]` | required |",
+                          "| `plan.ep` | whole number | `[1, 65536]` | `1` |",
+                          "| `schedule.kind` | one of | `1f1b, zb1p, dualpipe, dualpipev` | required |",
+                          "| `gemms[].tflops` | number |", "| `rules[].op` | text |"})
+    CHECK(reference.out.find(row) != std::string::npos);
+}

@@ -94,3 +94,33 @@ TEST_CASE("an empty file says it is empty (the output of a command that failed)"
     CHECK(e.reason.find("the file is empty") != std::string::npos);
   }
 }
+
+TEST_CASE("a KeyRecording lists the keys readers ask for, with type, range and default", "[cards]") {
+  KeyRecording recording;
+  CardReader r(parse_card_text("a: 3\nrows: [{x: 1}, {x: 2}]\nnote: hi\n", "t.yaml"), "t.yaml");
+  r.integer("a", 1, 10);
+  r.number_or("b", 0.5, 0, 1);
+  r.choice_or("c", "one", {"one", "two"});
+  r.ignore("note");
+  r.text("note");  // a typed read replaces the ignore
+  for (size_t i = 0; i < 2; ++i) {
+    const std::string k = "rows[" + std::to_string(i) + "]";
+    CardReader row(r.node()["rows"][i], "t.yaml", k + ".");
+    row.integer("x", 0, int64_t{1} << 62);
+  }
+  r.read_whole("rows", "list of rows");
+  const auto& keys = recording.keys();
+  REQUIRE(keys.size() == 6);
+  CHECK(keys[0].key == "a");
+  CHECK(keys[0].type == "whole number");
+  CHECK(keys[0].allowed == "[1, 10]");
+  CHECK(keys[0].fallback == "required");
+  CHECK(keys[1].fallback == "0.5");
+  CHECK(keys[2].allowed == "one, two");
+  CHECK(keys[3].key == "note");
+  CHECK(keys[3].type == "text");
+  CHECK(keys[4].key == "rows[].x");  // one entry for every row
+  CHECK(keys[4].allowed == "[0, 4611686018427387904]");
+  CHECK(keys[5].key == "rows");
+  CHECK(keys[5].type == "list of rows");
+}
