@@ -30,7 +30,14 @@ int report(const tandem::InputError& e) {
 int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& text) {
   if (!r) return report(r.error());
   if (json) {
-    std::cout << r.value().dump(2) << "\n";
+    // Every JSON output says which tandem wrote it and which shape it has (a command bumps its
+    // own schema_version when it changes a key's meaning or removes one).
+    nlohmann::json out = r.value();
+    if (out.is_object()) {
+      if (!out.contains("schema_version")) out["schema_version"] = 1;
+      if (!out.contains("tandem_version")) out["tandem_version"] = TANDEM_VERSION;
+    }
+    std::cout << out.dump(2) << "\n";
   } else {
     std::cout << text;
   }
@@ -42,7 +49,7 @@ int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& 
 int main(int argc, char** argv) {
   CLI::App app{"tandem: plan and verify large mixture-of-experts training runs"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "tandem 0.1");
+  app.set_version_flag("--version", std::string("tandem ") + TANDEM_VERSION);
 
   tandem::DescribeOptions describe;
   auto* d = app.add_subcommand("describe",

@@ -115,7 +115,7 @@ Result<Calibration> load_calibration(const std::string& path) {
     const bool bench = doc.IsMap() && doc["calibration"] && doc["results"];
     CardReader top(doc, path);
     if (bench)
-      for (const char* k : {"results", "device", "timing", "calibration_sm_count_target"}) top.ignore(k);
+      for (const char* k : {"results", "device", "timing", "calibration_sm_count_target", "schema_version", "tandem_version"}) top.ignore(k);
     CardReader r = bench ? top.section("calibration") : top;
     Calibration c;
     c.file = path;

@@ -139,3 +139,17 @@ TEST_CASE("keys: docs/card-keys.md is what the card readers accept today", "[cli
                           "| `gemms[].tflops` | number |", "| `rules[].op` | text |"})
     CHECK(reference.out.find(row) != std::string::npos);
 }
+
+TEST_CASE("every --json output names tandem's version and its schema version", "[cli]") {
+  const std::pair<const char*, const char*> runs[] = {{"describe", "scenarios/tiny-1f1b.yaml"},
+                                                      {"schedule", "scenarios/tiny-1f1b.yaml"},
+                                                      {"describe", "models/deepseek-v3.yaml"}};
+  for (const auto& [command, card] : runs) {
+    const Run r = run_stdout(std::string(command) + " " + repo(card) + " --json");
+    INFO(command << " " << card);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    CHECK(j.at("schema_version").get<int>() >= 1);
+    CHECK(!j.at("tandem_version").get<std::string>().empty());
+  }
+}
