@@ -31,6 +31,12 @@ struct TaskWork {
   // All-to-alls: tokens this GPU sends and bytes per token copy (dispatch- or combine-shaped);
   // the block's RoutingPattern says where the copies go.
   double tokens = 0, bytes_per_copy = 0;
+
+  // What a trace event of the task records, the same in both engines so traces compare by
+  // rate: the FLOPs of its kernels; the bytes a compute task moves through HBM, or those a
+  // communication task sends.
+  double trace_flops() const { return compute.flops(); }
+  double trace_bytes(Stream stream) const { return stream == Stream::comm ? bytes : compute.bytes(); }
 };
 
 TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int rank, const Task& t);

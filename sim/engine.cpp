@@ -341,7 +341,7 @@ class GpuRunner {
       const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
       w_.events.push_back(TraceEvent{gpu_, rank_, to_string(t.stream), to_string(t.kind), t.block,
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,
-                                     work.compute.flops(), t.stream == Stream::comm ? work.bytes : work.compute.bytes(), t.slot});
+                                     work.trace_flops(), work.trace_bytes(t.stream), t.slot});
     }
     if (t.stream == Stream::compute) compute_intervals_.push_back({begin, now});
   }

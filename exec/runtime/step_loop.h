@@ -22,6 +22,7 @@
 #include "exec/runtime/executor.h"
 #include "exec/runtime/interpreter.h"
 #include "exec/runtime/reference.h"
+#include "scenarios/task_work.h"
 
 namespace tandem::runtime {
 
@@ -176,6 +177,9 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           e.slot = t.slot;
           e.start = tt.start;
           e.end = tt.end;
+          const TaskWork work = task_work(spec.scenario, spec.workload, spec.program, e.rank, t);
+          e.flops = work.trace_flops();
+          e.bytes = work.trace_bytes(t.stream);
           result.trace.events.push_back(e);
         }
       }

@@ -190,6 +190,19 @@ TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
   size_t tasks = 0;
   for (const auto& t : spec.program.tasks) tasks += t.size();
   CHECK(r.trace.events.size() == tasks * static_cast<size_t>(spec.dp));
+  // FLOPs and bytes as the simulator records them (TaskWork::trace_flops/trace_bytes), so the
+  // two engines' traces compare by rate: every layer's forward and backward computes and moves
+  // bytes (ep 1 here: the all-to-alls stay on the GPU and send nothing).
+  for (const TraceEvent& e : r.trace.events) {
+    if (e.block < 0) continue;  // optimizer, data-parallel collectives
+    const Block& b = spec.workload.blocks.at(static_cast<size_t>(e.block));
+    if (b.layer < 0) continue;  // embedding, head: some parts are empty
+    INFO(e.kind << " rank " << e.rank << " " << b.name);
+    if (e.kind == "attn_f" || e.kind == "mlp_f" || e.kind == "attn_b" || e.kind == "mlp_b") {
+      CHECK(e.flops > 0);
+      CHECK(e.bytes > 0);
+    }
+  }
   const auto dir = std::filesystem::temp_directory_path() /
                    ("tandem_runtime_test_" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
   std::filesystem::create_directories(dir);
