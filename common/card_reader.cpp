@@ -117,9 +117,9 @@ void KeyRecording::note(KeySpec spec) {
 }
 
 void CardReader::note(std::string_view key, std::string type, std::string allowed,
-                      std::string fallback) const {
+                      std::string fallback, bool weak) const {
   if (active_recording)
-    active_recording->note({file_, path(key), std::move(type), std::move(allowed), std::move(fallback)});
+    active_recording->note({file_, path(key), std::move(type), std::move(allowed), std::move(fallback), weak});
 }
 
 CardReader::CardReader(YAML::Node map, std::string file, std::string prefix,
@@ -328,10 +328,7 @@ std::optional<CardReader> CardReader::optional_section(std::string_view key) {
 }
 
 void CardReader::ignore(std::string_view key) {
-  if (active_recording) {
-    KeySpec spec{file_, path(key), "accepted, no bearing on results", "", "optional", true};
-    active_recording->note(std::move(spec));
-  }
+  note(key, "accepted, no bearing on results", "", "optional", /*weak=*/true);
   used_.insert(std::string(key));
 }
 

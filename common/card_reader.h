@@ -74,7 +74,8 @@ class CardReader {
 
  private:
   YAML::Node scalar(std::string_view key, bool required);
-  void note(std::string_view key, std::string type, std::string allowed, std::string fallback) const;
+  void note(std::string_view key, std::string type, std::string allowed, std::string fallback,
+            bool weak = false) const;
   YAML::Node get(std::string_view key) const;
 
   YAML::Node node_;

@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "../task_event.h"
 #include "../temp_dir.h"
 
 #include <atomic>
@@ -22,21 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 
-// A task event, its fields set by name (TraceEvent grows fields).
-TraceEvent task(int gpu, const std::string& stream, const std::string& kind, int block, int micro_batch, int stage,
-                double start_s, double end_s) {
-  TraceEvent e;
-  e.gpu = gpu;
-  e.rank = gpu;
-  e.stream = stream;
-  e.kind = kind;
-  e.block = block;
-  e.micro_batch = micro_batch;
-  e.stage = stage;
-  e.start = start_s;
-  e.end = end_s;
-  return e;
-}
+using test::task;
 
 InputError error_of(const std::string& path) {
   Result<ChromeTrace> t = read_chrome_trace(path);

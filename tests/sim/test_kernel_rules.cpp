@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "../task_event.h"
 #include "../temp_dir.h"
 
 #include <atomic>
@@ -77,21 +78,7 @@ InputError rules_error(const TempDir& dir, const std::string& text) {
   return r.error();
 }
 
-// A task event, its fields set by name (TraceEvent grows fields).
-TraceEvent task(int gpu, const std::string& stream, const std::string& kind, int block, int micro_batch, int stage,
-                double start_s, double end_s) {
-  TraceEvent e;
-  e.gpu = gpu;
-  e.rank = gpu;
-  e.stream = stream;
-  e.kind = kind;
-  e.block = block;
-  e.micro_batch = micro_batch;
-  e.stage = stage;
-  e.start = start_s;
-  e.end = end_s;
-  return e;
-}
+using test::task;
 
 TraceKernel gpu_kernel(const std::string& name, int64_t stream, double start, double dur, int device = 0) {
   TraceKernel k;
