@@ -9,9 +9,11 @@
 
 #include "cli/bench_command.h"
 #include "cli/calibrate_command.h"
+#include "cli/compare_command.h"
 #include "cli/describe_command.h"
 #include "cli/execute_command.h"
 #include "cli/keys_command.h"
+#include "cli/report_command.h"
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
 #include "cli/simulate_command.h"
@@ -72,6 +74,19 @@ int main(int argc, char** argv) {
   sc->add_option("--svg", schedule.svg, "write the per-rank timeline as an SVG (style of the report's Figure 5)");
   sc->add_flag("--json", schedule.json, "print one JSON object on stdout instead of text");
   sc->add_option("--unit-costs", schedule.unit_costs, "slot durations F,B,W,FB (default 1,2,1,3)");
+
+  tandem::CompareOptions compare;
+  auto* co = app.add_subcommand("compare", "Two traces of one scenario side by side, task by task (sim vs exec, two calibrations, two machines)");
+  co->add_option("a", compare.a, "trace A (simulate --trace or execute --trace)")->required();
+  co->add_option("b", compare.b, "trace B, of the same scenario")->required();
+  co->add_option("--top", compare.top, "list the N tasks that differ most (default 10)")->check(CLI::Range(0, 1000000));
+  co->add_flag("--json", compare.json, "print one JSON object on stdout instead of text");
+
+  tandem::ReportOptions report_options;
+  auto* re = app.add_subcommand("report", "One self-contained HTML page (opens offline) from simulate/execute/compare/sweep --json results and traces");
+  re->add_option("inputs", report_options.inputs, "result JSON files and trace files (a trace draws the timeline of its engine's result)")->required();
+  re->add_option("-o,--out", report_options.out, "the HTML file to write")->required();
+  re->add_option("--title", report_options.title, "the page's title (default: tandem report: <scenario>)");
 
   tandem::KeysOptions keys;
   auto* ke = app.add_subcommand("keys", "The reference of every card key: type, accepted values, default (docs/card-keys.md)");
@@ -170,6 +185,8 @@ int main(int argc, char** argv) {
     std::string text;
     if (*sc) return emit(tandem::schedule(schedule, text), schedule.json, text);
     if (*d) return emit(tandem::describe(describe, text), describe.json, text);
+    if (*re) return emit(tandem::report_command(report_options, text), false, text);
+    if (*co) return emit(tandem::compare_command(compare, text), compare.json, text);
     if (*be) return emit(tandem::bench_command(bench, text), bench.json, text);
     if (*ke) {
       auto r = tandem::keys_command(keys);

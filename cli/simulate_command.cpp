@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/format.h"
+#include "reports/step_metrics.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/stage_partition.h"
@@ -15,8 +16,10 @@ namespace tandem {
 
 namespace {
 // The JSON's shape: 2 replaced days/cost for 14.8T tokens by `training_tokens` and its figures,
-// and added per-rank compute busy time.
-constexpr int kSimulateSchemaVersion = 2;
+// and added per-rank compute busy time; 3 added `command`, the time by schedule slot
+// (`seconds_by_slot`, also per rank in `ranks`), memory per rank against `hbm_bytes`, and the
+// routing load per EP member.
+constexpr int kSimulateSchemaVersion = 3;
 }  // namespace
 
 Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t) {
@@ -53,103 +56,28 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     if (!o.trace.empty() && !r.trace.write_perfetto(o.trace))
       throw_input_error("<command line>", "--trace", "cannot write '" + o.trace + "'");
 
-    double peak_mem = 0;
-    for (const RankMemory& m : memory_per_rank(s, part)) peak_mem = std::max(peak_mem, m.total());
-    const double step = r.step_time_s;
-    const double gpus = static_cast<double>(s.gpus);
-    const double tokens = s.tokens_per_step();
-    const double peak = s.cluster.gpu.bf16_tflops * 1e12;
-    const double noncausal_flops = w.train_flops_per_token(false) * tokens / gpus;
-    const double mfu = r.model_flops_per_gpu / step / peak;
-    const double mfu_nc = noncausal_flops / step / peak;
-    const double idle = std::max(0.0, step - r.compute_busy_s);
-    const double exposed = std::min(idle, r.exposed_comm_s);
-    const double bubble = idle - exposed;
-    const double gpu_hours_per_t = gpus * step / 3600.0 / tokens * 1e12;
-    if (!(o.training_tokens > 0) || !std::isfinite(o.training_tokens))
-      throw_input_error("<command line>", "--tokens", "expected a positive number of training tokens");
-    const double days = o.training_tokens / tokens * step / 86400.0;
-    const double cost = gpu_hours_per_t * o.training_tokens / 1e12 * s.cluster.price_per_gpu_hour;
-    const std::string budget = format_count(o.training_tokens);
+    const StepMetrics m = step_metrics(step_times(r.gpu_times, r.step_time_s), s, w, part, o.training_tokens);
 
     t += strprintf("Simulated one step of %s on %lld x %s (%s fidelity, %d GPUs simulated)\n", s.name.c_str(),
                    static_cast<long long>(s.gpus), s.cluster.gpu.name.c_str(), to_string(so.fidelity), r.gpus_simulated);
-    t += strprintf("  step time                  %12s   (%s tokens)\n", format_seconds(step).c_str(), format_count(tokens).c_str());
-    t += strprintf("  tokens/s per GPU           %10.0f\n", tokens / step / gpus);
-    t += strprintf("  MFU (BF16 peak)            %9.1f %%   causal; %.1f %% counting attention non-causally\n", 100 * mfu, 100 * mfu_nc);
-    t += strprintf("  compute busy               %9.1f %%   of the step, per GPU\n", 100 * r.compute_busy_s / step);
-    t += strprintf("  exposed communication      %9.1f %%   (comm stream busy, compute idle)\n", 100 * exposed / step);
-    t += strprintf("  bubble                     %9.1f %%   (both streams idle)\n", 100 * bubble / step);
-    t += strprintf("  memory per GPU (peak rank) %10.1f GB of %.0f\n", peak_mem / 1e9, s.cluster.gpu.hbm_gbytes);
-    t += strprintf("  GPU-hours per 1T tokens    %10.0f\n", gpu_hours_per_t);
-    t += strprintf("  %-26s %10.1f   on %lld GPUs\n", ("days for " + budget + " tokens").c_str(), days, static_cast<long long>(s.gpus));
-    t += strprintf("  %-26s %10.2f M$ at $%.2f per GPU-hour\n", ("cost for " + budget + " tokens").c_str(), cost / 1e6,
-                   s.cluster.price_per_gpu_hour);
-    // Routing: how uneven the layers' expert loads are (1.0 = balanced).
-    double busiest_gpu = 1, busiest_expert = 1, mean_gpu = 0;
-    int moe_layers = 0;
-    for (const Block& b : w.blocks) {
-      if (b.routing.rows_per_token.empty()) continue;
-      busiest_gpu = std::max(busiest_gpu, b.routing.max_load);
-      busiest_expert = std::max(busiest_expert, b.routing.max_expert_load);
-      mean_gpu += b.routing.max_load;
-      ++moe_layers;
-    }
-    if (moe_layers > 0) mean_gpu /= moe_layers;
-    if (s.routing.model == RoutingModel::skewed)
-      t += strprintf("  routing                    skewed (skew %.2f, seed %llu): busiest GPU of an EP group %.2fx its share "
-                     "(mean over MoE layers %.2fx), busiest expert %.2fx\n",
-                     s.routing.skew, static_cast<unsigned long long>(s.routing.seed), busiest_gpu, mean_gpu, busiest_expert);
-    else
-      t += strprintf("  routing                    balanced (seed %llu)\n", static_cast<unsigned long long>(s.routing.seed));
+    t += metrics_text(m, true);
     t += strprintf("  simulation wall time       %10.2f s\n", r.sim_wall_s);
-    t += "Where a GPU's time goes (per step, per task kind, most first; compute and comm streams overlap)\n";
-    nlohmann::json by_kind;
-    std::vector<std::pair<double, std::string>> kinds;
-    for (const auto& [kind, secs] : r.seconds_by_kind) {
-      kinds.push_back({secs, kind});
-      by_kind[kind] = secs;
-    }
-    std::stable_sort(kinds.begin(), kinds.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    for (const auto& [secs, kind] : kinds)
-      t += strprintf("  %-18s %12s  %5.1f %% of the step\n", kind.c_str(), format_seconds(secs).c_str(), 100 * secs / step);
-    // Per pipeline rank: how busy its compute stream is (the stage balancer's concern).
-    t += "Compute busy per pipeline rank (per step; * the busiest, which sets the pace)\n ";
-    const double top = r.rank_compute_busy_s.empty() ? 0 : *std::max_element(r.rank_compute_busy_s.begin(), r.rank_compute_busy_s.end());
-    for (size_t k = 0; k < r.rank_compute_busy_s.size(); ++k)
-      t += strprintf(" %zu: %s%s%s", k, format_seconds(r.rank_compute_busy_s[k]).c_str(), r.rank_compute_busy_s[k] == top ? "*" : "",
-                     (k + 1) % 8 == 0 && k + 1 < r.rank_compute_busy_s.size() ? "\n " : "");
-    t += "\n";
+    t += times_text(m.times);
     if (!o.trace.empty())
       t += (so.trace_gpus > 0 ? "trace of GPUs 0-" + std::to_string(so.trace_gpus - 1)
                               : "trace of one GPU per pipeline rank (GPU rank x " + std::to_string(s.plan.dp) + ", its first replica)") +
            ": " + o.trace + "\n";
 
-    return nlohmann::json{{"schema_version", kSimulateSchemaVersion},
-                          {"tandem_version", TANDEM_VERSION},
-                          {"scenario", s.name},
-                          {"fidelity", to_string(so.fidelity)},
-                          {"gpus", s.gpus},
-                          {"step_time_s", step},
-                          {"tokens_per_step", tokens},
-                          {"tokens_per_s_per_gpu", tokens / step / gpus},
-                          {"mfu_causal", mfu},
-                          {"mfu_noncausal", mfu_nc},
-                          {"compute_busy_fraction", r.compute_busy_s / step},
-                          {"bubble_fraction", bubble / step},
-                          {"exposed_comm_fraction", exposed / step},
-                          {"memory_peak_bytes", peak_mem},
-                          {"gpu_hours_per_trillion_tokens", gpu_hours_per_t},
-                          {"training_tokens", o.training_tokens},
-                          {"days_for_training_tokens", days},
-                          {"cost_usd_for_training_tokens", cost},
-                          {"seconds_by_kind", by_kind},
-                          {"rank_compute_busy_s", r.rank_compute_busy_s},
-                          {"routing", {{"model", to_string(s.routing.model)}, {"skew", s.routing.skew},
-                                       {"seed", s.routing.seed}, {"max_gpu_load", busiest_gpu},
-                                       {"mean_max_gpu_load", mean_gpu}, {"max_expert_load", busiest_expert}}},
-                          {"gpus_simulated", r.gpus_simulated},
-                          {"sim_wall_s", r.sim_wall_s}};
+    nlohmann::json j{{"command", "simulate"},
+                     {"schema_version", kSimulateSchemaVersion},
+                     {"tandem_version", TANDEM_VERSION},
+                     {"scenario", s.name},
+                     {"fidelity", to_string(so.fidelity)},
+                     {"gpus", s.gpus},
+                     {"gpus_simulated", r.gpus_simulated},
+                     {"sim_wall_s", r.sim_wall_s}};
+    j.update(metrics_json(m, true));
+    return j;
   });
 }
 

@@ -165,7 +165,12 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     progress_bar(runs, runs, "done");
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     t += strprintf("  %zu runs in %.1f s%s\n", runs, wall, o.csv.empty() ? "" : (", CSV: " + o.csv).c_str());
-    return nlohmann::json{{"scenario", o.path}, {"runs", rows}, {"wall_s", wall}};
+    nlohmann::json varied = nlohmann::json::array();
+    for (const auto& a : axes) varied.push_back(a.key);
+    // schema 2: `command` and `varied` (the keys, in --vary order: a report draws each metric
+    // against them).
+    return nlohmann::json{{"command", "sweep"}, {"schema_version", 2}, {"scenario", o.path},
+                          {"varied", varied}, {"runs", rows}, {"wall_s", wall}};
   });
 }
 

@@ -180,6 +180,8 @@ class Fields {
     return d;
   }
 
+  double number_or(const char* name, double fallback) const { return find(name) ? number(name) : fallback; }
+
   std::optional<int64_t> integer(const char* name) const {
     const json* v = find(name);
     if (!v) return std::nullopt;
@@ -278,6 +280,7 @@ ChromeTrace parse(const std::string& path, const std::string& text) {
     Fields od(*other, path, "otherData");
     t.engine = od.text("engine");
     t.scenario = od.text("scenario");
+    t.program_digest = od.text("program");
   }
   const bool tandem_trace = !t.engine.empty();
   t.format = tandem_trace ? "tandem" : "pytorch_profiler";
@@ -331,6 +334,10 @@ ChromeTrace parse(const std::string& path, const std::string& text) {
       k.block_index = narrow(a.integer("block").value_or(-1));
       k.micro_batch = narrow(a.integer("micro_batch").value_or(-1));
       k.stage = narrow(a.integer("stage").value_or(-1));
+      k.rank = narrow(a.integer("rank").value_or(-1));
+      k.slot = narrow(a.integer("slot").value_or(-1));
+      k.flops = a.number_or("flops", 0);
+      k.bytes = a.number_or("bytes", 0);
       t.kernels.push_back(std::move(k));
     } else if (cat == "kernel" || cat == "gpu_memcpy" || cat == "gpu_memset") {
       TraceKernel k;

@@ -44,6 +44,8 @@ struct TraceKernel {
   int64_t correlation = -1;                // -1 when absent
   std::string phase_hint;                  // tandem traces: the task kind; else empty
   int block_index = -1, micro_batch = -1, stage = -1;  // tandem traces; else -1
+  int rank = -1, slot = -1;                            // tandem traces: pipeline rank, schedule slot
+  double flops = 0, bytes = 0;                         // tandem traces
 
   // Total CTAs (grid.x * grid.y * grid.z, saturating); 0 without a grid.
   int64_t grid_size() const;
@@ -71,6 +73,7 @@ struct ChromeTrace {
   std::string format;  // "pytorch_profiler" or "tandem"
   std::string device_name, trace_name;  // deviceProperties[].name of the busiest device, traceName
   std::string engine, scenario;         // tandem traces: otherData.engine ("sim"/"exec"), .scenario
+  std::string program_digest;           // tandem traces: otherData.program (see program_digest)
   int device_sms = 0;                   // deviceProperties[].numSms of that device; 0 if unknown
   int rank = -1, world_size = -1;       // distributedInfo; -1 if absent
 

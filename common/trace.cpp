@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/chrome_trace.h"
+
 namespace tandem {
 
 bool Trace::write_perfetto(const std::string& path, int gpus) const {
@@ -34,7 +36,7 @@ bool Trace::write_perfetto(const std::string& path, int gpus) const {
   }
   nlohmann::json doc{{"traceEvents", events_json},
                      {"displayTimeUnit", "ms"},
-                     {"otherData", {{"engine", engine}, {"scenario", scenario}}}};
+                     {"otherData", {{"engine", engine}, {"scenario", scenario}, {"program", program}}}};
   out << doc.dump() << "\n";
   return static_cast<bool>(out);
 }
@@ -48,6 +50,37 @@ bool Trace::write_csv(const std::string& path) const {
     out << e.gpu << ',' << e.rank << ',' << e.stream << ',' << e.kind << ',' << e.block << ',' << e.micro_batch
         << ',' << e.stage << ',' << e.slot << ',' << e.start << ',' << e.end << ',' << e.flops << ',' << e.bytes << '\n';
   return static_cast<bool>(out);
+}
+
+Result<Trace> read_trace(const std::string& path) {
+  Result<ChromeTrace> read = read_chrome_trace(path);
+  if (!read) return read.error();
+  const ChromeTrace& c = read.value();
+  if (c.format != "tandem")
+    return InputError{path, "otherData.engine",
+                      "missing: not a trace tandem wrote (a profiler trace goes through `tandem calibrate`)"};
+  Trace t;
+  t.engine = c.engine;
+  t.scenario = c.scenario;
+  t.program = c.program_digest;
+  for (const TraceKernel& k : c.kernels) {
+    TraceEvent e;
+    e.gpu = k.device;
+    e.rank = k.rank;
+    e.stream = k.stream == 0 ? "compute" : "comm";
+    e.kind = k.name;
+    e.block = k.block_index;
+    e.micro_batch = k.micro_batch;
+    e.stage = k.stage;
+    e.slot = k.slot;
+    e.start = k.start_us / 1e6;
+    e.end = (k.start_us + k.dur_us) / 1e6;
+    e.flops = k.flops;
+    e.bytes = k.bytes;
+    if (e.rank < 0) return InputError{path, "traceEvents[].args.rank", "missing on a " + e.kind + " task of gpu " + std::to_string(e.gpu)};
+    t.events.push_back(std::move(e));
+  }
+  return t;
 }
 
 }  // namespace tandem

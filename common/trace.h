@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "common/input_error.h"
+
 namespace tandem {
 
 struct TraceEvent {
@@ -29,6 +31,7 @@ struct TraceEvent {
 struct Trace {
   std::string engine;    // "sim" or "exec"
   std::string scenario;
+  std::string program;   // the Program's digest (program_digest): traces of one program align
   std::vector<TraceEvent> events;
 
   // Writes Chrome trace-event JSON: one process per GPU, one thread per stream, times in µs.
@@ -36,5 +39,9 @@ struct Trace {
   bool write_perfetto(const std::string& path, int gpus = 0) const;
   bool write_csv(const std::string& path) const;
 };
+
+// Reads a trace that write_perfetto wrote (either engine's). Anything else, a profiler trace
+// included, is an InputError naming the file (profiler traces go through `tandem calibrate`).
+Result<Trace> read_trace(const std::string& path);
 
 }  // namespace tandem

@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "common/sha256.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/unit_cost_engine.h"
 
@@ -419,6 +420,30 @@ std::vector<std::string> check_program(const Program& p) {
   std::string stuck;
   if (!task_run_finishes(p, stuck)) problems.push_back("task-level deadlock: " + stuck);
   return problems;
+}
+
+SlotClass slot_class(const Program& p, int rank, int slot) {
+  if (slot < 0) return SlotClass::end_of_step;
+  switch (p.schedule.slots.at(static_cast<size_t>(rank)).at(static_cast<size_t>(slot)).kind) {
+    case SlotKind::F: return SlotClass::f;
+    case SlotKind::B:
+    case SlotKind::Bx: return SlotClass::b;
+    case SlotKind::W: return SlotClass::w;
+    case SlotKind::FB: return SlotClass::fb;
+  }
+  return SlotClass::end_of_step;
+}
+
+std::string program_digest(const Program& p) {
+  std::string text;
+  for (size_t r = 0; r < p.tasks.size(); ++r) {
+    text += "rank " + std::to_string(r) + "\n";
+    for (const Task& t : p.tasks[r])
+      text += std::string(to_string(t.kind)) + ' ' + to_string(t.stream) + ' ' + std::to_string(t.slot) + ' ' +
+              std::to_string(t.block) + ' ' + std::to_string(t.chunk.path) + ' ' + std::to_string(t.chunk.micro_batch) +
+              ' ' + std::to_string(t.chunk.stage) + "\n";
+  }
+  return sha256_hex(text);
 }
 
 }  // namespace tandem

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/gpu_time.h"
 #include "models/workload.h"
 #include "scenarios/schedules/schedule.h"
 #include "scenarios/stage_partition.h"
@@ -65,6 +66,13 @@ struct ProgramOptions {
 };
 
 Program build_program(const Schedule& s, const Workload& w, const StagePartition& p, const ProgramOptions& o = {});
+
+// The category of a rank's schedule slot (SlotClass::end_of_step for slot -1), for GpuTime.
+SlotClass slot_class(const Program& p, int rank, int slot);
+
+// A digest (SHA-256, hex) of every rank's task identities in order — kind, stream, slot, block,
+// chunk: two traces with the same digest ran the same program, so their tasks align one to one.
+std::string program_digest(const Program& p);
 
 // Static checks of a generated program; returns the problems found (empty: all good).
 // Every message has one send and one receive; every chunk has one F, one B and (if deferred)

@@ -18,6 +18,7 @@
 #include "models/model_card.h"
 #include "models/precision.h"
 #include "models/workload.h"
+#include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
 #include "topologies/cluster_card.h"
 
@@ -120,6 +121,9 @@ Workload scenario_workload(const Scenario& s);
 // (scenarios/stage_partition.h) weighing each block by its compute seconds from the scenario's
 // calibration (sim/compute_cost.h), with DualPipe's mirrored stage pairs.
 StagePartition scenario_partition(const Scenario& s, const Workload& w);
+
+// The Program both engines run for the scenario with partition `p` (its schedule, plan.dp_overlap).
+Program scenario_program(const Scenario& s, const Workload& w, const StagePartition& p);
 
 // The step time of the scenario's Program with partition `p`, played without a network model
 // (scenarios/program_timeline.h): compute tasks timed by the calibrated cost model, all-to-alls

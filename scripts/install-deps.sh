@@ -12,6 +12,11 @@ packages=(
   nlohmann-json3-dev        # JSON output
   libopenmpi-dev openmpi-bin  # exec/comm: the MPI world (optional; `mpirun -np P tandem execute`)
 )
+# --tests: also what the test suite needs beyond the build: Chromium, to load the HTML reports
+# headless, and Python 3, which drives it (tests/reports/browser_test.py).
+if [ "${1:-}" = "--tests" ]; then
+  packages+=(chromium python3)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

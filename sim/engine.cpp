@@ -67,8 +67,7 @@ struct World {
   };
   std::map<std::tuple<int, int, int>, Rendezvous> rendezvous;
   // Results.
-  std::vector<double> busy_compute, exposed_comm;
-  std::map<std::string, double> seconds_by_kind;  // summed over simulated GPUs
+  std::vector<GpuTime> gpu_time;  // per GPU (those simulated): where its step went
   std::vector<TraceEvent> events;
   double end_time = 0;
 
@@ -111,7 +110,7 @@ std::string pair_mailbox(const char* channel, int from, int to) {
 class GpuRunner {
  public:
   GpuRunner(World& w, int gpu) : w_(w), gpu_(gpu), rank_(gpu / w.dp), replica_(gpu % w.dp),
-        tasks_(w.program->tasks[static_cast<size_t>(rank_)]) {}
+        tasks_(w.program->tasks[static_cast<size_t>(rank_)]), time_(gpu, rank_) {}
 
   bool finished() const { return finished_; }
   // Where this GPU stopped, for the error when a run cannot finish.
@@ -152,8 +151,8 @@ class GpuRunner {
     }
     finished_ = std::all_of(done_.begin(), done_.end(), [](char d) { return d != 0; });
     if (!finished_) return;  // reported by simulate(): the step cannot proceed on this GPU
-    w_.busy_compute[static_cast<size_t>(gpu_)] = busy_compute_;
-    w_.exposed_comm[static_cast<size_t>(gpu_)] = exposed();
+    time_.seal();
+    w_.gpu_time[static_cast<size_t>(gpu_)] = std::move(time_);
     w_.end_time = std::max(w_.end_time, sg4::Engine::get_clock());
   }
 
@@ -328,14 +327,9 @@ class GpuRunner {
     const double now = sg4::Engine::get_clock();
     const double begin = start_[static_cast<size_t>(i)];
     done_[static_cast<size_t>(i)] = 1;
-    w_.seconds_by_kind[to_string(t.kind)] += now - begin;
-    if (t.stream == Stream::compute) {
-      compute_running_ = -1;
-      busy_compute_ += now - begin;
-    } else {
-      comm_running_ = -1;
-      comm_intervals_.push_back({begin, now});
-    }
+    if (t.stream == Stream::compute) compute_running_ = -1;
+    else comm_running_ = -1;
+    time_.add(t.stream == Stream::compute, to_string(t.kind), slot_class(*w_.program, rank_, t.slot), begin, now);
     const bool traced = w_.options->trace && (w_.options->trace_gpus > 0 ? gpu_ < w_.options->trace_gpus : replica_ == 0);
     if (traced) {
       const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
@@ -343,21 +337,6 @@ class GpuRunner {
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,
                                      work.trace_flops(), work.trace_bytes(t.stream), t.slot});
     }
-    if (t.stream == Stream::compute) compute_intervals_.push_back({begin, now});
-  }
-
-  // Time the comm stream was busy while the compute stream was idle.
-  double exposed() const {
-    double total = 0;
-    size_t c = 0;
-    for (const auto& [b, e] : comm_intervals_) {
-      double covered = 0;
-      while (c < compute_intervals_.size() && compute_intervals_[c].second <= b) ++c;
-      for (size_t k = c; k < compute_intervals_.size() && compute_intervals_[k].first < e; ++k)
-        covered += std::max(0.0, std::min(e, compute_intervals_[k].second) - std::max(b, compute_intervals_[k].first));
-      total += (e - b) - covered;
-    }
-    return total;
   }
 
   World& w_;
@@ -371,9 +350,8 @@ class GpuRunner {
   int token_ = 0;
   size_t next_compute_ = 0, next_comm_ = 0;
   int compute_running_ = -1, comm_running_ = -1;
-  double busy_compute_ = 0;
   bool finished_ = false;
-  std::vector<std::pair<double, double>> compute_intervals_, comm_intervals_;
+  GpuTime time_;  // where this GPU's step goes, task by task
 };
 
 }  // namespace
@@ -387,9 +365,8 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     const ComputeCostModel costs(s.cluster.gpu, calibration);
     const Workload w = scenario_workload(s);
     const StagePartition part = scenario_partition(s, w);
-    const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
-                                       static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
-    const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});
+    const Program prog = scenario_program(s, w, part);
+    const Schedule& sch = prog.schedule;
     auto say = [&](const std::string& what) {
       if (!o.progress) return;
       const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
@@ -443,8 +420,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     popt.host_cores = 2;  // compute and comm streams time themselves with concurrent execs
     SimgridPlatform platform(engine, topo, kHostSpeed, popt);
     const int gpus = static_cast<int>(s.gpus);
-    world.busy_compute.assign(static_cast<size_t>(gpus), 0);
-    world.exposed_comm.assign(static_cast<size_t>(gpus), 0);
+    world.gpu_time.resize(static_cast<size_t>(gpus));
     // The GPUs simulated: all of them, or replica 0 of every pipeline rank.
     std::vector<int> simulated;
     for (int g = 0; g < gpus; ++g)
@@ -471,21 +447,9 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     SimResult r;
     r.step_time_s = world.end_time;
     r.gpus_simulated = static_cast<int>(simulated.size());
-    for (int g : simulated) {
-      r.compute_busy_s += world.busy_compute[static_cast<size_t>(g)] / static_cast<double>(simulated.size());
-      r.exposed_comm_s += world.exposed_comm[static_cast<size_t>(g)] / static_cast<double>(simulated.size());
-    }
-    for (const auto& [kind, secs] : world.seconds_by_kind) r.seconds_by_kind[kind] = secs / static_cast<double>(simulated.size());
-    r.rank_compute_busy_s.assign(static_cast<size_t>(sch.ranks), 0.0);
-    std::vector<int> per_rank(static_cast<size_t>(sch.ranks), 0);
-    for (int g : simulated) {
-      r.rank_compute_busy_s[static_cast<size_t>(g / world.dp)] += world.busy_compute[static_cast<size_t>(g)];
-      ++per_rank[static_cast<size_t>(g / world.dp)];
-    }
-    for (size_t k = 0; k < per_rank.size(); ++k)
-      if (per_rank[k] > 0) r.rank_compute_busy_s[k] /= per_rank[k];
-    r.model_flops_per_gpu = w.train_flops_per_token(true) * s.tokens_per_step() / static_cast<double>(s.gpus);
+    for (int g : simulated) r.gpu_times.push_back(std::move(world.gpu_time[static_cast<size_t>(g)]));
     r.trace.engine = "sim";
+    r.trace.program = program_digest(prog);
     r.trace.scenario = s.name;
     r.trace.events = std::move(world.events);
     std::sort(r.trace.events.begin(), r.trace.events.end(),

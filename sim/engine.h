@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "common/input_error.h"
+#include "common/gpu_time.h"
 #include "common/trace.h"
 #include "scenarios/scenario.h"
 
@@ -67,11 +68,9 @@ struct SimResult {
   double step_time_s = 0;
   double sim_wall_s = 0;
   int gpus_simulated = 0;
-  double compute_busy_s = 0;    // per GPU, averaged
-  double exposed_comm_s = 0;    // comm stream busy while compute idle, per GPU, averaged
-  double model_flops_per_gpu = 0;  // per step, causal attention
-  std::map<std::string, double> seconds_by_kind;  // per simulated GPU, averaged: where time goes
-  std::vector<double> rank_compute_busy_s;        // per pipeline rank, averaged over its simulated GPUs
+  // Where each simulated GPU's step went (in GPU order), folded as the tasks finished; reports/
+  // turns them into the step's metrics.
+  std::vector<GpuTime> gpu_times;
   Trace trace;
 };
 

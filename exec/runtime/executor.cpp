@@ -79,6 +79,7 @@ ExecResult execute(const RunSpec& spec, const ExecOptions& o) {
   result.world = world->describe();
   result.leader = std::find(local.begin(), local.end(), 0) != local.end();
   result.trace.engine = "exec";
+  result.trace.program = program_digest(spec.program);
   result.trace.scenario = spec.scenario.name;
 
   std::optional<ReferenceStep> ref;

@@ -28,13 +28,11 @@ RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint6
   spec.scenario = s;
   spec.workload = scenario_workload(s);
   spec.partition = scenario_partition(s, spec.workload);
-  const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
-                                     static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
   // The executor reduces every stage's gradients at the end of the step; the per-stage
   // reduce-scatters of plan.dp_overlap are modelled by the simulator only (for now).
   if (s.plan.dp_overlap)
     throw_input_error(s.file, "plan.dp_overlap", "the executor runs ZeRO-1 at the end of the step; dp_overlap is simulated only");
-  spec.program = build_program(sch, spec.workload, spec.partition);
+  spec.program = scenario_program(s, spec.workload, spec.partition);
   spec.pp = static_cast<int>(s.plan.pp);
   spec.dp = static_cast<int>(s.plan.dp);
   spec.ep = static_cast<int>(s.plan.ep);

@@ -174,6 +174,7 @@ runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::Ex
   result.world = w.description;
   result.leader = std::find(w.local.begin(), w.local.end(), 0) != w.local.end();
   result.trace.engine = "exec";
+  result.trace.program = program_digest(spec.program);
   result.trace.scenario = spec.scenario.name;
 
   runtime::StepHooks<DeviceRankRunner> hooks;
