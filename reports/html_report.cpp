@@ -178,17 +178,32 @@ void simulate_sections(Page& page, const ReportInput& in, const Trace* trace) {
   page.section("time-by-kind", "Time per task kind", time_by_kind(r, f));
   if (trace) timeline_section(page, *trace, f);
 
+  // Memory per rank, by what holds it, against the HBM (older results: totals only).
   std::vector<std::string> ranks;
-  svg::Series mem{"memory per GPU", kAColor, {}};
-  for (size_t k = 0; k < need(r, f, "memory_per_rank_bytes").size(); ++k) {
-    ranks.push_back("rank " + std::to_string(k));
-    mem.values.push_back(r["memory_per_rank_bytes"][k].get<double>());
-  }
   const double hbm = number(r, f, "hbm_bytes");
-  page.section("memory", "Memory per GPU of each pipeline rank",
-               figure(svg::grouped_bars(ranks, {mem}, fmt_gb, "memory", hbm, "HBM " + fmt_gb(hbm)),
-                      "Weights, gradients, optimizer state and peak activations of one GPU of each rank, against the "
-                      "card's HBM (dashed)."));
+  const std::string caption =
+      "Weights, gradients, optimizer state and peak activations on one GPU of each pipeline rank, against the card's HBM (dashed).";
+  if (r.contains("memory_parts_per_rank_bytes")) {
+    static const char* kParts[] = {"weights", "grads", "optimizer", "activations"};
+    static const char* kPartColors[] = {"#4e79a7", "#59a14f", "#edc948", "#e15759"};
+    std::vector<svg::Series> parts;
+    for (int p = 0; p < 4; ++p) parts.push_back({kParts[p], kPartColors[p], {}});
+    const json& per_rank = r["memory_parts_per_rank_bytes"];
+    for (size_t k = 0; k < per_rank.size(); ++k) {
+      ranks.push_back("rank " + std::to_string(k));
+      for (int p = 0; p < 4; ++p) parts[static_cast<size_t>(p)].values.push_back(number(per_rank[k], f, kParts[p]));
+    }
+    page.section("memory", "Memory per GPU of each pipeline rank",
+                 figure(svg::stacked_bars(ranks, parts, fmt_gb, "memory", hbm, "HBM " + fmt_gb(hbm)), caption));
+  } else {
+    svg::Series mem{"memory per GPU", kAColor, {}};
+    for (size_t k = 0; k < need(r, f, "memory_per_rank_bytes").size(); ++k) {
+      ranks.push_back("rank " + std::to_string(k));
+      mem.values.push_back(r["memory_per_rank_bytes"][k].get<double>());
+    }
+    page.section("memory", "Memory per GPU of each pipeline rank",
+                 figure(svg::grouped_bars(ranks, {mem}, fmt_gb, "memory", hbm, "HBM " + fmt_gb(hbm)), caption));
+  }
 
   const json& routing = need(r, f, "routing");
   if (need(routing, f, "model").get<std::string>() == "skewed") {

@@ -107,6 +107,7 @@ StepMetrics step_metrics(const StepTimes& times, const Scenario& s, const Worklo
   m.cost_usd_for_training_tokens = m.gpu_hours_per_trillion_tokens * training_tokens / 1e12 * m.price_per_gpu_hour;
   for (const RankMemory& r : memory_per_rank(s, part)) {
     m.memory_per_rank_bytes.push_back(r.total());
+    m.memory_parts_per_rank.push_back({r.weights, r.grads, r.optimizer, r.activations});
     m.memory_peak_bytes = std::max(m.memory_peak_bytes, r.total());
   }
   m.hbm_bytes = s.cluster.gpu.hbm_gbytes * 1e9;
@@ -238,6 +239,10 @@ nlohmann::json metrics_json(const StepMetrics& m, bool planning) {
   j["memory_peak_bytes"] = m.memory_peak_bytes;
   j["memory_per_rank_bytes"] = m.memory_per_rank_bytes;
   j["hbm_bytes"] = m.hbm_bytes;
+  nlohmann::json parts = nlohmann::json::array();
+  for (const auto& p : m.memory_parts_per_rank)
+    parts.push_back({{"weights", p.weights}, {"grads", p.grads}, {"optimizer", p.optimizer}, {"activations", p.activations}});
+  j["memory_parts_per_rank_bytes"] = parts;
   j["gpu_hours_per_trillion_tokens"] = m.gpu_hours_per_trillion_tokens;
   j["training_tokens"] = m.training_tokens;
   j["days_for_training_tokens"] = m.days_for_training_tokens;

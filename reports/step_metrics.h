@@ -71,6 +71,10 @@ struct StepMetrics {
   double training_tokens = 0, days_for_training_tokens = 0, cost_usd_for_training_tokens = 0;
   double price_per_gpu_hour = 0;
   std::vector<double> memory_per_rank_bytes;
+  struct MemoryParts {
+    double weights = 0, grads = 0, optimizer = 0, activations = 0;
+  };
+  std::vector<MemoryParts> memory_parts_per_rank;  // what memory_per_rank_bytes adds up
   double memory_peak_bytes = 0, hbm_bytes = 0;
   RoutingFigures routing;
 };

@@ -65,6 +65,13 @@ std::string x_axis(const std::vector<double>& ticks, const std::function<double(
   return out;
 }
 
+// A dashed vertical line (a capacity, a balanced share) labelled under the axis.
+std::string reference_line(double x, int y0, int y1, const std::string& label) {
+  return strprintf("<line class=\"reference\" x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\"/>", x, y0, x, y1) +
+         strprintf("<text class=\"reference-label\" x=\"%.1f\" y=\"%d\" text-anchor=\"end\">%s</text>", x - 4, y1 + 26,
+                   escape(label).c_str());
+}
+
 std::string open_svg(const std::string& css_class, int width, int height) {
   return strprintf("<svg class=\"chart %s\" xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">",
                    escape(css_class).c_str(), width, height, width, height);
@@ -73,8 +80,8 @@ std::string open_svg(const std::string& css_class, int width, int height) {
 }  // namespace
 
 std::string stacked_bars(const std::vector<std::string>& rows, const std::vector<Series>& stacks, const Format& format,
-                         const std::string& css_class, int width) {
-  double top = 0;
+                         const std::string& css_class, double reference, const std::string& reference_label, int width) {
+  double top = reference;
   for (size_t r = 0; r < rows.size(); ++r) {
     double sum = 0;
     for (const Series& s : stacks) sum += r < s.values.size() && std::isfinite(s.values[r]) ? s.values[r] : 0;
@@ -100,6 +107,7 @@ std::string stacked_bars(const std::vector<std::string>& rows, const std::vector
       at += v;
     }
   }
+  if (reference > 0) out += reference_line(to_x(reference), kTop - 6, kTop + kRowHeight * static_cast<int>(rows.size()), reference_label);
   return out + "</svg>";
 }
 
@@ -146,12 +154,7 @@ std::string grouped_bars(const std::vector<std::string>& rows, const std::vector
                        escape(rows[r]).c_str(), escape(series[k].name).c_str(), escape(format(v)).c_str());
     }
   }
-  if (reference > 0) {
-    const double x = to_x(reference);
-    out += strprintf("<line class=\"reference\" x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\"/>", x, kTop - 6, x, bottom);
-    out += strprintf("<text class=\"reference-label\" x=\"%.1f\" y=\"%d\" text-anchor=\"end\">%s</text>", x - 4, bottom + 26,
-                     escape(reference_label).c_str());
-  }
+  if (reference > 0) out += reference_line(to_x(reference), kTop - 6, bottom, reference_label);
   return out + "</svg>";
 }
 

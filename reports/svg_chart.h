@@ -23,8 +23,10 @@ std::vector<double> nice_ticks(double lo, double hi, int count = 6);
 std::string escape(const std::string& text);  // for XML text and attributes
 
 // One horizontal bar per row, its segments stacked in series order; a legend on top.
+// `reference` > 0 draws a dashed line there, as grouped_bars does.
 std::string stacked_bars(const std::vector<std::string>& rows, const std::vector<Series>& stacks, const Format& format,
-                         const std::string& css_class, int width = 900);
+                         const std::string& css_class, double reference = 0, const std::string& reference_label = "",
+                         int width = 900);
 
 // Horizontal bars, the series side by side per row. `reference` > 0 draws a dashed line there
 // (HBM capacity, the balanced share); log_scale for values spanning orders of magnitude.
