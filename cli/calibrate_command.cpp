@@ -24,16 +24,9 @@ Result<nlohmann::json> calibrate_command(const CalibrateOptions& o, std::string&
       if (!t) throw InputException(t.error());
       traces.push_back(std::move(t.value()));
     }
-    // The base the overlay is derived against: the scenario's calibration without overlays of
-    // its own (an overlay derived against itself would reconcile nothing).
-    std::vector<std::string> base_files;
-    for (const std::string& f : s.calibration) {
-      auto c = load_calibration(f);
-      if (!c) throw InputException(c.error());
-      if (!c.value().overlay) base_files.push_back(f);
-    }
-    const Calibration base = resolve_calibration(base_files);
-    auto derived = derive_calibration(s, base, traces, rules.value());
+    auto base = base_calibration(s);
+    if (!base) throw InputException(base.error());
+    auto derived = derive_calibration(s, base.value(), traces, rules.value());
     if (!derived) throw InputException(derived.error());
     CalibrationDerivation& d = derived.value();
     if (!o.name.empty()) d.result.name = o.name;

@@ -80,6 +80,9 @@ int main(int argc, char** argv) {
   co->add_option("a", compare.a, "trace A (simulate --trace or execute --trace)")->required();
   co->add_option("b", compare.b, "trace B, of the same scenario")->required();
   co->add_option("--top", compare.top, "list the N tasks that differ most (default 10)")->check(CLI::Range(0, 1000000));
+  co->add_option("--scenario", compare.scenario, "B a profiler trace (PyTorch): the scenario A is of; its kernels are classified into task kinds by the kernel rules and kinds align");
+  co->add_option("--set", compare.overrides, "override a key of --scenario (repeatable)");
+  co->add_option("--rules", compare.rules, "kernel classification rules for a profiler trace (default sim/calibration/kernel-rules.yaml)");
   co->add_flag("--json", compare.json, "print one JSON object on stdout instead of text");
 
   tandem::ReportOptions report_options;

@@ -262,7 +262,20 @@ void compare_sections(Page& page, const ReportInput& in) {
   const std::string b = shown(need(r, f, "b.file").get<std::string>()) + " (" + need(r, f, "b.engine").get<std::string>() + ")";
   std::string body = "<p>From " + escape(shown(f)) + " (tandem compare). A: " + escape(a) + ". B: " + escape(b) + ".</p>\n";
   const double sa = number(r, f, "a.step_time_s"), sb = number(r, f, "b.step_time_s");
-  body += table({"figure", "value"},
+  if (r.value("kinds_only", false)) {
+    auto names = [&](const char* key) {
+      std::string out;
+      for (const json& k : need(r, f, key)) out += (out.empty() ? "" : ", ") + k.get<std::string>();
+      return out.empty() ? std::string("none") : out;
+    };
+    body += table({"figure", "value"},
+                  {{"scenario", need(r, f, "scenario").get<std::string>()},
+                   {"task kinds compared", std::to_string(need(r, f, "kinds").size())},
+                   {"kinds only in A", names("kinds_only_in_a")},
+                   {"kinds only in B", names("kinds_only_in_b")},
+                   {"step time A", format_seconds(sa) + " (B: a profiler trace of part of a step)"}},
+                  "summary");
+  } else body += table({"figure", "value"},
                 {{"scenario", need(r, f, "scenario").get<std::string>()},
                  {"aligned tasks", std::to_string(need(r, f, "aligned_tasks").get<int64_t>())},
                  {"only in A / only in B", std::to_string(need(r, f, "only_in_a").size()) + " / " + std::to_string(need(r, f, "only_in_b").size())},
@@ -273,7 +286,7 @@ void compare_sections(Page& page, const ReportInput& in) {
   auto side_name = [&](const char* side) {
     const std::string engine = need(r, f, std::string(side) + ".engine").get<std::string>();
     return std::string(side[0] == 'a' ? "A: " : "B: ") + engine +
-           (engine == "sim" ? " (predicted)" : engine == "exec" ? " (measured)" : "");
+           (engine == "sim" ? " (predicted)" : engine == "exec" || engine == "profiler" ? " (measured)" : "");
   };
   svg::Series sa_s{side_name("a"), kAColor, {}}, sb_s{side_name("b"), kBColor, {}};
   double lo = INFINITY, hi = 0;
@@ -292,10 +305,19 @@ void compare_sections(Page& page, const ReportInput& in) {
                          x > 0 ? fmt_ratio(y / x) : "-"});
   }
   const bool log_scale = hi > 0 && hi / lo > 50;
+  // Kinds only (B a profiler trace): means of one task, not per-step totals.
+  const bool kinds_only = r.value("kinds_only", false);
+  const std::string per = kinds_only ? "Mean time of one task: A over its tasks of the kind on the layers B measured, B over the "
+                                       "measured instances (a profiler trace has no task identities: kinds align, not tasks)"
+                                     : "Per GPU per step, aligned tasks only";
   body += "<h3>Predicted vs measured per task kind</h3>\n" +
           figure(svg::grouped_bars(kinds, {sa_s, sb_s}, fmt_seconds, "compare-kinds", 0, "", log_scale),
-                 std::string("Per GPU per step, aligned tasks only") + (log_scale ? "; log scale: the two differ by orders of magnitude." : ".")) +
-          table({"kind", "tasks", "A", "B", "B/A"}, kind_rows);
+                 per + (log_scale ? "; log scale: the two differ by orders of magnitude." : ".")) +
+          table({"kind", kinds_only ? "A tasks" : "tasks", "A", "B", "B/A"}, kind_rows);
+  if (kinds_only) {
+    page.section("compare", "Comparison: " + need(r, f, "scenario").get<std::string>(), body);
+    return;
+  }
   std::vector<std::vector<std::string>> rank_rows;
   for (const json& k : need(r, f, "ranks"))
     rank_rows.push_back({std::to_string(k.value("rank", 0)), format_seconds(k.value("a_compute_s", 0.0)),

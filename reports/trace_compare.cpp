@@ -127,12 +127,64 @@ Result<TraceComparison> compare_traces(const Trace& a, const std::string& a_file
   return c;
 }
 
+TraceComparison compare_with_measured_kinds(const Trace& a, const std::string& a_file, const std::vector<MeasuredKind>& b,
+                                            const std::string& b_file, const std::string& b_engine,
+                                            const std::vector<int>& blocks) {
+  TraceComparison c;
+  c.kinds_only = true;
+  c.a_file = a_file;
+  c.b_file = b_file;
+  c.a_engine = a.engine;
+  c.b_engine = b_engine;
+  c.scenario = a.scenario;
+  c.program = a.program;
+  const Side sa = side_of(a);
+  std::map<std::string, std::pair<int, double>> a_kinds;  // kind -> tasks, seconds
+  for (const auto& [id, e] : sa.tasks) {
+    c.a_step_s = std::max(c.a_step_s, e->end);
+    if (!blocks.empty() && std::find(blocks.begin(), blocks.end(), id.block) == blocks.end()) continue;
+    auto& [n, secs] = a_kinds[id.kind];
+    ++n;
+    secs += e->end - e->start;
+  }
+  for (const MeasuredKind& m : b) {
+    auto it = a_kinds.find(m.kind);
+    if (it == a_kinds.end()) {
+      c.kinds_only_in_b.push_back(m.kind);
+      continue;
+    }
+    c.kinds.push_back({m.kind, it->second.first, it->second.second / it->second.first, m.seconds});
+    c.aligned += it->second.first;
+  }
+  for (const auto& [kind, v] : a_kinds)
+    if (std::none_of(b.begin(), b.end(), [&](const MeasuredKind& m) { return m.kind == kind; })) c.kinds_only_in_a.push_back(kind);
+  std::stable_sort(c.kinds.begin(), c.kinds.end(), [](const auto& x, const auto& y) { return x.a_s > y.a_s; });
+  return c;
+}
+
 namespace {
 std::string ratio(double a, double b) { return a > 0 ? strprintf("%.3g", b / a) : std::string("-"); }
 }  // namespace
 
 std::string comparison_text(const TraceComparison& c) {
   std::string out;
+  if (c.kinds_only) {
+    out += "A: " + c.a_file + " (" + c.a_engine + ")\nB: " + c.b_file + " (" + c.b_engine +
+           ": no task identities; its kernels classified into task kinds by the kernel rules)\n";
+    out += "scenario " + c.scenario + "\n";
+    out += "Per task kind: mean time of one task (A: its tasks of the kind on the layers B measured; B: per measured instance)\n";
+    out += strprintf("  %-18s %6s %12s %12s %8s\n", "kind", "A tasks", "A", "B", "B/A");
+    for (const KindComparison& k : c.kinds)
+      out += strprintf("  %-18s %6d %12s %12s %8s\n", k.kind.c_str(), k.tasks, format_seconds(k.a_s).c_str(),
+                       format_seconds(k.b_s).c_str(), ratio(k.a_s, k.b_s).c_str());
+    auto kinds = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (const auto& k : v) s += (s.empty() ? "" : ", ") + k;
+      return s.empty() ? std::string("none") : s;
+    };
+    out += "Kinds only in A: " + kinds(c.kinds_only_in_a) + "\nKinds only in B: " + kinds(c.kinds_only_in_b) + "\n";
+    return out;
+  }
   out += "A: " + c.a_file + " (" + c.a_engine + ")\nB: " + c.b_file + " (" + c.b_engine + ")\n";
   out += "scenario " + c.scenario + (c.program.empty() ? "" : ", program " + c.program.substr(0, 12)) + "\n";
   out += strprintf("  aligned tasks       %d on %zu pipeline ranks (one GPU per rank: its lowest-numbered)\n", c.aligned,
@@ -195,6 +247,9 @@ nlohmann::json comparison_json(const TraceComparison& c) {
   for (const TaskIdentity& t : c.only_in_a) only_a.push_back(identity_json(t));
   for (const TaskIdentity& t : c.only_in_b) only_b.push_back(identity_json(t));
   return {{"command", "compare"},
+          {"kinds_only", c.kinds_only},
+          {"kinds_only_in_a", c.kinds_only_in_a},
+          {"kinds_only_in_b", c.kinds_only_in_b},
           {"a", {{"file", c.a_file}, {"engine", c.a_engine}, {"step_time_s", c.a_step_s}}},
           {"b", {{"file", c.b_file}, {"engine", c.b_engine}, {"step_time_s", c.b_step_s}}},
           {"scenario", c.scenario},

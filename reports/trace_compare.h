@@ -50,6 +50,10 @@ struct RankComparison {
 };
 
 struct TraceComparison {
+  // false: tasks aligned one to one. true: B holds per-kind measurements without task identities
+  // (a profiler trace through the kernel rules), so kinds align: per kind, A's mean per task
+  // against B's mean per measured instance.
+  bool kinds_only = false;
   std::string a_file, b_file, a_engine, b_engine, scenario, program;
   double a_step_s = 0, b_step_s = 0;  // the latest end over the compared GPUs
   int aligned = 0;
@@ -57,7 +61,21 @@ struct TraceComparison {
   std::vector<RankComparison> ranks;
   std::vector<AlignedTask> most_different;  // by |B - A|, largest first (at most `top`)
   std::vector<TaskIdentity> only_in_a, only_in_b;
+  std::vector<std::string> kinds_only_in_a, kinds_only_in_b;  // kinds_only comparisons
 };
+
+// One task kind measured without task identities: `instances` tasks of `seconds` each (mean).
+struct MeasuredKind {
+  std::string kind;
+  int instances = 0;
+  double seconds = 0;
+};
+
+// A trace against per-kind measurements (kinds_only): A's tasks of a measured kind on the layer
+// blocks `blocks` (those the measurement stands for; all blocks when empty) give A's mean.
+TraceComparison compare_with_measured_kinds(const Trace& a, const std::string& a_file, const std::vector<MeasuredKind>& b,
+                                            const std::string& b_file, const std::string& b_engine,
+                                            const std::vector<int>& blocks);
 
 Result<TraceComparison> compare_traces(const Trace& a, const std::string& a_file, const Trace& b,
                                        const std::string& b_file, int top = 10);

@@ -780,4 +780,14 @@ std::string CalibrationDerivation::yaml() const {
   return std::string(y.c_str()) + "\n";
 }
 
+Result<Calibration> base_calibration(const Scenario& s) {
+  std::vector<std::string> files;
+  for (const std::string& f : s.calibration) {
+    auto c = load_calibration(f);
+    if (!c) return c.error();
+    if (!c.value().overlay) files.push_back(f);
+  }
+  return catch_input_errors([&] { return resolve_calibration(files); });
+}
+
 }  // namespace tandem

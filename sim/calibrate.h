@@ -115,6 +115,10 @@ struct CalibrationDerivation {
 // Phase names as traces write them ("attn(F)", "dispatch(B)", "mlp_w", ...) to task kinds.
 bool phase_task_kind(const std::string& phase, TaskKind* out);
 
+// The calibration an overlay is derived against: the scenario's `calibration:` files without
+// overlays of their own (an overlay derived against itself would reconcile nothing).
+Result<Calibration> base_calibration(const Scenario& s);
+
 // Derives the overlay from one or more traces (all of the same scenario shape). `base` is the
 // calibration the scenario uses without the overlay. Input errors (no phase matches a task kind,
 // a trace of another shape) come back as values.

@@ -179,6 +179,12 @@ def main():
                       ("timeline", "rect", "slot", 16 * 100), ("timeline", "rect", "comm", 16 * 20),
                       ("memory", "rect", "bar", 16), ("memory", "line", "reference", 1)], zoom=True)
 
+        # The prediction against a profiler trace of real training (kinds align, not tasks).
+        tandem_json(["compare", out("v3.trace.json"), os.path.join(src, "tests/data/train-excerpt.json"), "--scenario", v3, "--json"],
+                    "profile.json")
+        run([tandem, "report", out("profile.json"), "-o", out("profile.html")])
+        check_report(browser, out("profile.html"), "compare-profile", ["compare"], [("compare-kinds", "rect", "bar", 2 * 3)])
+
         # Skewed routing: the load per EP member is drawn.
         tandem_json(["simulate", small, "--set", "routing.model=skewed", "--set", "routing.skew=1", "--json"], "skew.json")
         run([tandem, "report", out("skew.json"), "-o", out("skew.html")])

@@ -143,8 +143,37 @@ TEST_CASE("compare refuses traces of different scenarios or programs in one line
   CHECK(other_program.code == 2);
   CHECK(other_program.out.find("otherData.program") != std::string::npos);
   CHECK(std::count(other_program.out.begin(), other_program.out.end(), '\n') == 1);
-  // A profiler trace is not a tandem trace.
+  // A profiler trace has no task identities: its shapes must come from --scenario.
   auto profiler = run_process(tandem_cmd("compare " + a + " " + test::repo("tests/data/train-excerpt.json") + " 2>&1"));
   CHECK(profiler.code == 2);
-  CHECK(profiler.out.find("not a trace tandem wrote") != std::string::npos);
+  CHECK(profiler.out.find("--scenario") != std::string::npos);
+  // A profiler trace as A is refused: A is a tandem trace.
+  auto profiler_a = run_process(tandem_cmd("compare " + test::repo("tests/data/train-excerpt.json") + " " + a + " 2>&1"));
+  CHECK(profiler_a.code == 2);
+  CHECK(profiler_a.out.find("not a trace tandem wrote") != std::string::npos);
+}
+
+TEST_CASE("compare aligns a simulation with a profiler trace by task kind", "[reports]") {
+  test::TempDir dir;
+  const std::string v3 = test::repo("scenarios/deepseek-v3-2048.yaml"), sim = dir.file("v3.json");
+  REQUIRE(run_process(tandem_cmd("simulate " + v3 + " --trace " + sim)).code == 0);
+  const auto run = run_process(tandem_cmd("compare " + sim + " " + test::repo("tests/data/train-excerpt.json") +
+                                          " --scenario " + v3 + " --json"));
+  REQUIRE(run.code == 0);
+  const json c = json::parse(run.out);
+  CHECK(c["kinds_only"] == true);
+  CHECK(c["b"]["engine"] == "profiler");
+  REQUIRE(c["kinds"].size() >= 3);  // the excerpt holds attn(F), dispatch(F), mlp(B), attn(B)
+  for (const auto& k : c["kinds"]) {
+    CHECK(k["a_s"].get<double>() > 0);
+    CHECK(k["b_s"].get<double>() > 0);
+    CHECK(k["tasks"].get<int>() > 0);
+  }
+  // The kinds the excerpt does not hold are listed, not dropped.
+  CHECK(c["kinds_only_in_a"].size() + c["kinds"].size() >= 10);
+  // Another scenario's --scenario is refused.
+  auto other = run_process(tandem_cmd("compare " + sim + " " + test::repo("tests/data/train-excerpt.json") + " --scenario " +
+                                      test::repo("scenarios/tiny-dualpipe.yaml") + " 2>&1"));
+  CHECK(other.code == 2);
+  CHECK(other.out.find("otherData.scenario") != std::string::npos);
 }
