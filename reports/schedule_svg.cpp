@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/format.h"
+#include "reports/svg_chart.h"
 
 #include "scenarios/scenario.h"
 
@@ -20,19 +21,6 @@ struct Colour {
 Colour forward_colour(int path_or_half) { return path_or_half == 0 ? Colour{"#f28e2b", "#000"} : Colour{"#ffe066", "#000"}; }
 Colour backward_colour(int path_or_half) { return path_or_half == 0 ? Colour{"#2e8b57", "#fff"} : Colour{"#8ecfef", "#000"}; }
 Colour weight_colour() { return {"#9b8ad6", "#fff"}; }
-
-std::string xml_escape(const std::string& in) {
-  std::string out;
-  for (char ch : in) {
-    switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      default: out += ch;
-    }
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -54,7 +42,7 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   std::string o;
   o += strprintf("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"Helvetica,Arial,sans-serif\">\n", width, height);
   o += strprintf("<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
-  o += strprintf("<text x=\"%.0f\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", left, xml_escape(title).c_str());
+  o += strprintf("<text x=\"%.0f\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", left, svg::escape(title).c_str());
   o += strprintf("<text x=\"%.0f\" y=\"36\" font-size=\"11\" fill=\"#444\">unit costs F=%g B=%g W=%g F&amp;B=%g; step %g, max bubble %g</text>\n",
            left, c.F, c.B, c.W, c.FB, run.step_time, run.max_bubble());
   for (int r = 0; r < s.ranks; ++r) {
@@ -116,7 +104,7 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
     } else {
       o += strprintf("<rect x=\"%.0f\" y=\"%.0f\" width=\"22\" height=\"14\" fill=\"%s\" stroke=\"#333\"/>\n", lx, ly, col.fill);
     }
-    o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"11\">%s</text>\n", lx + 27, ly + 11, xml_escape(text).c_str());
+    o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"11\">%s</text>\n", lx + 27, ly + 11, svg::escape(text).c_str());
     lx += 27 + 7.0 * static_cast<double>(std::string(text).size()) + 18;
   };
   const bool two = s.paths > 1 || s.kind == ScheduleKind::dualpipev;
