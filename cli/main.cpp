@@ -16,6 +16,7 @@
 #include "cli/report_command.h"
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
+#include "cli/plan_command.h"
 #include "cli/simulate_command.h"
 #include "cli/sweep_command.h"
 #include "cli/validate_command.h"
@@ -133,7 +134,23 @@ int main(int argc, char** argv) {
   sw->add_option("--set", sweep.overrides, "a fixed override for every run (repeatable)");
   sw->add_option("--csv", sweep.csv, "write one row per run to this CSV file");
   sw->add_option("--fidelity", sweep.fidelity, "simulator tier for every run (default auto)");
+  sw->add_option("--calibration", sweep.calibration, "kernel cost data for every run, as simulate --calibration (repeatable)");
+  sw->add_option("-j,--jobs", sweep.jobs, "runs at a time, each its own process (default 1)")->check(CLI::Range(1, 1024));
   sw->add_flag("--json", sweep.json, "print one JSON object on stdout instead of the table");
+
+  tandem::PlanOptions plan;
+  auto* pl = app.add_subcommand("plan", "Search the plan space around a scenario (pp, ep, micro-batch, schedule, comm SMs, DP overlap) and rank the plans that fit, fastest first");
+  pl->add_option("scenario", plan.path, "scenario file: the model, cluster, batch and every key not searched")->required();
+  pl->add_option("--set", plan.overrides, "override a scenario key for every candidate (repeatable)");
+  pl->add_option("--fix", plan.fix, "key=value: take a key out of the search (repeatable)");
+  pl->add_option("--vary", plan.vary, "key=v1,v2,...: the values to search for a key (replaces its defaults; repeatable)");
+  pl->add_option("--memory-headroom", plan.memory_headroom, "fraction of HBM a plan must leave free (default 0.05)");
+  pl->add_option("-j,--jobs", plan.jobs, "simulations at a time, each its own process (default 1)")->check(CLI::Range(1, 1024));
+  pl->add_option("--top", plan.top, "plans listed (default 10)")->check(CLI::Range(1, 1000000));
+  pl->add_option("--fidelity", plan.fidelity, "simulator tier for every candidate (default auto)");
+  pl->add_option("--csv", plan.csv, "write every candidate (status, figures, reason) to this CSV file");
+  pl->add_option("--write-best", plan.write_best, "write the fastest plan as a scenario card that tandem simulate reproduces");
+  pl->add_flag("--json", plan.json, "print one JSON object on stdout instead of text");
 #endif
 
   tandem::BenchOptions bench;
@@ -216,6 +233,12 @@ int main(int argc, char** argv) {
       validate.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
       if (ec) validate.self = argv[0];
       return emit(tandem::validate_command(validate, text), validate.json, text);
+    }
+    if (*pl) {
+      std::error_code ec;  // this executable, for the child runs
+      plan.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+      if (ec) plan.self = argv[0];
+      return emit(tandem::plan_command(plan, text), plan.json, text);
     }
     if (*sw) {
       std::error_code ec;  // this executable, for the child runs

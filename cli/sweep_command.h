@@ -1,7 +1,8 @@
 // `tandem sweep <scenario> --vary key=v1,v2,... [--vary ...] [--set k=v]... [--csv FILE] [--json]`
 //
 // Runs `tandem simulate` for every combination of the varied keys (the cross product), each in
-// its own process (SimGrid allows one engine per process), with a progress bar on stderr. A
+// its own process (SimGrid allows one engine per process), -j of them at a time, with a progress
+// count and ETA on a terminal's stderr (cli/child_runs.h); the table is the same for any -j. A
 // combination the scenario rejects (infeasible plan, memory above HBM) is a row with its reason,
 // not a failure of the sweep.
 #pragma once
@@ -21,6 +22,8 @@ struct SweepOptions {
   std::vector<std::string> overrides;  // fixed --set for every run
   std::string csv;
   std::string fidelity = "auto";
+  std::vector<std::string> calibration;  // --calibration for every run
+  int jobs = 1;                           // runs at a time (each its own process)
   bool json = false;
   std::string self;                    // the tandem executable
 };

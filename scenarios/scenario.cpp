@@ -1,6 +1,7 @@
 #include "scenarios/scenario.h"
 
 #include <filesystem>
+#include <fstream>
 
 #include "scenarios/memory.h"
 #include "scenarios/stage_partition.h"
@@ -366,6 +367,44 @@ Workload scenario_workload(const Scenario& s) {
 
 Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides) {
   return catch_input_errors([&] { return read_scenario(path, overrides); });
+}
+
+void write_scenario_card(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,
+                         const std::string& header, const std::string& description) {
+  YAML::Node root = parse_card_file(path);
+  if (!root.IsMap()) throw_input_error(path, "", "expected a map of keys");
+  OriginMap origins;
+  for (const auto& o : overrides) apply_override(root, o, path + " [--set]", origins);
+  namespace fs = std::filesystem;
+  const fs::path from = fs::absolute(fs::path(path)).parent_path();
+  const fs::path to = fs::absolute(fs::path(out)).parent_path();
+  auto repoint = [&](YAML::Node n) {
+    if (!n.IsScalar()) return;
+    const fs::path p(n.Scalar());
+    if (p.is_absolute()) return;
+    n = fs::relative(fs::weakly_canonical(from / p), fs::weakly_canonical(to)).generic_string();
+  };
+  for (const char* section : {"model", "cluster"}) {
+    YAML::Node n = root[section];
+    if (n.IsScalar()) repoint(n);
+    else if (n.IsMap() && n["card"]) repoint(n["card"]);
+  }
+  if (YAML::Node c = root["calibration"]) {
+    if (c.IsScalar()) repoint(c);
+    else if (c.IsSequence())
+      for (size_t i = 0; i < c.size(); ++i) repoint(c[i]);
+  }
+  if (!description.empty()) root["description"] = description;
+  YAML::Emitter e;
+  e << root;
+  std::ofstream f(out);
+  std::string comment;
+  for (char ch : header) {
+    comment += ch;
+    if (ch == '\n') comment += "# ";
+  }
+  f << "# " << comment << "\n" << e.c_str() << "\n";
+  if (!f) throw_input_error("<command line>", "--write-best", "cannot write '" + out + "'");
 }
 
 }  // namespace tandem

@@ -111,6 +111,14 @@ struct Scenario {
   }
 };
 
+// Writes the scenario file `path` with `overrides` applied as a card of its own at `out`: the
+// same keys, the overridden values in place, and its file references (model, cluster,
+// calibration) re-pointed relative to `out`'s folder, so `load_scenario(out)` gives the scenario
+// that `load_scenario(path, overrides)` gives. `header` goes first as YAML comments; a non-empty
+// `description` replaces the card's (which described the plan before the overrides).
+void write_scenario_card(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,
+                         const std::string& header, const std::string& description = "");
+
 // Loads, resolves and validates a scenario file. `overrides` are "dotted.key=value" strings.
 Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides = {});
 

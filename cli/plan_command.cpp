@@ -1,0 +1,332 @@
+#include "cli/plan_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "cli/axes.h"
+#include "cli/child_runs.h"
+#include "common/format.h"
+#include "scenarios/scenario.h"
+
+namespace tandem {
+
+namespace {
+
+constexpr size_t kMaxCandidates = 20000;
+
+std::string key_of(const std::string& assignment) { return assignment.substr(0, assignment.find('=')); }
+
+void add_unique(std::vector<std::string>& values, const std::string& v) {
+  if (std::find(values.begin(), values.end(), v) == values.end()) values.push_back(v);
+}
+
+// What a user would try for each searched key, and the scenario's own value.
+std::vector<Axis> default_axes(const Scenario& s) {
+  Axis pp{"plan.pp", {}}, ep{"plan.ep", {}}, mbs{"batch.micro_batch_sequences", {"1", "2", "4"}},
+      kind{"schedule.kind", {"1f1b", "zb1p", "dualpipe", "dualpipev"}}, sms{"comm.sms", {"10", "20", "32"}},
+      overlap{"plan.dp_overlap", {"false", "true"}};
+  for (int64_t p = 1; p <= 64; p *= 2)
+    if (s.gpus % p == 0) pp.values.push_back(std::to_string(p));
+  for (int64_t e = 1; e <= std::min<int64_t>(256, s.gpus); e *= 2) ep.values.push_back(std::to_string(e));
+  add_unique(pp.values, std::to_string(s.plan.pp));
+  add_unique(ep.values, std::to_string(s.plan.ep));
+  add_unique(mbs.values, std::to_string(s.batch.micro_batch_sequences));
+  add_unique(kind.values, to_string(s.schedule.kind));
+  add_unique(sms.values, std::to_string(s.comm.sms));
+  add_unique(overlap.values, s.plan.dp_overlap ? "true" : "false");
+  return {pp, ep, mbs, kind, sms, overlap};
+}
+
+// The scenario's own value of a searched key, as the axes write it.
+std::string own_value(const Scenario& s, const std::string& key) {
+  if (key == "plan.pp") return std::to_string(s.plan.pp);
+  if (key == "plan.ep") return std::to_string(s.plan.ep);
+  if (key == "batch.micro_batch_sequences") return std::to_string(s.batch.micro_batch_sequences);
+  if (key == "schedule.kind") return to_string(s.schedule.kind);
+  if (key == "comm.sms") return std::to_string(s.comm.sms);
+  if (key == "plan.dp_overlap") return s.plan.dp_overlap ? "true" : "false";
+  return "";
+}
+
+struct Candidate {
+  std::vector<std::string> sets;  // the searched keys' "key=value"
+  std::string status = "ok";      // ok, infeasible, error
+  std::string reason_key;         // infeasible: the key that fails (or "memory headroom")
+  std::string reason;
+  nlohmann::json result;          // simulate --json
+  double step() const { return result.value("step_time_s", INFINITY); }
+};
+
+// "file: key: reason" as a child prints an input error: the key, or "" when there is none.
+std::string failing_key(const std::string& message) {
+  const size_t a = message.find(": ");
+  if (a == std::string::npos) return "";
+  const size_t b = message.find(": ", a + 2);
+  return b == std::string::npos ? "" : message.substr(a + 2, b - a - 2);
+}
+
+std::string value_of(const Candidate& c, const std::string& key) {
+  for (const std::string& s : c.sets)
+    if (key_of(s) == key) return s.substr(key.size() + 1);
+  return "";
+}
+
+// Why the winner beats the runner-up, in the model's terms: which part of the step differs most.
+std::string explain(const Candidate& a, const Candidate& b, const std::vector<Axis>& axes) {
+  std::string differs;
+  for (const Axis& ax : axes)
+    if (value_of(a, ax.key) != value_of(b, ax.key))
+      differs += (differs.empty() ? "" : ", ") + ax.key + " " + value_of(b, ax.key) + " -> " + value_of(a, ax.key);
+  auto part = [](const Candidate& c, const char* fraction) { return c.result.value(fraction, 0.0) * c.step(); };
+  struct Term {
+    const char* name;
+    double a, b;
+  };
+  const Term terms[] = {{"compute", part(a, "compute_busy_fraction"), part(b, "compute_busy_fraction")},
+                        {"exposed communication", part(a, "exposed_comm_fraction"), part(b, "exposed_comm_fraction")},
+                        {"bubble", part(a, "bubble_fraction"), part(b, "bubble_fraction")}};
+  const Term* biggest = &terms[0];
+  for (const Term& t : terms)
+    if (std::abs(t.b - t.a) > std::abs(biggest->b - biggest->a)) biggest = &t;
+  std::string out = strprintf("The winner is %s faster than the runner-up (%s vs %s; %s). ", format_seconds(b.step() - a.step()).c_str(),
+                              format_seconds(a.step()).c_str(), format_seconds(b.step()).c_str(),
+                              differs.empty() ? "same searched keys" : differs.c_str());
+  out += strprintf("Per GPU: compute %s vs %s, exposed communication %s vs %s, bubble %s vs %s: mostly %s.",
+                   format_seconds(terms[0].a).c_str(), format_seconds(terms[0].b).c_str(), format_seconds(terms[1].a).c_str(),
+                   format_seconds(terms[1].b).c_str(), format_seconds(terms[2].a).c_str(), format_seconds(terms[2].b).c_str(),
+                   biggest->name);
+  return out;
+}
+
+std::string csv_field(const std::string& v) {
+  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
+  std::string q = "\"";
+  for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+}  // namespace
+
+Result<nlohmann::json> plan_command(const PlanOptions& o, std::string& t) {
+  return catch_input_errors([&]() -> nlohmann::json {
+    if (!(o.memory_headroom >= 0 && o.memory_headroom < 1))
+      throw_input_error("<command line>", "--memory-headroom", "expected a fraction of HBM in [0, 1)");
+    std::vector<std::string> fixed = o.overrides;
+    for (const std::string& f : o.fix) {
+      if (f.find('=') == std::string::npos || f.front() == '=')
+        throw_input_error("<command line>", "--fix", "expected key=value, got '" + f + "'");
+      fixed.push_back(f);
+    }
+    // The base: the scenario with the fixed keys. It must load (it is the plan the search starts
+    // from); its own values join the searched ones, so its rank is known.
+    auto base = load_scenario(o.path, fixed);
+    if (!base) throw InputException(base.error());
+    const Scenario& s = base.value();
+
+    std::vector<Axis> axes;
+    for (const Axis& a : default_axes(s))
+      if (std::none_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; })) axes.push_back(a);
+    for (const std::string& v : o.vary) {
+      Axis a = parse_axis(v, "--vary");
+      if (std::any_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; }))
+        throw_input_error("<command line>", "--vary " + a.key, "the key is also fixed (--fix or --set): search it or fix it");
+      auto it = std::find_if(axes.begin(), axes.end(), [&](const Axis& x) { return x.key == a.key; });
+      if (it != axes.end()) *it = a;
+      else axes.push_back(a);
+    }
+    if (axes.empty()) throw_input_error("<command line>", "--fix", "every searched key is fixed: nothing to search");
+    size_t count = 1;
+    for (const Axis& a : axes) {
+      count *= a.values.size();
+      if (count > kMaxCandidates)
+        throw_input_error("<command line>", "--vary", "more than " + std::to_string(kMaxCandidates) + " candidate plans: fix or narrow some keys");
+    }
+
+    std::vector<Candidate> candidates;
+    for (auto& sets : cross_product(axes)) candidates.push_back({sets, "ok", "", "", {}});
+    std::vector<std::string> commands;
+    for (const Candidate& c : candidates) {
+      std::string cmd = shell_quote(o.self) + " simulate " + shell_quote(o.path) + " --json --fidelity " + shell_quote(o.fidelity);
+      for (const std::string& f : fixed) cmd += " --set " + shell_quote(f);
+      for (const std::string& set : c.sets) cmd += " --set " + shell_quote(set);
+      commands.push_back(cmd);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<ChildRun> runs = run_children(commands, o.jobs, [&](size_t i) {
+      std::string label;
+      for (const std::string& set : candidates[i].sets) label += set.substr(set.find('.') + 1) + " ";
+      return label;
+    });
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    std::map<std::string, int> infeasible;
+    std::map<std::string, std::string> example;
+    int errors = 0;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      Candidate& c = candidates[i];
+      const ChildRun& r = runs[i];
+      if (r.code == 2) {
+        c.status = "infeasible";
+        c.reason = r.err;
+        c.reason_key = failing_key(r.err);
+      } else if (r.code != 0) {
+        c.status = "error";
+        c.reason = r.err.empty() ? "exit " + std::to_string(r.code) : r.err;
+        ++errors;
+        continue;
+      } else {
+        c.result = nlohmann::json::parse(r.out, nullptr, false);
+        if (c.result.is_discarded() || !c.result.contains("step_time_s")) {
+          c.status = "error";
+          c.reason = "unreadable simulate output";
+          ++errors;
+          continue;
+        }
+        const double peak = c.result.value("memory_peak_bytes", 0.0), hbm = c.result.value("hbm_bytes", 0.0);
+        if (peak > (1 - o.memory_headroom) * hbm) {
+          c.status = "infeasible";
+          c.reason_key = "memory headroom";
+          c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", peak / 1e9, hbm / 1e9,
+                               100 * o.memory_headroom);
+        }
+      }
+      if (c.status == "infeasible") {
+        ++infeasible[c.reason_key];
+        example.try_emplace(c.reason_key, c.reason);
+      }
+    }
+    std::vector<size_t> ranked;
+    for (size_t i = 0; i < candidates.size(); ++i)
+      if (candidates[i].status == "ok") ranked.push_back(i);
+    std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) { return candidates[a].step() < candidates[b].step(); });
+    // The scenario's own plan among the candidates.
+    size_t own = candidates.size();
+    for (size_t i = 0; i < candidates.size() && own == candidates.size(); ++i)
+      if (std::all_of(axes.begin(), axes.end(), [&](const Axis& a) { return value_of(candidates[i], a.key) == own_value(s, a.key); }))
+        own = i;
+    int own_rank = -1;
+    for (size_t k = 0; k < ranked.size(); ++k)
+      if (ranked[k] == own) own_rank = static_cast<int>(k) + 1;
+
+    // Text.
+    int infeasible_total = 0;
+    for (const auto& [k, n] : infeasible) infeasible_total += n;
+    t += strprintf("Plan search for %s on %lld x %s: %zu candidate plans (%s)\n", s.name.c_str(), static_cast<long long>(s.gpus),
+                   s.cluster.gpu.name.c_str(), candidates.size(), [&] {
+                     std::string keys;
+                     for (const Axis& a : axes) keys += (keys.empty() ? "" : " x ") + a.key + " " + std::to_string(a.values.size());
+                     return keys;
+                   }().c_str());
+    t += strprintf("  infeasible %d, simulated and ranked %zu, failed %d; %.1f s with -j %d\n", infeasible_total, ranked.size(),
+                   errors, wall, o.jobs);
+    for (const auto& [k, n] : infeasible)
+      t += strprintf("    %5d  %-28s e.g. %s\n", n, (k.empty() ? "(whole file)" : k).c_str(), example[k].c_str());
+    // A column per searched key, as wide as its name or its widest value.
+    std::vector<int> widths;
+    for (const Axis& a : axes) {
+      size_t w = a.key.size() - a.key.find('.') - 1;
+      for (const std::string& v : a.values) w = std::max(w, v.size());
+      widths.push_back(static_cast<int>(w));
+    }
+    std::string head = "  rank ";
+    for (size_t k = 0; k < axes.size(); ++k) head += strprintf("%-*s ", widths[k], axes[k].key.substr(axes[k].key.find('.') + 1).c_str());
+    t += head + strprintf("%10s %9s %6s %7s %7s %7s %10s\n", "step", "tok/s/GPU", "MFU%", "mem_GB", "bubble%", "exposed%", "GPUh/Ttok");
+    auto row_text = [&](size_t k, size_t i) {
+      const Candidate& c = candidates[i];
+      std::string row = strprintf("  %4zu ", k + 1);
+      for (size_t a = 0; a < axes.size(); ++a) row += strprintf("%-*s ", widths[a], value_of(c, axes[a].key).c_str());
+      return row + strprintf("%10s %9.0f %6.1f %7.1f %7.1f %7.1f %10.0f%s\n", format_seconds(c.step()).c_str(),
+                             c.result.value("tokens_per_s_per_gpu", 0.0), 100 * c.result.value("mfu_causal", 0.0),
+                             c.result.value("memory_peak_bytes", 0.0) / 1e9, 100 * c.result.value("bubble_fraction", 0.0),
+                             100 * c.result.value("exposed_comm_fraction", 0.0),
+                             c.result.value("gpu_hours_per_trillion_tokens", 0.0), i == own ? "  <- the scenario's plan" : "");
+    };
+    for (size_t k = 0; k < ranked.size() && k < static_cast<size_t>(o.top); ++k) t += row_text(k, ranked[k]);
+    if (own_rank > o.top) t += "   ...\n" + row_text(static_cast<size_t>(own_rank - 1), own);
+    if (own == candidates.size())
+      t += "  The scenario's own plan is not among the candidates (a --vary left its value out).\n";
+    else if (own_rank < 0)
+      t += "  The scenario's own plan is " + candidates[own].status + ": " + candidates[own].reason + "\n";
+    else
+      t += strprintf("  The scenario's own plan ranks %d of %zu.\n", own_rank, ranked.size());
+    // The runner-up: the fastest plan slower than the winner (plans that tie it differ in keys
+    // that do not matter there, e.g. dp_overlap with one pipeline rank).
+    std::string why;
+    size_t ties = 0;
+    while (ties + 1 < ranked.size() && candidates[ranked[ties + 1]].step() == candidates[ranked[0]].step()) ++ties;
+    if (ties > 0)
+      why = strprintf("%zu plan%s the winner to the last digit (the keys they differ in do not change the step). ", ties,
+                      ties == 1 ? " ties" : "s tie");
+    if (ties + 1 < ranked.size()) why += explain(candidates[ranked[0]], candidates[ranked[ties + 1]], axes);
+    if (!why.empty()) t += "  " + why + "\n";
+
+    // Files.
+    if (!o.csv.empty()) {
+      const std::string partial = o.csv + ".incomplete";
+      std::ofstream csv(partial);
+      std::string header;
+      for (const Axis& a : axes) header += csv_field(a.key) + ",";
+      csv << header << "status,step_time_s,tokens_per_s_per_gpu,mfu_causal,memory_peak_bytes,bubble_fraction,exposed_comm_fraction,gpu_hours_per_trillion_tokens,reason\n";
+      for (const Candidate& c : candidates) {
+        for (const Axis& a : axes) csv << csv_field(value_of(c, a.key)) << ",";
+        csv << c.status;
+        for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
+                              "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
+          csv << "," << (c.result.contains(m) ? strprintf("%.9g", c.result[m].get<double>()) : std::string());
+        csv << "," << csv_field(c.reason) << "\n";
+      }
+      csv.close();
+      std::error_code ec;
+      std::filesystem::rename(partial, o.csv, ec);
+      if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
+    }
+    if (!o.write_best.empty()) {
+      if (ranked.empty()) throw_input_error("<command line>", "--write-best", "no plan fits: nothing to write");
+      std::vector<std::string> sets = fixed;
+      const Candidate& best = candidates[ranked[0]];
+      sets.insert(sets.end(), best.sets.begin(), best.sets.end());
+      std::string header = "The fastest of " + std::to_string(ranked.size()) + " plans that fit, found by `tandem plan` from " +
+                           std::filesystem::path(o.path).filename().string() + ":";
+      for (const std::string& set : sets) header += "\n  --set " + set;
+      header += strprintf("\npredicted step time %s (tandem %s)", format_seconds(best.step()).c_str(), TANDEM_VERSION);
+      write_scenario_card(o.path, sets, o.write_best, header,
+                          "the fastest plan tandem plan found for " + s.name + " (" + format_seconds(best.step()) + " per step)");
+      t += "  best plan written as a scenario: " + o.write_best + "\n";
+    }
+
+    // JSON.
+    nlohmann::json keys = nlohmann::json::array(), plans = nlohmann::json::array(), reasons = nlohmann::json::object();
+    for (const Axis& a : axes) keys.push_back(a.key);
+    for (const auto& [k, n] : infeasible) reasons[k.empty() ? "(whole file)" : k] = {{"count", n}, {"example", example[k]}};
+    for (size_t k = 0; k < ranked.size(); ++k) {
+      const Candidate& c = candidates[ranked[k]];
+      nlohmann::json p = {{"rank", k + 1}, {"scenario_plan", ranked[k] == own}};
+      for (const Axis& a : axes) p[a.key] = value_of(c, a.key);
+      for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
+                            "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
+        p[m] = c.result.value(m, 0.0);
+      plans.push_back(p);
+    }
+    return nlohmann::json{{"command", "plan"},
+                          {"scenario", s.name},
+                          {"searched", keys},
+                          {"fixed", fixed},
+                          {"enumerated", candidates.size()},
+                          {"infeasible", infeasible_total},
+                          {"infeasible_by_key", reasons},
+                          {"failed", errors},
+                          {"ranked", ranked.size()},
+                          {"memory_headroom", o.memory_headroom},
+                          {"scenario_plan_rank", own_rank},
+                          {"why_the_winner_wins", why},
+                          {"plans", plans},
+                          {"wall_s", wall},
+                          {"jobs", o.jobs}};
+  });
+}
+
+}  // namespace tandem

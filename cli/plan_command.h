@@ -1,0 +1,39 @@
+// `tandem plan SCENARIO [--set k=v]... [--fix k=v]... [--vary k=v1,v2,...]... [-j N] [--top N]
+//  [--memory-headroom F] [--csv FILE] [--write-best FILE] [--json]`
+//
+// Searches the plan space around a scenario and ranks the plans that fit, fastest first. The
+// scenario's own keys stay fixed but for the searched ones: by default plan.pp, plan.ep,
+// batch.micro_batch_sequences, schedule.kind, comm.sms and plan.dp_overlap (each over the values
+// a user would try, and the scenario's own); --fix (or --set) takes a key out of the search,
+// --vary gives a key the values to search. Every candidate is simulated in its own process
+// (cli/child_runs.h, -j at a time): the scenario's validation rejects the plans that cannot run
+// (counted by the key that fails), a memory headroom (default 5% of HBM) rejects those too tight
+// to run, and the rest rank by simulated step time. The table is the same for any -j.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/input_error.h"
+
+namespace tandem {
+
+struct PlanOptions {
+  std::string path;
+  std::vector<std::string> overrides;  // --set: every candidate
+  std::vector<std::string> fix;        // --fix key=value: out of the search
+  std::vector<std::string> vary;       // --vary key=v1,v2,...: the values searched for key
+  double memory_headroom = 0.05;       // fraction of HBM a plan must leave free
+  int jobs = 1;
+  int top = 10;
+  std::string fidelity = "auto";
+  std::string csv, write_best;
+  bool json = false;
+  std::string self;  // the tandem executable
+};
+
+Result<nlohmann::json> plan_command(const PlanOptions& o, std::string& text);
+
+}  // namespace tandem

@@ -1,0 +1,159 @@
+// `tandem plan` and `tandem sweep` end to end, through the tandem binary.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/subprocess.h"
+#include "../temp_dir.h"
+#include "../test_paths.h"
+
+using nlohmann::json;
+using tandem::test::repo;
+
+namespace {
+
+tandem::ProcessRun tandem_run(const std::string& args, bool with_stderr = false) {
+  return tandem::run_process(std::string(TANDEM_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null"));
+}
+
+// A small search: 27 candidates of the tiny scenario, some infeasible.
+const std::string kSearch =
+    " --fix comm.sms=20 --fix plan.dp_overlap=false --fix batch.micro_batch_sequences=2"
+    " --vary plan.pp=1,2,4 --vary plan.ep=1,2,4 --vary schedule.kind=1f1b,zb1p,dualpipe";
+
+json plan(const std::string& extra) {
+  const auto r = tandem_run("plan " + repo("scenarios/tiny-dualpipe.yaml") + kSearch + " --json " + extra);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  return json::parse(r.out);
+}
+
+// Fields of one CSV line (RFC 4180 quoting).
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> out{""};
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted && c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+      out.back() += '"';
+      ++i;
+    } else if (c == '"') {
+      quoted = !quoted;
+    } else if (c == ',' && !quoted) {
+      out.push_back("");
+    } else {
+      out.back() += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("plan ranks first the plan an exhaustive sweep of the same candidates finds fastest", "[plan]") {
+  const json p = plan("-j 1");
+  CHECK(p["enumerated"] == 27);
+  CHECK(p["infeasible"].get<int>() > 0);
+  int by_key = 0;
+  for (const auto& [key, v] : p["infeasible_by_key"].items()) by_key += v["count"].get<int>();
+  CHECK(by_key == p["infeasible"].get<int>());
+  CHECK(p["ranked"].get<int>() + p["infeasible"].get<int>() + p["failed"].get<int>() == 27);
+  REQUIRE(!p["plans"].empty());
+
+  // The same candidates through tandem sweep, every one simulated: the fastest that leaves 5% of
+  // HBM free is the plan's winner.
+  const auto s = tandem_run("sweep " + repo("scenarios/tiny-dualpipe.yaml") +
+                            " --set comm.sms=20 --set plan.dp_overlap=false --set batch.micro_batch_sequences=2"
+                            " --vary plan.pp=1,2,4 --vary plan.ep=1,2,4 --vary schedule.kind=1f1b,zb1p,dualpipe --json");
+  REQUIRE(s.code == 0);
+  double best = INFINITY;
+  json best_run;
+  const json sweep = json::parse(s.out);
+  for (const json& run : sweep["runs"])
+    if (run["status"] == "ok" && run["step_time_s"].get<double>() < best) {
+      best = run["step_time_s"].get<double>();
+      best_run = run;
+    }
+  const json& winner = p["plans"][0];
+  CHECK(winner["step_time_s"].get<double>() == best);
+  for (const char* key : {"plan.pp", "plan.ep", "schedule.kind"}) CHECK(winner[key] == best_run[key]);
+  // The scenario's own plan (PP4 DualPipe, EP2) is among the candidates and ranked.
+  CHECK(p["scenario_plan_rank"].get<int>() >= 1);
+}
+
+TEST_CASE("plan gives the same ranking whatever the parallelism", "[plan]") {
+  const json one = plan("-j 1"), two = plan("-j 2");
+  REQUIRE(one["plans"].size() == two["plans"].size());
+  for (size_t i = 0; i < one["plans"].size(); ++i) {
+    INFO(i);
+    CHECK(one["plans"][i] == two["plans"][i]);
+  }
+}
+
+TEST_CASE("plan --write-best writes a card that simulates to the reported time", "[plan]") {
+  tandem::test::TempDir dir;
+  const std::string card = dir.file("best.yaml");
+  const json p = plan("--write-best " + card);
+  const auto r = tandem_run("simulate " + card + " --json");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(json::parse(r.out)["step_time_s"].get<double>() == p["plans"][0]["step_time_s"].get<double>());
+}
+
+TEST_CASE("plan refuses bad options in one line", "[plan]") {
+  const std::string base = "plan " + repo("scenarios/tiny-dualpipe.yaml");
+  for (const std::string& bad : {std::string(" --vary plan.pp="), std::string(" --vary plan.pp=2,,4"),
+                                 std::string(" --fix nosuch.key=1"), std::string(" --memory-headroom 1.5"),
+                                 std::string(" --fix plan.pp=2 --vary plan.pp=2,4"), std::string(" --fix plan.pp")}) {
+    INFO(bad);
+    const auto r = tandem_run(base + bad, true);
+    CHECK(r.code == 2);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+}
+
+TEST_CASE("sweep -j 2 gives the -j 1 table; its CSV quotes fields and is marked incomplete until done", "[plan]") {
+  tandem::test::TempDir dir;
+  const std::string args = "sweep " + repo("scenarios/tiny-dualpipe.yaml") + " --vary plan.pp=1,2,4 --vary plan.ep=1,2,8 --json";
+  const auto one = tandem_run(args + " -j 1 --csv " + dir.file("one.csv"));
+  const auto two = tandem_run(args + " -j 2");
+  REQUIRE(one.code == 0);
+  REQUIRE(two.code == 0);
+  const json runs = json::parse(one.out);
+  CHECK(runs["runs"].size() == 9);
+  auto strip = [](json j) {
+    for (json& r : j["runs"]) r.erase("sim_wall_s");
+    j.erase("wall_s");
+    return j;
+  };
+  CHECK(strip(json::parse(one.out)) == strip(json::parse(two.out)));
+  // Every row has the header's fields, though rejection reasons hold commas.
+  std::ifstream csv(dir.file("one.csv"));
+  std::string line;
+  std::getline(csv, line);
+  const size_t fields = csv_fields(line).size();
+  int rows = 0;
+  bool comma_in_a_field = false;
+  while (std::getline(csv, line)) {
+    const auto f = csv_fields(line);
+    CHECK(f.size() == fields);
+    comma_in_a_field |= std::any_of(f.begin(), f.end(), [](const std::string& x) { return x.find(',') != std::string::npos; });
+    ++rows;
+  }
+  CHECK(rows == 9);
+  CHECK(comma_in_a_field);
+  CHECK(!std::filesystem::exists(dir.file("one.csv.incomplete")));
+
+  // A sweep stopped midway leaves no file under the CSV's name, only the ".incomplete" one.
+  const std::string cut = dir.file("cut.csv");
+  tandem::run_process("sh -c '" + std::string(TANDEM_BINARY) + " sweep " + repo("scenarios/deepseek-v3-2048.yaml") +
+                      " --vary comm.sms=10,12,14,16,18,20 --csv " + cut + " >/dev/null 2>&1 & p=$!; sleep 1; kill -TERM $p; wait $p' 2>/dev/null");
+  CHECK(!std::filesystem::exists(cut));
+  CHECK(std::filesystem::exists(cut + ".incomplete"));
+}
