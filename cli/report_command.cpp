@@ -32,7 +32,7 @@ Result<nlohmann::json> report_command(const ReportOptions& o, std::string& text)
     } else {
       if (bytes.value().size() > kMaxResultBytes) return InputError{file, "", "larger than a tandem result can be"};
       if (!j.contains("command"))
-        return InputError{file, "command", "missing: not the --json output of simulate, execute, compare or sweep of this tandem"};
+        return InputError{file, "command", "missing: not the --json output of simulate, execute, compare, sweep or plan of this tandem"};
       if (scenario.empty() && j.contains("scenario") && j["scenario"].is_string()) scenario = std::filesystem::path(j["scenario"].get<std::string>()).filename().string();  // sweeps name a file
       in.result = std::move(j);
     }

@@ -418,6 +418,100 @@ void sweep_sections(Page& page, const ReportInput& in) {
   page.section("sweep", "Sweep: " + shown(r.value("scenario", "?")), body);
 }
 
+void plan_sections(Page& page, const ReportInput& in) {
+  const json& r = in.result;
+  const std::string& f = in.file;
+  std::vector<std::string> keys;
+  for (const json& k : need(r, f, "searched")) keys.push_back(k.get<std::string>());
+  const json& plans = need(r, f, "plans");
+  const int own = need(r, f, "scenario_plan_rank").get<int>();
+  std::string body = "<p>From " + escape(shown(f)) + " (tandem plan).</p>\n";
+  body += table({"figure", "value"},
+                {{"scenario", need(r, f, "scenario").get<std::string>()},
+                 {"candidate plans", std::to_string(need(r, f, "enumerated").get<int64_t>())},
+                 {"infeasible", std::to_string(need(r, f, "infeasible").get<int64_t>())},
+                 {"simulated and ranked", std::to_string(need(r, f, "ranked").get<int64_t>())},
+                 {"memory headroom", strprintf("%.0f %% of HBM left free", 100 * number(r, f, "memory_headroom"))},
+                 {"the scenario's own plan", own > 0 ? "rank " + std::to_string(own) : std::string("not ranked")},
+                 {"why the winner wins", need(r, f, "why_the_winner_wins").get<std::string>()}},
+                "summary");
+  std::vector<std::vector<std::string>> reasons;
+  for (const auto& [key, v] : need(r, f, "infeasible_by_key").items())
+    reasons.push_back({key, std::to_string(v.value("count", 0)), v.value("example", "")});
+  if (!reasons.empty()) body += "<h3>Why plans do not fit</h3>\n" + table({"failing key", "plans", "for example"}, reasons);
+
+  // The fastest plans, with the scenario's own for reference.
+  auto label = [&](const json& p) {
+    std::string l;
+    for (const std::string& k : keys) l += (l.empty() ? "" : " ") + k.substr(k.find('.') + 1) + "=" + p.value(k, "?");
+    return l;
+  };
+  std::vector<std::string> rows;
+  svg::Series steps{"step time", kAColor, {}};
+  double own_step = 0;
+  for (const json& p : plans) {
+    if (p.value("scenario_plan", false)) own_step = p.value("step_time_s", 0.0);
+    if (rows.size() < 20) {
+      rows.push_back("#" + std::to_string(p.value("rank", 0)) + " " + label(p));
+      steps.values.push_back(p.value("step_time_s", 0.0));
+    }
+  }
+  body += "<h3>The fastest plans</h3>\n" +
+          figure(svg::grouped_bars(rows, {steps}, fmt_seconds, "plan-top", own_step, own_step > 0 ? "the scenario's plan" : "", false, 1100),
+                 "Simulated step time of the fastest plans that fit (at most 20), the scenario's own plan dashed.");
+  // Each searched key: the best step time reached with each of its values.
+  body += "<h3>The best step time against each searched key</h3>\n<div class=\"charts\">";
+  for (const std::string& key : keys) {
+    std::vector<std::string> xs;
+    std::vector<double> best;
+    for (const json& p : plans) {
+      const std::string v = p.value(key, "?");
+      auto it = std::find(xs.begin(), xs.end(), v);
+      if (it == xs.end()) {
+        xs.push_back(v);
+        best.push_back(p.value("step_time_s", 0.0));
+      } else {
+        double& b = best[static_cast<size_t>(it - xs.begin())];
+        b = std::min(b, p.value("step_time_s", 0.0));
+      }
+    }
+    // Numeric values in numeric order, names as they came.
+    std::vector<size_t> order(xs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    const bool numeric = std::all_of(xs.begin(), xs.end(), [](const std::string& v) {
+      return !v.empty() && v.find_first_not_of("0123456789.") == std::string::npos;
+    });
+    if (numeric) std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return std::stod(xs[a]) < std::stod(xs[b]); });
+    std::vector<std::string> x;
+    svg::Series line{"best plan", kAColor, {}};
+    for (size_t i : order) {
+      x.push_back(xs[i]);
+      line.values.push_back(best[i]);
+    }
+    body += figure(svg::line_chart(x, key, {line}, fmt_seconds, "best step time", "plan-key"),
+                   "The fastest plan that fits with each value of " + key + " (values with no plan that fits are absent).");
+  }
+  body += "</div>\n";
+  std::vector<std::string> head{"rank"};
+  head.insert(head.end(), keys.begin(), keys.end());
+  for (const char* h : {"step time", "tokens/s/GPU", "MFU", "memory", "bubble", "exposed comm"}) head.push_back(h);
+  std::vector<std::vector<std::string>> top;
+  for (const json& p : plans) {
+    if (top.size() >= 50) break;
+    std::vector<std::string> row{std::to_string(p.value("rank", 0)) + (p.value("scenario_plan", false) ? " (scenario)" : "")};
+    for (const std::string& k : keys) row.push_back(p.value(k, "?"));
+    row.push_back(format_seconds(p.value("step_time_s", 0.0)));
+    row.push_back(strprintf("%.0f", p.value("tokens_per_s_per_gpu", 0.0)));
+    row.push_back(strprintf("%.1f %%", 100 * p.value("mfu_causal", 0.0)));
+    row.push_back(fmt_gb(p.value("memory_peak_bytes", 0.0)));
+    row.push_back(strprintf("%.1f %%", 100 * p.value("bubble_fraction", 0.0)));
+    row.push_back(strprintf("%.1f %%", 100 * p.value("exposed_comm_fraction", 0.0)));
+    top.push_back(row);
+  }
+  body += "<h3>Ranked plans (at most 50)</h3>\n" + table(head, top);
+  page.section("plan", "Plan search: " + need(r, f, "scenario").get<std::string>(), body);
+}
+
 // Zoom for the timeline: re-places every block from its data-s / data-e seconds and redraws the
 // axis, so text never stretches.
 constexpr const char* kScript = R"JS(
@@ -612,8 +706,10 @@ Result<std::string> html_report(const std::vector<ReportInput>& inputs, const st
         compare_sections(page, in);
       else if (command == "sweep")
         sweep_sections(page, in);
+      else if (command == "plan")
+        plan_sections(page, in);
       else
-        throw_input_error(in.file, "command", "'" + command + "': a report is drawn from simulate, execute, compare or sweep results and traces");
+        throw_input_error(in.file, "command", "'" + command + "': a report is drawn from simulate, execute, compare, sweep or plan results and traces");
     }
     for (size_t i = 0; i < inputs.size(); ++i)
       if (inputs[i].trace && !trace_used[i]) timeline_section(page, *inputs[i].trace, inputs[i].file);

@@ -1,8 +1,8 @@
 // The HTML report: one self-contained file (inline CSS, SVG and a few lines of script; no network)
 // from tandem's own outputs, for a person to look at.
 //
-// Inputs are what the commands write: `simulate --json`, `execute --json`, `compare --json` and
-// `sweep --json` results, and traces (`simulate --trace`, `execute --trace`). A trace joins the
+// Inputs are what the commands write: `simulate --json`, `execute --json`, `compare --json`,
+// `sweep --json` and `plan --json` results, and traces (`simulate --trace`, `execute --trace`). A trace joins the
 // simulate (sim trace) or execute (exec trace) result of its scenario and gives that result its
 // timeline; a trace alone gets a timeline section of its own.
 //
@@ -13,6 +13,8 @@
 //   compare:  compare (predicted vs measured per task kind, per-rank table, tasks that differ
 //             most, unaligned tasks)
 //   sweep:    sweep (each metric against the first varied key, one line per value of the others)
+//   plan:     plan (the search's counts, why plans do not fit, the fastest plans against the
+//             scenario's own, the best step time against each searched key, the ranked table)
 // Contract: a result without the keys its section needs is an InputError naming the file and key.
 #pragma once
 

@@ -39,7 +39,14 @@ std::string escape(const std::string& text) {
 
 namespace {
 
-constexpr int kLabelWidth = 150, kRowHeight = 22, kTop = 34, kBottom = 30;
+constexpr int kRowHeight = 22, kTop = 34, kBottom = 30;
+
+// Room for the longest row label (about 6.5 px a character at 11 px), at least 150 px.
+int label_width(const std::vector<std::string>& rows) {
+  size_t longest = 0;
+  for (const std::string& r : rows) longest = std::max(longest, r.size());
+  return std::clamp(static_cast<int>(6.5 * static_cast<double>(longest)) + 16, 150, 560);
+}
 
 std::string legend(const std::vector<Series>& series, int x0) {
   std::string out;
@@ -81,6 +88,7 @@ std::string open_svg(const std::string& css_class, int width, int height) {
 
 std::string stacked_bars(const std::vector<std::string>& rows, const std::vector<Series>& stacks, const Format& format,
                          const std::string& css_class, double reference, const std::string& reference_label, int width) {
+  const int label_w = label_width(rows);
   double top = reference;
   for (size_t r = 0; r < rows.size(); ++r) {
     double sum = 0;
@@ -88,14 +96,14 @@ std::string stacked_bars(const std::vector<std::string>& rows, const std::vector
     top = std::max(top, sum);
   }
   const std::vector<double> ticks = nice_ticks(0, top);
-  const double plot = width - kLabelWidth - 40;
-  auto to_x = [&](double v) { return kLabelWidth + v / ticks.back() * plot; };
+  const double plot = width - label_w - 40;
+  auto to_x = [&](double v) { return label_w + v / ticks.back() * plot; };
   const int height = kTop + kRowHeight * static_cast<int>(rows.size()) + kBottom;
-  std::string out = open_svg(css_class, width, height) + legend(stacks, kLabelWidth);
+  std::string out = open_svg(css_class, width, height) + legend(stacks, label_w);
   out += x_axis(ticks, to_x, kTop - 4, kTop + kRowHeight * static_cast<int>(rows.size()), format);
   for (size_t r = 0; r < rows.size(); ++r) {
     const int y = kTop + kRowHeight * static_cast<int>(r);
-    out += strprintf("<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>", kLabelWidth - 6, y + 15,
+    out += strprintf("<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>", label_w - 6, y + 15,
                      escape(rows[r]).c_str());
     double at = 0;
     for (const Series& s : stacks) {
@@ -114,6 +122,7 @@ std::string stacked_bars(const std::vector<std::string>& rows, const std::vector
 std::string grouped_bars(const std::vector<std::string>& rows, const std::vector<Series>& series, const Format& format,
                          const std::string& css_class, double reference, const std::string& reference_label,
                          bool log_scale, int width) {
+  const int label_w = label_width(rows);
   double lo = INFINITY, hi = reference;
   for (const Series& s : series)
     for (double v : s.values)
@@ -123,32 +132,32 @@ std::string grouped_bars(const std::vector<std::string>& rows, const std::vector
       }
   if (!std::isfinite(lo)) lo = hi > 0 ? hi : 1;
   if (!(hi > 0)) hi = 1;
-  const double plot = width - kLabelWidth - 40;
+  const double plot = width - label_w - 40;
   std::vector<double> ticks;
   std::function<double(double)> to_x;
   if (log_scale) {
     const double a = std::floor(std::log10(lo)), b = std::ceil(std::log10(hi));
     for (double e = a; e <= std::max(b, a + 1); ++e) ticks.push_back(std::pow(10.0, e));
     const double la = std::log10(ticks.front()), lb = std::log10(ticks.back());
-    to_x = [=](double v) { return kLabelWidth + (std::log10(std::max(v, ticks.front())) - la) / (lb - la) * plot; };
+    to_x = [=](double v) { return label_w + (std::log10(std::max(v, ticks.front())) - la) / (lb - la) * plot; };
   } else {
     ticks = nice_ticks(0, hi);
     const double end = ticks.back();
-    to_x = [=](double v) { return kLabelWidth + v / end * plot; };
+    to_x = [=](double v) { return label_w + v / end * plot; };
   }
   const int group = static_cast<int>(series.size()) * 10 + 8;
   const int height = kTop + group * static_cast<int>(rows.size()) + kBottom;
   const int bottom = kTop + group * static_cast<int>(rows.size());
-  std::string out = open_svg(css_class, width, height) + legend(series, kLabelWidth);
+  std::string out = open_svg(css_class, width, height) + legend(series, label_w);
   out += x_axis(ticks, to_x, kTop - 4, bottom, format);
   for (size_t r = 0; r < rows.size(); ++r) {
     const int y = kTop + group * static_cast<int>(r);
-    out += strprintf("<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>", kLabelWidth - 6,
+    out += strprintf("<text class=\"row-label\" x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>", label_w - 6,
                      y + group / 2 + 4, escape(rows[r]).c_str());
     for (size_t k = 0; k < series.size(); ++k) {
       const double v = r < series[k].values.size() ? series[k].values[r] : NAN;
       if (!std::isfinite(v) || v <= 0) continue;
-      const double x0 = log_scale ? kLabelWidth : to_x(0);
+      const double x0 = log_scale ? label_w : to_x(0);
       out += strprintf("<rect class=\"bar\" x=\"%.2f\" y=\"%d\" width=\"%.2f\" height=\"9\" fill=\"%s\"><title>%s, %s: %s</title></rect>",
                        x0, y + 4 + 10 * static_cast<int>(k), std::max(0.5, to_x(v) - x0), series[k].color.c_str(),
                        escape(rows[r]).c_str(), escape(series[k].name).c_str(), escape(format(v)).c_str());
@@ -170,7 +179,7 @@ std::string line_chart(const std::vector<std::string>& x, const std::string& x_l
   if (!std::isfinite(lo)) lo = 0;
   const std::vector<double> ticks = nice_ticks(std::min(0.0, lo), hi > 0 ? hi : 1, 5);
   const int left = 90, height = 280, top = 34, bottom = height - 46;
-  const double plot_w = width - left - 20;
+  const double plot_w = width - left - 50;  // room for the last x label
   auto to_y = [&](double v) { return bottom - (v - ticks.front()) / (ticks.back() - ticks.front()) * (bottom - top); };
   auto to_x = [&](size_t i) { return left + (x.size() <= 1 ? plot_w / 2 : plot_w * static_cast<double>(i) / static_cast<double>(x.size() - 1)); };
   // The y label heads the chart on the left, the legend follows it on the same line.

@@ -196,6 +196,12 @@ def main():
         run([tandem, "report", out("sweep.json"), "-o", out("sweep.html")])
         check_report(browser, out("sweep.html"), "sweep", ["sweep"], [("sweep-chart", "circle", "point", 4), ("sweep-chart", "path", "line", 2)])
 
+        # A plan search: the fastest plans and the best step time against each searched key.
+        tandem_json(["plan", tiny, "--fix", "comm.sms=20", "--fix", "plan.dp_overlap=false", "--fix", "batch.micro_batch_sequences=2",
+                     "--vary", "plan.pp=2,4", "--vary", "plan.ep=1,2", "-j", "2", "--json"], "plan.json")
+        run([tandem, "report", out("plan.json"), "-o", out("plan.html")])
+        check_report(browser, out("plan.html"), "plan", ["plan"], [("plan-top", "rect", "bar", 2), ("plan-key", "circle", "point", 2)])
+
         # Prediction against a CPU measurement of the same scenario.
         tandem_json(["simulate", tiny, "--json", "--trace", out("sim.trace.json")], "sim.json")
         tandem_json(["execute", tiny, "--json", "--trace", out("exec.trace.json")], "exec.json")
