@@ -75,7 +75,8 @@ std::string value_of(const Candidate& c, const std::string& key) {
   return "";
 }
 
-// Why the winner beats the runner-up, in the model's terms: which part of the step differs most.
+// Why plan a beats plan b, in the model's terms: the keys they differ in, and which part of the
+// step (compute, exposed communication, bubble) differs most.
 std::string explain(const Candidate& a, const Candidate& b, const std::vector<Axis>& axes) {
   std::string differs;
   for (const Axis& ax : axes)
@@ -92,7 +93,7 @@ std::string explain(const Candidate& a, const Candidate& b, const std::vector<Ax
   const Term* biggest = &terms[0];
   for (const Term& t : terms)
     if (std::abs(t.b - t.a) > std::abs(biggest->b - biggest->a)) biggest = &t;
-  std::string out = strprintf("The winner is %s faster than the runner-up (%s vs %s; %s). ", format_seconds(b.step() - a.step()).c_str(),
+  std::string out = strprintf("The winner is %s faster (%s vs %s; %s). ", format_seconds(b.step() - a.step()).c_str(),
                               format_seconds(a.step()).c_str(), format_seconds(b.step()).c_str(),
                               differs.empty() ? "same searched keys" : differs.c_str());
   out += strprintf("Per GPU: compute %s vs %s, exposed communication %s vs %s, bubble %s vs %s: mostly %s.",
@@ -100,13 +101,6 @@ std::string explain(const Candidate& a, const Candidate& b, const std::vector<Ax
                    format_seconds(terms[1].b).c_str(), format_seconds(terms[2].a).c_str(), format_seconds(terms[2].b).c_str(),
                    biggest->name);
   return out;
-}
-
-std::string csv_field(const std::string& v) {
-  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
-  std::string q = "\"";
-  for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
 }
 
 }  // namespace
@@ -261,8 +255,14 @@ Result<nlohmann::json> plan_command(const PlanOptions& o, std::string& t) {
     if (ties > 0)
       why = strprintf("%zu plan%s the winner to the last digit (the keys they differ in do not change the step). ", ties,
                       ties == 1 ? " ties" : "s tie");
-    if (ties + 1 < ranked.size()) why += explain(candidates[ranked[0]], candidates[ranked[ties + 1]], axes);
+    if (ties + 1 < ranked.size()) why += "Against the runner-up: " + explain(candidates[ranked[0]], candidates[ranked[ties + 1]], axes);
     if (!why.empty()) t += "  " + why + "\n";
+    // And against the plan the user brought, when another wins.
+    std::string why_not_own;
+    if (own_rank > 1) {
+      why_not_own = "Against the scenario's own plan: " + explain(candidates[ranked[0]], candidates[own], axes);
+      t += "  " + why_not_own + "\n";
+    }
 
     // Files.
     if (!o.csv.empty()) {
@@ -323,6 +323,7 @@ Result<nlohmann::json> plan_command(const PlanOptions& o, std::string& t) {
                           {"memory_headroom", o.memory_headroom},
                           {"scenario_plan_rank", own_rank},
                           {"why_the_winner_wins", why},
+                          {"why_not_the_scenario_plan", why_not_own},
                           {"plans", plans},
                           {"wall_s", wall},
                           {"jobs", o.jobs}};

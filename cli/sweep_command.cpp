@@ -15,15 +15,6 @@ namespace {
 
 constexpr size_t kMaxRuns = 1000;
 
-// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180), so a list value
-// such as schedule.stage_layers=[4,4,...] stays one field.
-std::string csv_field(const std::string& v) {
-  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
-  std::string q = "\"";
-  for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
-
 }  // namespace
 
 Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {

@@ -32,4 +32,13 @@ inline std::string format_count(double n) {
   return strprintf("%.0f", n);
 }
 
+// A CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180), so a list value
+// such as schedule.stage_layers=[4,4,...] or a reason with commas stays one field.
+inline std::string csv_field(const std::string& v) {
+  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
+  std::string q = "\"";
+  for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
 }  // namespace tandem

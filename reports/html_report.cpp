@@ -433,7 +433,8 @@ void plan_sections(Page& page, const ReportInput& in) {
                  {"simulated and ranked", std::to_string(need(r, f, "ranked").get<int64_t>())},
                  {"memory headroom", strprintf("%.0f %% of HBM left free", 100 * number(r, f, "memory_headroom"))},
                  {"the scenario's own plan", own > 0 ? "rank " + std::to_string(own) : std::string("not ranked")},
-                 {"why the winner wins", need(r, f, "why_the_winner_wins").get<std::string>()}},
+                 {"why the winner wins", need(r, f, "why_the_winner_wins").get<std::string>()},
+                 {"against the scenario's plan", r.value("why_not_the_scenario_plan", std::string())}},
                 "summary");
   std::vector<std::vector<std::string>> reasons;
   for (const auto& [key, v] : need(r, f, "infeasible_by_key").items())
