@@ -150,6 +150,10 @@ int main(int argc, char** argv) {
   pl->add_option("--fidelity", plan.fidelity, "simulator tier for every candidate (default auto)");
   pl->add_option("--csv", plan.csv, "write every candidate (status, figures, reason) to this CSV file");
   pl->add_option("--write-best", plan.write_best, "write the fastest plan as a scenario card that tandem simulate reproduces");
+  pl->add_option("--gpus", plan.gpu_counts, "capacity: GPU counts to try, e.g. 1024,2048,4096 (with --days or --budget-usd)");
+  pl->add_option("--tokens", plan.training_tokens, "capacity: training tokens (default 14.8e12)");
+  pl->add_option("--days", plan.days, "capacity: the deadline in days");
+  pl->add_option("--budget-usd", plan.budget_usd, "capacity: the most the run may cost (the cluster card's price per GPU-hour)");
   pl->add_flag("--json", plan.json, "print one JSON object on stdout instead of text");
 #endif
 

@@ -103,231 +103,312 @@ std::string explain(const Candidate& a, const Candidate& b, const std::vector<Ax
   return out;
 }
 
+// One search: its text into t, its JSON returned. Throws InputException on bad options.
+nlohmann::json search(const PlanOptions& o, std::string& t) {
+  if (!(o.memory_headroom >= 0 && o.memory_headroom < 1))
+    throw_input_error("<command line>", "--memory-headroom", "expected a fraction of HBM in [0, 1)");
+  std::vector<std::string> fixed = o.overrides;
+  for (const std::string& f : o.fix) {
+    if (f.find('=') == std::string::npos || f.front() == '=')
+      throw_input_error("<command line>", "--fix", "expected key=value, got '" + f + "'");
+    fixed.push_back(f);
+  }
+  // The base: the scenario with the fixed keys. It must load (it is the plan the search starts
+  // from); its own values join the searched ones, so its rank is known.
+  auto base = load_scenario(o.path, fixed);
+  if (!base) {
+    // The scenario's own plan may not fit these keys (another GPU count, in capacity planning):
+    // start from the simplest plan instead, if the user leaves those keys to the search.
+    std::vector<std::string> simplest = fixed;
+    for (const char* set : {"plan.pp=1", "plan.ep=1", "schedule.kind=1f1b", "batch.micro_batch_sequences=1"})
+      if (std::none_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == key_of(set); }))
+        simplest.push_back(set);
+    auto fallback = load_scenario(o.path, simplest);
+    if (!fallback) throw InputException(base.error());
+    base = std::move(fallback);
+  }
+  const Scenario& s = base.value();
+
+  std::vector<Axis> axes;
+  for (const Axis& a : default_axes(s))
+    if (std::none_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; })) axes.push_back(a);
+  for (const std::string& v : o.vary) {
+    Axis a = parse_axis(v, "--vary");
+    if (std::any_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; }))
+      throw_input_error("<command line>", "--vary " + a.key, "the key is also fixed (--fix or --set): search it or fix it");
+    auto it = std::find_if(axes.begin(), axes.end(), [&](const Axis& x) { return x.key == a.key; });
+    if (it != axes.end()) *it = a;
+    else axes.push_back(a);
+  }
+  if (axes.empty()) throw_input_error("<command line>", "--fix", "every searched key is fixed: nothing to search");
+  size_t count = 1;
+  for (const Axis& a : axes) {
+    count *= a.values.size();
+    if (count > kMaxCandidates)
+      throw_input_error("<command line>", "--vary", "more than " + std::to_string(kMaxCandidates) + " candidate plans: fix or narrow some keys");
+  }
+
+  std::vector<Candidate> candidates;
+  for (auto& sets : cross_product(axes)) candidates.push_back({sets, "ok", "", "", {}});
+  std::vector<std::string> commands;
+  for (const Candidate& c : candidates) {
+    std::string cmd = shell_quote(o.self) + " simulate " + shell_quote(o.path) + " --json --fidelity " + shell_quote(o.fidelity) +
+                      strprintf(" --tokens %.17g", o.training_tokens);
+    for (const std::string& f : fixed) cmd += " --set " + shell_quote(f);
+    for (const std::string& set : c.sets) cmd += " --set " + shell_quote(set);
+    commands.push_back(cmd);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<ChildRun> runs = run_children(commands, o.jobs, [&](size_t i) {
+    std::string label;
+    for (const std::string& set : candidates[i].sets) label += set.substr(set.find('.') + 1) + " ";
+    return label;
+  });
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::map<std::string, int> infeasible;
+  std::map<std::string, std::string> example;
+  int errors = 0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    Candidate& c = candidates[i];
+    const ChildRun& r = runs[i];
+    if (r.code == 2) {
+      c.status = "infeasible";
+      c.reason = r.err;
+      c.reason_key = failing_key(r.err);
+    } else if (r.code != 0) {
+      c.status = "error";
+      c.reason = r.err.empty() ? "exit " + std::to_string(r.code) : r.err;
+      ++errors;
+      continue;
+    } else {
+      c.result = nlohmann::json::parse(r.out, nullptr, false);
+      if (c.result.is_discarded() || !c.result.contains("step_time_s")) {
+        c.status = "error";
+        c.reason = "unreadable simulate output";
+        ++errors;
+        continue;
+      }
+      const double peak = c.result.value("memory_peak_bytes", 0.0), hbm = c.result.value("hbm_bytes", 0.0);
+      if (peak > (1 - o.memory_headroom) * hbm) {
+        c.status = "infeasible";
+        c.reason_key = "memory headroom";
+        c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", peak / 1e9, hbm / 1e9,
+                             100 * o.memory_headroom);
+      }
+    }
+    if (c.status == "infeasible") {
+      ++infeasible[c.reason_key];
+      example.try_emplace(c.reason_key, c.reason);
+    }
+  }
+  std::vector<size_t> ranked;
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (candidates[i].status == "ok") ranked.push_back(i);
+  std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) { return candidates[a].step() < candidates[b].step(); });
+  // The scenario's own plan among the candidates.
+  size_t own = candidates.size();
+  for (size_t i = 0; i < candidates.size() && own == candidates.size(); ++i)
+    if (std::all_of(axes.begin(), axes.end(), [&](const Axis& a) { return value_of(candidates[i], a.key) == own_value(s, a.key); }))
+      own = i;
+  int own_rank = -1;
+  for (size_t k = 0; k < ranked.size(); ++k)
+    if (ranked[k] == own) own_rank = static_cast<int>(k) + 1;
+
+  // Text.
+  int infeasible_total = 0;
+  for (const auto& [k, n] : infeasible) infeasible_total += n;
+  t += strprintf("Plan search for %s on %lld x %s: %zu candidate plans (%s)\n", s.name.c_str(), static_cast<long long>(s.gpus),
+                 s.cluster.gpu.name.c_str(), candidates.size(), [&] {
+                   std::string keys;
+                   for (const Axis& a : axes) keys += (keys.empty() ? "" : " x ") + a.key + " " + std::to_string(a.values.size());
+                   return keys;
+                 }().c_str());
+  t += strprintf("  infeasible %d, simulated and ranked %zu, failed %d; %.1f s with -j %d\n", infeasible_total, ranked.size(),
+                 errors, wall, o.jobs);
+  for (const auto& [k, n] : infeasible)
+    t += strprintf("    %5d  %-28s e.g. %s\n", n, (k.empty() ? "(whole file)" : k).c_str(), example[k].c_str());
+  // A column per searched key, as wide as its name or its widest value.
+  std::vector<int> widths;
+  for (const Axis& a : axes) {
+    size_t w = a.key.size() - a.key.find('.') - 1;
+    for (const std::string& v : a.values) w = std::max(w, v.size());
+    widths.push_back(static_cast<int>(w));
+  }
+  std::string head = "  rank ";
+  for (size_t k = 0; k < axes.size(); ++k) head += strprintf("%-*s ", widths[k], axes[k].key.substr(axes[k].key.find('.') + 1).c_str());
+  t += head + strprintf("%10s %9s %6s %7s %7s %7s %10s\n", "step", "tok/s/GPU", "MFU%", "mem_GB", "bubble%", "exposed%", "GPUh/Ttok");
+  auto row_text = [&](size_t k, size_t i) {
+    const Candidate& c = candidates[i];
+    std::string row = strprintf("  %4zu ", k + 1);
+    for (size_t a = 0; a < axes.size(); ++a) row += strprintf("%-*s ", widths[a], value_of(c, axes[a].key).c_str());
+    return row + strprintf("%10s %9.0f %6.1f %7.1f %7.1f %7.1f %10.0f%s\n", format_seconds(c.step()).c_str(),
+                           c.result.value("tokens_per_s_per_gpu", 0.0), 100 * c.result.value("mfu_causal", 0.0),
+                           c.result.value("memory_peak_bytes", 0.0) / 1e9, 100 * c.result.value("bubble_fraction", 0.0),
+                           100 * c.result.value("exposed_comm_fraction", 0.0),
+                           c.result.value("gpu_hours_per_trillion_tokens", 0.0), i == own ? "  <- the scenario's plan" : "");
+  };
+  for (size_t k = 0; k < ranked.size() && k < static_cast<size_t>(o.top); ++k) t += row_text(k, ranked[k]);
+  if (own_rank > o.top) t += "   ...\n" + row_text(static_cast<size_t>(own_rank - 1), own);
+  if (own == candidates.size())
+    t += "  The scenario's own plan is not among the candidates (a --vary left its value out).\n";
+  else if (own_rank < 0)
+    t += "  The scenario's own plan is " + candidates[own].status + ": " + candidates[own].reason + "\n";
+  else
+    t += strprintf("  The scenario's own plan ranks %d of %zu.\n", own_rank, ranked.size());
+  // The runner-up: the fastest plan slower than the winner (plans that tie it differ in keys
+  // that do not matter there, e.g. dp_overlap with one pipeline rank).
+  std::string why;
+  size_t ties = 0;
+  while (ties + 1 < ranked.size() && candidates[ranked[ties + 1]].step() == candidates[ranked[0]].step()) ++ties;
+  if (ties > 0)
+    why = strprintf("%zu plan%s the winner to the last digit (the keys they differ in do not change the step). ", ties,
+                    ties == 1 ? " ties" : "s tie");
+  if (ties + 1 < ranked.size()) why += "Against the runner-up: " + explain(candidates[ranked[0]], candidates[ranked[ties + 1]], axes);
+  if (!why.empty()) t += "  " + why + "\n";
+  // And against the plan the user brought, when another wins.
+  std::string why_not_own;
+  if (own_rank > 1) {
+    why_not_own = "Against the scenario's own plan: " + explain(candidates[ranked[0]], candidates[own], axes);
+    t += "  " + why_not_own + "\n";
+  }
+
+  // Files.
+  if (!o.csv.empty()) {
+    const std::string partial = o.csv + ".incomplete";
+    std::ofstream csv(partial);
+    std::string header;
+    for (const Axis& a : axes) header += csv_field(a.key) + ",";
+    csv << header << "status,step_time_s,tokens_per_s_per_gpu,mfu_causal,memory_peak_bytes,bubble_fraction,exposed_comm_fraction,gpu_hours_per_trillion_tokens,reason\n";
+    for (const Candidate& c : candidates) {
+      for (const Axis& a : axes) csv << csv_field(value_of(c, a.key)) << ",";
+      csv << c.status;
+      for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
+                            "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
+        csv << "," << (c.result.contains(m) ? strprintf("%.9g", c.result[m].get<double>()) : std::string());
+      csv << "," << csv_field(c.reason) << "\n";
+    }
+    csv.close();
+    std::error_code ec;
+    std::filesystem::rename(partial, o.csv, ec);
+    if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
+  }
+  if (!o.write_best.empty()) {
+    if (ranked.empty()) throw_input_error("<command line>", "--write-best", "no plan fits: nothing to write");
+    std::vector<std::string> sets = fixed;
+    const Candidate& best = candidates[ranked[0]];
+    sets.insert(sets.end(), best.sets.begin(), best.sets.end());
+    std::string header = "The fastest of " + std::to_string(ranked.size()) + " plans that fit, found by `tandem plan` from " +
+                         std::filesystem::path(o.path).filename().string() + ":";
+    for (const std::string& set : sets) header += "\n  --set " + set;
+    header += strprintf("\npredicted step time %s (tandem %s)", format_seconds(best.step()).c_str(), TANDEM_VERSION);
+    write_scenario_card(o.path, sets, o.write_best, header,
+                        "the fastest plan tandem plan found for " + s.name + " (" + format_seconds(best.step()) + " per step)");
+    t += "  best plan written as a scenario: " + o.write_best + "\n";
+  }
+
+  // JSON.
+  nlohmann::json keys = nlohmann::json::array(), plans = nlohmann::json::array(), reasons = nlohmann::json::object();
+  for (const Axis& a : axes) keys.push_back(a.key);
+  for (const auto& [k, n] : infeasible) reasons[k.empty() ? "(whole file)" : k] = {{"count", n}, {"example", example[k]}};
+  for (size_t k = 0; k < ranked.size(); ++k) {
+    const Candidate& c = candidates[ranked[k]];
+    nlohmann::json p = {{"rank", k + 1}, {"scenario_plan", ranked[k] == own}};
+    for (const Axis& a : axes) p[a.key] = value_of(c, a.key);
+    for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
+                          "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
+      p[m] = c.result.value(m, 0.0);
+    plans.push_back(p);
+  }
+  return nlohmann::json{{"command", "plan"},
+                        {"scenario", s.name},
+                        {"searched", keys},
+                        {"fixed", fixed},
+                        {"enumerated", candidates.size()},
+                        {"infeasible", infeasible_total},
+                        {"infeasible_by_key", reasons},
+                        {"failed", errors},
+                        {"ranked", ranked.size()},
+                        {"memory_headroom", o.memory_headroom},
+                        {"scenario_plan_rank", own_rank},
+                        {"why_the_winner_wins", why},
+                        {"why_not_the_scenario_plan", why_not_own},
+                        {"plans", plans},
+                        {"wall_s", wall},
+                        {"jobs", o.jobs}};
+}
+
+// Capacity: the best plan at each GPU count, smallest first, until one meets the deadline (or
+// the budget). Days, GPU-hours and cost follow from the best plan's throughput.
+nlohmann::json capacity(const PlanOptions& o, std::string& t) {
+  if (!(o.days > 0) && !(o.budget_usd > 0))
+    throw_input_error("<command line>", "--gpus", "give --days (a deadline) or --budget-usd with a list of GPU counts");
+  if (!(o.training_tokens > 0) || !std::isfinite(o.training_tokens))
+    throw_input_error("<command line>", "--tokens", "expected a positive number of training tokens");
+  std::vector<int64_t> counts;
+  for (const std::string& v : parse_axis("gpus=" + o.gpu_counts, "--gpus").values) {
+    char* end = nullptr;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (!end || *end || n <= 0) throw_input_error("<command line>", "--gpus", "expected GPU counts such as 1024,2048,4096, got '" + v + "'");
+    counts.push_back(n);
+  }
+  std::sort(counts.begin(), counts.end());
+  auto base = load_scenario(o.path, o.overrides);
+  if (!base) throw InputException(base.error());
+  const double price = base.value().cluster.price_per_gpu_hour;
+  const std::string budget = format_count(o.training_tokens);
+  t += strprintf("Capacity for %s: %s tokens%s%s, at $%.2f per GPU-hour\n", base.value().name.c_str(), budget.c_str(),
+                 o.days > 0 ? strprintf(" within %g days", o.days).c_str() : "",
+                 o.budget_usd > 0 ? strprintf(" for at most %.2f M$", o.budget_usd / 1e6).c_str() : "", price);
+  t += strprintf("  %8s  %-58s %10s %8s %12s %10s  %s\n", "GPUs", "best plan", "step", "days", "GPU-hours", "cost M$", "meets");
+  nlohmann::json tried = nlohmann::json::array();
+  int64_t answer = -1;
+  for (int64_t n : counts) {
+    PlanOptions one = o;
+    one.fix.push_back("gpus=" + std::to_string(n));
+    std::string search_text;
+    nlohmann::json r;
+    try {
+      r = search(one, search_text);
+    } catch (const InputException& e) {  // this count cannot hold the scenario at all
+      t += strprintf("  %8lld  %s\n", static_cast<long long>(n), e.error().message().c_str());
+      tried.push_back({{"gpus", n}, {"status", e.error().message()}});
+      continue;
+    }
+    if (r["plans"].empty()) {
+      t += strprintf("  %8lld  no plan fits (%d candidates infeasible)\n", static_cast<long long>(n), r["infeasible"].get<int>());
+      tried.push_back({{"gpus", n}, {"status", "no plan fits"}});
+      continue;
+    }
+    const nlohmann::json& best = r["plans"][0];
+    const double tokens_per_s = best["tokens_per_s_per_gpu"].get<double>() * static_cast<double>(n);
+    const double days = o.training_tokens / tokens_per_s / 86400.0;
+    const double gpu_hours = best["gpu_hours_per_trillion_tokens"].get<double>() * o.training_tokens / 1e12;
+    const double cost = gpu_hours * price;
+    const bool meets = (!(o.days > 0) || days <= o.days) && (!(o.budget_usd > 0) || cost <= o.budget_usd);
+    std::string plan;
+    for (const auto& [k, v] : best.items())
+      if (v.is_string()) plan += (plan.empty() ? "" : " ") + k.substr(k.find('.') + 1) + "=" + v.get<std::string>();
+    t += strprintf("  %8lld  %-58.58s %10s %8.1f %12.3g %10.2f  %s\n", static_cast<long long>(n), plan.c_str(),
+                   format_seconds(best["step_time_s"].get<double>()).c_str(), days, gpu_hours, cost / 1e6, meets ? "yes" : "no");
+    tried.push_back({{"gpus", n}, {"status", "ok"}, {"best_plan", best}, {"days", days}, {"gpu_hours", gpu_hours},
+                     {"cost_usd", cost}, {"meets", meets}, {"ranked", r["ranked"]}, {"enumerated", r["enumerated"]}});
+    if (meets) {
+      answer = n;
+      break;  // the smallest count that meets it: larger ones are not needed
+    }
+  }
+  t += answer > 0 ? strprintf("  -> %lld GPUs: the smallest count tried whose best plan meets it\n", static_cast<long long>(answer))
+                  : std::string("  -> no GPU count tried meets it\n");
+  return nlohmann::json{{"command", "plan_capacity"}, {"scenario", base.value().name}, {"training_tokens", o.training_tokens},
+                        {"days", o.days}, {"budget_usd", o.budget_usd}, {"price_per_gpu_hour", price}, {"tried", tried},
+                        {"gpus", answer > 0 ? nlohmann::json(answer) : nlohmann::json(nullptr)}};
+}
+
 }  // namespace
 
 Result<nlohmann::json> plan_command(const PlanOptions& o, std::string& t) {
-  return catch_input_errors([&]() -> nlohmann::json {
-    if (!(o.memory_headroom >= 0 && o.memory_headroom < 1))
-      throw_input_error("<command line>", "--memory-headroom", "expected a fraction of HBM in [0, 1)");
-    std::vector<std::string> fixed = o.overrides;
-    for (const std::string& f : o.fix) {
-      if (f.find('=') == std::string::npos || f.front() == '=')
-        throw_input_error("<command line>", "--fix", "expected key=value, got '" + f + "'");
-      fixed.push_back(f);
-    }
-    // The base: the scenario with the fixed keys. It must load (it is the plan the search starts
-    // from); its own values join the searched ones, so its rank is known.
-    auto base = load_scenario(o.path, fixed);
-    if (!base) throw InputException(base.error());
-    const Scenario& s = base.value();
-
-    std::vector<Axis> axes;
-    for (const Axis& a : default_axes(s))
-      if (std::none_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; })) axes.push_back(a);
-    for (const std::string& v : o.vary) {
-      Axis a = parse_axis(v, "--vary");
-      if (std::any_of(fixed.begin(), fixed.end(), [&](const std::string& f) { return key_of(f) == a.key; }))
-        throw_input_error("<command line>", "--vary " + a.key, "the key is also fixed (--fix or --set): search it or fix it");
-      auto it = std::find_if(axes.begin(), axes.end(), [&](const Axis& x) { return x.key == a.key; });
-      if (it != axes.end()) *it = a;
-      else axes.push_back(a);
-    }
-    if (axes.empty()) throw_input_error("<command line>", "--fix", "every searched key is fixed: nothing to search");
-    size_t count = 1;
-    for (const Axis& a : axes) {
-      count *= a.values.size();
-      if (count > kMaxCandidates)
-        throw_input_error("<command line>", "--vary", "more than " + std::to_string(kMaxCandidates) + " candidate plans: fix or narrow some keys");
-    }
-
-    std::vector<Candidate> candidates;
-    for (auto& sets : cross_product(axes)) candidates.push_back({sets, "ok", "", "", {}});
-    std::vector<std::string> commands;
-    for (const Candidate& c : candidates) {
-      std::string cmd = shell_quote(o.self) + " simulate " + shell_quote(o.path) + " --json --fidelity " + shell_quote(o.fidelity);
-      for (const std::string& f : fixed) cmd += " --set " + shell_quote(f);
-      for (const std::string& set : c.sets) cmd += " --set " + shell_quote(set);
-      commands.push_back(cmd);
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<ChildRun> runs = run_children(commands, o.jobs, [&](size_t i) {
-      std::string label;
-      for (const std::string& set : candidates[i].sets) label += set.substr(set.find('.') + 1) + " ";
-      return label;
-    });
-    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-    std::map<std::string, int> infeasible;
-    std::map<std::string, std::string> example;
-    int errors = 0;
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      Candidate& c = candidates[i];
-      const ChildRun& r = runs[i];
-      if (r.code == 2) {
-        c.status = "infeasible";
-        c.reason = r.err;
-        c.reason_key = failing_key(r.err);
-      } else if (r.code != 0) {
-        c.status = "error";
-        c.reason = r.err.empty() ? "exit " + std::to_string(r.code) : r.err;
-        ++errors;
-        continue;
-      } else {
-        c.result = nlohmann::json::parse(r.out, nullptr, false);
-        if (c.result.is_discarded() || !c.result.contains("step_time_s")) {
-          c.status = "error";
-          c.reason = "unreadable simulate output";
-          ++errors;
-          continue;
-        }
-        const double peak = c.result.value("memory_peak_bytes", 0.0), hbm = c.result.value("hbm_bytes", 0.0);
-        if (peak > (1 - o.memory_headroom) * hbm) {
-          c.status = "infeasible";
-          c.reason_key = "memory headroom";
-          c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", peak / 1e9, hbm / 1e9,
-                               100 * o.memory_headroom);
-        }
-      }
-      if (c.status == "infeasible") {
-        ++infeasible[c.reason_key];
-        example.try_emplace(c.reason_key, c.reason);
-      }
-    }
-    std::vector<size_t> ranked;
-    for (size_t i = 0; i < candidates.size(); ++i)
-      if (candidates[i].status == "ok") ranked.push_back(i);
-    std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) { return candidates[a].step() < candidates[b].step(); });
-    // The scenario's own plan among the candidates.
-    size_t own = candidates.size();
-    for (size_t i = 0; i < candidates.size() && own == candidates.size(); ++i)
-      if (std::all_of(axes.begin(), axes.end(), [&](const Axis& a) { return value_of(candidates[i], a.key) == own_value(s, a.key); }))
-        own = i;
-    int own_rank = -1;
-    for (size_t k = 0; k < ranked.size(); ++k)
-      if (ranked[k] == own) own_rank = static_cast<int>(k) + 1;
-
-    // Text.
-    int infeasible_total = 0;
-    for (const auto& [k, n] : infeasible) infeasible_total += n;
-    t += strprintf("Plan search for %s on %lld x %s: %zu candidate plans (%s)\n", s.name.c_str(), static_cast<long long>(s.gpus),
-                   s.cluster.gpu.name.c_str(), candidates.size(), [&] {
-                     std::string keys;
-                     for (const Axis& a : axes) keys += (keys.empty() ? "" : " x ") + a.key + " " + std::to_string(a.values.size());
-                     return keys;
-                   }().c_str());
-    t += strprintf("  infeasible %d, simulated and ranked %zu, failed %d; %.1f s with -j %d\n", infeasible_total, ranked.size(),
-                   errors, wall, o.jobs);
-    for (const auto& [k, n] : infeasible)
-      t += strprintf("    %5d  %-28s e.g. %s\n", n, (k.empty() ? "(whole file)" : k).c_str(), example[k].c_str());
-    // A column per searched key, as wide as its name or its widest value.
-    std::vector<int> widths;
-    for (const Axis& a : axes) {
-      size_t w = a.key.size() - a.key.find('.') - 1;
-      for (const std::string& v : a.values) w = std::max(w, v.size());
-      widths.push_back(static_cast<int>(w));
-    }
-    std::string head = "  rank ";
-    for (size_t k = 0; k < axes.size(); ++k) head += strprintf("%-*s ", widths[k], axes[k].key.substr(axes[k].key.find('.') + 1).c_str());
-    t += head + strprintf("%10s %9s %6s %7s %7s %7s %10s\n", "step", "tok/s/GPU", "MFU%", "mem_GB", "bubble%", "exposed%", "GPUh/Ttok");
-    auto row_text = [&](size_t k, size_t i) {
-      const Candidate& c = candidates[i];
-      std::string row = strprintf("  %4zu ", k + 1);
-      for (size_t a = 0; a < axes.size(); ++a) row += strprintf("%-*s ", widths[a], value_of(c, axes[a].key).c_str());
-      return row + strprintf("%10s %9.0f %6.1f %7.1f %7.1f %7.1f %10.0f%s\n", format_seconds(c.step()).c_str(),
-                             c.result.value("tokens_per_s_per_gpu", 0.0), 100 * c.result.value("mfu_causal", 0.0),
-                             c.result.value("memory_peak_bytes", 0.0) / 1e9, 100 * c.result.value("bubble_fraction", 0.0),
-                             100 * c.result.value("exposed_comm_fraction", 0.0),
-                             c.result.value("gpu_hours_per_trillion_tokens", 0.0), i == own ? "  <- the scenario's plan" : "");
-    };
-    for (size_t k = 0; k < ranked.size() && k < static_cast<size_t>(o.top); ++k) t += row_text(k, ranked[k]);
-    if (own_rank > o.top) t += "   ...\n" + row_text(static_cast<size_t>(own_rank - 1), own);
-    if (own == candidates.size())
-      t += "  The scenario's own plan is not among the candidates (a --vary left its value out).\n";
-    else if (own_rank < 0)
-      t += "  The scenario's own plan is " + candidates[own].status + ": " + candidates[own].reason + "\n";
-    else
-      t += strprintf("  The scenario's own plan ranks %d of %zu.\n", own_rank, ranked.size());
-    // The runner-up: the fastest plan slower than the winner (plans that tie it differ in keys
-    // that do not matter there, e.g. dp_overlap with one pipeline rank).
-    std::string why;
-    size_t ties = 0;
-    while (ties + 1 < ranked.size() && candidates[ranked[ties + 1]].step() == candidates[ranked[0]].step()) ++ties;
-    if (ties > 0)
-      why = strprintf("%zu plan%s the winner to the last digit (the keys they differ in do not change the step). ", ties,
-                      ties == 1 ? " ties" : "s tie");
-    if (ties + 1 < ranked.size()) why += "Against the runner-up: " + explain(candidates[ranked[0]], candidates[ranked[ties + 1]], axes);
-    if (!why.empty()) t += "  " + why + "\n";
-    // And against the plan the user brought, when another wins.
-    std::string why_not_own;
-    if (own_rank > 1) {
-      why_not_own = "Against the scenario's own plan: " + explain(candidates[ranked[0]], candidates[own], axes);
-      t += "  " + why_not_own + "\n";
-    }
-
-    // Files.
-    if (!o.csv.empty()) {
-      const std::string partial = o.csv + ".incomplete";
-      std::ofstream csv(partial);
-      std::string header;
-      for (const Axis& a : axes) header += csv_field(a.key) + ",";
-      csv << header << "status,step_time_s,tokens_per_s_per_gpu,mfu_causal,memory_peak_bytes,bubble_fraction,exposed_comm_fraction,gpu_hours_per_trillion_tokens,reason\n";
-      for (const Candidate& c : candidates) {
-        for (const Axis& a : axes) csv << csv_field(value_of(c, a.key)) << ",";
-        csv << c.status;
-        for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
-                              "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
-          csv << "," << (c.result.contains(m) ? strprintf("%.9g", c.result[m].get<double>()) : std::string());
-        csv << "," << csv_field(c.reason) << "\n";
-      }
-      csv.close();
-      std::error_code ec;
-      std::filesystem::rename(partial, o.csv, ec);
-      if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
-    }
-    if (!o.write_best.empty()) {
-      if (ranked.empty()) throw_input_error("<command line>", "--write-best", "no plan fits: nothing to write");
-      std::vector<std::string> sets = fixed;
-      const Candidate& best = candidates[ranked[0]];
-      sets.insert(sets.end(), best.sets.begin(), best.sets.end());
-      std::string header = "The fastest of " + std::to_string(ranked.size()) + " plans that fit, found by `tandem plan` from " +
-                           std::filesystem::path(o.path).filename().string() + ":";
-      for (const std::string& set : sets) header += "\n  --set " + set;
-      header += strprintf("\npredicted step time %s (tandem %s)", format_seconds(best.step()).c_str(), TANDEM_VERSION);
-      write_scenario_card(o.path, sets, o.write_best, header,
-                          "the fastest plan tandem plan found for " + s.name + " (" + format_seconds(best.step()) + " per step)");
-      t += "  best plan written as a scenario: " + o.write_best + "\n";
-    }
-
-    // JSON.
-    nlohmann::json keys = nlohmann::json::array(), plans = nlohmann::json::array(), reasons = nlohmann::json::object();
-    for (const Axis& a : axes) keys.push_back(a.key);
-    for (const auto& [k, n] : infeasible) reasons[k.empty() ? "(whole file)" : k] = {{"count", n}, {"example", example[k]}};
-    for (size_t k = 0; k < ranked.size(); ++k) {
-      const Candidate& c = candidates[ranked[k]];
-      nlohmann::json p = {{"rank", k + 1}, {"scenario_plan", ranked[k] == own}};
-      for (const Axis& a : axes) p[a.key] = value_of(c, a.key);
-      for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
-                            "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
-        p[m] = c.result.value(m, 0.0);
-      plans.push_back(p);
-    }
-    return nlohmann::json{{"command", "plan"},
-                          {"scenario", s.name},
-                          {"searched", keys},
-                          {"fixed", fixed},
-                          {"enumerated", candidates.size()},
-                          {"infeasible", infeasible_total},
-                          {"infeasible_by_key", reasons},
-                          {"failed", errors},
-                          {"ranked", ranked.size()},
-                          {"memory_headroom", o.memory_headroom},
-                          {"scenario_plan_rank", own_rank},
-                          {"why_the_winner_wins", why},
-                          {"why_not_the_scenario_plan", why_not_own},
-                          {"plans", plans},
-                          {"wall_s", wall},
-                          {"jobs", o.jobs}};
-  });
+  return catch_input_errors([&]() -> nlohmann::json { return o.gpu_counts.empty() ? search(o, t) : capacity(o, t); });
 }
 
 }  // namespace tandem

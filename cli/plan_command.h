@@ -9,6 +9,10 @@
 // (cli/child_runs.h, -j at a time): the scenario's validation rejects the plans that cannot run
 // (counted by the key that fails), a memory headroom (default 5% of HBM) rejects those too tight
 // to run, and the rest rank by simulated step time. The table is the same for any -j.
+//
+// Capacity planning: with --gpus 1024,2048,... and --days D (or --budget-usd B), the search runs
+// at each GPU count, smallest first, and stops at the first whose best plan trains --tokens in
+// time (and budget): days, GPU-hours and cost (the cluster card's price) for each count tried.
 #pragma once
 
 #include <string>
@@ -30,6 +34,12 @@ struct PlanOptions {
   int top = 10;
   std::string fidelity = "auto";
   std::string csv, write_best;
+  // Capacity (with gpu_counts): the smallest of these GPU counts (a list "1024,2048,4096")
+  // whose best plan trains training_tokens within `days` (and/or for at most budget_usd).
+  std::string gpu_counts;
+  double training_tokens = 14.8e12;
+  double days = 0;
+  double budget_usd = 0;
   bool json = false;
   std::string self;  // the tandem executable
 };

@@ -157,3 +157,30 @@ TEST_CASE("sweep -j 2 gives the -j 1 table; its CSV quotes fields and is marked 
   CHECK(!std::filesystem::exists(cut));
   CHECK(std::filesystem::exists(cut + ".incomplete"));
 }
+
+TEST_CASE("plan --gpus finds the smallest GPU count whose best plan meets the deadline", "[plan]") {
+  const std::string base = "plan " + repo("scenarios/tiny-dualpipe.yaml") +
+                           " --fix comm.sms=20 --fix plan.dp_overlap=false --fix batch.micro_batch_sequences=2 -j 2 --json";
+  // No deadline is too loose to need more than the smallest count; a tight one needs more.
+  const auto loose = tandem_run(base + " --gpus 8,4,2 --tokens 1e11 --days 100");
+  REQUIRE(loose.code == 0);
+  const json l = json::parse(loose.out);
+  CHECK(l["gpus"] == 2);          // counts are tried smallest first
+  CHECK(l["tried"].size() == 1);  // and the search stops at the first that meets it
+  const double days_at_2 = l["tried"][0]["days"].get<double>();
+  const auto tight = tandem_run(base + " --gpus 2,4,8 --tokens 1e11 --days " + std::to_string(days_at_2 * 0.9));
+  REQUIRE(tight.code == 0);
+  const json t = json::parse(tight.out);
+  REQUIRE(t["tried"].size() >= 2);
+  CHECK(t["tried"][0]["meets"] == false);
+  if (!t["gpus"].is_null()) CHECK(t["gpus"].get<int>() > 2);
+  for (const json& row : t["tried"])
+    if (row["status"] == "ok") CHECK(row["cost_usd"].get<double>() == Approx(row["gpu_hours"].get<double>() * t["price_per_gpu_hour"].get<double>()));
+  // Bad capacity options.
+  for (const std::string& bad : {std::string(" --gpus 2,4"), std::string(" --gpus 2,x --days 1"), std::string(" --gpus 2 --days 1 --tokens -1")}) {
+    INFO(bad);
+    const auto r = tandem_run("plan " + repo("scenarios/tiny-dualpipe.yaml") + bad, true);
+    CHECK(r.code == 2);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+}
