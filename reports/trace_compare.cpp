@@ -62,7 +62,8 @@ Result<TraceComparison> compare_traces(const Trace& a, const std::string& a_file
   if (!a.program.empty() && !b.program.empty() && a.program != b.program)
     return InputError{b_file, "otherData.program",
                       "scenario '" + b.scenario + "' with another program than " + a_file +
-                          " (other --set overrides: pipeline, batch or schedule differ): the tasks cannot align"};
+                          " (its stage partition, pipeline, batch or schedule differ: other --set overrides, or a "
+                          "calibration that moved the balancer's stage boundaries): the tasks cannot align"};
   TraceComparison c;
   c.a_file = a_file;
   c.b_file = b_file;
