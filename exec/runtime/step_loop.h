@@ -12,6 +12,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -162,6 +163,17 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
       result.max_grad_rel_err = worst;
     }
     if (o.trace && step == 1) {
+      // A receive counts from when its matching send started, as the simulator counts it from
+      // when its transfer starts: waiting for the producer is pipeline bubble, not communication.
+      // Sends of ranks in other processes are not known here; their receives keep their own start.
+      std::map<std::pair<int, int>, double> send_start;  // (replica, message) -> start
+      for (size_t i = 0; i < runners.size(); ++i) {
+        const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
+        for (const TaskTiming& tt : timings[i]) {
+          const Task& t = tasks[static_cast<size_t>(tt.task)];
+          if (t.kind == TaskKind::pp_send) send_start[{spec.replica_of(runners[i]->world_rank()), t.message}] = tt.start;
+        }
+      }
       for (size_t i = 0; i < runners.size(); ++i) {
         const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
         for (const TaskTiming& tt : timings[i]) {
@@ -177,6 +189,10 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           e.slot = t.slot;
           e.start = tt.start;
           e.end = tt.end;
+          if (t.kind == TaskKind::pp_recv) {
+            const auto send = send_start.find({spec.replica_of(e.gpu), t.message});
+            if (send != send_start.end()) e.start = std::min(e.end, std::max(e.start, send->second));
+          }
           const TaskWork work = task_work(spec.scenario, spec.workload, spec.program, e.rank, t);
           e.flops = work.trace_flops();
           e.bytes = work.trace_bytes(t.stream);

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -203,6 +204,31 @@ TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
       CHECK(e.bytes > 0);
     }
   }
+  // A receive starts no earlier than its matching send (the simulator's definition: waiting for
+  // the producer is bubble): in-process, every send is known.
+  std::map<std::pair<int, int>, double> sends;  // (replica, message) -> start
+  std::vector<std::pair<std::pair<int, int>, double>> recvs;
+  for (size_t g = 0; g < static_cast<size_t>(spec.world_size()); ++g) {
+    const auto& rank_tasks = spec.program.tasks[static_cast<size_t>(spec.pipeline_rank_of(static_cast<int>(g)))];
+    for (const TraceEvent& e : r.trace.events) {
+      if (e.gpu != static_cast<int>(g)) continue;
+      if (e.kind != "pp_send" && e.kind != "pp_recv") continue;
+      // The event's task: its kind, slot and chunk on the rank (a slot sends a chunk once).
+      for (const Task& t : rank_tasks)
+        if (to_string(t.kind) == e.kind && t.slot == e.slot && t.chunk.micro_batch == e.micro_batch && t.chunk.stage == e.stage) {
+          const std::pair<int, int> key{spec.replica_of(static_cast<int>(g)), t.message};
+          if (e.kind == "pp_send") sends[key] = e.start;
+          else recvs.push_back({key, e.start});
+          break;
+        }
+    }
+  }
+  REQUIRE(!recvs.empty());
+  for (const auto& [key, start] : recvs) {
+    REQUIRE(sends.count(key));
+    CHECK(start >= sends.at(key));
+  }
+
   const auto dir = std::filesystem::temp_directory_path() /
                    ("tandem_runtime_test_" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
   std::filesystem::create_directories(dir);
