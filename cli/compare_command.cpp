@@ -51,7 +51,7 @@ Result<nlohmann::json> compare_command(const CompareOptions& o, std::string& tex
     if (b_raw.value().format == "pytorch_profiler") {
       c = against_profile(o, a.value(), b_raw.value());
     } else {
-      auto b = read_trace(o.b);
+      auto b = trace_from(b_raw.value());
       if (!b) throw InputException(b.error());
       auto aligned = compare_traces(a.value(), o.a, b.value(), o.b, o.top);
       if (!aligned) throw InputException(aligned.error());

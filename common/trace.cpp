@@ -1,5 +1,6 @@
 #include "common/trace.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -52,10 +53,23 @@ bool Trace::write_csv(const std::string& path) const {
   return static_cast<bool>(out);
 }
 
+std::map<int, int> Trace::gpu_per_rank() const {
+  std::map<int, int> out;
+  for (const TraceEvent& e : events) {
+    auto [it, added] = out.try_emplace(e.rank, e.gpu);
+    if (!added) it->second = std::min(it->second, e.gpu);
+  }
+  return out;
+}
+
 Result<Trace> read_trace(const std::string& path) {
   Result<ChromeTrace> read = read_chrome_trace(path);
   if (!read) return read.error();
-  const ChromeTrace& c = read.value();
+  return trace_from(read.value());
+}
+
+Result<Trace> trace_from(const ChromeTrace& c) {
+  const std::string& path = c.file;
   if (c.format != "tandem")
     return InputError{path, "otherData.engine",
                       "missing: not a trace tandem wrote (a profiler trace goes through `tandem calibrate`)"};

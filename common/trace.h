@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,10 +39,18 @@ struct Trace {
   // `gpus` limits the output to the first GPUs (0: all). Returns false if the file can't be written.
   bool write_perfetto(const std::string& path, int gpus = 0) const;
   bool write_csv(const std::string& path) const;
+
+  // The GPU that stands for each pipeline rank in comparisons and timelines: its lowest-numbered
+  // one (replica 0 when it was traced). rank -> GPU.
+  std::map<int, int> gpu_per_rank() const;
 };
+
+struct ChromeTrace;
 
 // Reads a trace that write_perfetto wrote (either engine's). Anything else, a profiler trace
 // included, is an InputError naming the file (profiler traces go through `tandem calibrate`).
 Result<Trace> read_trace(const std::string& path);
+// The same from a trace already read (its file named in errors).
+Result<Trace> trace_from(const ChromeTrace& c);
 
 }  // namespace tandem

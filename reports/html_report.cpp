@@ -606,13 +606,9 @@ int slot_class_of(const std::set<std::string>& kinds, int slot) {
 }  // namespace
 
 std::string timeline_svg(const Trace& t, int plot_width) {
-  std::map<int, int> gpu_of_rank;
+  const std::map<int, int> gpu_of_rank = t.gpu_per_rank();
   double step = 0;
-  for (const TraceEvent& e : t.events) {
-    auto [it, added] = gpu_of_rank.try_emplace(e.rank, e.gpu);
-    if (!added) it->second = std::min(it->second, e.gpu);
-    step = std::max(step, e.end);
-  }
+  for (const TraceEvent& e : t.events) step = std::max(step, e.end);
   if (step <= 0) step = 1;
   const int left = 80, pitch = 30, top = 26;
   const int height = top + pitch * static_cast<int>(gpu_of_rank.size()) + 8;

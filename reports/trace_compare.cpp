@@ -23,10 +23,7 @@ struct Side {
 // One GPU per rank (its lowest-numbered), its tasks with their identities.
 Side side_of(const Trace& t) {
   Side s;
-  for (const TraceEvent& e : t.events) {
-    auto [it, added] = s.gpu_of_rank.try_emplace(e.rank, e.gpu);
-    if (!added) it->second = std::min(it->second, e.gpu);
-  }
+  s.gpu_of_rank = t.gpu_per_rank();
   std::vector<const TraceEvent*> chosen;
   for (const TraceEvent& e : t.events)
     if (s.gpu_of_rank.at(e.rank) == e.gpu) chosen.push_back(&e);
