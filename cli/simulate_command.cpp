@@ -24,7 +24,8 @@ constexpr int kSimulateSchemaVersion = 3;
 
 Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t) {
   return catch_input_errors([&]() -> nlohmann::json {
-    auto loaded = load_scenario(o.path, o.overrides);
+    StagePartition part;  // the balancer's, from the validation
+    auto loaded = load_scenario(o.path, o.overrides, &part);
     if (!loaded) throw InputException(loaded.error());
     // --calibration files join the scenario's own, so the stage balancer and the engine weigh
     // with the same costs (and the busiest GPU is checked again under the partition they give).
@@ -48,8 +49,11 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     so.trace_gpus = o.trace_gpus;
     so.progress = o.progress;
     const Workload w = scenario_workload(s);
-    const StagePartition part = scenario_partition(s, w);
-    if (!o.calibration.empty()) check_memory_fits(s, part);
+    if (!o.calibration.empty()) {  // other costs: balance again
+      part = scenario_partition(s, w);
+      check_memory_fits(s, part);
+    }
+    so.partition = &part;
     auto run = simulate(s, so);
     if (!run) throw InputException(run.error());
     const SimResult& r = run.value();

@@ -163,7 +163,7 @@ Dtype wire_dtype(CardReader& r, const std::string& key, const std::string& fallb
   return d == "fp8" ? Dtype::fp8_e4m3 : Dtype::bf16;
 }
 
-Scenario read_scenario(const std::string& path, const std::vector<std::string>& overrides) {
+Scenario read_scenario(const std::string& path, const std::vector<std::string>& overrides, StagePartition* partition) {
   YAML::Node root = parse_card_file(path);
   if (!root.IsMap()) throw_input_error(path, "", "expected a map of keys");
   auto origins = std::make_shared<OriginMap>();
@@ -339,7 +339,9 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
 
   // Feasibility: the layers split into stages, and the busiest GPU fits in HBM.
   const Workload w = scenario_workload(s);
-  check_memory_fits(s, scenario_partition(s, w));
+  StagePartition part = scenario_partition(s, w);
+  check_memory_fits(s, part);
+  if (partition) *partition = std::move(part);
   return s;
 }
 
@@ -365,8 +367,8 @@ Workload scenario_workload(const Scenario& s) {
   return build_workload(s.model, s.micro_batch(), s.precision, s.recompute, s.expert_layout());
 }
 
-Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides) {
-  return catch_input_errors([&] { return read_scenario(path, overrides); });
+Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides, StagePartition* partition) {
+  return catch_input_errors([&] { return read_scenario(path, overrides, partition); });
 }
 
 void write_scenario_card(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,

@@ -120,7 +120,15 @@ void write_scenario_card(const std::string& path, const std::vector<std::string>
                          const std::string& header, const std::string& description = "");
 
 // Loads, resolves and validates a scenario file. `overrides` are "dotted.key=value" strings.
-Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides = {});
+// Validation balances the stages (scenario_partition) to check memory; `partition`, when given,
+// receives that partition, so a caller that needs it does not balance again.
+Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides = {},
+                               StagePartition* partition = nullptr);
+
+struct Calibration;  // sim/compute_cost.h
+
+// The scenario's kernel cost data (Scenario::calibration resolved; parsed once per process).
+Calibration scenario_calibration(const Scenario& s);
 
 // The workload of one micro-batch of this scenario.
 Workload scenario_workload(const Scenario& s);

@@ -27,20 +27,6 @@ namespace tandem {
 
 namespace {
 
-// Calibrations by file list, parsed once per process: scenarios are loaded often (sweeps,
-// fuzzing), the files rarely change under a running process.
-Calibration cached_calibration(const std::vector<std::string>& files) {
-  static std::mutex mu;
-  static std::map<std::vector<std::string>, Calibration> cache;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    if (auto it = cache.find(files); it != cache.end()) return it->second;
-  }
-  Calibration c = resolve_calibration(files);
-  std::lock_guard<std::mutex> lock(mu);
-  return cache.emplace(files, std::move(c)).first->second;
-}
-
 // The balancer's estimate of an all-to-all's transfer: the busier of the GPU's IB and NVLink legs
 // at the rates DeepEP reaches (the simulator times the same bytes on the cluster's links).
 double transfer_seconds(const Scenario& s, const Calibration& cal, const TaskWork& work) {
@@ -107,8 +93,22 @@ class StepEstimate {
 
 }  // namespace
 
+// Calibrations by file list, parsed once per process: scenarios are loaded often (sweeps, plan
+// searches, fuzzing), the files rarely change under a running process.
+Calibration scenario_calibration(const Scenario& s) {
+  static std::mutex mu;
+  static std::map<std::vector<std::string>, Calibration> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(s.calibration); it != cache.end()) return it->second;
+  }
+  Calibration c = resolve_calibration(s.calibration);
+  std::lock_guard<std::mutex> lock(mu);
+  return cache.emplace(s.calibration, std::move(c)).first->second;
+}
+
 double estimate_step_seconds(const Scenario& s, const Workload& w, const StagePartition& p) {
-  const Calibration cal = cached_calibration(s.calibration);
+  const Calibration cal = scenario_calibration(s);
   const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp), static_cast<int>(s.micro_batches()),
                                      s.file, "schedule.kind");
   StepEstimate step(s, w, cal);
@@ -117,7 +117,7 @@ double estimate_step_seconds(const Scenario& s, const Workload& w, const StagePa
 
 StagePartition scenario_partition(const Scenario& s, const Workload& w) {
   if (!s.schedule.stage_layers.empty()) return partition_stages(w, s.stages(), s.schedule.stage_layers, s.file, "plan.pp");
-  const Calibration cal = cached_calibration(s.calibration);
+  const Calibration cal = scenario_calibration(s);
   const ComputeCostModel costs(s.cluster.gpu, cal);
   const int64_t sms = s.gemm_sms();
   StageLayoutOptions o;

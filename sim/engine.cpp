@@ -364,7 +364,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     const Calibration calibration = resolve_calibration(files);
     const ComputeCostModel costs(s.cluster.gpu, calibration);
     const Workload w = scenario_workload(s);
-    const StagePartition part = scenario_partition(s, w);
+    const StagePartition part = o.partition ? *o.partition : scenario_partition(s, w);
     const Program prog = scenario_program(s, w, part);
     const Schedule& sch = prog.schedule;
     auto say = [&](const std::string& what) {

@@ -62,6 +62,9 @@ struct SimOptions {
   // replicated tier) when 0, or of GPUs 0..N-1 (global ids: rank * dp + replica) when N > 0.
   int trace_gpus = 0;
   bool progress = false;
+  // The scenario's stage partition (scenario_partition), when the caller has it already: the
+  // balancer is not cheap for deep pipelines. Null: the engine balances.
+  const StagePartition* partition = nullptr;
 };
 
 struct SimResult {
