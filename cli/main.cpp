@@ -16,7 +16,9 @@
 #include "cli/report_command.h"
 #include "cli/schedule_command.h"
 #if TANDEM_HAVE_SIM
+#include "cli/child_runs.h"
 #include "cli/plan_command.h"
+#include "cli/process_group.h"
 #include "cli/simulate_command.h"
 #include "cli/sweep_command.h"
 #include "cli/validate_command.h"
@@ -46,6 +48,25 @@ int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& 
   }
   return 0;
 }
+
+#if TANDEM_HAVE_SIM
+// plan and sweep: under an MPI launch every process runs a share and holds the result; process 0
+// speaks. An interrupt (SIGINT, SIGTERM) exits 128 + signal, saying what was kept.
+template <class Command>
+int emit_from_group(Command&& command, bool json, std::string& text) {
+  try {
+    const tandem::InterruptScope interrupts;
+    const bool leader = tandem::ProcessGroup::get().leader();
+    const tandem::Result<nlohmann::json> r = command();
+    return leader ? emit(r, json, text) : (r ? 0 : 2);
+  } catch (const tandem::InputException& e) {
+    return report(e.error());
+  } catch (const tandem::Interrupted& e) {
+    std::fprintf(stderr, "tandem: %s\n", e.what());
+    return 128 + e.signal;
+  }
+}
+#endif
 
 }  // namespace
 
@@ -154,6 +175,7 @@ int main(int argc, char** argv) {
   pl->add_option("--tokens", plan.training_tokens, "capacity: training tokens (default 14.8e12)");
   pl->add_option("--days", plan.days, "capacity: the deadline in days");
   pl->add_option("--budget-usd", plan.budget_usd, "capacity: the most the run may cost (the cluster card's price per GPU-hour)");
+  pl->add_flag("!--no-prune", plan.prune, "simulate every plan that fits, even those whose lower bound cannot enter the table");
   pl->add_flag("--json", plan.json, "print one JSON object on stdout instead of text");
 #endif
 
@@ -242,13 +264,13 @@ int main(int argc, char** argv) {
       std::error_code ec;  // this executable, for the child runs
       plan.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
       if (ec) plan.self = argv[0];
-      return emit(tandem::plan_command(plan, text), plan.json, text);
+      return emit_from_group([&] { return tandem::plan_command(plan, text); }, plan.json, text);
     }
     if (*sw) {
       std::error_code ec;  // this executable, for the child runs
       sweep.self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
       if (ec) sweep.self = argv[0];
-      return emit(tandem::sweep(sweep, text), sweep.json, text);
+      return emit_from_group([&] { return tandem::sweep(sweep, text); }, sweep.json, text);
     }
 #endif
   } catch (const std::exception& e) {

@@ -5,18 +5,27 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "cli/axes.h"
 #include "cli/child_runs.h"
+#include "cli/process_group.h"
 #include "common/format.h"
+#include "scenarios/memory.h"
 #include "scenarios/scenario.h"
+#include "scenarios/step_bound.h"
 
 namespace tandem {
 
 namespace {
 
 constexpr size_t kMaxCandidates = 20000;
+constexpr size_t kBatch = 16;  // simulations between two updates of the pruning threshold
+const char* const kMetrics[] = {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
+                                "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"};
 
 std::string key_of(const std::string& assignment) { return assignment.substr(0, assignment.find('=')); }
 
@@ -54,25 +63,82 @@ std::string own_value(const Scenario& s, const std::string& key) {
 
 struct Candidate {
   std::vector<std::string> sets;  // the searched keys' "key=value"
-  std::string status = "ok";      // ok, infeasible, error
+  std::string status = "ok";      // ok, infeasible, pruned, error
   std::string reason_key;         // infeasible: the key that fails (or "memory headroom")
   std::string reason;
+  double bound = 0;               // StepBound: no simulation can give a shorter step
+  double memory = 0;              // peak bytes per GPU
   nlohmann::json result;          // simulate --json
-  double step() const { return result.value("step_time_s", INFINITY); }
+  double step() const { return result.is_object() ? result.value("step_time_s", INFINITY) : INFINITY; }
 };
-
-// "file: key: reason" as a child prints an input error: the key, or "" when there is none.
-std::string failing_key(const std::string& message) {
-  const size_t a = message.find(": ");
-  if (a == std::string::npos) return "";
-  const size_t b = message.find(": ", a + 2);
-  return b == std::string::npos ? "" : message.substr(a + 2, b - a - 2);
-}
 
 std::string value_of(const Candidate& c, const std::string& key) {
   for (const std::string& s : c.sets)
     if (key_of(s) == key) return s.substr(key.size() + 1);
   return "";
+}
+
+// Feasibility and the step's lower bound, in this process (no simulation): the scenario's
+// validation (the key that fails), then the memory headroom.
+void examine(const std::string& path, const std::vector<std::string>& fixed, double headroom, Candidate& c) {
+  std::vector<std::string> sets = fixed;
+  sets.insert(sets.end(), c.sets.begin(), c.sets.end());
+  StagePartition part;
+  const Result<Scenario> loaded = load_scenario(path, sets, &part);
+  if (!loaded) {
+    c.status = "infeasible";
+    c.reason_key = loaded.error().key;
+    c.reason = loaded.error().message();
+    return;
+  }
+  const Scenario& s = loaded.value();
+  const Workload w = scenario_workload(s);
+  for (const RankMemory& m : memory_per_rank(s, part)) c.memory = std::max(c.memory, m.total());
+  const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
+  if (c.memory > (1 - headroom) * hbm) {
+    c.status = "infeasible";
+    c.reason_key = "memory headroom";
+    c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", c.memory / 1e9, hbm / 1e9, 100 * headroom);
+    return;
+  }
+  c.bound = step_lower_bound(s, w, scenario_program(s, w, part)).step_s;
+}
+
+// examine() for every candidate, on `jobs` threads; the processes of an MPI launch split them.
+void examine_all(const std::string& path, const std::vector<std::string>& fixed, double headroom, int jobs,
+                 std::vector<Candidate>& cs) {
+  const ProcessGroup& group = ProcessGroup::get();
+  std::vector<size_t> mine_idx;
+  for (size_t i = static_cast<size_t>(group.rank()); i < cs.size(); i += static_cast<size_t>(group.size())) mine_idx.push_back(i);
+  std::atomic<size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mu;
+  auto worker = [&] {
+    for (size_t k = next++; k < mine_idx.size(); k = next++) try {
+        check_interrupted();
+        examine(path, fixed, headroom, cs[mine_idx[k]]);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mu);
+        if (!failure) failure = std::current_exception();
+      }
+  };
+  std::vector<std::thread> threads;
+  for (int k = 0; k < std::max(1, jobs); ++k) threads.emplace_back(worker);
+  for (std::thread& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
+  check_interrupted();
+  nlohmann::json mine = nlohmann::json::array();
+  for (size_t i : mine_idx) mine.push_back({i, cs[i].status, cs[i].reason_key, cs[i].reason, cs[i].bound, cs[i].memory});
+  if (group.size() == 1) return;
+  for (const std::string& theirs : group.all_gather(mine.dump()))
+    for (const nlohmann::json& e : nlohmann::json::parse(theirs)) {
+      Candidate& c = cs[e[0].get<size_t>()];
+      c.status = e[1];
+      c.reason_key = e[2];
+      c.reason = e[3];
+      c.bound = e[4];
+      c.memory = e[5];
+    }
 }
 
 // Why plan a beats plan b, in the model's terms: the keys they differ in, and which part of the
@@ -149,68 +215,144 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
   }
 
   std::vector<Candidate> candidates;
-  for (auto& sets : cross_product(axes)) candidates.push_back({sets, "ok", "", "", {}});
-  std::vector<std::string> commands;
-  for (const Candidate& c : candidates) {
-    std::string cmd = shell_quote(o.self) + " simulate " + shell_quote(o.path) + " --json --fidelity " + shell_quote(o.fidelity) +
-                      strprintf(" --tokens %.17g", o.training_tokens);
-    for (const std::string& f : fixed) cmd += " --set " + shell_quote(f);
-    for (const std::string& set : c.sets) cmd += " --set " + shell_quote(set);
-    commands.push_back(cmd);
+  for (auto& sets : cross_product(axes)) {
+    candidates.emplace_back();
+    candidates.back().sets = std::move(sets);
   }
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::vector<ChildRun> runs = run_children(commands, o.jobs, [&](size_t i) {
-    std::string label;
-    for (const std::string& set : candidates[i].sets) label += set.substr(set.find('.') + 1) + " ";
-    return label;
-  });
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
-  std::map<std::string, int> infeasible;
-  std::map<std::string, std::string> example;
-  int errors = 0;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    Candidate& c = candidates[i];
-    const ChildRun& r = runs[i];
-    if (r.code == 2) {
-      c.status = "infeasible";
-      c.reason = r.err;
-      c.reason_key = failing_key(r.err);
-    } else if (r.code != 0) {
-      c.status = "error";
-      c.reason = r.err.empty() ? "exit " + std::to_string(r.code) : r.err;
-      ++errors;
-      continue;
-    } else {
-      c.result = nlohmann::json::parse(r.out, nullptr, false);
-      if (c.result.is_discarded() || !c.result.contains("step_time_s")) {
-        c.status = "error";
-        c.reason = "unreadable simulate output";
-        ++errors;
-        continue;
-      }
-      const double peak = c.result.value("memory_peak_bytes", 0.0), hbm = c.result.value("hbm_bytes", 0.0);
-      if (peak > (1 - o.memory_headroom) * hbm) {
-        c.status = "infeasible";
-        c.reason_key = "memory headroom";
-        c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", peak / 1e9, hbm / 1e9,
-                             100 * o.memory_headroom);
-      }
-    }
-    if (c.status == "infeasible") {
-      ++infeasible[c.reason_key];
-      example.try_emplace(c.reason_key, c.reason);
-    }
-  }
-  std::vector<size_t> ranked;
-  for (size_t i = 0; i < candidates.size(); ++i)
-    if (candidates[i].status == "ok") ranked.push_back(i);
-  std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) { return candidates[a].step() < candidates[b].step(); });
-  // The scenario's own plan among the candidates.
+  // The scenario's own plan among the candidates (simulated first, so its rank is exact).
   size_t own = candidates.size();
   for (size_t i = 0; i < candidates.size() && own == candidates.size(); ++i)
     if (std::all_of(axes.begin(), axes.end(), [&](const Axis& a) { return value_of(candidates[i], a.key) == own_value(s, a.key); }))
       own = i;
+
+  // The CSV grows under a ".incomplete" name and takes its own only when the search is done: a
+  // search cut short (Ctrl-C, a crash) never leaves a file that looks finished.
+  const bool leader = ProcessGroup::get().leader();
+  const std::string csv_partial = o.csv + ".incomplete";
+  std::ofstream csv;
+  auto csv_row = [&](const Candidate& c) {
+    std::string row;
+    for (const Axis& a : axes) row += csv_field(value_of(c, a.key)) + ",";
+    row += c.status;
+    for (const char* m : kMetrics) row += "," + (c.result.contains(m) ? strprintf("%.9g", c.result[m].get<double>()) : std::string());
+    row += c.status == "infeasible" || c.bound == 0 ? std::string(",") : strprintf(",%.9g", c.bound);
+    return row + "," + csv_field(c.reason) + "\n";
+  };
+  if (!o.csv.empty() && leader) {
+    csv.open(csv_partial, std::ios::trunc);
+    if (!csv) throw_input_error("<command line>", "--csv", "cannot write '" + csv_partial + "'");
+    for (const Axis& a : axes) csv << csv_field(a.key) << ",";
+    csv << "status";
+    for (const char* m : kMetrics) csv << "," << m;
+    csv << ",step_lower_bound_s,reason\n" << std::flush;
+  }
+
+  // 1. Feasibility and a lower bound on the step, for every candidate, without simulating.
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    examine_all(o.path, fixed, o.memory_headroom, o.jobs, candidates);
+  } catch (Interrupted& e) {
+    if (csv.is_open()) e.detail += ": nothing examined is kept; " + csv_partial + " holds the header";
+    throw;
+  }
+  const double examine_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (csv.is_open())
+    for (const Candidate& c : candidates)
+      if (c.status == "infeasible") csv << csv_row(c);
+  csv << std::flush;
+
+  // 2. Simulate the feasible ones in order of their bounds, in batches, until every bound left is
+  // above the `keep`-th fastest step simulated (and the scenario's own plan's): those plans cannot
+  // enter the table, nor move the scenario's rank. Batches have a fixed size, so what is simulated
+  // and pruned does not depend on -j or on the number of processes.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (candidates[i].status == "ok" && i != own) order.push_back(i);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return candidates[a].bound < candidates[b].bound; });
+  if (own < candidates.size() && candidates[own].status == "ok") order.insert(order.begin(), own);
+  const size_t keep = static_cast<size_t>(std::max(o.top, 2));
+  std::vector<double> fastest;  // simulated steps, sorted
+  auto threshold = [&]() -> double {
+    if (!o.prune || fastest.size() < keep) return INFINITY;
+    const double own_step = own < candidates.size() ? candidates[own].step() : 0.0;
+    return std::max(fastest[keep - 1], std::isfinite(own_step) ? own_step : 0.0);
+  };
+  auto command = [&](const Candidate& c) {
+    std::string cmd = shell_quote(o.self) + " simulate " + shell_quote(o.path) + " --json --fidelity " + shell_quote(o.fidelity) +
+                      strprintf(" --tokens %.17g", o.training_tokens);
+    for (const std::string& f : fixed) cmd += " --set " + shell_quote(f);
+    for (const std::string& set : c.sets) cmd += " --set " + shell_quote(set);
+    return cmd;
+  };
+  auto label = [&](const Candidate& c) {
+    std::string l;
+    for (const std::string& set : c.sets) l += set.substr(set.find('.') + 1) + " ";
+    return l;
+  };
+  Progress progress(order.size());
+  size_t next = 0, simulated = 0;
+  int errors = 0;
+  // A simulation's outcome into its candidate, and its CSV row.
+  auto settle = [&](Candidate& c, const ChildRun& r) {
+    if (r.code == 0) c.result = nlohmann::json::parse(r.out, nullptr, false);
+    if (r.code == 2) {  // the bound's checks passed: the simulator refused (e.g. its calibration)
+      c.status = "infeasible";
+      c.reason = r.err;
+      c.reason_key = "simulate";
+    } else if (r.code != 0 || c.result.is_discarded() || !c.result.contains("step_time_s")) {
+      c.status = "error";
+      c.reason = r.code != 0 ? (r.err.empty() ? "exit " + std::to_string(r.code) : r.err) : "unreadable simulate output";
+      c.result = nlohmann::json();
+      ++errors;
+    }
+    if (csv.is_open()) csv << csv_row(c) << std::flush;
+  };
+  const bool alone = ProcessGroup::get().size() == 1;
+  try {
+    while (next < order.size() && candidates[order[next]].bound <= threshold()) {
+      std::vector<size_t> batch;
+      while (batch.size() < kBatch && next < order.size() && candidates[order[next]].bound <= threshold()) batch.push_back(order[next++]);
+      std::vector<std::string> commands;
+      for (size_t i : batch) commands.push_back(command(candidates[i]));
+      // One process settles each run as it finishes (a cut search keeps its rows); processes of
+      // an MPI launch settle the whole batch once they have exchanged it.
+      const std::vector<ChildRun> runs = run_children(commands, o.jobs, [&](size_t k, const ChildRun& r) {
+        progress.step(label(candidates[batch[k]]));
+        if (alone) settle(candidates[batch[k]], r);
+      });
+      progress.reach(simulated += batch.size());
+      for (size_t k = 0; k < batch.size(); ++k) {
+        Candidate& c = candidates[batch[k]];
+        if (!alone) settle(c, runs[k]);
+        if (c.status == "ok") fastest.insert(std::upper_bound(fastest.begin(), fastest.end(), c.step()), c.step());
+      }
+    }
+  } catch (Interrupted& e) {
+    progress.finish();
+    if (csv.is_open()) e.detail += ": the candidates examined so far are in " + csv_partial;
+    throw;
+  }
+  for (size_t k = next; k < order.size(); ++k) {
+    candidates[order[k]].status = "pruned";
+    candidates[order[k]].reason = strprintf("its step cannot be below %s, slower than the %zu fastest simulated",
+                                            format_seconds(candidates[order[k]].bound).c_str(), keep);
+  }
+  progress.skip(order.size() - next);
+  progress.finish();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::map<std::string, int> infeasible;
+  std::map<std::string, std::string> example;
+  for (const Candidate& c : candidates)
+    if (c.status == "infeasible") {
+      ++infeasible[c.reason_key];
+      example.try_emplace(c.reason_key, c.reason);
+    }
+  const size_t pruned = order.size() - next;
+  std::vector<size_t> ranked;
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (candidates[i].status == "ok" && !candidates[i].result.is_null()) ranked.push_back(i);
+  std::stable_sort(ranked.begin(), ranked.end(), [&](size_t a, size_t b) { return candidates[a].step() < candidates[b].step(); });
   int own_rank = -1;
   for (size_t k = 0; k < ranked.size(); ++k)
     if (ranked[k] == own) own_rank = static_cast<int>(k) + 1;
@@ -224,8 +366,11 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
                    for (const Axis& a : axes) keys += (keys.empty() ? "" : " x ") + a.key + " " + std::to_string(a.values.size());
                    return keys;
                  }().c_str());
-  t += strprintf("  infeasible %d, simulated and ranked %zu, failed %d; %.1f s with -j %d\n", infeasible_total, ranked.size(),
-                 errors, wall, o.jobs);
+  const int processes = ProcessGroup::get().size();
+  t += strprintf("  infeasible %d, pruned %zu (their step's lower bound is above the %zu fastest simulated), simulated %zu "
+                 "(ranked %zu, failed %d); %.1f s with -j %d%s\n",
+                 infeasible_total, pruned, keep, simulated, ranked.size(), errors, wall, o.jobs,
+                 processes > 1 ? strprintf(" on each of %d processes", processes).c_str() : "");
   for (const auto& [k, n] : infeasible)
     t += strprintf("    %5d  %-28s e.g. %s\n", n, (k.empty() ? "(whole file)" : k).c_str(), example[k].c_str());
   // A column per searched key, as wide as its name or its widest value.
@@ -273,27 +418,21 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     t += "  " + why_not_own + "\n";
   }
 
-  // Files.
-  if (!o.csv.empty()) {
-    const std::string partial = o.csv + ".incomplete";
-    std::ofstream csv(partial);
-    std::string header;
-    for (const Axis& a : axes) header += csv_field(a.key) + ",";
-    csv << header << "status,step_time_s,tokens_per_s_per_gpu,mfu_causal,memory_peak_bytes,bubble_fraction,exposed_comm_fraction,gpu_hours_per_trillion_tokens,reason\n";
-    for (const Candidate& c : candidates) {
-      for (const Axis& a : axes) csv << csv_field(value_of(c, a.key)) << ",";
-      csv << c.status;
-      for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
-                            "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
-        csv << "," << (c.result.contains(m) ? strprintf("%.9g", c.result[m].get<double>()) : std::string());
-      csv << "," << csv_field(c.reason) << "\n";
-    }
+  // Files: the CSV again, every candidate in order, under its own name.
+  if (csv.is_open()) {
+    csv.close();
+    csv.open(csv_partial, std::ios::trunc);
+    for (const Axis& a : axes) csv << csv_field(a.key) << ",";
+    csv << "status";
+    for (const char* m : kMetrics) csv << "," << m;
+    csv << ",step_lower_bound_s,reason\n";
+    for (const Candidate& c : candidates) csv << csv_row(c);
     csv.close();
     std::error_code ec;
-    std::filesystem::rename(partial, o.csv, ec);
+    std::filesystem::rename(csv_partial, o.csv, ec);
     if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
   }
-  if (!o.write_best.empty()) {
+  if (!o.write_best.empty() && leader) {
     if (ranked.empty()) throw_input_error("<command line>", "--write-best", "no plan fits: nothing to write");
     std::vector<std::string> sets = fixed;
     const Candidate& best = candidates[ranked[0]];
@@ -318,6 +457,7 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     for (const char* m : {"step_time_s", "tokens_per_s_per_gpu", "mfu_causal", "memory_peak_bytes", "bubble_fraction",
                           "exposed_comm_fraction", "gpu_hours_per_trillion_tokens"})
       p[m] = c.result.value(m, 0.0);
+    p["step_lower_bound_s"] = c.bound;
     plans.push_back(p);
   }
   return nlohmann::json{{"command", "plan"},
@@ -328,6 +468,8 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
                         {"infeasible", infeasible_total},
                         {"infeasible_by_key", reasons},
                         {"failed", errors},
+                        {"pruned", pruned},
+                        {"simulated", simulated},
                         {"ranked", ranked.size()},
                         {"memory_headroom", o.memory_headroom},
                         {"scenario_plan_rank", own_rank},
@@ -335,7 +477,9 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
                         {"why_not_the_scenario_plan", why_not_own},
                         {"plans", plans},
                         {"wall_s", wall},
-                        {"jobs", o.jobs}};
+                        {"examine_wall_s", examine_wall},
+                        {"jobs", o.jobs},
+                        {"processes", processes}};
 }
 
 // Capacity: the best plan at each GPU count, smallest first, until one meets the deadline (or
@@ -366,6 +510,7 @@ nlohmann::json capacity(const PlanOptions& o, std::string& t) {
   for (int64_t n : counts) {
     PlanOptions one = o;
     one.fix.push_back("gpus=" + std::to_string(n));
+    one.top = 1;  // only the best plan counts here: prune against it
     std::string search_text;
     nlohmann::json r;
     try {

@@ -1,14 +1,25 @@
 // `tandem plan SCENARIO [--set k=v]... [--fix k=v]... [--vary k=v1,v2,...]... [-j N] [--top N]
-//  [--memory-headroom F] [--csv FILE] [--write-best FILE] [--json]`
+//  [--memory-headroom F] [--no-prune] [--csv FILE] [--write-best FILE] [--json]`
 //
 // Searches the plan space around a scenario and ranks the plans that fit, fastest first. The
 // scenario's own keys stay fixed but for the searched ones: by default plan.pp, plan.ep,
 // batch.micro_batch_sequences, schedule.kind, comm.sms and plan.dp_overlap (each over the values
 // a user would try, and the scenario's own); --fix (or --set) takes a key out of the search,
-// --vary gives a key the values to search. Every candidate is simulated in its own process
-// (cli/child_runs.h, -j at a time): the scenario's validation rejects the plans that cannot run
-// (counted by the key that fails), a memory headroom (default 5% of HBM) rejects those too tight
-// to run, and the rest rank by simulated step time. The table is the same for any -j.
+// --vary gives a key the values to search (any scenario key: recompute.*, comm.node_limit,
+// precision.recipe, schedule.stage_layers ...).
+//
+// 1. Every candidate is examined in this process (-j threads): the scenario's validation rejects
+//    the plans that cannot run (counted by the key that fails), a memory headroom (default 5% of
+//    HBM) those too tight to run, and the rest get a lower bound on their step
+//    (scenarios/step_bound.h: the Program with its calibrated compute and a free network).
+// 2. The feasible plans are simulated (`tandem simulate`, each its own process, -j at a time;
+//    cli/child_runs.h) in order of their bounds — the scenario's own plan first, so its rank is
+//    exact — until every bound left is above the --top-th fastest step found (and the scenario's
+//    own): those are pruned, as no simulation could bring them into the table. --no-prune
+//    simulates them all. What is simulated does not depend on -j or on the number of processes.
+// Under an MPI launch (`mpirun -n K tandem plan ...`, cli/process_group.h) the K processes split
+// both steps and process 0 prints and writes; the table is the same for any -j and any K.
+// Ctrl-C (SIGINT, SIGTERM) stops the simulations and leaves the CSV as FILE.incomplete.
 //
 // Capacity planning: with --gpus 1024,2048,... and --days D (or --budget-usd B), the search runs
 // at each GPU count, smallest first, and stops at the first whose best plan trains --tokens in
@@ -40,6 +51,7 @@ struct PlanOptions {
   double training_tokens = 14.8e12;
   double days = 0;
   double budget_usd = 0;
+  bool prune = true;  // skip plans whose step's lower bound cannot enter the table
   bool json = false;
   std::string self;  // the tandem executable
 };

@@ -8,6 +8,7 @@
 #include "common/format.h"
 #include "cli/axes.h"
 #include "cli/child_runs.h"
+#include "cli/process_group.h"
 
 namespace tandem {
 
@@ -32,7 +33,7 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     // sweep cut short (Ctrl-C, a crash) never leaves a file that looks finished.
     std::ofstream csv;
     const std::string csv_partial = o.csv + ".incomplete";
-    if (!o.csv.empty()) {
+    if (!o.csv.empty() && ProcessGroup::get().leader()) {  // under MPI, process 0 writes
       csv.open(csv_partial);
       if (!csv) throw_input_error("<command line>", "--csv", "cannot write '" + csv_partial + "'");
     }
@@ -42,7 +43,7 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     for (const auto& a : axes) header += csv_field(a.key) + ",";
     for (const char* m : metrics) header += std::string(m) + ",";
     header += "status";
-    if (csv) csv << header << "\n";
+    if (csv.is_open()) csv << header << "\n";
     t += strprintf("Sweep of %s: %zu runs (%s fidelity)\n", o.path.c_str(), runs, o.fidelity.c_str());
     std::string cols;
     for (const auto& a : axes) cols += strprintf("%-22s ", a.key.c_str());
@@ -71,50 +72,74 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
         index[a] = 0;
       }
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<ChildRun> results = run_children(commands, o.jobs, [&](size_t i) { return labels[i]; });
-
-    nlohmann::json rows = nlohmann::json::array();
-    for (size_t run = 0; run < runs; ++run) {
-      std::string row_csv, row_txt;
-      nlohmann::json row;
+    // One run's row: CSV, text and JSON.
+    struct Row {
+      std::string csv, text;
+      nlohmann::json json;
+    };
+    auto row_of = [&](size_t run, const ChildRun& c) {
+      Row row;
       for (size_t a = 0; a < axes.size(); ++a) {
         const std::string& v = values[run][a];
-        row_csv += csv_field(v) + ",";
-        row_txt += strprintf("%-22s ", v.c_str());
-        row[axes[a].key] = v;
+        row.csv += csv_field(v) + ",";
+        row.text += strprintf("%-22s ", v.c_str());
+        row.json[axes[a].key] = v;
       }
-      const ChildRun& c = results[run];
       std::string status = "ok";
       nlohmann::json result;
       if (c.code == 0) {
-        try {
-          result = nlohmann::json::parse(c.out);
-        } catch (const std::exception&) {
-          status = "error: unreadable output";
-        }
+        result = nlohmann::json::parse(c.out, nullptr, false);
+        if (result.is_discarded() || !result.contains("step_time_s")) status = "error: unreadable output";
       } else {
         status = (c.code == 2 ? "rejected: " : "error: ") + (c.err.empty() ? std::string("exit ") + std::to_string(c.code) : c.err);
       }
       for (const char* m : metrics) {
-        const bool have = result.contains(m);
-        row_csv += (have ? strprintf("%.9g", result[m].get<double>()) : std::string()) + ",";
-        if (have) row[m] = result[m];
+        const bool have = status == "ok" && result.contains(m);
+        row.csv += (have ? strprintf("%.9g", result[m].get<double>()) : std::string()) + ",";
+        if (have) row.json[m] = result[m];
       }
-      row["status"] = status;
-      if (csv) csv << row_csv << csv_field(status) << "\n";
+      row.json["status"] = status;
+      row.csv += csv_field(status) + "\n";
       if (status == "ok") {
-        row_txt += strprintf("%9.3f %9.0f %6.1f %10.0f %8.1f  ok\n", result["step_time_s"].get<double>(),
-                             result["tokens_per_s_per_gpu"].get<double>(), 100 * result["mfu_causal"].get<double>(),
-                             result["gpu_hours_per_trillion_tokens"].get<double>(),
-                             result["memory_peak_bytes"].get<double>() / 1e9);
+        row.text += strprintf("%9.3f %9.0f %6.1f %10.0f %8.1f  ok\n", result["step_time_s"].get<double>(),
+                              result["tokens_per_s_per_gpu"].get<double>(), 100 * result["mfu_causal"].get<double>(),
+                              result["gpu_hours_per_trillion_tokens"].get<double>(),
+                              result["memory_peak_bytes"].get<double>() / 1e9);
       } else {
-        row_txt += strprintf("%9s %9s %6s %10s %8s  %s\n", "-", "-", "-", "-", "-", status.c_str());
+        row.text += strprintf("%9s %9s %6s %10s %8s  %s\n", "-", "-", "-", "-", "-", status.c_str());
       }
-      t += "  " + row_txt;
-      rows.push_back(row);
+      return row;
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    Progress progress(runs);
+    std::vector<ChildRun> results;
+    try {
+      // Rows reach the CSV as runs finish (in completion order), so a cut sweep keeps them.
+      results = run_children(commands, o.jobs, [&](size_t i, const ChildRun& c) {
+        progress.step(labels[i]);
+        if (csv.is_open()) csv << row_of(i, c).csv << std::flush;
+      });
+    } catch (Interrupted& e) {
+      progress.finish();
+      if (csv.is_open()) e.detail += ": the runs that finished are in " + csv_partial;
+      throw;
     }
-    if (csv) {
+    progress.finish();
+
+    // The final file: every row, in run order.
+    if (csv.is_open()) {
+      csv.close();
+      csv.open(csv_partial, std::ios::trunc);
+      csv << header << "\n";
+    }
+    nlohmann::json rows = nlohmann::json::array();
+    for (size_t run = 0; run < runs; ++run) {
+      Row row = row_of(run, results[run]);
+      if (csv.is_open()) csv << row.csv;
+      t += "  " + row.text;
+      rows.push_back(row.json);
+    }
+    if (csv.is_open()) {
       csv.close();
       std::error_code ec;
       std::filesystem::rename(csv_partial, o.csv, ec);

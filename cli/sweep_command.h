@@ -2,9 +2,12 @@
 //
 // Runs `tandem simulate` for every combination of the varied keys (the cross product), each in
 // its own process (SimGrid allows one engine per process), -j of them at a time, with a progress
-// count and ETA on a terminal's stderr (cli/child_runs.h); the table is the same for any -j. A
-// combination the scenario rejects (infeasible plan, memory above HBM) is a row with its reason,
-// not a failure of the sweep.
+// count and ETA on a terminal's stderr (cli/child_runs.h); under an MPI launch (`mpirun -n K tandem
+// sweep ...`) the K processes split the runs and process 0 prints and writes. The table is the
+// same for any -j and any K. A combination the scenario rejects (infeasible plan, memory above
+// HBM) is a row with its reason, not a failure of the sweep. The CSV grows as runs finish under
+// FILE.incomplete and is renamed FILE when every run is in; Ctrl-C (SIGINT, SIGTERM) stops the
+// runs and leaves the .incomplete file with the rows that finished.
 #pragma once
 
 #include <string>

@@ -63,7 +63,7 @@ TEST_CASE("plan ranks first the plan an exhaustive sweep of the same candidates 
   int by_key = 0;
   for (const auto& [key, v] : p["infeasible_by_key"].items()) by_key += v["count"].get<int>();
   CHECK(by_key == p["infeasible"].get<int>());
-  CHECK(p["ranked"].get<int>() + p["infeasible"].get<int>() + p["failed"].get<int>() == 27);
+  CHECK(p["ranked"].get<int>() + p["infeasible"].get<int>() + p["failed"].get<int>() + p["pruned"].get<int>() == 27);
   REQUIRE(!p["plans"].empty());
 
   // The same candidates through tandem sweep, every one simulated: the fastest that leaves 5% of
@@ -85,6 +85,23 @@ TEST_CASE("plan ranks first the plan an exhaustive sweep of the same candidates 
   for (const char* key : {"plan.pp", "plan.ep", "schedule.kind"}) CHECK(winner[key] == best_run[key]);
   // The scenario's own plan (PP4 DualPipe, EP2) is among the candidates and ranked.
   CHECK(p["scenario_plan_rank"].get<int>() >= 1);
+}
+
+TEST_CASE("plan prunes only plans whose lower bound cannot enter the table", "[plan]") {
+  // Every plan that fits simulated: each one's lower bound is at most its simulated step.
+  const json all = plan("--no-prune --top 3");
+  CHECK(all["pruned"] == 0);
+  REQUIRE(all["plans"].size() > 5);
+  for (const json& p : all["plans"]) {
+    CHECK(p["step_lower_bound_s"].get<double>() > 0);
+    CHECK(p["step_lower_bound_s"].get<double>() <= p["step_time_s"].get<double>());
+  }
+  // A search that prunes lists the same fastest plans and ranks the scenario's plan the same.
+  const json pruned = plan("--top 3");
+  CHECK(pruned["ranked"].get<int>() + pruned["pruned"].get<int>() == all["ranked"].get<int>());
+  REQUIRE(pruned["plans"].size() >= 3);
+  for (size_t i = 0; i < 3; ++i) CHECK(pruned["plans"][i] == all["plans"][i]);
+  CHECK(pruned["scenario_plan_rank"] == all["scenario_plan_rank"]);
 }
 
 TEST_CASE("plan gives the same ranking whatever the parallelism", "[plan]") {
@@ -184,3 +201,49 @@ TEST_CASE("plan --gpus finds the smallest GPU count whose best plan meets the de
     CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
   }
 }
+
+TEST_CASE("plan stopped midway stops its simulations and leaves its CSV marked incomplete", "[plan]") {
+  tandem::test::TempDir dir;
+  // The repository through a link of this test's own: its running children are recognisable.
+  std::filesystem::create_directory_symlink(TANDEM_SOURCE_DIR, dir.file("repo"));
+  const std::string scenario = dir.file("repo") + "/scenarios/deepseek-v3-2048.yaml";
+  const std::string cut = dir.file("cut.csv");
+  const auto r = tandem::run_process(
+      // A background job of a script ignores SIGINT unless told otherwise (as a terminal's Ctrl-C
+      // reaches a foreground job).
+      "sh -c 'env --default-signal=INT " + std::string(TANDEM_BINARY) + " plan " + scenario +
+      " --fix plan.pp=16 --fix plan.ep=64 --fix schedule.kind=dualpipe --fix batch.micro_batch_sequences=1"
+      " --fix plan.dp_overlap=false --vary comm.sms=8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24 --no-prune -j 1 --csv " + cut +
+      " >/dev/null 2>&1 & p=$!; sleep 4; kill -INT $p; wait $p; echo $?; sleep 1; pgrep -f \"simulat[e] " + scenario + "\" | wc -l'");
+  std::istringstream out(r.out);
+  int code = -1, left = -1;
+  out >> code >> left;
+  CHECK(code == 130);  // 128 + SIGINT
+  CHECK(left == 0);    // no simulation left running
+  CHECK(!std::filesystem::exists(cut));
+  CHECK(std::filesystem::exists(cut + ".incomplete"));
+}
+
+#ifdef TANDEM_MPIEXEC
+TEST_CASE("plan under mpiexec -n 2 gives the -j 1 ranking", "[.][plan_mpi]") {
+  const json one = plan("-j 1");
+  const auto r = tandem::run_process(std::string(TANDEM_MPIEXEC) + " " + TANDEM_BINARY + " plan " +
+                                     repo("scenarios/tiny-dualpipe.yaml") + kSearch + " --json -j 1");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const json two = json::parse(r.out);  // one JSON object: only process 0 prints
+  CHECK(two["processes"] == 2);
+  for (const char* k : {"enumerated", "infeasible", "pruned", "simulated", "ranked", "scenario_plan_rank", "infeasible_by_key"})
+    CHECK(one[k] == two[k]);
+  CHECK(one["plans"] == two["plans"]);
+  // And sweep: the same rows.
+  const std::string sweep = " sweep " + repo("scenarios/tiny-dualpipe.yaml") + " --vary plan.pp=1,2,4 --vary plan.ep=1,2 --json";
+  const auto a = tandem_run(sweep), b = tandem::run_process(std::string(TANDEM_MPIEXEC) + " " + TANDEM_BINARY + sweep);
+  REQUIRE(a.code == 0);
+  REQUIRE(b.code == 0);
+  json ra = json::parse(a.out)["runs"], rb = json::parse(b.out)["runs"];
+  for (json* runs : {&ra, &rb})
+    for (json& row : *runs) row.erase("sim_wall_s");
+  CHECK(ra == rb);
+}
+#endif

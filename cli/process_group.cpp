@@ -1,0 +1,96 @@
+#include "cli/process_group.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "common/input_error.h"
+#include "exec/comm/world.h"
+
+#ifdef TANDEM_HAVE_MPI
+#include <mpi.h>
+#endif
+
+namespace tandem {
+
+#ifdef TANDEM_HAVE_MPI
+namespace {
+
+struct MpiSession {
+  bool initialised_here = false;
+  ~MpiSession() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (initialised_here && !finalized) MPI_Finalize();
+  }
+};
+
+}  // namespace
+#endif
+
+ProcessGroup::ProcessGroup() {
+  if (!comm::launched_under_mpi()) return;
+#ifdef TANDEM_HAVE_MPI
+  static MpiSession session;
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) {
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    session.initialised_here = true;
+  }
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+#else
+  // Several processes would each run (and print) the whole search.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+    if (const char* v = std::getenv(var); v && std::atoi(v) > 1)
+      throw_input_error("<command line>", "mpirun",
+                        "this tandem was built without MPI: run the search as one process (-j N for local workers)");
+#endif
+}
+
+ProcessGroup& ProcessGroup::get() {
+  static ProcessGroup group;
+  return group;
+}
+
+std::vector<std::string> ProcessGroup::all_gather(const std::string& mine) const {
+  if (size_ == 1) return {mine};
+#ifdef TANDEM_HAVE_MPI
+  const long long n = static_cast<long long>(mine.size());
+  std::vector<long long> sizes(static_cast<size_t>(size_));
+  MPI_Allgather(&n, 1, MPI_LONG_LONG, sizes.data(), 1, MPI_LONG_LONG, MPI_COMM_WORLD);
+  // MPI counts are ints: large exchanges go in pieces of at most 1 GiB per process.
+  constexpr long long kPiece = 1LL << 30;
+  std::vector<std::string> all(static_cast<size_t>(size_));
+  for (int p = 0; p < size_; ++p) all[static_cast<size_t>(p)].resize(static_cast<size_t>(sizes[static_cast<size_t>(p)]));
+  long long longest = 0;
+  for (long long s : sizes) longest = std::max(longest, s);
+  for (long long offset = 0; offset < longest; offset += kPiece) {
+    std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+    std::string recv;
+    long long total = 0;
+    for (int p = 0; p < size_; ++p) {
+      const long long left = std::max(0LL, sizes[static_cast<size_t>(p)] - offset);
+      counts[static_cast<size_t>(p)] = static_cast<int>(std::min(left, kPiece));
+      displs[static_cast<size_t>(p)] = static_cast<int>(total);
+      total += counts[static_cast<size_t>(p)];
+    }
+    if (total > INT32_MAX) throw std::runtime_error("ProcessGroup::all_gather: a piece exceeds 2 GiB");
+    recv.resize(static_cast<size_t>(total));
+    const int mine_count = counts[static_cast<size_t>(rank_)];
+    MPI_Allgatherv(mine.data() + std::min<long long>(offset, n), mine_count, MPI_CHAR, recv.data(), counts.data(),
+                   displs.data(), MPI_CHAR, MPI_COMM_WORLD);
+    for (int p = 0; p < size_; ++p)
+      std::copy_n(recv.data() + displs[static_cast<size_t>(p)], counts[static_cast<size_t>(p)],
+                  all[static_cast<size_t>(p)].data() + offset);
+  }
+  return all;
+#else
+  return {mine};
+#endif
+}
+
+}  // namespace tandem
