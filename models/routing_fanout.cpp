@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <atomic>
 #include <mutex>
+#include <thread>
 #include <numeric>
 #include <random>
 #include <tuple>
@@ -50,10 +52,13 @@ class Gate {
     experts_.clear();
     for (int64_t e = 0; e < E_; ++e)
       if (kept_[static_cast<size_t>(e / per_group)]) experts_.push_back(e);
-    std::stable_sort(experts_.begin(), experts_.end(), [&](int64_t a, int64_t b) {
-      return score[static_cast<size_t>(a)] > score[static_cast<size_t>(b)];
+    // The k best in a stable order (ties to the lower index), without sorting the rest.
+    const auto k = static_cast<ptrdiff_t>(std::min<int64_t>(k_, static_cast<int64_t>(experts_.size())));
+    std::partial_sort(experts_.begin(), experts_.begin() + k, experts_.end(), [&](int64_t a, int64_t b) {
+      const double sa = score[static_cast<size_t>(a)], sb = score[static_cast<size_t>(b)];
+      return sa > sb || (sa == sb && a < b);
     });
-    experts_.resize(static_cast<size_t>(std::min<int64_t>(k_, static_cast<int64_t>(experts_.size()))));
+    experts_.resize(static_cast<size_t>(k));
     return experts_;
   }
 
@@ -210,6 +215,19 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, d
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace(key, p);
   return p;
+}
+
+void prefetch_routing_patterns(const ModelCard& m, const ExpertLayout& layout, double skew,
+                               const std::vector<int64_t>& layers) {
+  if (skew <= 0 || layers.size() < 2) return;
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < layers.size(); i = next++) routing_pattern(m, layout, skew, layers[i]);
+  };
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> threads;
+  for (unsigned k = 0; k < std::min<size_t>(cores, layers.size()); ++k) threads.emplace_back(worker);
+  for (std::thread& t : threads) t.join();
 }
 
 }  // namespace tandem

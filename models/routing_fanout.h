@@ -49,6 +49,12 @@ struct RoutingPattern {
 // (skew > 0): sampled for MoE layer `layer` from `seed`; the same inputs give the same pattern.
 RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, double skew, int64_t layer);
 
+// Computes the skewed patterns of these layers at once, on the machine's cores (each layer's is
+// sampled from its own seed, so the patterns are the ones routing_pattern gives one by one): the
+// sampling is the costly part of loading a skewed scenario (about 2M gate evaluations per layer).
+void prefetch_routing_patterns(const ModelCard& m, const ExpertLayout& layout, double skew,
+                               const std::vector<int64_t>& layers);
+
 // `samples` 0: 8192 tokens, fewer for very many experts so the cost stays bounded (about 2M
 // expert scores in all).
 RoutingFanout sample_routing_fanout(const ModelCard& m, const ExpertLayout& layout,

@@ -631,6 +631,11 @@ Workload build_workload(const ModelCard& m, const MicroBatch& mb, const Precisio
   embed.ops.push_back(make_embedding(c, "embed", V * h));
   w.blocks.push_back(embed);
 
+  std::vector<int64_t> moe_layers;
+  for (int64_t i = 0; i < m.num_hidden_layers + m.num_nextn_predict_layers; ++i)
+    if (m.is_moe_layer(i)) moe_layers.push_back(i);
+  prefetch_routing_patterns(m, layout, layout.routing_skew, moe_layers);
+
   for (int64_t i = 0; i < m.num_hidden_layers; ++i)
     w.blocks.push_back(transformer_block(c, layout, i, "layer." + std::to_string(i),
                                          BlockKind::dense_layer));

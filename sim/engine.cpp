@@ -128,26 +128,45 @@ class GpuRunner {
   void operator()() {
     done_.assign(tasks_.size(), 0);
     start_.assign(tasks_.size(), 0);
+    outstanding_.assign(tasks_.size(), 0);
     while (true) {
       // Start what can start; a task with nothing to wait for ends at once and may free the next.
       while (launch(Stream::compute, next_compute_, compute_running_) ||
              launch(Stream::comm, next_comm_, comm_running_)) {
       }
-      if (pending_.empty()) break;
-      std::vector<sg4::ActivityPtr> acts;
-      acts.reserve(pending_.size());
-      for (const auto& p : pending_) acts.push_back(p.activity);
-      const ssize_t i = sg4::Activity::wait_any(acts);
-      const int task = pending_[static_cast<size_t>(i)].task;
-      // A receive counts from when its transfer started, not from when it was posted: waiting
-      // for the producer is pipeline bubble, not communication.
-      if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
-        start_[static_cast<size_t>(task)] = std::max(start_[static_cast<size_t>(task)], acts[static_cast<size_t>(i)]->get_start_time());
-      const Then then = pending_[static_cast<size_t>(i)].then;
-      pending_.erase(pending_.begin() + i);
+      if (pending_.empty() && timers_.empty()) break;
+      // The earliest timer (the first set, among equals), and the activities: whichever ends first.
+      size_t t = 0;
+      for (size_t k = 1; k < timers_.size(); ++k)
+        if (timers_[k].at < timers_[t].at) t = k;
+      ssize_t i = -1;
+      if (pending_.empty()) {
+        sg4::this_actor::sleep_until(timers_[t].at);
+      } else {
+        std::vector<sg4::ActivityPtr> acts;
+        acts.reserve(pending_.size());
+        for (const auto& p : pending_) acts.push_back(p.activity);
+        i = sg4::Activity::wait_any_for(acts, timers_.empty() ? -1.0 : std::max(0.0, timers_[t].at - sg4::Engine::get_clock()));
+      }
+      int task = -1;
+      Then then = Then::nothing;
+      if (i >= 0 && static_cast<size_t>(i) < pending_.size()) {
+        task = pending_[static_cast<size_t>(i)].task;
+        // A receive counts from when its transfer started, not from when it was posted: waiting
+        // for the producer is pipeline bubble, not communication.
+        if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
+          start_[static_cast<size_t>(task)] =
+              std::max(start_[static_cast<size_t>(task)], pending_[static_cast<size_t>(i)].activity->get_start_time());
+        then = pending_[static_cast<size_t>(i)].then;
+        pending_.erase(pending_.begin() + i);
+      } else {  // the timer rang
+        task = timers_[t].task;
+        then = timers_[t].then;
+        timers_.erase(timers_.begin() + static_cast<ptrdiff_t>(t));
+      }
       if (then == Then::after_meeting) after_meeting(task);
       if (then == Then::start_flows) start_flows(task);
-      if (--outstanding_[task] == 0) finish(task);
+      if (--outstanding_[static_cast<size_t>(task)] == 0) finish(task);
     }
     finished_ = std::all_of(done_.begin(), done_.end(), [](char d) { return d != 0; });
     if (!finished_) return;  // reported by simulate(): the step cannot proceed on this GPU
@@ -192,17 +211,24 @@ class GpuRunner {
         if (!p.rows_per_token.empty())
           secs += (p.load_factor(replica_ % w_.ep) - 1.0) * w_.routed_seconds[r][ti];
       }
-      add(sg4::this_actor::exec_async(std::max(secs, 0.0) * kHostSpeed), i);
+      delay(secs, i);
     } else {
       start_comm(i);
     }
-    if (outstanding_[i] == 0) finish(i);
+    if (outstanding_[static_cast<size_t>(i)] == 0) finish(i);
     return true;
+  }
+
+  // A task's part that only takes time (a kernel, an analytic transfer): a timer of this actor's,
+  // not a SimGrid activity — no resource is shared, and most of a step's tasks are these.
+  void delay(double seconds, int task, Then then = Then::nothing) {
+    timers_.push_back({sg4::Engine::get_clock() + std::max(seconds, 0.0), task, then});
+    ++outstanding_[static_cast<size_t>(task)];
   }
 
   void add(sg4::ActivityPtr a, int task) {
     pending_.push_back({std::move(a), task});
-    ++outstanding_[task];
+    ++outstanding_[static_cast<size_t>(task)];
   }
 
   void put(const std::string& mailbox, double bytes, int task) {
@@ -233,7 +259,7 @@ class GpuRunner {
     for (int other : rv.waiting) done_mailbox(other)->put_init(&token_, 1)->detach();
     const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
     if (rv.left == 0) w_.rendezvous.erase(std::make_tuple(rank_, g.first, task));
-    add(sg4::this_actor::exec_async(std::max(0.0, rest) * kHostSpeed), task);
+    delay(rest, task);
   }
   // The rest of a rendezvous: until this member's end.
   void after_meeting(int task) {
@@ -242,7 +268,7 @@ class GpuRunner {
     auto& rv = w_.rendezvous.at(key);
     const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
     if (--rv.left == 0) w_.rendezvous.erase(key);
-    add(sg4::this_actor::exec_async(std::max(0.0, rest) * kHostSpeed), task);
+    delay(rest, task);
   }
   static sg4::Mailbox* done_mailbox(int gpu) { return sg4::Mailbox::by_name("a2a-done/" + std::to_string(gpu)); }
 
@@ -272,7 +298,7 @@ class GpuRunner {
         const double prefix = w_.compute_seconds[r][ti], scale = w_.transfer_scale[r][ti];
         if (w_.options->fidelity == Fidelity::replicated) {
           const double transfer = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
-          add(sg4::this_actor::exec_async((prefix + transfer * scale) * kHostSpeed), i);
+          delay(prefix + transfer * scale, i);
           break;
         }
         if (w_.options->fidelity == Fidelity::grouped) {
@@ -280,8 +306,7 @@ class GpuRunner {
           break;
         }
         if (prefix > 0) {
-          add(sg4::this_actor::exec_async(prefix * kHostSpeed), i);
-          pending_.back().then = Then::start_flows;
+          delay(prefix, i, Then::start_flows);
         } else {
           start_flows(i);
         }
@@ -293,7 +318,7 @@ class GpuRunner {
         const int n = w_.dp;
         if (n <= 1) break;
         if (w_.options->fidelity == Fidelity::replicated) {
-          add(sg4::this_actor::exec_async(analytic_ring(w_, rank_, work.bytes) * kHostSpeed), i);
+          delay(analytic_ring(w_, rank_, work.bytes), i);
           break;
         }
         const int next = w_.gpu(rank_, (replica_ + 1) % n), prev = w_.gpu(rank_, (replica_ + n - 1) % n);
@@ -345,7 +370,13 @@ class GpuRunner {
   std::vector<char> done_;
   std::vector<double> start_;
   std::vector<Pending> pending_;
-  std::map<int, int> outstanding_;
+  struct Timer {
+    double at;
+    int task;
+    Then then;
+  };
+  std::vector<Timer> timers_;
+  std::vector<int> outstanding_;  // per task: its activities not yet finished
   std::deque<void*> payloads_;
   int token_ = 0;
   size_t next_compute_ = 0, next_comm_ = 0;
