@@ -15,7 +15,8 @@ Axis parse_axis(const std::string& text, const std::string& option) {
   for (size_t i = 0; i <= rest.size(); ++i) {
     const char c = i < rest.size() ? rest[i] : ',';
     if (c == '[') ++depth;
-    if (c == ']') --depth;
+    if (c == ']' && --depth < 0)
+      throw_input_error("<command line>", option + " " + a.key, "a ']' without its '[' in '" + text + "'");
     if (c == ',' && depth == 0) {
       const std::string item = rest.substr(start, i - start);
       if (item.empty()) throw_input_error("<command line>", option + " " + a.key, "empty value in '" + text + "'");
@@ -23,6 +24,7 @@ Axis parse_axis(const std::string& text, const std::string& option) {
       start = i + 1;
     }
   }
+  if (depth > 0) throw_input_error("<command line>", option + " " + a.key, "a '[' is not closed in '" + text + "'");
   return a;
 }
 

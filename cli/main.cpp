@@ -58,7 +58,18 @@ int emit_from_group(Command&& command, bool json, std::string& text) {
     const tandem::InterruptScope interrupts;
     const bool leader = tandem::ProcessGroup::get().leader();
     const tandem::Result<nlohmann::json> r = command();
-    return leader ? emit(r, json, text) : (r ? 0 : 2);
+    if (!leader) return r ? 0 : 2;
+    if (const int code = emit(r, json, text); code != 0) return code;
+    // Output printed; runs that crashed (not rejected) make the command fail.
+    const nlohmann::json& out = r.value();
+    if (const int64_t failed = out.value("failed", int64_t{0}); failed > 0) {
+      std::string first;
+      if (out.contains("failed_runs") && !out["failed_runs"].empty()) first = ", first: " + out["failed_runs"][0].get<std::string>();
+      std::fprintf(stderr, "tandem: error: %lld simulation%s failed%s\n", static_cast<long long>(failed), failed == 1 ? "" : "s",
+                   first.c_str());
+      return 1;
+    }
+    return 0;
   } catch (const tandem::InputException& e) {
     return report(e.error());
   } catch (const tandem::Interrupted& e) {

@@ -468,6 +468,12 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
                         {"infeasible", infeasible_total},
                         {"infeasible_by_key", reasons},
                         {"failed", errors},
+                        {"failed_runs", [&] {
+                           nlohmann::json f = nlohmann::json::array();
+                           for (const Candidate& c : candidates)
+                             if (c.status == "error") f.push_back(label(c) + "-> " + c.reason);
+                           return f;
+                         }()},
                         {"pruned", pruned},
                         {"simulated", simulated},
                         {"ranked", ranked.size()},

@@ -1,6 +1,8 @@
 #include "cli/sweep_command.h"
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +11,7 @@
 #include "cli/axes.h"
 #include "cli/child_runs.h"
 #include "cli/process_group.h"
+#include "scenarios/scenario.h"
 
 namespace tandem {
 
@@ -21,6 +24,18 @@ constexpr size_t kMaxRuns = 1000;
 Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
   return catch_input_errors([&]() -> nlohmann::json {
     if (o.vary.empty()) throw_input_error("<command line>", "--vary", "give at least one --vary key=v1,v2,...");
+    // What would fail every run fails the sweep instead.
+    if (!std::filesystem::is_regular_file(o.path)) throw_input_error(o.path, "", "no such scenario file");
+    // A --set the scenario refuses by its own key (unknown, wrong type) fails every run too; a
+    // refusal elsewhere may be what the varied keys change, so it is left to the runs.
+    if (auto base = load_scenario(o.path, o.overrides); !base)
+      for (const std::string& set : o.overrides)
+        if (const std::string& key = base.error().key; !key.empty() && set.rfind(key, 0) == 0 &&
+                                                      (set.size() == key.size() || set[key.size()] == '.' || set[key.size()] == '='))
+          throw InputException(base.error());
+    const std::vector<std::string> tiers = {"auto", "replicated", "grouped", "aggregated", "per_pair"};
+    if (std::find(tiers.begin(), tiers.end(), o.fidelity) == tiers.end())
+      throw_input_error("<command line>", "--fidelity", "must be auto, replicated, grouped, aggregated or per_pair, got '" + o.fidelity + "'");
     std::vector<Axis> axes;
     size_t runs = 1;
     for (const auto& v : o.vary) {
@@ -132,12 +147,29 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
       csv.open(csv_partial, std::ios::trunc);
       csv << header << "\n";
     }
-    nlohmann::json rows = nlohmann::json::array();
+    nlohmann::json rows = nlohmann::json::array(), failed = nlohmann::json::array();
+    std::map<std::string, size_t> rejections;  // by the key a rejection names ("file: key: reason")
+    std::string first_rejection;
     for (size_t run = 0; run < runs; ++run) {
       Row row = row_of(run, results[run]);
       if (csv.is_open()) csv << row.csv;
       t += "  " + row.text;
+      const std::string status = row.json["status"];
+      if (status.rfind("error", 0) == 0) failed.push_back(labels[run] + "-> " + status);
+      if (results[run].code == 2) {
+        const std::string& m = results[run].err;
+        const size_t a = m.find(": "), b = a == std::string::npos ? a : m.find(": ", a + 2);
+        ++rejections[b == std::string::npos ? m : m.substr(0, b)];
+        if (first_rejection.empty()) first_rejection = m;
+      }
       rows.push_back(row.json);
+    }
+    // Every run rejected on the same key: a mistake in the sweep's own input (a bad --set, values
+    // of the wrong type for their key), not a what-if.
+    if (runs > 0 && rejections.size() == 1 && rejections.begin()->second == runs) {
+      if (csv.is_open()) csv.close();
+      std::filesystem::remove(csv_partial);
+      throw_input_error("<command line>", "--vary", "every run was rejected, e.g. " + first_rejection);
     }
     if (csv.is_open()) {
       csv.close();
@@ -152,7 +184,8 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     // schema 2: `command` and `varied` (the keys, in --vary order: a report draws each metric
     // against them).
     return nlohmann::json{{"command", "sweep"}, {"schema_version", 2}, {"scenario", o.path},
-                          {"varied", varied}, {"runs", rows}, {"wall_s", wall}};
+                          {"varied", varied}, {"runs", rows}, {"failed", failed.size()}, {"failed_runs", failed},
+                          {"wall_s", wall}};
   });
 }
 

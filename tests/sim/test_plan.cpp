@@ -135,6 +135,19 @@ TEST_CASE("plan refuses bad options in one line", "[plan]") {
   }
 }
 
+TEST_CASE("sweep refuses what would fail every run, in one line", "[plan]") {
+  const std::string tiny = repo("scenarios/tiny-dualpipe.yaml");
+  for (const std::string& bad :
+       {"sweep " + tiny + " --vary plan.pp=[1,2", "sweep " + tiny + " --vary plan.pp=1],2", std::string("sweep /no/such.yaml --vary plan.pp=1,2"),
+        "sweep " + tiny + " --vary plan.pp=1,2 --fidelity exact", "sweep " + tiny + " --vary plan.pp=1,2 --set nosuch.key=1",
+        "sweep " + tiny + " --vary plan.pp=one,two"}) {
+    INFO(bad);
+    const auto r = tandem_run(bad, true);
+    CHECK(r.code == 2);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+}
+
 TEST_CASE("sweep -j 2 gives the -j 1 table; its CSV quotes fields and is marked incomplete until done", "[plan]") {
   tandem::test::TempDir dir;
   const std::string args = "sweep " + repo("scenarios/tiny-dualpipe.yaml") + " --vary plan.pp=1,2,4 --vary plan.ep=1,2,8 --json";
@@ -214,14 +227,21 @@ TEST_CASE("plan stopped midway stops its simulations and leaves its CSV marked i
       "sh -c 'env --default-signal=INT " + std::string(TANDEM_BINARY) + " plan " + scenario +
       " --fix plan.pp=16 --fix plan.ep=64 --fix schedule.kind=dualpipe --fix batch.micro_batch_sequences=1"
       " --fix plan.dp_overlap=false --vary comm.sms=8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24 --no-prune -j 1 --csv " + cut +
-      " >/dev/null 2>&1 & p=$!; sleep 4; kill -INT $p; wait $p; echo $?; sleep 1; pgrep -f \"simulat[e] " + scenario + "\" | wc -l'");
+      " >/dev/null 2>&1 & p=$!; i=0; while [ $i -lt 300 ] && [ $(cat " + cut + ".incomplete 2>/dev/null | wc -l) -lt 2 ]; do "
+      "sleep 0.2; i=$((i+1)); done; kill -INT $p; wait $p; echo $?; sleep 1; pgrep -f \"simulat[e] " + scenario + "\" | wc -l'");
   std::istringstream out(r.out);
   int code = -1, left = -1;
   out >> code >> left;
   CHECK(code == 130);  // 128 + SIGINT
   CHECK(left == 0);    // no simulation left running
   CHECK(!std::filesystem::exists(cut));
-  CHECK(std::filesystem::exists(cut + ".incomplete"));
+  REQUIRE(std::filesystem::exists(cut + ".incomplete"));
+  // Interrupted once the first simulation was in: its row is kept.
+  std::ifstream partial(cut + ".incomplete");
+  std::string header, row;
+  std::getline(partial, header);
+  std::getline(partial, row);
+  CHECK(row.find(",ok,") != std::string::npos);
 }
 
 #ifdef TANDEM_MPIEXEC
