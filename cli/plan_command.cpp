@@ -7,6 +7,7 @@
 #include <fstream>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <thread>
 
@@ -181,6 +182,7 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
   }
   // The base: the scenario with the fixed keys. It must load (it is the plan the search starts
   // from); its own values join the searched ones, so its rank is known.
+  std::vector<std::string> base_sets = fixed;
   auto base = load_scenario(o.path, fixed);
   if (!base) {
     // The scenario's own plan may not fit these keys (another GPU count, in capacity planning):
@@ -192,6 +194,7 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     auto fallback = load_scenario(o.path, simplest);
     if (!fallback) throw InputException(base.error());
     base = std::move(fallback);
+    base_sets = simplest;
   }
   const Scenario& s = base.value();
 
@@ -207,6 +210,26 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     else axes.push_back(a);
   }
   if (axes.empty()) throw_input_error("<command line>", "--fix", "every searched key is fixed: nothing to search");
+  // A --vary key the scenario refuses for every value (unknown, values of the wrong type) is a
+  // mistake, not a search: one line. (A value refused for what it implies, e.g. a pipeline depth
+  // that does not divide the GPUs, only makes its candidates infeasible, if another value loads.)
+  for (const std::string& v : o.vary) {
+    const Axis a = parse_axis(v, "--vary");
+    std::optional<InputError> refused;
+    for (const std::string& value : a.values) {
+      std::vector<std::string> sets = base_sets;
+      sets.push_back(a.key + "=" + value);
+      const Result<Scenario> one = load_scenario(o.path, sets);
+      const std::string& k = one ? std::string() : one.error().key;
+      const bool key_at_fault = !one && !k.empty() && a.key.rfind(k, 0) == 0 && (a.key.size() == k.size() || a.key[k.size()] == '.');
+      if (!key_at_fault) {
+        refused.reset();
+        break;
+      }
+      if (!refused) refused = one.error();
+    }
+    if (refused) throw InputException(*refused);
+  }
   size_t count = 1;
   for (const Axis& a : axes) {
     count *= a.values.size();
@@ -256,6 +279,17 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     throw;
   }
   const double examine_wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // Every candidate refused on the same key: the search's own input is wrong (an unknown key,
+  // values of the wrong type) or nothing of this shape fits; one line says which.
+  if (!candidates.empty() && std::all_of(candidates.begin(), candidates.end(), [&](const Candidate& c) {
+        return c.status == "infeasible" && c.reason_key == candidates[0].reason_key;
+      })) {
+    if (csv.is_open()) {
+      csv.close();
+      std::filesystem::remove(csv_partial);
+    }
+    throw_input_error("<command line>", "plan", "every candidate plan was rejected, e.g. " + candidates[0].reason);
+  }
   if (csv.is_open())
     for (const Candidate& c : candidates)
       if (c.status == "infeasible") csv << csv_row(c);

@@ -127,7 +127,9 @@ TEST_CASE("plan refuses bad options in one line", "[plan]") {
   const std::string base = "plan " + repo("scenarios/tiny-dualpipe.yaml");
   for (const std::string& bad : {std::string(" --vary plan.pp="), std::string(" --vary plan.pp=2,,4"),
                                  std::string(" --fix nosuch.key=1"), std::string(" --memory-headroom 1.5"),
-                                 std::string(" --fix plan.pp=2 --vary plan.pp=2,4"), std::string(" --fix plan.pp")}) {
+                                 std::string(" --fix plan.pp=2 --vary plan.pp=2,4"), std::string(" --fix plan.pp"),
+                                 std::string(" --vary nosuch.key=1,2"), std::string(" --vary plan.pp=one,two"),
+                                 std::string(" --gpus 8 --budget-usd -5"), std::string(" --vary plan.pp=[1,2")}) {
     INFO(bad);
     const auto r = tandem_run(base + bad, true);
     CHECK(r.code == 2);
