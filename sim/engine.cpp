@@ -154,7 +154,7 @@ class GpuRunner {
         task = pending_[static_cast<size_t>(i)].task;
         // A receive counts from when its transfer started, not from when it was posted: waiting
         // for the producer is pipeline bubble, not communication.
-        if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
+        if (task >= 0 && tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
           start_[static_cast<size_t>(task)] =
               std::max(start_[static_cast<size_t>(task)], pending_[static_cast<size_t>(i)].activity->get_start_time());
         then = pending_[static_cast<size_t>(i)].then;
@@ -164,6 +164,7 @@ class GpuRunner {
         then = timers_[t].then;
         timers_.erase(timers_.begin() + static_cast<ptrdiff_t>(t));
       }
+      if (task < 0) continue;  // a send of this GPU's that no task waits for was delivered
       if (then == Then::after_meeting) after_meeting(task);
       if (then == Then::start_flows) start_flows(task);
       if (--outstanding_[static_cast<size_t>(task)] == 0) finish(task);
@@ -172,7 +173,7 @@ class GpuRunner {
     if (!finished_) return;  // reported by simulate(): the step cannot proceed on this GPU
     time_.seal();
     w_.gpu_time[static_cast<size_t>(gpu_)] = std::move(time_);
-    w_.end_time = std::max(w_.end_time, sg4::Engine::get_clock());
+    w_.end_time = std::max(w_.end_time, last_finish_);
   }
 
  private:
@@ -226,6 +227,10 @@ class GpuRunner {
     ++outstanding_[static_cast<size_t>(task)];
   }
 
+  // A send no task of this GPU waits for (pipeline sends, a rendezvous's word): watched until
+  // delivered rather than detached, as SimGrid 3.32 scans every detached comm each time one ends.
+  void post(sg4::ActivityPtr a) { pending_.push_back({std::move(a), -1}); }
+
   void add(sg4::ActivityPtr a, int task) {
     pending_.push_back({std::move(a), task});
     ++outstanding_[static_cast<size_t>(task)];
@@ -256,7 +261,7 @@ class GpuRunner {
     }
     rv.end = plan.ends(rv.arrive, scale);
     rv.left = static_cast<int>(rv.waiting.size());
-    for (int other : rv.waiting) done_mailbox(other)->put_init(&token_, 1)->detach();
+    for (int other : rv.waiting) post(done_mailbox(other)->put_async(&token_, 1));
     const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
     if (rv.left == 0) w_.rendezvous.erase(std::make_tuple(rank_, g.first, task));
     delay(rest, task);
@@ -281,9 +286,8 @@ class GpuRunner {
         // goes on (as DualPipe batches its isend/irecv); the receiver waits for the data. A send
         // that held the stream until its receive is posted could deadlock two neighbours whose
         // transfers cross.
-        sg4::Mailbox::by_name("pp/" + std::to_string(replica_) + "/" + std::to_string(t.message))
-            ->put_init(&token_, static_cast<uint64_t>(std::max(work.bytes, 1.0)))
-            ->detach();
+        post(sg4::Mailbox::by_name("pp/" + std::to_string(replica_) + "/" + std::to_string(t.message))
+                 ->put_async(&token_, static_cast<uint64_t>(std::max(work.bytes, 1.0))));
         break;
       case TaskKind::pp_recv:
         get("pp/" + std::to_string(replica_) + "/" + std::to_string(t.message), i);
@@ -352,6 +356,7 @@ class GpuRunner {
     const double now = sg4::Engine::get_clock();
     const double begin = start_[static_cast<size_t>(i)];
     done_[static_cast<size_t>(i)] = 1;
+    last_finish_ = now;
     if (t.stream == Stream::compute) compute_running_ = -1;
     else comm_running_ = -1;
     time_.add(t.stream == Stream::compute, to_string(t.kind), slot_class(*w_.program, rank_, t.slot), begin, now);
@@ -382,6 +387,7 @@ class GpuRunner {
   size_t next_compute_ = 0, next_comm_ = 0;
   int compute_running_ = -1, comm_running_ = -1;
   bool finished_ = false;
+  double last_finish_ = 0;  // when this GPU's last task ended (its sends may be delivered later)
   GpuTime time_;  // where this GPU's step goes, task by task
 };
 
