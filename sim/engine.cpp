@@ -143,10 +143,9 @@ class GpuRunner {
       if (pending_.empty()) {
         sg4::this_actor::sleep_until(timers_[t].at);
       } else {
-        std::vector<sg4::ActivityPtr> acts;
-        acts.reserve(pending_.size());
-        for (const auto& p : pending_) acts.push_back(p.activity);
-        i = sg4::Activity::wait_any_for(acts, timers_.empty() ? -1.0 : std::max(0.0, timers_[t].at - sg4::Engine::get_clock()));
+        acts_.clear();  // kept between waits: no allocation per event
+        for (const auto& p : pending_) acts_.push_back(p.activity);
+        i = sg4::Activity::wait_any_for(acts_, timers_.empty() ? -1.0 : std::max(0.0, timers_[t].at - sg4::Engine::get_clock()));
       }
       int task = -1;
       Then then = Then::nothing;
@@ -375,6 +374,7 @@ class GpuRunner {
   std::vector<char> done_;
   std::vector<double> start_;
   std::vector<Pending> pending_;
+  std::vector<sg4::ActivityPtr> acts_;  // pending_'s activities, for wait_any
   struct Timer {
     double at;
     int task;
