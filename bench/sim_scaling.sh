@@ -17,7 +17,7 @@ for n in $COUNTS; do
   ep=$((n / 16)); [ "$ep" -gt 64 ] && ep=64
   hbm=80; [ "$n" -lt 1024 ] && hbm=1000
   /usr/bin/time -f '%e %M' -o /tmp/sim_scaling.time "$T" simulate scenarios/deepseek-v3-2048.yaml --json \
-    --set gpus="$n" --set plan.ep="$ep" --set cluster.gpu.hbm_gbytes="$hbm" --set batch.global_sequences="$seqs" --set routing.model=skewed --set routing.skew=0.5 \
+    --set gpus="$n" --set cluster.nodes=$(( (n + 7) / 8 )) --set plan.ep="$ep" --set cluster.gpu.hbm_gbytes="$hbm" --set batch.global_sequences="$seqs" --set routing.model=skewed --set routing.skew=0.5 \
     --fidelity grouped > /tmp/sim_scaling.json
   python3 -c "
 import json,sys

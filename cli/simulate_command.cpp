@@ -39,7 +39,7 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     SimOptions so;
     // auto: the fastest tier that is exact for the scenario's routing.
     if (o.fidelity == "auto")
-      so.fidelity = s.routing.model == RoutingModel::skewed ? Fidelity::grouped : Fidelity::replicated;
+      so.fidelity = s.routing.model == RoutingModel::skewed || s.faults.any() ? Fidelity::grouped : Fidelity::replicated;
     else if (o.fidelity == "replicated") so.fidelity = Fidelity::replicated;
     else if (o.fidelity == "grouped") so.fidelity = Fidelity::grouped;
     else if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;
@@ -72,6 +72,30 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
                               : "trace of one GPU per pipeline rank (GPU rank x " + std::to_string(s.plan.dp) + ", its first replica)") +
            ": " + o.trace + "\n";
 
+    // Who waits on whom (every GPU simulated): the GPUs others waited for longest.
+    nlohmann::json waits = nlohmann::json::array();
+    if (!r.waited_on_a2a_s.empty()) {
+      std::vector<int64_t> order(static_cast<size_t>(s.gpus));
+      for (int64_t g = 0; g < s.gpus; ++g) order[static_cast<size_t>(g)] = g;
+      auto total = [&](int64_t g) { return r.waited_on_a2a_s[static_cast<size_t>(g)] + r.waited_on_pp_s[static_cast<size_t>(g)]; };
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return total(a) > total(b); });
+      const std::vector<double> speed = s.faults.any() ? s.faults.gpu_speed(s.gpus) : std::vector<double>();
+      t += "Who waits on whom: the GPUs others waited for longest (EP-group members at all-to-alls it reached last,\n"
+           "the next pipeline rank at receives of its sends), per step\n";
+      for (size_t k = 0; k < order.size() && k < 8 && total(order[k]) > 0; ++k) {
+        const int64_t g = order[k], rank = g / s.plan.dp, replica = g % s.plan.dp;
+        const double sp = speed.empty() ? 1.0 : speed[static_cast<size_t>(g)];
+        t += strprintf("  GPU %5lld (rank %2lld, EP group %3lld, member %2lld)%s: %s at all-to-alls, %s at pipeline receives\n",
+                       static_cast<long long>(g), static_cast<long long>(rank), static_cast<long long>(replica / s.plan.ep),
+                       static_cast<long long>(replica % s.plan.ep), sp != 1 ? strprintf(" [slow: %.2fx]", sp).c_str() : "",
+                       format_seconds(r.waited_on_a2a_s[static_cast<size_t>(g)]).c_str(),
+                       format_seconds(r.waited_on_pp_s[static_cast<size_t>(g)]).c_str());
+        waits.push_back({{"gpu", g}, {"rank", rank}, {"ep_group", replica / s.plan.ep}, {"member", replica % s.plan.ep},
+                         {"speed", sp}, {"waited_on_at_all_to_alls_s", r.waited_on_a2a_s[static_cast<size_t>(g)]},
+                         {"waited_on_at_pipeline_s", r.waited_on_pp_s[static_cast<size_t>(g)]}});
+      }
+    }
+
     nlohmann::json j{{"command", "simulate"},
                      {"schema_version", kSimulateSchemaVersion},
                      {"tandem_version", TANDEM_VERSION},
@@ -81,6 +105,7 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
                      {"gpus_simulated", r.gpus_simulated},
                      {"sim_wall_s", r.sim_wall_s}};
     j.update(metrics_json(m, true));
+    if (!waits.empty()) j["waited_on"] = waits;
     return j;
   });
 }

@@ -1,7 +1,10 @@
 #include "scenarios/scenario.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "scenarios/memory.h"
 #include "scenarios/stage_partition.h"
@@ -335,6 +338,15 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     s.routing.seed = static_cast<uint64_t>(rt->integer_or("seed", 1, 0, int64_t{1} << 62));
     rt->finish();
   }
+  if (auto f = r.optional_section("faults")) {
+    if (f->has("slow_gpus")) s.faults.slow_gpus = f->integer_list("slow_gpus", 0, s.gpus - 1);
+    s.faults.slow_fraction = f->number_or("slow_fraction", 0.0, 0.0, 1.0);
+    if ((!s.faults.slow_gpus.empty() || s.faults.slow_fraction > 0) && !f->has("slow_speed"))
+      f->fail("slow_speed", "slow GPUs need their speed (e.g. slow_speed: 0.8 for kernels at 80% of nominal)");
+    s.faults.slow_speed = f->number_or("slow_speed", 1.0, 0.01, 1.0);
+    s.faults.seed = static_cast<uint64_t>(f->integer_or("seed", 1, 0, int64_t{1} << 62));
+    f->finish();
+  }
   r.finish();
 
   // Feasibility: the layers split into stages, and the busiest GPU fits in HBM.
@@ -361,6 +373,25 @@ void check_memory_fits(const Scenario& s, const StagePartition& part) {
       throw_input_error(s.file, "plan", buf);
     }
   }
+}
+
+std::vector<double> FaultSpec::gpu_speed(int64_t gpus) const {
+  std::vector<double> speed(static_cast<size_t>(gpus), 1.0);
+  for (int64_t g : slow_gpus)
+    if (g >= 0 && g < gpus) speed[static_cast<size_t>(g)] = slow_speed;
+  if (slow_fraction > 0) {
+    // A seeded draw of round(fraction x GPUs) distinct GPUs: the same seed, the same stragglers.
+    std::vector<int64_t> order(static_cast<size_t>(gpus));
+    for (int64_t g = 0; g < gpus; ++g) order[static_cast<size_t>(g)] = g;
+    std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 0xFA17ULL);
+    const auto n = static_cast<size_t>(std::llround(slow_fraction * static_cast<double>(gpus)));
+    for (size_t i = 0; i < n && i < order.size(); ++i) {  // partial Fisher-Yates with a portable draw
+      const size_t j = i + static_cast<size_t>(rng() % (order.size() - i));
+      std::swap(order[i], order[j]);
+      speed[static_cast<size_t>(order[i])] = slow_speed;
+    }
+  }
+  return speed;
 }
 
 Workload scenario_workload(const Scenario& s) {

@@ -67,6 +67,19 @@ struct RoutingSpec {
   uint64_t seed = 1;
 };
 
+// What-ifs of a degraded cluster: stragglers, GPUs whose kernels run at `slow_speed` x their
+// nominal rate (an SM clock or thermal throttle; transfers are not slowed) — the GPUs listed, and
+// a seeded fraction of all GPUs. Only the tiers that simulate every GPU model them.
+struct FaultSpec {
+  std::vector<int64_t> slow_gpus;
+  double slow_fraction = 0;
+  double slow_speed = 1;
+  uint64_t seed = 1;
+  bool any() const { return (!slow_gpus.empty() || slow_fraction > 0) && slow_speed != 1; }
+  // Every GPU's kernel speed factor (1: nominal), for a cluster of `gpus` GPUs.
+  std::vector<double> gpu_speed(int64_t gpus) const;
+};
+
 struct Scenario {
   std::string name;
   std::string file;
@@ -83,6 +96,7 @@ struct Scenario {
   RecomputePolicy recompute;
   CommSpec comm;
   RoutingSpec routing;
+  FaultSpec faults;
   // Kernel-level cost data for the simulator, in order (paths resolved against the scenario
   // file): a complete calibration first or none (the shipped H800 one), then overlays — e.g. the
   // calibration `tandem calibrate` derived from a profiler trace. sim/compute_cost.h.

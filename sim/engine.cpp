@@ -58,6 +58,11 @@ struct World {
   bool skewed = false;  // routing differs per member: per-member expert loads
   std::vector<std::vector<double>> routed_seconds;  // the part of compute_seconds that scales with routed rows
   std::vector<std::vector<double>> transfer_scale;  // all-to-all tasks: the stretch of their transfers
+  std::vector<double> gpu_speed;  // per GPU, its kernels' speed (faults); empty: all nominal
+  // Per GPU: seconds other GPUs spent waiting for it — EP-group members at all-to-alls it arrived
+  // at last, the next pipeline rank at receives of its sends.
+  std::vector<double> waited_on_a2a, waited_on_pp;
+  double speed(int gpu) const { return gpu_speed.empty() ? 1.0 : gpu_speed[static_cast<size_t>(gpu)]; }
   // grouped tier: each all-to-all instance (rank, EP group, task) meets here; the last member
   // to arrive fixes the end time and tells the others through their "a2a-done/<gpu>" mailbox.
   struct Rendezvous {
@@ -153,9 +158,13 @@ class GpuRunner {
         task = pending_[static_cast<size_t>(i)].task;
         // A receive counts from when its transfer started, not from when it was posted: waiting
         // for the producer is pipeline bubble, not communication.
-        if (task >= 0 && tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv)
-          start_[static_cast<size_t>(task)] =
-              std::max(start_[static_cast<size_t>(task)], pending_[static_cast<size_t>(i)].activity->get_start_time());
+        if (task >= 0 && tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv) {
+          const double posted = start_[static_cast<size_t>(task)];
+          const double began = std::max(posted, pending_[static_cast<size_t>(i)].activity->get_start_time());
+          start_[static_cast<size_t>(task)] = began;
+          const int peer = tasks_[static_cast<size_t>(task)].peer;
+          if (peer >= 0) w_.waited_on_pp[static_cast<size_t>(w_.gpu(peer, replica_))] += began - posted;
+        }
         then = pending_[static_cast<size_t>(i)].then;
         pending_.erase(pending_.begin() + i);
       } else {  // the timer rang
@@ -211,7 +220,7 @@ class GpuRunner {
         if (!p.rows_per_token.empty())
           secs += (p.load_factor(replica_ % w_.ep) - 1.0) * w_.routed_seconds[r][ti];
       }
-      delay(secs, i);
+      delay(secs / w_.speed(gpu_), i);
     } else {
       start_comm(i);
     }
@@ -259,6 +268,11 @@ class GpuRunner {
       return;
     }
     rv.end = plan.ends(rv.arrive, scale);
+    // Who the group waited for: the member that arrived last, charged every other member's wait.
+    const auto last = static_cast<size_t>(std::max_element(rv.arrive.begin(), rv.arrive.end()) - rv.arrive.begin());
+    double waited = 0;
+    for (double a : rv.arrive) waited += rv.arrive[last] - a;
+    w_.waited_on_a2a[static_cast<size_t>(g.gpu(w_.layout, static_cast<int>(last)))] += waited;
     rv.left = static_cast<int>(rv.waiting.size());
     for (int other : rv.waiting) post(done_mailbox(other)->put_async(&token_, 1));
     const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
@@ -298,7 +312,7 @@ class GpuRunner {
         if (w_.ep <= 1) break;
         const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
         const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
-        const double prefix = w_.compute_seconds[r][ti], scale = w_.transfer_scale[r][ti];
+        const double prefix = w_.compute_seconds[r][ti] / w_.speed(gpu_), scale = w_.transfer_scale[r][ti];
         if (w_.options->fidelity == Fidelity::replicated) {
           const double transfer = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
           delay(prefix + transfer * scale, i);
@@ -418,10 +432,16 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     if (skewed && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
                         "the replicated tier assumes balanced routing (identical replicas); skewed routing needs grouped, aggregated or per_pair");
+    if (s.faults.any() && o.fidelity == Fidelity::replicated)
+      throw_input_error("<command line>", "--fidelity",
+                        "the replicated tier assumes identical replicas; slow GPUs (faults) need grouped, aggregated or per_pair");
     World world;
     world.program = &prog;
     world.workload = &w;
     world.skewed = skewed;
+    if (s.faults.any()) world.gpu_speed = s.faults.gpu_speed(s.gpus);
+    world.waited_on_a2a.assign(static_cast<size_t>(s.gpus), 0.0);
+    world.waited_on_pp.assign(static_cast<size_t>(s.gpus), 0.0);
     world.options = &o;
     world.dp = static_cast<int>(s.plan.dp);
     world.ep = static_cast<int>(s.plan.ep);
@@ -485,6 +505,10 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     r.step_time_s = world.end_time;
     r.gpus_simulated = static_cast<int>(simulated.size());
     for (int g : simulated) r.gpu_times.push_back(std::move(world.gpu_time[static_cast<size_t>(g)]));
+    if (o.fidelity != Fidelity::replicated) {  // every GPU simulated: who waited on whom
+      r.waited_on_a2a_s = std::move(world.waited_on_a2a);
+      r.waited_on_pp_s = std::move(world.waited_on_pp);
+    }
     r.trace.engine = "sim";
     r.trace.program = program_digest(prog);
     r.trace.scenario = s.name;

@@ -74,6 +74,10 @@ struct SimResult {
   // Where each simulated GPU's step went (in GPU order), folded as the tasks finished; reports/
   // turns them into the step's metrics.
   std::vector<GpuTime> gpu_times;
+  // Tiers that simulate every GPU: per GPU, the seconds others spent waiting for it — members of
+  // its EP group at all-to-alls it reached last, and the next pipeline rank at receives of its
+  // sends. Empty in the replicated tier.
+  std::vector<double> waited_on_a2a_s, waited_on_pp_s;
   Trace trace;
 };
 

@@ -217,3 +217,40 @@ TEST_CASE("simulate's output: versioned JSON, a chosen token budget, readable un
     if (e["ph"] == "X") gpus.insert(e["pid"].get<int>());
   CHECK(gpus.size() == 4);  // PP4
 }
+
+TEST_CASE("a slow GPU slows the step and is the one its EP group waits for", "[simtier]") {
+  const auto nominal = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped");
+  const auto slow = simulate("scenarios/tiny-sim-128.yaml", "--set faults.slow_gpus=[37] --set faults.slow_speed=0.8");
+  CHECK(slow["fidelity"] == "grouped");  // auto: faults need every GPU simulated
+  CHECK(slow["step_time_s"].get<double>() > nominal["step_time_s"].get<double>());
+  REQUIRE(slow.contains("waited_on"));
+  const auto& top = slow["waited_on"][0];
+  CHECK(top["gpu"] == 37);
+  CHECK(top["rank"] == 1);  // GPU = rank x dp + replica, dp 32
+  CHECK(top["member"] == 5);
+  CHECK(top["speed"].get<double>() == Approx(0.8));
+  CHECK(top["waited_on_at_all_to_alls_s"].get<double>() > 0);
+  // With no fault, waits spread over the group (balanced routing: ties), and nominal speeds.
+  for (const auto& w : nominal.value("waited_on", nlohmann::json::array())) CHECK(w["speed"].get<double>() == 1.0);
+
+  // A seeded fraction: the same seed, the same stragglers and step; another seed may differ.
+  const std::string frac = "--set faults.slow_fraction=0.05 --set faults.slow_speed=0.7";
+  const auto a = simulate("scenarios/tiny-sim-128.yaml", frac), b = simulate("scenarios/tiny-sim-128.yaml", frac);
+  CHECK(a["step_time_s"] == b["step_time_s"]);
+  CHECK(a["waited_on"] == b["waited_on"]);
+  CHECK(a["step_time_s"].get<double>() > nominal["step_time_s"].get<double>());
+}
+
+TEST_CASE("bad fault specs and the replicated tier are refused in one line", "[simtier]") {
+  for (const std::string& bad : {std::string("--set faults.slow_gpus=[128] --set faults.slow_speed=0.8"),
+                                 std::string("--set faults.slow_gpus=[5]"), std::string("--set faults.slow_gpus=[5] --set faults.slow_speed=0"),
+                                 std::string("--set faults.slow_gpus=[5] --set faults.slow_speed=1.5"),
+                                 std::string("--set faults.slow_fraction=2 --set faults.slow_speed=0.5"),
+                                 std::string("--set faults.slow_gpus=[5] --set faults.slow_speed=0.8 --fidelity replicated"),
+                                 std::string("--set faults.plane=1")}) {
+    INFO(bad);
+    const Run r = tandem::run_process(std::string(TANDEM_BINARY) + " simulate " + repo("scenarios/tiny-sim-128.yaml") + " " + bad + " 2>&1");
+    CHECK(r.code == 2);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+}
