@@ -10,36 +10,16 @@
 
 #ifdef TANDEM_HAVE_MPI
 #include <mpi.h>
+
+#include "exec/comm/mpi.h"
 #endif
 
 namespace tandem {
 
-#ifdef TANDEM_HAVE_MPI
-namespace {
-
-struct MpiSession {
-  bool initialised_here = false;
-  ~MpiSession() {
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (initialised_here && !finalized) MPI_Finalize();
-  }
-};
-
-}  // namespace
-#endif
-
 ProcessGroup::ProcessGroup() {
   if (!comm::launched_under_mpi()) return;
 #ifdef TANDEM_HAVE_MPI
-  static MpiSession session;
-  int initialised = 0;
-  MPI_Initialized(&initialised);
-  if (!initialised) {
-    int provided = 0;
-    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-    session.initialised_here = true;
-  }
+  comm::ensure_mpi_initialised(MPI_THREAD_FUNNELED);  // only the main thread calls MPI
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
 #else

@@ -61,27 +61,8 @@ const char* thread_level(int level) {
   }
 }
 
-// MPI_Init_thread once per process; MPI_Finalize at exit if we initialised it.
-struct MpiSession {
-  bool initialised_here = false;
-  ~MpiSession() {
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (initialised_here && !finalized) MPI_Finalize();
-  }
-};
-
 void ensure_mpi() {
-  static std::mutex m;
-  static MpiSession session;
-  std::lock_guard lock(m);
-  int initialised = 0;
-  check(MPI_Initialized(&initialised), "MPI_Initialized");
-  if (!initialised) {
-    int provided = MPI_THREAD_SINGLE;
-    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
-    session.initialised_here = true;
-  }
+  ensure_mpi_initialised(MPI_THREAD_MULTIPLE);
   int provided = MPI_THREAD_SINGLE;
   check(MPI_Query_thread(&provided), "MPI_Query_thread");
   if (provided < MPI_THREAD_MULTIPLE) {
@@ -97,6 +78,32 @@ void append(std::vector<std::byte>& buf, const void* data, std::size_t bytes) {
 }
 
 }  // namespace
+
+namespace {
+
+// MPI_Finalize at exit if this process initialised MPI.
+struct MpiSession {
+  bool initialised_here = false;
+  ~MpiSession() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (initialised_here && !finalized) MPI_Finalize();
+  }
+};
+
+}  // namespace
+
+void ensure_mpi_initialised(int thread_level) {
+  static std::mutex m;
+  static MpiSession session;
+  std::lock_guard lock(m);
+  int initialised = 0;
+  check(MPI_Initialized(&initialised), "MPI_Initialized");
+  if (initialised) return;
+  int provided = MPI_THREAD_SINGLE;
+  check(MPI_Init_thread(nullptr, nullptr, thread_level, &provided), "MPI_Init_thread");
+  session.initialised_here = true;
+}
 
 class MpiWorld::Impl final : public Transport {
  public:

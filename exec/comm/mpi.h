@@ -30,6 +30,11 @@
 
 namespace tandem::comm {
 
+// MPI_Init_thread at `thread_level` (MPI_THREAD_*) unless MPI is initialised already; MPI_Finalize
+// at exit if this call initialised it. For every user of MPI in the process (MpiWorld, the
+// plan and sweep process groups). Throws CommError (transport) if MPI fails to start.
+void ensure_mpi_initialised(int thread_level);
+
 class MpiWorld final : public World {
  public:
   // Throws CommError: invalid_argument when ranks % processes != 0, transport when MPI lacks
