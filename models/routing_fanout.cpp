@@ -1,6 +1,10 @@
 #include "models/routing_fanout.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <cmath>
 #include <map>
 #include <atomic>
@@ -79,6 +83,83 @@ double normal01(std::mt19937_64& rng) {
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, std::string, int64_t, int64_t, uint64_t,
                        int64_t>;
+
+// Skewed patterns on disk: sampling one costs about 2M gate evaluations per layer, and every
+// process of a sweep or a plan search would pay it again. One file per (inputs, layer), under
+// $TANDEM_CACHE_DIR (an empty value: no cache), else $XDG_CACHE_HOME/tandem, else
+// ~/.cache/tandem; the file repeats its inputs (checked on reading) and holds the figures as
+// hexadecimal floats, so a pattern read back is the pattern sampled, bit for bit. It is only a
+// cache: a file that is missing, unreadable or for other inputs is sampled again; a directory
+// that cannot be written is left alone; files are written whole, then renamed.
+std::string cache_dir() {
+  if (const char* d = std::getenv("TANDEM_CACHE_DIR")) return d;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/tandem";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/tandem";
+  return "";
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
+  return h;
+}
+
+std::string cache_file(const std::string& inputs) {
+  const std::string dir = cache_dir();
+  if (dir.empty()) return "";
+  char name[64];
+  std::snprintf(name, sizeof name, "/routing-%016llx.txt", static_cast<unsigned long long>(fnv1a(inputs)));
+  return dir + name;
+}
+
+bool read_cached(const std::string& file, const std::string& inputs, RoutingPattern& p) {
+  std::ifstream in(file);
+  std::string line;
+  if (!in || !std::getline(in, line) || line != inputs) return false;
+  auto numbers = [&](std::vector<double>& v, size_t n) {
+    v.assign(n, 0.0);
+    for (double& x : v) {
+      std::string t;
+      if (!(in >> t)) return false;
+      char* end = nullptr;
+      x = std::strtod(t.c_str(), &end);
+      if (!end || *end) return false;
+    }
+    return true;
+  };
+  std::vector<double> scalars;
+  const auto ep = static_cast<size_t>(p.ep), nodes = static_cast<size_t>(p.nodes);
+  if (!numbers(p.rows_per_token, ep) || !numbers(p.gpu_hit, ep) || !numbers(p.node_hit, nodes) || !numbers(p.load, ep) ||
+      !numbers(scalars, 2))
+    return false;
+  p.max_load = scalars[0];
+  p.max_expert_load = scalars[1];
+  return true;
+}
+
+void write_cached(const std::string& file, const std::string& inputs, const RoutingPattern& p) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(file).parent_path(), ec);
+  const std::string tmp = file + ".tmp" + std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
+  {
+    std::ofstream out(tmp);
+    if (!out) return;
+    out << inputs << "\n";
+    char buf[40];
+    for (const std::vector<double>* v : {&p.rows_per_token, &p.gpu_hit, &p.node_hit, &p.load}) {
+      for (double x : *v) out << (std::snprintf(buf, sizeof buf, "%a ", x), buf);
+      out << "\n";
+    }
+    out << (std::snprintf(buf, sizeof buf, "%a ", p.max_load), buf) << (std::snprintf(buf, sizeof buf, "%a", p.max_expert_load), buf)
+        << "\n";
+    if (!out.flush()) {
+      std::filesystem::remove(tmp, ec);
+      return;
+    }
+  }
+  std::filesystem::rename(tmp, file, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+}
 
 }  // namespace
 
@@ -176,6 +257,20 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, d
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
+  char inputs_buf[512];
+  std::snprintf(inputs_buf, sizeof inputs_buf,
+                "tandem routing pattern v1: experts %lld groups %lld limit %lld top-k %lld method %s ep %lld gpn %lld "
+                "seed %llu samples %lld skew %a layer %lld",
+                static_cast<long long>(E), static_cast<long long>(G), static_cast<long long>(limit),
+                static_cast<long long>(m.num_experts_per_tok), m.topk_method.c_str(), static_cast<long long>(p.ep),
+                static_cast<long long>(gpn), static_cast<unsigned long long>(layout.routing_seed), static_cast<long long>(samples),
+                skew, static_cast<long long>(layer));
+  const std::string inputs = inputs_buf, file = cache_file(inputs);
+  if (!file.empty() && read_cached(file, inputs, p)) {
+    std::lock_guard<std::mutex> lock(mu);
+    cache.emplace(key, p);
+    return p;
+  }
 
   // The layer's popular experts: one offset per expert, seeded by (seed, layer).
   std::mt19937_64 rng((layout.routing_seed + 1) * 0x9E3779B97F4A7C15ULL ^ (static_cast<uint64_t>(layer) + 1) * 0xBF58476D1CE4E5B9ULL);
@@ -212,6 +307,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, d
   p.max_load = *std::max_element(p.load.begin(), p.load.end());
   const double mean_expert = n * k / static_cast<double>(E);
   p.max_expert_load = *std::max_element(expert_rows.begin(), expert_rows.end()) / mean_expert;
+  if (!file.empty()) write_cached(file, inputs, p);
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace(key, p);
   return p;

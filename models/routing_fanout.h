@@ -47,6 +47,9 @@ struct RoutingPattern {
 
 // Balanced: the symmetric pattern of the fan-out above (every member and node alike). Skewed
 // (skew > 0): sampled for MoE layer `layer` from `seed`; the same inputs give the same pattern.
+// Skewed patterns are kept in memory and on disk ($TANDEM_CACHE_DIR, else ~/.cache/tandem; an
+// empty TANDEM_CACHE_DIR turns the disk cache off): a file names every input and "v1", the
+// sampling's version — change the sampling, bump it.
 RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, double skew, int64_t layer);
 
 // Computes the skewed patterns of these layers at once, on the machine's cores (each layer's is

@@ -254,3 +254,25 @@ TEST_CASE("bad fault specs and the replicated tier are refused in one line", "[s
     CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
   }
 }
+
+TEST_CASE("skewed routing patterns read back from the disk cache are the ones sampled", "[simtier]") {
+  tandem::test::TempDir dir;
+  const std::string args = " simulate " + repo("scenarios/tiny-sim-128.yaml") + " --set routing.model=skewed --set routing.skew=0.5 --json 2>/dev/null";
+  auto step = [&](const std::string& cache) {
+    const Run r = tandem::run_process("TANDEM_CACHE_DIR='" + cache + "' " + std::string(TANDEM_BINARY) + args);
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out)["step_time_s"].get<double>();
+  };
+  const double uncached = step("");  // an empty TANDEM_CACHE_DIR: no cache
+  const double cold = step(dir.path.string()), warm = step(dir.path.string());
+  CHECK(cold == uncached);
+  CHECK(warm == uncached);
+  // A damaged file is sampled again, not trusted.
+  int files = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dir.path)) {
+    std::ofstream(f.path()) << "tandem routing pattern v1: something else\n1 2 3\n";
+    ++files;
+  }
+  CHECK(files > 0);
+  CHECK(step(dir.path.string()) == uncached);
+}
