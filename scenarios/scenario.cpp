@@ -336,6 +336,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
       rt->fail("skew", "applies to 'model: skewed' only");
     }
     s.routing.seed = static_cast<uint64_t>(rt->integer_or("seed", 1, 0, int64_t{1} << 62));
+    s.routing.noise = rt->number_or("noise", 0.0, 0.0, 1.0);
     rt->finish();
   }
   if (auto f = r.optional_section("faults")) {

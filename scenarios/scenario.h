@@ -65,6 +65,10 @@ struct RoutingSpec {
   RoutingModel model = RoutingModel::balanced;
   double skew = 0;  // skewed only: the spread of the per-expert logit offsets
   uint64_t seed = 1;
+  // Per micro-batch variation (either model): each GPU's routed rows in each MoE layer and
+  // micro-batch are its share x (1 + noise z), z ~ N(0, 1) drawn from (seed, layer, micro-batch,
+  // GPU) — the token mix changes from one micro-batch to the next (a mean of 1, in expectation).
+  double noise = 0;
 };
 
 // What-ifs of a degraded cluster: stragglers, GPUs whose kernels run at `slow_speed` x their

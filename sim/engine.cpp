@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
@@ -56,6 +57,8 @@ struct World {
   std::map<std::tuple<int, int, double>, A2APlan> a2a_plans;  // (rank, block, bytes per copy)
   const Workload* workload = nullptr;
   bool skewed = false;  // routing differs per member: per-member expert loads
+  double noise = 0;     // routing.noise: per micro-batch variation of every GPU's routed rows
+  uint64_t seed = 1;    // routing.seed
   std::vector<std::vector<double>> routed_seconds;  // the part of compute_seconds that scales with routed rows
   std::vector<std::vector<double>> transfer_scale;  // all-to-all tasks: the stretch of their transfers
   std::vector<double> gpu_speed;  // per GPU, its kernels' speed (faults); empty: all nominal
@@ -146,7 +149,8 @@ class GpuRunner {
         if (timers_[k].at < timers_[t].at) t = k;
       ssize_t i = -1;
       if (pending_.empty()) {
-        sg4::this_actor::sleep_until(timers_[t].at);
+        // A wait below SimGrid's time precision (1 ns) is no wait: the timer is due now.
+        if (timers_[t].at - sg4::Engine::get_clock() > 1e-9) sg4::this_actor::sleep_until(timers_[t].at);
       } else {
         acts_.clear();  // kept between waits: no allocation per event
         for (const auto& p : pending_) acts_.push_back(p.activity);
@@ -214,11 +218,13 @@ class GpuRunner {
     if (stream == Stream::compute) {
       const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
       double secs = w_.compute_seconds[r][ti];
-      if (w_.skewed && tasks_[ti].block >= 0) {
-        // This GPU's experts get load_factor times the balanced rows of the layer.
-        const RoutingPattern& p = w_.workload->blocks[static_cast<size_t>(tasks_[ti].block)].routing;
-        if (!p.rows_per_token.empty())
-          secs += (p.load_factor(replica_ % w_.ep) - 1.0) * w_.routed_seconds[r][ti];
+      if ((w_.skewed || w_.noise > 0) && tasks_[ti].block >= 0 && w_.routed_seconds[r][ti] != 0) {
+        // This GPU's experts get load_factor times the balanced rows of the layer (skewed), and
+        // this micro-batch's draw on top (noise).
+        const Block& b = w_.workload->blocks[static_cast<size_t>(tasks_[ti].block)];
+        double factor = w_.skewed && !b.routing.rows_per_token.empty() ? b.routing.load_factor(replica_ % w_.ep) : 1.0;
+        if (w_.noise > 0) factor *= micro_batch_noise(b.layer, tasks_[ti].chunk.micro_batch);
+        secs += (factor - 1.0) * w_.routed_seconds[r][ti];
       }
       delay(secs / w_.speed(gpu_), i);
     } else {
@@ -226,6 +232,23 @@ class GpuRunner {
     }
     if (outstanding_[static_cast<size_t>(i)] == 0) finish(i);
     return true;
+  }
+
+  // 1 + noise z, z ~ N(0, 1) from (seed, layer, micro-batch, GPU): a hash, not a stream, so the
+  // draw does not depend on the order tasks run in. Kept above 5% of the share.
+  double micro_batch_noise(int64_t layer, int micro_batch) const {
+    auto mix = [](uint64_t x) {  // splitmix64's finaliser
+      x += 0x9E3779B97F4A7C15ULL;
+      x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+      x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+      return x ^ (x >> 31);
+    };
+    const uint64_t h = mix(mix(mix(w_.seed ^ 0x6E6F697365ULL) ^ static_cast<uint64_t>(layer)) ^ static_cast<uint64_t>(micro_batch)) ^
+                       static_cast<uint64_t>(gpu_);
+    const uint64_t a = mix(h), b = mix(a);
+    const double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53, u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
+    const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+    return std::max(0.05, 1.0 + w_.noise * z);
   }
 
   // A task's part that only takes time (a kernel, an analytic transfer): a timer of this actor's,
@@ -432,6 +455,9 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     if (skewed && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
                         "the replicated tier assumes balanced routing (identical replicas); skewed routing needs grouped, aggregated or per_pair");
+    if (s.routing.noise > 0 && o.fidelity == Fidelity::replicated)
+      throw_input_error("<command line>", "--fidelity",
+                        "the replicated tier assumes identical replicas; routing.noise (per micro-batch variation) needs grouped, aggregated or per_pair");
     if (s.faults.any() && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
                         "the replicated tier assumes identical replicas; slow GPUs (faults) need grouped, aggregated or per_pair");
@@ -439,6 +465,8 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     world.program = &prog;
     world.workload = &w;
     world.skewed = skewed;
+    world.noise = s.routing.noise;
+    world.seed = s.routing.seed;
     if (s.faults.any()) world.gpu_speed = s.faults.gpu_speed(s.gpus);
     world.waited_on_a2a.assign(static_cast<size_t>(s.gpus), 0.0);
     world.waited_on_pp.assign(static_cast<size_t>(s.gpus), 0.0);

@@ -276,3 +276,19 @@ TEST_CASE("skewed routing patterns read back from the disk cache are the ones sa
   CHECK(files > 0);
   CHECK(step(dir.path.string()) == uncached);
 }
+
+TEST_CASE("per-micro-batch routing noise is seeded and slows the step", "[simtier]") {
+  const auto nominal = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped");
+  const auto a = simulate("scenarios/tiny-sim-128.yaml", "--set routing.noise=0.13");
+  const auto b = simulate("scenarios/tiny-sim-128.yaml", "--set routing.noise=0.13");
+  const auto other = simulate("scenarios/tiny-sim-128.yaml", "--set routing.noise=0.13 --set routing.seed=7");
+  CHECK(a["fidelity"] == "grouped");
+  CHECK(a["step_time_s"] == b["step_time_s"]);
+  CHECK(a["step_time_s"] != other["step_time_s"]);
+  // Each all-to-all waits for its group's busiest member: noise with a mean of 1 still costs.
+  CHECK(a["step_time_s"].get<double>() > nominal["step_time_s"].get<double>());
+  const Run refused = tandem::run_process(std::string(TANDEM_BINARY) + " simulate " + repo("scenarios/tiny-sim-128.yaml") +
+                                          " --set routing.noise=0.13 --fidelity replicated 2>&1");
+  CHECK(refused.code == 2);
+  CHECK(std::count(refused.out.begin(), refused.out.end(), '\n') == 1);
+}
