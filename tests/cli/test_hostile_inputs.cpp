@@ -135,6 +135,11 @@ TEST_CASE("hostile: a GPU without FP8 tensor cores cannot run the FP8 recipe", "
                                "--set comm.dispatch_dtype=bf16");
   INFO(bf16.err);
   CHECK(bf16.code == 0);
+  // Every other peak and bandwidth the cost model divides by must be positive, latencies >= 0.
+  for (const char* key : {"gpu.bf16_tflops", "gpu.fp32_tflops", "gpu.hbm_tbytes_s", "nvlink_gbytes_s", "nic_gbps"})
+    refused("describe " + kTiny + " --set cluster." + std::string(key) + "=0", "[--set]: cluster." + std::string(key) + ": must be in");
+  for (const char* key : {"nvlink_latency_us", "fabric.latency_same_leaf_us"})
+    refused("describe " + kTiny + " --set cluster." + std::string(key) + "=-1", "[--set]: cluster." + std::string(key) + ": must be in");
 }
 
 TEST_CASE("hostile: calibration rows beyond physics or with fractional shapes", "[hostile]") {
