@@ -169,12 +169,16 @@ CardRef resolve_card(const YAML::Node& root, const std::string& section, const s
 constexpr double kBytesPerTask = 4096;
 
 // Memory this process may count on: half the machine's (the other half: the workload, SimGrid,
-// the libraries, the OS), less when an address-space limit (ulimit -v) is lower.
+// the libraries, the OS), less when an address-space limit (ulimit -v) or a container's memory
+// limit (cgroup v2 memory.max) is lower.
 double memory_for_tasks() {
   double bytes = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
   rlimit limit{};
   if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
     bytes = std::min(bytes, static_cast<double>(limit.rlim_cur));
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");  // "max" when unlimited: not a number
+  double container = 0;
+  if (cgroup >> container && container > 0) bytes = std::min(bytes, container);
   return bytes / 2;
 }
 
