@@ -245,7 +245,11 @@ Result<nlohmann::json> describe(const DescribeOptions& o, std::string& text) {
   return catch_input_errors([&]() -> nlohmann::json {
     nlohmann::json j;
     const YAML::Node node = parse_card_file(o.path);
-    switch (detect(node)) {
+    const CardType type = detect(node);
+    if (o.seq_len != 0 && (type == CardType::scenario || type == CardType::cluster))
+      throw_input_error("<command line>", "--seq-len",
+                        "applies to a bare model card only; a scenario sets its own (--set batch.seq_len=N)");
+    switch (type) {
       case CardType::scenario: {
         auto s = load_scenario(o.path, o.overrides);
         if (!s) throw InputException(s.error());
@@ -256,7 +260,7 @@ Result<nlohmann::json> describe(const DescribeOptions& o, std::string& text) {
         if (!o.overrides.empty())
           throw_input_error("<command line>", "--set", "--set applies to scenarios only");
         const ModelCard m = read_model_card(node, o.path);
-        const Workload w = build_workload(m, MicroBatch{1, o.seq_len}, PrecisionRecipe{}, RecomputePolicy{},
+        const Workload w = build_workload(m, MicroBatch{1, o.seq_len != 0 ? o.seq_len : 4096}, PrecisionRecipe{}, RecomputePolicy{},
                                           ExpertLayout{});
         describe_model(w, text, j);
         if (o.ops) describe_ops(w, text);

@@ -14,7 +14,7 @@ struct DescribeOptions {
   std::string path;
   std::vector<std::string> overrides;
   bool json = false;
-  int64_t seq_len = 4096;  // for a bare model card
+  int64_t seq_len = 0;     // a bare model card's sequence length (0: not given, 4096); a scenario has its own
   bool ops = false;        // print the per-op table of one layer of each kind
 };
 

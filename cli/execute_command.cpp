@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstdio>
 
+#include "common/card_reader.h"
 #include "common/format.h"
+#include "common/read_file.h"
 #include "exec/runtime/budget.h"
 #include "exec/runtime/executor.h"
 #include "reports/step_metrics.h"
@@ -48,21 +50,22 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   else if (o.numerics == "fp8") numerics = nn::Numerics::fp8;
   else if (o.numerics != "fp32")
     return InputError{"<command line>", "--numerics", "'" + o.numerics + "': expected fp32, bf16 or fp8"};
+  // Hyperparameters first: a NaN or absurd learning rate would run the whole job into NaN losses.
+  if (!(std::isfinite(o.lr) && o.lr >= 0 && o.lr <= 1))
+    return InputError{"<command line>", "--lr", "expected a learning rate in [0, 1], got " + format_number(o.lr)};
+  if (!o.trace.empty())
+    if (auto bad = check_writable(o.trace, "--trace")) return *bad;
   auto loaded = load_scenario(o.path, o.overrides);
   if (!loaded) return loaded.error();
   const Scenario& s = loaded.value();
   runtime::RunSpec spec;
   try {
-    if (s.model.tie_word_embeddings)
-      throw_input_error(s.file, "model.tie_word_embeddings", "tied embeddings are not supported by the executor");
     if (!(o.bias_update_speed >= 0 && o.bias_update_speed < 1))
       throw_input_error("<command line>", "--bias-update-speed", "expected a value in [0, 1)");
     if (!(o.balance_loss_alpha >= 0 && o.balance_loss_alpha < 1))
       throw_input_error("<command line>", "--balance-loss-alpha", "expected a value in [0, 1)");
     if (!(o.mtp_lambda >= 0 && o.mtp_lambda <= 10))
       throw_input_error("<command line>", "--mtp-lambda", "expected a value in [0, 10]");
-    if (s.model.num_nextn_predict_layers > 1)
-      throw_input_error(s.file, "model.num_nextn_predict_layers", "the executor runs one MTP module (depth 1) at most");
     if (!(std::abs(o.router_bias_skew) < 1))
       throw_input_error("<command line>", "--router-bias-skew", "expected a value in (-1, 1)");
     spec = runtime::make_run_spec(s, numerics, o.lr, 1);

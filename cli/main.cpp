@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -29,6 +30,14 @@ namespace {
 int report(const tandem::InputError& e) {
   std::fprintf(stderr, "tandem: error: %s\n", e.message().c_str());
   return 2;
+}
+
+// CLI11's message on one line (a few of its messages span lines).
+std::string one_line(std::string m) {
+  for (char& c : m)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!m.empty() && m.back() == ' ') m.pop_back();
+  return m;
 }
 
 // Prints a subcommand's result: its JSON object with --json, else its text. Exit code.
@@ -234,8 +243,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
+    // One line, as every other bad input (CLI11's own print adds a second, "Run with --help").
+    return report(tandem::InputError{"<command line>", "", one_line(e.what())});
   }
 
   try {

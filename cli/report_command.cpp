@@ -20,8 +20,10 @@ Result<nlohmann::json> report_command(const ReportOptions& o, std::string& text)
     if (!bytes) return bytes.error();
     if (bytes.value().empty())
       return InputError{file, "", "the file is empty; was it written by a command that failed?"};
-    nlohmann::json j = nlohmann::json::parse(bytes.value(), nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return InputError{file, "", "not a JSON object: expected a tandem --json result or trace"};
+    Result<nlohmann::json> parsed = catch_input_errors([&] { return parse_json_document(file, bytes.value()); });
+    if (!parsed) return parsed.error();
+    nlohmann::json j = std::move(parsed.value());
+    if (!j.is_object()) return InputError{file, "", "not a JSON object: expected a tandem --json result or trace"};
     ReportInput in;
     in.file = file;
     if (j.contains("traceEvents")) {

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <vector>
 
+#include "common/card_reader.h"
 #include "common/format.h"
+#include "common/read_file.h"
 #include "reports/step_metrics.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
@@ -24,6 +26,10 @@ constexpr int kSimulateSchemaVersion = 3;
 
 Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t) {
   return catch_input_errors([&]() -> nlohmann::json {
+    if (!(std::isfinite(o.training_tokens) && o.training_tokens > 0 && o.training_tokens <= 1e18))
+      throw_input_error("<command line>", "--tokens", "expected a token count in (0, 1e18], got " + format_number(o.training_tokens));
+    if (!o.trace.empty())
+      if (auto bad = check_writable(o.trace, "--trace")) throw InputException(*bad);
     StagePartition part;  // the balancer's, from the validation
     auto loaded = load_scenario(o.path, o.overrides, &part);
     if (!loaded) throw InputException(loaded.error());

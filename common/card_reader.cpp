@@ -1,9 +1,11 @@
 #include "common/card_reader.h"
 
+#include <charconv>
 #include <cmath>
-#include <fstream>
 #include <regex>
 #include <sstream>
+
+#include "common/read_file.h"
 
 namespace tandem {
 
@@ -28,15 +30,18 @@ std::string quoted(const YAML::Node& n) {
   return type_name(n);
 }
 
-// Parses a whole-string integer: "12", "-3"; rejects "1.5", "1e3", "12abc", out-of-range.
+// Parses a whole-string integer: "12", "-3", "+7"; rejects "1.5", "1e3", "12abc" and anything
+// outside int64 (every int64 is accepted here, so a key's range, not the digit count, decides:
+// routing.seed's maximum 2^62 has 19 digits).
 std::optional<int64_t> parse_integer(const std::string& s) {
   if (s.empty()) return std::nullopt;
-  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
-  if (i == s.size()) return std::nullopt;
-  for (size_t j = i; j < s.size(); ++j)
-    if (s[j] < '0' || s[j] > '9') return std::nullopt;
-  if (s.size() - i > 18) return std::nullopt;  // beyond int64 comfort: out of any range we accept
-  return std::stoll(s);
+  const size_t i = s[0] == '+' ? 1 : 0;
+  if (i == s.size() || s[i] == '+') return std::nullopt;
+  int64_t v = 0;
+  const char* end = s.data() + s.size();
+  const auto [ptr, ec] = std::from_chars(s.data() + i, end, v);
+  if (ec != std::errc() || ptr != end) return std::nullopt;
+  return v;
 }
 
 std::optional<double> parse_number(const std::string& s) {
@@ -61,11 +66,9 @@ std::string format_number(double v) {
 }
 
 YAML::Node parse_card_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw_input_error(path, "", "cannot open the file");
-  std::stringstream buf;
-  buf << in.rdbuf();
-  YAML::Node n = parse_card_text(buf.str(), path);
+  Result<std::string> text = read_regular_file(path, kMaxCardBytes);
+  if (!text) throw InputException(text.error());
+  YAML::Node n = parse_card_text(text.value(), path);
   // An empty file is most often the output of a command that failed (`tandem bench ... > file`):
   // say so rather than "expected a map, got null" further down.
   if (n.IsNull()) throw_input_error(path, "", "the file is empty (no keys); was it written by a command that failed?");
@@ -73,12 +76,88 @@ YAML::Node parse_card_file(const std::string& path) {
 }
 
 YAML::Node parse_card_text(const std::string& text, const std::string& source) {
+  YAML::Node n;
   try {
-    YAML::Node n = YAML::Load(text);
-    return n;
+    n = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     throw_input_error(source, "", "not valid YAML/JSON: " + e.msg + " (line " +
                                       std::to_string(e.mark.line + 1) + ")");
+  }
+  check_card_tree(n, source, "");
+  return n;
+}
+
+namespace {
+
+// The dotted key of a place in the tree: `base`, then the labels of the frames (map keys; list
+// indices as [i]), cut after a few levels so that a self-referencing alias still gives one line.
+std::string tree_key(const std::string& base, const std::vector<std::string>& labels) {
+  constexpr size_t kShown = 6;
+  std::string k = base;
+  for (size_t i = 0; i < labels.size() && i < kShown; ++i) {
+    const bool index = !labels[i].empty() && labels[i][0] == '[';
+    k += (k.empty() || index ? "" : ".") + labels[i];
+  }
+  if (labels.size() > kShown) k += "...";
+  return k;
+}
+
+}  // namespace
+
+void check_card_tree(const YAML::Node& root, const std::string& source, const std::string& base_key) {
+  // Depth-first with an explicit stack of frames (no recursion: a cycle cannot overflow the
+  // stack); the node count follows aliases, so it counts the tree as every reader would see it.
+  struct Frame {
+    bool map = false;
+    YAML::const_iterator it, end;
+    size_t index = 0;  // lists: the next element's index
+  };
+  std::vector<Frame> frames;
+  std::vector<std::string> labels;  // labels[i]: how frames[i] was reached (labels[0] unused)
+  size_t nodes = 0;
+  auto enter = [&](const YAML::Node& n, std::string label) {
+    labels.push_back(std::move(label));
+    const auto key = [&] { return tree_key(base_key, {labels.begin() + 1, labels.end()}); };
+    if (++nodes > kMaxCardNodes)
+      throw_input_error(source, key(), "expands to more than " + std::to_string(kMaxCardNodes) +
+                                           " values (YAML aliases nested or referring to themselves?)");
+    if (!n.IsMap() && !n.IsSequence()) {
+      labels.pop_back();
+      return;
+    }
+    if (frames.size() >= kMaxCardDepth)
+      throw_input_error(source, key(), "nested deeper than " + std::to_string(kMaxCardDepth) +
+                                           " levels (a YAML alias that refers to itself?)");
+    if (n.IsMap()) {
+      std::set<std::string, std::less<>> seen;
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        if (!it->first.IsScalar() || seen.insert(it->first.Scalar()).second) continue;
+        labels.push_back(it->first.Scalar());
+        throw_input_error(source, key(), "key written twice in one map");
+      }
+    }
+    frames.push_back(Frame{n.IsMap(), n.begin(), n.end(), 0});
+  };
+  enter(root, "");
+  while (!frames.empty()) {
+    Frame& f = frames.back();
+    if (f.it == f.end) {
+      frames.pop_back();
+      labels.pop_back();
+      continue;
+    }
+    if (f.map) {
+      const YAML::Node k = f.it->first;
+      const YAML::Node v = f.it->second;
+      ++f.it;
+      const std::string label = k.IsScalar() ? k.Scalar() : "?";
+      if (!k.IsScalar()) enter(k, label);  // a complex key is a tree too
+      enter(v, label);
+    } else {
+      const YAML::Node v = *f.it;
+      ++f.it;
+      enter(v, "[" + std::to_string(f.index++) + "]");
+    }
   }
 }
 

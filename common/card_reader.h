@@ -30,10 +30,27 @@ struct ValueOrigin {
 };
 using OriginMap = std::map<std::string, ValueOrigin>;  // dotted path in the card -> origin
 
-// Parses a YAML or JSON file into a node; errors name the file.
+// What a card may hold. A card is a few KB, a calibration or a bench output tens of KB: 1 MiB
+// leaves ample room, while yaml-cpp, which keeps ~500 bytes per node (measured: a 4 MiB list of
+// 2M zeros took 1 GB), builds at most ~250 MB from the largest file accepted.
+inline constexpr uint64_t kMaxCardBytes = uint64_t{1} << 20;
+// Aliases share nodes, so a few KB can stand for billions of values ("billion laughs") or for
+// an endless tree (`&a {x: *a}`): every reader that walks a card would walk that. The tree as
+// expanded through its aliases is held to these bounds.
+inline constexpr size_t kMaxCardNodes = size_t{1} << 20;
+inline constexpr size_t kMaxCardDepth = 256;
+
+// Parses a YAML or JSON file into a node; errors name the file. Reads a regular file of at most
+// kMaxCardBytes (never blocks on a FIFO, never reads a device) and checks it (check_card_tree).
 YAML::Node parse_card_file(const std::string& path);
-// Parses text (for tests and --set values); `source` names it in errors.
+// Parses text (for tests); `source` names it in errors. Checked as parse_card_file's.
 YAML::Node parse_card_text(const std::string& text, const std::string& source);
+
+// Throws InputException (file `source`, key `base_key` + the path inside `node`) when the tree,
+// expanded through its aliases, has more than kMaxCardNodes values, nests deeper than
+// kMaxCardDepth levels (an alias inside itself nests forever), or a map holds a key twice (YAML
+// would keep one of them silently). Never recurses. --set values go through it as files do.
+void check_card_tree(const YAML::Node& node, const std::string& source, const std::string& base_key);
 
 class CardReader {
  public:

@@ -1,9 +1,5 @@
 #include "common/chrome_trace.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -29,52 +25,6 @@ int64_t TraceKernel::grid_size() const {
     n = n > std::numeric_limits<int64_t>::max() / g ? std::numeric_limits<int64_t>::max() : n * g;
   }
   return n;
-}
-
-Result<std::string> read_regular_file(const std::string& path, uint64_t max_bytes) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer; the file kind is then checked on the
-  // opened descriptor, so nothing can be swapped in between the check and the read.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    return InputError{path, "", err == ENOENT ? "no such file" : "cannot open: " + std::string(std::strerror(err))};
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return InputError{path, "", "cannot read: " + std::string(std::strerror(errno))};
-  if (!S_ISREG(st.st_mode)) {
-    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                       : S_ISFIFO(st.st_mode) ? "a FIFO"
-                       : S_ISCHR(st.st_mode)  ? "a character device"
-                       : S_ISBLK(st.st_mode)  ? "a block device"
-                       : S_ISSOCK(st.st_mode) ? "a socket"
-                                              : "not a plain file";
-    return InputError{path, "", std::string("not a regular file (") + kind + ")"};
-  }
-  const auto too_big = [&](uint64_t n) {
-    return InputError{path, "", "larger than the " + std::to_string(max_bytes) + "-byte limit (" +
-                                    std::to_string(n) + " bytes)"};
-  };
-  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_big(static_cast<uint64_t>(st.st_size));
-
-  std::string text;
-  text.reserve(static_cast<size_t>(st.st_size));
-  std::array<char, 1 << 16> chunk{};
-  while (true) {
-    const ssize_t n = ::read(fd, chunk.data(), chunk.size());
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return InputError{path, "", "cannot read: " + std::string(std::strerror(errno))};
-    }
-    text.append(chunk.data(), static_cast<size_t>(n));
-    if (text.size() > max_bytes) return too_big(text.size());  // it grew while we read
-  }
-  return text;
 }
 
 namespace {
@@ -154,6 +104,21 @@ class DuplicateKeyCheck {
   std::string file_;
   std::vector<Frame> frames_;
 };
+
+}  // namespace
+
+json parse_json_document(const std::string& path, const std::string& text) {
+  try {
+    return json::parse(text, DuplicateKeyCheck(path), /*allow_exceptions=*/true);
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    if (auto close = what.find("] "); what.rfind("[json.exception", 0) == 0 && close != std::string::npos)
+      what = what.substr(close + 2);
+    throw_input_error(path, "", "not valid JSON: " + what);
+  }
+}
+
+namespace {
 
 // Typed access to the fields of one JSON object, errors naming the file and the key path.
 class Fields {
@@ -256,15 +221,7 @@ struct DeviceInfo {
 };
 
 ChromeTrace parse(const std::string& path, const std::string& text) {
-  json doc;
-  try {
-    doc = json::parse(text, DuplicateKeyCheck(path), /*allow_exceptions=*/true);
-  } catch (const json::exception& e) {
-    std::string what = e.what();
-    if (auto close = what.find("] "); what.rfind("[json.exception", 0) == 0 && close != std::string::npos)
-      what = what.substr(close + 2);
-    throw_input_error(path, "", "not valid JSON: " + what);
-  }
+  const json doc = parse_json_document(path, text);
   if (!doc.is_object()) throw_input_error(path, "", "expected a JSON object with `traceEvents`, got " + type_name(doc));
 
   ChromeTrace t;

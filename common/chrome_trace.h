@@ -29,7 +29,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/input_error.h"
+#include "common/read_file.h"
 
 namespace tandem {
 
@@ -87,10 +90,10 @@ struct ChromeTrace {
 
 Result<ChromeTrace> read_chrome_trace(const std::string& path);
 
-// The bytes of a regular file of at most `max_bytes`, read without ever blocking: anything that
-// is not a regular file, and anything larger, is an InputError naming `path` (also used for the
-// other inputs of calibration, such as the kernel rules).
-Result<std::string> read_regular_file(const std::string& path, uint64_t max_bytes);
+// Parses a JSON document read from `path`; throws InputException naming the file for text that is
+// not JSON and naming the key path for a key written twice in one object (nlohmann's parser
+// would keep the last silently).
+nlohmann::json parse_json_document(const std::string& path, const std::string& text);
 
 inline constexpr uint64_t kMaxTraceBytes = uint64_t{1} << 30;
 

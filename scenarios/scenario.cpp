@@ -1,7 +1,11 @@
 #include "scenarios/scenario.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -68,6 +72,7 @@ void apply_override(YAML::Node& root, const std::string& text, const std::string
     value = YAML::Node(raw);
   }
   if (!value.IsDefined() || value.IsNull()) value = YAML::Node(raw);
+  check_card_tree(value, source, key);  // a value is a tree of its own: aliases, duplicate keys
 
   YAML::Node node;
   node.reset(root);
@@ -92,26 +97,23 @@ void apply_override(YAML::Node& root, const std::string& text, const std::string
   origins[key] = ValueOrigin{source, key};
 }
 
-void record_origins(const YAML::Node& n, const std::string& path, const ValueOrigin& origin,
-                    OriginMap& out) {
-  if (n.IsMap()) {
-    for (auto it = n.begin(); it != n.end(); ++it)
-      if (it->first.IsScalar())
-        record_origins(it->second, path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar(),
-                       ValueOrigin{origin.file, origin.key + "." + it->first.Scalar()}, out);
-  } else if (!path.empty() && !out.count(path)) {
-    out[path] = origin;
-  }
-}
-
-void merge_into(YAML::Node target, const YAML::Node& overrides) {
+// Lays `overrides` over the card's `target`: a map over a map merges key by key, anything else
+// replaces the card's value. Each replaced value's origin is recorded under its dotted path
+// `path`; one origin covers every key below it (CardReader::fail looks up the most specific), so
+// nothing walks into an override's own tree — only as deep as the card's maps, which
+// check_card_tree bounds — and an origin already recorded (from --set) is kept.
+void merge_into(YAML::Node target, const YAML::Node& overrides, const std::string& path,
+                const ValueOrigin& origin, OriginMap& origins) {
   for (auto it = overrides.begin(); it != overrides.end(); ++it) {
     const std::string k = it->first.Scalar();
+    const std::string key = path.empty() ? k : path + "." + k;
+    const ValueOrigin here{origin.file, origin.key + "." + k};
     YAML::Node existing = find_child(target, k);
     if (it->second.IsMap() && existing.IsMap()) {
-      merge_into(existing, it->second);
+      merge_into(existing, it->second, key, here, origins);
     } else {
       target[k] = it->second;
+      origins.emplace(key, here);
     }
   }
 }
@@ -156,9 +158,58 @@ CardRef resolve_card(const YAML::Node& root, const std::string& section, const s
   // Overrides written in the scenario file are reported there; those from --set, as --set.
   for (const auto& [k, origin] : scenario_origins)
     if (k.rfind(section + ".", 0) == 0) (*out.origins)[k.substr(section.size() + 1)] = origin;
-  record_origins(overrides, "", ValueOrigin{file, section}, *out.origins);
-  merge_into(out.node, overrides);
+  merge_into(out.node, overrides, "", ValueOrigin{file, section}, *out.origins);
   return out;
+}
+
+// What one task of the Program costs in memory on its way through a command: the Task itself
+// (kind, chunk, dependencies), its schedule slot, the simulator's activity, the trace event it
+// leaves and the report's accounting of it. Measured on the default scenario: simulate's peak
+// resident memory grows by ~2.2 KB per task of check_program_size's estimate (264 MB at 120
+// micro-batches per pipeline, 824 MB at 480); about twice that, for headroom.
+constexpr double kBytesPerTask = 4096;
+
+// Memory this process may count on: half the machine's (the other half: the workload, SimGrid,
+// the libraries, the OS), less when an address-space limit (ulimit -v) or a container's memory
+// limit (cgroup v2 memory.max) is lower.
+double memory_for_tasks() {
+  double bytes = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+    bytes = std::min(bytes, static_cast<double>(limit.rlim_cur));
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");  // "max" when unlimited: not a number
+  double container = 0;
+  if (cgroup >> container && container > 0) bytes = std::min(bytes, container);
+  return bytes / 2;
+}
+
+// Refuses a step whose Program could not be held: a batch is bounded by its type (2^30
+// sequences), but the tasks of its step grow with the micro-batches, and building them would end
+// in bad_alloc. An upper estimate of the Program's tasks (all pipeline ranks): every micro-batch
+// passes every block of the model forward and backward, at most 10 tasks per block (attention,
+// dispatch, MLP, combine; their B and W parts; the loss), plus 4 pipeline sends and receives per
+// stage.
+void check_program_size(const Scenario& s, CardReader& batch) {
+  const double blocks = static_cast<double>(s.model.num_hidden_layers + s.model.num_nextn_predict_layers + 2);
+  const double tasks = static_cast<double>(s.micro_batches()) * (10 * blocks + 4 * static_cast<double>(s.stages()));
+  const double most = std::floor(memory_for_tasks() / kBytesPerTask);
+  if (tasks <= most) return;
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "the step would have about %.3g tasks (%lld micro-batches per pipeline), above the %.3g this "
+                "machine's memory allows (%.0f GB at %.0f bytes a task): use fewer sequences or larger micro-batches",
+                tasks, static_cast<long long>(s.micro_batches()), most, most * kBytesPerTask / 1e9, kBytesPerTask);
+  batch.fail("global_sequences", buf);
+}
+
+// The physics every divisor of the cost model needs. The cluster card's ranges keep each peak and
+// bandwidth it divides by positive (GPU TFLOP/s, HBM, NVLink, NIC) and each latency >= 0; one
+// figure may be 0 by design: fp8_tflops, a GPU without FP8 tensor cores. Such a GPU cannot run
+// the FP8 recipe (its GEMMs would cost nothing), so the scenario must say bf16.
+void check_physics(const Scenario& s, CardReader& r) {
+  if (s.precision.fp8 && !(s.cluster.gpu.fp8_tflops > 0))
+    r.fail("precision.recipe", "fp8_block needs FP8 tensor cores, but cluster.gpu.fp8_tflops is 0 (GPU '" +
+                                   s.cluster.gpu.name + "'); set precision.recipe: bf16");
 }
 
 Dtype wire_dtype(CardReader& r, const std::string& key, const std::string& fallback) {
@@ -271,6 +322,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
                         std::to_string(s.stages()) + " pipeline stages (at most " +
                         std::to_string(max_stages(s.model)) + ")");
   sched.finish();
+  check_program_size(s, batch);
 
   if (auto prec = r.optional_section("precision")) {
     const std::string recipe = prec->choice_or("recipe", "fp8_block", {"fp8_block", "bf16"});
@@ -282,6 +334,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     s.precision.moments = mom == "bf16" ? Dtype::bf16 : Dtype::fp32;
     prec->finish();
   }
+  check_physics(s, r);
   if (auto rc = r.optional_section("recompute")) {
     s.recompute.rmsnorm = rc->boolean_or("rmsnorm", true);
     s.recompute.mla_up_projection = rc->boolean_or("mla_up_projection", true);
@@ -340,7 +393,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     rt->finish();
   }
   if (auto f = r.optional_section("faults")) {
-    if (f->has("slow_gpus")) s.faults.slow_gpus = f->integer_list("slow_gpus", 0, s.gpus - 1);
+    s.faults.slow_gpus = f->integer_list_or("slow_gpus", 0, s.gpus - 1);
     s.faults.slow_fraction = f->number_or("slow_fraction", 0.0, 0.0, 1.0);
     if ((!s.faults.slow_gpus.empty() || s.faults.slow_fraction > 0) && !f->has("slow_speed"))
       f->fail("slow_speed", "slow GPUs need their speed (e.g. slow_speed: 0.8 for kernels at 80% of nominal)");
@@ -399,8 +452,30 @@ Workload scenario_workload(const Scenario& s) {
   return build_workload(s.model, s.micro_batch(), s.precision, s.recompute, s.expert_layout());
 }
 
+namespace {
+// An error about a key the overrides did not write (memory, a schedule rule, a card reference)
+// may still be theirs: the file is named with them, so the message is about what was run.
+InputError with_overrides(InputError e, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return e;
+  std::string with;
+  for (const std::string& o : overrides) with += (with.empty() ? "" : " ") + std::string("--set ") + o;
+  e.file += " [with " + with + "]";
+  return e;
+}
+}  // namespace
+
+void fail_scenario_key(const Scenario& s, const std::string& key, const std::string& reason) {
+  for (const std::string& o : s.overrides) {
+    const std::string set = o.substr(0, o.find('='));
+    if (key == set || key.rfind(set + ".", 0) == 0) throw_input_error(s.file + " [--set]", key, reason);
+  }
+  throw InputException(with_overrides(InputError{s.file, key, reason}, s.overrides));
+}
+
 Result<Scenario> load_scenario(const std::string& path, const std::vector<std::string>& overrides, StagePartition* partition) {
-  return catch_input_errors([&] { return read_scenario(path, overrides, partition); });
+  Result<Scenario> r = catch_input_errors([&] { return read_scenario(path, overrides, partition); });
+  if (!r && r.error().file == path) return with_overrides(r.error(), overrides);
+  return r;
 }
 
 void write_scenario_card(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,

@@ -137,6 +137,12 @@ struct Scenario {
 void write_scenario_card(const std::string& path, const std::vector<std::string>& overrides, const std::string& out,
                          const std::string& header, const std::string& description = "");
 
+// Throws InputException about `key` (dotted) of a loaded scenario, for checks made after loading
+// (what an engine supports, its budget): the file is named as load_scenario names it — "FILE
+// [--set]" when a --set wrote the key or a section above it, "FILE [with --set ...]" when other
+// overrides were given (they may be the cause), else the scenario file.
+[[noreturn]] void fail_scenario_key(const Scenario& s, const std::string& key, const std::string& reason);
+
 // Loads, resolves and validates a scenario file. `overrides` are "dotted.key=value" strings.
 // Validation balances the stages (scenario_partition) to check memory; `partition`, when given,
 // receives that partition, so a caller that needs it does not balance again.

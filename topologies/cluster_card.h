@@ -11,6 +11,9 @@
 //   fabric.switch_radix even, 4..1024; fabric.planes as above; fabric.spines_per_plane
 //   1..radix/2; a plane must fit in a 2-layer fat-tree (at most radix*radix/2 NICs per plane);
 //   nvlink_gbytes_s <= nvlink_nominal_gbytes_s / 2; latency_cross_leaf_us >= latency_same_leaf_us.
+// Every peak and bandwidth the cost model divides by is positive (its range starts above 0),
+// every latency >= 0; the one exception is gpu.fp8_tflops: 0 is a GPU without FP8 tensor cores,
+// and a scenario on it must use the bf16 recipe (the scenario's check_physics).
 // Violations are InputErrors naming the file, the dotted key and the reason.
 #pragma once
 
@@ -29,7 +32,7 @@ struct GpuSpec {
   double hbm_gbytes = 0;     // memory capacity, 10^9 bytes
   double hbm_tbytes_s = 0;   // memory bandwidth, 10^12 bytes/s
   double bf16_tflops = 0;    // dense tensor-core peak
-  double fp8_tflops = 0;     // dense tensor-core peak
+  double fp8_tflops = 0;     // dense tensor-core peak; 0: no FP8 tensor cores (bf16 recipe only)
   double fp32_tflops = 0;    // CUDA-core (non-tensor) peak
 };
 

@@ -7,6 +7,13 @@
 
 namespace tandem::runtime {
 
+// The model features and plan settings the executor implements; anything else is refused here,
+// as one InputError naming the scenario's key, before a rank is built. It runs: MLA attention
+// with a RoPE part (qk_rope_head_dim > 0), DeepSeek-V3's router (sigmoid scores, top-k by
+// noaux_tc groups or greedy), untied embeddings, at most one MTP module, ZeRO-1 at the end of
+// the step (no plan.dp_overlap). The simulator models more (V2's softmax router, for one).
+void check_supported(const Scenario& s);
+
 struct CpuBudget {
   double max_bytes = 4e9;    // parameters, gradients, optimizer state and activations, all ranks
   double max_flops = 1e12;   // training FLOPs of one step

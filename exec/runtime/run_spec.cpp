@@ -1,6 +1,7 @@
 #include "exec/runtime/run_spec.h"
 
 #include "common/input_error.h"
+#include "exec/runtime/budget.h"
 
 namespace tandem::runtime {
 
@@ -24,14 +25,11 @@ std::vector<int> RunSpec::expert_dp_group(int g) const {
 }
 
 RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint64_t seed) {
+  check_supported(s);
   RunSpec spec;
   spec.scenario = s;
   spec.workload = scenario_workload(s);
   spec.partition = scenario_partition(s, spec.workload);
-  // The executor reduces every stage's gradients at the end of the step; the per-stage
-  // reduce-scatters of plan.dp_overlap are modelled by the simulator only (for now).
-  if (s.plan.dp_overlap)
-    throw_input_error(s.file, "plan.dp_overlap", "the executor runs ZeRO-1 at the end of the step; dp_overlap is simulated only");
   spec.program = scenario_program(s, spec.workload, spec.partition);
   spec.pp = static_cast<int>(s.plan.pp);
   spec.dp = static_cast<int>(s.plan.dp);

@@ -53,7 +53,8 @@ struct RunSpec {
   BlockContext block_context(const ModelSetup& s, int member) const;
 };
 
-// Builds the Program and the model setup of a loaded scenario.
+// Builds the Program and the model setup of a loaded scenario; first refuses what the executor
+// does not run (check_supported: InputException naming the key).
 RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint64_t seed);
 
 // Seeded synthetic token ids of (replica, micro-batch): sequences of seq_len + 1 ids; inputs are

@@ -65,7 +65,7 @@ TEST_CASE("bad input exits 2 with file, key and reason", "[cli]") {
   CHECK(r.out.find("deepseek-v3-2048.yaml [--set]: plan.pp:") != std::string::npos);
   r = run("describe /nonexistent/card.yaml");
   CHECK(r.code == 2);
-  CHECK(r.out.find("cannot open") != std::string::npos);
+  CHECK(r.out.find("no such file") != std::string::npos);
   r = run("describe " + repo("README.md"));
   CHECK(r.code == 2);
   r = run("describe " + repo("scenarios/deepseek-v3-2048.yaml") + " --set");

@@ -82,7 +82,7 @@ TEST_CASE("unparseable text is an input error, not a crash", "[cards]") {
   CHECK(e.file == "bad.yaml");
   CHECK(e.reason.find("not valid YAML") != std::string::npos);
   e = error_of([&] { parse_card_file("/nonexistent/x.yaml"); });
-  CHECK(e.reason.find("cannot open") != std::string::npos);
+  CHECK(e.reason.find("no such file") != std::string::npos);
 }
 
 TEST_CASE("an empty file says it is empty (the output of a command that failed)", "[cards]") {
@@ -123,4 +123,59 @@ TEST_CASE("a KeyRecording lists the keys readers ask for, with type, range and d
   CHECK(keys[4].allowed == "[0, 4611686018427387904]");
   CHECK(keys[5].key == "rows");
   CHECK(keys[5].type == "list of rows");
+}
+
+TEST_CASE("a card's tree is bounded as its aliases expand it", "[cards]") {
+  // An alias inside itself: an endless tree, refused by depth, with the key where it loops.
+  InputError e = error_of([] { parse_card_text("a: {b: &x {c: *x}}\n", "loop.yaml"); });
+  CHECK(e.file == "loop.yaml");
+  CHECK(e.key.rfind("a.b.c.c.c.c", 0) == 0);
+  CHECK(e.key.size() < 40);  // cut after a few levels: one line
+  CHECK(e.reason.find("nested deeper than 256") != std::string::npos);
+  e = error_of([] { parse_card_text("l: &x [*x, *x]\n", "loop.yaml"); });
+  CHECK(e.key.rfind("l[0][0]", 0) == 0);
+  // Nested aliases: 10^7 values in a few hundred bytes, refused by count.
+  std::string bomb = "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i <= 7; ++i) {
+    const std::string p = "*l" + std::to_string(i - 1);
+    bomb += "l" + std::to_string(i) + ": &l" + std::to_string(i) + " [" + p;
+    for (int j = 1; j < 10; ++j) bomb += ", " + p;
+    bomb += "]\n";
+  }
+  e = error_of([&] { parse_card_text(bomb, "bomb.yaml"); });
+  CHECK(e.key.rfind("l5[", 0) == 0);  // l5 alone expands to 1111111 values, past 2^20
+  CHECK(e.reason.find("expands to more than 1048576") != std::string::npos);
+  // Shared but finite: an alias used twice is fine.
+  CHECK_NOTHROW(parse_card_text("a: &x {b: 1}\nc: *x\n", "ok.yaml"));
+  // A --set value goes through the same check, under its key.
+  YAML::Node v = YAML::Load("&x {y: *x}");
+  e = error_of([&] { check_card_tree(v, "s.yaml [--set]", "model.rope_scaling"); });
+  CHECK(e.file == "s.yaml [--set]");
+  CHECK(e.key.rfind("model.rope_scaling.y.y", 0) == 0);
+}
+
+TEST_CASE("a key written twice in one map is an error naming it", "[cards]") {
+  InputError e = error_of([] { parse_card_text("a: 1\nb: {c: 2, c: 3}\n", "dup.yaml"); });
+  CHECK(e.file == "dup.yaml");
+  CHECK(e.key == "b.c");
+  CHECK(e.reason == "key written twice in one map");
+  e = error_of([] { parse_card_text(R"({"x": [{"k": 1, "k": 1}]})", "dup.json"); });
+  CHECK(e.key == "x[0].k");
+}
+
+TEST_CASE("whole numbers span int64; the range decides", "[cards]") {
+  CardReader r(parse_card_text("a: 4611686018427387904\nb: 9223372036854775807\nc: 9223372036854775808\nd: +5\n", "t.yaml"),
+               "t.yaml");
+  CHECK(r.integer("a", 0, int64_t{1} << 62) == int64_t{1} << 62);
+  CHECK(r.integer("b", 0, INT64_MAX) == INT64_MAX);
+  CHECK(error_of([&] { r.integer("c", 0, INT64_MAX); }).reason.find("whole number") != std::string::npos);
+  CHECK(r.integer("d", 0, 10) == 5);
+}
+
+TEST_CASE("card files: only regular files, bounded in size", "[cards]") {
+  tandem::test::TempDir dir;
+  CHECK(error_of([] { parse_card_file("/dev/zero"); }).reason.find("not a regular file") != std::string::npos);
+  CHECK(error_of([&] { parse_card_file(dir.path.string()); }).reason.find("a directory") != std::string::npos);
+  const std::string big = dir.write("big.yaml", "a: '" + std::string(kMaxCardBytes, 'x') + "'\n");
+  CHECK(error_of([&] { parse_card_file(big); }).reason.find("larger than") != std::string::npos);
 }
