@@ -365,6 +365,17 @@ std::string CardReader::choice_or(std::string_view key, std::string fallback,
   return choice(key, allowed);
 }
 
+std::vector<int64_t> CardReader::integer_list_or(std::string_view key, int64_t min, int64_t max,
+                                                 size_t max_len) {
+  note(key, "list of whole numbers", range_text(double(min), double(max), true), "empty");
+  YAML::Node n = get(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    used_.insert(std::string(key));
+    return {};
+  }
+  return integer_list(key, min, max, max_len);
+}
+
 std::vector<int64_t> CardReader::integer_list(std::string_view key, int64_t min, int64_t max,
                                               size_t max_len) {
   note(key, "list of whole numbers", range_text(double(min), double(max), true), "required");

@@ -74,6 +74,9 @@ class CardReader {
                         std::initializer_list<std::string_view> allowed);
   std::vector<int64_t> integer_list(std::string_view key, int64_t min, int64_t max,
                                     size_t max_len = 4096);
+  // The same, an empty list when the key is absent.
+  std::vector<int64_t> integer_list_or(std::string_view key, int64_t min, int64_t max,
+                                       size_t max_len = 4096);
 
   CardReader section(std::string_view key);
   std::optional<CardReader> optional_section(std::string_view key);
