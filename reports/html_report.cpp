@@ -430,6 +430,7 @@ void plan_sections(Page& page, const ReportInput& in) {
                 {{"scenario", need(r, f, "scenario").get<std::string>()},
                  {"candidate plans", std::to_string(need(r, f, "enumerated").get<int64_t>())},
                  {"infeasible", std::to_string(need(r, f, "infeasible").get<int64_t>())},
+                 {"pruned (lower bound above the table)", std::to_string(r.value("pruned", int64_t{0}))},
                  {"simulated and ranked", std::to_string(need(r, f, "ranked").get<int64_t>())},
                  {"memory headroom", strprintf("%.0f %% of HBM left free", 100 * number(r, f, "memory_headroom"))},
                  {"the scenario's own plan", own > 0 ? "rank " + std::to_string(own) : std::string("not ranked")},
