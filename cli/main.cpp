@@ -1,7 +1,9 @@
 // tandem: plans and verifies large mixture-of-experts training runs.
 // Each subcommand lives in its own *_command file; this file only wires them to CLI11.
 // Exit codes: 0 success, 2 bad input (file, key and reason printed), 1 internal error.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -54,6 +56,11 @@ int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& 
     std::cout << out.dump(2) << "\n";
   } else {
     std::cout << text;
+  }
+  // A full disk or a closed pipe must not look like success.
+  if (!std::cout.flush()) {
+    std::fprintf(stderr, "tandem: error: <stdout>: cannot write the output (%s)\n", std::strerror(errno));
+    return 1;
   }
   return 0;
 }

@@ -176,3 +176,19 @@ TEST_CASE("hostile: a key's documented maximum is accepted", "[hostile]") {
   CHECK(o.code == 0);
   refused("describe " + kTiny + " --set routing.seed=4611686018427387905", "routing.seed: must be in");
 }
+
+TEST_CASE("hostile: output that cannot be written fails in one line", "[hostile]") {
+  TempDir dir("tandem-hostile");
+  const std::string err = dir.file("stderr");
+  for (const std::string& args : {"describe " + kTiny, "describe " + kTiny + " --json"}) {
+    INFO("tandem " << args << " > /dev/full");
+    const tandem::ProcessRun r = tandem::run_process(std::string(TANDEM_BINARY) + " " + args + " >/dev/full 2>" + err);
+    std::ifstream in(err);
+    std::stringstream s;
+    s << in.rdbuf();
+    const std::string text = s.str();
+    CHECK(r.code == 1);
+    CHECK(text.rfind("tandem: error: <stdout>: cannot write", 0) == 0);
+    CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  }
+}
