@@ -7,6 +7,7 @@
 #include "sim/calibrate.h"
 #include "sim/compute_cost.h"
 #include "sim/kernel_rules.h"
+#include "common/write_file.h"
 
 namespace tandem {
 
@@ -33,12 +34,13 @@ Result<nlohmann::json> calibrate_command(const CalibrateOptions& o, std::string&
     d.result.provenance.insert(d.result.provenance.begin(), o.source.begin(), o.source.end());
     text += d.text();
     if (!o.out.empty()) {
-      std::ofstream out(o.out);
-      out << "# Written by `tandem calibrate`: a calibration overlay (sim/compute_cost.h) derived from measured\n"
-             "# kernels; lay it over a complete calibration (a scenario's `calibration:` list or --calibration).\n";
-      out << d.yaml();
-      out.close();
-      if (!out) throw_input_error("<command line>", "--out", "cannot write '" + o.out + "'");
+      std::string why;
+      if (!write_file(o.out,
+                      "# Written by `tandem calibrate`: a calibration overlay (sim/compute_cost.h) derived from measured\n"
+                      "# kernels; lay it over a complete calibration (a scenario's `calibration:` list or --calibration).\n" +
+                          d.yaml(),
+                      &why))
+        throw_input_error("<command line>", "--out", "cannot write '" + o.out + "': " + why);
       text += "wrote " + o.out + "\n";
     }
     nlohmann::json kinds = nlohmann::json::object();

@@ -14,6 +14,7 @@
 #include "sim/compute_cost.h"
 #include "sim/kernel_rules.h"
 #include "topologies/cluster_card.h"
+#include "common/write_file.h"
 
 namespace tandem {
 namespace {
@@ -149,8 +150,8 @@ Result<std::string> keys_command(const KeysOptions& o) {
     return std::string(o.check + ": current\n");
   }
   if (!o.out.empty()) {
-    std::ofstream out(o.out, std::ios::binary);
-    if (!out || !(out << ref.value())) return InputError{o.out, "", "cannot write the file"};
+    std::string why;
+    if (!write_file(o.out, ref.value(), &why)) return InputError{o.out, "", "cannot write the file: " + why};
     return std::string("wrote " + o.out + "\n");
   }
   return ref.value();

@@ -5,6 +5,7 @@
 
 #include "common/chrome_trace.h"
 #include "reports/html_report.h"
+#include "common/write_file.h"
 
 namespace tandem {
 
@@ -43,8 +44,8 @@ Result<nlohmann::json> report_command(const ReportOptions& o, std::string& text)
   const std::string title = !o.title.empty() ? o.title : "tandem report: " + (scenario.empty() ? std::string("?") : scenario);
   auto html = html_report(inputs, title);
   if (!html) return html.error();
-  std::ofstream out(o.out, std::ios::binary);
-  if (!(out << html.value())) return InputError{"<command line>", "-o", "cannot write '" + o.out + "'"};
+  std::string why;
+  if (!write_file(o.out, html.value(), &why)) return InputError{"<command line>", "-o", "cannot write '" + o.out + "': " + why};
   text = "report: " + o.out + " (" + std::to_string(html.value().size() / 1024) + " KiB, self-contained: open it in a browser)\n";
   return nlohmann::json{{"command", "report"}, {"out", o.out}, {"bytes", html.value().size()}};
 }

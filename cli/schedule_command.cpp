@@ -11,6 +11,7 @@
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/unit_cost_engine.h"
+#include "common/write_file.h"
 
 namespace tandem {
 
@@ -83,11 +84,13 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
     }
     t += "  (bubble = step time - busy time of the rank; peak = micro-batch chunks alive at once)\n";
     if (!o.svg.empty()) {
-      std::ofstream out(o.svg);
-      if (!out) throw_input_error("<command line>", "--svg", "cannot write '" + o.svg + "'");
-      out << schedule_svg(sch, run, costs,
-                          strprintf("%s, %d ranks, %d micro-batches (%s)", to_string(sch.kind), sch.ranks,
-                              sch.micro_batches, s.name.c_str()));
+      std::string why;
+      if (!write_file(o.svg,
+                      schedule_svg(sch, run, costs,
+                                   strprintf("%s, %d ranks, %d micro-batches (%s)", to_string(sch.kind), sch.ranks,
+                                             sch.micro_batches, s.name.c_str())),
+                      &why))
+        throw_input_error("<command line>", "--svg", "cannot write '" + o.svg + "': " + why);
       t += "  timeline written to " + o.svg + "\n";
     }
     nlohmann::json j;

@@ -13,6 +13,7 @@
 #include "common/format.h"
 #include "common/subprocess.h"
 #include "sim/compute_cost.h"
+#include "common/write_file.h"
 
 namespace tandem {
 
@@ -255,10 +256,8 @@ Result<nlohmann::json> validate_command(const ValidateOptions& o, std::string& t
 
     text += md;
     if (!o.out.empty()) {
-      std::ofstream f(o.out);
-      f << md;
-      f.close();
-      if (!f) throw_input_error("<command line>", "--out", "cannot write '" + o.out + "'");
+      std::string why;
+      if (!write_file(o.out, md, &why)) throw_input_error("<command line>", "--out", "cannot write '" + o.out + "': " + why);
     }
     return out;
   });

@@ -2,16 +2,16 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/chrome_trace.h"
+#include "common/write_file.h"
 
 namespace tandem {
 
 bool Trace::write_perfetto(const std::string& path, int gpus) const {
-  std::ofstream out(path);
-  if (!out) return false;
   nlohmann::json events_json = nlohmann::json::array();
   std::vector<bool> named;
   for (const TraceEvent& e : events) {
@@ -38,19 +38,17 @@ bool Trace::write_perfetto(const std::string& path, int gpus) const {
   nlohmann::json doc{{"traceEvents", events_json},
                      {"displayTimeUnit", "ms"},
                      {"otherData", {{"engine", engine}, {"scenario", scenario}, {"program", program}}}};
-  out << doc.dump() << "\n";
-  return static_cast<bool>(out);
+  return write_file(path, doc.dump() + "\n");
 }
 
 bool Trace::write_csv(const std::string& path) const {
-  std::ofstream out(path);
-  if (!out) return false;
+  std::ostringstream out;
   out << "gpu,rank,stream,kind,block,micro_batch,stage,slot,start_s,end_s,flops,bytes\n";
   out.precision(12);
   for (const TraceEvent& e : events)
     out << e.gpu << ',' << e.rank << ',' << e.stream << ',' << e.kind << ',' << e.block << ',' << e.micro_batch
         << ',' << e.stage << ',' << e.slot << ',' << e.start << ',' << e.end << ',' << e.flops << ',' << e.bytes << '\n';
-  return static_cast<bool>(out);
+  return write_file(path, out.str());
 }
 
 std::map<int, int> Trace::gpu_per_rank() const {
