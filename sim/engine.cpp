@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <unistd.h>
 #include <cmath>
 #include <cstdio>
 #include <deque>
@@ -37,6 +39,12 @@ const char* to_string(Fidelity f) {
 }
 
 namespace {
+
+extern "C" void interrupted(int sig) {
+  static const char line[] = "tandem: interrupted: the simulation was stopped\n";
+  (void)!write(STDERR_FILENO, line, sizeof line - 1);
+  _exit(128 + sig);
+}
 
 constexpr double kHostSpeed = 1e9;  // host "flop/s": compute durations are played as seconds x speed
 
@@ -522,6 +530,9 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
       sg4::Actor::on_termination_cb([&](const sg4::Actor& a) {
         say(a.get_name() + " finished its step at simulated " + std::to_string(sg4::Engine::get_clock()) + " s");
       });
+    // Ctrl-C or SIGTERM: one line and 128 + signal (SimGrid's own handler lists every actor).
+    std::signal(SIGINT, interrupted);
+    std::signal(SIGTERM, interrupted);
     engine.run();
     say("done");
     for (const auto& runner : runners)

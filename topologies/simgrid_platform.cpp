@@ -98,6 +98,8 @@ void configure(simgrid::s4u::Engine& engine) {
     simgrid::s4u::Engine::on_simulation_end_cb([] { GpuClusterZone::simulation_running = false; });
   });
   xbt_log_control_set("xbt_cfg.thres:warning");
+  // Ctrl-C ends the run without SimGrid's listing of every actor (hundreds of KB at 2048 GPUs).
+  simgrid::s4u::Engine::set_config("debug/verbose-exit:0");
   simgrid::s4u::Engine::set_config("network/model:CM02");
   simgrid::s4u::Engine::set_config("network/crosstraffic:0");
   simgrid::s4u::Engine::set_config("network/TCP-gamma:0");

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <fstream>
+#include <iterator>
 #include <cstdio>
 #include <sys/wait.h>
 
@@ -291,4 +292,16 @@ TEST_CASE("per-micro-batch routing noise is seeded and slows the step", "[simtie
                                           " --set routing.noise=0.13 --fidelity replicated 2>&1");
   CHECK(refused.code == 2);
   CHECK(std::count(refused.out.begin(), refused.out.end(), '\n') == 1);
+}
+
+TEST_CASE("a simulation stopped by Ctrl-C says so in one line", "[simtier]") {
+  tandem::test::TempDir dir;
+  const std::string err = dir.file("err");
+  // Every GPU of the default scenario: long enough to be stopped midway.
+  const Run r = tandem::run_process("timeout --preserve-status -s INT 3 " + std::string(TANDEM_BINARY) + " simulate " +
+                                    repo("scenarios/deepseek-v3-2048.yaml") + " --fidelity grouped >/dev/null 2>" + err);
+  std::ifstream in(err);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(r.code == 130);
+  CHECK(text == "tandem: interrupted: the simulation was stopped\n");
 }
