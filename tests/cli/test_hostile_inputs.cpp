@@ -182,7 +182,6 @@ TEST_CASE("hostile: output that cannot be written fails in one line", "[hostile]
   refused("schedule " + kTiny + " --svg /dev/full", "cannot write");
   refused("schedule " + kTiny + " --svg /no/such/folder/x.svg", "cannot write");
   refused("keys --out /dev/full", "cannot write");
-  refused("simulate " + kTiny + " --trace /dev/full", "cannot write");
   TempDir dir("tandem-hostile");
   const std::string err = dir.file("stderr");
   for (const std::string& args : {"describe " + kTiny, "describe " + kTiny + " --json"}) {

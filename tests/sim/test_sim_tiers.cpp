@@ -248,7 +248,8 @@ TEST_CASE("bad fault specs and the replicated tier are refused in one line", "[s
                                  std::string("--set faults.slow_gpus=[5] --set faults.slow_speed=1.5"),
                                  std::string("--set faults.slow_fraction=2 --set faults.slow_speed=0.5"),
                                  std::string("--set faults.slow_gpus=[5] --set faults.slow_speed=0.8 --fidelity replicated"),
-                                 std::string("--set faults.plane=1")}) {
+                                 std::string("--set faults.plane=1"),
+                                 std::string("--trace /dev/full")}) {  // a trace that cannot be written
     INFO(bad);
     const Run r = tandem::run_process(std::string(TANDEM_BINARY) + " simulate " + repo("scenarios/tiny-sim-128.yaml") + " " + bad + " 2>&1");
     CHECK(r.code == 2);
