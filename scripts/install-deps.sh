@@ -13,9 +13,10 @@ packages=(
   libopenmpi-dev openmpi-bin  # exec/comm: the MPI world (optional; `mpirun -np P tandem execute`)
 )
 # --tests: also what the test suite needs beyond the build: Chromium, to load the HTML reports
-# headless, and Python 3, which drives it (tests/reports/browser_test.py).
+# headless, and Python 3, which drives it (tests/reports/browser_test.py); procps (pgrep: the
+# plan test checks that an interrupted search leaves no simulation running).
 if [ "${1:-}" = "--tests" ]; then
-  packages+=(chromium python3)
+  packages+=(chromium python3 procps)
 fi
 missing=()
 for p in "${packages[@]}"; do
