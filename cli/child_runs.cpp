@@ -26,6 +26,17 @@ std::string shell_quote(const std::string& s) {
   return q + "'";
 }
 
+std::string rejected_key(const std::string& message) {
+  size_t i = 0;
+  for (int depth = 0; i < message.size(); ++i) {  // the end of FILE: the first ": " outside brackets
+    if (message[i] == '[') ++depth;
+    if (message[i] == ']') --depth;
+    if (depth == 0 && message.compare(i, 2, ": ") == 0) break;
+  }
+  const size_t end = message.find(": ", i + 2);
+  return i >= message.size() || end == std::string::npos ? "" : message.substr(i + 2, end - i - 2);
+}
+
 namespace {
 
 // The running children's process groups, for the signal handler (which may only use
@@ -104,7 +115,7 @@ ChildRun run_one(const std::string& cmd, std::atomic<pid_t>& slot) {
   return c;
 }
 
-// A result travels between processes as "code\n<bytes of out>\n<bytes of err>\n" then the bytes.
+// A result travels between processes as "index code out_bytes err_bytes\n", then its stdout and stderr.
 void pack(std::string& buf, size_t i, const ChildRun& c) {
   buf += strprintf("%zu %d %zu %zu\n", i, c.code, c.out.size(), c.err.size());
   buf += c.out;
@@ -147,8 +158,7 @@ void check_interrupted() {
 
 std::vector<ChildRun> run_children(const std::vector<std::string>& commands, int jobs, const ChildDone& done) {
   const ProcessGroup& group = ProcessGroup::get();
-  std::vector<size_t> mine;
-  for (size_t i = static_cast<size_t>(group.rank()); i < commands.size(); i += static_cast<size_t>(group.size())) mine.push_back(i);
+  const std::vector<size_t> mine = group.share(commands.size());
   std::vector<ChildRun> results(commands.size());
   {
     check_interrupted();

@@ -58,6 +58,10 @@ std::vector<ChildRun> run_children(const std::vector<std::string>& commands, int
 
 std::string shell_quote(const std::string& s);
 
+// The key a rejected run's one-line error names ("FILE: KEY: REASON", where FILE may carry a
+// bracketed "[with --set ...]" that holds ": " itself); "" when it names none.
+std::string rejected_key(const std::string& message);
+
 // "[=====     ] 12/40  ETA 1m05s  label" on a terminal's stderr (process 0 of a group only);
 // nothing in a redirected log.
 class Progress {

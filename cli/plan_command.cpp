@@ -15,6 +15,7 @@
 #include "cli/child_runs.h"
 #include "cli/process_group.h"
 #include "common/format.h"
+#include "common/write_file.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/step_bound.h"
@@ -109,8 +110,7 @@ void examine(const std::string& path, const std::vector<std::string>& fixed, dou
 void examine_all(const std::string& path, const std::vector<std::string>& fixed, double headroom, int jobs,
                  std::vector<Candidate>& cs) {
   const ProcessGroup& group = ProcessGroup::get();
-  std::vector<size_t> mine_idx;
-  for (size_t i = static_cast<size_t>(group.rank()); i < cs.size(); i += static_cast<size_t>(group.size())) mine_idx.push_back(i);
+  const std::vector<size_t> mine_idx = group.share(cs.size());
   std::atomic<size_t> next{0};
   std::exception_ptr failure;
   std::mutex failure_mu;
@@ -261,13 +261,15 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     row += c.status == "infeasible" || c.bound == 0 ? std::string(",") : strprintf(",%.9g", c.bound);
     return row + "," + csv_field(c.reason) + "\n";
   };
+  std::string csv_header;
+  for (const Axis& a : axes) csv_header += csv_field(a.key) + ",";
+  csv_header += "status";
+  for (const char* m : kMetrics) csv_header += std::string(",") + m;
+  csv_header += ",step_lower_bound_s,reason\n";
   if (!o.csv.empty() && leader) {
     csv.open(csv_partial, std::ios::trunc);
     if (!csv) throw_input_error("<command line>", "--csv", "cannot write '" + csv_partial + "'");
-    for (const Axis& a : axes) csv << csv_field(a.key) << ",";
-    csv << "status";
-    for (const char* m : kMetrics) csv << "," << m;
-    csv << ",step_lower_bound_s,reason\n" << std::flush;
+    csv << csv_header << std::flush;
   }
 
   // 1. Feasibility and a lower bound on the step, for every candidate, without simulating.
@@ -290,10 +292,11 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     }
     throw_input_error("<command line>", "plan", "every candidate plan was rejected, e.g. " + candidates[0].reason);
   }
-  if (csv.is_open())
+  if (csv.is_open()) {
     for (const Candidate& c : candidates)
       if (c.status == "infeasible") csv << csv_row(c);
-  csv << std::flush;
+    csv << std::flush;
+  }
 
   // 2. Simulate the feasible ones in order of their bounds, in batches, until every bound left is
   // above the `keep`-th fastest step simulated (and the scenario's own plan's): those plans cannot
@@ -452,19 +455,13 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     t += "  " + why_not_own + "\n";
   }
 
-  // Files: the CSV again, every candidate in order, under its own name.
+  // Files: the CSV under its own name, every candidate in order; the growing one goes.
   if (csv.is_open()) {
     csv.close();
-    csv.open(csv_partial, std::ios::trunc);
-    for (const Axis& a : axes) csv << csv_field(a.key) << ",";
-    csv << "status";
-    for (const char* m : kMetrics) csv << "," << m;
-    csv << ",step_lower_bound_s,reason\n";
-    for (const Candidate& c : candidates) csv << csv_row(c);
-    csv.close();
-    std::error_code ec;
-    std::filesystem::rename(csv_partial, o.csv, ec);
-    if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
+    std::string text = csv_header, failure;
+    for (const Candidate& c : candidates) text += csv_row(c);
+    if (!write_file(o.csv, text, &failure)) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "': " + failure);
+    std::filesystem::remove(csv_partial);
   }
   if (!o.write_best.empty() && leader) {
     if (ranked.empty()) throw_input_error("<command line>", "--write-best", "no plan fits: nothing to write");

@@ -36,6 +36,12 @@ ProcessGroup& ProcessGroup::get() {
   return group;
 }
 
+std::vector<size_t> ProcessGroup::share(size_t count) const {
+  std::vector<size_t> mine;
+  for (size_t i = static_cast<size_t>(rank_); i < count; i += static_cast<size_t>(size_)) mine.push_back(i);
+  return mine;
+}
+
 std::vector<std::string> ProcessGroup::all_gather(const std::string& mine) const {
   if (size_ == 1) return {mine};
 #ifdef TANDEM_HAVE_MPI

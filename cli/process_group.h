@@ -23,6 +23,9 @@ class ProcessGroup {
   int size() const { return size_; }
   bool leader() const { return rank_ == 0; }
 
+  // The indices of `count` items this process takes (i % size == rank): how work is split.
+  std::vector<size_t> share(size_t count) const;
+
   // Every process's `mine`, in process order.
   std::vector<std::string> all_gather(const std::string& mine) const;
 

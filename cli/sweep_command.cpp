@@ -11,6 +11,7 @@
 #include "cli/axes.h"
 #include "cli/child_runs.h"
 #include "cli/process_group.h"
+#include "common/write_file.h"
 #include "scenarios/scenario.h"
 
 namespace tandem {
@@ -142,25 +143,19 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     progress.finish();
 
     // The final file: every row, in run order.
-    if (csv.is_open()) {
-      csv.close();
-      csv.open(csv_partial, std::ios::trunc);
-      csv << header << "\n";
-    }
+    std::string csv_text = header + "\n";
     nlohmann::json rows = nlohmann::json::array(), failed = nlohmann::json::array();
-    std::map<std::string, size_t> rejections;  // by the key a rejection names ("file: key: reason")
+    std::map<std::string, size_t> rejections;  // by the key a rejection names
     std::string first_rejection;
     for (size_t run = 0; run < runs; ++run) {
       Row row = row_of(run, results[run]);
-      if (csv.is_open()) csv << row.csv;
+      csv_text += row.csv;
       t += "  " + row.text;
       const std::string status = row.json["status"];
       if (status.rfind("error", 0) == 0) failed.push_back(labels[run] + "-> " + status);
       if (results[run].code == 2) {
-        const std::string& m = results[run].err;
-        const size_t a = m.find(": "), b = a == std::string::npos ? a : m.find(": ", a + 2);
-        ++rejections[b == std::string::npos ? m : m.substr(0, b)];
-        if (first_rejection.empty()) first_rejection = m;
+        ++rejections[rejected_key(results[run].err)];
+        if (first_rejection.empty()) first_rejection = results[run].err;
       }
       rows.push_back(row.json);
     }
@@ -173,9 +168,9 @@ Result<nlohmann::json> sweep(const SweepOptions& o, std::string& t) {
     }
     if (csv.is_open()) {
       csv.close();
-      std::error_code ec;
-      std::filesystem::rename(csv_partial, o.csv, ec);
-      if (!csv || ec) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "'");
+      std::string why;
+      if (!write_file(o.csv, csv_text, &why)) throw_input_error("<command line>", "--csv", "cannot write '" + o.csv + "': " + why);
+      std::filesystem::remove(csv_partial);
     }
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     t += strprintf("  %zu runs in %.1f s%s\n", runs, wall, o.csv.empty() ? "" : (", CSV: " + o.csv).c_str());
