@@ -15,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "common/format.h"
+#include "common/write_file.h"
 #include "models/workload.h"
 
 namespace tandem {
@@ -140,25 +142,15 @@ bool read_cached(const std::string& file, const std::string& inputs, RoutingPatt
 void write_cached(const std::string& file, const std::string& inputs, const RoutingPattern& p) {
   std::error_code ec;
   std::filesystem::create_directories(std::filesystem::path(file).parent_path(), ec);
-  const std::string tmp = file + ".tmp" + std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id()));
-  {
-    std::ofstream out(tmp);
-    if (!out) return;
-    out << inputs << "\n";
-    char buf[40];
-    for (const std::vector<double>* v : {&p.rows_per_token, &p.gpu_hit, &p.node_hit, &p.load}) {
-      for (double x : *v) out << (std::snprintf(buf, sizeof buf, "%a ", x), buf);
-      out << "\n";
-    }
-    out << (std::snprintf(buf, sizeof buf, "%a ", p.max_load), buf) << (std::snprintf(buf, sizeof buf, "%a", p.max_expert_load), buf)
-        << "\n";
-    if (!out.flush()) {
-      std::filesystem::remove(tmp, ec);
-      return;
-    }
+  std::string text = inputs + "\n";
+  auto add = [&](double x, const char* after) { text += strprintf("%a", x) + after; };
+  for (const std::vector<double>* v : {&p.rows_per_token, &p.gpu_hit, &p.node_hit, &p.load}) {
+    for (double x : *v) add(x, " ");
+    text += "\n";
   }
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) std::filesystem::remove(tmp, ec);
+  add(p.max_load, " ");
+  add(p.max_expert_load, "\n");
+  write_file(file, text);  // whole, then renamed: a concurrent reader never sees half a file
 }
 
 }  // namespace

@@ -46,7 +46,9 @@ extern "C" void interrupted(int sig) {
   _exit(128 + sig);
 }
 
-constexpr double kHostSpeed = 1e9;  // host "flop/s": compute durations are played as seconds x speed
+// A GPU host's "flop/s" in the platform. Nothing executes on it: a GPU's kernels and analytic
+// transfers are timers of its actor (GpuRunner::delay); only flows use SimGrid's resources.
+constexpr double kHostSpeed = 1e9;
 
 // Everything the GPU actors share, read-only once the run starts (and the results they write).
 struct World {
@@ -510,7 +512,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     sg4::Engine engine(&argc, argv);
     world.topo = &topo;
     SimgridPlatformOptions popt;
-    popt.host_cores = 2;  // compute and comm streams time themselves with concurrent execs
+    popt.host_cores = 2;  // one per stream (unused now that the streams keep time with timers)
     SimgridPlatform platform(engine, topo, kHostSpeed, popt);
     const int gpus = static_cast<int>(s.gpus);
     world.gpu_time.resize(static_cast<size_t>(gpus));
