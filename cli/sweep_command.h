@@ -6,7 +6,7 @@
 // sweep ...`) the K processes split the runs and process 0 prints and writes. The table is the
 // same for any -j and any K. A combination the scenario rejects (infeasible plan, memory above
 // HBM) is a row with its reason, not a failure of the sweep. The CSV grows as runs finish under
-// FILE.incomplete and is renamed FILE when every run is in; Ctrl-C (SIGINT, SIGTERM) stops the
+// FILE.incomplete; FILE is written (whole) when every run is in; Ctrl-C (SIGINT, SIGTERM) stops the
 // runs and leaves the .incomplete file with the rows that finished.
 #pragma once
 
