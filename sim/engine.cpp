@@ -8,7 +8,7 @@
 #include <unistd.h>
 #include <cmath>
 #include <cstdio>
-#include <deque>
+#include <functional>
 #include <filesystem>
 #include <map>
 #include <limits>
@@ -20,6 +20,7 @@
 #include "scenarios/task_work.h"
 #include "sim/all_to_all.h"
 #include "sim/compute_cost.h"
+#include "sim/event_loop.h"
 #include "scenarios/task_cost.h"
 #include "topologies/simgrid_platform.h"
 #include "topologies/topology.h"
@@ -47,10 +48,10 @@ extern "C" void interrupted(int sig) {
 }
 
 // A GPU host's "flop/s" in the platform. Nothing executes on it: a GPU's kernels and analytic
-// transfers are timers of its actor (GpuRunner::delay); only flows use SimGrid's resources.
+// transfers are timers of the EventLoop (GpuRunner::delay); only flows use SimGrid's resources.
 constexpr double kHostSpeed = 1e9;
 
-// Everything the GPU actors share, read-only once the run starts (and the results they write).
+// Everything the GPUs' runners share, read-only once the run starts (and the results they write).
 struct World {
   const Program* program = nullptr;
   const SimOptions* options = nullptr;
@@ -77,17 +78,17 @@ struct World {
   std::vector<double> waited_on_a2a, waited_on_pp;
   double speed(int gpu) const { return gpu_speed.empty() ? 1.0 : gpu_speed[static_cast<size_t>(gpu)]; }
   // grouped tier: each all-to-all instance (rank, EP group, task) meets here; the last member
-  // to arrive fixes the end time and tells the others through their "a2a-done/<gpu>" mailbox.
+  // to arrive fixes every member's end from the arrival times.
   struct Rendezvous {
-    int arrived = 0, left = 0;
-    std::vector<double> arrive, end;  // per member
-    std::vector<int> waiting;
+    std::vector<double> arrive;  // per member
+    std::vector<std::pair<EventLoop::Listener*, size_t>> waiting;  // who has arrived, as which member
   };
   std::map<std::tuple<int, int, int>, Rendezvous> rendezvous;
   // Results.
   std::vector<GpuTime> gpu_time;  // per GPU (those simulated): where its step went
   std::vector<TraceEvent> events;
   double end_time = 0;
+  std::function<void(int gpu, double at)> on_gpu_done;  // progress lines
 
   int gpu(int rank, int replica) const { return rank * dp + replica; }
 };
@@ -120,17 +121,17 @@ double analytic_ring(const World& w, int rank, double bytes) {
   return bytes * (n - 1) / n / bandwidth + latency;
 }
 
-std::string pair_mailbox(const char* channel, int from, int to) {
-  return std::string(channel) + "/" + std::to_string(from) + ">" + std::to_string(to);
-}
-
-// One GPU's run of its rank's tasks on two streams.
-class GpuRunner {
+// One GPU's run of its rank's tasks on two streams: a state machine the EventLoop drives. A task
+// starts once its stream is free and its dependencies are done; it ends when its parts — timers
+// (kernels, analytic transfers) and messages (flows) — have all ended.
+class GpuRunner final : public EventLoop::Listener {
  public:
-  GpuRunner(World& w, int gpu) : w_(w), gpu_(gpu), rank_(gpu / w.dp), replica_(gpu % w.dp),
+  GpuRunner(World& w, EventLoop& loop, int gpu)
+      : w_(w), loop_(loop), gpu_(gpu), rank_(gpu / w.dp), replica_(gpu % w.dp),
         tasks_(w.program->tasks[static_cast<size_t>(rank_)]), time_(gpu, rank_) {}
 
-  bool finished() const { return finished_; }
+  int gpu() const { return gpu_; }
+  bool finished() const { return left_ == 0; }
   // Where this GPU stopped, for the error when a run cannot finish.
   std::string stuck_at() const {
     std::string out = "gpu " + std::to_string(gpu_) + " (rank " + std::to_string(rank_) + ")";
@@ -143,73 +144,50 @@ class GpuRunner {
     return out;
   }
 
-  void operator()() {
+  void start() {
     done_.assign(tasks_.size(), 0);
     start_.assign(tasks_.size(), 0);
     outstanding_.assign(tasks_.size(), 0);
-    while (true) {
-      // Start what can start; a task with nothing to wait for ends at once and may free the next.
-      while (launch(Stream::compute, next_compute_, compute_running_) ||
-             launch(Stream::comm, next_comm_, comm_running_)) {
-      }
-      if (pending_.empty() && timers_.empty()) break;
-      // The earliest timer (the first set, among equals), and the activities: whichever ends first.
-      size_t t = 0;
-      for (size_t k = 1; k < timers_.size(); ++k)
-        if (timers_[k].at < timers_[t].at) t = k;
-      ssize_t i = -1;
-      if (pending_.empty()) {
-        // A wait below SimGrid's time precision (1 ns) is no wait: the timer is due now.
-        if (timers_[t].at - sg4::Engine::get_clock() > 1e-9) sg4::this_actor::sleep_until(timers_[t].at);
-      } else {
-        acts_.clear();  // kept between waits: no allocation per event
-        for (const auto& p : pending_) acts_.push_back(p.activity);
-        i = sg4::Activity::wait_any_for(acts_, timers_.empty() ? -1.0 : std::max(0.0, timers_[t].at - sg4::Engine::get_clock()));
-      }
-      int task = -1;
-      Then then = Then::nothing;
-      if (i >= 0 && static_cast<size_t>(i) < pending_.size()) {
-        task = pending_[static_cast<size_t>(i)].task;
-        // A receive counts from when its transfer started, not from when it was posted: waiting
-        // for the producer is pipeline bubble, not communication.
-        if (task >= 0 && tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv) {
-          const double posted = start_[static_cast<size_t>(task)];
-          const double began = std::max(posted, pending_[static_cast<size_t>(i)].activity->get_start_time());
-          start_[static_cast<size_t>(task)] = began;
-          const int peer = tasks_[static_cast<size_t>(task)].peer;
-          if (peer >= 0) w_.waited_on_pp[static_cast<size_t>(w_.gpu(peer, replica_))] += began - posted;
-        }
-        then = pending_[static_cast<size_t>(i)].then;
-        pending_.erase(pending_.begin() + i);
-      } else {  // the timer rang
-        task = timers_[t].task;
-        then = timers_[t].then;
-        timers_.erase(timers_.begin() + static_cast<ptrdiff_t>(t));
-      }
-      if (task < 0) continue;  // a send of this GPU's that no task waits for was delivered
-      if (then == Then::after_meeting) after_meeting(task);
-      if (then == Then::start_flows) start_flows(task);
-      if (--outstanding_[static_cast<size_t>(task)] == 0) finish(task);
+    left_ = tasks_.size();
+    advance();
+  }
+
+  void on_timer(int task, int tag) override {
+    if (static_cast<Then>(tag) == Then::start_flows) start_flows(task);
+    part_done(task);
+  }
+
+  void on_delivered(int task, double began) override {
+    if (task < 0) return;  // a send of this GPU's that no task waits for
+    // A receive counts from when its transfer started, not from when it was posted: waiting
+    // for the producer is pipeline bubble, not communication.
+    if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv) {
+      const double posted = start_[static_cast<size_t>(task)];
+      start_[static_cast<size_t>(task)] = std::max(posted, began);
+      const int peer = tasks_[static_cast<size_t>(task)].peer;
+      if (peer >= 0) w_.waited_on_pp[static_cast<size_t>(w_.gpu(peer, replica_))] += std::max(0.0, began - posted);
     }
-    finished_ = std::all_of(done_.begin(), done_.end(), [](char d) { return d != 0; });
-    if (!finished_) return;  // reported by simulate(): the step cannot proceed on this GPU
-    time_.seal();
-    w_.gpu_time[static_cast<size_t>(gpu_)] = std::move(time_);
-    w_.end_time = std::max(w_.end_time, last_finish_);
+    part_done(task);
   }
 
  private:
-  // What finishing an activity starts next within its task.
+  // What a timer's end starts next within its task.
   enum class Then {
     nothing,
-    after_meeting,  // the grouped tier's wait for the last member of the EP group ended
-    start_flows,    // an all-to-all's kernels before its transfers (casts, notify) ended
+    start_flows,  // an all-to-all's kernels before its transfers (casts, notify) ended
   };
-  struct Pending {
-    sg4::ActivityPtr activity;
-    int task;
-    Then then = Then::nothing;
-  };
+
+  void part_done(int task) {
+    if (--outstanding_[static_cast<size_t>(task)] != 0) return;
+    finish(task);
+    advance();
+  }
+
+  // Start what can start; a task with nothing to wait for ends at once and may free the next.
+  void advance() {
+    while (launch(Stream::compute, next_compute_, compute_running_) || launch(Stream::comm, next_comm_, comm_running_)) {
+    }
+  }
 
   bool ready(const Task& t) const {
     for (int d : t.deps)
@@ -224,7 +202,7 @@ class GpuRunner {
     if (next >= tasks_.size() || !ready(tasks_[next])) return false;
     const int i = static_cast<int>(next++);
     running = i;
-    start_[static_cast<size_t>(i)] = sg4::Engine::get_clock();
+    start_[static_cast<size_t>(i)] = loop_.now();
     if (stream == Stream::compute) {
       const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
       double secs = w_.compute_seconds[r][ti];
@@ -261,67 +239,43 @@ class GpuRunner {
     return std::max(0.05, 1.0 + w_.noise * z);
   }
 
-  // A task's part that only takes time (a kernel, an analytic transfer): a timer of this actor's,
-  // not a SimGrid activity — no resource is shared, and most of a step's tasks are these.
+  // A task's part that only takes time (a kernel, an analytic transfer).
   void delay(double seconds, int task, Then then = Then::nothing) {
-    timers_.push_back({sg4::Engine::get_clock() + std::max(seconds, 0.0), task, then});
     ++outstanding_[static_cast<size_t>(task)];
+    loop_.at(loop_.now() + std::max(seconds, 0.0), this, task, static_cast<int>(then));
   }
-
-  // A send no task of this GPU waits for (pipeline sends, a rendezvous's word): watched until
-  // delivered rather than detached, as SimGrid 3.32 scans every detached comm each time one ends.
-  void post(sg4::ActivityPtr a) { pending_.push_back({std::move(a), -1}); }
-
-  void add(sg4::ActivityPtr a, int task) {
-    pending_.push_back({std::move(a), task});
+  // A task's part that is a message, either end.
+  void send(uint64_t key, double bytes, int task) {
     ++outstanding_[static_cast<size_t>(task)];
+    loop_.send(key, gpu_, bytes, this, task);
   }
-
-  void put(const std::string& mailbox, double bytes, int task) {
-    add(sg4::Mailbox::by_name(mailbox)->put_async(&token_, static_cast<uint64_t>(std::max(bytes, 1.0))), task);
-  }
-  void get(const std::string& mailbox, int task) {
-    payloads_.emplace_back(nullptr);
-    add(sg4::Mailbox::by_name(mailbox)->get_async<void>(&payloads_.back()), task);
+  void receive(uint64_t key, int task) {
+    ++outstanding_[static_cast<size_t>(task)];
+    loop_.receive(key, gpu_, this, task);
   }
 
   // grouped tier: the EP group's members meet at each all-to-all; when the last one arrives,
-  // everyone's end time follows from the arrival times and the analytic plan. Members that
-  // arrived earlier wait for the last one's word (a 1-byte message), then for the rest.
-  // A member is ready to transfer once its own kernels before the transfer (`prefix`) are done.
+  // everyone's end time follows from the arrival times and the analytic plan, and each member's
+  // task ends then. A member is ready to transfer once its own kernels before the transfer
+  // (`prefix`) are done.
   void meet(const A2AGroup& g, int task, const A2APlan& plan, double prefix, double scale) {
-    auto& rv = w_.rendezvous[std::make_tuple(rank_, g.first, task)];
+    const auto key = std::make_tuple(rank_, g.first, task);
+    auto& rv = w_.rendezvous[key];
     if (rv.arrive.empty()) rv.arrive.assign(static_cast<size_t>(g.ep), 0.0);
-    rv.arrive[static_cast<size_t>(replica_ % w_.ep)] = sg4::Engine::get_clock() + prefix;
-    if (++rv.arrived < g.ep) {
-      rv.waiting.push_back(gpu_);
-      payloads_.emplace_back(nullptr);
-      add(done_mailbox(gpu_)->get_async<void>(&payloads_.back()), task);
-      pending_.back().then = Then::after_meeting;
-      return;
-    }
-    rv.end = plan.ends(rv.arrive, scale);
+    const auto member = static_cast<size_t>(replica_ % w_.ep);
+    rv.arrive[member] = loop_.now() + prefix;
+    ++outstanding_[static_cast<size_t>(task)];
+    rv.waiting.push_back({this, member});
+    if (static_cast<int>(rv.waiting.size()) < g.ep) return;
+    const std::vector<double> end = plan.ends(rv.arrive, scale);
     // Who the group waited for: the member that arrived last, charged every other member's wait.
     const auto last = static_cast<size_t>(std::max_element(rv.arrive.begin(), rv.arrive.end()) - rv.arrive.begin());
     double waited = 0;
     for (double a : rv.arrive) waited += rv.arrive[last] - a;
     w_.waited_on_a2a[static_cast<size_t>(g.gpu(w_.layout, static_cast<int>(last)))] += waited;
-    rv.left = static_cast<int>(rv.waiting.size());
-    for (int other : rv.waiting) post(done_mailbox(other)->put_async(&token_, 1));
-    const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
-    if (rv.left == 0) w_.rendezvous.erase(std::make_tuple(rank_, g.first, task));
-    delay(rest, task);
+    for (const auto& [who, m] : rv.waiting) loop_.at(end[m], who, task);
+    w_.rendezvous.erase(key);
   }
-  // The rest of a rendezvous: until this member's end.
-  void after_meeting(int task) {
-    const int first = replica_ - replica_ % w_.ep;
-    const auto key = std::make_tuple(rank_, first, task);
-    auto& rv = w_.rendezvous.at(key);
-    const double rest = rv.end[static_cast<size_t>(replica_ % w_.ep)] - sg4::Engine::get_clock();
-    if (--rv.left == 0) w_.rendezvous.erase(key);
-    delay(rest, task);
-  }
-  static sg4::Mailbox* done_mailbox(int gpu) { return sg4::Mailbox::by_name("a2a-done/" + std::to_string(gpu)); }
 
   void start_comm(int i) {
     const Task& t = tasks_[static_cast<size_t>(i)];
@@ -332,11 +286,10 @@ class GpuRunner {
         // goes on (as DualPipe batches its isend/irecv); the receiver waits for the data. A send
         // that held the stream until its receive is posted could deadlock two neighbours whose
         // transfers cross.
-        post(sg4::Mailbox::by_name("pp/" + std::to_string(replica_) + "/" + std::to_string(t.message))
-                 ->put_async(&token_, static_cast<uint64_t>(std::max(work.bytes, 1.0))));
+        loop_.send(EventLoop::key(EventLoop::Channel::pipeline, replica_, t.message), gpu_, work.bytes, this, -1);
         break;
       case TaskKind::pp_recv:
-        get("pp/" + std::to_string(replica_) + "/" + std::to_string(t.message), i);
+        receive(EventLoop::key(EventLoop::Channel::pipeline, replica_, t.message), i);
         break;
       case TaskKind::dispatch_f:
       case TaskKind::dispatch_b:
@@ -372,8 +325,8 @@ class GpuRunner {
           break;
         }
         const int next = w_.gpu(rank_, (replica_ + 1) % n), prev = w_.gpu(rank_, (replica_ + n - 1) % n);
-        put(pair_mailbox("dp", gpu_, next), work.bytes * (n - 1) / n, i);
-        get(pair_mailbox("dp", prev, gpu_), i);
+        send(EventLoop::key(EventLoop::Channel::ring, gpu_, next), work.bytes * (n - 1) / n, i);
+        receive(EventLoop::key(EventLoop::Channel::ring, prev, gpu_), i);
         break;
       }
       default: break;
@@ -392,17 +345,17 @@ class GpuRunner {
     for (const A2AFlow& fl : flows_touching(w_.layout, group, gpu_, w_.options->fidelity == Fidelity::per_pair)) {
       const bool nvlink = fl.from / w_.gpn == fl.to / w_.gpn;
       const double bytes = fl.bytes * scale / (nvlink ? w_.a2a->nvlink_efficiency : w_.a2a->ib_efficiency);
-      if (fl.from == gpu_) put(pair_mailbox("a2a", fl.from, fl.to), bytes, i);
-      if (fl.to == gpu_) get(pair_mailbox("a2a", fl.from, fl.to), i);
+      const uint64_t key = EventLoop::key(EventLoop::Channel::all_to_all, fl.from, fl.to);
+      if (fl.from == gpu_) send(key, bytes, i);
+      if (fl.to == gpu_) receive(key, i);
     }
   }
 
   void finish(int i) {
     const Task& t = tasks_[static_cast<size_t>(i)];
-    const double now = sg4::Engine::get_clock();
+    const double now = loop_.now();
     const double begin = start_[static_cast<size_t>(i)];
     done_[static_cast<size_t>(i)] = 1;
-    last_finish_ = now;
     if (t.stream == Stream::compute) compute_running_ = -1;
     else comm_running_ = -1;
     time_.add(t.stream == Stream::compute, to_string(t.kind), slot_class(*w_.program, rank_, t.slot), begin, now);
@@ -413,28 +366,24 @@ class GpuRunner {
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,
                                      work.trace_flops(), work.trace_bytes(t.stream), t.slot});
     }
+    if (--left_ == 0) {  // this GPU's step is done (its last sends may be delivered later)
+      time_.seal();
+      w_.gpu_time[static_cast<size_t>(gpu_)] = std::move(time_);
+      w_.end_time = std::max(w_.end_time, now);
+      if (w_.on_gpu_done) w_.on_gpu_done(gpu_, now);
+    }
   }
 
   World& w_;
+  EventLoop& loop_;
   int gpu_, rank_, replica_;
   const std::vector<Task>& tasks_;
   std::vector<char> done_;
   std::vector<double> start_;
-  std::vector<Pending> pending_;
-  std::vector<sg4::ActivityPtr> acts_;  // pending_'s activities, for wait_any
-  struct Timer {
-    double at;
-    int task;
-    Then then;
-  };
-  std::vector<Timer> timers_;
-  std::vector<int> outstanding_;  // per task: its activities not yet finished
-  std::deque<void*> payloads_;
-  int token_ = 0;
+  std::vector<int> outstanding_;  // per task: its parts not yet ended
+  size_t left_ = 1;               // tasks not yet done (1 until start())
   size_t next_compute_ = 0, next_comm_ = 0;
   int compute_running_ = -1, comm_running_ = -1;
-  bool finished_ = false;
-  double last_finish_ = 0;  // when this GPU's last task ended (its sends may be delivered later)
   GpuTime time_;  // where this GPU's step goes, task by task
 };
 
@@ -511,9 +460,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     char* argv[] = {arg0, nullptr};
     sg4::Engine engine(&argc, argv);
     world.topo = &topo;
-    SimgridPlatformOptions popt;
-    popt.host_cores = 2;  // one per stream (unused now that the streams keep time with timers)
-    SimgridPlatform platform(engine, topo, kHostSpeed, popt);
+    SimgridPlatform platform(engine, topo, kHostSpeed, SimgridPlatformOptions{});
     const int gpus = static_cast<int>(s.gpus);
     world.gpu_time.resize(static_cast<size_t>(gpus));
     // The GPUs simulated: all of them, or replica 0 of every pipeline rank.
@@ -522,25 +469,25 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
       if (o.fidelity != Fidelity::replicated || g % world.dp == 0) simulated.push_back(g);
     say("platform: " + std::to_string(topo.num_gpus()) + " GPU hosts, " + std::to_string(topo.num_physical_links()) +
         " links; simulating " + std::to_string(simulated.size()) + " GPUs (" + to_string(o.fidelity) + " tier)");
+    EventLoop loop(engine, platform.hosts());
     std::vector<std::unique_ptr<GpuRunner>> runners;
-    for (int g : simulated) {
-      runners.push_back(std::make_unique<GpuRunner>(world, g));
-      GpuRunner* runner = runners.back().get();
-      sg4::Actor::create("gpu" + std::to_string(g), platform.host(g), [runner] { (*runner)(); });
-    }
+    for (int g : simulated) runners.push_back(std::make_unique<GpuRunner>(world, loop, g));
     if (o.progress)
-      sg4::Actor::on_termination_cb([&](const sg4::Actor& a) {
-        say(a.get_name() + " finished its step at simulated " + std::to_string(sg4::Engine::get_clock()) + " s");
-      });
-    // Ctrl-C or SIGTERM: one line and 128 + signal (SimGrid's own handler lists every actor).
+      world.on_gpu_done = [&](int g, double at) { say("gpu" + std::to_string(g) + " finished its step at simulated " + std::to_string(at) + " s"); };
+    // Ctrl-C or SIGTERM: one line and 128 + signal.
     std::signal(SIGINT, interrupted);
     std::signal(SIGTERM, interrupted);
-    engine.run();
-    say("done");
+    for (const auto& runner : runners) runner->start();
+    loop.run();
+    say("done: " + std::to_string(loop.timers_rung()) + " timers, " + std::to_string(loop.flows_started()) + " flows, " +
+        std::to_string(loop.network_steps()) + " network steps");
     for (const auto& runner : runners)
       if (!runner->finished())
         throw std::runtime_error("the simulation could not finish the step: " + runner->stuck_at() +
-                                 " at simulated time " + std::to_string(sg4::Engine::get_clock()) + " s");
+                                 " at simulated time " + std::to_string(loop.now()) + " s");
+    if (loop.unmatched() > 0)
+      throw std::runtime_error("the simulation could not finish the step: " + std::to_string(loop.unmatched()) +
+                               " messages were never matched by their other end");
 
     SimResult r;
     r.step_time_s = world.end_time;
