@@ -13,6 +13,7 @@
 #pragma once
 
 #include <array>
+#include <deque>
 #include <map>
 #include <string>
 #include <utility>
@@ -31,9 +32,14 @@ class GpuTime {
   GpuTime(int gpu, int rank) : gpu_(gpu), rank_(rank) {}
 
   // One finished task. Tasks of a stream arrive in the order they ran (each stream runs one task
-  // at a time); the two streams may interleave.
+  // at a time); the two streams may interleave. Exposed communication is folded as soon as the
+  // compute stream has reported past a comm task's end, so a GPU holds only the intervals of the
+  // last few tasks, not its whole step.
   void add(bool compute, const std::string& kind, SlotClass slot, double start, double end);
-  // Folds the intervals into exposed communication and frees them (call once, after the last add).
+  // The same, for a kind name that lives as long as this GpuTime (a string literal, as
+  // to_string(TaskKind) gives): looked up by its address first, with no string compared.
+  void add(bool compute, const char* kind, SlotClass slot, double start, double end);
+  // Folds what is left into exposed communication (call once, after the last add).
   void seal();
 
   int gpu() const { return gpu_; }
@@ -49,7 +55,14 @@ class GpuTime {
   double end_ = 0, compute_busy_ = 0, exposed_comm_ = 0;
   std::array<double, kSlotClasses> by_slot_{};
   std::map<std::string, double> by_kind_;
-  std::vector<std::pair<double, double>> compute_, comm_;
+  std::vector<std::pair<const char*, double*>> kind_by_address_;  // into by_kind_'s (stable) values
+  // Intervals not yet folded: comm tasks whose overlapping compute may still be reported, and
+  // the compute tasks that may overlap them or later comm tasks.
+  std::deque<std::pair<double, double>> compute_, comm_;
+  double compute_reported_until_ = 0;
+
+  void add_interval(bool compute, SlotClass slot, double start, double end);
+  void fold(bool all);
 };
 
 }  // namespace tandem

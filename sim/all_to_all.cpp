@@ -10,13 +10,13 @@ A2AGroup::A2AGroup(const EpLayout& l, int gpu, double tokens, double bytes_per_c
       pattern(&p), bytes_per_token(tokens * bytes_per_copy) {
   const int replica = gpu % l.dp;
   first = replica - replica % ep;
-  share.assign(static_cast<size_t>(ep), 1.0 / gpn);
-  for (int n0 = 0; n0 < ep; n0 += gpn) {
-    double total = 0;
-    for (int j = n0; j < n0 + gpn; ++j) total += p.gpu_hit[static_cast<size_t>(j)];
-    if (total > 0)
-      for (int j = n0; j < n0 + gpn; ++j) share[static_cast<size_t>(j)] = p.gpu_hit[static_cast<size_t>(j)] / total;
-  }
+}
+
+double A2AGroup::ib_share(int member) const {
+  const int n0 = member - member % gpn;
+  double total = 0;
+  for (int j = n0; j < n0 + gpn; ++j) total += pattern->gpu_hit[static_cast<size_t>(j)];
+  return total > 0 ? pattern->gpu_hit[static_cast<size_t>(member)] / total : 1.0 / gpn;
 }
 
 std::vector<A2AFlow> all_to_all_flows(const EpLayout& l, const A2AGroup& g, int me, bool per_pair) {

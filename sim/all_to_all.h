@@ -34,7 +34,6 @@ struct A2AGroup {
   int ep = 1, gpn = 1, nodes = 1;
   const RoutingPattern* pattern = nullptr;
   double bytes_per_token = 0;  // tokens each member sends x bytes per copy
-  std::vector<double> share;   // per_pair: member j's share of its node's IB bytes
 
   A2AGroup(const EpLayout& l, int gpu, double tokens, double bytes_per_copy, const RoutingPattern& p);
   int gpu(const EpLayout& l, int member) const { return l.gpu(rank, first + member); }
@@ -42,7 +41,8 @@ struct A2AGroup {
   // arrival GPU forwards to member j (the copies for j's experts).
   double ib(int node) const { return bytes_per_token * pattern->node_hit[static_cast<size_t>(node)]; }
   double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[static_cast<size_t>(member)]; }
-  double ib_share(int member) const { return share[static_cast<size_t>(member)]; }
+  // per_pair: member j's share of its node's IB bytes (its copies over its node's).
+  double ib_share(int member) const;
 };
 
 // Member `me`'s flows as a source (and the NVLink legs its arrivals forward). `per_pair`: one IB

@@ -14,6 +14,7 @@
 #include <limits>
 #include <memory>
 #include <tuple>
+#include <unordered_map>
 
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
@@ -66,6 +67,7 @@ struct World {
   std::vector<std::vector<double>> compute_seconds;
   const Topology* topo = nullptr;
   std::map<std::tuple<int, int, double>, A2APlan> a2a_plans;  // (rank, block, bytes per copy)
+  std::vector<std::vector<const A2APlan*>> a2a_plan_of_task;  // per rank, per task: found once
   const Workload* workload = nullptr;
   bool skewed = false;  // routing differs per member: per-member expert loads
   double noise = 0;     // routing.noise: per micro-batch variation of every GPU's routed rows
@@ -83,7 +85,7 @@ struct World {
     std::vector<double> arrive;  // per member
     std::vector<std::pair<EventLoop::Listener*, size_t>> waiting;  // who has arrived, as which member
   };
-  std::map<std::tuple<int, int, int>, Rendezvous> rendezvous;
+  std::unordered_map<uint64_t, Rendezvous> rendezvous;  // by (rank, first member, task)
   // Results.
   std::vector<GpuTime> gpu_time;  // per GPU (those simulated): where its step went
   std::vector<TraceEvent> events;
@@ -96,12 +98,15 @@ struct World {
 // An all-to-all's analytic plan, once per (rank, block, bytes per copy): EP groups of one rank
 // route over disjoint, isomorphic links and share the layer's RoutingPattern, so the first
 // group's figures stand for all of them.
-const A2APlan& analytic_all_to_all(World& w, const A2AGroup& g, int block, double bytes_per_copy) {
+const A2APlan& analytic_all_to_all(World& w, const A2AGroup& g, int task, int block, double bytes_per_copy) {
+  const A2APlan*& found = w.a2a_plan_of_task[static_cast<size_t>(g.rank)][static_cast<size_t>(task)];
+  if (found != nullptr) return *found;
   const auto key = std::make_tuple(g.rank, block, bytes_per_copy);
   auto it = w.a2a_plans.find(key);
-  if (it != w.a2a_plans.end()) return it->second;
-  return w.a2a_plans.emplace(key, plan_all_to_all(w.layout, *w.topo, g, w.a2a->ib_efficiency, w.a2a->nvlink_efficiency))
-      .first->second;
+  if (it == w.a2a_plans.end())
+    it = w.a2a_plans.emplace(key, plan_all_to_all(w.layout, *w.topo, g, w.a2a->ib_efficiency, w.a2a->nvlink_efficiency)).first;
+  found = &it->second;
+  return *found;
 }
 
 // The replicated tier's ring collective, pipelined: (n-1)/n of the bytes over the slowest hop of
@@ -259,7 +264,7 @@ class GpuRunner final : public EventLoop::Listener {
   // task ends then. A member is ready to transfer once its own kernels before the transfer
   // (`prefix`) are done.
   void meet(const A2AGroup& g, int task, const A2APlan& plan, double prefix, double scale) {
-    const auto key = std::make_tuple(rank_, g.first, task);
+    const uint64_t key = (static_cast<uint64_t>(rank_) << 48) | (static_cast<uint64_t>(g.first) << 24) | static_cast<uint64_t>(task);
     auto& rv = w_.rendezvous[key];
     if (rv.arrive.empty()) rv.arrive.assign(static_cast<size_t>(g.ep), 0.0);
     const auto member = static_cast<size_t>(replica_ % w_.ep);
@@ -300,12 +305,12 @@ class GpuRunner final : public EventLoop::Listener {
         const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
         const double prefix = w_.compute_seconds[r][ti] / w_.speed(gpu_), scale = w_.transfer_scale[r][ti];
         if (w_.options->fidelity == Fidelity::replicated) {
-          const double transfer = analytic_all_to_all(w_, group, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
+          const double transfer = analytic_all_to_all(w_, group, i, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
           delay(prefix + transfer * scale, i);
           break;
         }
         if (w_.options->fidelity == Fidelity::grouped) {
-          meet(group, i, analytic_all_to_all(w_, group, t.block, work.bytes_per_copy), prefix, scale);
+          meet(group, i, analytic_all_to_all(w_, group, i, t.block, work.bytes_per_copy), prefix, scale);
           break;
         }
         if (prefix > 0) {
@@ -445,6 +450,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
         routed.push_back(c.routed_seconds);
         scale.push_back(c.transfer_scale);
       }
+      world.a2a_plan_of_task.emplace_back(works.size(), nullptr);
       world.work.push_back(std::move(works));
       world.compute_seconds.push_back(std::move(seconds));
       world.routed_seconds.push_back(std::move(routed));
