@@ -85,19 +85,33 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
       for (int64_t g = 0; g < s.gpus; ++g) order[static_cast<size_t>(g)] = g;
       auto total = [&](int64_t g) { return r.waited_on_a2a_s[static_cast<size_t>(g)] + r.waited_on_pp_s[static_cast<size_t>(g)]; };
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return total(a) > total(b); });
-      const std::vector<double> speed = s.faults.any() ? s.faults.gpu_speed(s.gpus) : std::vector<double>();
+      const std::vector<double> speed = s.faults.slow_kernels() ? s.faults.gpu_speed(s.gpus) : std::vector<double>();
+      // A GPU's NIC as the faults leave it: "down" (its own, or its plane on a multi-plane
+      // fabric, where NIC j of a node is on plane j), "slow", or "" when healthy.
+      const NetworkFaults& net = s.faults.network;
+      auto listed = [](const std::vector<int>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+      auto nic_state = [&](int64_t g) -> std::string {
+        const int64_t local = g % s.cluster.gpus_per_node;
+        if (listed(net.failed_nics, g) || (s.cluster.fabric.planes > 1 && listed(net.failed_planes, local))) return "down";
+        if (net.nic_speed != 1 && listed(net.slow_nics, g)) return "slow";
+        return "";
+      };
       t += "Who waits on whom: the GPUs others waited for longest (EP-group members at all-to-alls it reached last,\n"
            "the next pipeline rank at receives of its sends), per step\n";
       for (size_t k = 0; k < order.size() && k < 8 && total(order[k]) > 0; ++k) {
         const int64_t g = order[k], rank = g / s.plan.dp, replica = g % s.plan.dp;
         const double sp = speed.empty() ? 1.0 : speed[static_cast<size_t>(g)];
+        const std::string nic = nic_state(g);
+        std::string marks = sp != 1 ? strprintf(" [slow: %.2fx]", sp) : "";
+        if (nic == "down") marks += " [NIC down]";
+        if (nic == "slow") marks += strprintf(" [NIC at %.2fx]", net.nic_speed);
         t += strprintf("  GPU %5lld (rank %2lld, EP group %3lld, member %2lld)%s: %s at all-to-alls, %s at pipeline receives\n",
                        static_cast<long long>(g), static_cast<long long>(rank), static_cast<long long>(replica / s.plan.ep),
-                       static_cast<long long>(replica % s.plan.ep), sp != 1 ? strprintf(" [slow: %.2fx]", sp).c_str() : "",
+                       static_cast<long long>(replica % s.plan.ep), marks.c_str(),
                        format_seconds(r.waited_on_a2a_s[static_cast<size_t>(g)]).c_str(),
                        format_seconds(r.waited_on_pp_s[static_cast<size_t>(g)]).c_str());
         waits.push_back({{"gpu", g}, {"rank", rank}, {"ep_group", replica / s.plan.ep}, {"member", replica % s.plan.ep},
-                         {"speed", sp}, {"waited_on_at_all_to_alls_s", r.waited_on_a2a_s[static_cast<size_t>(g)]},
+                         {"speed", sp}, {"nic", nic.empty() ? "ok" : nic}, {"waited_on_at_all_to_alls_s", r.waited_on_a2a_s[static_cast<size_t>(g)]},
                          {"waited_on_at_pipeline_s", r.waited_on_pp_s[static_cast<size_t>(g)]}});
       }
     }

@@ -9,9 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "scenarios/memory.h"
 #include "scenarios/stage_partition.h"
+#include "topologies/topology.h"
 
 namespace tandem {
 
@@ -399,6 +401,28 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
       f->fail("slow_speed", "slow GPUs need their speed (e.g. slow_speed: 0.8 for kernels at 80% of nominal)");
     s.faults.slow_speed = f->number_or("slow_speed", 1.0, 0.01, 1.0);
     s.faults.seed = static_cast<uint64_t>(f->integer_or("seed", 1, 0, int64_t{1} << 62));
+    auto ints = [](const std::vector<int64_t>& v) { return std::vector<int>(v.begin(), v.end()); };
+    NetworkFaults& net = s.faults.network;
+    net.failed_planes = ints(f->integer_list_or("failed_planes", 0, s.cluster.fabric.planes - 1));
+    if (!net.failed_planes.empty() && s.cluster.fabric.planes == 1)
+      f->fail("failed_planes", "the fabric has a single plane: with it down no node reaches another");
+    if (static_cast<int64_t>(std::set<int>(net.failed_planes.begin(), net.failed_planes.end()).size()) >= s.cluster.fabric.planes)
+      f->fail("failed_planes", "every plane of the fabric would be down");
+    net.failed_nics = ints(f->integer_list_or("failed_nics", 0, s.gpus - 1));
+    net.slow_nics = ints(f->integer_list_or("slow_nics", 0, s.gpus - 1));
+    if (!net.slow_nics.empty() && !f->has("nic_speed"))
+      f->fail("nic_speed", "slow NICs need their speed (e.g. nic_speed: 0.5 for a NIC at half its line rate)");
+    net.nic_speed = f->number_or("nic_speed", 1.0, 0.01, 1.0);
+    if (net.any()) {
+      // The routes around failed NICs and planes must exist (the Topology checks every pair).
+      ClusterCard used = s.cluster;
+      used.nodes = std::max<int64_t>(1, (s.gpus + used.gpus_per_node - 1) / used.gpus_per_node);
+      try {
+        const Topology check(used, net);
+      } catch (const std::invalid_argument& e) {
+        f->fail(net.failed_nics.empty() ? "failed_planes" : "failed_nics", e.what());
+      }
+    }
     f->finish();
   }
   r.finish();

@@ -21,6 +21,7 @@
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
 #include "topologies/cluster_card.h"
+#include "topologies/network_faults.h"
 
 namespace tandem {
 
@@ -71,15 +72,19 @@ struct RoutingSpec {
   double noise = 0;
 };
 
-// What-ifs of a degraded cluster: stragglers, GPUs whose kernels run at `slow_speed` x their
+// What-ifs of a degraded cluster. Stragglers: GPUs whose kernels run at `slow_speed` x their
 // nominal rate (an SM clock or thermal throttle; transfers are not slowed) — the GPUs listed, and
-// a seeded fraction of all GPUs. Only the tiers that simulate every GPU model them.
+// a seeded fraction of all GPUs. The fabric: NICs or whole planes down (routes go around them,
+// topologies/topology.h), NICs at `nic_speed` of their line rate (a link trained down). Only the
+// tiers that simulate every GPU model them.
 struct FaultSpec {
   std::vector<int64_t> slow_gpus;
   double slow_fraction = 0;
   double slow_speed = 1;
   uint64_t seed = 1;
-  bool any() const { return (!slow_gpus.empty() || slow_fraction > 0) && slow_speed != 1; }
+  NetworkFaults network;
+  bool slow_kernels() const { return (!slow_gpus.empty() || slow_fraction > 0) && slow_speed != 1; }
+  bool any() const { return slow_kernels() || network.any(); }
   // Every GPU's kernel speed factor (1: nominal), for a cluster of `gpus` GPUs.
   std::vector<double> gpu_speed(int64_t gpus) const;
 };

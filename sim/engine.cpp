@@ -66,7 +66,9 @@ struct World {
   // they run on their own stream before the transfer (casts, DeepEP's notify/layout).
   std::vector<std::vector<double>> compute_seconds;
   const Topology* topo = nullptr;
-  std::map<std::tuple<int, int, double>, A2APlan> a2a_plans;  // (rank, block, bytes per copy)
+  // (rank, EP group's first member, block, bytes per copy); the group is 0 unless the fabric has
+  // faults (then groups differ).
+  std::map<std::tuple<int, int, int, double>, A2APlan> a2a_plans;
   std::vector<std::vector<const A2APlan*>> a2a_plan_of_task;  // per rank, per task: found once
   const Workload* workload = nullptr;
   bool skewed = false;  // routing differs per member: per-member expert loads
@@ -97,16 +99,18 @@ struct World {
 
 // An all-to-all's analytic plan, once per (rank, block, bytes per copy): EP groups of one rank
 // route over disjoint, isomorphic links and share the layer's RoutingPattern, so the first
-// group's figures stand for all of them.
+// group's figures stand for all of them — unless NICs or planes are down or slow, which makes
+// groups differ: then once per group.
 const A2APlan& analytic_all_to_all(World& w, const A2AGroup& g, int task, int block, double bytes_per_copy) {
-  const A2APlan*& found = w.a2a_plan_of_task[static_cast<size_t>(g.rank)][static_cast<size_t>(task)];
-  if (found != nullptr) return *found;
-  const auto key = std::make_tuple(g.rank, block, bytes_per_copy);
+  const bool per_group = w.topo->faults().any();
+  const A2APlan** found = per_group ? nullptr : &w.a2a_plan_of_task[static_cast<size_t>(g.rank)][static_cast<size_t>(task)];
+  if (found != nullptr && *found != nullptr) return **found;
+  const auto key = std::make_tuple(g.rank, per_group ? g.first : 0, block, bytes_per_copy);
   auto it = w.a2a_plans.find(key);
   if (it == w.a2a_plans.end())
     it = w.a2a_plans.emplace(key, plan_all_to_all(w.layout, *w.topo, g, w.a2a->ib_efficiency, w.a2a->nvlink_efficiency)).first;
-  found = &it->second;
-  return *found;
+  if (found != nullptr) *found = &it->second;
+  return it->second;
 }
 
 // The replicated tier's ring collective, pipelined: (n-1)/n of the bytes over the slowest hop of
@@ -424,14 +428,14 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
                         "the replicated tier assumes identical replicas; routing.noise (per micro-batch variation) needs grouped, aggregated or per_pair");
     if (s.faults.any() && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
-                        "the replicated tier assumes identical replicas; slow GPUs (faults) need grouped, aggregated or per_pair");
+                        "the replicated tier assumes identical replicas; faults (slow GPUs, NICs or planes) need grouped, aggregated or per_pair");
     World world;
     world.program = &prog;
     world.workload = &w;
     world.skewed = skewed;
     world.noise = s.routing.noise;
     world.seed = s.routing.seed;
-    if (s.faults.any()) world.gpu_speed = s.faults.gpu_speed(s.gpus);
+    if (s.faults.slow_kernels()) world.gpu_speed = s.faults.gpu_speed(s.gpus);
     world.waited_on_a2a.assign(static_cast<size_t>(s.gpus), 0.0);
     world.waited_on_pp.assign(static_cast<size_t>(s.gpus), 0.0);
     world.options = &o;
@@ -460,7 +464,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     // The cluster: only the nodes the scenario uses.
     ClusterCard card = s.cluster;
     card.nodes = std::max<int64_t>(1, (s.gpus + card.gpus_per_node - 1) / card.gpus_per_node);
-    const Topology topo(card);
+    const Topology topo(card, s.faults.network);
     int argc = 1;
     char arg0[] = "tandem";
     char* argv[] = {arg0, nullptr};

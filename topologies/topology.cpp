@@ -62,7 +62,7 @@ const char* to_string(LinkKind k) {
   return "?";
 }
 
-Topology::Topology(const ClusterCard& card) : card_(card) {
+Topology::Topology(const ClusterCard& card, const NetworkFaults& faults) : card_(card), faults_(faults) {
   if (card.nodes < 1 || card.gpus_per_node < 1 || card.nics_per_gpu < 1 ||
       card.fabric.planes < 1 || card.fabric.switch_radix < 2 || card.nics() > (int64_t{1} << 24) ||
       card.nics() % card.fabric.planes != 0)
@@ -134,6 +134,86 @@ Topology::Topology(const ClusterCard& card) : card_(card) {
     for (int l = 0; l < leaves_per_plane_; ++l)
       for (int s = 0; s < spines_per_plane_; ++s)
         add_link(leaf_vertex(p, l), spine_vertex(p, s), LinkKind::uplink, p, nic_bw, up_lat);
+  if (faults_.any()) apply_faults();
+}
+
+void Topology::apply_faults() {
+  auto gpu_ok = [&](int g, const char* what) {
+    if (g < 0 || g >= count_[0])
+      throw std::invalid_argument(std::string(what) + ": gpu " + std::to_string(g) + " is not in the cluster (" +
+                                  std::to_string(count_[0]) + " GPUs)");
+  };
+  nic_down_.assign(static_cast<size_t>(count_[2]), 0);
+  for (int p : faults_.failed_planes) {
+    if (planes_ == 1)
+      throw std::invalid_argument("failed_planes: the fabric has a single plane; with it down no node reaches another");
+    if (p < 0 || p >= planes_)
+      throw std::invalid_argument("failed_planes: plane " + std::to_string(p) + " is not in the fabric (planes 0.." +
+                                  std::to_string(planes_ - 1) + ")");
+    for (int n = 0; n < count_[2]; ++n)
+      if (nic_plane(n) == p) nic_down_[static_cast<size_t>(n)] = 1;
+  }
+  for (int g : faults_.failed_nics) {
+    gpu_ok(g, "failed_nics");
+    for (int k = 0; k < nics_per_gpu_; ++k) nic_down_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))] = 1;
+  }
+  if (faults_.nic_speed != 1)
+    for (int g : faults_.slow_nics) {
+      gpu_ok(g, "slow_nics");
+      if (!(faults_.nic_speed > 0 && faults_.nic_speed <= 1))
+        throw std::invalid_argument("nic_speed: " + std::to_string(faults_.nic_speed) + " is not in (0, 1]");
+      for (int k = 0; k < nics_per_gpu_; ++k) {
+        const int physical = nic_up_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))];
+        for (int dir = 0; dir < 2; ++dir) {
+          Link& l = links_[static_cast<size_t>(2 * physical + dir)];
+          l.bandwidth = card_.nic_gbytes_s() * 1e9 * faults_.nic_speed;
+        }
+      }
+    }
+  // Every pair of nodes needs a route; only a node with a NIC down can lack one (O(nodes) per
+  // such node).
+  std::vector<int> hurt;
+  for (int node = 0; node < nodes_; ++node)
+    for (int j = 0; j < nics_per_node_; ++j)
+      if (nic_down_[static_cast<size_t>(node * nics_per_node_ + j)] != 0) {
+        hurt.push_back(node);
+        break;
+      }
+  for (int a : hurt)
+    for (int b = 0; b < nodes_; ++b) {
+      if (a == b) continue;
+      for (int k = 0; k < nics_per_gpu_; ++k)
+        for (auto [x, y] : {std::pair{a, b}, std::pair{b, a}})
+          if (sending_local(x, 0, y, k) < 0)
+            throw std::invalid_argument("failed NICs and planes leave node " + std::to_string(x) + " without a route to node " +
+                                        std::to_string(y) + " (no plane with a working NIC on both)");
+    }
+}
+
+int Topology::sending_local(int src_node, int src_local, int dst_node, int k) const {
+  if (nic_down_.empty()) return src_local;
+  if (planes_ > 1) {
+    // Both ends on one plane: the source's own when it is up at both ends, else one of the
+    // planes up at both, chosen by the destination node so that the detoured traffic spreads
+    // over the healthy planes rather than doubling one.
+    if (nic_up(nic_of(src_node, src_local, k)) && nic_up(nic_of(dst_node, src_local, k))) return src_local;
+    int healthy[64], n = 0;
+    for (int q = 1; q < gpus_per_node_ && n < 64; ++q) {
+      const int local = (src_local + q) % gpus_per_node_;
+      if (nic_up(nic_of(src_node, local, k)) && nic_up(nic_of(dst_node, local, k))) healthy[n++] = local;
+    }
+    return n == 0 ? -1 : healthy[dst_node % n];
+  }
+  return receiving_local(src_node, src_local, k);  // single plane: each end on its own
+}
+
+int Topology::receiving_local(int node, int wanted_local, int k) const {
+  if (nic_down_.empty()) return wanted_local;
+  for (int q = 0; q < gpus_per_node_; ++q) {
+    const int local = (wanted_local + q) % gpus_per_node_;
+    if (nic_up(nic_of(node, local, k))) return local;
+  }
+  return -1;
 }
 
 int Topology::add_link(int a, int b, LinkKind kind, int plane, double bandwidth, double latency) {
@@ -239,13 +319,22 @@ Route Topology::route(int src_gpu, int dst_gpu) const {
     append(r, 2 * nvlink_[static_cast<size_t>(dst_gpu)] + 1);
     return r;
   }
-  r.links.reserve(8);
+  r.links.reserve(10);
   const int k = dst_node % nics_per_gpu_;
-  const int src_nic = src_node * nics_per_node_ + src_local * nics_per_gpu_ + k;
-  // Multi-plane: the receiving GPU is the one with the source's local index (same plane).
-  const int recv_local = planes_ > 1 ? src_local : dst_local;
+  // Multi-plane: the receiving GPU is the one with the sender's local index (same plane).
+  const int send_local = sending_local(src_node, src_local, dst_node, k);
+  const int recv_local = planes_ > 1 ? send_local : receiving_local(dst_node, dst_local, k);
+  if (send_local < 0 || recv_local < 0)
+    throw std::invalid_argument("Topology::route: no route from gpu" + std::to_string(src_gpu) + " to gpu" +
+                                std::to_string(dst_gpu) + " around the failed NICs and planes");
+  const int send_gpu = src_node * gpus_per_node_ + send_local;
   const int recv_gpu = dst_node * gpus_per_node_ + recv_local;
-  const int recv_nic = dst_node * nics_per_node_ + recv_local * nics_per_gpu_ + k;
+  const int src_nic = nic_of(src_node, send_local, k), recv_nic = nic_of(dst_node, recv_local, k);
+  if (send_gpu != src_gpu) {  // around this GPU's failed NIC or plane
+    r.source_relay_gpu = send_gpu;
+    append(r, 2 * nvlink_[static_cast<size_t>(src_gpu)]);
+    append(r, 2 * nvlink_[static_cast<size_t>(send_gpu)] + 1);
+  }
   append(r, 2 * pcie_[static_cast<size_t>(src_nic)]);
   append_ib(r, src_nic, recv_nic);
   append(r, 2 * pcie_[static_cast<size_t>(recv_nic)] + 1);

@@ -40,6 +40,7 @@
 #include <boost/graph/adjacency_list.hpp>
 
 #include "topologies/cluster_card.h"
+#include "topologies/network_faults.h"
 
 namespace tandem {
 
@@ -71,6 +72,7 @@ struct Route {
   double bottleneck_bandwidth = std::numeric_limits<double>::infinity();  // bytes/s, the minimum
   int hops = 0;        // number of links (links.size())
   int relay_gpu = -1;  // the GPU that forwards over NVLink on a cross-plane route, else -1
+  int source_relay_gpu = -1;  // around a failed NIC or plane: the GPU whose NIC sends instead
 };
 
 class Topology {
@@ -88,7 +90,11 @@ class Topology {
                                       VertexProps, EdgeProps>;
 
   // Builds the graph. The card must be valid (read_cluster_card checks it); O(vertices + links).
-  explicit Topology(const ClusterCard& card);
+  // With faults, failed NICs and planes carry nothing and routes go around them (see route());
+  // throws std::invalid_argument, saying why, when a fault names a plane or GPU the card does
+  // not have or leaves some pair of nodes without a route. links() carry the faults (a slow
+  // NIC's bandwidth); graph() and bisection_bandwidth() describe the healthy fabric.
+  explicit Topology(const ClusterCard& card, const NetworkFaults& faults = {});
 
   const ClusterCard& card() const { return card_; }
   const Graph& graph() const { return graph_; }
@@ -129,8 +135,15 @@ class Topology {
   //   IB path: NIC -> leaf -> NIC on the same leaf; else NIC -> leaf -> spine -> leaf -> NIC with
   //     the spine chosen by d-mod-k: destination NIC's position in the plane mod spines_per_plane
   //     (the destination node index on a multi-plane fabric).
+  // Around faults (a NIC or its plane down): multi-plane, the route takes a plane whose NICs
+  //     are up on both nodes — of those after the source's (in local-index order), the one at
+  //     destination node mod their count, so detours spread over the healthy planes — NVLink to
+  //     the GPU of that local index first, IB on its plane, then NVLink to the destination, as
+  //     NCCL's PXN relays; single plane, a failed NIC's traffic goes through the next GPU of its
+  //     node with a working NIC, at either end.
   // Deterministic, computed arithmetically (no search). Throws std::out_of_range on bad GPUs.
   Route route(int src_gpu, int dst_gpu) const;
+  const NetworkFaults& faults() const { return faults_; }
 
   // True when every vertex is reachable from every other (BFS over the graph, whose links all
   // come in both directions, so this is connectivity of the undirected view).
@@ -152,6 +165,12 @@ class Topology {
 
  private:
   int add_link(int a, int b, LinkKind kind, int plane, double bandwidth, double latency);
+  void apply_faults();
+  bool nic_up(int nic) const { return nic_down_.empty() || nic_down_[static_cast<size_t>(nic)] == 0; }
+  int nic_of(int node, int local, int k) const { return node * nics_per_node_ + local * nics_per_gpu_ + k; }
+  // The local index whose NIC k carries a route between these nodes (see route()), or -1.
+  int sending_local(int src_node, int src_local, int dst_node, int k) const;
+  int receiving_local(int dst_node, int wanted_local, int k) const;
   int nic_plane(int nic) const;
   int nic_position(int nic) const;
   int nic_leaf(int nic) const { return nic_position(nic) / half_radix_; }
@@ -160,6 +179,8 @@ class Topology {
   void append_ib(Route& r, int src_nic, int dst_nic) const;
 
   ClusterCard card_;
+  NetworkFaults faults_;
+  std::vector<char> nic_down_;  // per NIC, with faults: 1 when it or its plane is down
   Graph graph_;
   std::vector<VertexKind> kinds_;
   std::vector<Link> links_;  // by directed id

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <set>
 #include <stdexcept>
 #include <string>
 
@@ -52,7 +53,15 @@ void check_route(const Topology& t, int src, int dst) {
     CHECK(t.graph()[e].link == k.id);
     if (i + 1 < r.links.size()) CHECK(k.head == r.links[i + 1].tail);
     // Only GPUs at the ends or a relay GPU in the middle.
-    if (i > 0 && t.kind(k.tail) == VertexKind::gpu) CHECK(k.tail == t.gpu_vertex(r.relay_gpu));
+    // Only GPUs at the ends or relay GPUs in the middle.
+    if (i > 0 && t.kind(k.tail) == VertexKind::gpu)
+      CHECK(((r.relay_gpu >= 0 && k.tail == t.gpu_vertex(r.relay_gpu)) ||
+             (r.source_relay_gpu >= 0 && k.tail == t.gpu_vertex(r.source_relay_gpu))));
+    // Nothing through a failed plane or NIC (one NIC per GPU: NIC index = GPU index).
+    if (k.kind == LinkKind::nic || k.kind == LinkKind::uplink)
+      for (int p : t.faults().failed_planes) CHECK(k.plane != p);
+    if (k.kind == LinkKind::nic && t.card().nics_per_gpu == 1)
+      for (int g : t.faults().failed_nics) CHECK((k.tail != t.nic_vertex(g) && k.head != t.nic_vertex(g)));
     latency += k.latency;
     bottleneck = std::min(bottleneck, k.bandwidth);
   }
@@ -213,6 +222,62 @@ TEST_CASE("single-plane rail-optimised fat tree", "[topology]") {
   for (int src = 0; src < 2048; src += 97)
     for (int dst = 0; dst < 2048; dst += 31) check_route(t, src, dst);
   CHECK(t.bisection_bandwidth() == Approx(51.2e12).epsilon(1e-9));
+}
+
+TEST_CASE("routes around failed planes and NICs", "[topology]") {
+  ClusterCard c = h800_with([](YAML::Node& n) {
+    n["nodes"] = 30;
+    n["fabric"]["switch_radix"] = 8;
+  });
+  SECTION("a failed plane: detours over the healthy planes, relayed over NVLink at both ends") {
+    NetworkFaults f;
+    f.failed_planes = {0};
+    const Topology t(c, f);
+    for (int s = 0; s < t.num_gpus(); s += 3)
+      for (int d = 0; d < t.num_gpus(); d += 5) check_route(t, s, d);
+    // GPU 0 (plane 0) to GPU 8 (node 1, plane 0): NVLink to a GPU of another plane on node 0,
+    // IB on that plane, NVLink to GPU 8.
+    const Route r = t.route(0, 8);
+    REQUIRE(r.source_relay_gpu >= 1);
+    REQUIRE(r.source_relay_gpu < 8);
+    CHECK(r.relay_gpu == 8 + r.source_relay_gpu);
+    // The detours spread: destinations on different nodes use different planes.
+    std::set<int> planes;
+    for (int node = 1; node < 30; ++node) planes.insert(t.route(0, node * 8).source_relay_gpu);
+    CHECK(planes.size() == 7);
+    // Healthy planes keep their direct routes.
+    CHECK(t.route(1, 9).source_relay_gpu == -1);
+    CHECK(t.route(1, 9).relay_gpu == -1);
+  }
+  SECTION("a failed NIC: its GPU's traffic goes through a node neighbour, both ways") {
+    NetworkFaults f;
+    f.failed_nics = {9};
+    const Topology t(c, f);
+    for (int s = 0; s < t.num_gpus(); s += 3) check_route(t, s, 9), check_route(t, 9, s);
+    CHECK(t.route(9, 17).source_relay_gpu / 8 == 1);
+    CHECK(t.route(17, 9).relay_gpu / 8 == 1);
+    CHECK(t.route(17, 9).relay_gpu != 9);
+    CHECK(t.route(0, 8).source_relay_gpu == -1);  // other planes' routes are untouched
+  }
+  SECTION("a slow NIC runs at its fraction of the line rate") {
+    NetworkFaults f;
+    f.slow_nics = {9};
+    f.nic_speed = 0.5;
+    const Topology t(c, f);
+    CHECK(t.route(9, 17).bottleneck_bandwidth == Approx(25e9));
+    CHECK(t.route(1, 17).bottleneck_bandwidth == Approx(50e9));
+  }
+  SECTION("faults that leave no route, or name what is not there") {
+    NetworkFaults f;
+    f.failed_nics = {0, 1, 2, 3, 4, 5, 6, 7};  // node 0 cut off
+    CHECK_THROWS_WITH(Topology(c, f), Catch::Contains("without a route"));
+    NetworkFaults g;
+    g.failed_planes = {8};
+    CHECK_THROWS_WITH(Topology(c, g), Catch::Contains("plane 8 is not in the fabric"));
+    NetworkFaults h;
+    h.failed_nics = {240};
+    CHECK_THROWS_WITH(Topology(c, h), Catch::Contains("gpu 240 is not in the cluster"));
+  }
 }
 
 TEST_CASE("two NICs per GPU", "[topology]") {
