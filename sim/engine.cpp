@@ -471,6 +471,10 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     sg4::Engine engine(&argc, argv);
     world.topo = &topo;
     SimgridPlatform platform(engine, topo, kHostSpeed, SimgridPlatformOptions{});
+    // The event loop's carrier actors (sim/event_loop.h) only post a comm and wait: small stacks
+    // (SimGrid's default is 8 MiB of address space each, and there is a carrier per flow end
+    // in flight at once — tens of thousands in the per-pair tier at 512 GPUs).
+    sg4::Engine::set_config("contexts/stack-size:256");
     const int gpus = static_cast<int>(s.gpus);
     world.gpu_time.resize(static_cast<size_t>(gpus));
     // The GPUs simulated: all of them, or replica 0 of every pipeline rank.

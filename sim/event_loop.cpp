@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -14,38 +13,70 @@ namespace sg4 = simgrid::s4u;
 namespace tandem {
 
 struct EventLoop::Flow {
-  sg4::CommPtr comm;
   End send, receive;
   double began = 0;
 };
 
+// One end of a flow: which, and the comm that carries it.
+struct EventLoop::FlowEnd {
+  bool sending = false;
+  int slot = -1;
+  uint64_t bytes = 0;
+};
+
+// The ends of flows a GPU's host started at one moment, carried together (see the header).
+struct EventLoop::Carrier {
+  EventLoop* loop = nullptr;
+  int gpu = -1;
+  sg4::ActorPtr actor;
+  bool stop = false;
+  std::vector<FlowEnd> ends;
+};
+
 namespace {
 constexpr double kNever = std::numeric_limits<double>::infinity();
-// The loop whose flows SimGrid is running: its completion signal is process-wide.
-EventLoop* running = nullptr;
+int payload = 0;  // what a flow's comm carries: only its simulated size matters
 }  // namespace
+
+// A carrier actor: a plain function, as in SimGrid's examples. It posts its batch of flow ends
+// and waits for each; its list of activities holds that batch only.
+void EventLoop::carry(Carrier* c) {
+  std::vector<sg4::ActivityPtr> comms;
+  std::vector<FlowEnd> ends;
+  std::vector<int*> received;
+  while (!c->stop) {
+    ends.swap(c->ends);
+    c->ends.clear();
+    comms.clear();
+    received.assign(ends.size(), nullptr);
+    for (size_t i = 0; i < ends.size(); ++i) {
+      sg4::Mailbox* mailbox = c->loop->flow_mailboxes_[static_cast<size_t>(ends[i].slot)];
+      if (ends[i].sending)
+        comms.push_back(mailbox->put_async(&payload, ends[i].bytes));
+      else
+        comms.push_back(mailbox->get_async<int>(&received[i]));
+    }
+    while (!comms.empty()) {
+      const auto i = static_cast<size_t>(sg4::Activity::wait_any(comms));
+      if (!ends[i].sending) c->loop->completed_.push_back(ends[i].slot);
+      comms.erase(comms.begin() + static_cast<ptrdiff_t>(i));
+      ends.erase(ends.begin() + static_cast<ptrdiff_t>(i));
+      received.erase(received.begin() + static_cast<ptrdiff_t>(i));
+    }
+    c->loop->idle_carriers_[static_cast<size_t>(c->gpu)].push_back(c);
+    sg4::this_actor::suspend();  // until the loop gives it the next batch, or stops it
+  }
+}
 
 uint64_t EventLoop::key(Channel c, int a, int b) {
   if (a < 0 || b < 0) throw std::logic_error("EventLoop::key: negative id");
   return (static_cast<uint64_t>(c) << 62) | (static_cast<uint64_t>(a) << 31) | static_cast<uint64_t>(b);
 }
 
-EventLoop::EventLoop(sg4::Engine& engine, std::vector<sg4::Host*> hosts) : engine_(engine), hosts_(std::move(hosts)) {
-  static std::once_flag connected;
-  std::call_once(connected, [] {
-    sg4::Activity::on_completion_cb([](const sg4::Activity& a) {
-      // Only this loop starts activities; the slot travels as the activity's data (plus one,
-      // so that no slot reads as null).
-      if (running != nullptr) running->on_completion(static_cast<int>(reinterpret_cast<intptr_t>(a.get_data<void>()) - 1));
-    });
-  });
-}
+EventLoop::EventLoop(sg4::Engine& engine, std::vector<sg4::Host*> hosts)
+    : engine_(engine), hosts_(std::move(hosts)), idle_carriers_(hosts_.size()), batch_(hosts_.size()) {}
 
-EventLoop::~EventLoop() {
-  if (running == this) running = nullptr;
-}
-
-void EventLoop::on_completion(int flow) { running->completed_.push_back(flow); }
+EventLoop::~EventLoop() = default;
 
 void EventLoop::at(double time, Listener* who, int task, int tag) {
   timers_.push(Timer{std::max(time, now_), next_order_++, who, task, tag});
@@ -99,6 +130,7 @@ void EventLoop::start_flow(const End& send, const End& receive) {
   if (free_slots_.empty()) {
     slot = static_cast<int>(flows_.size());
     flows_.emplace_back();
+    flow_mailboxes_.push_back(sg4::Mailbox::by_name("flow/" + std::to_string(slot)));
   } else {
     slot = free_slots_.back();
     free_slots_.pop_back();
@@ -107,11 +139,48 @@ void EventLoop::start_flow(const End& send, const End& receive) {
   f.send = send;
   f.receive = receive;
   f.began = now_;
-  f.comm = sg4::Comm::sendto_async(hosts_.at(static_cast<size_t>(send.gpu)), hosts_.at(static_cast<size_t>(receive.gpu)),
-                                   static_cast<uint64_t>(std::max(send.bytes, 1.0)));
-  f.comm->set_data(reinterpret_cast<void*>(static_cast<intptr_t>(slot) + 1));
+  carry_later(send.gpu, FlowEnd{true, slot, static_cast<uint64_t>(std::max(send.bytes, 1.0))});
+  carry_later(receive.gpu, FlowEnd{false, slot, 0});
   ++in_flight_;
   ++flows_started_;
+}
+
+// Collects the flow ends each GPU starts now; run_woken_carriers hands each GPU's to a carrier.
+void EventLoop::carry_later(int gpu, const FlowEnd& end) {
+  auto& ends = batch_[static_cast<size_t>(gpu)];
+  if (ends.empty()) batched_gpus_.push_back(gpu);
+  ends.push_back(end);
+}
+
+// Gives a GPU's batch to an idle carrier on its host (a new one if none is idle).
+void EventLoop::hand_to_carrier(int gpu) {
+  auto& idle = idle_carriers_.at(static_cast<size_t>(gpu));
+  Carrier* c;
+  const bool fresh = idle.empty();
+  if (fresh) {
+    carriers_.push_back(std::make_unique<Carrier>());
+    c = carriers_.back().get();
+    c->loop = this;
+    c->gpu = gpu;
+  } else {
+    c = idle.back();
+    idle.pop_back();
+  }
+  c->ends.swap(batch_[static_cast<size_t>(gpu)]);
+  batch_[static_cast<size_t>(gpu)].clear();
+  if (fresh)
+    c->actor = sg4::Actor::create("carrier", hosts_.at(static_cast<size_t>(gpu)), [c] { carry(c); });
+  else
+    c->actor->resume();
+}
+
+// Lets the carriers given flows since SimGrid last ran post their comms, at the current time.
+void EventLoop::run_woken_carriers() {
+  if (batched_gpus_.empty()) return;
+  for (int gpu : batched_gpus_) hand_to_carrier(gpu);
+  batched_gpus_.clear();
+  engine_.run_until(sg4::Engine::get_clock());
+  ++network_steps_;
   network_next_known_ = false;
 }
 
@@ -137,7 +206,7 @@ double EventLoop::next_network_event() {
 }
 
 void EventLoop::deliver_completed() {
-  // Taken out first: a delivery may start flows, and SimGrid may finish one as it starts.
+  // Taken out first: a delivery may start flows.
   std::vector<int> done;
   done.swap(completed_);
   now_ = std::max(now_, sg4::Engine::get_clock());
@@ -145,7 +214,6 @@ void EventLoop::deliver_completed() {
     Flow& f = flows_[static_cast<size_t>(slot)];
     const End send = f.send, receive = f.receive;
     const double began = f.began;
-    f.comm = nullptr;  // outside SimGrid's completion signal: the comm may be released now
     free_slots_.push_back(slot);
     --in_flight_;
     if (receive.who != nullptr) receive.who->on_delivered(receive.task, began);
@@ -154,9 +222,9 @@ void EventLoop::deliver_completed() {
 }
 
 void EventLoop::run() {
-  running = this;
   engine_.run_until(0.0);  // seals the platform
   while (true) {
+    run_woken_carriers();
     if (!completed_.empty()) {
       deliver_completed();
       continue;
@@ -174,7 +242,13 @@ void EventLoop::run() {
     ++timers_rung_;
     t.who->on_timer(t.task, t.tag);
   }
-  running = nullptr;
+  // Nothing is in flight: every carrier is idle, suspended. Let them end.
+  for (const auto& c : carriers_) {
+    c->stop = true;
+    c->actor->resume();
+  }
+  engine_.run_until(sg4::Engine::get_clock());
+  carriers_.clear();
 }
 
 }  // namespace tandem
