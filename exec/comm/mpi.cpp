@@ -81,21 +81,34 @@ void append(std::vector<std::byte>& buf, const void* data, std::size_t bytes) {
 
 namespace {
 
-// MPI_Finalize at exit if this process initialised MPI.
+// MPI_Finalize at exit if this process initialised MPI — or MPI_Abort, when a failed world could
+// not be torn down because a peer hangs (MPI_Finalize would wait for it): the error was reported
+// by then, and the abort's code is the failure's exit code.
 struct MpiSession {
   bool initialised_here = false;
+  std::atomic<int> abort_code{0};
   ~MpiSession() {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (initialised_here && !finalized) MPI_Finalize();
+    if (!initialised_here || finalized) return;
+    if (const int code = abort_code.load(); code != 0) MPI_Abort(MPI_COMM_WORLD, code);
+    MPI_Finalize();
   }
 };
+
+MpiSession& session() {
+  static MpiSession s;
+  return s;
+}
+
+// The exit code of a failed rank (tandem's convention: 3).
+constexpr int kFailedRankExitCode = 3;
 
 }  // namespace
 
 void ensure_mpi_initialised(int thread_level) {
   static std::mutex m;
-  static MpiSession session;
+  MpiSession& session = tandem::comm::session();
   std::lock_guard lock(m);
   int initialised = 0;
   check(MPI_Initialized(&initialised), "MPI_Initialized");
@@ -146,9 +159,18 @@ class MpiWorld::Impl final : public Transport {
   }
 
   ~Impl() override {
-    stop_deadline_ = Clock::now() + options_.world_timeout;
+    // A failed world waits for its peers no longer than a call's watchdog: a peer that hangs
+    // (stopped, deadlocked) would otherwise hold the survivors for the whole world_timeout.
+    const bool failed = failure_.failed();
+    stop_deadline_ = Clock::now() + (failed ? std::min(options_.timeout, options_.world_timeout) : options_.world_timeout);
     stop_.store(true, std::memory_order_release);
     progress_.join();
+    if (shutdown_timed_out_ && failed) {
+      // The failure travels on to the caller, who reports it; MPI cannot be finalised with a
+      // peer that does not answer, so the process ends in MPI_Abort at exit, with its code.
+      session().abort_code.store(kFailedRankExitCode);
+      return;
+    }
     if (shutdown_timed_out_) {
       std::fprintf(stderr,
                    "tandem comm: MPI process %d of %d: the world's shutdown timed out after %lld ms waiting "
@@ -297,7 +319,18 @@ class MpiWorld::Impl final : public Transport {
       int count = 0;
       check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
       std::vector<std::byte> buf(static_cast<std::size_t>(count));
-      check(MPI_Mrecv(buf.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "MPI_Mrecv");
+      // Not MPI_Mrecv: a large message from a peer that stops mid-transfer would block this
+      // thread, and with it the world's shutdown, without a deadline.
+      MPI_Request req = MPI_REQUEST_NULL;
+      check(MPI_Imrecv(buf.data(), count, MPI_BYTE, &msg, &req), "MPI_Imrecv");
+      for (int done = 0;;) {
+        check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        if (done) break;
+        if (stop_.load(std::memory_order_acquire) && Clock::now() >= stop_deadline_)
+          throw_transport("MpiWorld", "a message from process " + std::to_string(st.MPI_SOURCE) +
+                                          " did not finish arriving before the world's shutdown deadline");
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
       any = true;
       if (st.MPI_TAG == kAbortTag) {
         std::int32_t r = -1;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "exec/runtime/budget.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/reference.h"
+#include "tests/temp_dir.h"
 #include "tests/test_paths.h"
 
 using namespace tandem;
@@ -366,5 +368,45 @@ TEST_CASE("tiny-dualpipe under mpiexec -n 4 equals the sequential reference", "[
   REQUIRE(j["mtp_loss"].size() >= 1);
   CHECK(j["mtp_loss"][0].get<double>() > 0);
   CHECK(j["world"].get<std::string>().find("MPI") != std::string::npos);
+}
+
+// One process of four stops (SIGSTOP: a hung peer, neither dead nor answering). The others must
+// not wait on it forever: their ranks' watchdog (--timeout-ms) fails the world, they name the
+// rank they waited for in one line, and the job ends with exit 3, although MPI cannot be
+// finalised with the stopped process (the survivors end in MPI_Abort with that code).
+TEST_CASE("a hung MPI peer: the survivors name the rank and exit 3", "[.][runtime_mpi]") {
+  tandem::test::TempDir dir;
+  const std::string out = dir.file("out"), rc = dir.file("rc"), binary = TANDEM_BINARY;
+  // The job's processes are told apart from any other tandem run by their scenario name.
+  const std::string marker = "hung-peer-" + std::to_string(::getpid());
+  const std::string job = std::string(TANDEM_MPIEXEC) + " " + binary + " execute " +
+                          tandem::test::repo("scenarios/tiny-dualpipe.yaml") + " --set name=" + marker +
+                          " --steps 100000 --timeout-ms 3000";
+  const std::string mine = "'^" + binary + " execute .*" + marker + "'";
+  // Stop the last tandem process once the job runs; wait at most 120 s for the job to end; then
+  // clean up whatever is left (the stopped process, were the job to hang).
+  const std::string script =
+      "(" + job + " >'" + out + "' 2>&1; echo $? >'" + rc + "') & "
+      "for i in $(seq 1 300); do n=$(pgrep -f " + mine + " | wc -l); [ \"$n\" -ge 4 ] && break; sleep 0.1; done; "
+      "sleep 2; kill -STOP $(pgrep -f " + mine + " | sort -n | tail -1); "
+      "for i in $(seq 1 1200); do [ -s '" + rc + "' ] && break; sleep 0.1; done; "
+      "pkill -KILL -f " + mine + "; wait; cat '" + rc + "'";
+  const tandem::ProcessRun run = tandem::run_process("sh -c \"" + [&] {
+    std::string e;
+    for (char c : script) {
+      if (c == '"' || c == '\\' || c == '$' || c == '`') e += '\\';
+      e += c;
+    }
+    return e;
+  }() + "\"");
+  std::ifstream in(out);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO(text);
+  REQUIRE(run.out.find('3') == 0);  // the job's exit code
+  // tandem's own lines (mpiexec adds its banners): the failure, naming the rank waited for.
+  size_t lines = 0;
+  for (size_t at = text.find("tandem: "); at != std::string::npos; at = text.find("tandem: ", at + 1)) ++lines;
+  CHECK(lines >= 1);
+  CHECK(text.find("timed out after 3000 ms waiting for rank") != std::string::npos);
 }
 #endif
