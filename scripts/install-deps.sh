@@ -14,9 +14,10 @@ packages=(
 )
 # --tests: also what the test suite needs beyond the build: Chromium, to load the HTML reports
 # headless, and Python 3, which drives it (tests/reports/browser_test.py); procps (pgrep: the
-# plan test checks that an interrupted search leaves no simulation running).
+# plan test checks that an interrupted search leaves no simulation running); time (/usr/bin/time:
+# the CLI fuzzer's peak memory per case).
 if [ "${1:-}" = "--tests" ]; then
-  packages+=(chromium python3 procps)
+  packages+=(chromium python3 procps time)
 fi
 missing=()
 for p in "${packages[@]}"; do
