@@ -13,7 +13,8 @@
 //
 // Seeded: TANDEM_FUZZ_SEED (default 1) and TANDEM_FUZZ_CASES (default 2000, what CI runs) make
 // a run reproducible; TANDEM_FUZZ_JOBS runs cases in parallel, TANDEM_FUZZ_REPORT writes the
-// table to a file. A breach prints the command to replay.
+// table to a file, TANDEM_FUZZ_BINARY runs another tandem binary. A breach prints the command to
+// replay.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -214,8 +215,12 @@ Outcome run_case(const Case& c, const std::string& dir, bool measure) {
   if (!c.card.empty()) std::ofstream(dir + "/case.yaml", std::ios::binary) << c.card;
   const std::string timer = measure ? "/usr/bin/time -q -f %M -o " + mem + " " : "";
   const auto t0 = std::chrono::steady_clock::now();
+  static const std::string binary = [] {
+    const char* b = std::getenv("TANDEM_FUZZ_BINARY");  // a copy, for a long run beside a rebuild
+    return std::string(b && *b ? b : TANDEM_BINARY);
+  }();
   const tandem::ProcessRun r = tandem::run_process(std::string(kLimit) + timer + "timeout -s KILL " + std::to_string(c.timeout_s) + " " +
-                                                   TANDEM_BINARY + " " + c.args + " >" + out + " 2>" + err);
+                                                   binary + " " + c.args + " >" + out + " 2>" + err);
   Outcome o;
   o.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   o.code = r.code;
