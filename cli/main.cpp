@@ -53,7 +53,8 @@ int emit(const tandem::Result<nlohmann::json>& r, bool json, const std::string& 
       if (!out.contains("schema_version")) out["schema_version"] = 1;
       if (!out.contains("tandem_version")) out["tandem_version"] = TANDEM_VERSION;
     }
-    std::cout << out.dump(2) << "\n";
+    // Strings come from validated UTF-8 cards; a path or name from the command line may not be.
+    std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << text;
   }

@@ -1,6 +1,9 @@
 #include "common/card_reader.h"
 
+#include <algorithm>
 #include <charconv>
+#include <cstdint>
+#include <cstdio>
 #include <cmath>
 #include <regex>
 #include <sstream>
@@ -75,7 +78,51 @@ YAML::Node parse_card_file(const std::string& path) {
   return n;
 }
 
+namespace {
+
+// Where `text` stops being UTF-8 (YAML and JSON are Unicode text): the offset of the first byte
+// that does not start or continue a well-formed sequence (overlong forms, surrogates and code
+// points above U+10FFFF included), or npos.
+size_t first_non_utf8(const std::string& text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    int len = 0;
+    uint32_t cp = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
+    else return i;
+    if (i + static_cast<size_t>(len) > n) return i;
+    for (int k = 1; k < len; ++k) {
+      if ((s[i + static_cast<size_t>(k)] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (s[i + static_cast<size_t>(k)] & 0x3F);
+    }
+    const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += static_cast<size_t>(len);
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
+void check_utf8_text(const std::string& text, const std::string& source, const std::string& key) {
+  const size_t bad = first_non_utf8(text);
+  if (bad == std::string::npos) return;
+  const size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(bad), '\n'));
+  char byte[8];
+  std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[bad]));
+  throw_input_error(source, key, std::string("not UTF-8 text (YAML and JSON are): byte ") + byte + " at line " + std::to_string(line));
+}
+
 YAML::Node parse_card_text(const std::string& text, const std::string& source) {
+  check_utf8_text(text, source, "");
   YAML::Node n;
   try {
     n = YAML::Load(text);

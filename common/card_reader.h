@@ -45,6 +45,9 @@ inline constexpr size_t kMaxCardDepth = 256;
 YAML::Node parse_card_file(const std::string& path);
 // Parses text (for tests); `source` names it in errors. Checked as parse_card_file's.
 YAML::Node parse_card_text(const std::string& text, const std::string& source);
+// An InputError naming `source` and `key` unless `text` is well-formed UTF-8 (what YAML and JSON
+// are; strings of a card end up in JSON output, which cannot carry anything else).
+void check_utf8_text(const std::string& text, const std::string& source, const std::string& key);
 
 // Throws InputException (file `source`, key `base_key` + the path inside `node`) when the tree,
 // expanded through its aliases, has more than kMaxCardNodes values, nests deeper than

@@ -67,6 +67,7 @@ void apply_override(YAML::Node& root, const std::string& text, const std::string
   const std::vector<std::string> parts = split_dots(key);
   for (const auto& p : parts)
     if (p.empty()) throw_input_error(source, key, "empty name in the dotted key");
+  check_utf8_text(raw, source, key);
   YAML::Node value;
   try {
     value = YAML::Load(raw);

@@ -87,6 +87,26 @@ TEST_CASE("hostile: files that are not cards are refused without reading them", 
   refused("describe " + big, "larger than");
 }
 
+TEST_CASE("hostile: a card that is not UTF-8 text is refused, also in JSON output", "[hostile]") {
+  TempDir dir;
+  // A scenario whose name carries bytes that are no UTF-8 (a stray 0xFE, a cut sequence).
+  std::string text = "name: bad\xFE name\n";
+  std::ifstream in(kTiny);
+  std::stringstream rest;
+  rest << in.rdbuf();
+  for (std::string line; std::getline(rest, line);)
+    if (line.rfind("name:", 0) != 0) {
+      for (size_t at = line.find("../"); at != std::string::npos; at = line.find("../")) line.replace(at, 3, repo(""));
+      text += line + "\n";
+    }
+  const std::string bad = dir.write("bad.yaml", text);
+  refused("describe " + bad + " --json", "not UTF-8 text");
+  refused("simulate " + bad + " --json", "byte 0xFE at line 1");
+  const std::string cut = dir.write("cut.yaml", "name: \xE2\x82\n");
+  refused("describe " + cut, "not UTF-8 text");
+  refused("describe " + kTiny + " --set 'name=\xC0\xAF'", "not UTF-8 text");  // an overlong '/'
+}
+
 TEST_CASE("hostile: YAML aliases cannot expand without bound", "[hostile]") {
   // An alias inside itself: an endless tree (was a SIGSEGV in the override bookkeeping).
   refused("describe " + kTiny + " --set 'model.rope_scaling=&a {x: *a}'", "[--set]: model.rope_scaling");
