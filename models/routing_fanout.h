@@ -36,9 +36,9 @@ struct RoutingFanout {
 //
 // Measured: the offsets are fitted instead, so that the same sampler reproduces a measured
 // histogram's expert frequencies (RoutingHistogram): starting from b = 0, kFitRounds rounds of
-// b_e += 1/2 log((target_e + 1/2) / (sampled_e + 1/2)) on one fixed sample of tokens, targets
-// scaled to the sample's routed rows; the pattern is that sample's at the last offsets. Fixed rounds
-// and a fixed sample: the same histogram always gives the same pattern.
+// b_e += step_r log((target_e + 1/2) / (sampled_e + 1/2)) on one fixed sample of tokens, targets
+// scaled to the sample's routed rows, step_r = 1/2 x 0.8^max(0, r - kFitHalfSteps); the pattern is that sample's at the last offsets. Fixed rounds and a fixed
+// sample: the same histogram always gives the same pattern.
 struct RoutingPattern {
   int64_t ep = 1, nodes = 1;
   std::vector<double> rows_per_token;  // per member: expected routed rows a sent token makes there
@@ -54,6 +54,7 @@ struct RoutingPattern {
 };
 
 inline constexpr int kFitRounds = 16;
+inline constexpr int kFitHalfSteps = 8;
 
 // The pattern of MoE layer `layer` under the layout's routing: measured when
 // layout.routing_histogram is set (throws InputException, naming the histogram's file, if it has

@@ -157,12 +157,13 @@ TEST_CASE("a measured routing pattern reproduces the histogram's expert frequenc
     for (int64_t c : counts) total += static_cast<double>(c);
     REQUIRE(p.expert_load.size() == 64);
     // Each expert's rows over the mean, sampled (8192 tokens x top-8: 1024 rows an expert on
-    // average) against the histogram's: within 3% of the mean, and exactly none for expert 7.
+    // average) against the histogram's: within 1% of the mean (0.3% measured), and exactly none
+    // for expert 7.
     double worst = 0;
     for (size_t e = 0; e < 64; ++e)
       worst = std::max(worst, std::abs(p.expert_load[e] - static_cast<double>(counts[e]) * 64 / total));
     INFO("layer " << layer << ": worst expert off by " << worst << " of the mean");
-    CHECK(worst < 0.03);
+    CHECK(worst < 0.01);
     CHECK(p.expert_load[7] == 0);
     // The member figures follow from the same sample: two experts a member.
     for (size_t d = 0; d < 32; ++d)
@@ -189,8 +190,8 @@ TEST_CASE("a uniform histogram gives the balanced pattern, a hot expert the busi
       routing_pattern(m, layout_with(parsed(histogram_text([](int, int e) { return e == 37 ? 3000 : 1000; }))), 3);
   const auto busiest = std::max_element(hot.load.begin(), hot.load.end()) - hot.load.begin();
   CHECK(busiest == 18);
-  CHECK(hot.max_load == Approx(4.0 * 64 / 66 / 2).epsilon(0.03));
-  CHECK(hot.expert_load[37] == Approx(3.0 * 64 / 66).epsilon(0.03));
+  CHECK(hot.max_load == Approx(4.0 * 64 / 66 / 2).epsilon(0.01));
+  CHECK(hot.expert_load[37] == Approx(3.0 * 64 / 66).epsilon(0.01));
 }
 
 TEST_CASE("measured patterns are deterministic and follow the histogram's content", "[workload]") {
@@ -216,4 +217,31 @@ TEST_CASE("measured patterns are deterministic and follow the histogram's conten
   ModelCard deeper = m;
   deeper.num_hidden_layers = 12;
   CHECK_THROWS_AS(routing_pattern(deeper, layout_with(parsed(hist(10))), 11), InputException);
+}
+
+TEST_CASE("the illustrative DeepSeek-V3 histogram is fitted through V3's gate", "[workload]") {
+  const ModelCard m = load_model_card(repo("models/deepseek-v3.yaml")).value();
+  Result<RoutingHistogram> h = load_routing_histogram(repo("scenarios/routing/deepseek-v3-illustrative.csv"), m);
+  REQUIRE(h.ok());
+  CHECK(h.value().tokens.size() == 59);  // layers 3..60 and the MTP module's 61
+  ExpertLayout layout;
+  layout.ep = 64;
+  layout.gpus_per_node = 8;
+  layout.node_limit = 4;
+  layout.routing_histogram = std::make_shared<const RoutingHistogram>(h.value());
+  for (int64_t layer : {3, 61}) {
+    const RoutingPattern p = routing_pattern(m, layout, layer);
+    const std::vector<int64_t>& counts = *layout.routing_histogram->layer(layer);
+    double total = 0;
+    for (int64_t c : counts) total += static_cast<double>(c);
+    // 8192 tokens x top-8 over 256 experts: 256 rows an expert on average, so one row is 0.4%
+    // of the mean; the fit lands within a few rows of every expert's target (1.2% measured).
+    double worst = 0;
+    for (size_t e = 0; e < 256; ++e)
+      worst = std::max(worst, std::abs(p.expert_load[e] - static_cast<double>(counts[e]) * 256 / total));
+    INFO("layer " << layer << ": worst expert off by " << worst << " of the mean");
+    CHECK(worst < 0.025);
+    const double hottest = static_cast<double>(*std::max_element(counts.begin(), counts.end())) * 256 / total;
+    CHECK(p.max_expert_load == Approx(hottest).epsilon(0.02));
+  }
 }
