@@ -72,7 +72,7 @@ struct RoutingSpec {
   std::string histogram_file;
   std::shared_ptr<const RoutingHistogram> histogram;
   uint64_t seed = 1;
-  // Per micro-batch variation (either model): each GPU's routed rows in each MoE layer and
+  // Per micro-batch variation (any model): each GPU's routed rows in each MoE layer and
   // micro-batch are its share x (1 + noise z), z ~ N(0, 1) drawn from (seed, layer, micro-batch,
   // GPU) — the token mix changes from one micro-batch to the next (a mean of 1, in expectation).
   double noise = 0;
