@@ -45,7 +45,7 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     SimOptions so;
     // auto: the fastest tier that is exact for the scenario's routing.
     if (o.fidelity == "auto")
-      so.fidelity = s.routing.model == RoutingModel::skewed || s.routing.noise > 0 || s.faults.any() ? Fidelity::grouped : Fidelity::replicated;
+      so.fidelity = s.routing.model != RoutingModel::balanced || s.routing.noise > 0 || s.faults.any() ? Fidelity::grouped : Fidelity::replicated;
     else if (o.fidelity == "replicated") so.fidelity = Fidelity::replicated;
     else if (o.fidelity == "grouped") so.fidelity = Fidelity::grouped;
     else if (o.fidelity == "aggregated") so.fidelity = Fidelity::aggregated;

@@ -410,7 +410,7 @@ Block transformer_block(const Ctx& c, const ExpertLayout& layout, int64_t layer,
     add_moe(c, layout, fanout, b.ops, prefix);
     b.has_all_to_all = true;
     b.all_to_all = make_all_to_all(c, fanout);
-    b.routing = routing_pattern(c.m, layout, layout.routing_skew, layer);
+    b.routing = routing_pattern(c.m, layout, layer);
   } else {
     add_dense_ffn(c, b.ops, prefix);
   }
@@ -634,7 +634,7 @@ Workload build_workload(const ModelCard& m, const MicroBatch& mb, const Precisio
   std::vector<int64_t> moe_layers;
   for (int64_t i = 0; i < m.num_hidden_layers + m.num_nextn_predict_layers; ++i)
     if (m.is_moe_layer(i)) moe_layers.push_back(i);
-  prefetch_routing_patterns(m, layout, layout.routing_skew, moe_layers);
+  prefetch_routing_patterns(m, layout, moe_layers);
 
   for (int64_t i = 0; i < m.num_hidden_layers; ++i)
     w.blocks.push_back(transformer_block(c, layout, i, "layer." + std::to_string(i),

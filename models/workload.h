@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ struct ExpertLayout {
   int64_t node_limit = 0;     // max groups (nodes) per token; 0 = the model's topk_group
   uint64_t routing_seed = 1;  // for the sampled routing fan-out
   double routing_skew = 0;    // per-expert logit offset spread (0: balanced routing)
+  // Measured routing (set: skew is not used): each layer's expert offsets are fitted to this
+  // histogram (models/routing_fanout.h). Shared, as layouts are copied into every Workload.
+  std::shared_ptr<const RoutingHistogram> routing_histogram = nullptr;
 };
 
 // Which of a linear's three GEMMs: forward, backward-for-input, backward-for-weights. Kernel

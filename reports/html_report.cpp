@@ -206,7 +206,8 @@ void simulate_sections(Page& page, const ReportInput& in, const Trace* trace) {
   }
 
   const json& routing = need(r, f, "routing");
-  if (need(routing, f, "model").get<std::string>() == "skewed") {
+  const std::string routing_model = need(routing, f, "model").get<std::string>();
+  if (routing_model == "skewed" || routing_model == "measured") {
     std::vector<std::string> members;
     svg::Series mean{"mean over MoE layers", kAColor, {}}, busiest{"busiest layer", kBColor, {}};
     const json& m = need(r, f, "routing.member_load_mean");
@@ -218,13 +219,17 @@ void simulate_sections(Page& page, const ReportInput& in, const Trace* trace) {
     }
     page.section("routing", "Routing load per EP member",
                  figure(svg::grouped_bars(members, {mean, busiest}, fmt_ratio, "routing", 1.0, "balanced share"),
-                        strprintf("Rows each member of an EP group computes over its balanced share (skew %.2f, seed %lld): "
-                                  "the busiest member sets the pace of every all-to-all.",
-                                  number(routing, f, "skew"), need(routing, f, "seed").get<long long>())));
+                        (routing_model == "skewed"
+                             ? strprintf("Rows each member of an EP group computes over its balanced share (skew %.2f, seed %lld): ",
+                                         number(routing, f, "skew"), need(routing, f, "seed").get<long long>())
+                             : strprintf("Rows each member of an EP group computes over its balanced share (measured histogram, "
+                                         "seed %lld): ",
+                                         need(routing, f, "seed").get<long long>())) +
+                            "the busiest member sets the pace of every all-to-all."));
   } else {
     page.section("routing", "Routing load per EP member",
                  "<p>Balanced routing: every EP member computes its share of the routed rows (scenario routing.model "
-                 "balanced; set routing.model=skewed to see hot experts).</p>\n");
+                 "balanced; set routing.model=skewed or measured to see hot experts).</p>\n");
   }
 }
 

@@ -116,6 +116,7 @@ StepMetrics step_metrics(const StepTimes& times, const Scenario& s, const Worklo
   RoutingFigures& rf = m.routing;
   rf.model = to_string(s.routing.model);
   rf.skew = s.routing.skew;
+  rf.histogram = s.routing.histogram_file;
   rf.seed = s.routing.seed;
   int moe_layers = 0;
   double mean_gpu = 0;
@@ -167,6 +168,11 @@ std::string metrics_text(const StepMetrics& m, bool planning) {
     out += strprintf("  routing                    skewed (skew %.2f, seed %llu): busiest GPU of an EP group %.2fx its share "
                      "(mean over MoE layers %.2fx), busiest expert %.2fx\n",
                      r.skew, static_cast<unsigned long long>(r.seed), r.max_gpu_load, r.mean_max_gpu_load, r.max_expert_load);
+  else if (r.model == "measured")
+    out += strprintf("  routing                    measured (%s, seed %llu): busiest GPU of an EP group %.2fx its share "
+                     "(mean over MoE layers %.2fx), busiest expert %.2fx\n",
+                     r.histogram.c_str(), static_cast<unsigned long long>(r.seed), r.max_gpu_load, r.mean_max_gpu_load,
+                     r.max_expert_load);
   else
     out += strprintf("  routing                    balanced (seed %llu)\n", static_cast<unsigned long long>(r.seed));
   return out;
@@ -252,6 +258,7 @@ nlohmann::json metrics_json(const StepMetrics& m, bool planning) {
                   {"mean_max_gpu_load", r.mean_max_gpu_load}, {"max_expert_load", r.max_expert_load},
                   {"member_load_mean", r.member_load_mean}, {"member_load_busiest_layer", r.member_load_busiest},
                   {"busiest_layer", r.busiest_layer}};
+  if (r.model == "measured") j["routing"]["histogram"] = r.histogram;
   return j;
 }
 

@@ -53,8 +53,9 @@ StepTimes step_times(const std::vector<GpuTime>& gpus, double step_time_s = 0);
 std::vector<GpuTime> account_trace(const Trace& t, const Program& p);
 
 struct RoutingFigures {
-  std::string model;  // "balanced" or "skewed"
+  std::string model;  // "balanced", "skewed" or "measured"
   double skew = 0;
+  std::string histogram;  // measured: the histogram file
   uint64_t seed = 0;
   double max_gpu_load = 1, mean_max_gpu_load = 1, max_expert_load = 1;
   std::vector<double> member_load_mean;     // per EP member: rows over its balanced share, mean over MoE layers

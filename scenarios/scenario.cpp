@@ -19,7 +19,14 @@ namespace tandem {
 
 namespace fs = std::filesystem;
 
-const char* to_string(RoutingModel m) { return m == RoutingModel::skewed ? "skewed" : "balanced"; }
+const char* to_string(RoutingModel m) {
+  switch (m) {
+    case RoutingModel::balanced: return "balanced";
+    case RoutingModel::skewed: return "skewed";
+    case RoutingModel::measured: return "measured";
+  }
+  return "?";
+}
 
 const char* to_string(ScheduleKind k) {
   switch (k) {
@@ -383,13 +390,33 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   }
   r.read_whole("calibration", "a calibration file or a list of them");
   if (auto rt = r.optional_section("routing")) {
-    const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed"});
-    s.routing.model = model == "skewed" ? RoutingModel::skewed : RoutingModel::balanced;
+    const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed", "measured"});
+    s.routing.model = model == "skewed"     ? RoutingModel::skewed
+                      : model == "measured" ? RoutingModel::measured
+                                            : RoutingModel::balanced;
     if (s.routing.model == RoutingModel::skewed) {
       if (!rt->has("skew")) rt->fail("skew", "skewed routing needs its spread (e.g. skew: 0.5; 0 is balanced)");
       s.routing.skew = rt->number("skew", 0.0, 4.0);
     } else if (rt->has("skew")) {
       rt->fail("skew", "applies to 'model: skewed' only");
+    }
+    rt->read_whole("histogram", "CSV file `layer,expert,tokens` (model: measured only; path relative to the scenario)");
+    if (s.routing.model == RoutingModel::measured) {
+      if (!rt->has("histogram"))
+        rt->fail("histogram", "measured routing needs its histogram: a CSV file 'layer,expert,tokens' (path relative to the scenario)");
+      const YAML::Node n = rt->node()["histogram"];
+      if (!n.IsScalar()) rt->fail("histogram", "expected a file path");
+      const std::string given = n.Scalar();
+      if (given.empty()) rt->fail("histogram", "must not be empty");
+      const fs::path f = fs::path(given).is_absolute() ? fs::path(given) : fs::path(path).parent_path() / given;
+      s.routing.histogram_file = f.lexically_normal().string();
+      std::error_code ec;
+      if (!fs::exists(s.routing.histogram_file, ec)) rt->fail("histogram", "no such file: " + s.routing.histogram_file);
+      Result<RoutingHistogram> h = load_routing_histogram(s.routing.histogram_file, s.model);
+      if (!h) throw InputException(h.error());
+      s.routing.histogram = std::make_shared<const RoutingHistogram>(std::move(h.value()));
+    } else if (rt->has("histogram")) {
+      rt->fail("histogram", "applies to 'model: measured' only");
     }
     s.routing.seed = static_cast<uint64_t>(rt->integer_or("seed", 1, 0, int64_t{1} << 62));
     s.routing.noise = rt->number_or("noise", 0.0, 0.0, 1.0);
@@ -523,6 +550,7 @@ void write_scenario_card(const std::string& path, const std::vector<std::string>
     if (n.IsScalar()) repoint(n);
     else if (n.IsMap() && n["card"]) repoint(n["card"]);
   }
+  if (YAML::Node r = root["routing"]; r.IsMap() && r["histogram"]) repoint(r["histogram"]);
   if (YAML::Node c = root["calibration"]) {
     if (c.IsScalar()) repoint(c);
     else if (c.IsSequence())

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,14 +60,20 @@ struct CommSpec {
 // balanced: i.i.d. affinities, every expert alike;
 // skewed:   per layer, each expert's logit offset by b_e ~ N(0, skew^2): popular experts, hot
 //           GPUs, stragglers at every all-to-all.
-enum class RoutingModel { balanced, skewed };
+// measured: per layer, the offsets fitted to a measured histogram of tokens per expert
+//           (models/routing_histogram.h), so the gate reproduces its expert frequencies.
+enum class RoutingModel { balanced, skewed, measured };
 const char* to_string(RoutingModel m);
 
 struct RoutingSpec {
   RoutingModel model = RoutingModel::balanced;
   double skew = 0;  // skewed only: the spread of the per-expert logit offsets
+  // measured only: the histogram file (resolved against the scenario file), loaded and checked
+  // against the scenario's model.
+  std::string histogram_file;
+  std::shared_ptr<const RoutingHistogram> histogram;
   uint64_t seed = 1;
-  // Per micro-batch variation (either model): each GPU's routed rows in each MoE layer and
+  // Per micro-batch variation (any model): each GPU's routed rows in each MoE layer and
   // micro-batch are its share x (1 + noise z), z ~ N(0, 1) drawn from (seed, layer, micro-batch,
   // GPU) — the token mix changes from one micro-batch to the next (a mean of 1, in expectation).
   double noise = 0;
@@ -118,7 +125,8 @@ struct Scenario {
   MicroBatch micro_batch() const { return {batch.micro_batch_sequences, batch.seq_len}; }
   ExpertLayout expert_layout() const {
     return {plan.ep, cluster.gpus_per_node, comm.node_limit, routing.seed,
-            routing.model == RoutingModel::skewed ? routing.skew : 0.0};
+            routing.model == RoutingModel::skewed ? routing.skew : 0.0,
+            routing.model == RoutingModel::measured ? routing.histogram : nullptr};
   }
   double tokens_per_step() const {
     return static_cast<double>(batch.global_sequences) * static_cast<double>(batch.seq_len);

@@ -419,10 +419,12 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     say("program: " + std::to_string(sch.ranks) + " pipeline ranks, " + std::to_string(ntasks) + " tasks (" +
         to_string(s.schedule.kind) + ", " + std::to_string(sch.micro_batches) + " micro-batches)");
 
-    const bool skewed = s.routing.model == RoutingModel::skewed;
+    // Skewed and measured routing load the members of an EP group unevenly.
+    const bool skewed = s.routing.model != RoutingModel::balanced;
     if (skewed && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
-                        "the replicated tier assumes balanced routing (identical replicas); skewed routing needs grouped, aggregated or per_pair");
+                        std::string("the replicated tier assumes balanced routing (identical replicas); ") +
+                            to_string(s.routing.model) + " routing needs grouped, aggregated or per_pair");
     if (s.routing.noise > 0 && o.fidelity == Fidelity::replicated)
       throw_input_error("<command line>", "--fidelity",
                         "the replicated tier assumes identical replicas; routing.noise (per micro-batch variation) needs grouped, aggregated or per_pair");

@@ -77,6 +77,29 @@ TEST_CASE("bad input exits 2 with file, key and reason", "[cli]") {
   CHECK(r.out.find("--set applies to scenarios only") != std::string::npos);
 }
 
+TEST_CASE("a bad routing histogram exits 2 with one line naming the file and the reason", "[cli]") {
+  const std::string scenario = repo("scenarios/tiny-sim-128-measured-routing.yaml");
+  const std::string csv = repo("scenarios/tiny-sim-128-measured-routing.csv");
+  struct Case {
+    std::string set, file, says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"routing.histogram=routing/none.csv", scenario + " [--set]: routing.histogram", "no such file"},
+           {"routing.histogram=tiny-sim-128.yaml", repo("scenarios/tiny-sim-128.yaml") + ": line 4", "expected the header"},
+           {"model.num_hidden_layers=10", csv + ": layer 9", "no rows for MoE layer 9"},
+           {"model.n_routed_experts=32", csv + ": line 36", "expert 32 out of range"},
+           {"routing.model=balanced", scenario + " [with --set routing.model=balanced]: routing.histogram", "'model: measured' only"}}) {
+    for (const char* command : {"describe", "simulate"}) {
+      const Run r = run(std::string(command) + " " + scenario + " --set " + c.set);
+      INFO(command << " --set " << c.set << ": " << r.out);
+      CHECK(r.code == 2);
+      CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+      CHECK(r.out.find(c.file) != std::string::npos);
+      CHECK(r.out.find(c.says) != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("execute names the backends it has", "[cli]") {
   // No GPU in CI: a CUDA build says no device is present, a build without CUDA says so.
   Run r = run("execute " + repo("scenarios/tiny-dualpipe.yaml") + " --backend cuda");

@@ -1,10 +1,13 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/stage_partition.h"
+#include "../temp_dir.h"
 #include "../test_paths.h"
 
 using namespace tandem;
@@ -33,7 +36,8 @@ InputError load_err(const std::vector<std::string>& sets) { return load_err(sets
 
 TEST_CASE("every shipped scenario loads", "[scenario]") {
   for (const char* s : {"deepseek-v3-2048", "deepseek-v3-4096", "deepseek-v3-h200", "deepseek-v3-1f1b",
-                        "deepseek-v2-1024", "tiny-dualpipe", "tiny-1f1b", "tiny-dualpipev"})
+                        "deepseek-v2-1024", "tiny-dualpipe", "tiny-1f1b", "tiny-dualpipev", "tiny-sim-128",
+                        "tiny-sim-128-straggler", "tiny-sim-128-measured-routing"})
     load_ok(std::string("scenarios/") + s + ".yaml");
 }
 
@@ -250,4 +254,76 @@ TEST_CASE("skewed routing: per-member loads from the gate, seeded", "[scenario]"
   const InputError stray = load_err({"routing.skew=0.5"});
   CHECK(stray.key == "routing.skew");
   CHECK(load_err({"routing.model=skewed", "routing.skew=-1"}).key == "routing.skew");
+}
+
+TEST_CASE("measured routing: a histogram file replayed through the gate", "[scenario]") {
+  const std::string kMeasured = "scenarios/tiny-sim-128-measured-routing.yaml";
+  const Scenario s = load_ok(kMeasured);
+  CHECK(s.routing.model == RoutingModel::measured);
+  CHECK(s.routing.histogram_file == repo("scenarios/tiny-sim-128-measured-routing.csv"));
+  REQUIRE(s.routing.histogram);
+  CHECK(s.routing.histogram->tokens.size() == 8);  // layers 1..7 and the MTP module's 8
+  CHECK(s.expert_layout().routing_histogram == s.routing.histogram);
+  CHECK(s.expert_layout().routing_skew == 0);
+  const Workload w = scenario_workload(s);
+  int moe = 0;
+  for (const Block& b : w.blocks) {
+    if (b.routing.rows_per_token.empty() || b.layer < 1) continue;
+    ++moe;
+    const std::vector<int64_t>& counts = *s.routing.histogram->layer(b.layer);
+    double total = 0;
+    for (int64_t c : counts) total += static_cast<double>(c);
+    const auto hottest = std::max_element(counts.begin(), counts.end()) - counts.begin();
+    CHECK(b.routing.expert_load[static_cast<size_t>(hottest)] ==
+          Approx(static_cast<double>(counts[static_cast<size_t>(hottest)]) * 64 / total).epsilon(0.03));
+    CHECK(b.routing.max_load > 1.1);  // the illustrative histogram is skewed (sigma 0.3)
+  }
+  CHECK(moe == 8);
+  // The same histogram through --set, on a scenario that routes balanced: the path is relative
+  // to the scenario file, as every path of a scenario.
+  const Scenario set = load_ok("scenarios/tiny-sim-128.yaml",
+                               {"routing.model=measured", "routing.histogram=tiny-sim-128-measured-routing.csv"});
+  CHECK(scenario_workload(set).blocks[3].routing.load == w.blocks[3].routing.load);
+  // routing.noise still combines with it.
+  CHECK(load_ok(kMeasured, {"routing.noise=0.1"}).routing.noise == 0.1);
+
+  // Refusals: no histogram, one for another model, a file that is not there, a bad file, a
+  // model the histogram does not cover.
+  InputError e = load_err({"routing.model=measured"}, "scenarios/tiny-sim-128.yaml");
+  CHECK(e.key == "routing.histogram");
+  CHECK(e.reason.find("needs its histogram") != std::string::npos);
+  e = load_err({"routing.histogram=x.csv"}, "scenarios/tiny-sim-128.yaml");
+  CHECK(e.key == "routing.histogram");
+  CHECK(e.reason.find("'model: measured' only") != std::string::npos);
+  e = load_err({"routing.model=skewed", "routing.skew=0.5"}, kMeasured);
+  CHECK(e.key == "routing.histogram");
+  e = load_err({"routing.histogram=routing/none.csv"}, kMeasured);
+  CHECK(e.key == "routing.histogram");
+  CHECK(e.file.find("[--set]") != std::string::npos);
+  CHECK(e.reason == "no such file: " + repo("scenarios/routing/none.csv"));
+  e = load_err({"routing.histogram=tiny-sim-128.yaml"}, kMeasured);
+  CHECK(e.file == repo("scenarios/tiny-sim-128.yaml"));
+  CHECK(e.reason.find("expected the header 'layer,expert,tokens'") != std::string::npos);
+  e = load_err({"routing.histogram=routing/deepseek-v3-illustrative.csv"}, kMeasured);
+  CHECK(e.file == repo("scenarios/routing/deepseek-v3-illustrative.csv"));
+  CHECK(e.key == "line 68");  // layer 3, expert 64: tiny-sim-128's model has 64 experts
+  CHECK(e.reason.find("expert 64 out of range") != std::string::npos);
+  e = load_err({"model.num_hidden_layers=10"}, kMeasured);  // MoE layers 1..9 and MTP 10
+  CHECK(e.file == repo("scenarios/tiny-sim-128-measured-routing.csv"));
+  CHECK(e.key == "layer 9");
+  CHECK(e.reason.find("no rows for MoE layer 9") != std::string::npos);
+  e = load_err({"routing.model=measured", "routing.histogram=routing/deepseek-v3-illustrative.csv",
+                "model.n_routed_experts=128"});
+  CHECK(e.file == repo("scenarios/routing/deepseek-v3-illustrative.csv"));
+  CHECK(e.reason.find("expert 128 out of range") != std::string::npos);
+}
+
+TEST_CASE("a scenario card written elsewhere keeps its histogram", "[scenario]") {
+  tandem::test::TempDir dir;
+  const std::string out = dir.file("sub.yaml");
+  write_scenario_card(repo("scenarios/tiny-sim-128-measured-routing.yaml"), {"plan.pp=2"}, out, "test");
+  const auto r = load_scenario(out);
+  INFO((r.ok() ? "" : r.error().message()));
+  REQUIRE(r.ok());
+  CHECK(std::filesystem::equivalent(r.value().routing.histogram_file, repo("scenarios/tiny-sim-128-measured-routing.csv")));
 }

@@ -6,6 +6,7 @@
 #include <array>
 #include <map>
 #include <set>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <cstdio>
@@ -335,4 +336,56 @@ TEST_CASE("a simulation stopped by Ctrl-C says so in one line", "[simtier]") {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(r.code == 130);
   CHECK(text == "tandem: interrupted: the simulation was stopped\n");
+}
+
+// Measured routing (a per-layer expert histogram replayed through the gate): like skewed routing,
+// members of a group differ, so auto picks the grouped tier and replicated refuses; grouped and
+// per-pair agree as under skew; the pattern is the same in every process and through the cache.
+TEST_CASE("measured routing runs in the tiers that simulate every GPU", "[simtier]") {
+  const std::string scenario = "scenarios/tiny-sim-128-measured-routing.yaml";
+  const auto full = simulate(scenario, "--fidelity per_pair");
+  const auto grouped = simulate(scenario, "");  // auto
+  const auto balanced = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped");
+  CHECK(grouped["fidelity"] == "grouped");
+  CHECK(grouped["gpus_simulated"] == 128);
+  CHECK(grouped["routing"]["model"] == "measured");
+  CHECK(grouped["routing"]["histogram"] == repo("scenarios/tiny-sim-128-measured-routing.csv"));
+  const double f = full["step_time_s"].get<double>(), g = grouped["step_time_s"].get<double>();
+  WARN("measured: per-pair " << f * 1e3 << " ms, grouped " << g * 1e3 << " ms, balanced "
+                             << balanced["step_time_s"].get<double>() * 1e3 << " ms");
+  CHECK(std::abs(g - f) / f < 0.03);
+  CHECK(g > balanced["step_time_s"].get<double>() * 1.05);  // its hot GPUs cost time
+  CHECK(grouped["routing"]["max_gpu_load"].get<double>() > 1.1);
+  const Run replicated = tandem::run_process(std::string(TANDEM_BINARY) + " simulate " + repo(scenario) +
+                                             " --fidelity replicated 2>&1");
+  CHECK(replicated.code == 2);
+  CHECK(replicated.out.find("measured routing needs grouped") != std::string::npos);
+  // noise combines with it.
+  CHECK(simulate(scenario, "--set routing.noise=0.1")["step_time_s"].get<double>() != g);
+}
+
+TEST_CASE("measured routing patterns are the same in every process and through the disk cache", "[simtier]") {
+  tandem::test::TempDir dir;
+  const std::string args = " simulate " + repo("scenarios/tiny-sim-128-measured-routing.yaml") + " --json 2>/dev/null";
+  auto routing = [&](const std::string& cache) {
+    const Run r = tandem::run_process("TANDEM_CACHE_DIR='" + cache + "' " + std::string(TANDEM_BINARY) + args);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    return std::make_pair(j["step_time_s"].get<double>(), j["routing"].dump());
+  };
+  const auto first = routing(""), second = routing("");  // no cache: fitted twice
+  CHECK(first == second);
+  const auto cold = routing(dir.path.string()), warm = routing(dir.path.string());
+  CHECK(cold == first);
+  CHECK(warm == first);
+  int files = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dir.path)) {
+    std::ifstream in(f.path());
+    std::string line;
+    std::getline(in, line);
+    CHECK(line.find("tandem routing pattern v2:") == 0);
+    CHECK(line.find(" measured ") != std::string::npos);
+    ++files;
+  }
+  CHECK(files == 8);  // one a MoE layer
 }
