@@ -83,29 +83,28 @@ void EventLoop::at(double time, Listener* who, int task, int tag) {
 }
 
 void EventLoop::send(uint64_t key, int from_gpu, double bytes, Listener* who, int task) {
-  const End end{from_gpu, who, task, bytes};
-  auto it = posted_.find(key);
-  if (it != posted_.end() && !it->second.receives.empty()) {
-    const End other = it->second.receives.front();
-    it->second.receives.erase(it->second.receives.begin());
-    if (it->second.sends.empty() && it->second.receives.empty()) posted_.erase(it);
-    start_flow(end, other);
-    return;
-  }
-  posted_[key].sends.push_back(end);
+  post(key, End{from_gpu, who, task, bytes}, true);
 }
 
 void EventLoop::receive(uint64_t key, int to_gpu, Listener* who, int task) {
-  const End end{to_gpu, who, task, 0};
-  auto it = posted_.find(key);
-  if (it != posted_.end() && !it->second.sends.empty()) {
-    const End other = it->second.sends.front();
-    it->second.sends.erase(it->second.sends.begin());
-    if (it->second.sends.empty() && it->second.receives.empty()) posted_.erase(it);
-    start_flow(other, end);
-    return;
+  post(key, End{to_gpu, who, task, 0}, false);
+}
+
+// One end of a message: it meets the oldest end of the other kind waiting on its key, or waits.
+void EventLoop::post(uint64_t key, const End& end, bool sending) {
+  if (auto it = posted_.find(key); it != posted_.end()) {
+    auto& others = sending ? it->second.receives : it->second.sends;
+    if (!others.empty()) {
+      const End other = others.front();
+      others.erase(others.begin());
+      if (it->second.sends.empty() && it->second.receives.empty()) posted_.erase(it);
+      if (sending) start_flow(end, other);
+      else start_flow(other, end);
+      return;
+    }
   }
-  posted_[key].receives.push_back(end);
+  Posted& waiting = posted_[key];
+  (sending ? waiting.sends : waiting.receives).push_back(end);
 }
 
 size_t EventLoop::unmatched() const {

@@ -107,6 +107,7 @@ class EventLoop {
   struct Carrier;
   static void carry(Carrier* c);
 
+  void post(uint64_t key, const End& end, bool sending);
   void start_flow(const End& send, const End& receive);
   void carry_later(int gpu, const FlowEnd& end);
   void hand_to_carrier(int gpu);
