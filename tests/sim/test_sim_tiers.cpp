@@ -56,6 +56,22 @@ TEST_CASE("fast and full fidelity tiers agree within 3% on 128 GPUs", "[simtier]
   CHECK(std::abs(r - f) / f < 0.03);
 }
 
+// The every-GPU fast path at 512 GPUs (tiny-sim-128 widened: 64 nodes, DP128) against the flow
+// tier that carries DeepEP's flows, balanced and skewed (per-pair is too slow here for CI).
+TEST_CASE("grouped and aggregated tiers agree within 3% on 512 GPUs", "[simtier]") {
+  const std::string wide = " --set gpus=512 --set cluster.nodes=64 --set batch.global_sequences=1024";
+  for (const std::string routing : {"", " --set routing.model=skewed --set routing.skew=0.5"}) {
+    const auto agg = simulate("scenarios/tiny-sim-128.yaml", "--fidelity aggregated" + wide + routing);
+    const auto grouped = simulate("scenarios/tiny-sim-128.yaml", "--fidelity grouped" + wide + routing);
+    const double a = agg["step_time_s"].get<double>(), g = grouped["step_time_s"].get<double>();
+    WARN("512 GPUs" << routing << ": aggregated " << a * 1e3 << " ms (" << agg["sim_wall_s"].get<double>() << " s wall), grouped "
+                    << g * 1e3 << " ms (" << grouped["sim_wall_s"].get<double>() << " s)");
+    CHECK(agg["gpus_simulated"] == 512);
+    CHECK(grouped["gpus_simulated"] == 512);
+    CHECK(std::abs(g - a) / a < 0.03);
+  }
+}
+
 // Skewed routing breaks the replicas' symmetry: the grouped tier (every GPU, analytic EP-group
 // all-to-alls) against per-pair flows, with hot GPUs that compute and receive more.
 TEST_CASE("grouped and per-pair tiers agree within 3% under skewed routing", "[simtier]") {
