@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,45 @@ std::string tandem_cmd(const std::string& args) { return std::string(TANDEM_BINA
 bool close(double a, double b) { return std::abs(a - b) <= 1e-12 * std::max({1.0, std::abs(a), std::abs(b)}) || std::abs(a - b) < 1e-15; }
 
 }  // namespace
+
+// GpuTime folds exposed communication while the streams report (it keeps only the intervals it
+// still needs): random streams, reported interleaved as two engines would, against a direct
+// sweep over every interval once both streams are complete.
+TEST_CASE("GpuTime's running fold of exposed communication equals a sweep of the whole step", "[reports]") {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> len(0.1, 3.0), gap(0.0, 2.0);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<std::pair<double, double>> compute, comm;
+    for (double t = gap(rng); compute.size() < 40; t += gap(rng)) {
+      const double e = t + len(rng);
+      compute.push_back({t, e});
+      t = e;
+    }
+    for (double t = gap(rng); comm.size() < 40; t += gap(rng) * 1.5) {
+      const double e = t + len(rng);
+      comm.push_back({t, e});
+      t = e;
+    }
+    // Reported as they end, the streams interleaved (ties: either first).
+    GpuTime g(0, 0);
+    size_t c = 0, m = 0;
+    while (c < compute.size() || m < comm.size()) {
+      const bool take_compute = m == comm.size() || (c < compute.size() && (compute[c].second < comm[m].second ||
+                                                                             (compute[c].second == comm[m].second && rng() % 2)));
+      if (take_compute) g.add(true, "mlp_f", SlotClass::f, compute[c].first, compute[c].second), ++c;
+      else g.add(false, "dispatch_f", SlotClass::f, comm[m].first, comm[m].second), ++m;
+    }
+    g.seal();
+    double exposed = 0;
+    for (const auto& [b, e] : comm) {
+      double covered = 0;
+      for (const auto& [cb, ce] : compute) covered += std::max(0.0, std::min(e, ce) - std::max(b, cb));
+      exposed += (e - b) - covered;
+    }
+    INFO("trial " << trial);
+    CHECK(g.exposed_comm() == Approx(exposed).margin(1e-9));
+  }
+}
 
 TEST_CASE("GpuTime splits a GPU's step into slot compute, exposed comm and bubble", "[reports]") {
   GpuTime g(3, 1);
