@@ -437,6 +437,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     if (static_cast<int64_t>(std::set<int>(net.failed_planes.begin(), net.failed_planes.end()).size()) >= s.cluster.fabric.planes)
       f->fail("failed_planes", "every plane of the fabric would be down");
     net.failed_nics = ints(f->integer_list_or("failed_nics", 0, s.gpus - 1));
+    net.failed_spines = ints(f->integer_list_or("failed_spines", 0, int64_t{1} << 24));
     net.slow_nics = ints(f->integer_list_or("slow_nics", 0, s.gpus - 1));
     if (!net.slow_nics.empty() && !f->has("nic_speed"))
       f->fail("nic_speed", "slow NICs need their speed (e.g. nic_speed: 0.5 for a NIC at half its line rate)");
@@ -448,7 +449,12 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
       try {
         const Topology check(used, net);
       } catch (const std::invalid_argument& e) {
-        f->fail(net.failed_nics.empty() ? "failed_planes" : "failed_nics", e.what());
+        // The Topology's reason starts with the key it is about ("failed_spines: ..."), or is
+        // about the routes the failed NICs and planes leave.
+        std::string what = e.what(), key = net.failed_nics.empty() ? "failed_planes" : "failed_nics";
+        for (const char* k : {"failed_planes", "failed_nics", "failed_spines", "slow_nics", "nic_speed"})
+          if (what.rfind(std::string(k) + ": ", 0) == 0) key = k, what = what.substr(key.size() + 2);
+        f->fail(key, what);
       }
     }
     f->finish();

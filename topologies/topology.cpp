@@ -157,6 +157,20 @@ void Topology::apply_faults() {
     gpu_ok(g, "failed_nics");
     for (int k = 0; k < nics_per_gpu_; ++k) nic_down_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))] = 1;
   }
+  spine_down_.assign(static_cast<size_t>(count_[4]), 0);
+  for (int sp : faults_.failed_spines) {
+    if (sp < 0 || sp >= count_[4])
+      throw std::invalid_argument("failed_spines: spine " + std::to_string(sp) + " is not in the fabric (" +
+                                  std::to_string(count_[4]) + " spines: plane x " + std::to_string(spines_per_plane_) + " + spine)");
+    spine_down_[static_cast<size_t>(sp)] = 1;
+  }
+  for (int p = 0; p < planes_ && spines_per_plane_ > 0; ++p) {
+    bool any_up = false;
+    for (int sp = 0; sp < spines_per_plane_; ++sp) any_up = any_up || spine_down_[static_cast<size_t>(p * spines_per_plane_ + sp)] == 0;
+    if (!any_up)
+      throw std::invalid_argument("failed_spines: every spine of plane " + std::to_string(p) +
+                                  " is down: its leaves no longer reach each other");
+  }
   if (faults_.nic_speed != 1)
     for (int g : faults_.slow_nics) {
       gpu_ok(g, "slow_nics");
@@ -300,7 +314,9 @@ void Topology::append_ib(Route& r, int src_nic, int dst_nic) const {
   const int a = nic_leaf(src_nic), b = nic_leaf(dst_nic);
   append(r, 2 * nic_up_[static_cast<size_t>(src_nic)]);
   if (a != b) {
-    const int spine = nic_position(dst_nic) % spines_per_plane_;  // d-mod-k
+    int spine = nic_position(dst_nic) % spines_per_plane_;  // d-mod-k
+    if (!spine_down_.empty())  // the next spine up (apply_faults checked one is)
+      while (spine_down_[static_cast<size_t>(plane * spines_per_plane_ + spine)] != 0) spine = (spine + 1) % spines_per_plane_;
     append(r, 2 * uplink(plane, a, spine));
     append(r, 2 * uplink(plane, b, spine) + 1);
   }

@@ -140,7 +140,8 @@ class Topology {
   //     destination node mod their count, so detours spread over the healthy planes — NVLink to
   //     the GPU of that local index first, IB on its plane, then NVLink to the destination, as
   //     NCCL's PXN relays; single plane, a failed NIC's traffic goes through the next GPU of its
-  //     node with a working NIC, at either end.
+  //     node with a working NIC, at either end. A failed spine's d-mod-k share goes to the next
+  //     spine of its plane that is up (as a subnet manager re-routes its forwarding tables).
   // Deterministic, computed arithmetically (no search). Throws std::out_of_range on bad GPUs.
   Route route(int src_gpu, int dst_gpu) const;
   const NetworkFaults& faults() const { return faults_; }
@@ -181,6 +182,7 @@ class Topology {
   ClusterCard card_;
   NetworkFaults faults_;
   std::vector<char> nic_down_;  // per NIC, with faults: 1 when it or its plane is down
+  std::vector<char> spine_down_;  // per spine (all planes), with faults
   Graph graph_;
   std::vector<VertexKind> kinds_;
   std::vector<Link> links_;  // by directed id

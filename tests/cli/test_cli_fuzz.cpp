@@ -67,7 +67,7 @@ const std::vector<std::string> kKeys = {
     "plan.pp", "plan.ep", "plan.dp_overlap", "gpus", "batch.global_sequences", "batch.seq_len",
     "batch.micro_batch_sequences", "schedule.kind", "schedule.stage_layers", "comm.sms", "comm.node_limit",
     "routing.model", "routing.skew", "routing.histogram", "routing.seed", "routing.noise", "faults.slow_gpus",
-    "faults.slow_speed", "faults.failed_planes", "faults.failed_nics", "faults.slow_nics", "faults.nic_speed",
+    "faults.slow_speed", "faults.failed_planes", "faults.failed_nics", "faults.failed_spines", "faults.slow_nics", "faults.nic_speed",
     "faults.slow_fraction", "precision.recipe", "precision.act_tile", "recompute.swiglu", "cluster.nodes",
     "cluster.nic_gbps", "cluster.gpu.fp8_tflops", "cluster.gpu.hbm_gbytes", "cluster.gpu.sms",
     "model.hidden_size", "model.num_hidden_layers", "model.n_routed_experts", "model.num_experts_per_tok",

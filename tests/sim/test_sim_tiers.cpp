@@ -296,6 +296,7 @@ TEST_CASE("bad fault specs and the replicated tier are refused in one line", "[s
                                  std::string("--set faults.slow_nics=[3]"),                   // no nic_speed
                                  std::string("--set faults.slow_nics=[3] --set faults.nic_speed=2"),
                                  std::string("--set faults.failed_planes=[1] --fidelity replicated"),
+                                 std::string("--set faults.failed_spines=[100]"),  // one leaf per plane here: no spines
                                  std::string("--trace /dev/full")}) {  // a trace that cannot be written
     INFO(bad);
     const Run r = tandem::run_process(std::string(TANDEM_BINARY) + " simulate " + repo("scenarios/tiny-sim-128.yaml") + " " + bad + " 2>&1");

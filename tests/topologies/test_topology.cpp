@@ -259,6 +259,27 @@ TEST_CASE("routes around failed planes and NICs", "[topology]") {
     CHECK(t.route(17, 9).relay_gpu != 9);
     CHECK(t.route(0, 8).source_relay_gpu == -1);  // other planes' routes are untouched
   }
+  SECTION("a failed spine: its d-mod-k share moves to the next spine of its plane") {
+    // 30 nodes on 8-port switches: 8 leaves and 4 spines per plane; node n's NIC is at position n.
+    const Topology healthy(c);
+    NetworkFaults f;
+    f.failed_spines = {1};  // plane 0, spine 1
+    const Topology t(c, f);
+    for (int s = 0; s < t.num_gpus(); s += 7)
+      for (int d = 0; d < t.num_gpus(); d += 11) check_route(t, s, d);
+    auto spine_of = [](const Route& r) {
+      for (const Link& k : r.links)
+        if (k.kind == LinkKind::uplink) return k.head;
+      return -1;
+    };
+    // GPU 0 -> node 5 (position 5: spine 1 by d-mod-k) on plane 0: spine 2 instead.
+    CHECK(spine_of(healthy.route(0, 5 * 8)) == healthy.spine_vertex(0, 1));
+    CHECK(spine_of(t.route(0, 5 * 8)) == t.spine_vertex(0, 2));
+    CHECK(spine_of(t.route(1, 5 * 8 + 1)) == t.spine_vertex(1, 1));  // plane 1's spine 1 is up
+    NetworkFaults all;
+    all.failed_spines = {0, 1, 2, 3};
+    CHECK_THROWS_WITH(Topology(c, all), Catch::Contains("every spine of plane 0 is down"));
+  }
   SECTION("a slow NIC runs at its fraction of the line rate") {
     NetworkFaults f;
     f.slow_nics = {9};
