@@ -2,10 +2,11 @@
 //
 // Every GPU is a host. Each simulated GPU runs its pipeline rank's tasks on a compute and a comm
 // stream, each in Program order, a task starting once its stream is free and its dependencies
-// are done — a state machine driven by one event loop (sim/event_loop.h), not a SimGrid actor:
-// kernels and analytic transfers are the loop's timers, messages are SimGrid flows. Compute
-// tasks take the time their TaskCost gives (scenarios/task_cost.h: the calibrated kernel model on
-// the SMs the scenario gives compute); comm tasks run their own kernels first (casts, DeepEP's
+// are done — a state machine (sim/gpu_runner.h) driven by one event loop (sim/event_loop.h), not
+// a SimGrid actor: kernels and analytic transfers are the loop's timers, messages are SimGrid
+// flows; what the GPUs share is a StepContext (sim/step_context.h). Compute tasks take the time
+// their TaskCost gives (scenarios/task_cost.h: the calibrated kernel model on the SMs the
+// scenario gives compute); comm tasks run their own kernels first (casts, DeepEP's
 // notify) and then their transfers as SimGrid flows on the cluster's fabric (or the analytic
 // plan of sim/all_to_all.h), so contention comes from SimGrid's max-min flow model configured
 // for an HPC fabric (CM02, no cross-traffic, no TCP gamma).
