@@ -287,8 +287,8 @@ TEST_CASE("fuzz: random command lines keep the CLI's contract", "[cli_fuzz]") {
   struct Stats {
     long n = 0;
     std::map<int, long> codes;
-    double worst_wall = 0;
-    long worst_wall_case = -1, peak_kb = -1, peak_case = -1;
+    double worst_wall = 0, worst_refusal_wall = 0;
+    long worst_wall_case = -1, peak_kb = -1, peak_case = -1, refusal_peak_kb = -1;
   };
   std::map<std::string, Stats> by_class;
   for (size_t i = 0; i < all.size(); ++i) {
@@ -298,6 +298,10 @@ TEST_CASE("fuzz: random command lines keep the CLI's contract", "[cli_fuzz]") {
     ++st.codes[o.code];
     if (o.wall_s > st.worst_wall) st.worst_wall = o.wall_s, st.worst_wall_case = static_cast<long>(i);
     if (o.peak_kb > st.peak_kb) st.peak_kb = o.peak_kb, st.peak_case = static_cast<long>(i);
+    if (o.code != 0) {  // a refusal (or failure): what the one-line contract costs at worst
+      st.worst_refusal_wall = std::max(st.worst_refusal_wall, o.wall_s);
+      st.refusal_peak_kb = std::max(st.refusal_peak_kb, o.peak_kb);
+    }
     if (!o.ok) {
       ++breaches;
       UNSCOPED_INFO("case " << i << " (seed " << seed << ", " << all[i].cls << "): exit " << o.code << ": tandem " << all[i].args
@@ -305,7 +309,8 @@ TEST_CASE("fuzz: random command lines keep the CLI's contract", "[cli_fuzz]") {
     }
   }
   std::string table = std::to_string(cases) + " cases (seed " + std::to_string(seed) + ")\n";
-  table += "| class | cases | outcomes (exit: count) | worst wall | worst peak memory |\n|---|---|---|---|---|\n";
+  table += "| class | cases | outcomes (exit: count) | worst wall | worst peak memory | refusals: worst wall, peak memory |\n"
+           "|---|---|---|---|---|---|\n";
   for (const std::string& cls : kClasses) {
     const auto it = by_class.find(cls);
     if (it == by_class.end()) continue;
@@ -313,8 +318,10 @@ TEST_CASE("fuzz: random command lines keep the CLI's contract", "[cli_fuzz]") {
     std::string codes;
     for (const auto& [code, n] : st.codes) codes += (codes.empty() ? "" : ", ") + std::to_string(code) + ": " + std::to_string(n);
     char line[400];
-    std::snprintf(line, sizeof line, "| %s | %ld | %s | %.2f s (case %ld) | %s |\n", cls.c_str(), st.n, codes.c_str(), st.worst_wall,
-                  st.worst_wall_case, st.peak_kb < 0 ? "not measured" : (std::to_string(st.peak_kb / 1024) + " MB (case " + std::to_string(st.peak_case) + ")").c_str());
+    std::snprintf(line, sizeof line, "| %s | %ld | %s | %.2f s (case %ld) | %s | %.2f s, %s |\n", cls.c_str(), st.n, codes.c_str(),
+                  st.worst_wall, st.worst_wall_case,
+                  st.peak_kb < 0 ? "not measured" : (std::to_string(st.peak_kb / 1024) + " MB (case " + std::to_string(st.peak_case) + ")").c_str(),
+                  st.worst_refusal_wall, st.refusal_peak_kb < 0 ? "not measured" : (std::to_string(st.refusal_peak_kb / 1024) + " MB").c_str());
     table += line;
   }
   WARN(table);
