@@ -16,9 +16,8 @@ Result<nlohmann::json> calibrate_command(const CalibrateOptions& o, std::string&
     auto loaded = load_scenario(o.scenario, o.overrides);
     if (!loaded) throw InputException(loaded.error());
     const Scenario& s = loaded.value();
-    auto rules = load_kernel_rules(o.rules.empty() ? shipped_data_path("sim/calibration/kernel-rules.yaml") : o.rules);
+    auto rules = o.rules.empty() ? Result<KernelRules>(default_kernel_rules()) : load_kernel_rules(o.rules);
     if (!rules) throw InputException(rules.error());
-    if (o.rules.empty()) rules.value().file = "sim/calibration/kernel-rules.yaml (shipped)";
     std::vector<ChromeTrace> traces;
     for (const std::string& path : o.traces) {
       auto t = read_chrome_trace(path);

@@ -23,7 +23,7 @@ TraceComparison against_profile(const CompareOptions& o, const Trace& a, const C
   if (s.name != a.scenario)
     throw_input_error(o.a, "otherData.scenario",
                       "a trace of scenario '" + a.scenario + "', but --scenario is '" + s.name + "': compare a trace of that scenario");
-  auto rules = load_kernel_rules(o.rules.empty() ? shipped_data_path("sim/calibration/kernel-rules.yaml") : o.rules);
+  auto rules = o.rules.empty() ? Result<KernelRules>(default_kernel_rules()) : load_kernel_rules(o.rules);
   if (!rules) throw InputException(rules.error());
   auto base = base_calibration(s);
   if (!base) throw InputException(base.error());

@@ -12,6 +12,7 @@
 #include "models/model_card.h"
 #include "scenarios/scenario.h"
 #include "sim/compute_cost.h"
+#include "sim/shipped_data.h"
 #include "sim/kernel_rules.h"
 #include "topologies/cluster_card.h"
 #include "common/write_file.h"

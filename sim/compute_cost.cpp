@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/card_reader.h"
+#include "sim/shipped_data.h"
 
 namespace tandem {
 
@@ -106,77 +107,83 @@ std::array<double, kA2AKinds> read_per_kind(CardReader& r, const char* key, doub
   return v;
 }
 
+// A parsed calibration document; `path` names it in errors.
+Calibration read_calibration(const YAML::Node& doc, const std::string& path) {
+  // `tandem bench ... --json` output: its "calibration" section holds what it measured.
+  const bool bench = doc.IsMap() && doc["calibration"] && doc["results"];
+  CardReader top(doc, path);
+  if (bench)
+    for (const char* k : {"results", "device", "timing", "calibration_sm_count_target", "schema_version", "tandem_version"}) top.ignore(k);
+  CardReader r = bench ? top.section("calibration") : top;
+  Calibration c;
+  c.file = path;
+  c.from_bench = bench;
+  c.name = r.text("name");
+  c.overlay = bench || r.boolean_or("overlay", false);
+  r.ignore("gpu");
+  r.ignore("source");
+  r.ignore("measured");  // what a derivation saw, for reports: no bearing on the simulation
+  if (r.has("provenance")) {
+    const YAML::Node p = r.node()["provenance"];
+    if (p.IsSequence())
+      for (const auto& line : p) c.provenance.push_back(line.IsScalar() ? line.as<std::string>() : YAML::Dump(line));
+    else if (p.IsScalar()) c.provenance.push_back(p.as<std::string>());
+    else r.fail("provenance", "expected text or a list");
+  }
+  r.ignore("provenance");
+  read_rows(r, "fp8_gemms", 4, Dtype::fp8_e4m3, c.gemms);
+  read_rows(r, "fp8_grouped_gemms", 5, Dtype::fp8_e4m3, c.gemms);
+  read_rows(r, "bf16_gemms", 4, Dtype::bf16, c.gemms);
+  read_detailed_rows(r, c.gemms);
+  const bool complete = !c.overlay;
+  // A complete file states every figure; an overlay or a bench output only what it measured.
+  auto efficiency = [&](const char* key) { return complete ? r.number(key, 0.001, 1.0) : r.number_or(key, 0.0, 0.0, 1.0); };
+  bool has_fp8 = false;
+  for (const auto& g : c.gemms) has_fp8 |= g.dtype == Dtype::fp8_e4m3;
+  if (complete && !has_fp8) r.fail("fp8_gemms", "at least one measured FP8 GEMM is needed");
+  c.bf16_gemm_efficiency = efficiency("bf16_gemm_efficiency");
+  c.attention_fwd_efficiency = efficiency("attention_fwd_efficiency");
+  c.attention_bwd_efficiency = efficiency("attention_bwd_efficiency");
+  c.attention_sms = r.integer_or("attention_sms", 0, 0, 100000);
+  c.hbm_efficiency = efficiency("hbm_efficiency");
+  if (auto mk = r.optional_section("memory_kernels")) {
+    for (int i = 0; i < kKernelFamilies; ++i) {
+      const char* name = to_string(static_cast<KernelFamily>(i));
+      if (mk->has(name)) c.family_efficiency[static_cast<size_t>(i)] = mk->number(name, 0.0001, 1.0);
+    }
+    mk->finish();
+  }
+  c.kernel_floor_us = complete ? r.number("kernel_floor_us", 0, 1000) : r.number_or("kernel_floor_us", -1, 0, 1000);
+  c.launch_gap_us = complete ? r.number("launch_gap_us", 0, 1000) : r.number_or("launch_gap_us", -1, 0, 1000);
+  auto a2a = complete ? std::optional<CardReader>(r.section("all_to_all")) : r.optional_section("all_to_all");
+  if (a2a) {
+    AllToAllCalibration& a = c.all_to_all;
+    a.ib_efficiency = complete ? a2a->number("ib_efficiency", 0.01, 1.0) : a2a->number_or("ib_efficiency", 0, 0, 1.0);
+    a.nvlink_efficiency = complete ? a2a->number("nvlink_efficiency", 0.01, 1.0) : a2a->number_or("nvlink_efficiency", 0, 0, 1.0);
+    a.saturating_sms = complete ? a2a->integer("saturating_sms", 1, 100000) : a2a->integer_or("saturating_sms", 0, 0, 100000);
+    a.notify_us = read_per_kind(*a2a, "notify_us", 0, 1e6, complete ? 0.0 : -1.0);
+    a.in_training_factor = read_per_kind(*a2a, "in_training_factor", 0.1, 100, complete ? 1.0 : 0.0);
+    a2a->finish();
+  }
+  if (auto ts = r.optional_section("task_time_scale")) {
+    static const char* kinds[] = {"attn_f", "attn_b", "attn_w", "mlp_f", "mlp_b", "mlp_w", "loss", "optimizer"};
+    for (const char* k : kinds)
+      if (ts->has(k)) c.task_time_scale[k] = ts->number(k, 1e-6, 1e6);
+    ts->finish();
+  }
+  r.finish();
+  if (bench) top.finish();
+  return c;
+}
+
 }  // namespace
 
 Result<Calibration> load_calibration(const std::string& path) {
-  return catch_input_errors([&] {
-    const YAML::Node doc = parse_card_file(path);
-    // `tandem bench ... --json` output: its "calibration" section holds what it measured.
-    const bool bench = doc.IsMap() && doc["calibration"] && doc["results"];
-    CardReader top(doc, path);
-    if (bench)
-      for (const char* k : {"results", "device", "timing", "calibration_sm_count_target", "schema_version", "tandem_version"}) top.ignore(k);
-    CardReader r = bench ? top.section("calibration") : top;
-    Calibration c;
-    c.file = path;
-    c.from_bench = bench;
-    c.name = r.text("name");
-    c.overlay = bench || r.boolean_or("overlay", false);
-    r.ignore("gpu");
-    r.ignore("source");
-    r.ignore("measured");  // what a derivation saw, for reports: no bearing on the simulation
-    if (r.has("provenance")) {
-      const YAML::Node p = r.node()["provenance"];
-      if (p.IsSequence())
-        for (const auto& line : p) c.provenance.push_back(line.IsScalar() ? line.as<std::string>() : YAML::Dump(line));
-      else if (p.IsScalar()) c.provenance.push_back(p.as<std::string>());
-      else r.fail("provenance", "expected text or a list");
-    }
-    r.ignore("provenance");
-    read_rows(r, "fp8_gemms", 4, Dtype::fp8_e4m3, c.gemms);
-    read_rows(r, "fp8_grouped_gemms", 5, Dtype::fp8_e4m3, c.gemms);
-    read_rows(r, "bf16_gemms", 4, Dtype::bf16, c.gemms);
-    read_detailed_rows(r, c.gemms);
-    const bool complete = !c.overlay;
-    // A complete file states every figure; an overlay or a bench output only what it measured.
-    auto efficiency = [&](const char* key) { return complete ? r.number(key, 0.001, 1.0) : r.number_or(key, 0.0, 0.0, 1.0); };
-    bool has_fp8 = false;
-    for (const auto& g : c.gemms) has_fp8 |= g.dtype == Dtype::fp8_e4m3;
-    if (complete && !has_fp8) r.fail("fp8_gemms", "at least one measured FP8 GEMM is needed");
-    c.bf16_gemm_efficiency = efficiency("bf16_gemm_efficiency");
-    c.attention_fwd_efficiency = efficiency("attention_fwd_efficiency");
-    c.attention_bwd_efficiency = efficiency("attention_bwd_efficiency");
-    c.attention_sms = r.integer_or("attention_sms", 0, 0, 100000);
-    c.hbm_efficiency = efficiency("hbm_efficiency");
-    if (auto mk = r.optional_section("memory_kernels")) {
-      for (int i = 0; i < kKernelFamilies; ++i) {
-        const char* name = to_string(static_cast<KernelFamily>(i));
-        if (mk->has(name)) c.family_efficiency[static_cast<size_t>(i)] = mk->number(name, 0.0001, 1.0);
-      }
-      mk->finish();
-    }
-    c.kernel_floor_us = complete ? r.number("kernel_floor_us", 0, 1000) : r.number_or("kernel_floor_us", -1, 0, 1000);
-    c.launch_gap_us = complete ? r.number("launch_gap_us", 0, 1000) : r.number_or("launch_gap_us", -1, 0, 1000);
-    auto a2a = complete ? std::optional<CardReader>(r.section("all_to_all")) : r.optional_section("all_to_all");
-    if (a2a) {
-      AllToAllCalibration& a = c.all_to_all;
-      a.ib_efficiency = complete ? a2a->number("ib_efficiency", 0.01, 1.0) : a2a->number_or("ib_efficiency", 0, 0, 1.0);
-      a.nvlink_efficiency = complete ? a2a->number("nvlink_efficiency", 0.01, 1.0) : a2a->number_or("nvlink_efficiency", 0, 0, 1.0);
-      a.saturating_sms = complete ? a2a->integer("saturating_sms", 1, 100000) : a2a->integer_or("saturating_sms", 0, 0, 100000);
-      a.notify_us = read_per_kind(*a2a, "notify_us", 0, 1e6, complete ? 0.0 : -1.0);
-      a.in_training_factor = read_per_kind(*a2a, "in_training_factor", 0.1, 100, complete ? 1.0 : 0.0);
-      a2a->finish();
-    }
-    if (auto ts = r.optional_section("task_time_scale")) {
-      static const char* kinds[] = {"attn_f", "attn_b", "attn_w", "mlp_f", "mlp_b", "mlp_w", "loss", "optimizer"};
-      for (const char* k : kinds)
-        if (ts->has(k)) c.task_time_scale[k] = ts->number(k, 1e-6, 1e6);
-      ts->finish();
-    }
-    r.finish();
-    if (bench) top.finish();
-    return c;
-  });
+  return catch_input_errors([&] { return read_calibration(parse_card_file(path), path); });
+}
+
+Result<Calibration> load_calibration_text(const std::string& text, const std::string& source) {
+  return catch_input_errors([&] { return read_calibration(parse_card_text(text, source), source); });
 }
 
 Calibration overlay(const Calibration& base, const Calibration& top) {
@@ -215,11 +222,11 @@ Calibration overlay(const Calibration& base, const Calibration& top) {
   return c;
 }
 
-std::string shipped_data_path(const std::string& relative) {
-  // A relocated checkout (scripts/gpu-verify.sh runs binaries built elsewhere) says where it is.
-  for (const char* var : {"TANDEM_DATA_DIR", "TANDEM_SOURCE_DIR"})
-    if (const char* dir = std::getenv(var); dir && *dir) return std::string(dir) + "/" + relative;
-  return std::string(TANDEM_SOURCE_DIR) + "/" + relative;
+Calibration default_calibration() {
+  const char* kDefault = "sim/calibration/h800-deepgemm.yaml";
+  auto c = load_calibration_text(std::string(built_in_file(kDefault).value()), built_in_name(kDefault));
+  if (!c) throw InputException(c.error());
+  return c.value();
 }
 
 Calibration resolve_calibration(const std::vector<std::string>& files) {
@@ -231,7 +238,7 @@ Calibration resolve_calibration(const std::vector<std::string>& files) {
   std::vector<Calibration> given;
   for (const std::string& path : files) given.push_back(load(path));
   const bool base_given = !given.empty() && !given.front().overlay;
-  Calibration cal = base_given ? given.front() : load(shipped_data_path("sim/calibration/h800-deepgemm.yaml"));
+  Calibration cal = base_given ? given.front() : default_calibration();
   for (size_t i = base_given ? 1 : 0; i < given.size(); ++i) {
     if (!given[i].overlay)
       throw_input_error(given[i].file, "overlay",

@@ -93,19 +93,21 @@ struct Calibration {
 // of `tandem bench gemm|quant|moe-layer --json` (its "calibration" section: measured rows and
 // efficiencies only). Errors name the file and the key.
 Result<Calibration> load_calibration(const std::string& path);
+// The same from text; `source` names it in errors.
+Result<Calibration> load_calibration_text(const std::string& text, const std::string& source);
+
+// The shipped complete calibration, sim/calibration/h800-deepgemm.yaml, from the copy built into
+// the binary (sim/shipped_data.h).
+Calibration default_calibration();
 
 // `top` laid over `base`: its measured GEMM rows replace the base's rows of the same dtype, role,
 // shape and SM count (or join the table); every figure it sets replaces the base's.
 Calibration overlay(const Calibration& base, const Calibration& top);
 
 // The calibration a simulation uses: the files in order (the first complete, or the shipped
-// sim/calibration/h800-deepgemm.yaml when the first is an overlay or none is given), each
-// later one laid over the result. Throws InputException naming the file.
+// sim/calibration/h800-deepgemm.yaml, built into the binary, when the first is an overlay or none
+// is given), each later one laid over the result. Throws InputException naming the file.
 Calibration resolve_calibration(const std::vector<std::string>& files);
-
-// Where tandem's shipped data lives: $TANDEM_DATA_DIR, else $TANDEM_SOURCE_DIR (a relocated
-// checkout), else the source tree the binary was built from.
-std::string shipped_data_path(const std::string& relative);
 
 class ComputeCostModel {
  public:

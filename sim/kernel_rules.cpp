@@ -11,6 +11,7 @@
 
 #include "common/card_reader.h"
 #include "common/sha256.h"
+#include "sim/shipped_data.h"
 
 namespace tandem {
 
@@ -258,6 +259,12 @@ Result<KernelRules> load_kernel_rules(const std::string& path) {
   Result<std::string> text = read_regular_file(path, kMaxRulesBytes);
   if (!text) return text.error();
   return catch_input_errors([&] { return parse_rules(path, text.value()); });
+}
+
+KernelRules default_kernel_rules() {
+  const char* kDefault = "sim/calibration/kernel-rules.yaml";
+  // The built-in copy is the source tree's at build time; a test parses it, so this cannot fail.
+  return parse_rules(built_in_name(kDefault), std::string(built_in_file(kDefault).value()));
 }
 
 const KernelRule* match_rule(const KernelRules& r, const TraceKernel& k, const std::string& phase,

@@ -88,6 +88,9 @@ struct KernelRules {
 // Strict: a missing `rules` list, an unknown key, an unknown op class, a regex that does not
 // compile, an empty or inverted grid range -> InputError `file: key: reason`.
 Result<KernelRules> load_kernel_rules(const std::string& path);
+// The shipped rules, sim/calibration/kernel-rules.yaml, from the copy built into the binary
+// (sim/shipped_data.h); named "sim/calibration/kernel-rules.yaml (shipped)".
+KernelRules default_kernel_rules();
 
 struct ClassifiedKernel {
   TraceKernel kernel;

@@ -31,6 +31,27 @@ Gemm fp8(int64_t m, int64_t n, int64_t k, int64_t count = 1) {
 
 }  // namespace
 
+TEST_CASE("the built-in default calibration is the shipped file", "[sim]") {
+  // The binary carries its own copy (sim/shipped_data.h): it must be the file's, figure for figure.
+  auto file = load_calibration(repo("sim/calibration/h800-deepgemm.yaml"));
+  REQUIRE(file.ok());
+  const Calibration built_in = default_calibration();
+  const Calibration& f = file.value();
+  CHECK(built_in.file == "sim/calibration/h800-deepgemm.yaml (shipped)");
+  CHECK(built_in.name == f.name);
+  REQUIRE(built_in.gemms.size() == f.gemms.size());
+  for (size_t i = 0; i < f.gemms.size(); ++i) {
+    CHECK(built_in.gemms[i].m == f.gemms[i].m);
+    CHECK(built_in.gemms[i].tflops == f.gemms[i].tflops);
+  }
+  CHECK(built_in.hbm_efficiency == f.hbm_efficiency);
+  CHECK(built_in.attention_fwd_efficiency == f.attention_fwd_efficiency);
+  CHECK(built_in.all_to_all.ib_efficiency == f.all_to_all.ib_efficiency);
+  CHECK(built_in.provenance == f.provenance);
+  // And it is what a simulation without a calibration file gets.
+  CHECK(resolve_calibration({}).provenance == f.provenance);
+}
+
 TEST_CASE("a GEMM in the calibration table takes its measured time", "[sim]") {
   const ComputeCostModel c = h800();
   const Gemm g = fp8(4096, 7168, 16384);

@@ -107,6 +107,13 @@ TEST_CASE("kernel rules: the shipped file loads", "[calibrate]") {
   CHECK_THAT(r.rules.front().text, Catch::StartsWith("rules[0] {"));
 }
 
+TEST_CASE("kernel rules: the built-in copy is the shipped file", "[calibrate]") {
+  const KernelRules built_in = default_kernel_rules();
+  CHECK(built_in.sha256 == shipped_rules().sha256);
+  CHECK(built_in.file == "sim/calibration/kernel-rules.yaml (shipped)");
+  CHECK(built_in.rules.size() == shipped_rules().rules.size());
+}
+
 TEST_CASE("kernel rules: the DeepSeek excerpt classifies completely, by phase and context", "[calibrate]") {
   const ChromeTrace t = excerpt();
   const Classification c = classify(t, shipped_rules());
