@@ -4,11 +4,8 @@
 #include <vector>
 
 #include "common/format.h"
+#include "exec/cuda_backend.h"
 #include "exec/gpu_probe.h"
-
-#if TANDEM_HAVE_CUDA
-#include "exec/cuda/bench.h"
-#endif
 
 namespace tandem {
 namespace {
@@ -29,12 +26,13 @@ void validate(const BenchOptions& o) {
     throw_input_error("<command line>", "--rows/--cols", "are not used by `bench gemm` (fixed DeepGEMM shapes)");
 }
 
-// The device check, in every build: a clear reason, never a crash.
-void require_device() {
+// The device check, in every build: a clear reason, never a crash. Returns the loaded backend.
+const CudaBackend& require_device() {
   const GpuProbe p = probe_gpus();
   if (!p.built_with_cuda)
     throw_input_error(kWhere, "", "this build has no CUDA backend (configured with TANDEM_CUDA=OFF or without nvcc); "
                                   "rebuild with nvcc and TANDEM_CUDA=ON on a Hopper GPU machine");
+  if (!p.backend_loaded) throw_input_error(kWhere, "", p.detail);
   if (p.devices <= 0) {
     std::string why = p.detail;
     const std::string prefix = "no CUDA device: ";
@@ -42,9 +40,9 @@ void require_device() {
     if (why.empty() || why == "no CUDA device") why = "0 devices";
     throw_input_error(kWhere, "", "no CUDA device present (cudaGetDeviceCount says: " + why + ")");
   }
+  return *load_cuda_backend().backend;
 }
 
-#if TANDEM_HAVE_CUDA
 nlohmann::json device_json(const cuda::BenchDevice& d) {
   return {{"name", d.name},
           {"sm_count", d.sm_count},
@@ -62,11 +60,11 @@ nlohmann::json calibration_head(const cuda::BenchDevice& d, const std::string& w
                                what.c_str(), d.cublaslt_version, d.name.c_str(), d.sm_count)}};
 }
 
-nlohmann::json run_gemm(const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
+nlohmann::json run_gemm(const CudaBackend& gpu, const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
   const std::vector<cuda::GemmShape> shapes = {
       {4096, 2112, 7168}, {4096, 24576, 1536}, {4096, 7168, 16384}, {4096, 4096, 7168}, {4096, 7168, 2048}};
   const int target = o.comm_sms > 0 && o.comm_sms < dev.sm_count ? dev.sm_count - o.comm_sms : 0;
-  const auto rows = cuda::bench_gemm(shapes, true, target, t);
+  const auto rows = gpu.bench_gemm(shapes, true, target, t);
   nlohmann::json results = nlohmann::json::array(), cal_rows = nlohmann::json::array(),
                  reduced = nlohmann::json::array();
   text += strprintf("FP8 block-scaled GEMM (cuBLASLt %lld) on %s, %d SMs; BF16 output, %d iterations\n",
@@ -88,9 +86,9 @@ nlohmann::json run_gemm(const BenchOptions& o, const cuda::BenchDevice& dev, con
   return out;
 }
 
-nlohmann::json run_quant(const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
+nlohmann::json run_quant(const CudaBackend& gpu, const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
   const int rows = o.rows > 0 ? o.rows : 8192, cols = o.cols > 0 ? o.cols : 7168;
-  const auto res = cuda::bench_quant(rows, cols, t);
+  const auto res = gpu.bench_quant(rows, cols, t);
   nlohmann::json results = nlohmann::json::array();
   text += strprintf("FP8 quantisation of an FP32 [%d, %d] tensor on %s (peak HBM %.0f GB/s)\n", rows, cols,
                     dev.name.c_str(), dev.peak_hbm_gbytes_s);
@@ -108,7 +106,7 @@ nlohmann::json run_quant(const BenchOptions& o, const cuda::BenchDevice& dev, co
   return {{"results", results}, {"calibration", cal}};
 }
 
-nlohmann::json run_moe(const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
+nlohmann::json run_moe(const CudaBackend& gpu, const BenchOptions& o, const cuda::BenchDevice& dev, const cuda::BenchTiming& t, std::string& text) {
   cuda::MoeLayerConfig c;
   if (o.rows > 0) c.rows = o.rows;
   nlohmann::json out = nlohmann::json::array();
@@ -118,7 +116,7 @@ nlohmann::json run_moe(const BenchOptions& o, const cuda::BenchDevice& dev, cons
   if (o.comm_sms > 0 && o.comm_sms < dev.sm_count) targets.push_back(dev.sm_count - o.comm_sms);
   for (int target : targets) {
     c.sm_count_target = target;
-    const cuda::MoeLayerResult r = cuda::bench_moe_layer(c, t);
+    const cuda::MoeLayerResult r = gpu.bench_moe_layer(c, t);
     nlohmann::json grouped = nlohmann::json::array();
     for (const auto& g : r.grouped) {
       grouped.push_back({{"name", g.name}, {"groups", g.groups}, {"m", g.m}, {"n", g.n}, {"k", g.k}, {"ms", g.ms},
@@ -142,22 +140,20 @@ nlohmann::json run_moe(const BenchOptions& o, const cuda::BenchDevice& dev, cons
   cal["fp8_grouped_gemms"] = grouped_rows;
   return {{"results", out}, {"calibration", cal}};
 }
-#endif
 
 }  // namespace
 
 Result<nlohmann::json> bench_command(const BenchOptions& o, std::string& text) {
   return catch_input_errors([&]() -> nlohmann::json {
     validate(o);
-    require_device();
-#if TANDEM_HAVE_CUDA
+    const CudaBackend& gpu = require_device();
     try {
-      const cuda::BenchDevice dev = cuda::bench_device();
+      const cuda::BenchDevice dev = gpu.bench_device();
       const cuda::BenchTiming t{o.warmup, o.iters};
       nlohmann::json j;
-      if (o.what == "gemm") j = run_gemm(o, dev, t, text);
-      else if (o.what == "quant") j = run_quant(o, dev, t, text);
-      else j = run_moe(o, dev, t, text);
+      if (o.what == "gemm") j = run_gemm(gpu, o, dev, t, text);
+      else if (o.what == "quant") j = run_quant(gpu, o, dev, t, text);
+      else j = run_moe(gpu, o, dev, t, text);
       j["bench"] = o.what;
       j["device"] = device_json(dev);
       j["timing"] = {{"warmup", t.warmup}, {"iters", t.iters}};
@@ -168,10 +164,6 @@ Result<nlohmann::json> bench_command(const BenchOptions& o, std::string& text) {
       // CUDA / cuBLAS failures (CudaError, LtError) carry the runtime's status string.
       throw_input_error(kWhere, o.what, std::string("CUDA backend failed: ") + e.what());
     }
-#else
-    (void)text;
-    return nlohmann::json::object();  // not reached: require_device() threw
-#endif
   });
 }
 

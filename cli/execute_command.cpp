@@ -2,19 +2,16 @@
 
 #include <cmath>
 #include <cstdio>
+#include <stdexcept>
 
 #include "common/card_reader.h"
 #include "common/format.h"
 #include "common/read_file.h"
+#include "exec/cuda_backend.h"
 #include "exec/runtime/budget.h"
 #include "exec/runtime/executor.h"
 #include "reports/step_metrics.h"
 #include "scenarios/scenario.h"
-
-#ifdef TANDEM_HAVE_CUDA
-#include "exec/cuda/device_query.h"
-#include "exec/cuda/runtime/cuda_executor.h"
-#endif
 
 namespace tandem {
 
@@ -24,15 +21,19 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   if (o.backend != "cpu" && o.backend != "cuda")
     return InputError{"<command line>", "--backend", "'" + o.backend + "': expected cpu or cuda"};
   const bool cuda = o.backend == "cuda";
-#ifdef TANDEM_HAVE_CUDA
+  // The CUDA backend is a module loaded here, on the first command that asks for it.
+  const CudaBackend* gpu = nullptr;
   cuda::CudaWorld cuda_world = cuda::CudaWorld::automatic;
   if (cuda) {
+    const CudaBackendLoad& load = load_cuda_backend();
+    if (!load.backend) return InputError{"<command line>", "--backend", "'cuda': " + load.why + "; use --backend cpu"};
+    gpu = load.backend;
     try {
       cuda_world = cuda::parse_cuda_world(o.cuda_world);
     } catch (const std::invalid_argument& e) {
       return InputError{"<command line>", "--cuda-world", e.what()};
     }
-    const cuda::DeviceQuery q = cuda::query_devices();
+    const cuda::DeviceQuery q = gpu->query_devices();
     if (q.count == 0)
       return InputError{"<command line>", "--backend", "'cuda': no CUDA device is present (" + q.detail + "); use --backend cpu"};
     if (o.check_reference)
@@ -40,11 +41,6 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
                         "the CPU backend's check (the CUDA backend is checked against the CPU backend by the GPU "
                         "check exec_cuda); drop it or use --backend cpu"};
   }
-#else
-  if (cuda)
-    return InputError{"<command line>", "--backend",
-                      "'cuda': this build has no CUDA backend (configured with TANDEM_CUDA=OFF or without nvcc); use --backend cpu"};
-#endif
   nn::Numerics numerics = nn::Numerics::exact;
   if (o.numerics == "bf16") numerics = nn::Numerics::bf16;
   else if (o.numerics == "fp8") numerics = nn::Numerics::fp8;
@@ -74,15 +70,13 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
     spec.mtp_lambda = o.mtp_lambda;
     spec.setup.router_bias_skew = o.router_bias_skew;
     if (!cuda) runtime::check_cpu_budget(s, spec.workload);
-#ifdef TANDEM_HAVE_CUDA
     if (cuda) {
       runtime::GpuBudget gb;
-      gb.device_bytes = cuda::query_devices().memory_bytes;
+      gb.device_bytes = gpu->query_devices().memory_bytes;
       // Virtual ranks share GPU 0; NCCL puts one rank on each GPU.
-      gb.devices = cuda::resolve_cuda_world(cuda_world) == cuda::CudaWorld::nccl ? spec.world_size() : 1;
+      gb.devices = gpu->resolve_world(cuda_world) == cuda::CudaWorld::nccl ? spec.world_size() : 1;
       runtime::check_gpu_budget(s, spec.workload, gb);
     }
-#endif
   } catch (const InputException& e) {
     return e.error();
   }
@@ -95,14 +89,14 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   eo.timeout = std::chrono::milliseconds(o.timeout_ms);
   if (o.fault_rank >= 0) eo.fault = comm::FaultInjection{o.fault_rank, o.fault_at, comm::FaultInjection::Mode::announced};
   runtime::ExecResult r;
+  std::string failed;
   try {
-#ifdef TANDEM_HAVE_CUDA
-    r = cuda ? cuda::execute_cuda(spec, eo, cuda_world) : runtime::execute(spec, eo);
-#else
-    r = runtime::execute(spec, eo);
-#endif
+    r = cuda ? gpu->execute(spec, eo, cuda_world, failed) : runtime::execute(spec, eo);
   } catch (const runtime::ExecFailure& e) {
-    if (failure) failure->message = e.what();
+    failed = e.what();
+  }
+  if (!failed.empty()) {
+    if (failure) failure->message = failed;
     return nlohmann::json::object();
   }
   leader = r.leader;

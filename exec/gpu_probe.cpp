@@ -1,21 +1,21 @@
 #include "exec/gpu_probe.h"
 
-#if TANDEM_HAVE_CUDA
-#include "exec/cuda/device_query.h"
-#endif
+#include "exec/cuda_backend.h"
 
 namespace tandem {
 
 GpuProbe probe_gpus() {
   GpuProbe p;
-#if TANDEM_HAVE_CUDA
-  p.built_with_cuda = true;
-  const cuda::DeviceQuery q = cuda::query_devices();
+  p.built_with_cuda = cuda_backend_built();
+  const CudaBackendLoad& load = load_cuda_backend();
+  if (!load.backend) {
+    p.detail = load.why;
+    return p;
+  }
+  p.backend_loaded = true;
+  const cuda::DeviceQuery q = load.backend->query_devices();
   p.devices = q.count;
   p.detail = q.detail;
-#else
-  p.detail = "tandem was built without the CUDA backend (TANDEM_CUDA=OFF or no nvcc)";
-#endif
   return p;
 }
 

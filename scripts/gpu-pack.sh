@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on this machine (nvcc, no GPU needed), everything scripts/gpu-verify.sh runs on a GPU
 # machine, into .gpu-pack/: the GPU checks (tandem_gpu_tests, gpu_probe_test, bench_command_test)
-# and the CLI (benchmarks, execute --backend cuda), plus the shared libraries they load that such a
+# and the CLI (benchmarks, execute --backend cuda) with its CUDA backend module, plus the shared libraries they load that such a
 # machine may lack (yaml-cpp and the like). Why: the device tool's GPU machines reach no package
 # registry, so tandem's Debian dependencies cannot be installed there, and a build there would
 # spend the GPU's minutes on compiling. Not packed: glibc and the C++ runtime (the GPU machine's
@@ -28,8 +28,10 @@ cmake --build "$build" -j "$(nproc)" --target tandem_gpu_tests bench_command_tes
 
 rm -rf "$pack"
 mkdir -p "$pack/bin" "$pack/lib"
-for b in tests/tandem_gpu_tests tests/gpu_probe_test tests/bench_command_test cli/tandem; do
-  [ -x "$build/$b" ] || { echo "gpu-pack: $build/$b was not built" >&2; exit 1; }
+# cli/libtandem_cuda.so: the CUDA backend module the CLI, gpu_probe_test and bench_command_test
+# open at run time (exec/cuda_backend.h); they find it beside themselves in bin/.
+for b in tests/tandem_gpu_tests tests/gpu_probe_test tests/bench_command_test cli/tandem cli/libtandem_cuda.so; do
+  [ -f "$build/$b" ] || { echo "gpu-pack: $build/$b was not built" >&2; exit 1; }
   cp "$build/$b" "$pack/bin/"
 done
 strip --strip-debug "$pack"/bin/*

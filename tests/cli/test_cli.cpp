@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/subprocess.h"
+#include "exec/cuda_backend.h"
 #include "exec/gpu_probe.h"
 #include "../test_paths.h"
 
@@ -118,6 +119,41 @@ TEST_CASE("execute names the backends it has", "[cli]") {
   r = run("execute " + repo("scenarios/tiny-dualpipe.yaml") + " --backend tpu");
   CHECK(r.code == 2);
   CHECK(r.out.find("expected cpu or cuda") != std::string::npos);
+}
+
+TEST_CASE("the CUDA backend's libraries load only for a command that asks for a GPU", "[cli]") {
+  // The loader's own report (LD_DEBUG=files) lists every shared object the process opens.
+  const std::string scenario = repo("scenarios/tiny-dualpipe.yaml");
+  Run r = tandem::run_process("LD_DEBUG=files " + std::string(TANDEM_BINARY) + " describe " + scenario + " 2>&1 >/dev/null");
+  CHECK(r.code == 0);
+  CHECK(r.out.find("libtandem_cuda") == std::string::npos);
+  CHECK(r.out.find("libcublas") == std::string::npos);
+  CHECK(r.out.find("libcudart") == std::string::npos);
+  CHECK(r.out.find("libnccl") == std::string::npos);
+  if (!tandem::cuda_backend_built()) return;
+  // Only here does the module come in, and with it the CUDA libraries.
+  r = tandem::run_process("LD_DEBUG=files " + std::string(TANDEM_BINARY) + " execute " + scenario +
+                          " --backend cuda --steps 1 2>&1 >/dev/null");
+  CHECK(r.out.find("libtandem_cuda") != std::string::npos);
+  CHECK(r.out.find("libcublasLt") != std::string::npos);
+  if (tandem::probe_gpus().devices == 0) {
+    CHECK(r.code == 2);
+    CHECK(r.out.find("no CUDA device is present") != std::string::npos);
+  }
+}
+
+TEST_CASE("a missing or foreign CUDA backend module is a clear error and no crash", "[cli]") {
+  if (!tandem::cuda_backend_built()) return;  // the no-CUDA message is checked above
+  const std::string scenario = repo("scenarios/tiny-dualpipe.yaml");
+  Run r = tandem::run_process("TANDEM_CUDA_MODULE=/nonexistent/libtandem_cuda.so " + std::string(TANDEM_BINARY) +
+                              " execute " + scenario + " --backend cuda 2>&1");
+  CHECK(r.code == 2);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  CHECK(r.out.find("cannot load the CUDA backend module /nonexistent/libtandem_cuda.so") != std::string::npos);
+  // A shared object that is not the module (libc): refused by its missing entry point.
+  r = tandem::run_process("TANDEM_CUDA_MODULE=libc.so.6 " + std::string(TANDEM_BINARY) + " bench quant 2>&1");
+  CHECK(r.code == 2);
+  CHECK(r.out.find("is not a tandem CUDA backend module") != std::string::npos);
 }
 
 TEST_CASE("schedule --json reports bubbles and peak activations per rank", "[cli]") {

@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "exec/gpu_probe.h"
+#include "exec/cuda/device_query.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace tandem::gputest {
@@ -48,12 +48,13 @@ int main(int argc, char** argv) {
     std::printf("\n");
     return 2;
   }
-  const tandem::GpuProbe p = tandem::probe_gpus();
-  if (p.devices == 0) {
-    std::printf("SKIP: %s\n", p.detail.c_str());
+  // This binary links the CUDA backend itself (no module to load).
+  const tandem::cuda::DeviceQuery q = tandem::cuda::query_devices();
+  if (q.count == 0) {
+    std::printf("SKIP: %s\n", q.detail.c_str());
     return 77;
   }
-  std::printf("device: %s\n", p.detail.c_str());
+  std::printf("device: %s\n", q.detail.c_str());
   try {
     it->second();
   } catch (const std::exception& e) {

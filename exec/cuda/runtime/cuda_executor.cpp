@@ -129,13 +129,6 @@ CudaWorld resolve_cuda_world(CudaWorld kind) {
   return nccl_built() && comm::launched_under_mpi() ? CudaWorld::nccl : CudaWorld::virtual_ranks;
 }
 
-CudaWorld parse_cuda_world(const std::string& name) {
-  if (name == "auto") return CudaWorld::automatic;
-  if (name == "virtual") return CudaWorld::virtual_ranks;
-  if (name == "nccl") return CudaWorld::nccl;
-  throw std::invalid_argument("'" + name + "': expected auto, virtual or nccl");
-}
-
 runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::ExecOptions& o, CudaWorld kind) {
   const DeviceQuery q = query_devices();
   if (q.count == 0) throw ExecFailure("no CUDA device is present (" + q.detail + ")");
