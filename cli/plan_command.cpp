@@ -17,6 +17,7 @@
 #include "common/format.h"
 #include "common/write_file.h"
 #include "scenarios/memory.h"
+#include "scenarios/plan.h"
 #include "scenarios/scenario.h"
 #include "scenarios/step_bound.h"
 
@@ -94,7 +95,6 @@ void examine(const std::string& path, const std::vector<std::string>& fixed, dou
     return;
   }
   const Scenario& s = loaded.value();
-  const Workload w = scenario_workload(s);
   for (const RankMemory& m : memory_per_rank(s, part)) c.memory = std::max(c.memory, m.total());
   const double hbm = s.cluster.gpu.hbm_gbytes * 1e9;
   if (c.memory > (1 - headroom) * hbm) {
@@ -103,7 +103,8 @@ void examine(const std::string& path, const std::vector<std::string>& fixed, dou
     c.reason = strprintf("needs %.1f GB of %.0f GB: less than %.0f%% of HBM left free", c.memory / 1e9, hbm / 1e9, 100 * headroom);
     return;
   }
-  c.bound = step_lower_bound(s, w, scenario_program(s, w, part)).step_s;
+  const StepPlan plan = make_plan(s, &part);
+  c.bound = step_lower_bound(s, plan.workload, plan.program).step_s;
 }
 
 // examine() for every candidate, on `jobs` threads; the processes of an MPI launch split them.

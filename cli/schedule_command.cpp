@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "reports/schedule_svg.h"
+#include "scenarios/plan.h"
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/unit_cost_engine.h"
@@ -48,13 +49,11 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
     auto loaded = load_scenario(o.path, o.overrides);
     if (!loaded) throw InputException(loaded.error());
     const Scenario& s = loaded.value();
-    const Workload w = scenario_workload(s);
-    const StagePartition part = scenario_partition(s, w);
-    const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp),
-                                       static_cast<int>(s.micro_batches()), s.file, "schedule.kind");
-    const Program prog = build_program(sch, w, part, ProgramOptions{s.plan.dp_overlap});
-    const std::vector<std::string> problems = check_program(prog);
-    if (!problems.empty()) throw std::runtime_error("generated program fails its checks: " + problems.front());
+    const StepPlan plan = make_plan(s);
+    const Workload& w = plan.workload;
+    const StagePartition& part = plan.partition();
+    const Schedule& sch = plan.schedule();
+    const Program& prog = plan.program;
     const UnitCostRun run = run_unit_costs(sch, costs);
 
     t += strprintf("Schedule %s: %d pipeline ranks, %d stages, %d micro-batches per step (%d per path)\n",

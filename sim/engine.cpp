@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "scenarios/plan.h"
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
 #include "scenarios/task_cost.h"
@@ -56,9 +57,9 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     files.insert(files.end(), o.calibration.begin(), o.calibration.end());
     const Calibration calibration = resolve_calibration(files);
     const ComputeCostModel costs(s.cluster.gpu, calibration);
-    const Workload w = scenario_workload(s);
-    const StagePartition part = o.partition ? *o.partition : scenario_partition(s, w);
-    const Program prog = scenario_program(s, w, part);
+    const StepPlan plan = make_plan(s, o.partition);
+    const Workload& w = plan.workload;
+    const Program& prog = plan.program;
     const Schedule& sch = prog.schedule;
     auto say = [&](const std::string& what) {
       if (!o.progress) return;

@@ -2,6 +2,7 @@
 
 #include "common/input_error.h"
 #include "exec/runtime/budget.h"
+#include "scenarios/plan.h"
 
 namespace tandem::runtime {
 
@@ -28,9 +29,10 @@ RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint6
   check_supported(s);
   RunSpec spec;
   spec.scenario = s;
-  spec.workload = scenario_workload(s);
-  spec.partition = scenario_partition(s, spec.workload);
-  spec.program = scenario_program(s, spec.workload, spec.partition);
+  StepPlan plan = make_plan(s);
+  spec.workload = std::move(plan.workload);
+  spec.partition = plan.partition();
+  spec.program = std::move(plan.program);
   spec.pp = static_cast<int>(s.plan.pp);
   spec.dp = static_cast<int>(s.plan.dp);
   spec.ep = static_cast<int>(s.plan.ep);
