@@ -287,10 +287,6 @@ void gather_qkv(const AttentionShape& s, long long z0, int zc, const float* q, c
 
 // ---------------------------------------------------------------- public pieces
 
-float MlaDeviceConfig::softmax_scale() const {
-  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head())));
-}
-
 std::vector<float> rope_cos_sin(int seq_len, int width, double theta) {
   require(seq_len > 0, "rope_cos_sin: seq_len must be > 0");
   require(width > 0 && width % 2 == 0, "rope_cos_sin: width must be even and > 0");
@@ -425,7 +421,7 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
 namespace {
 
 template <class P>
-void check_tensors(const MlaDeviceConfig& c, const MlaTensors<P>& w, const char* what) {
+void check_tensors(const MlaConfig& c, const MlaTensors<P>& w, const char* what) {
   const std::string pre = std::string("MlaDevice: ") + what + ".";
   if (c.q_lora_rank > 0) {
     require(w.q_a_proj != nullptr, pre + "q_a_proj is null");
@@ -456,11 +452,16 @@ void copy_cols(float* dst, int ld_dst, const float* src, int ld_src, int width, 
 
 }  // namespace
 
-MlaDevice::MlaDevice(const MlaDeviceConfig& c, Blas& blas, DeviceLinear& linear, std::size_t core_budget_bytes)
+MlaDevice::MlaDevice(const MlaConfig& c, Blas& blas, DeviceLinear& linear, std::size_t core_budget_bytes)
     : c_(c), blas_(blas), lin_(linear), core_budget_(core_budget_bytes) {
   require(c.hidden > 0 && c.heads > 0 && c.kv_lora_rank > 0 && c.qk_rope > 0 && c.qk_rope % 2 == 0 &&
               c.qk_rope <= kRopeSmem && c.v_head > 0 && c.qk_nope >= 0 && c.q_lora_rank >= 0,
           "MlaDevice: bad config");
+  // The kernels and GEMM shapes index in int.
+  constexpr int64_t kMaxDim = int64_t{1} << 30;
+  for (int64_t d : {c.hidden, c.heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope, c.qk_rope, c.v_head,
+                    c.heads * c.qk_head(), c.heads * c.v_head})
+    require(d <= kMaxDim, "MlaDevice: a dimension of the config is out of the device's int range");
   // one stream orders the core's GEMMs, the kernels and the projections' GEMMs and scratch reuse
   require(linear.stream() == blas.stream(), "MlaDevice: linear and blas must share one stream");
 }
@@ -473,7 +474,7 @@ AttentionShape MlaDevice::core_shape(int rows, int seq_len) const {
   s.rope = c_.qk_rope;
   s.dv = c_.v_head;
   s.seq_len = seq_len;
-  s.scale = c_.softmax_scale();
+  s.scale = static_cast<float>(c_.softmax_scale());  // the CPU's static_cast<T>, T = float
   return s;
 }
 
@@ -508,7 +509,7 @@ const float* MlaDevice::rope_table(int seq_len) {
 
 void MlaDevice::prepare_weights(const MlaDeviceWeights& w) {
   clear_prepared_weights();
-  if (lin_.numerics() != LinearNumerics::fp8) return;
+  if (lin_.numerics() != Numerics::fp8) return;
   check_tensors(c_, w, "weights");
   const int H = c_.heads, qk = c_.qk_head(), dkv = c_.qk_nope + c_.v_head;
   const int kva = c_.kv_lora_rank + c_.qk_rope;
@@ -540,7 +541,7 @@ const Fp8Weight* MlaDevice::prepared_weight(MlaProj which) const {
 
 LinearWeight MlaDevice::weight(MlaProj which, const float* W, int n, int k) const {
   const Prepared& p = prepared_[static_cast<int>(which)];
-  const bool cached = lin_.numerics() == LinearNumerics::fp8 && p.src != nullptr && p.src == W;
+  const bool cached = lin_.numerics() == Numerics::fp8 && p.src != nullptr && p.src == W;
   return LinearWeight(ConstDeviceMat(W, n, k), cached ? &p.q : nullptr);
 }
 

@@ -12,7 +12,7 @@
 // [q_nope | q_pe]; kv [M, heads·(qk_nope+v_head)] per head [k_nope | v]; attn [M, heads·v_head];
 // lse [M, heads]. Weights in PyTorch layout [out, in], the shapes of nn::MlaWeights.
 //
-// Numerics: as exec/nn's mla_* with the run's Numerics (the DeviceLinear's LinearNumerics):
+// Numerics: as exec/nn's mla_* with the run's Numerics (the DeviceLinear's Numerics):
 //   * the seven projections (q_a, q_b | q, kv_a_proj_with_mqa, kv_b, o) run through DeviceLinear
 //     in its numerics, all seven of them (exec/nn keeps none out of BF16 / FP8): exact = cuBLAS
 //     FP32 (pedantic, no TF32; cuBLAS sums in its own order), bf16 / fp8 = exec/cuda/linear.h
@@ -76,26 +76,14 @@
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/linear.h"
+#include "exec/spec/mla_config.h"
 
 namespace tandem::cuda {
 
-// nn::MlaConfig's fields (plain ints: this header is also compiled as CUDA C++17).
-struct MlaDeviceConfig {
-  int hidden = 0;
-  int heads = 0;
-  int q_lora_rank = 0;  // 0: q = q_proj(x)
-  int kv_lora_rank = 0;
-  int qk_nope = 0;
-  int qk_rope = 0;  // even
-  int v_head = 0;
-  double rms_eps = 1e-6;
-  double rope_theta = 10000.0;
-  bool recompute = true;  // as nn: recompute norms, up-projections and RoPE in backward-input
-
-  int qk_head() const { return qk_nope + qk_rope; }
-  // float(1 / sqrt(double(qk_head))): the CPU's static_cast<T>(MlaConfig::softmax_scale()).
-  float softmax_scale() const;
-};
+// exec/spec/mla_config.h: the CPU reference's type. MlaDevice checks that every size fits an
+// int (the kernels index in int) and rounds softmax_scale() to float once, as the CPU's
+// static_cast<T> does.
+using spec::MlaConfig;
 
 // The eight tensors of nn::MlaWeights as device pointers (nullptr where the config has none:
 // q_a_* / q_b_proj without q_lora_rank, q_proj with it).
@@ -212,14 +200,14 @@ class MlaDevice {
   // blas (the attention core's batched GEMMs) and linear (the projections, in its numerics) must
   // outlive this object and share one stream. Throws std::invalid_argument on a bad config (as
   // nn's check_config) or when linear.stream() != blas.stream().
-  MlaDevice(const MlaDeviceConfig& c, Blas& blas, DeviceLinear& linear,
+  MlaDevice(const MlaConfig& c, Blas& blas, DeviceLinear& linear,
             std::size_t core_budget_bytes = kDefaultCoreBudget);
   MlaDevice(const MlaDevice&) = delete;
   MlaDevice& operator=(const MlaDevice&) = delete;
 
-  const MlaDeviceConfig& config() const { return c_; }
+  const MlaConfig& config() const { return c_; }
   cudaStream_t stream() const { return blas_.stream(); }
-  LinearNumerics numerics() const { return lin_.numerics(); }
+  Numerics numerics() const { return lin_.numerics(); }
   // The attention core's chunk for `rows` tokens of `seq_len` (see Workspace above).
   int core_chunk(int rows, int seq_len, bool backward) const;
 
@@ -279,7 +267,7 @@ class MlaDevice {
   float* resize(DeviceBuffer<float>& b, std::size_t count);
   AttentionShape core_shape(int rows, int seq_len) const;
 
-  MlaDeviceConfig c_;
+  MlaConfig c_;
   Blas& blas_;
   DeviceLinear& lin_;
   std::size_t core_budget_;

@@ -19,7 +19,7 @@ std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows)
 
 }  // namespace
 
-DeviceHead::DeviceHead(Blas& blas, LtFp8Gemm& lt, LinearNumerics run, int hidden, int vocab, double eps)
+DeviceHead::DeviceHead(Blas& blas, LtFp8Gemm& lt, Numerics run, int hidden, int vocab, double eps)
     : lin_(blas, lt, head_numerics(run)), hidden_(hidden), vocab_(vocab), eps_(static_cast<float>(eps)) {
   require(hidden > 0, "hidden must be positive");
   require(vocab > 0, "vocab must be positive");

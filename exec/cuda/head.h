@@ -6,7 +6,7 @@
 // per call (as exec/nn does); one DeviceHead serves all of them.
 //
 // Numerics (exec/nn/head.cpp's head_numerics): DeepSeek-V3 keeps the output head out of FP8, so a
-// run in LinearNumerics::fp8 runs this GEMM as bf16; exact and bf16 as linear.h. DeviceHead owns
+// run in Numerics::fp8 runs this GEMM as bf16; exact and bf16 as linear.h. DeviceHead owns
 // a DeviceLinear in head_numerics(run numerics) for that reason (so an fp8 run is bit-identical to
 // a bf16 one here, as on the CPU). RMSNorm in FP32 (kernels.h: tree-reduced sum of squares, so
 // tolerance-equal, not bitwise, to exec/nn); its output is recomputed in backward-input as exec/nn
@@ -33,8 +33,8 @@
 namespace tandem::cuda {
 
 // exec/nn/head.cpp's rule: the head's GEMM never runs in FP8.
-inline LinearNumerics head_numerics(LinearNumerics run) {
-  return run == LinearNumerics::fp8 ? LinearNumerics::bf16 : run;
+inline Numerics head_numerics(Numerics run) {
+  return run == Numerics::fp8 ? Numerics::bf16 : run;
 }
 
 // nn::HeadSaved: the head's input h (copied), plus the forward's inverse RMS per row.
@@ -58,13 +58,13 @@ class DeviceHead {
   // never; it is what DeviceLinear's constructor takes). run: the run's numerics; the GEMM runs in
   // head_numerics(run). eps: rms_norm_eps (rounded to FP32, as exec/nn's T(eps)).
   // std::invalid_argument when hidden or vocab is not positive.
-  DeviceHead(Blas& blas, LtFp8Gemm& lt, LinearNumerics run, int hidden, int vocab, double eps);
+  DeviceHead(Blas& blas, LtFp8Gemm& lt, Numerics run, int hidden, int vocab, double eps);
   DeviceHead(const DeviceHead&) = delete;
   DeviceHead& operator=(const DeviceHead&) = delete;
 
   int hidden() const { return hidden_; }
   int vocab() const { return vocab_; }
-  LinearNumerics numerics() const { return lin_.numerics(); }  // head_numerics(run)
+  Numerics numerics() const { return lin_.numerics(); }  // head_numerics(run)
   cudaStream_t stream() const { return lin_.stream(); }
 
   // nn::head_forward: logits [rows, vocab] (overwritten) from h [rows, hidden]. Fills *saved

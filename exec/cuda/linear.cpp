@@ -44,7 +44,7 @@ std::size_t Fp8Weight::t_scales_count() const {
   return rows_p_ > 0 && cols_p_ > 0 ? count_of(ceil_div(cols_p_, kQuantBlock), k_blocks_padded(rows_p_)) : 0;
 }
 
-DeviceLinear::DeviceLinear(Blas& blas, LtFp8Gemm& lt, LinearNumerics numerics)
+DeviceLinear::DeviceLinear(Blas& blas, LtFp8Gemm& lt, Numerics numerics)
     : blas_(blas), lt_(lt), numerics_(numerics) {}
 
 void DeviceLinear::set_sm_count_target(int sms) {
@@ -78,7 +78,7 @@ Fp8Operand DeviceLinear::quantize_1x128(ConstDeviceMat m, int rows_p, int cols_p
 
 void DeviceLinear::quantize_weight(ConstDeviceMat W, Fp8Weight& out) {
   const char* op = "DeviceLinear::quantize_weight";
-  require(numerics_ == LinearNumerics::fp8, op, "numerics is not fp8");
+  require(numerics_ == Numerics::fp8, op, "numerics is not fp8");
   check_view(W, op, "W");
   out.rows_ = W.rows;
   out.cols_ = W.cols;
@@ -180,7 +180,7 @@ void DeviceLinear::forward_impl(ConstDeviceMat x, const LinearWeight* W, const D
     return;
   }
   switch (numerics_) {
-    case LinearNumerics::exact:
+    case Numerics::exact:
       for (int i = 0; i < count; ++i) {
         const int N = W[i].rows();
         if (N == 0) continue;
@@ -189,7 +189,7 @@ void DeviceLinear::forward_impl(ConstDeviceMat x, const LinearWeight* W, const D
                    y[i].ld);
       }
       return;
-    case LinearNumerics::bf16: {
+    case Numerics::bf16: {
       const uint16_t* xb = to_bf16(x, bf16_a_);
       for (int i = 0; i < count; ++i) {
         const int N = W[i].rows();
@@ -206,7 +206,7 @@ void DeviceLinear::forward_impl(ConstDeviceMat x, const LinearWeight* W, const D
       }
       return;
     }
-    case LinearNumerics::fp8: {
+    case Numerics::fp8: {
       const Fp8Operand a = quantize_1x128(x, fp8_padded(M), fp8_padded(K), false, codes_a_, scales_a_);
       for (int i = 0; i < count; ++i) {
         if (W[i].rows() == 0) continue;
@@ -232,13 +232,13 @@ void DeviceLinear::backward_input(ConstDeviceMat dy, const LinearWeight& W, Devi
     return;
   }
   switch (numerics_) {
-    case LinearNumerics::exact: {
+    case Numerics::exact: {
       const ConstDeviceMat& w = fp32_weight(W, op);
       blas_.gemm(false, false, M, K, N, 1.0f, dy.data, dy.ld, w.data, w.ld, accumulate ? 1.0f : 0.0f, dx.data,
                  dx.ld);
       return;
     }
-    case LinearNumerics::bf16: {
+    case Numerics::bf16: {
       const uint16_t* dyb = to_bf16(dy, bf16_a_);
       const uint16_t* wb = to_bf16(fp32_weight(W, op), bf16_b_);
       if (!accumulate) {
@@ -251,7 +251,7 @@ void DeviceLinear::backward_input(ConstDeviceMat dy, const LinearWeight& W, Devi
       }
       return;
     }
-    case LinearNumerics::fp8: {
+    case Numerics::fp8: {
       const Fp8Weight& q = fp8_weight(W);
       const Fp8Operand a = quantize_1x128(dy, fp8_padded(M), q.padded_rows(), false, codes_a_, scales_a_);
       fp8_gemm_into(a, q.dgrad(), dx, true, accumulate);
@@ -280,7 +280,7 @@ void DeviceLinear::backward_weight_split(ConstDeviceMat dy, ConstDeviceMat x, co
   const int M = dy.rows, N = dy.cols, K = x.cols;
   if (M == 0 || N == 0 || K == 0) return;  // dW += 0
   switch (numerics_) {
-    case LinearNumerics::exact: {
+    case Numerics::exact: {
       int off = 0;
       for (int i = 0; i < count; ++i) {
         const int n = dW[i].rows;
@@ -289,7 +289,7 @@ void DeviceLinear::backward_weight_split(ConstDeviceMat dy, ConstDeviceMat x, co
       }
       return;
     }
-    case LinearNumerics::bf16: {
+    case Numerics::bf16: {
       const uint16_t* dyb = to_bf16(dy, bf16_a_);  // dense [M, N]
       const uint16_t* xb = to_bf16(x, bf16_b_);    // dense [M, K]
       int off = 0;
@@ -300,7 +300,7 @@ void DeviceLinear::backward_weight_split(ConstDeviceMat dy, ConstDeviceMat x, co
       }
       return;
     }
-    case LinearNumerics::fp8: {
+    case Numerics::fp8: {
       const int mp = fp8_padded(M), np = fp8_padded(N), kp = fp8_padded(K);
       const Fp8Operand a = quantize_1x128(dy, mp, np, true, codes_a_, scales_a_);  // dyᵀ [np, mp]
       const Fp8Operand b = quantize_1x128(x, mp, kp, true, codes_b_, scales_b_);   // xᵀ [kp, mp]
@@ -323,7 +323,7 @@ DeviceFfn::DeviceFfn(DeviceLinear& linear, int hidden, int inter) : lin_(linear)
 }
 
 LinearWeight DeviceFfn::weight(const float* w, int rows, int cols, const Fp8Weight* q) const {
-  return LinearWeight(ConstDeviceMat(w, rows, cols), lin_.numerics() == LinearNumerics::fp8 ? q : nullptr);
+  return LinearWeight(ConstDeviceMat(w, rows, cols), lin_.numerics() == Numerics::fp8 ? q : nullptr);
 }
 
 void DeviceFfn::quantize_weights(const DeviceFfnWeights& w, DeviceFfnFp8Weights& out) {

@@ -54,11 +54,11 @@
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/lt_gemm.h"
+#include "exec/spec/numerics.h"
 
 namespace tandem::cuda {
 
-// exec/nn's Numerics (exec/nn/tensor.h, which this Eigen-free backend cannot include).
-enum class LinearNumerics { exact, bf16, fp8 };
+using spec::Numerics;  // exec/spec/numerics.h: the CPU reference's type
 
 // FP32 row-major device matrix views; ld = 0 means dense (ld = cols).
 struct DeviceMat {
@@ -132,11 +132,11 @@ struct LinearWeight {
 class DeviceLinear {
  public:
   // blas and lt must outlive this object; its stream is blas.stream().
-  DeviceLinear(Blas& blas, LtFp8Gemm& lt, LinearNumerics numerics);
+  DeviceLinear(Blas& blas, LtFp8Gemm& lt, Numerics numerics);
   DeviceLinear(const DeviceLinear&) = delete;
   DeviceLinear& operator=(const DeviceLinear&) = delete;
 
-  LinearNumerics numerics() const { return numerics_; }
+  Numerics numerics() const { return numerics_; }
   cudaStream_t stream() const { return blas_.stream(); }
 
   // The SM budget of the FP8 GEMMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET): a rank whose GEMMs
@@ -179,7 +179,7 @@ class DeviceLinear {
 
   Blas& blas_;
   LtFp8Gemm& lt_;
-  LinearNumerics numerics_;
+  Numerics numerics_;
   int sm_count_target_ = 0;
   DeviceBuffer<float> pad_;      // a zero-padded FP32 copy being quantised
   DeviceBuffer<float> out_;      // a GEMM's FP32 output before its epilogue

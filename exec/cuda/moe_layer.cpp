@@ -62,109 +62,33 @@ struct WireBlocks {
   std::vector<std::size_t> offset;  // [peers + 1]
   std::vector<std::size_t> bytes;   // [peers], what all_to_all_v moves
 };
-WireBlocks wire_blocks(MoeWire wire, const std::vector<std::size_t>& row_offset, int cols) {
+WireBlocks wire_blocks(Wire wire, const std::vector<std::size_t>& row_offset, int cols) {
   const std::size_t peers = row_offset.size() - 1;
   WireBlocks b;
   b.offset.assign(peers + 1, 0);
   b.bytes.assign(peers, 0);
   for (std::size_t i = 0; i < peers; ++i) {
     b.bytes[i] = moe_wire_block_bytes(wire, row_offset[i + 1] - row_offset[i], cols);
-    b.offset[i + 1] = b.offset[i] + (wire == MoeWire::fp8 ? align16(b.bytes[i]) : b.bytes[i]);
+    b.offset[i + 1] = b.offset[i] + (wire == Wire::fp8 ? align16(b.bytes[i]) : b.bytes[i]);
   }
   return b;
 }
 
 }  // namespace
 
-std::size_t moe_wire_block_bytes(MoeWire wire, std::size_t rows, int cols) {
+std::size_t moe_wire_block_bytes(Wire wire, std::size_t rows, int cols) {
   const std::size_t n = rows * static_cast<std::size_t>(cols);
   switch (wire) {
-    case MoeWire::exact: return n * sizeof(float);
-    case MoeWire::bf16: return n * sizeof(uint16_t);
-    case MoeWire::fp8: return align16(n) + static_cast<std::size_t>(k_blocks(cols)) * rows * sizeof(float);
+    case Wire::exact: return n * sizeof(float);
+    case Wire::bf16: return n * sizeof(uint16_t);
+    case Wire::fp8: return align16(n) + static_cast<std::size_t>(k_blocks(cols)) * rows * sizeof(float);
   }
   throw std::invalid_argument("moe_wire_block_bytes: unknown wire");
 }
 
-void DeviceMoeConfig::use_deepseek_wires() {
-  dispatch_wire = MoeWire::fp8;
-  combine_wire = MoeWire::bf16;
-  combine_grad_wire = MoeWire::fp8;
-  dispatch_grad_wire = MoeWire::bf16;
-}
-
-void DeviceMoeConfig::validate() const {
-  router.validate();
-  require(ep > 0 && router.n_routed % ep == 0, "DeviceMoeConfig", "ep must divide n_routed");
-  require(hidden > 0, "DeviceMoeConfig", "hidden must be positive");
-  require(moe_inter > 0, "DeviceMoeConfig", "moe_inter must be positive");
-  require(n_shared >= 0, "DeviceMoeConfig", "n_shared must be >= 0");
-  require(align > 0, "DeviceMoeConfig", "align must be positive");
-}
-
-// ---- host plan ----
-
-MoeTokenPlan make_token_plan(int n_routed, int ep, int tokens, int top_k, std::span<const int32_t> expert) {
-  require(n_routed > 0 && ep > 0 && n_routed % ep == 0, "make_token_plan", "ep must divide n_routed");
-  require(tokens >= 0 && top_k > 0, "make_token_plan", "tokens >= 0 and top_k > 0");
-  require(expert.size() == count_of(tokens, top_k), "make_token_plan", "expert must hold tokens * top_k ids");
-  const int per = n_routed / ep;
-  MoeTokenPlan plan;
-  plan.ep = ep;
-  plan.tokens = tokens;
-  plan.top_k = top_k;
-  plan.to.assign(static_cast<std::size_t>(ep), {});
-  for (int t = 0; t < tokens; ++t)
-    for (int k = 0; k < top_k; ++k) {
-      const int32_t e = expert[static_cast<std::size_t>(t) * top_k + k];
-      require(e >= 0 && e < n_routed, "make_token_plan", "expert id out of range");
-      plan.to[static_cast<std::size_t>(e / per)].push_back(MoePlanRow{t, k, e});
-    }
-  return plan;
-}
-
-MoeSegmentPlan make_segment_plan(int n_routed, int ep, int rank, int align,
-                                 const std::vector<std::vector<int32_t>>& ids_from) {
-  require(n_routed > 0 && ep > 0 && n_routed % ep == 0, "make_segment_plan", "ep must divide n_routed");
-  require(rank >= 0 && rank < ep, "make_segment_plan", "rank out of range");
-  require(align > 0, "make_segment_plan", "align must be positive");
-  require(ids_from.size() == static_cast<std::size_t>(ep), "make_segment_plan", "one id list per source");
-  MoeSegmentPlan p;
-  p.ep = ep;
-  p.rank = rank;
-  p.n_local = n_routed / ep;
-  p.first_expert = rank * p.n_local;
-  p.align = align;
-  const auto nl = static_cast<std::size_t>(p.n_local);
-  p.rows.assign(nl, 0);
-  p.from.assign(static_cast<std::size_t>(ep), {});
-  p.src_first.assign(nl, std::vector<int64_t>(static_cast<std::size_t>(ep), 0));
-  p.src_count.assign(nl, std::vector<int64_t>(static_cast<std::size_t>(ep), 0));
-  for (int s = 0; s < ep; ++s) {
-    const auto& ids = ids_from[static_cast<std::size_t>(s)];
-    auto& places = p.from[static_cast<std::size_t>(s)];
-    places.resize(ids.size());
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      const int32_t local = ids[i] - p.first_expert;
-      require(local >= 0 && local < p.n_local, "make_segment_plan", "a row for an expert this member does not own");
-      const auto l = static_cast<std::size_t>(local);
-      if (p.src_count[l][static_cast<std::size_t>(s)] == 0) p.src_first[l][static_cast<std::size_t>(s)] = p.rows[l];
-      ++p.src_count[l][static_cast<std::size_t>(s)];
-      places[i] = {local, static_cast<int32_t>(p.rows[l]++)};
-    }
-  }
-  p.padded.assign(nl, 0);
-  p.offset.assign(nl + 1, 0);
-  for (std::size_t e = 0; e < nl; ++e) {
-    p.padded[e] = (p.rows[e] + align - 1) / align * align;
-    p.offset[e + 1] = p.offset[e] + p.padded[e];
-  }
-  return p;
-}
-
 // ---- the layer ----
 
-DeviceMoeLayer::DeviceMoeLayer(const DeviceMoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
+DeviceMoeLayer::DeviceMoeLayer(const MoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
                                std::vector<int> group, cudaStream_t comm_stream)
     : cfg_(cfg),
       blas_(blas),
@@ -176,8 +100,9 @@ DeviceMoeLayer::DeviceMoeLayer(const DeviceMoeConfig& cfg, Blas& blas, DeviceLin
       shared_ffn_(linear, cfg.hidden > 0 ? cfg.hidden : 1,
                   cfg.n_shared > 0 && cfg.moe_inter > 0 ? cfg.n_shared * cfg.moe_inter : 1) {
   cfg_.validate();
+  check_device_router(cfg_.router);
   require(blas.stream() == linear.stream(), "DeviceMoeLayer", "blas must run on the DeviceLinear's stream");
-  require(static_cast<int>(group_.size()) == cfg_.ep, "DeviceMoeLayer", "group must hold cfg.ep ranks");
+  require(static_cast<int>(group_.size()) == cfg_.ep.ep, "DeviceMoeLayer", "group must hold cfg.ep ranks");
   const auto it = std::find(group_.begin(), group_.end(), comm.rank());
   require(it != group_.end(), "DeviceMoeLayer", "group must contain this rank");
   ep_rank_ = static_cast<int>(it - group_.begin());
@@ -200,10 +125,10 @@ void DeviceMoeLayer::compute_after_comm() {
   check(cudaStreamWaitEvent(stream(), to_compute_, 0), "DeviceMoeLayer: cudaStreamWaitEvent");
 }
 
-void DeviceMoeLayer::encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, MoeWire wire,
+void DeviceMoeLayer::encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, Wire wire,
                                  DeviceBuffer<uint8_t>& buf) {
   const int H = cfg_.hidden;
-  if (wire == MoeWire::exact) {  // the FP32 rows travel as they are
+  if (wire == Wire::exact) {  // the FP32 rows travel as they are
     buf = DeviceBuffer<uint8_t>();
     return;
   }
@@ -211,7 +136,7 @@ void DeviceMoeLayer::encode_wire(const float* rows, const std::vector<std::size_
   buf = DeviceBuffer<uint8_t>(b.offset.back());
   const std::size_t n = row_offset.back();
   if (n == 0) return;
-  if (wire == MoeWire::bf16) {  // blocks back to back: one kernel for every peer
+  if (wire == Wire::bf16) {  // blocks back to back: one kernel for every peer
     pack_bf16(rows, static_cast<int>(n), H, reinterpret_cast<uint16_t*>(buf.get()), stream());
     return;
   }
@@ -228,11 +153,11 @@ void DeviceMoeLayer::encode_wire(const float* rows, const std::vector<std::size_
 }
 
 void DeviceMoeLayer::decode_wire(const DeviceBuffer<uint8_t>& buf, const std::vector<std::size_t>& row_offset,
-                                 MoeWire wire, float* rows) {
+                                 Wire wire, float* rows) {
   const int H = cfg_.hidden;
   const std::size_t n = row_offset.back();
-  if (wire == MoeWire::exact || n == 0) return;
-  if (wire == MoeWire::bf16) {
+  if (wire == Wire::exact || n == 0) return;
+  if (wire == Wire::bf16) {
     unpack_bf16(reinterpret_cast<const uint16_t*>(buf.get()), static_cast<int>(n), H, rows, stream());
     return;
   }
@@ -249,11 +174,11 @@ void DeviceMoeLayer::decode_wire(const DeviceBuffer<uint8_t>& buf, const std::ve
 void DeviceMoeLayer::transfer(const float* send_rows, const DeviceBuffer<uint8_t>& send_wire,
                               const std::vector<std::size_t>& send_offset, float* recv_rows,
                               DeviceBuffer<uint8_t>& recv_wire, const std::vector<std::size_t>& recv_offset,
-                              MoeWire wire, const char* label) {
+                              Wire wire, const char* label) {
   const int H = cfg_.hidden;
   std::vector<comm::ConstBytes> send;
   std::vector<comm::MutableBytes> recv;
-  if (wire == MoeWire::exact) {
+  if (wire == Wire::exact) {
     recv_wire = DeviceBuffer<uint8_t>();
     send = blocks_of(send_rows, send_offset, H);
     recv = blocks_of(recv_rows, recv_offset, H);
@@ -293,13 +218,13 @@ void DeviceMoeLayer::route(const DeviceMoeWeights& w, const float* x, int tokens
           "DeviceMoeLayer::route: routing D2H");
     check(cudaStreamSynchronize(stream()), "DeviceMoeLayer::route: synchronise");
   }
-  ts.plan = make_token_plan(E, cfg_.ep, tokens, K, ts.expert_host);
-  ts.rows_to.assign(static_cast<std::size_t>(cfg_.ep), 0);
-  for (int d = 0; d < cfg_.ep; ++d) ts.rows_to[static_cast<std::size_t>(d)] = ts.plan.to[static_cast<std::size_t>(d)].size();
+  ts.plan = spec::make_dispatch_plan(cfg_.ep, tokens, K, ts.expert_host);
+  ts.rows_to.assign(static_cast<std::size_t>(cfg_.ep.ep), 0);
+  for (int d = 0; d < cfg_.ep.ep; ++d) ts.rows_to[static_cast<std::size_t>(d)] = ts.plan.to[static_cast<std::size_t>(d)].size();
   ts.row_offset = prefix(ts.rows_to);
   const std::size_t n = ts.row_offset.back();
   std::vector<int32_t> send_token(n), send_slot(n), slot_row(count_of(tokens, K), -1);
-  for (int d = 0; d < cfg_.ep; ++d) {
+  for (int d = 0; d < cfg_.ep.ep; ++d) {
     const auto& rows = ts.plan.to[static_cast<std::size_t>(d)];
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const std::size_t at = ts.row_offset[static_cast<std::size_t>(d)] + i;
@@ -324,14 +249,14 @@ void DeviceMoeLayer::dispatch_pack(DeviceMoeTokenState& ts) {
 }
 
 void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es) {
-  const int H = cfg_.hidden, ep = cfg_.ep;
+  const int H = cfg_.hidden, ep = cfg_.ep.ep;
   require(ts.row_offset.size() == static_cast<std::size_t>(ep) + 1, "DeviceMoeLayer::dispatch", "route first");
   // The expert ids travel on the host (they are host data on both sides; their sizes are the counts).
   std::vector<std::vector<int32_t>> ids_to(static_cast<std::size_t>(ep));
   std::vector<comm::ConstBytes> id_send(static_cast<std::size_t>(ep));
   for (int d = 0; d < ep; ++d) {
     auto& ids = ids_to[static_cast<std::size_t>(d)];
-    for (const MoePlanRow& r : ts.plan.to[static_cast<std::size_t>(d)]) ids.push_back(r.expert);
+    for (const DispatchRow& r : ts.plan.to[static_cast<std::size_t>(d)]) ids.push_back(r.expert);
     id_send[static_cast<std::size_t>(d)] = {ids.empty() ? nullptr : ids.data(), ids.size() * sizeof(int32_t)};
   }
   std::vector<std::vector<std::byte>> id_recv;
@@ -345,7 +270,7 @@ void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es)
     ids.resize(b.size() / sizeof(int32_t));
     if (!b.empty()) std::memcpy(ids.data(), b.data(), b.size());
   }
-  es.layout = make_segment_plan(cfg_.router.n_routed, ep, ep_rank_, cfg_.align, ids_from);
+  es.layout = spec::make_segment_layout(cfg_.ep, ep_rank_, cfg_.align, ids_from);
   es.rows_from.assign(static_cast<std::size_t>(ep), 0);
   for (int s = 0; s < ep; ++s) es.rows_from[static_cast<std::size_t>(s)] = ids_from[static_cast<std::size_t>(s)].size();
   es.row_offset = prefix(es.rows_from);
@@ -511,7 +436,7 @@ void DeviceMoeLayer::router_backward_input(const DeviceMoeWeights& w, DeviceMoeT
 
 void DeviceMoeLayer::experts_backward_weight(DeviceMoeExpertState& es,
                                              const std::vector<std::vector<DeviceFfnGrads>>& grads_by_src) {
-  const int H = cfg_.hidden, I = cfg_.moe_inter, n = es.layout.n_local, ep = cfg_.ep;
+  const int H = cfg_.hidden, I = cfg_.moe_inter, n = es.layout.n_local, ep = cfg_.ep.ep;
   require(static_cast<int>(grads_by_src.size()) == ep, "DeviceMoeLayer::experts_backward_weight",
           "grads_by_src must hold one entry per source member");
   for (const auto& g : grads_by_src)

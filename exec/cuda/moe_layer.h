@@ -21,10 +21,9 @@
 //              shared_backward_weight(ts, dout, grads)
 //   attn_w     router_backward_weight(ts, dWg)
 //
-// Host plan (Eigen-free; tandem_exec_cuda cannot link tandem_moe): make_token_plan is
-// moe::make_dispatch_plan, make_segment_plan is the SegmentLayout unpack_dispatch builds (rows of
-// every source placed per local expert in (source, t, k) order, each segment padded to a multiple
-// of `align`, 0 stays 0). The moe_layer GPU check compares both with exec/moe's.
+// Host plan: exec/spec/dispatch_plan.h's, the CPU reference's own (make_dispatch_plan for the
+// token side, make_segment_layout for the segments: rows of every source placed per local expert
+// in (source, t, k) order, each segment padded to a multiple of `align`, 0 stays 0).
 //
 // Streams. compute = linear.stream() (= blas.stream(); the Blas must be the DeviceLinear's).
 // `comm_stream` (the caller's, one per rank) carries every all_to_all_v. Before each all_to_all_v
@@ -90,69 +89,25 @@
 #include "exec/cuda/device_comm.h"
 #include "exec/cuda/linear.h"
 #include "exec/cuda/router.h"
+#include "exec/spec/dispatch_plan.h"
+#include "exec/spec/moe_config.h"
 
 namespace tandem::cuda {
 
-// exec/moe's Wire.
-enum class MoeWire { exact, bf16, fp8 };
-
-// exec/moe's MoeConfig, field for field (ep: the EP group's size).
-struct DeviceMoeConfig {
-  RouterParams router;
-  int ep = 1;
-  int hidden = 0;
-  int moe_inter = 0;
-  int n_shared = 0;
-  LinearNumerics numerics = LinearNumerics::exact;
-  int align = 128;
-  MoeWire dispatch_wire = MoeWire::exact;
-  MoeWire combine_wire = MoeWire::exact;
-  MoeWire combine_grad_wire = MoeWire::exact;
-  MoeWire dispatch_grad_wire = MoeWire::exact;
-
-  int experts_per_rank() const { return router.n_routed / ep; }
-  // DeepSeek-V3 (and exec/runtime for fp8 numerics): dispatch & combine_b FP8, combine & dispatch_b BF16.
-  void use_deepseek_wires();
-  // std::invalid_argument naming the field.
-  void validate() const;
-};
+// exec/spec/moe_config.h: the CPU reference's types (the layer validates the config and checks
+// the router against the device router's limits, check_device_router).
+using spec::MoeConfig;
+using spec::Wire;
 
 // Bytes of one peer's block of `rows` rows of `cols` elements on `wire` (see "Wire bytes"):
 // exact 4·rows·cols, bf16 2·rows·cols, fp8 roundup(rows·cols, 16) + 4·k_blocks(cols)·rows.
-std::size_t moe_wire_block_bytes(MoeWire wire, std::size_t rows, int cols);
+std::size_t moe_wire_block_bytes(Wire wire, std::size_t rows, int cols);
 
 // ---- host plan ----------------------------------------------------------------------------------
 
-struct MoePlanRow {
-  int32_t token = 0, slot = 0, expert = 0;
-};
-// moe::DispatchPlan: to[d] = the (t, k) rows whose expert lives on member d, in (t, k) order.
-struct MoeTokenPlan {
-  int ep = 1, tokens = 0, top_k = 0;
-  std::vector<std::vector<MoePlanRow>> to;
-};
-// expert: [tokens · top_k] global ids in slot order. std::invalid_argument on an id out of range.
-MoeTokenPlan make_token_plan(int n_routed, int ep, int tokens, int top_k, std::span<const int32_t> expert);
-
-// moe::SegmentLayout as unpack_dispatch builds it from the expert ids each source sent.
-struct MoeSegmentPlan {
-  struct Place {
-    int32_t expert = 0;  // local expert
-    int32_t row = 0;     // row within its segment
-  };
-  int ep = 1, rank = 0, first_expert = 0, n_local = 0, align = 128;
-  std::vector<int64_t> rows;    // [n_local]
-  std::vector<int64_t> padded;  // [n_local]
-  std::vector<int64_t> offset;  // [n_local + 1]
-  std::vector<std::vector<Place>> from;  // from[s][i]: the i-th row received from member s
-  // Source s's rows of local expert e: segment rows [src_first[e][s], + src_count[e][s]).
-  std::vector<std::vector<int64_t>> src_first, src_count;
-  int64_t total_rows() const { return offset.empty() ? 0 : offset.back(); }
-};
-// ids_from[s]: the global expert ids member s sent here, in its order. std::invalid_argument on an
-// expert this member does not own, or a bad rank / align.
-MoeSegmentPlan make_segment_plan(int n_routed, int ep, int rank, int align,
-                                 const std::vector<std::vector<int32_t>>& ids_from);
+using spec::DispatchPlan;
+using spec::DispatchRow;
+using spec::SegmentLayout;
 
 // ---- weights, gradients, states -----------------------------------------------------------------
 
@@ -171,7 +126,7 @@ struct DeviceMoeTokenState {
   DeviceBuffer<int32_t> expert;          // [tokens · K]
   DeviceBuffer<float> gate;              // [tokens · K]
   std::vector<int32_t> expert_host;      // the routing on the host
-  MoeTokenPlan plan;
+  DispatchPlan plan;
   std::vector<std::size_t> rows_to;      // [ep] rows for member d (= rows coming back from d)
   std::vector<std::size_t> row_offset;   // [ep + 1] prefix sums
   DeviceBuffer<int32_t> send_token;      // [n] token of the i-th packed row
@@ -198,7 +153,7 @@ struct DeviceMoeTokenState {
 
 // Expert side of one micro-batch.
 struct DeviceMoeExpertState {
-  MoeSegmentPlan layout;
+  SegmentLayout layout;
   std::vector<std::size_t> rows_from;    // [ep] rows received from member s
   std::vector<std::size_t> row_offset;   // [ep + 1]
   DeviceBuffer<int32_t> seg_src;         // [total_rows] received row of a segment row, −1 padding
@@ -220,13 +175,13 @@ class DeviceMoeLayer {
  public:
   // blas must be linear's (blas.stream() == linear.stream()); group: the EP group's world ranks
   // (size cfg.ep, containing comm.rank(); member index = EP rank). All must outlive the layer.
-  DeviceMoeLayer(const DeviceMoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
+  DeviceMoeLayer(const MoeConfig& cfg, Blas& blas, DeviceLinear& linear, DeviceCommunicator& comm,
                  std::vector<int> group, cudaStream_t comm_stream);
   DeviceMoeLayer(const DeviceMoeLayer&) = delete;
   DeviceMoeLayer& operator=(const DeviceMoeLayer&) = delete;
   ~DeviceMoeLayer();
 
-  const DeviceMoeConfig& config() const { return cfg_; }
+  const MoeConfig& config() const { return cfg_; }
   int ep_rank() const { return ep_rank_; }
   int first_expert() const { return ep_rank_ * cfg_.experts_per_rank(); }
   cudaStream_t stream() const { return lin_.stream(); }
@@ -258,20 +213,20 @@ class DeviceMoeLayer {
  private:
   // rows [row_offset.back(), hidden] FP32, peer d's from row row_offset[d] → buf (wire bytes; left
   // empty for exact), on compute.
-  void encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, MoeWire wire,
+  void encode_wire(const float* rows, const std::vector<std::size_t>& row_offset, Wire wire,
                    DeviceBuffer<uint8_t>& buf);
   // The inverse on compute: buf → FP32 rows (nothing for exact: the rows were received as they are).
-  void decode_wire(const DeviceBuffer<uint8_t>& buf, const std::vector<std::size_t>& row_offset, MoeWire wire,
+  void decode_wire(const DeviceBuffer<uint8_t>& buf, const std::vector<std::size_t>& row_offset, Wire wire,
                    float* rows);
   // One all_to_all_v on the comm stream between the compute-side encode and decode (event
   // handoffs both ways); recv_wire is (re)allocated here.
   void transfer(const float* send_rows, const DeviceBuffer<uint8_t>& send_wire,
                 const std::vector<std::size_t>& send_offset, float* recv_rows, DeviceBuffer<uint8_t>& recv_wire,
-                const std::vector<std::size_t>& recv_offset, MoeWire wire, const char* label);
+                const std::vector<std::size_t>& recv_offset, Wire wire, const char* label);
   void comm_after_compute();
   void compute_after_comm();
 
-  DeviceMoeConfig cfg_;
+  MoeConfig cfg_;
   Blas& blas_;
   DeviceLinear& lin_;
   DeviceCommunicator& comm_;

@@ -211,7 +211,7 @@ __global__ void expert_counts_kernel(const int32_t* __restrict__ expert, std::si
   }
 }
 
-SelectArgs args_of(const RouterParams& p) {
+SelectArgs args_of(const RouterConfig& p) {
   // The CPU's `static_cast<T>(cfg.routed_scaling_factor)`.
   return SelectArgs{p.n_routed, p.n_group, p.topk_group, p.top_k, static_cast<float>(p.routed_scaling_factor),
                     p.norm_topk_prob};
@@ -233,16 +233,11 @@ void require_tokens(int tokens, const char* who) {
 
 }  // namespace
 
-void RouterParams::validate() const {
-  auto fail = [](const std::string& what) { throw std::invalid_argument("RouterParams: " + what); };
-  if (n_routed <= 0) fail("n_routed must be positive");
-  if (n_routed > kRouterMaxExperts)
-    fail("n_routed " + std::to_string(n_routed) + " > " + std::to_string(kRouterMaxExperts) +
-         " (the device router's limit)");
-  if (n_group <= 0 || n_routed % n_group != 0) fail("n_group must divide n_routed");
-  if (topk_group < 1 || topk_group > n_group) fail("topk_group must be in [1, n_group]");
-  if (top_k < 1 || top_k > topk_group * experts_per_group())
-    fail("top_k must be in [1, topk_group * n_routed / n_group]");
+void check_device_router(const RouterConfig& p) {
+  p.validate();
+  if (p.n_routed > kRouterMaxExperts)
+    throw std::invalid_argument("RouterConfig: n_routed " + std::to_string(p.n_routed) + " > " +
+                                std::to_string(kRouterMaxExperts) + " (the device router's limit)");
 }
 
 void router_sigmoid(const float* logits, std::size_t n, float* scores, cudaStream_t stream) {
@@ -251,9 +246,9 @@ void router_sigmoid(const float* logits, std::size_t n, float* scores, cudaStrea
   check_launch("router_sigmoid");
 }
 
-void router_select(const float* scores, const float* bias, int tokens, const RouterParams& p, int32_t* expert,
+void router_select(const float* scores, const float* bias, int tokens, const RouterConfig& p, int32_t* expert,
                    float* gate, cudaStream_t stream) {
-  p.validate();
+  check_device_router(p);
   require_tokens(tokens, "router_select");
   if (tokens == 0) return;
   const std::size_t per_warp = sizeof(float) * static_cast<std::size_t>(p.n_routed + p.n_group + p.top_k);
@@ -264,17 +259,17 @@ void router_select(const float* scores, const float* bias, int tokens, const Rou
   check_launch("router_select");
 }
 
-void router_forward(const float* logits, const float* bias, int tokens, const RouterParams& p, float* scores,
+void router_forward(const float* logits, const float* bias, int tokens, const RouterConfig& p, float* scores,
                     int32_t* expert, float* gate, cudaStream_t stream) {
-  p.validate();
+  check_device_router(p);
   require_tokens(tokens, "router_forward");
   router_sigmoid(logits, static_cast<std::size_t>(tokens) * p.n_routed, scores, stream);
   router_select(scores, bias, tokens, p, expert, gate, stream);
 }
 
 void router_forward(Blas& blas, const float* x, const float* Wg, int tokens, int hidden, const float* bias,
-                    const RouterParams& p, float* scores, int32_t* expert, float* gate) {
-  p.validate();
+                    const RouterConfig& p, float* scores, int32_t* expert, float* gate) {
+  check_device_router(p);
   require_tokens(tokens, "router_forward");
   if (hidden < 0) throw std::invalid_argument("router_forward: hidden must be >= 0");
   if (tokens == 0) return;
@@ -287,8 +282,8 @@ void router_forward(Blas& blas, const float* x, const float* Wg, int tokens, int
 }
 
 void router_backward_logits(const float* scores, const int32_t* expert, const float* d_gate, const float* d_scores,
-                            int tokens, const RouterParams& p, float* d_logits, cudaStream_t stream) {
-  p.validate();
+                            int tokens, const RouterConfig& p, float* d_logits, cudaStream_t stream) {
+  check_device_router(p);
   require_tokens(tokens, "router_backward_logits");
   if (tokens == 0) return;
   const std::size_t per_warp = sizeof(int) * static_cast<std::size_t>(p.n_routed);

@@ -37,6 +37,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "exec/spec/router_config.h"
+
 namespace tandem::cuda {
 
 class Blas;
@@ -44,49 +46,27 @@ class Blas;
 // Experts the device router supports (one warp per token, the token's row staged in shared memory).
 inline constexpr int kRouterMaxExperts = 1024;
 
-// exec/moe's RouterConfig, field for field.
-struct RouterParams {
-  int n_routed = 0;    // E
-  int n_group = 1;     // G
-  int topk_group = 1;  // groups a token may use
-  int top_k = 1;       // experts a token uses K
-  double routed_scaling_factor = 1.0;  // rsf, rounded to FP32 as the CPU does
-  bool norm_topk_prob = true;
+using spec::RouterConfig;  // exec/spec/router_config.h: the CPU reference's type
 
-  int experts_per_group() const { return n_routed / n_group; }
-  // RouterConfig::validate()'s rules, plus n_routed <= kRouterMaxExperts; std::invalid_argument.
-  void validate() const;
-
-  // From a moe::RouterConfig (a template, so this header stays free of exec/moe and Eigen).
-  template <class Config>
-  static RouterParams from(const Config& c) {
-    RouterParams p;
-    p.n_routed = c.n_routed;
-    p.n_group = c.n_group;
-    p.topk_group = c.topk_group;
-    p.top_k = c.top_k;
-    p.routed_scaling_factor = c.routed_scaling_factor;
-    p.norm_topk_prob = c.norm_topk_prob;
-    return p;
-  }
-};
+// RouterConfig::validate()'s rules, plus n_routed <= kRouterMaxExperts; std::invalid_argument.
+void check_device_router(const RouterConfig& p);
 
 // scores[i] = 1 / (1 + exp(−logits[i])) for i < n (scores may alias logits).
 void router_sigmoid(const float* logits, std::size_t n, float* scores, cudaStream_t stream);
 
 // Selection and gates from the unbiased scores [tokens, E] and bias [E]:
 // expert [tokens · top_k] (int32, slot order), gate [tokens · top_k].
-void router_select(const float* scores, const float* bias, int tokens, const RouterParams& p, int32_t* expert,
+void router_select(const float* scores, const float* bias, int tokens, const RouterConfig& p, int32_t* expert,
                    float* gate, cudaStream_t stream);
 
 // router_sigmoid + router_select from logits [tokens, E] (scores may alias logits).
-void router_forward(const float* logits, const float* bias, int tokens, const RouterParams& p, float* scores,
+void router_forward(const float* logits, const float* bias, int tokens, const RouterConfig& p, float* scores,
                     int32_t* expert, float* gate, cudaStream_t stream);
 
 // The whole forward from x [tokens, hidden] and Wg [E, hidden] on blas's stream: the FP32 GEMM
 // into `scores` (scores = x · Wgᵀ, then the sigmoid in place), then the selection.
 void router_forward(Blas& blas, const float* x, const float* Wg, int tokens, int hidden, const float* bias,
-                    const RouterParams& p, float* scores, int32_t* expert, float* gate);
+                    const RouterConfig& p, float* scores, int32_t* expert, float* gate);
 
 // Backward to the logits (router_backward_logits of exec/moe):
 //   ds = d_scores (or 0 when null: the balance loss's term, [tokens, E]), then for each slot j
@@ -95,7 +75,7 @@ void router_forward(Blas& blas, const float* x, const float* Wg, int tokens, int
 // scores [tokens, E], expert / d_gate [tokens · top_k], d_logits [tokens, E] (may alias d_scores).
 // A slot's expert outside [0, E) is skipped.
 void router_backward_logits(const float* scores, const int32_t* expert, const float* d_gate, const float* d_scores,
-                            int tokens, const RouterParams& p, float* d_logits, cudaStream_t stream);
+                            int tokens, const RouterConfig& p, float* d_logits, cudaStream_t stream);
 
 // counts[e] += number of the n entries of `expert` equal to e, for 0 <= e < n_routed (int64, the
 // step's load for the aux-loss-free bias update). Entries outside [0, n_routed) are ignored (the

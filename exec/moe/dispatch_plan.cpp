@@ -9,12 +9,6 @@
 
 namespace tandem::moe {
 
-EpLayout::EpLayout(int n_routed_experts, int ep_size) : n_routed(n_routed_experts), ep(ep_size) {
-  if (ep <= 0 || n_routed <= 0 || n_routed % ep != 0)
-    throw std::invalid_argument("EpLayout: ep must divide n_routed (" + std::to_string(n_routed) +
-                                " experts, ep " + std::to_string(ep) + ")");
-}
-
 int group_of_expert(const RouterConfig& cfg, int expert) { return expert / cfg.experts_per_group(); }
 
 int node_of_expert(const EpLayout& layout, int expert, int gpus_per_node) {
@@ -266,21 +260,6 @@ std::vector<Mat<T>> zero_segments(const SegmentLayout& seg, int64_t cols) {
 
 }  // namespace
 
-DispatchPlan make_dispatch_plan(const EpLayout& layout, const Routing& routing) {
-  DispatchPlan plan;
-  plan.ep = layout.ep;
-  plan.tokens = routing.tokens;
-  plan.top_k = routing.top_k;
-  plan.to.assign(static_cast<size_t>(layout.ep), {});
-  for (int t = 0; t < routing.tokens; ++t)
-    for (int k = 0; k < routing.top_k; ++k) {
-      const int32_t e = routing.at(t, k);
-      if (e < 0 || e >= layout.n_routed) throw std::invalid_argument("make_dispatch_plan: expert out of range");
-      plan.to[static_cast<size_t>(layout.owner(e))].push_back(DispatchRow{t, k, e});
-    }
-  return plan;
-}
-
 template <class T>
 std::vector<Buffer> pack_dispatch(const DispatchPlan& plan, const Mat<T>& x, Wire wire) {
   return pack_token_side<T>(plan, x, /*by_token=*/true, Kind::dispatch, wire);
@@ -370,44 +349,32 @@ ExpertRows<T> unpack_dispatch(const EpLayout& layout, int rank, const std::vecto
   if (align <= 0) throw std::invalid_argument("unpack_dispatch: align must be positive");
   ExpertRows<T> out;
   SegmentLayout& seg = out.layout;
-  seg.ep = layout.ep;
-  seg.rank = rank;
-  seg.first_expert = layout.first_expert(rank);
-  seg.n_local = layout.experts_per_rank();
-  seg.align = align;
-  seg.rows.assign(static_cast<size_t>(seg.n_local), 0);
-  seg.from.assign(static_cast<size_t>(seg.ep), {});
 
-  // Pass 1: headers and expert ids → places, in (source, buffer order) = (source, token, slot).
-  std::vector<Header> headers(static_cast<size_t>(seg.ep));
-  std::vector<size_t> payload_at(static_cast<size_t>(seg.ep));
+  // Pass 1: headers and expert ids, in (source, buffer order) = (source, token, slot); the
+  // segments follow from the ids (spec::make_segment_layout).
+  const auto sources = static_cast<size_t>(layout.ep);
+  std::vector<Header> headers(sources);
+  std::vector<size_t> payload_at(sources);
+  std::vector<std::vector<int32_t>> ids_from(sources);
+  int cols = 0;
   bool all_fp8 = true;
-  for (int s = 0; s < seg.ep; ++s) {
-    Reader r{recv[static_cast<size_t>(s)]};
+  for (size_t s = 0; s < sources; ++s) {
+    Reader r{recv[s]};
     const Header h = read_header<T>(r, Kind::dispatch);
-    if (s == 0) seg.cols = static_cast<int>(h.cols);
-    else if (static_cast<int>(h.cols) != seg.cols) throw std::runtime_error("dispatch: buffers differ in width");
+    if (s == 0) cols = static_cast<int>(h.cols);
+    else if (static_cast<int>(h.cols) != cols) throw std::runtime_error("dispatch: buffers differ in width");
     all_fp8 = all_fp8 && h.wire == Wire::fp8;
-    auto& places = seg.from[static_cast<size_t>(s)];
-    places.resize(h.rows);
-    for (uint32_t i = 0; i < h.rows; ++i) {
-      int32_t e = 0;
-      r.get(&e, sizeof e);
-      const int32_t local = e - seg.first_expert;
-      if (local < 0 || local >= seg.n_local)
-        throw std::runtime_error("dispatch: row for an expert this member does not own");
-      places[i] = {local, static_cast<int32_t>(seg.rows[static_cast<size_t>(local)]++)};
-    }
-    headers[static_cast<size_t>(s)] = h;
-    payload_at[static_cast<size_t>(s)] = r.at;
+    ids_from[s].resize(h.rows);
+    for (uint32_t i = 0; i < h.rows; ++i) r.get(&ids_from[s][i], sizeof(int32_t));
+    headers[s] = h;
+    payload_at[s] = r.at;
   }
-  seg.padded.resize(static_cast<size_t>(seg.n_local));
-  seg.offset.assign(static_cast<size_t>(seg.n_local) + 1, 0);
-  for (int e = 0; e < seg.n_local; ++e) {
-    const int64_t n = seg.rows[static_cast<size_t>(e)];
-    seg.padded[static_cast<size_t>(e)] = (n + align - 1) / align * align;
-    seg.offset[static_cast<size_t>(e) + 1] = seg.offset[static_cast<size_t>(e)] + seg.padded[static_cast<size_t>(e)];
+  try {
+    seg = spec::make_segment_layout(layout, rank, align, ids_from);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(std::string("dispatch: ") + e.what());  // a corrupt or misrouted buffer
   }
+  seg.cols = cols;
 
   // Pass 2: payloads into the zero-padded segments.
   out.x = zero_segments<T>(seg, seg.cols);

@@ -43,30 +43,17 @@
 
 #include "exec/fp8/quantize.h"
 #include "exec/moe/router.h"
+#include "exec/spec/dispatch_plan.h"
+#include "exec/spec/moe_config.h"
 
 namespace tandem::moe {
 
 using Buffer = std::vector<std::byte>;
 
-enum class Wire : uint32_t {
-  exact = 0,  // T's own bytes
-  bf16 = 1,   // BF16, 2 bytes an element
-  fp8 = 2,    // E4M3 + FP32 1x128 power-of-two scales
-};
-
-inline constexpr int kSegmentAlign = 128;  // expert segments are padded to a multiple of this
-
-// n_routed experts over `ep` members in contiguous blocks.
-struct EpLayout {
-  int n_routed = 0;
-  int ep = 1;
-
-  EpLayout() = default;
-  EpLayout(int n_routed_experts, int ep_size);  // std::invalid_argument unless ep > 0 divides E
-  int experts_per_rank() const { return n_routed / ep; }
-  int owner(int expert) const { return expert / experts_per_rank(); }
-  int first_expert(int rank) const { return rank * experts_per_rank(); }
-};
+// exec/spec: one definition of each for every backend.
+using spec::EpLayout;
+using spec::kSegmentAlign;
+using spec::Wire;
 
 // Groups and nodes (router.h): group g = experts [g·E/G, (g+1)·E/G); with ranks numbered
 // node-major, gpus_per_node to a node, node n = ranks [n·gpn, (n+1)·gpn).
@@ -78,16 +65,13 @@ bool groups_are_nodes(const RouterConfig& cfg, const EpLayout& layout, int gpus_
 
 // ---- token side ---------------------------------------------------------------------------------
 
-struct DispatchRow {
-  int32_t token = 0, slot = 0, expert = 0;  // slot k in [0, K); expert global
-};
-
-struct DispatchPlan {
-  int ep = 1, tokens = 0, top_k = 0;
-  std::vector<std::vector<DispatchRow>> to;  // to[d]: rows for member d in (token, slot) order
-  int64_t rows_to(int d) const { return static_cast<int64_t>(to[static_cast<size_t>(d)].size()); }
-};
-DispatchPlan make_dispatch_plan(const EpLayout& layout, const Routing& routing);
+// The index plans are exec/spec's, one implementation for every backend.
+using spec::DispatchPlan;
+using spec::DispatchRow;
+using spec::SegmentLayout;
+inline DispatchPlan make_dispatch_plan(const EpLayout& layout, const Routing& routing) {
+  return spec::make_dispatch_plan(layout, routing.tokens, routing.top_k, routing.expert);
+}
 
 // Dispatch: x [tokens, hidden] → one buffer per destination member.
 template <class T>
@@ -118,20 +102,8 @@ Mat<T> sum_slots(const Mat<T>& dx_slots, int top_k);
 
 // ---- expert side --------------------------------------------------------------------------------
 
-// Where received rows live on an expert member (built from the dispatch buffers).
-struct SegmentLayout {
-  struct Place {
-    int32_t expert = 0;  // local expert index
-    int32_t row = 0;     // row within that expert's segment
-  };
-  int ep = 1, rank = 0, first_expert = 0, n_local = 0, align = kSegmentAlign, cols = 0;
-  std::vector<int64_t> rows;    // [n_local] real rows of each local expert
-  std::vector<int64_t> padded;  // [n_local] rows rounded up to a multiple of align (0 stays 0)
-  std::vector<int64_t> offset;  // [n_local + 1] segment starts in the contiguous layout
-  std::vector<std::vector<Place>> from;  // from[s][i]: the i-th row received from member s
-
-  int64_t total_rows() const { return offset.empty() ? 0 : offset.back(); }
-};
+// Where received rows live on an expert member: spec::SegmentLayout, built from the dispatch
+// buffers' expert ids (spec::make_segment_layout).
 
 template <class T>
 struct ExpertRows {

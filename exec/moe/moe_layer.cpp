@@ -6,24 +6,6 @@
 
 namespace tandem::moe {
 
-MoeConfig MoeConfig::from_card(const ModelCard& card, int ep, nn::Numerics numerics) {
-  MoeConfig c;
-  c.router = RouterConfig::from_card(card);
-  c.ep = EpLayout(c.router.n_routed, ep);
-  c.hidden = static_cast<int>(card.hidden_size);
-  c.moe_inter = static_cast<int>(card.moe_intermediate_size);
-  c.n_shared = static_cast<int>(card.n_shared_experts);
-  c.numerics = numerics;
-  return c;
-}
-
-void MoeConfig::use_deepseek_wires() {
-  dispatch_wire = Wire::fp8;
-  combine_wire = Wire::bf16;
-  combine_grad_wire = Wire::fp8;
-  dispatch_grad_wire = Wire::bf16;
-}
-
 namespace {
 
 uint64_t splitmix64(uint64_t x) {

@@ -45,28 +45,12 @@
 #include "exec/moe/dispatch_plan.h"
 #include "exec/moe/router.h"
 #include "exec/nn/ffn.h"
+#include "exec/spec/moe_config.h"
 #include "models/model_card.h"
 
 namespace tandem::moe {
 
-struct MoeConfig {
-  RouterConfig router;
-  EpLayout ep;
-  int hidden = 0;
-  int moe_inter = 0;  // width of one routed expert
-  int n_shared = 0;   // shared experts, fused into one FFN of width n_shared · moe_inter
-  nn::Numerics numerics = nn::Numerics::exact;  // the experts' GEMMs (the router is always exact)
-  int align = kSegmentAlign;                    // expert segments padded to a multiple of this
-  Wire dispatch_wire = Wire::exact;       // x to the experts            (DeepSeek-V3: fp8)
-  Wire combine_wire = Wire::exact;        // y back to the tokens        (DeepSeek-V3: bf16)
-  Wire combine_grad_wire = Wire::exact;   // g·dout to the experts       (DeepSeek-V3: fp8)
-  Wire dispatch_grad_wire = Wire::exact;  // dx back to the tokens       (DeepSeek-V3: bf16)
-
-  // From a model card (RouterConfig::from_card), ep members, expert numerics; exact wires.
-  static MoeConfig from_card(const ModelCard& card, int ep, nn::Numerics numerics = nn::Numerics::exact);
-  // DeepSeek-V3's wire formats (§5.1): FP8 dispatch-shaped, BF16 combine-shaped transfers.
-  void use_deepseek_wires();
-};
+using spec::MoeConfig;  // exec/spec/moe_config.h: one definition for every backend
 
 // Weights of one MoE layer as held by EP member `rank`.
 template <class T>

@@ -9,37 +9,6 @@
 
 namespace tandem::moe {
 
-void RouterConfig::validate() const {
-  auto fail = [](const std::string& what) { throw std::invalid_argument("RouterConfig: " + what); };
-  if (n_routed <= 0) fail("n_routed must be positive");
-  if (n_group <= 0 || n_routed % n_group != 0) fail("n_group must divide n_routed");
-  if (topk_group < 1 || topk_group > n_group) fail("topk_group must be in [1, n_group]");
-  if (top_k < 1 || top_k > topk_group * experts_per_group())
-    fail("top_k must be in [1, topk_group * n_routed / n_group]");
-}
-
-RouterConfig RouterConfig::from_card(const ModelCard& card) {
-  if (card.scoring_func != "sigmoid")
-    throw std::invalid_argument("moe router: scoring_func '" + card.scoring_func +
-                                "' is not supported (sigmoid only)");
-  RouterConfig c;
-  c.n_routed = static_cast<int>(card.n_routed_experts);
-  c.n_group = static_cast<int>(card.n_group);
-  c.topk_group = static_cast<int>(card.topk_group);
-  c.top_k = static_cast<int>(card.num_experts_per_tok);
-  c.routed_scaling_factor = card.routed_scaling_factor;
-  c.norm_topk_prob = card.norm_topk_prob;
-  if (card.topk_method == "greedy") {
-    c.n_group = 1;
-    c.topk_group = 1;
-  } else if (card.topk_method != "noaux_tc") {
-    throw std::invalid_argument("moe router: topk_method '" + card.topk_method +
-                                "' is not supported (noaux_tc or greedy)");
-  }
-  c.validate();
-  return c;
-}
-
 namespace {
 
 // Rank order: higher score first, the lower index on equal scores.

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "exec/nn/tensor.h"
+#include "exec/spec/router_config.h"
 #include "models/model_card.h"
 
 namespace tandem::moe {
@@ -42,20 +43,7 @@ namespace tandem::moe {
 using nn::Mat;
 using nn::Vec;
 
-struct RouterConfig {
-  int n_routed = 0;     // routed experts E
-  int n_group = 1;      // expert groups G (= nodes of the EP group)
-  int topk_group = 1;   // groups a token may use (node limit M)
-  int top_k = 1;        // experts a token uses K (num_experts_per_tok)
-  double routed_scaling_factor = 1.0;
-  bool norm_topk_prob = true;
-
-  int experts_per_group() const { return n_routed / n_group; }
-  // Throws std::invalid_argument unless 0 < top_k <= topk_group · E/G, topk_group <= G, G | E.
-  void validate() const;
-  // From a model card; requires scoring_func "sigmoid" (std::invalid_argument otherwise).
-  static RouterConfig from_card(const ModelCard& card);
-};
+using spec::RouterConfig;  // exec/spec/router_config.h: one definition for every backend
 
 // The experts chosen for a micro-batch: expert[t * top_k + j] is token t's slot j.
 struct Routing {

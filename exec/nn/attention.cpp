@@ -71,7 +71,6 @@ void check_config(const MlaConfig& c, const MlaWeights<T>& w) {
 
 }  // namespace
 
-double MlaConfig::softmax_scale() const { return 1.0 / std::sqrt(static_cast<double>(qk_head())); }
 
 MlaConfig mla_config(const ModelCard& card) {
   MlaConfig c;

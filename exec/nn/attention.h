@@ -36,25 +36,12 @@
 #include <type_traits>
 
 #include "exec/nn/tensor.h"
+#include "exec/spec/mla_config.h"
 #include "models/model_card.h"
 
 namespace tandem::nn {
 
-struct MlaConfig {
-  int64_t hidden = 0;
-  int64_t heads = 0;
-  int64_t q_lora_rank = 0;  // 0: queries not compressed (single q_proj)
-  int64_t kv_lora_rank = 0;
-  int64_t qk_nope = 0;
-  int64_t qk_rope = 0;  // even
-  int64_t v_head = 0;
-  double rms_eps = 1e-6;
-  double rope_theta = 10000.0;
-  bool recompute = true;  // recompute norms, up-projections and RoPE in backward (see above)
-
-  int64_t qk_head() const { return qk_nope + qk_rope; }
-  double softmax_scale() const;
-};
+using spec::MlaConfig;  // exec/spec/mla_config.h: one definition for every backend
 
 // The MLA shape of a model card (rope_theta 10000, recompute on).
 MlaConfig mla_config(const ModelCard& card);

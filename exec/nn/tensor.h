@@ -6,6 +6,8 @@
 
 #include <Eigen/Dense>
 
+#include "exec/spec/numerics.h"
+
 namespace tandem::nn {
 
 template <class T>
@@ -13,10 +15,6 @@ using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T>
 using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
-enum class Numerics {
-  exact,  // GEMMs in T with a fixed summation order (the FP32 / FP64 reference)
-  bf16,   // GEMM inputs rounded to BF16, FP32 accumulation, output rounded to BF16 (T = float)
-  fp8,    // DeepSeek-V3's recipe: 1x128 activations, 128x128 weights, E4M3, promotion (T = float)
-};
+using spec::Numerics;  // exec/spec/numerics.h: one definition for every backend
 
 }  // namespace tandem::nn

@@ -2,7 +2,8 @@
 // are Eigen FP32 matrices, the block sub-steps are block_ops.h's, messages go through the rank's
 // comm::Communicator, and ZeRO-1 flattens the stage's parameters and gradients into host vectors.
 //
-// This header is also the contract every backend's members follow (same names, same meaning).
+// This header is also the contract every backend's members follow (same names, same meaning);
+// exec/spec/rank_backend.h states their shapes as a concept each backend asserts.
 // Calls come from the rank's compute and comm threads; RankRunner orders the calls that touch the
 // same state (task deps), so a backend needs no lock of its own for the CPU's arithmetic.
 #pragma once
@@ -16,6 +17,7 @@
 #include "exec/runtime/block_ops.h"
 #include "exec/runtime/interpreter.h"
 #include "exec/runtime/run_spec.h"
+#include "exec/spec/rank_backend.h"
 
 namespace tandem::runtime {
 
@@ -105,6 +107,8 @@ class CpuBackend {
   comm::Communicator& comm_;
   std::vector<int> ep_group_, dp_group_, expert_dp_group_;
 };
+
+static_assert(spec::RankBackend<CpuBackend>);
 
 using CpuRankRunner = RankRunner<CpuBackend>;
 

@@ -196,21 +196,6 @@ nn::MlaConfig tiny_moe(int64_t q_lora_rank) {
   return c;
 }
 
-cu::MlaDeviceConfig device_config(const nn::MlaConfig& c) {
-  cu::MlaDeviceConfig d;
-  d.hidden = static_cast<int>(c.hidden);
-  d.heads = static_cast<int>(c.heads);
-  d.q_lora_rank = static_cast<int>(c.q_lora_rank);
-  d.kv_lora_rank = static_cast<int>(c.kv_lora_rank);
-  d.qk_nope = static_cast<int>(c.qk_nope);
-  d.qk_rope = static_cast<int>(c.qk_rope);
-  d.v_head = static_cast<int>(c.v_head);
-  d.rms_eps = c.rms_eps;
-  d.rope_theta = c.rope_theta;
-  d.recompute = c.recompute;
-  return d;
-}
-
 // f(name, nn tensor, device pointer) for the eight tensors (both structs use HF's names).
 template <class W, class P, class F>
 void for_each_tensor(W& w, P& p, F&& f) {
@@ -313,7 +298,7 @@ Tensors state(const Out& out, const Saved& s, const Grad& g, Get get) {
   return t;
 }
 
-Tensors run_cpu(const Inputs& in, cu::LinearNumerics num = cu::LinearNumerics::exact) {
+Tensors run_cpu(const Inputs& in, cu::Numerics num = cu::Numerics::exact) {
   const nn::Numerics ex = to_nn(num);
   nn::MlaSaved<float> s;
   const nn::Mat<float> out = nn::mla_forward<float>(in.c, in.w, in.x, in.seq_len, ex, &s);
@@ -377,7 +362,7 @@ void check_prepared(const std::string& tag, const Inputs& in, const cu::MlaDevic
 }
 
 // prepare: (fp8) prepare_weights before the passes, and check the cache (check_prepared).
-Tensors run_gpu(const Inputs& in, std::size_t core_budget, cu::LinearNumerics num = cu::LinearNumerics::exact,
+Tensors run_gpu(const Inputs& in, std::size_t core_budget, cu::Numerics num = cu::Numerics::exact,
                 bool prepare = false) {
   cu::Stream stream;  // non-blocking: the layer must order everything on its own stream
   cu::Blas blas(stream.get());
@@ -391,7 +376,7 @@ Tensors run_gpu(const Inputs& in, std::size_t core_budget, cu::LinearNumerics nu
   cu::DeviceBuffer<float> out(static_cast<std::size_t>(M) * in.c.hidden);
   gputest::sync_device("uploads");  // they ran on the legacy stream
 
-  cu::MlaDevice mla(device_config(in.c), blas, lin, core_budget);
+  cu::MlaDevice mla((in.c), blas, lin, core_budget);
   if (prepare) {
     mla.prepare_weights(w.weights());
     check_prepared("mla " + std::string(name(num)) + " prepared", in, w.weights(), mla, lin);
@@ -480,9 +465,9 @@ void check_mla() {
 }
 
 // The projections in BF16 / FP8 (see the header for the tolerances).
-void check_mla_low_precision(cu::LinearNumerics num) {
+void check_mla_low_precision(cu::Numerics num) {
   const std::size_t budget = cu::MlaDevice::kDefaultCoreBudget;
-  const double tol = num == cu::LinearNumerics::bf16 ? 2e-3 : 1e-2;
+  const double tol = num == cu::Numerics::bf16 ? 2e-3 : 1e-2;
   const std::string nm = name(num);
   const Inputs a = make_inputs(tiny_moe(128), 2, 64, 1);
   const Inputs q0 = make_inputs(tiny_moe(0), 2, 64, 2);
@@ -494,7 +479,7 @@ void check_mla_low_precision(cu::LinearNumerics num) {
     for (const char* t : {"out", "saved.q_a", "saved.kv_a"})
       for (float v : gpu.at(t)) rounded = rounded && is_bf16(v);
     expect(rounded, tag + ": out, saved.q_a and saved.kv_a are not all BF16 values (projection outputs rounded)");
-    if (num == cu::LinearNumerics::fp8) {
+    if (num == cu::Numerics::fp8) {
       const Tensors prepared = run_gpu(*in, budget, num, true);
       std::string diff;
       expect(same_tensors(prepared, gpu, &diff) && prepared.size() == gpu.size(),
@@ -510,6 +495,6 @@ TANDEM_GPU_CHECK(attention) {
   for (int nope : {32, 0})
     for (int chunk : {8, 3}) check_core(nope, chunk);
   check_mla();
-  check_mla_low_precision(cu::LinearNumerics::bf16);
-  check_mla_low_precision(cu::LinearNumerics::fp8);
+  check_mla_low_precision(cu::Numerics::bf16);
+  check_mla_low_precision(cu::Numerics::fp8);
 }

@@ -237,7 +237,7 @@ std::vector<float> download(const cu::DeviceTensor& t) { return to_host(t.data()
 // released (its dx, this block's d_out, must survive), and into accumulators that already hold
 // micro-batch 0's contribution (a weight pass that overwrote instead of adding would lose it).
 RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params,
-                  const std::vector<rt::MicroBatchData>& batches, cu::LinearNumerics numerics) {
+                  const std::vector<rt::MicroBatchData>& batches, cu::Numerics numerics) {
   const std::size_t n = params.size(), nmb = batches.size();
   cu::VirtualRankWorld world(1);
   cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
@@ -425,7 +425,7 @@ void compare_runs(const rt::ModelSetup& setup, const std::vector<rt::BlockParams
   std::printf("  worst: %s rel-L2 %.3g\n", rep.worst_what.c_str(), rep.worst);
 }
 
-void run_case(cu::LinearNumerics numerics, bool asserted) {
+void run_case(cu::Numerics numerics, bool asserted) {
   std::printf("blocks %s (%s)\n", tandem::gputest::name(numerics), asserted ? "asserted" : "informational");
   const ModelCard card = tiny_moe();
   const rt::ModelSetup setup = rt::make_setup(card, 1, tandem::gputest::to_nn(numerics), 7);
@@ -448,6 +448,6 @@ void run_case(cu::LinearNumerics numerics, bool asserted) {
 }  // namespace
 
 TANDEM_GPU_CHECK(blocks) {
-  run_case(cu::LinearNumerics::exact, true);
-  run_case(cu::LinearNumerics::fp8, false);
+  run_case(cu::Numerics::exact, true);
+  run_case(cu::Numerics::fp8, false);
 }

@@ -78,9 +78,9 @@ constexpr int kRows = 130;
 constexpr double kEps = 1e-6;
 
 // Tolerances (see the header).
-double tol_head(cu::LinearNumerics n) { return n == cu::LinearNumerics::exact ? 1e-5 : 2e-3; }
-double tol_mtp(cu::LinearNumerics n) {
-  return n == cu::LinearNumerics::exact ? 1e-5 : n == cu::LinearNumerics::bf16 ? 2e-3 : 1e-2;
+double tol_head(cu::Numerics n) { return n == cu::Numerics::exact ? 1e-5 : 2e-3; }
+double tol_mtp(cu::Numerics n) {
+  return n == cu::Numerics::exact ? 1e-5 : n == cu::Numerics::bf16 ? 2e-3 : 1e-2;
 }
 
 void compare(const std::string& tag, const std::string& what, const std::vector<double>& got,
@@ -134,7 +134,7 @@ struct HeadRun {
   double loss = 0;
 };
 
-HeadRun run_head(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::LinearNumerics num,
+HeadRun run_head(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Numerics num,
                  const nn::Vec<float>& norm, const nn::Mat<float>& proj, const nn::Mat<float>& h,
                  const std::vector<int32_t>& targets, double scale, const std::vector<float>& d_norm0,
                  const std::vector<float>& d_proj0) {
@@ -174,7 +174,7 @@ HeadRun run_head(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Li
 }
 
 void check_head_empty(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st) {
-  cu::DeviceHead head(blas, lt, cu::LinearNumerics::bf16, kHidden, kVocab, kEps);
+  cu::DeviceHead head(blas, lt, cu::Numerics::bf16, kHidden, kVocab, kEps);
   cu::DeviceBuffer<double> loss(1);
   const std::vector<double> nan = {std::nan("")};
   loss.upload(nan.data(), 1);
@@ -195,7 +195,7 @@ struct MtpRun {
   std::vector<float> out, cat, d_cat, d_emb, dh, g_hnorm, g_enorm, g_eh_proj;
 };
 
-MtpRun run_mtp(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::LinearNumerics num,
+MtpRun run_mtp(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Numerics num,
                const nn::MtpProjWeights<float>& w, const nn::Mat<float>& h, const nn::Mat<float>& emb,
                const nn::Mat<float>& dy, const nn::MtpProjWeights<float>& g0, bool prepared) {
   const int rows = static_cast<int>(h.rows());
@@ -326,7 +326,7 @@ TANDEM_GPU_CHECK(head) {
   const std::vector<float> d_proj0 = flat(exec_test::random_mat<float>(kVocab, kHidden, 6, 1e-5));
 
   HeadRun bf16_run;
-  for (cu::LinearNumerics num : kAllNumerics) {
+  for (cu::Numerics num : kAllNumerics) {
     const std::string tag = std::string("head ") + name(num);
     const nn::Numerics n = to_nn(num);
     nn::HeadSaved<float> saved;
@@ -352,8 +352,8 @@ TANDEM_GPU_CHECK(head) {
     compare(tag, "dh", r.dh, flat(g.dh), tol);
     compare_increment(tag, "d_norm", r.d_norm, flat(d_norm), d_norm0, tol);
     compare_increment(tag, "d_proj", r.d_proj, flat(d_proj), d_proj0, tol);
-    if (num == cu::LinearNumerics::bf16) bf16_run = r;
-    if (num == cu::LinearNumerics::fp8) {
+    if (num == cu::Numerics::bf16) bf16_run = r;
+    if (num == cu::Numerics::fp8) {
       const bool same = same_bits(r.logits, bf16_run.logits) && same_bits(r.dlogits, bf16_run.dlogits) &&
                         r.loss == bf16_run.loss && same_bits(r.dh, bf16_run.dh) &&
                         same_bits(r.d_normed, bf16_run.d_normed) && same_bits(r.d_norm, bf16_run.d_norm) &&
@@ -381,7 +381,7 @@ TANDEM_GPU_CHECK(mtp) {
   g0.enorm = small_vec(kHidden, 18, 1e-3);
   g0.eh_proj = exec_test::random_mat<float>(kHidden, 2 * kHidden, 19, 1e-3);
 
-  for (cu::LinearNumerics num : kAllNumerics) {
+  for (cu::Numerics num : kAllNumerics) {
     const std::string tag = std::string("mtp ") + name(num);
     const nn::Numerics n = to_nn(num);
     nn::MtpSaved<float> saved;
@@ -400,7 +400,7 @@ TANDEM_GPU_CHECK(mtp) {
     compare_increment(tag, "hnorm", r.g_hnorm, flat(grads.hnorm), flat(g0.hnorm), tol);
     compare_increment(tag, "enorm", r.g_enorm, flat(grads.enorm), flat(g0.enorm), tol);
     compare_increment(tag, "eh_proj", r.g_eh_proj, flat(grads.eh_proj), flat(g0.eh_proj), tol);
-    if (num == cu::LinearNumerics::fp8) {
+    if (num == cu::Numerics::fp8) {
       const MtpRun p = run_mtp(blas, lt, st, num, w, h, emb, dy, g0, true);
       const bool same = same_bits(p.out, r.out) && same_bits(p.d_cat, r.d_cat) && same_bits(p.d_emb, r.d_emb) &&
                         same_bits(p.dh, r.dh) && same_bits(p.g_hnorm, r.g_hnorm) &&

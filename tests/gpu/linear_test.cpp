@@ -307,21 +307,21 @@ double exact_tol(int kred) { return 4 * kU * std::sqrt(kred + 1.0); }
 
 // got vs exec/nn (cpu) and vs FP64 (ref) with the numerics' tolerance; kred = reduction length;
 // rounded = the output is rounded to BF16 (forward, backward_input in bf16 / fp8).
-void compare(const std::string& tag, cu::LinearNumerics num, const std::vector<float>& got,
+void compare(const std::string& tag, cu::Numerics num, const std::vector<float>& got,
              const std::vector<float>& cpu, const tandem::gputest::Gemm64& ref, int kred, bool rounded) {
   const double e_cpu = rel_l2(got, cpu), e_ref = rel_l2(got, ref.v);
-  const bool rounding_applies = rounded && num != cu::LinearNumerics::exact;
+  const bool rounding_applies = rounded && num != cu::Numerics::exact;
   bool all_bf16 = true;
   for (float v : got) all_bf16 = all_bf16 && is_bf16(v);
   switch (num) {
-    case cu::LinearNumerics::exact: {
+    case cu::Numerics::exact: {
       const double tol = exact_tol(kred);
       std::printf("%s: rel-L2 vs exec/nn %.2e, vs FP64 %.2e (tol %.1e)\n", tag.c_str(), e_cpu, e_ref, tol);
       expect(e_cpu <= tol, tag + ": rel-L2 vs exec/nn");
       expect(e_ref <= tol, tag + ": rel-L2 vs FP64");
       break;
     }
-    case cu::LinearNumerics::bf16: {
+    case cu::Numerics::bf16: {
       std::size_t bad = 0, equal = 0;
       double worst = 0;
       for (std::size_t i = 0; i < got.size(); ++i) {
@@ -341,7 +341,7 @@ void compare(const std::string& tag, cu::LinearNumerics num, const std::vector<f
       expect(e_ref <= tol_ref, tag + ": rel-L2 vs FP64 of the BF16 inputs");
       break;
     }
-    case cu::LinearNumerics::fp8:
+    case cu::Numerics::fp8:
       std::printf("%s: rel-L2 vs exec/nn %.2e, vs FP64 of the dequantised operands %.2e\n", tag.c_str(), e_cpu, e_ref);
       expect(e_cpu <= 1e-3, tag + ": rel-L2 vs exec/nn <= 1e-3");
       expect(e_ref <= 1e-2, tag + ": rel-L2 vs FP64 <= 1e-2");
@@ -377,7 +377,7 @@ void check_fp8_weight(const std::string& tag, const cu::Fp8Weight& q, const MatF
 }
 
 void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int M, int K, int N,
-                       cu::LinearNumerics num) {
+                       cu::Numerics num) {
   const std::string tag = std::string("linear ") + name(num) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
                           " N=" + std::to_string(N);
   const nn::Numerics nnum = to_nn(num);
@@ -394,14 +394,14 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
   // FP64 of what each GEMM consumes: fprop x·Wᵀ, dgrad dy·(Wᵀ)ᵀ, wgrad dyᵀ·(xᵀ)ᵀ.
   Vec64 fa, fb, da, db, wa, wb;
   switch (num) {
-    case cu::LinearNumerics::exact:
+    case cu::Numerics::exact:
       fa = to64(x), fb = to64(W), da = to64(dy), db = to64_t(W), wa = to64_t(dy), wb = to64_t(x);
       break;
-    case cu::LinearNumerics::bf16:
+    case cu::Numerics::bf16:
       fa = bf16_of(to64(x)), fb = bf16_of(to64(W)), da = bf16_of(to64(dy)), db = bf16_of(to64_t(W));
       wa = bf16_of(to64_t(dy)), wb = bf16_of(to64_t(x));
       break;
-    case cu::LinearNumerics::fp8: {
+    case cu::Numerics::fp8: {
       const fp8::BlockFp8 wq = fp8::quantize_blocks(W.data(), N, K);
       fa = to64(fp8::dequantize(fp8::quantize_rowwise(x.data(), M, K))), fb = to64(fp8::dequantize(wq));
       da = to64(fp8::dequantize(fp8::quantize_rowwise(dy.data(), M, N))), db = to64(fp8::dequantize(fp8::transpose(wq)));
@@ -457,7 +457,7 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
         }
       const std::string t = tag + " " + what + " accumulate (strided)";
       expect(kept, t + ": padding columns untouched");
-      if (num == cu::LinearNumerics::exact) {
+      if (num == cu::Numerics::exact) {
         const double e = rel_l2(got, want);
         expect(e <= exact_tol(kred), t + ": rel-L2 vs start + plain result " + std::to_string(e));
       } else {
@@ -469,7 +469,7 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
   }
 
   // fp8: the weight quantised once == quantised per call.
-  if (num == cu::LinearNumerics::fp8) {
+  if (num == cu::Numerics::fp8) {
     cu::Fp8Weight q;
     lin.quantize_weight(Wm, q);
     cu::DeviceBuffer<float> gyq(count_of(M, N)), gdxq(count_of(M, K));
@@ -483,7 +483,7 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
 }
 
 // Empty shapes: M = 0 does nothing; K = 0 gives y = 0 (kept when accumulating); N = 0 gives dx = 0.
-void check_linear_empty(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, cu::LinearNumerics num) {
+void check_linear_empty(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, cu::Numerics num) {
   const std::string tag = std::string("linear ") + name(num) + " empty";
   cu::DeviceLinear lin(blas, lt, num);
   const MatF W = random_mat<float>(128, 128, 7), dW0 = random_mat<float>(128, 128, 8);
@@ -526,7 +526,7 @@ void check_linear_sm_budget(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st)
   const MatF x = random_mat<float>(M, K, 31), W = random_mat<float>(N, K, 32);
   auto gx = upload(x), gW = upload(W);
   cu::DeviceBuffer<float> all(static_cast<std::size_t>(M) * N), fewer(static_cast<std::size_t>(M) * N);
-  cu::DeviceLinear full(blas, lt, cu::LinearNumerics::fp8), limited(blas, lt, cu::LinearNumerics::fp8);
+  cu::DeviceLinear full(blas, lt, cu::Numerics::fp8), limited(blas, lt, cu::Numerics::fp8);
   limited.set_sm_count_target(budget);
   expect(limited.sm_count_target() == budget, "linear fp8 SM budget: the target is kept");
   const cu::ConstDeviceMat xm(gx.get(), M, K), Wm(gW.get(), N, K);
@@ -562,7 +562,7 @@ std::vector<float> side_by_side(const MatF& a, const MatF& b) {
 }
 
 void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int rows, int H, int I,
-                    cu::LinearNumerics num) {
+                    cu::Numerics num) {
   const std::string tag = std::string("ffn ") + name(num) + " rows=" + std::to_string(rows) + " hidden=" +
                           std::to_string(H) + " inter=" + std::to_string(I);
   const nn::Numerics nnum = to_nn(num);
@@ -607,7 +607,7 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
   const std::vector<float> swiglu_out = to_host(dg.swiglu_out, count_of(rows, I));
   const std::vector<float> dgate_w = to_host(ggate), dup_w = to_host(gup), ddown_w = to_host(gdown);
 
-  const double tol = num == cu::LinearNumerics::exact ? 1e-5 : num == cu::LinearNumerics::bf16 ? 2e-3 : 1e-2;
+  const double tol = num == cu::Numerics::exact ? 1e-5 : num == cu::Numerics::bf16 ? 2e-3 : 1e-2;
   struct Item {
     const char* what;
     const std::vector<float>* got;
@@ -628,14 +628,14 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
     expect(e <= tol, tag + ": " + it.what + " rel-L2 vs exec/nn");
   }
   std::printf("\n");
-  if (num != cu::LinearNumerics::exact) {
+  if (num != cu::Numerics::exact) {
     bool rounded = true;
     for (float v : y) rounded = rounded && is_bf16(v);
     for (float v : gate_up) rounded = rounded && is_bf16(v);
     expect(rounded, tag + ": y and gate|up are BF16 values (GEMM outputs rounded)");
   }
 
-  if (num == cu::LinearNumerics::exact) {  // also against the FP64 FFN
+  if (num == cu::Numerics::exact) {  // also against the FP64 FFN
     nn::FfnWeights<double> w64{w.gate.cast<double>(), w.up.cast<double>(), w.down.cast<double>()};
     nn::FfnSaved<double> sv64;
     const nn::Mat<double> x64 = x.cast<double>(), dy64 = dy.cast<double>();
@@ -651,7 +651,7 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
     for (double v : e) expect(v <= 1e-5, tag + ": rel-L2 vs the FP64 FFN <= 1e-5");
   }
 
-  if (num == cu::LinearNumerics::fp8) {  // weights quantised once == quantised per call
+  if (num == cu::Numerics::fp8) {  // weights quantised once == quantised per call
     cu::DeviceFfnFp8Weights qw;
     ffn.quantize_weights(dw, qw);
     cu::DeviceFfnWeights dwq = dw;
@@ -698,7 +698,7 @@ TANDEM_GPU_CHECK(linear) {
   cu::Blas blas(st.get());
   cu::LtFp8Gemm lt;
   const int shapes[][3] = {{256, 256, 512}, {130, 384, 128}, {70, 200, 100}};  // (M, K, N)
-  for (cu::LinearNumerics num : kAllNumerics) {
+  for (cu::Numerics num : kAllNumerics) {
     for (const auto& s : shapes) check_linear_case(blas, lt, st, s[0], s[1], s[2], num);
     check_linear_empty(blas, lt, st, num);
   }
@@ -710,6 +710,6 @@ TANDEM_GPU_CHECK(ffn) {
   cu::Blas blas(st.get());
   cu::LtFp8Gemm lt;
   const int shapes[][3] = {{256, 256, 384}, {130, 200, 100}, {128, 128, 256}};  // (rows, hidden, inter)
-  for (cu::LinearNumerics num : kAllNumerics)
+  for (cu::Numerics num : kAllNumerics)
     for (const auto& s : shapes) check_ffn_case(blas, lt, st, s[0], s[1], s[2], num);
 }

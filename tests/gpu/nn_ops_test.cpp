@@ -428,7 +428,7 @@ RouterInputs router_inputs(const moe::RouterConfig& c, int tokens, Scores kind, 
 
 void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint64_t seed, const std::string& tag) {
   const int E = c.n_routed, K = c.top_k;
-  const cu::RouterParams p = cu::RouterParams::from(c);
+  const cu::RouterConfig p = c;
   const RouterInputs in = router_inputs(c, tokens, kind, seed);
   const std::size_t nk = static_cast<std::size_t>(tokens) * K;
 
@@ -532,7 +532,7 @@ void check_router_blas(const moe::RouterConfig& c) {
   cu::DeviceBuffer<float> ds(static_cast<std::size_t>(tokens) * E), dgate(static_cast<std::size_t>(tokens) * K);
   cu::DeviceBuffer<int32_t> de(static_cast<std::size_t>(tokens) * K);
   cu::Blas blas(nullptr);
-  cu::router_forward(blas, dx.get(), dw.get(), tokens, hidden, db.get(), cu::RouterParams::from(c), ds.get(), de.get(),
+  cu::router_forward(blas, dx.get(), dw.get(), tokens, hidden, db.get(), c, ds.get(), de.get(),
                      dgate.get());
   const std::vector<float> s = to_host(ds);
   double worst = 0;
@@ -549,26 +549,26 @@ void check_router_blas(const moe::RouterConfig& c) {
 }
 
 void check_router_validation() {
-  auto throws = [](const cu::RouterParams& p) {
+  auto throws = [](const cu::RouterConfig& p) {
     try {
-      p.validate();
+      cu::check_device_router(p);
     } catch (const std::invalid_argument&) {
       return true;
     }
     return false;
   };
-  cu::RouterParams p = cu::RouterParams::from(router_config(256, 8, 4, 8, 2.5, true));
-  expect(!throws(p), "RouterParams: DeepSeek-V3 is valid");
-  cu::RouterParams q = p;
+  cu::RouterConfig p = router_config(256, 8, 4, 8, 2.5, true);
+  expect(!throws(p), "RouterConfig: DeepSeek-V3 is valid");
+  cu::RouterConfig q = p;
   q.n_routed = 2048;
   q.n_group = 8;
-  expect(throws(q), "RouterParams: n_routed > 1024 rejected");
+  expect(throws(q), "RouterConfig: n_routed > 1024 rejected");
   q = p;
   q.n_group = 7;
-  expect(throws(q), "RouterParams: n_group not dividing n_routed rejected");
+  expect(throws(q), "RouterConfig: n_group not dividing n_routed rejected");
   q = p;
   q.top_k = 129;
-  expect(throws(q), "RouterParams: top_k > topk_group * E/G rejected");
+  expect(throws(q), "RouterConfig: top_k > topk_group * E/G rejected");
   bool threw = false;
   try {
     cu::router_select(nullptr, nullptr, -1, p, nullptr, nullptr, nullptr);

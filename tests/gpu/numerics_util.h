@@ -1,4 +1,4 @@
-// The GPU checks' view of the three numerics: the device's LinearNumerics, its exec/nn twin, a
+// The GPU checks' view of the three numerics: the device's Numerics, its exec/nn twin, a
 // name to print, and whether a value is exactly a BF16 value (an output the recipe rounds).
 #pragma once
 
@@ -10,26 +10,26 @@
 
 namespace tandem::gputest {
 
-inline const char* name(cuda::LinearNumerics n) {
+inline const char* name(cuda::Numerics n) {
   switch (n) {
-    case cuda::LinearNumerics::exact: return "exact";
-    case cuda::LinearNumerics::bf16: return "bf16";
-    case cuda::LinearNumerics::fp8: return "fp8";
+    case cuda::Numerics::exact: return "exact";
+    case cuda::Numerics::bf16: return "bf16";
+    case cuda::Numerics::fp8: return "fp8";
   }
   return "?";
 }
 
-inline nn::Numerics to_nn(cuda::LinearNumerics n) {
+inline nn::Numerics to_nn(cuda::Numerics n) {
   switch (n) {
-    case cuda::LinearNumerics::exact: return nn::Numerics::exact;
-    case cuda::LinearNumerics::bf16: return nn::Numerics::bf16;
-    case cuda::LinearNumerics::fp8: return nn::Numerics::fp8;
+    case cuda::Numerics::exact: return nn::Numerics::exact;
+    case cuda::Numerics::bf16: return nn::Numerics::bf16;
+    case cuda::Numerics::fp8: return nn::Numerics::fp8;
   }
   return nn::Numerics::exact;
 }
 
-inline constexpr cuda::LinearNumerics kAllNumerics[] = {cuda::LinearNumerics::exact, cuda::LinearNumerics::bf16,
-                                                        cuda::LinearNumerics::fp8};
+inline constexpr cuda::Numerics kAllNumerics[] = {cuda::Numerics::exact, cuda::Numerics::bf16,
+                                                        cuda::Numerics::fp8};
 
 // The low 16 bits are zero: v is a BF16 value held in FP32.
 inline bool is_bf16(float v) { return (std::bit_cast<uint32_t>(v) & 0xFFFFu) == 0; }

@@ -46,7 +46,7 @@ DeviceBackend::DeviceBackend(const runtime::RunSpec& spec, int world_rank, const
                                 ", not world rank " + std::to_string(world_rank));
   blas_ = std::make_unique<Blas>(compute_.get());
   lt_ = std::make_unique<LtFp8Gemm>();
-  linear_ = std::make_unique<DeviceLinear>(*blas_, *lt_, linear_numerics(spec.setup.numerics));
+  linear_ = std::make_unique<DeviceLinear>(*blas_, *lt_, spec.setup.numerics);
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, comm.device()), "cudaGetDeviceProperties");
   const int comm_sms = static_cast<int>(spec.scenario.comm.sms);

@@ -53,6 +53,7 @@
 #include "exec/cuda/runtime/zero1.h"
 #include "exec/runtime/interpreter.h"
 #include "exec/runtime/run_spec.h"
+#include "exec/spec/rank_backend.h"
 
 namespace tandem::runtime {
 template <class B>
@@ -178,5 +179,7 @@ class DeviceBackend {
 };
 
 using DeviceRankRunner = runtime::RankRunner<DeviceBackend>;
+
+static_assert(spec::RankBackend<DeviceBackend>);
 
 }  // namespace tandem::cuda

@@ -23,30 +23,6 @@ int to_int(int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-MoeWire moe_wire(moe::Wire w) {
-  switch (w) {
-    case moe::Wire::exact: return MoeWire::exact;
-    case moe::Wire::bf16: return MoeWire::bf16;
-    case moe::Wire::fp8: return MoeWire::fp8;
-  }
-  throw std::invalid_argument("DeviceStageBlocks: unknown wire");
-}
-
-MlaDeviceConfig mla_device_config(const nn::MlaConfig& m) {
-  MlaDeviceConfig c;
-  c.hidden = to_int(m.hidden, "mla hidden");
-  c.heads = to_int(m.heads, "mla heads");
-  c.q_lora_rank = to_int(m.q_lora_rank, "q_lora_rank");
-  c.kv_lora_rank = to_int(m.kv_lora_rank, "kv_lora_rank");
-  c.qk_nope = to_int(m.qk_nope, "qk_nope");
-  c.qk_rope = to_int(m.qk_rope, "qk_rope");
-  c.v_head = to_int(m.v_head, "v_head");
-  c.rms_eps = m.rms_eps;
-  c.rope_theta = m.rope_theta;
-  c.recompute = m.recompute;
-  return c;
-}
-
 // One copy of n floats on `stream` (n = 0: nothing).
 void copy_d2d(float* dst, const float* src, std::size_t n, cudaStream_t stream, const char* what) {
   if (n == 0) return;
@@ -65,33 +41,6 @@ DeviceBuffer<T> upload_on(const T* host, std::size_t n, cudaStream_t stream) {
 
 // ---------------------------------------------------------------------------------------------
 // DeviceTensor, micro-batch upload
-
-LinearNumerics linear_numerics(nn::Numerics n) {
-  switch (n) {
-    case nn::Numerics::exact: return LinearNumerics::exact;
-    case nn::Numerics::bf16: return LinearNumerics::bf16;
-    case nn::Numerics::fp8: return LinearNumerics::fp8;
-  }
-  throw std::invalid_argument("linear_numerics: unknown numerics");
-}
-
-// exec/moe's MoeConfig field for field; the wires as the run's setup chose them (make_setup turns
-// on DeepSeek-V3's wires for fp8 runs), so the device sends exactly what the CPU sends.
-DeviceMoeConfig moe_device_config(const moe::MoeConfig& m) {
-  DeviceMoeConfig d;
-  d.router = RouterParams::from(m.router);
-  d.ep = m.ep.ep;
-  d.hidden = m.hidden;
-  d.moe_inter = m.moe_inter;
-  d.n_shared = m.n_shared;
-  d.numerics = linear_numerics(m.numerics);
-  d.align = m.align;
-  d.dispatch_wire = moe_wire(m.dispatch_wire);
-  d.combine_wire = moe_wire(m.combine_wire);
-  d.combine_grad_wire = moe_wire(m.combine_grad_wire);
-  d.dispatch_grad_wire = moe_wire(m.dispatch_grad_wire);
-  return d;
-}
 
 DeviceTensor DeviceTensor::make(int64_t rows, int64_t cols) {
   if (rows < 0 || cols < 0) throw std::invalid_argument("DeviceTensor::make: negative rows or cols");
@@ -179,12 +128,12 @@ struct BlockDev {
 struct DeviceStageBlocks::Impl {
   const runtime::BlockContext& ctx;
   DeviceRankKit& kit;
-  LinearNumerics num;
+  Numerics num;
   int hidden = 0, vocab = 0, seq_len = 0;
   float eps = 0;
   DeviceStageParams params;
   DeviceStageGrads grads;
-  DeviceMoeConfig moe_cfg;
+  MoeConfig moe_cfg;
   std::unique_ptr<DeviceFfn> ffn;         // dense layers (hidden, intermediate_size): scratch only
   std::unique_ptr<DeviceFfn> quantizer;   // fp8: quantises the routed experts' weights (moe_inter wide)
   std::unique_ptr<DeviceFfn> shared_quantizer;  // fp8: the shared expert's (n_shared · moe_inter wide)
@@ -197,7 +146,7 @@ struct DeviceStageBlocks::Impl {
   DeviceBuffer<double> row_loss;
 
   Impl(const runtime::BlockContext& c, std::vector<runtime::BlockParams>& host, DeviceRankKit& k)
-      : ctx(c), kit(k), num(linear_numerics(c.setup->numerics)), params(*c.setup, host),
+      : ctx(c), kit(k), num(c.setup->numerics), params(*c.setup, host),
         grads(params.layout(), std::max(1, c.setup->moe.ep.ep)) {}
 
   cudaStream_t stream() const { return kit.compute; }
@@ -233,7 +182,7 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
   m.eps = static_cast<float>(setup.card.rms_norm_eps);
   DeviceStageParams& P = m.params;
   DeviceStageGrads& G = m.grads;
-  const MlaDeviceConfig mla_cfg = mla_device_config(setup.mla);
+  const MlaConfig& mla_cfg = setup.mla;
   Stream uploads;  // the bias / MTP table uploads and zeroing, waited for at the end
 
   int layer_blocks = 0;
@@ -301,14 +250,14 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
       const std::string pre = layer_prefix(p.layer);
       b->has_moe = true;
       if (!m.moe) {
-        m.moe_cfg = moe_device_config(setup.moe);
+        m.moe_cfg = setup.moe;  // the wires as the run's setup chose them: the device sends what the CPU sends
         m.moe = std::make_unique<DeviceMoeLayer>(m.moe_cfg, *kit.blas, *kit.linear, *kit.comm, kit.ep_group,
                                                  kit.comm_stream);
         if (m.moe->ep_rank() != ctx.member)
           throw std::invalid_argument("DeviceStageBlocks: the communicator's place in kit.ep_group (" +
                                       std::to_string(m.moe->ep_rank()) + ") is not ctx.member (" +
                                       std::to_string(ctx.member) + ")");
-        if (m.num == LinearNumerics::fp8) {
+        if (m.num == Numerics::fp8) {
           m.quantizer = std::make_unique<DeviceFfn>(*kit.linear, m.moe_cfg.hidden, m.moe_cfg.moe_inter);
           if (m.moe_cfg.n_shared > 0)
             m.shared_quantizer = std::make_unique<DeviceFfn>(*kit.linear, m.moe_cfg.hidden,
@@ -399,7 +348,7 @@ void DeviceStageBlocks::begin_step() {
     if (b.g_mtp_lm_head.get())
       check(cudaMemsetAsync(b.g_mtp_lm_head.get(), 0, b.g_mtp_lm_head.bytes(), s), "begin_step: zero mtp_lm_head");
   }
-  if (m.num != LinearNumerics::fp8) return;
+  if (m.num != Numerics::fp8) return;
   // fp8: the optimizer changed the weights; quantise every GEMM weight once for the step.
   for (auto& bp : m.blocks) {
     BlockDev& b = *bp;

@@ -63,10 +63,6 @@ class DeviceTensor {
   int64_t rows_ = 0, cols_ = 0;
 };
 
-// exec/nn's Numerics as the device's (the run's numerics for DeviceLinear).
-LinearNumerics linear_numerics(nn::Numerics n);
-// exec/moe's MoeConfig as DeviceMoeLayer's, field for field (wires included).
-DeviceMoeConfig moe_device_config(const moe::MoeConfig& m);
 
 // One micro-batch's token ids on the device (runtime::MicroBatchData, uploaded once per step).
 struct DeviceMicroBatch {

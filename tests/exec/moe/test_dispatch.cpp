@@ -282,3 +282,70 @@ TEST_CASE("moe dispatch: mismatched or damaged buffers are rejected", "[moe][dis
   // one buffer per member
   REQUIRE_THROWS_AS(unpack_dispatch<float>(ep, 0, {send[0]}), std::invalid_argument);
 }
+
+TEST_CASE("moe dispatch: the segment layout is unpack_dispatch's, with each source's rows contiguous",
+          "[moe][dispatch]") {
+  // spec::make_segment_layout is what both backends place received rows by; the CPU builds it from
+  // the buffers' ids. Some experts (often a whole member's) get no rows; 0 / 1 / 37 / 128 tokens.
+  std::mt19937_64 rng(42);
+  constexpr int E = 16, K = 4;
+  for (int ep : {1, 2, 4})
+    for (int align : {128, 4})
+      for (int rep = 0; rep < 3; ++rep) {
+        CAPTURE(ep, align, rep);
+        const EpLayout layout(E, ep);
+        std::vector<int32_t> allowed;
+        for (int e = 0; e < E; ++e)
+          if (rng() % 3 != 0) allowed.push_back(e);
+        if (allowed.empty()) allowed.push_back(5);
+        const int token_choices[4] = {0, 1, 37, 128};
+        std::vector<DispatchPlan> plans;
+        std::vector<std::vector<Buffer>> sent;  // sent[s][d]
+        for (int s = 0; s < ep; ++s) {
+          Routing r;
+          r.tokens = token_choices[(s + rep) % 4];
+          r.top_k = K;
+          for (int i = 0; i < r.tokens * K; ++i) r.expert.push_back(allowed[rng() % allowed.size()]);
+          plans.push_back(make_dispatch_plan(layout, r));
+          sent.push_back(pack_dispatch<float>(plans.back(), Mat<float>::Zero(r.tokens, 8), Wire::exact));
+        }
+        for (int d = 0; d < ep; ++d) {
+          std::vector<Buffer> recv;
+          std::vector<std::vector<int32_t>> ids_from;
+          for (int s = 0; s < ep; ++s) {
+            recv.push_back(sent[static_cast<size_t>(s)][static_cast<size_t>(d)]);
+            std::vector<int32_t> ids;
+            for (const DispatchRow& row : plans[static_cast<size_t>(s)].to[static_cast<size_t>(d)]) ids.push_back(row.expert);
+            ids_from.push_back(ids);
+          }
+          const SegmentLayout got = tandem::spec::make_segment_layout(layout, d, align, ids_from);
+          const SegmentLayout want = unpack_dispatch<float>(layout, d, recv, align).layout;
+          CHECK(got.rows == want.rows);
+          CHECK(got.padded == want.padded);
+          CHECK(got.offset == want.offset);
+          REQUIRE(got.from.size() == want.from.size());
+          for (size_t s = 0; s < got.from.size(); ++s) {
+            REQUIRE(got.from[s].size() == want.from[s].size());
+            for (size_t i = 0; i < got.from[s].size(); ++i) {
+              CHECK(got.from[s][i].expert == want.from[s][i].expert);
+              CHECK(got.from[s][i].row == want.from[s][i].row);
+            }
+          }
+          for (int e = 0; e < got.n_local; ++e) {
+            CHECK(got.padded[static_cast<size_t>(e)] % align == 0);
+            // Source s's rows of expert e are exactly [src_first, src_first + src_count), in its order.
+            for (int s = 0; s < ep; ++s) {
+              std::vector<int32_t> rows;
+              for (const SegmentLayout::Place& p : got.from[static_cast<size_t>(s)])
+                if (p.expert == e) rows.push_back(p.row);
+              const int64_t first = got.src_first[static_cast<size_t>(e)][static_cast<size_t>(s)];
+              REQUIRE(static_cast<int64_t>(rows.size()) == got.src_count[static_cast<size_t>(e)][static_cast<size_t>(s)]);
+              for (size_t i = 0; i < rows.size(); ++i) CHECK(rows[i] == first + static_cast<int64_t>(i));
+            }
+          }
+        }
+      }
+  // A row for an expert the member does not own is refused, naming the member.
+  const EpLayout two(E, 2);
+  CHECK_THROWS_WITH(tandem::spec::make_segment_layout(two, 1, 128, {{3}, {}}), Catch::Contains("member 1 does not own"));
+}
