@@ -28,16 +28,6 @@ const char* to_string(RoutingModel m) {
   return "?";
 }
 
-const char* to_string(ScheduleKind k) {
-  switch (k) {
-    case ScheduleKind::f1b1: return "1f1b";
-    case ScheduleKind::zb1p: return "zb1p";
-    case ScheduleKind::dualpipe: return "dualpipe";
-    case ScheduleKind::dualpipev: return "dualpipev";
-  }
-  return "?";
-}
-
 namespace {
 
 constexpr int64_t kMaxGpus = 1 << 20;

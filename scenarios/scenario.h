@@ -20,14 +20,12 @@
 #include "models/precision.h"
 #include "models/workload.h"
 #include "scenarios/program.h"
+#include "scenarios/schedules/schedule_table.h"
 #include "scenarios/stage_partition.h"
 #include "topologies/cluster_card.h"
 #include "topologies/network_faults.h"
 
 namespace tandem {
-
-enum class ScheduleKind { f1b1, zb1p, dualpipe, dualpipev };
-const char* to_string(ScheduleKind k);
 
 struct ParallelPlan {
   int64_t pp = 1;          // pipeline ranks
