@@ -116,7 +116,7 @@ struct Scenario {
   // calibration `tandem calibrate` derived from a profiler trace. sim/compute_cost.h.
   std::vector<std::string> calibration;
 
-  int64_t stages() const { return schedule.kind == ScheduleKind::dualpipev ? 2 * plan.pp : plan.pp; }
+  int64_t stages() const { return schedule_traits(schedule.kind).stages(plan.pp); }
   int64_t micro_batches() const {  // per pipeline per step
     return batch.global_sequences / (plan.dp * batch.micro_batch_sequences);
   }
