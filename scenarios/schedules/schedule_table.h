@@ -1,7 +1,7 @@
-// Schedule table: what each pipeline schedule is, in one place. This is the only code that
-// branches on ScheduleKind; everything else (scenario loading, stage count, memory, the stage
-// balancer, the optimizer's shards, the executor's budget, the schedule drawing, `tandem plan`)
-// asks schedule_traits(kind).
+// Schedule table: what each pipeline schedule is, in one place. This is the only library code
+// that branches on ScheduleKind; everything else (scenario loading, stage count, memory, the
+// stage balancer, the optimizer's shards, the executor's budget, the schedule drawing, `tandem
+// plan`) asks schedule_traits(kind). Tests may still name schedules: that is what they check.
 //
 // Per schedule:
 //   name, title      the scenario's value ("dualpipe") and how messages name it ("DualPipe");
@@ -15,11 +15,13 @@
 //   expected_counts  the reference's per-rank slot counts (§4.4, §15), to check generated slots;
 //   legs             how a drawing tells chunks apart (DualPipe's directions, DualPipeV's halves).
 //
-// Contract, checked by tests/scenarios/test_schedule_table.cpp for pp 2..16 and several
-// micro-batch counts: held() places every (path, stage) on exactly one rank, rank_of() inverts
-// it, and in_flight() equals the per-phase peak the unit-cost engine counts on the generated
-// schedule. The counts are closed forms rather than a run of the generator so that a memory
-// estimate does not build a schedule.
+// Contract, checked by tests/scenarios/test_schedule_table.cpp for pp 2, 4, 8, 16 and several
+// micro-batch counts from the least the rules allow: held() places every (path, stage) on
+// exactly one rank and the generated slots run each phase's chunks there, rank_of() inverts it,
+// the generator lays out every count the rules accept, expected_counts() are the generated
+// counts, and in_flight() equals the per-phase peak the unit-cost engine counts on the
+// generated schedule. The counts are closed forms rather than a run of the generator so that a
+// memory estimate does not build a schedule.
 //
 // A new schedule: a value in ScheduleKind and kScheduleKinds below, its traits in
 // schedule_table.cpp (schedule_traits() switches without a default, so -Wswitch names a missing

@@ -112,7 +112,7 @@ TEST_CASE("in-flight micro-batches and slot counts equal the generated schedule'
   }
 }
 
-TEST_CASE("a count the table's rules refuse is one the generator refuses", "[schedule]") {
+TEST_CASE("make_schedule lays out exactly the counts the table's rules accept", "[schedule]") {
   for (ScheduleKind k : kScheduleKinds) {
     for (int pp : {1, 2, 3, 4, 6}) {
       for (int C = 1; C <= 3 * pp + 1; ++C) {
