@@ -39,10 +39,11 @@ void add_unique(std::vector<std::string>& values, const std::string& v) {
 // What a user would try for each searched key, and the scenario's own value.
 std::vector<Axis> default_axes(const Scenario& s) {
   Axis pp{"plan.pp", {}}, ep{"plan.ep", {}}, mbs{"batch.micro_batch_sequences", {"1", "2", "4"}},
-      kind{"schedule.kind", {"1f1b", "zb1p", "dualpipe", "dualpipev"}}, sms{"comm.sms", {"10", "20", "32"}},
+      kind{"schedule.kind", {}}, sms{"comm.sms", {"10", "20", "32"}},
       overlap{"plan.dp_overlap", {"false", "true"}};
   for (int64_t p = 1; p <= 64; p *= 2)
     if (s.gpus % p == 0) pp.values.push_back(std::to_string(p));
+  for (std::string_view name : schedule_names()) kind.values.emplace_back(name);
   for (int64_t e = 1; e <= std::min<int64_t>(256, s.gpus); e *= 2) ep.values.push_back(std::to_string(e));
   add_unique(pp.values, std::to_string(s.plan.pp));
   add_unique(ep.values, std::to_string(s.plan.ep));

@@ -221,7 +221,7 @@ std::string range_text(double min, double max, bool whole) {
   return "[" + num(min) + ", " + num(max) + "]";
 }
 
-std::string choices_text(std::initializer_list<std::string_view> allowed) {
+std::string choices_text(std::span<const std::string_view> allowed) {
   std::string list;
   for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
   return list;
@@ -392,6 +392,10 @@ std::string CardReader::text_or(std::string_view key, std::string fallback) {
 
 std::string CardReader::choice(std::string_view key,
                                std::initializer_list<std::string_view> allowed) {
+  return choice(key, std::span<const std::string_view>(allowed.begin(), allowed.size()));
+}
+
+std::string CardReader::choice(std::string_view key, std::span<const std::string_view> allowed) {
   note(key, "one of", choices_text(allowed), "required");
   std::string v = text(key);
   std::string list;

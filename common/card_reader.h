@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,6 +74,7 @@ class CardReader {
   std::string text(std::string_view key);
   std::string text_or(std::string_view key, std::string fallback);
   std::string choice(std::string_view key, std::initializer_list<std::string_view> allowed);
+  std::string choice(std::string_view key, std::span<const std::string_view> allowed);
   std::string choice_or(std::string_view key, std::string fallback,
                         std::initializer_list<std::string_view> allowed);
   std::vector<int64_t> integer_list(std::string_view key, int64_t min, int64_t max,

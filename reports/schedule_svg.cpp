@@ -6,7 +6,7 @@
 #include "common/format.h"
 #include "reports/svg_chart.h"
 
-#include "scenarios/scenario.h"
+#include "scenarios/schedules/schedule_table.h"
 
 namespace tandem {
 
@@ -32,11 +32,9 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
   const double axis = 24;  // the time axis under the ranks
   const double height = top + row * s.ranks + axis + 78;
   const double font = std::clamp(unit * std::min(c.F, c.W) * 0.55, 5.0, 12.0);
-  // Which shade a chunk gets: the path for DualPipe, the half of the V for DualPipeV.
-  auto shade = [&](const Chunk& ch) {
-    if (s.paths > 1) return ch.path;
-    return s.kind == ScheduleKind::dualpipev && ch.stage >= s.ranks ? 1 : 0;
-  };
+  // Which shade a chunk gets: its leg (the path for DualPipe, the half of the V for DualPipeV).
+  const ScheduleTraits& schedule = schedule_traits(s.kind);
+  auto shade = [&](const Chunk& ch) { return schedule.leg_of(s.ranks, ch); };
   auto label = [&](const Chunk& ch) { return ch.micro_batch - ch.path * s.per_path(); };
 
   std::string o;
@@ -107,13 +105,12 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
     o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"11\">%s</text>\n", lx + 27, ly + 11, svg::escape(text).c_str());
     lx += 27 + 7.0 * static_cast<double>(std::string(text).size()) + 18;
   };
-  const bool two = s.paths > 1 || s.kind == ScheduleKind::dualpipev;
-  const char* d0 = s.kind == ScheduleKind::dualpipev ? " (down the V)" : (s.paths > 1 ? " (direction 0)" : "");
-  const char* d1 = s.kind == ScheduleKind::dualpipev ? " (up the V)" : " (direction 1)";
-  legend(forward_colour(0), (std::string("forward") + d0).c_str(), false, {});
-  if (two) legend(forward_colour(1), (std::string("forward") + d1).c_str(), false, {});
-  legend(backward_colour(0), (std::string("backward") + d0).c_str(), false, {});
-  if (two) legend(backward_colour(1), (std::string("backward") + d1).c_str(), false, {});
+  const bool two = schedule.legs[1] != nullptr;
+  auto leg = [&](int i) { return schedule.legs[i] ? std::string(" (") + schedule.legs[i] + ")" : std::string(); };
+  legend(forward_colour(0), ("forward" + leg(0)).c_str(), false, {});
+  if (two) legend(forward_colour(1), ("forward" + leg(1)).c_str(), false, {});
+  legend(backward_colour(0), ("backward" + leg(0)).c_str(), false, {});
+  if (two) legend(backward_colour(1), ("backward" + leg(1)).c_str(), false, {});
   legend(weight_colour(), "weight (W)", false, {});
   legend(forward_colour(0), "overlapped forward & backward", true, backward_colour(0));
   o += strprintf("<text x=\"%.0f\" y=\"%.0f\" font-size=\"10\" fill=\"#444\">dashed border: backward for inputs only (its weight part runs in a later W); numbers: micro-batch within its direction</text>\n",

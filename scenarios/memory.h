@@ -5,11 +5,8 @@
 // grads:   FP32 gradient accumulation for every parameter on the rank (ZeRO-1 shards none);
 // optimizer: FP32 master weights and BF16 AdamW moments, sharded over the copies of each
 //          parameter (data-parallel replicas x pipeline copies; routed experts over dp*copies/ep);
-// activations: in-flight micro-batches x bytes kept per micro-batch of each stage. In-flight
-//          counts are the schedules' peaks (reference §4.2): 1F1B and ZB1P hold PP - r
-//          micro-batches on stage r; DualPipe rank r (h = min(r, PP-1-r)) holds PP - h of its
-//          early stage and h + 1 of its late one, PP + 1 in all; DualPipeV rank r holds 2PP - r
-//          and r + 1 (its stages are half as deep).
+// activations: in-flight micro-batches x bytes kept per micro-batch of each stage. Which stages
+//          a rank holds and the in-flight counts are the schedule's (schedule_table.h).
 // Communication buffers and the CUDA context are not counted.
 #pragma once
 
@@ -30,10 +27,6 @@ struct RankMemory {
   double weights = 0, grads = 0, optimizer = 0, activations = 0;
   double total() const { return weights + grads + optimizer + activations; }
 };
-
-// Stages held by a pipeline rank, and the copies of each stage inside one pipeline.
-std::vector<int64_t> stages_of_rank(ScheduleKind kind, int64_t pp, int64_t rank);
-int64_t stage_copies_per_pipeline(ScheduleKind kind);
 
 std::vector<RankMemory> memory_per_rank(const Scenario& s, const StagePartition& p);
 

@@ -7,6 +7,7 @@
 
 #include "common/sha256.h"
 #include "scenarios/scenario.h"
+#include "scenarios/schedules/schedule_table.h"
 #include "scenarios/schedules/unit_cost_engine.h"
 
 namespace tandem {
@@ -408,7 +409,7 @@ std::vector<std::string> check_program(const Program& p) {
   // 3. Per-rank counts equal the reference formulas.
   for (int r = 0; r < s.ranks; ++r) {
     const SlotCounts got = count_slots(s.slots[static_cast<size_t>(r)]);
-    const SlotCounts want = expected_counts(s.kind, s.ranks, s.micro_batches, r);
+    const SlotCounts want = schedule_traits(s.kind).expected_counts(s.ranks, s.micro_batches, r);
     if (got.forwards != want.forwards || got.backwards != want.backwards || got.weights != want.weights ||
         got.deferred != want.deferred || got.overlapped != want.overlapped ||
         got.lone_forwards != want.lone_forwards)

@@ -28,16 +28,6 @@ const char* to_string(RoutingModel m) {
   return "?";
 }
 
-const char* to_string(ScheduleKind k) {
-  switch (k) {
-    case ScheduleKind::f1b1: return "1f1b";
-    case ScheduleKind::zb1p: return "zb1p";
-    case ScheduleKind::dualpipe: return "dualpipe";
-    case ScheduleKind::dualpipev: return "dualpipev";
-  }
-  return "?";
-}
-
 namespace {
 
 constexpr int64_t kMaxGpus = 1 << 20;
@@ -287,11 +277,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   plan.finish();
 
   CardReader sched = r.section("schedule");
-  const std::string kind = sched.choice("kind", {"1f1b", "zb1p", "dualpipe", "dualpipev"});
-  s.schedule.kind = kind == "1f1b" ? ScheduleKind::f1b1
-                    : kind == "zb1p" ? ScheduleKind::zb1p
-                    : kind == "dualpipe" ? ScheduleKind::dualpipe
-                                         : ScheduleKind::dualpipev;
+  s.schedule.kind = *schedule_kind_named(sched.choice("kind", schedule_names()));
   sched.read_whole("stage_layers", "list of whole numbers: layers per pipeline stage (absent: balanced by cost)");
   if (sched.has("stage_layers")) s.schedule.stage_layers = sched.integer_list("stage_layers", 0, 4096);
 
@@ -315,18 +301,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     sched.fail("micro_batches", "the batch gives " + std::to_string(C) +
                                     " micro-batches per pipeline (global_sequences / (dp x micro_batch_sequences))");
   const int64_t P = s.plan.pp;
-  if (s.schedule.kind == ScheduleKind::dualpipe) {
-    if (P % 2 != 0) plan.fail("pp", "DualPipe needs an even number of pipeline ranks, got " + std::to_string(P));
-    if (C % 2 != 0 || C < 2 * P)
-      sched.fail("kind", "DualPipe needs an even number of micro-batches >= 2 x pp (" +
-                             std::to_string(2 * P) + "), the batch gives " + std::to_string(C));
+  if (const auto broken = broken_rule(s.schedule.kind, P, C, "pp")) {
+    if (broken->on_ranks) plan.fail("pp", broken->need + ", got " + std::to_string(P));
+    sched.fail("kind", broken->need + ", the batch gives " + std::to_string(C));
   }
-  if (s.schedule.kind == ScheduleKind::dualpipev && C < 2 * P)
-    sched.fail("kind", "DualPipeV needs micro-batches >= 2 x pp (" + std::to_string(2 * P) +
-                           "), the batch gives " + std::to_string(C));
-  if ((s.schedule.kind == ScheduleKind::f1b1 || s.schedule.kind == ScheduleKind::zb1p) && C < P)
-    sched.fail("kind", to_string(s.schedule.kind) + std::string(" needs micro-batches >= pp (") +
-                           std::to_string(P) + "), the batch gives " + std::to_string(C));
   if (s.stages() > max_stages(s.model))
     plan.fail("pp", std::to_string(s.model.num_hidden_layers) + " layers cannot be split into " +
                         std::to_string(s.stages()) + " pipeline stages (at most " +

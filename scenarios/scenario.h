@@ -20,14 +20,12 @@
 #include "models/precision.h"
 #include "models/workload.h"
 #include "scenarios/program.h"
+#include "scenarios/schedules/schedule_table.h"
 #include "scenarios/stage_partition.h"
 #include "topologies/cluster_card.h"
 #include "topologies/network_faults.h"
 
 namespace tandem {
-
-enum class ScheduleKind { f1b1, zb1p, dualpipe, dualpipev };
-const char* to_string(ScheduleKind k);
 
 struct ParallelPlan {
   int64_t pp = 1;          // pipeline ranks
@@ -118,7 +116,7 @@ struct Scenario {
   // calibration `tandem calibrate` derived from a profiler trace. sim/compute_cost.h.
   std::vector<std::string> calibration;
 
-  int64_t stages() const { return schedule.kind == ScheduleKind::dualpipev ? 2 * plan.pp : plan.pp; }
+  int64_t stages() const { return schedule_traits(schedule.kind).stages(plan.pp); }
   int64_t micro_batches() const {  // per pipeline per step
     return batch.global_sequences / (plan.dp * batch.micro_batch_sequences);
   }

@@ -120,8 +120,11 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
   const Calibration cal = scenario_calibration(s);
   const ComputeCostModel costs(s.cluster.gpu, cal);
   const int64_t sms = s.gemm_sms();
+  const ScheduleTraits& schedule = schedule_traits(s.schedule.kind);
   StageLayoutOptions o;
-  o.mirrored = s.schedule.kind == ScheduleKind::dualpipe || s.schedule.kind == ScheduleKind::dualpipev;
+  o.mirrored = schedule.mirrored;
+  // Without overlapped F&B slots (1F1B, ZB1P) a chunk waits for each of its all-to-alls.
+  const bool waits_for_all_to_all = !schedule.overlapped_slots && s.plan.ep > 1;
   for (size_t b = 0; b < w.blocks.size(); ++b) {
     const Block& blk = w.blocks[b];
     double t = 0;
@@ -131,8 +134,7 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
       t += costs.pass_seconds(op.fwd, false, sms) + costs.pass_seconds(backward, true, sms) +
            costs.pass_seconds(op.bwd_weight, false, sms);
     }
-    // Without overlapped F&B slots (1F1B, ZB1P) a chunk waits for each of its all-to-alls.
-    if (!o.mirrored && blk.has_all_to_all && s.plan.ep > 1)
+    if (waits_for_all_to_all && blk.has_all_to_all)
       for (TaskKind k : {TaskKind::dispatch_f, TaskKind::combine_f, TaskKind::combine_b, TaskKind::dispatch_b}) {
         Task task;
         task.kind = k;
@@ -165,7 +167,7 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
     for (size_t b = 0; b < w.blocks.size(); ++b) compute_only.block_seconds[b] = 0;
     by_flops.block_seconds.clear();
     double best_step = step(sch, best);
-    if (!o.mirrored) {
+    if (!schedule.overlapped_slots) {
       // Recompute the compute-only weights: the blocks' load above also holds their all-to-alls.
       for (size_t b = 0; b < w.blocks.size(); ++b)
         for (const Op& op : w.blocks[b].ops) {
@@ -175,7 +177,7 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
                                            costs.pass_seconds(op.bwd_weight, false, sms);
         }
     }
-    for (const StageLayoutOptions* alt_o : {o.mirrored ? nullptr : &compute_only, &by_flops}) {
+    for (const StageLayoutOptions* alt_o : {schedule.overlapped_slots ? nullptr : &compute_only, &by_flops}) {
       if (!alt_o) continue;
       const StagePartition alt = same_cut(partition_stages(w, S, {}, s.file, "plan.pp", *alt_o));
       const double t = step(sch, alt);

@@ -95,7 +95,7 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
     case TaskKind::optimizer: {
       // Per local shard parameter: read gradient, master and both moments; write master, moments
       // and the working BF16 weight.
-      const double copies = static_cast<double>(s.plan.dp * stage_copies_per_pipeline(s.schedule.kind));
+      const double copies = static_cast<double>(s.plan.dp * schedule_traits(s.schedule.kind).stage_copies());
       const double shard = rank_params(s, p, rank) / copies;
       const double per = bytes_per_element(s.precision.grads) + 2 * bytes_per_element(s.precision.master) +
                          4 * bytes_per_element(s.precision.moments) + bytes_per_element(s.precision.weights);

@@ -29,7 +29,7 @@ CpuEstimate estimate_cpu_cost(const Scenario& s, const Workload& w) {
   CpuEstimate e;
   // Every replica holds the whole model's replicated parameters once (DualPipe twice); FP32
   // weights, gradients (routed experts once per source member), AdamW moments: ~6 copies.
-  const double copies = s.schedule.kind == ScheduleKind::dualpipe ? 2.0 : 1.0;
+  const double copies = static_cast<double>(schedule_traits(s.schedule.kind).stage_copies());
   e.bytes = 6.0 * 4.0 * static_cast<double>(w.params_total()) * copies * static_cast<double>(s.plan.dp);
   // Activations: kept bytes per micro-batch of every block, all micro-batches in flight at worst.
   double kept = 0;
@@ -43,7 +43,7 @@ namespace {
 // The FP32 weights every rank keeps on the host as make_block_params builds them: one of the
 // estimate's six copies of the parameters.
 double host_weight_bytes(const Scenario& s, const Workload& w) {
-  const double copies = s.schedule.kind == ScheduleKind::dualpipe ? 2.0 : 1.0;
+  const double copies = static_cast<double>(schedule_traits(s.schedule.kind).stage_copies());
   return 4.0 * static_cast<double>(w.params_total()) * copies * static_cast<double>(s.plan.dp);
 }
 

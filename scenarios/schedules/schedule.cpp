@@ -4,8 +4,7 @@
 #include <tuple>
 
 #include "common/input_error.h"
-#include "scenarios/scenario.h"
-#include "scenarios/schedules/generators.h"
+#include "scenarios/schedules/schedule_table.h"
 
 namespace tandem {
 
@@ -20,13 +19,7 @@ const char* to_string(SlotKind k) {
   return "?";
 }
 
-int Schedule::rank_of(int path, int stage) const {
-  switch (kind) {
-    case ScheduleKind::dualpipe: return path == 0 ? stage : ranks - 1 - stage;
-    case ScheduleKind::dualpipev: return stage < ranks ? stage : 2 * ranks - 1 - stage;
-    default: return stage;
-  }
-}
+int Schedule::rank_of(int path, int stage) const { return schedule_traits(kind).rank_of(ranks, path, stage); }
 
 std::string Schedule::op_list(int rank) const {
   std::string out;
@@ -58,51 +51,32 @@ SlotCounts count_slots(const std::vector<Slot>& slots) {
   return c;
 }
 
-SlotCounts expected_counts(ScheduleKind kind, int ranks, int micro_batches, int rank) {
-  SlotCounts c;
-  if (kind == ScheduleKind::f1b1 || kind == ScheduleKind::zb1p) {
-    c.forwards = c.backwards = c.lone_forwards = c.lone_backwards = micro_batches;
-    if (kind == ScheduleKind::zb1p) c.deferred = c.weights = micro_batches;
-    return c;
-  }
-  // DualPipe on N ranks with M micro-batches per direction; DualPipeV on N ranks runs the op
-  // sequence of ranks 0..N-1 of DualPipe on 2N ranks with 2C micro-batches.
-  const int N = kind == ScheduleKind::dualpipe ? ranks : 2 * ranks;
-  const int M = kind == ScheduleKind::dualpipe ? micro_batches / 2 : micro_batches;
-  const int H = N / 2, h = std::min(rank, N - 1 - rank);
-  const bool middle = h == H - 1;
-  c.forwards = c.backwards = 2 * M;
-  c.deferred = c.weights = 2 * (H - h - 1) + (h + 1);
-  c.overlapped = 2 * (M - N + h + 1) + (H - h - 1) - (middle ? 1 : 0);
-  c.lone_forwards = c.lone_backwards = 3 * H - h - 1 + (middle ? 1 : 0);
-  return c;
-}
-
 namespace {
 
 void require(bool ok, const std::string& file, const std::string& key, const std::string& why) {
   if (!ok) throw_input_error(file, key, why);
 }
 
-// Fills in the path, stage and micro-batch of every chunk from each slot's phase, and the
-// messages between slots, once the generator has laid out the phases in order.
-void link(Schedule& s, const std::vector<std::vector<int>>& phase_to_path_stage_path,
-          const std::vector<std::vector<int>>& phase_to_stage) {
+// Fills in the path, stage and micro-batch of every chunk from each slot's phase (the stage the
+// table says that phase of the rank holds), and the messages between slots, once the generator
+// has laid out the phases in order.
+void link(Schedule& s) {
   // Which slot runs (and which slot releases) F and B of each chunk.
   struct Where {
     int rank = -1, slot = -1, release = -1;
   };
   std::map<std::tuple<int, int, int>, Where> fwd, bwd;  // (path, mb, stage)
   for (int r = 0; r < s.ranks; ++r) {
-    std::vector<int> next_f(2, 0), next_b(2, 0);
+    const std::vector<StageOnPath> held = schedule_traits(s.kind).held(s.ranks, r);  // per phase
+    std::vector<int> next_f(held.size(), 0), next_b(held.size(), 0);
     auto& slots = s.slots[static_cast<size_t>(r)];
     for (size_t i = 0; i < slots.size(); ++i) {
       Slot& sl = slots[i];
       auto fill = [&](Chunk& c, std::vector<int>& next) {
-        const int p = c.phase;
-        c.path = phase_to_path_stage_path[static_cast<size_t>(r)][static_cast<size_t>(p)];
-        c.stage = phase_to_stage[static_cast<size_t>(r)][static_cast<size_t>(p)];
-        c.micro_batch = c.path * s.per_path() + next[static_cast<size_t>(p)]++;
+        const size_t phase = static_cast<size_t>(c.phase);
+        c.path = held[phase].path;
+        c.stage = held[phase].stage;
+        c.micro_batch = c.path * s.per_path() + next[phase]++;
       };
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) fill(sl.f, next_f);
       if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) fill(sl.b, next_b);
@@ -156,54 +130,14 @@ Schedule make_schedule(ScheduleKind kind, int ranks, int C, const std::string& f
   s.micro_batches = C;
   require(ranks >= 1, file, key, "needs at least one pipeline rank");
   require(C >= 1, file, key, "needs at least one micro-batch");
-  std::vector<std::vector<int>> path(static_cast<size_t>(ranks)), stage(static_cast<size_t>(ranks));
-  switch (kind) {
-    case ScheduleKind::f1b1:
-    case ScheduleKind::zb1p:
-      require(C >= ranks, file, key,
-              std::string(to_string(kind)) + " needs micro-batches >= pipeline ranks (" +
-                  std::to_string(ranks) + "), got " + std::to_string(C));
-      s.stages = ranks;
-      s.paths = 1;
-      for (int r = 0; r < ranks; ++r) {
-        path[static_cast<size_t>(r)] = {0};
-        stage[static_cast<size_t>(r)] = {r};
-      }
-      s.slots = kind == ScheduleKind::f1b1 ? generate_1f1b(ranks, C) : generate_zb1p(ranks, C);
-      break;
-    case ScheduleKind::dualpipe:
-      require(ranks % 2 == 0, file, "plan.pp", "DualPipe needs an even number of pipeline ranks, got " +
-                                                   std::to_string(ranks));
-      require(C % 2 == 0 && C >= 2 * ranks, file, key,
-              "DualPipe needs an even number of micro-batches >= 2 x pipeline ranks (" +
-                  std::to_string(2 * ranks) + "), got " + std::to_string(C));
-      s.stages = ranks;
-      s.paths = 2;
-      for (int r = 0; r < ranks; ++r) {
-        // Phase 0 is the direction in which this rank is an early stage.
-        const bool first_half = r < ranks / 2;
-        path[static_cast<size_t>(r)] = first_half ? std::vector<int>{0, 1} : std::vector<int>{1, 0};
-        stage[static_cast<size_t>(r)] = first_half ? std::vector<int>{r, ranks - 1 - r}
-                                                   : std::vector<int>{ranks - 1 - r, r};
-      }
-      s.slots = generate_dualpipe(ranks, C / 2);
-      break;
-    case ScheduleKind::dualpipev:
-      require(C >= 2 * ranks, file, key,
-              "DualPipeV needs micro-batches >= 2 x pipeline ranks (" + std::to_string(2 * ranks) +
-                  "), got " + std::to_string(C));
-      s.stages = 2 * ranks;
-      s.paths = 1;
-      for (int r = 0; r < ranks; ++r) {
-        path[static_cast<size_t>(r)] = {0, 0};
-        stage[static_cast<size_t>(r)] = {r, 2 * ranks - 1 - r};
-      }
-      // The op sequence of ranks 0..N-1 of DualPipe on 2N ranks with 2C micro-batches.
-      s.slots = generate_dualpipe(2 * ranks, C);
-      s.slots.resize(static_cast<size_t>(ranks));
-      break;
-  }
-  link(s, path, stage);
+  const ScheduleTraits& traits = schedule_traits(kind);
+  if (const auto broken = broken_rule(kind, ranks, C, "pipeline ranks"))
+    throw_input_error(file, broken->on_ranks ? "plan.pp" : key,
+                      broken->need + ", got " + std::to_string(broken->on_ranks ? ranks : C));
+  s.stages = static_cast<int>(traits.stages(ranks));
+  s.paths = traits.paths;
+  s.slots = traits.generate(ranks, C);
+  link(s);
   return s;
 }
 

@@ -17,7 +17,7 @@
 
 namespace tandem {
 
-enum class ScheduleKind;
+enum class ScheduleKind;  // schedule_table.h
 
 enum class SlotKind { F, B, Bx, W, FB };
 const char* to_string(SlotKind k);
@@ -63,18 +63,18 @@ struct Schedule {
   std::string op_list(int rank) const;  // "F0 F0 F1 B1* W (F0&B1) ..." as the reference writes it
 };
 
-// Builds the schedule. Throws InputException naming `file` and `key` when the schedule's own rules
-// do not hold (DualPipe: ranks and micro-batches even, micro-batches >= 2 x ranks; DualPipeV:
-// micro-batches >= 2 x ranks; 1F1B, ZB1P: micro-batches >= ranks).
+// Builds the schedule with the kind's generator and placement (schedule_table.h). Throws
+// InputException naming `file` and `key` (plan.pp for a rule on the ranks) when the schedule's
+// own rules do not hold.
 Schedule make_schedule(ScheduleKind kind, int ranks, int micro_batches, const std::string& file = "",
                        const std::string& key = "schedule.kind");
 
-// The reference's per-rank counts (deepseek-v3.md §4.4, §15) for checking generated schedules.
+// Slots per rank by kind, to check generated schedules against the reference's per-rank counts
+// (deepseek-v3.md §4.4, §15: ScheduleTraits::expected_counts).
 struct SlotCounts {
   int forwards = 0, backwards = 0, deferred = 0, weights = 0, overlapped = 0;
   int lone_forwards = 0, lone_backwards = 0;  // F and B/Bx outside overlapped slots
 };
 SlotCounts count_slots(const std::vector<Slot>& slots);
-SlotCounts expected_counts(ScheduleKind kind, int ranks, int micro_batches, int rank);
 
 }  // namespace tandem

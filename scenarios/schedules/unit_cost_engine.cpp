@@ -77,11 +77,30 @@ UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
   for (size_t r = 0; r < R; ++r) {
     run.step_time = std::max(run.step_time, free_at[r]);
     int live = 0;
+    std::vector<int> live_by_phase;
+    std::vector<int>& peak_by_phase = run.peak_by_phase.emplace_back();
+    auto count = [&](const Chunk& c, int change) {
+      const size_t phase = static_cast<size_t>(c.phase);
+      if (phase >= live_by_phase.size()) {
+        live_by_phase.resize(phase + 1, 0);
+        peak_by_phase.resize(phase + 1, 0);
+      }
+      live_by_phase[phase] += change;
+      peak_by_phase[phase] = std::max(peak_by_phase[phase], live_by_phase[phase]);
+    };
     for (const Slot& sl : s.slots[r]) {
       run.busy[r] += duration(static_cast<int>(r), sl);
-      if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) ++live;
+      const bool starts = sl.kind == SlotKind::F || sl.kind == SlotKind::FB;
+      const bool ends = sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB;
+      if (starts) {
+        ++live;
+        count(sl.f, +1);
+      }
       run.peak_activations[r] = std::max(run.peak_activations[r], live);
-      if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) --live;
+      if (ends) {
+        --live;
+        count(sl.b, -1);
+      }
     }
   }
   for (size_t r = 0; r < R; ++r) run.bubble[r] = run.step_time - run.busy[r];

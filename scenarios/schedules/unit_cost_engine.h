@@ -5,7 +5,8 @@
 // (full backward), W (weight part of a backward; a B* slot takes B - W), FB (an overlapped F&B
 // slot). It returns per-rank busy time, bubble (step time - busy, the table's definition) and
 // peak live activations in micro-batch chunks (a chunk is live from the start of its F to the
-// end of its B), and the slot timeline for drawing.
+// end of its B), in all and per phase (per stage the rank holds), and the slot timeline for
+// drawing. The peaks depend on each rank's slot order only, not on the durations.
 #pragma once
 
 #include <functional>
@@ -31,6 +32,7 @@ struct UnitCostRun {
   double step_time = 0;
   std::vector<double> busy, bubble;      // per rank
   std::vector<int> peak_activations;     // per rank, in micro-batch chunks
+  std::vector<std::vector<int>> peak_by_phase;  // per rank, per phase: each held stage's own peak
   std::vector<std::vector<SlotTiming>> timeline;  // per rank, per slot
   double max_bubble() const;
 };

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <set>
+#include <stdexcept>
 
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/schedule.h"
+#include "scenarios/schedules/schedule_table.h"
 #include "scenarios/schedules/unit_cost_engine.h"
 #include "../test_paths.h"
 
@@ -21,8 +23,10 @@ double table_bubble(ScheduleKind k, double S, const UnitCosts& c) {
   switch (k) {
     case ScheduleKind::f1b1: return (S - 1) * (c.F + c.B);
     case ScheduleKind::zb1p: return (S - 1) * (c.F + c.B - 2 * c.W);
-    default: return (S / 2 - 1) * (c.FB + c.B - 3 * c.W);
+    case ScheduleKind::dualpipe:
+    case ScheduleKind::dualpipev: return (S / 2 - 1) * (c.FB + c.B - 3 * c.W);
   }
+  throw std::invalid_argument("no bubble formula for this schedule");
 }
 
 }  // namespace
@@ -72,10 +76,10 @@ TEST_CASE("per-rank counts equal the reference formulas (PP16, 120 micro-batches
 
 TEST_CASE("unit-cost bubbles equal the table formulas and do not grow with micro-batches", "[schedule]") {
   const std::vector<UnitCosts> costs = {{1, 2, 1, 3}, {1, 2, 1, 2.5}, {1.5, 3, 1.5, 4}, {2, 4, 2, 5.5}};
-  for (ScheduleKind k : {ScheduleKind::f1b1, ScheduleKind::zb1p, ScheduleKind::dualpipe, ScheduleKind::dualpipev}) {
+  for (ScheduleKind k : kScheduleKinds) {
     for (int pp : {4, 8, 16}) {
       for (int mult : {2, 3, 4, 8}) {
-        const int C = mult * pp + (k == ScheduleKind::dualpipe ? 0 : 2);
+        const int C = mult * pp + (schedule_traits(k).rules.even_micro_batches ? 0 : 2);
         const Schedule s = make_schedule(k, pp, C);
         for (const UnitCosts& c : costs) {
           const UnitCostRun run = run_unit_costs(s, c);
