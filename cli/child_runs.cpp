@@ -15,6 +15,7 @@
 
 #include "cli/process_group.h"
 #include "common/format.h"
+#include "common/signed_index.h"
 
 extern char** environ;
 
@@ -96,7 +97,7 @@ ChildRun run_one(const std::string& cmd, std::atomic<pid_t>& slot) {
   std::array<char, 65536> buf{};
   ssize_t n = 0;
   while ((n = read(out[0], buf.data(), buf.size())) != 0) {
-    if (n > 0) c.out.append(buf.data(), static_cast<size_t>(n));
+    if (n > 0) c.out.append(buf.data(), idx(n));
     else if (errno != EINTR) break;
   }
   close(out[0]);
@@ -128,7 +129,7 @@ void unpack(const std::string& buf, std::vector<ChildRun>& results) {
     size_t i = 0, out = 0, err = 0;
     int code = 0, used = 0;
     if (std::sscanf(buf.c_str() + pos, "%zu %d %zu %zu\n%n", &i, &code, &out, &err, &used) != 4 || i >= results.size()) return;
-    pos += static_cast<size_t>(used);
+    pos += idx(used);
     results[i] = {code, buf.substr(pos, out), buf.substr(pos + out, err)};
     pos += out + err;
   }
@@ -166,7 +167,7 @@ std::vector<ChildRun> run_children(const std::vector<std::string>& commands, int
     std::mutex progress;
     auto worker = [&](int slot) {
       for (size_t k = next++; k < mine.size() && g_signal == 0; k = next++) {
-        results[mine[k]] = run_one(commands[mine[k]], g_running[static_cast<size_t>(slot)]);
+        results[mine[k]] = run_one(commands[mine[k]], g_running[idx(slot)]);
         std::lock_guard<std::mutex> lock(progress);
         if (done && g_signal == 0) done(mine[k], results[mine[k]]);
       }
@@ -217,8 +218,8 @@ void Progress::draw(const std::string& label) {
     const int s = static_cast<int>(elapsed / static_cast<double>(done_) * static_cast<double>(total - done_) + 0.5);
     eta = s >= 60 ? strprintf("ETA %dm%02ds", s / 60, s % 60) : strprintf("ETA %ds", s);
   }
-  std::fprintf(stderr, "\r[%s%s] %zu/%zu  %-11s %-50.50s", std::string(static_cast<size_t>(filled), '=').c_str(),
-               std::string(static_cast<size_t>(width - filled), ' ').c_str(), done_, total, eta.c_str(), label.c_str());
+  std::fprintf(stderr, "\r[%s%s] %zu/%zu  %-11s %-50.50s", std::string(idx(filled), '=').c_str(),
+               std::string(idx(width - filled), ' ').c_str(), done_, total, eta.c_str(), label.c_str());
   std::fflush(stderr);
 }
 

@@ -15,6 +15,7 @@
 #include "cli/child_runs.h"
 #include "cli/process_group.h"
 #include "common/format.h"
+#include "common/signed_index.h"
 #include "common/write_file.h"
 #include "scenarios/memory.h"
 #include "scenarios/plan.h"
@@ -432,8 +433,8 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
                            100 * c.result.value("exposed_comm_fraction", 0.0),
                            c.result.value("gpu_hours_per_trillion_tokens", 0.0), i == own ? "  <- the scenario's plan" : "");
   };
-  for (size_t k = 0; k < ranked.size() && k < static_cast<size_t>(o.top); ++k) t += row_text(k, ranked[k]);
-  if (own_rank > o.top) t += "   ...\n" + row_text(static_cast<size_t>(own_rank - 1), own);
+  for (size_t k = 0; k < ranked.size() && k < idx(o.top); ++k) t += row_text(k, ranked[k]);
+  if (own_rank > o.top) t += "   ...\n" + row_text(idx(own_rank - 1), own);
   if (own == candidates.size())
     t += "  The scenario's own plan is not among the candidates (a --vary left its value out).\n";
   else if (own_rank < 0)

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "exec/comm/world.h"
 
 #ifdef TANDEM_HAVE_MPI
@@ -38,7 +39,7 @@ ProcessGroup& ProcessGroup::get() {
 
 std::vector<size_t> ProcessGroup::share(size_t count) const {
   std::vector<size_t> mine;
-  for (size_t i = static_cast<size_t>(rank_); i < count; i += static_cast<size_t>(size_)) mine.push_back(i);
+  for (size_t i = idx(rank_); i < count; i += idx(size_)) mine.push_back(i);
   return mine;
 }
 
@@ -46,32 +47,32 @@ std::vector<std::string> ProcessGroup::all_gather(const std::string& mine) const
   if (size_ == 1) return {mine};
 #ifdef TANDEM_HAVE_MPI
   const long long n = static_cast<long long>(mine.size());
-  std::vector<long long> sizes(static_cast<size_t>(size_));
+  std::vector<long long> sizes(idx(size_));
   MPI_Allgather(&n, 1, MPI_LONG_LONG, sizes.data(), 1, MPI_LONG_LONG, MPI_COMM_WORLD);
   // MPI counts are ints: large exchanges go in pieces of at most 1 GiB per process.
   constexpr long long kPiece = 1LL << 30;
-  std::vector<std::string> all(static_cast<size_t>(size_));
-  for (int p = 0; p < size_; ++p) all[static_cast<size_t>(p)].resize(static_cast<size_t>(sizes[static_cast<size_t>(p)]));
+  std::vector<std::string> all(idx(size_));
+  for (int p = 0; p < size_; ++p) all[idx(p)].resize(static_cast<size_t>(sizes[idx(p)]));
   long long longest = 0;
   for (long long s : sizes) longest = std::max(longest, s);
   for (long long offset = 0; offset < longest; offset += kPiece) {
-    std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
+    std::vector<int> counts(idx(size_)), displs(idx(size_));
     std::string recv;
     long long total = 0;
     for (int p = 0; p < size_; ++p) {
-      const long long left = std::max(0LL, sizes[static_cast<size_t>(p)] - offset);
-      counts[static_cast<size_t>(p)] = static_cast<int>(std::min(left, kPiece));
-      displs[static_cast<size_t>(p)] = static_cast<int>(total);
-      total += counts[static_cast<size_t>(p)];
+      const long long left = std::max(0LL, sizes[idx(p)] - offset);
+      counts[idx(p)] = static_cast<int>(std::min(left, kPiece));
+      displs[idx(p)] = static_cast<int>(total);
+      total += counts[idx(p)];
     }
     if (total > INT32_MAX) throw std::runtime_error("ProcessGroup::all_gather: a piece exceeds 2 GiB");
-    recv.resize(static_cast<size_t>(total));
-    const int mine_count = counts[static_cast<size_t>(rank_)];
+    recv.resize(idx(total));
+    const int mine_count = counts[idx(rank_)];
     MPI_Allgatherv(mine.data() + std::min<long long>(offset, n), mine_count, MPI_CHAR, recv.data(), counts.data(),
                    displs.data(), MPI_CHAR, MPI_COMM_WORLD);
     for (int p = 0; p < size_; ++p)
-      std::copy_n(recv.data() + displs[static_cast<size_t>(p)], counts[static_cast<size_t>(p)],
-                  all[static_cast<size_t>(p)].data() + offset);
+      std::copy_n(recv.data() + displs[idx(p)], counts[idx(p)],
+                  all[idx(p)].data() + offset);
   }
   return all;
 #else

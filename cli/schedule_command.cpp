@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/signed_index.h"
 #include "reports/schedule_svg.h"
 #include "scenarios/plan.h"
 #include "scenarios/program.h"
@@ -66,17 +67,17 @@ Result<nlohmann::json> schedule(const ScheduleOptions& o, std::string& t) {
              "tasks", "busy", "bubble", "peak");
     nlohmann::json ranks = nlohmann::json::array();
     for (int r = 0; r < sch.ranks; ++r) {
-      const SlotCounts n = count_slots(sch.slots[static_cast<size_t>(r)]);
+      const SlotCounts n = count_slots(sch.slots[idx(r)]);
       std::string st;
-      for (int x : prog.rank_stages[static_cast<size_t>(r)]) st += (st.empty() ? "" : ",") + std::to_string(x);
-      const size_t ntasks = prog.tasks[static_cast<size_t>(r)].size();
+      for (int x : prog.rank_stages[idx(r)]) st += (st.empty() ? "" : ",") + std::to_string(x);
+      const size_t ntasks = prog.tasks[idx(r)].size();
       t += strprintf("  %4d %-7s %4d %4d %4d %4d %5d %7zu %8g %8g %6d\n", r, st.c_str(), n.lone_forwards,
                n.lone_backwards - n.deferred, n.deferred, n.weights, n.overlapped, ntasks,
-               run.busy[static_cast<size_t>(r)], run.bubble[static_cast<size_t>(r)],
-               run.peak_activations[static_cast<size_t>(r)]);
+               run.busy[idx(r)], run.bubble[idx(r)],
+               run.peak_activations[idx(r)]);
       std::map<std::string, int> by_kind;
-      for (const Task& task : prog.tasks[static_cast<size_t>(r)]) ++by_kind[to_string(task.kind)];
-      ranks.push_back({{"rank", r}, {"stages", prog.rank_stages[static_cast<size_t>(r)]},
+      for (const Task& task : prog.tasks[idx(r)]) ++by_kind[to_string(task.kind)];
+      ranks.push_back({{"rank", r}, {"stages", prog.rank_stages[idx(r)]},
                        {"forwards", n.forwards}, {"backwards", n.backwards}, {"deferred_backwards", n.deferred},
                        {"weights", n.weights}, {"overlapped", n.overlapped}, {"tasks", ntasks},
                        {"tasks_by_kind", by_kind}, {"op_list", sch.op_list(r)}});

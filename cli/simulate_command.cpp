@@ -7,6 +7,7 @@
 #include "common/card_reader.h"
 #include "common/format.h"
 #include "common/read_file.h"
+#include "common/signed_index.h"
 #include "reports/step_metrics.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
@@ -81,9 +82,9 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
     // Who waits on whom (every GPU simulated): the GPUs others waited for longest.
     nlohmann::json waits = nlohmann::json::array();
     if (!r.waited_on_a2a_s.empty()) {
-      std::vector<int64_t> order(static_cast<size_t>(s.gpus));
-      for (int64_t g = 0; g < s.gpus; ++g) order[static_cast<size_t>(g)] = g;
-      auto total = [&](int64_t g) { return r.waited_on_a2a_s[static_cast<size_t>(g)] + r.waited_on_pp_s[static_cast<size_t>(g)]; };
+      std::vector<int64_t> order(idx(s.gpus));
+      for (int64_t g = 0; g < s.gpus; ++g) order[idx(g)] = g;
+      auto total = [&](int64_t g) { return r.waited_on_a2a_s[idx(g)] + r.waited_on_pp_s[idx(g)]; };
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return total(a) > total(b); });
       const std::vector<double> speed = s.faults.slow_kernels() ? s.faults.gpu_speed(s.gpus) : std::vector<double>();
       // A GPU's NIC as the faults leave it: "down" (its own, or its plane on a multi-plane
@@ -100,7 +101,7 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
            "the next pipeline rank at receives of its sends), per step\n";
       for (size_t k = 0; k < order.size() && k < 8 && total(order[k]) > 0; ++k) {
         const int64_t g = order[k], rank = g / s.plan.dp, replica = g % s.plan.dp;
-        const double sp = speed.empty() ? 1.0 : speed[static_cast<size_t>(g)];
+        const double sp = speed.empty() ? 1.0 : speed[idx(g)];
         const std::string nic = nic_state(g);
         std::string marks = sp != 1 ? strprintf(" [slow: %.2fx]", sp) : "";
         if (nic == "down") marks += " [NIC down]";
@@ -108,11 +109,11 @@ Result<nlohmann::json> simulate_command(const SimulateOptions& o, std::string& t
         t += strprintf("  GPU %5lld (rank %2lld, EP group %3lld, member %2lld)%s: %s at all-to-alls, %s at pipeline receives\n",
                        static_cast<long long>(g), static_cast<long long>(rank), static_cast<long long>(replica / s.plan.ep),
                        static_cast<long long>(replica % s.plan.ep), marks.c_str(),
-                       format_seconds(r.waited_on_a2a_s[static_cast<size_t>(g)]).c_str(),
-                       format_seconds(r.waited_on_pp_s[static_cast<size_t>(g)]).c_str());
+                       format_seconds(r.waited_on_a2a_s[idx(g)]).c_str(),
+                       format_seconds(r.waited_on_pp_s[idx(g)]).c_str());
         waits.push_back({{"gpu", g}, {"rank", rank}, {"ep_group", replica / s.plan.ep}, {"member", replica % s.plan.ep},
-                         {"speed", sp}, {"nic", nic.empty() ? "ok" : nic}, {"waited_on_at_all_to_alls_s", r.waited_on_a2a_s[static_cast<size_t>(g)]},
-                         {"waited_on_at_pipeline_s", r.waited_on_pp_s[static_cast<size_t>(g)]}});
+                         {"speed", sp}, {"nic", nic.empty() ? "ok" : nic}, {"waited_on_at_all_to_alls_s", r.waited_on_a2a_s[idx(g)]},
+                         {"waited_on_at_pipeline_s", r.waited_on_pp_s[idx(g)]}});
       }
     }
 

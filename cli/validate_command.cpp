@@ -11,6 +11,7 @@
 
 #include "common/card_reader.h"
 #include "common/format.h"
+#include "common/signed_index.h"
 #include "common/subprocess.h"
 #include "sim/compute_cost.h"
 #include "sim/shipped_data.h"
@@ -251,8 +252,8 @@ Result<nlohmann::json> validate_command(const ValidateOptions& o, std::string& t
                     c.all_to_all.ib_efficiency, c.all_to_all.nvlink_efficiency, static_cast<long long>(c.all_to_all.saturating_sms));
     md += "- all-to-all in training (notify µs / transfer stretch):";
     for (int i = 0; i < kA2AKinds; ++i)
-      md += strprintf(" %s %.0f / %.2f%s", to_string(static_cast<A2AKind>(i)), c.all_to_all.notify_us[static_cast<size_t>(i)],
-                      c.all_to_all.in_training_factor[static_cast<size_t>(i)], i + 1 < kA2AKinds ? "," : "");
+      md += strprintf(" %s %.0f / %.2f%s", to_string(static_cast<A2AKind>(i)), c.all_to_all.notify_us[idx(i)],
+                      c.all_to_all.in_training_factor[idx(i)], i + 1 < kA2AKinds ? "," : "");
     md += "\n";
 
     text += md;

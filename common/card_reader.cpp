@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/read_file.h"
+#include "common/signed_index.h"
 
 namespace tandem {
 
@@ -98,14 +99,14 @@ size_t first_non_utf8(const std::string& text) {
     else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F;
     else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07;
     else return i;
-    if (i + static_cast<size_t>(len) > n) return i;
+    if (i + idx(len) > n) return i;
     for (int k = 1; k < len; ++k) {
-      if ((s[i + static_cast<size_t>(k)] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (s[i + static_cast<size_t>(k)] & 0x3F);
+      if ((s[i + idx(k)] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (s[i + idx(k)] & 0x3F);
     }
     const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
     if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-    i += static_cast<size_t>(len);
+    i += idx(len);
   }
   return std::string::npos;
 }

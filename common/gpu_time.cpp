@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 const char* to_string(SlotClass c) {
@@ -39,7 +41,7 @@ void GpuTime::add_interval(bool compute, SlotClass slot, double start, double en
   end_ = std::max(end_, end);
   if (compute) {
     compute_busy_ += end - start;
-    by_slot_[static_cast<size_t>(slot)] += end - start;
+    by_slot_[idx(slot)] += end - start;
     compute_.emplace_back(start, end);
     compute_reported_until_ = end;
   } else {

@@ -19,6 +19,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 // The schedule slot a compute task ran in, as a category.
@@ -46,7 +48,7 @@ class GpuTime {
   int rank() const { return rank_; }
   double end() const { return end_; }                   // when its last task ended
   double compute_busy() const { return compute_busy_; }
-  double compute_in(SlotClass c) const { return by_slot_[static_cast<size_t>(c)]; }
+  double compute_in(SlotClass c) const { return by_slot_[idx(c)]; }
   double exposed_comm() const { return exposed_comm_; }  // valid after seal()
   const std::map<std::string, double>& seconds_by_kind() const { return by_kind_; }  // both streams
 

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 Result<std::string> read_regular_file(const std::string& path, uint64_t max_bytes) {
@@ -42,7 +44,7 @@ Result<std::string> read_regular_file(const std::string& path, uint64_t max_byte
   if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_big(static_cast<uint64_t>(st.st_size));
 
   std::string text;
-  text.reserve(static_cast<size_t>(st.st_size));
+  text.reserve(idx(st.st_size));
   std::array<char, 1 << 16> chunk{};
   while (true) {
     const ssize_t n = ::read(fd, chunk.data(), chunk.size());
@@ -51,7 +53,7 @@ Result<std::string> read_regular_file(const std::string& path, uint64_t max_byte
       if (errno == EINTR) continue;
       return InputError{path, "", "cannot read: " + std::string(std::strerror(errno))};
     }
-    text.append(chunk.data(), static_cast<size_t>(n));
+    text.append(chunk.data(), idx(n));
     if (text.size() > max_bytes) return too_big(text.size());  // it grew while we read
   }
   return text;

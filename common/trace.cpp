@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/chrome_trace.h"
+#include "common/signed_index.h"
 #include "common/write_file.h"
 
 namespace tandem {
@@ -16,9 +17,9 @@ bool Trace::write_perfetto(const std::string& path, int gpus) const {
   std::vector<bool> named;
   for (const TraceEvent& e : events) {
     if (gpus > 0 && e.gpu >= gpus) continue;
-    if (static_cast<size_t>(e.gpu) >= named.size()) named.resize(static_cast<size_t>(e.gpu) + 1, false);
-    if (!named[static_cast<size_t>(e.gpu)]) {
-      named[static_cast<size_t>(e.gpu)] = true;
+    if (idx(e.gpu) >= named.size()) named.resize(idx(e.gpu) + 1, false);
+    if (!named[idx(e.gpu)]) {
+      named[idx(e.gpu)] = true;
       events_json.push_back({{"ph", "M"}, {"name", "process_name"}, {"pid", e.gpu},
                              {"args", {{"name", "gpu " + std::to_string(e.gpu) + " (pipeline rank " +
                                                     std::to_string(e.rank) + ")"}}}});

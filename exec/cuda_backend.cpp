@@ -6,6 +6,8 @@
 #include <climits>
 #include <cstdlib>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 namespace {
 
@@ -15,7 +17,7 @@ std::string executable_dir() {
   char buf[PATH_MAX];
   const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (n <= 0) return "";
-  const std::string path(buf, static_cast<std::size_t>(n));
+  const std::string path(buf, idx(n));
   const std::size_t slash = path.rfind('/');
   return slash == std::string::npos ? "" : path.substr(0, slash + 1);
 }

@@ -18,6 +18,7 @@
 #include "common/format.h"
 #include "common/input_error.h"
 #include "common/sha256.h"
+#include "common/signed_index.h"
 #include "common/write_file.h"
 #include "models/workload.h"
 
@@ -45,28 +46,28 @@ class Gate {
       for (int64_t g = 0; g < G_; ++g) {
         double best = -1e300, second = -1e300;
         for (int64_t e = g * per_group; e < (g + 1) * per_group; ++e) {
-          const double v = score[static_cast<size_t>(e)];
+          const double v = score[idx(e)];
           if (v > best) { second = best; best = v; } else if (v > second) second = v;
         }
-        group_score_[static_cast<size_t>(g)] = (sum_top2_ && per_group >= 2) ? best + second : best;
+        group_score_[idx(g)] = (sum_top2_ && per_group >= 2) ? best + second : best;
       }
       std::iota(groups_.begin(), groups_.end(), 0);
       std::stable_sort(groups_.begin(), groups_.end(), [&](int64_t a, int64_t b) {
-        return group_score_[static_cast<size_t>(a)] > group_score_[static_cast<size_t>(b)];
+        return group_score_[idx(a)] > group_score_[idx(b)];
       });
       std::fill(kept_.begin(), kept_.end(), 0);
-      for (int64_t i = 0; i < limit_; ++i) kept_[static_cast<size_t>(groups_[static_cast<size_t>(i)])] = 1;
+      for (int64_t i = 0; i < limit_; ++i) kept_[static_cast<size_t>(groups_[idx(i)])] = 1;
     }
     experts_.clear();
     for (int64_t e = 0; e < E_; ++e)
-      if (kept_[static_cast<size_t>(e / per_group)]) experts_.push_back(e);
+      if (kept_[idx(e / per_group)]) experts_.push_back(e);
     // The k best in a stable order (ties to the lower index), without sorting the rest.
     const auto k = static_cast<ptrdiff_t>(std::min<int64_t>(k_, static_cast<int64_t>(experts_.size())));
     std::partial_sort(experts_.begin(), experts_.begin() + k, experts_.end(), [&](int64_t a, int64_t b) {
-      const double sa = score[static_cast<size_t>(a)], sb = score[static_cast<size_t>(b)];
+      const double sa = score[idx(a)], sb = score[idx(b)];
       return sa > sb || (sa == sb && a < b);
     });
-    experts_.resize(static_cast<size_t>(k));
+    experts_.resize(idx(k));
     return experts_;
   }
 
@@ -132,7 +133,7 @@ bool read_cached(const std::string& file, const std::string& inputs, size_t expe
     return true;
   };
   std::vector<double> scalars;
-  const auto ep = static_cast<size_t>(p.ep), nodes = static_cast<size_t>(p.nodes);
+  const auto ep = idx(p.ep), nodes = idx(p.nodes);
   if (!numbers(p.rows_per_token, ep) || !numbers(p.gpu_hit, ep) || !numbers(p.node_hit, nodes) || !numbers(p.load, ep) ||
       !numbers(p.expert_load, experts) || !numbers(scalars, 2))
     return false;
@@ -226,7 +227,7 @@ class Sampler {
   // by expert). Drawn once: a fit replays the same tokens every round without drawing again.
   Sampler(const ModelCard& m, int64_t limit, int64_t ep, int64_t gpn, int64_t samples, std::mt19937_64& rng)
       : m_(m), limit_(limit), ep_(ep), gpn_(gpn), nodes_((ep + gpn - 1) / gpn), samples_(samples),
-        xi_(static_cast<size_t>(samples * m.n_routed_experts)) {
+        xi_(idx(samples * m.n_routed_experts)) {
     for (double& x : xi_) x = normal01(rng);
   }
 
@@ -236,24 +237,24 @@ class Sampler {
   std::vector<double> run(const std::vector<double>& offset, RoutingPattern& p) const {
     const int64_t E = m_.n_routed_experts;
     const int64_t experts_per_gpu = std::max<int64_t>(1, E / ep_);
-    const auto n_ep = static_cast<size_t>(ep_), n_nodes = static_cast<size_t>(nodes_);
+    const auto n_ep = idx(ep_), n_nodes = idx(nodes_);
     Gate gate(m_, limit_);
-    std::vector<double> score(static_cast<size_t>(E)), expert_rows(static_cast<size_t>(E), 0.0);
+    std::vector<double> score(idx(E)), expert_rows(idx(E), 0.0);
     std::vector<char> gpu_seen(n_ep), node_seen(n_nodes);
     p.rows_per_token.assign(n_ep, 0.0);
     p.gpu_hit.assign(n_ep, 0.0);
     p.node_hit.assign(n_nodes, 0.0);
     for (int64_t t = 0; t < samples_; ++t) {
-      const double* x = xi_.data() + static_cast<size_t>(t * E);
+      const double* x = xi_.data() + idx(t * E);
       for (size_t e = 0; e < score.size(); ++e) score[e] = 1.0 / (1.0 + std::exp(-(x[e] + offset[e])));
       std::fill(gpu_seen.begin(), gpu_seen.end(), 0);
       std::fill(node_seen.begin(), node_seen.end(), 0);
       for (int64_t e : gate.select(score)) {
         const auto gpu = static_cast<size_t>(std::min(e / experts_per_gpu, ep_ - 1));
-        expert_rows[static_cast<size_t>(e)] += 1;
+        expert_rows[idx(e)] += 1;
         p.rows_per_token[gpu] += 1;
         gpu_seen[gpu] = 1;
-        node_seen[gpu / static_cast<size_t>(gpn_)] = 1;
+        node_seen[gpu / idx(gpn_)] = 1;
       }
       for (size_t g = 0; g < n_ep; ++g) p.gpu_hit[g] += gpu_seen[g];
       for (size_t n = 0; n < n_nodes; ++n) p.node_hit[n] += node_seen[n];
@@ -323,7 +324,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, i
   p.ep = std::max<int64_t>(1, layout.ep);
   const int64_t gpn = std::max<int64_t>(1, std::min(layout.gpus_per_node, p.ep));
   p.nodes = (p.ep + gpn - 1) / gpn;
-  const auto ep = static_cast<size_t>(p.ep), nodes = static_cast<size_t>(p.nodes);
+  const auto ep = idx(p.ep), nodes = idx(p.nodes);
   if (E == 0) return p;
   const double k = static_cast<double>(m.num_experts_per_tok);
   const RoutingHistogram* histogram = layout.routing_histogram.get();
@@ -336,7 +337,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, i
                                  : f.dest_gpus / static_cast<double>(p.ep));
     p.node_hit.assign(nodes, p.nodes > 1 ? f.remote_nodes / static_cast<double>(p.nodes - 1) : 1.0);
     p.load.assign(ep, 1.0);
-    p.expert_load.assign(static_cast<size_t>(E), 1.0);
+    p.expert_load.assign(idx(E), 1.0);
     return p;
   }
   const int64_t G = m.n_group;
@@ -375,7 +376,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, i
     if (it != cache.end()) return it->second;
   }
   const std::string file = cache_file(inputs);
-  if (!file.empty() && read_cached(file, inputs, static_cast<size_t>(E), p)) {
+  if (!file.empty() && read_cached(file, inputs, idx(E), p)) {
     std::lock_guard<std::mutex> lock(mu);
     cache.emplace(inputs, p);
     return p;
@@ -386,7 +387,7 @@ RoutingPattern routing_pattern(const ModelCard& m, const ExpertLayout& layout, i
     Sampler(m, limit, p.ep, gpn, samples, rng).fit(*counts, p);
   } else {
     // The layer's popular experts: one offset per expert, drawn before its tokens.
-    std::vector<double> offset(static_cast<size_t>(E));
+    std::vector<double> offset(idx(E));
     for (auto& b : offset) b = layout.routing_skew * normal01(rng);
     Sampler(m, limit, p.ep, gpn, samples, rng).run(offset, p);
   }

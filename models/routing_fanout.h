@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "models/model_card.h"
 #include "models/routing_histogram.h"
 
@@ -50,7 +51,7 @@ struct RoutingPattern {
   double max_expert_load = 1;          // busiest expert's rows over the mean
 
   // Rows member `d` processes, relative to the balanced share.
-  double load_factor(int64_t d) const { return load[static_cast<size_t>(d)]; }
+  double load_factor(int64_t d) const { return load[idx(d)]; }
 };
 
 inline constexpr int kFitRounds = 16;

@@ -4,6 +4,7 @@
 
 #include "common/card_reader.h"
 #include "common/read_file.h"
+#include "common/signed_index.h"
 
 namespace tandem {
 
@@ -85,8 +86,8 @@ class Parser {
         fail("layer " + std::to_string(layer) + ", expert " + std::to_string(expert) + " given twice (first on line " +
              std::to_string(it->second) + ")");
       auto& counts = h.tokens[layer];
-      if (counts.empty()) counts.assign(static_cast<size_t>(h.experts), -1);  // -1: no row yet
-      counts[static_cast<size_t>(expert)] = tokens;
+      if (counts.empty()) counts.assign(idx(h.experts), -1);  // -1: no row yet
+      counts[idx(expert)] = tokens;
     }
     if (!header) throw_input_error(source_, "", "empty: expected the header '" + std::string(kHeader) + "' and rows");
     for (int64_t l : layers) {

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "common/format.h"
+#include "common/signed_index.h"
 #include "reports/svg_chart.h"
 
 namespace tandem {
@@ -104,7 +105,7 @@ std::string time_by_rank(const json& times, const std::string& file) {
   stacks.push_back({"exposed comm", kExposedColor, {}});
   stacks.push_back({"bubble", kBubbleColor, {}});
   auto add = [&](const json& split, const std::string& key) {
-    for (int c = 0; c < 5; ++c) stacks[static_cast<size_t>(c)].values.push_back(number(split, file, key + "." + kSlots[c]));
+    for (int c = 0; c < 5; ++c) stacks[idx(c)].values.push_back(number(split, file, key + "." + kSlots[c]));
     stacks[5].values.push_back(number(split, file, key + ".exposed_comm"));
     stacks[6].values.push_back(number(split, file, key + ".bubble"));
   };
@@ -191,7 +192,7 @@ void simulate_sections(Page& page, const ReportInput& in, const Trace* trace) {
     const json& per_rank = r["memory_parts_per_rank_bytes"];
     for (size_t k = 0; k < per_rank.size(); ++k) {
       ranks.push_back("rank " + std::to_string(k));
-      for (int p = 0; p < 4; ++p) parts[static_cast<size_t>(p)].values.push_back(number(per_rank[k], f, kParts[p]));
+      for (int p = 0; p < 4; ++p) parts[idx(p)].values.push_back(number(per_rank[k], f, kParts[p]));
     }
     page.section("memory", "Memory per GPU of each pipeline rank",
                  figure(svg::stacked_bars(ranks, parts, fmt_gb, "memory", hbm, "HBM " + fmt_gb(hbm)), caption));

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/format.h"
+#include "common/signed_index.h"
 #include "reports/svg_chart.h"
 
 #include "scenarios/schedules/schedule_table.h"
@@ -48,10 +49,10 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
     o += strprintf("<text x=\"8\" y=\"%.1f\" font-size=\"11\">rank %d</text>\n", y + row * 0.62, r);
     o += strprintf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#f2f2f2\"/>\n", left, y + 2,
              run.step_time * unit, row - 4);
-    const auto& slots = s.slots[static_cast<size_t>(r)];
+    const auto& slots = s.slots[idx(r)];
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& sl = slots[i];
-      const SlotTiming& t = run.timeline[static_cast<size_t>(r)][i];
+      const SlotTiming& t = run.timeline[idx(r)][i];
       const double x = left + t.start * unit, w = (t.end - t.start) * unit, h = row - 4;
       auto cell = [&](double yy, double hh, Colour col, int num, bool hatch) {
         o += strprintf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" stroke=\"#333\" stroke-width=\"0.6\"%s/>\n",

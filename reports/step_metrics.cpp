@@ -5,6 +5,7 @@
 
 #include "common/format.h"
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "scenarios/memory.h"
 
 namespace tandem {
@@ -25,7 +26,7 @@ void add_share(StepSplit& to, const GpuTime& g, double n) {
   to.compute_busy += g.compute_busy() / n;
   to.exposed_comm += g.exposed_comm() / n;
   for (int c = 0; c < kSlotClasses; ++c)
-    to.compute_by_slot[static_cast<size_t>(c)] += g.compute_in(static_cast<SlotClass>(c)) / n;
+    to.compute_by_slot[idx(c)] += g.compute_in(static_cast<SlotClass>(c)) / n;
 }
 
 }  // namespace
@@ -47,7 +48,7 @@ StepTimes step_times(const std::vector<GpuTime>& gpus, double step_time_s) {
   for (auto& [kind, secs] : t.seconds_by_kind) secs /= n;
   close_split(t.split, t.step_time_s);
 
-  std::vector<RankTimes> per_rank(static_cast<size_t>(ranks));
+  std::vector<RankTimes> per_rank(idx(ranks));
   for (const GpuTime& g : gpus) {
     RankTimes& r = per_rank[static_cast<size_t>(g.rank())];
     r.rank = g.rank();
@@ -129,7 +130,7 @@ StepMetrics step_metrics(const StepTimes& times, const Scenario& s, const Worklo
     ++moe_layers;
     if (rf.member_load_mean.size() < p.load.size()) rf.member_load_mean.resize(p.load.size(), 0.0);
     for (size_t d = 0; d < p.load.size(); ++d) rf.member_load_mean[d] += p.load[d];
-    if (rf.busiest_layer < 0 || p.max_load > w.blocks[static_cast<size_t>(rf.busiest_layer)].routing.max_load) {
+    if (rf.busiest_layer < 0 || p.max_load > w.blocks[idx(rf.busiest_layer)].routing.max_load) {
       rf.busiest_layer = static_cast<int>(i);
       rf.member_load_busiest = p.load;
     }
@@ -182,7 +183,7 @@ std::string times_text(const StepTimes& t) {
   const double step = t.step_time_s;
   std::string out = "Where a GPU's time goes by schedule slot (per step, per GPU; adds up to the step)\n";
   for (int c = 0; c < kSlotClasses; ++c) {
-    const double v = t.split.compute_by_slot[static_cast<size_t>(c)];
+    const double v = t.split.compute_by_slot[idx(c)];
     out += strprintf("  %-18s %12s  %5.1f %%\n", (std::string(to_string(static_cast<SlotClass>(c))) + " compute").c_str(),
                      format_seconds(v).c_str(), 100 * v / step);
   }
@@ -208,7 +209,7 @@ std::string times_text(const StepTimes& t) {
 namespace {
 nlohmann::json split_json(const StepSplit& s) {
   nlohmann::json j = nlohmann::json::object();
-  for (int c = 0; c < kSlotClasses; ++c) j[to_string(static_cast<SlotClass>(c))] = s.compute_by_slot[static_cast<size_t>(c)];
+  for (int c = 0; c < kSlotClasses; ++c) j[to_string(static_cast<SlotClass>(c))] = s.compute_by_slot[idx(c)];
   j["exposed_comm"] = s.exposed_comm;
   j["bubble"] = s.bubble;
   return j;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 std::vector<RankMemory> memory_per_rank(const Scenario& s, const StagePartition& p) {
@@ -19,7 +21,7 @@ std::vector<RankMemory> memory_per_rank(const Scenario& s, const StagePartition&
     for (const StageOnPath& held : schedule.held(pp, r)) m.stages.push_back(held.stage);
     for (int n : schedule.in_flight(pp, r)) m.in_flight.push_back(n);
     for (size_t i = 0; i < m.stages.size(); ++i) {
-      const Stage& st = p.stages[static_cast<size_t>(m.stages[i])];
+      const Stage& st = p.stages[idx(m.stages[i])];
       const double routed = static_cast<double>(st.routed_params) / ep;
       const double dense = static_cast<double>(st.params - st.routed_params);
       const double params = routed + dense;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "common/sha256.h"
+#include "common/signed_index.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/schedule_table.h"
 #include "scenarios/schedules/unit_cost_engine.h"
@@ -77,12 +78,12 @@ class RankExpander {
       if (m.to_rank == rank) incoming_[{m.to_slot, m.gradient, m.chunk.micro_batch}] = &m;
       if (m.from_rank == rank) outgoing_[m.from_slot].push_back(&m);
     }
-    for (const Slot& sl : s.slots[static_cast<size_t>(rank)])
+    for (const Slot& sl : s.slots[idx(rank)])
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) chunks_[sl.f.stage]++;
   }
 
   void expand() {
-    const auto& slots = s_.slots[static_cast<size_t>(rank_)];
+    const auto& slots = s_.slots[idx(rank_)];
     for (size_t i = 0; i < slots.size(); ++i) {
       slot_ = static_cast<int>(i);
       const Slot& sl = slots[i];
@@ -103,7 +104,7 @@ class RankExpander {
   using Key = std::tuple<int, int, int>;  // path, micro-batch, stage
   static Key key(const Chunk& c) { return {c.path, c.micro_batch, c.stage}; }
 
-  const Stage& stage_of(const Chunk& c) const { return p_.stages[static_cast<size_t>(c.stage)]; }
+  const Stage& stage_of(const Chunk& c) const { return p_.stages[idx(c.stage)]; }
 
   int add(TaskKind k, const Chunk& c, int block, std::vector<int> deps, Group g = Group::none) {
     Task t;
@@ -131,14 +132,14 @@ class RankExpander {
       return done == (gradient ? last_b_ : last_f_).end() ? -1 : done->second;
     }
     const int t = add(TaskKind::pp_recv, c, -1, {});
-    out_[static_cast<size_t>(t)].message = m->id;
-    out_[static_cast<size_t>(t)].peer = m->from_rank;
+    out_[idx(t)].message = m->id;
+    out_[idx(t)].peer = m->from_rank;
     return t;
   }
 
   // Forward sub-ops of one block, chained after `prev`; returns the last.
   int forward_block(const Chunk& c, int block, int prev) {
-    for (TaskKind k : forward_ops(w_.blocks[static_cast<size_t>(block)]))
+    for (TaskKind k : forward_ops(w_.blocks[idx(block)]))
       prev = add(k, c, block, {prev}, (k == TaskKind::dispatch_f || k == TaskKind::combine_f) ? Group::ep : Group::none);
     return prev;
   }
@@ -152,7 +153,7 @@ class RankExpander {
 
   // Backward sub-ops of one block; the W parts are recorded for a later W slot unless `with_w`.
   int backward_block(const Chunk& c, int block, int prev, bool with_w) {
-    const Block& b = w_.blocks[static_cast<size_t>(block)];
+    const Block& b = w_.blocks[idx(block)];
     if (b.has_all_to_all) prev = add(TaskKind::combine_b, c, block, {prev}, Group::ep);
     if (block_has_part(b, Part::mlp) || block_has_loss(b)) {
       prev = add(TaskKind::mlp_b, c, block, {prev});
@@ -217,8 +218,8 @@ class RankExpander {
     for (size_t i = 0; i < std::max(nf, nb); ++i) {
       const int fb = i < nf ? static_cast<int>(sf.first_block + i) : -1;
       const int bb = i < nb ? static_cast<int>(sb.end_block - 1 - i) : -1;
-      const Block* F = fb >= 0 ? &w_.blocks[static_cast<size_t>(fb)] : nullptr;
-      const Block* B = bb >= 0 ? &w_.blocks[static_cast<size_t>(bb)] : nullptr;
+      const Block* F = fb >= 0 ? &w_.blocks[idx(fb)] : nullptr;
+      const Block* B = bb >= 0 ? &w_.blocks[idx(bb)] : nullptr;
       const bool fa2a = F && F->has_all_to_all, ba2a = B && B->has_all_to_all;
       int mlp_b = -1, attn_b = -1;
       if (ba2a) pb = add(TaskKind::combine_b, b, bb, {pb}, Group::ep);
@@ -250,8 +251,8 @@ class RankExpander {
       auto& done = m->gradient ? last_b_ : last_f_;
       auto d = done.find(key(m->chunk));
       const int t = add(TaskKind::pp_send, m->chunk, -1, {d == done.end() ? -1 : d->second});
-      out_[static_cast<size_t>(t)].message = m->id;
-      out_[static_cast<size_t>(t)].peer = m->to_rank;
+      out_[idx(t)].message = m->id;
+      out_[idx(t)].peer = m->to_rank;
     }
   }
 
@@ -295,14 +296,14 @@ class RankExpander {
 
 Program build_program(const Schedule& s, const Workload& w, const StagePartition& p, const ProgramOptions& o) {
   Program prog{s, p, {}, {}};
-  prog.tasks.resize(static_cast<size_t>(s.ranks));
-  prog.rank_stages.resize(static_cast<size_t>(s.ranks));
+  prog.tasks.resize(idx(s.ranks));
+  prog.rank_stages.resize(idx(s.ranks));
   for (int r = 0; r < s.ranks; ++r) {
-    RankExpander(s, w, p, r, prog.tasks[static_cast<size_t>(r)], o).expand();
+    RankExpander(s, w, p, r, prog.tasks[idx(r)], o).expand();
     std::set<int> st;
-    for (const Slot& sl : s.slots[static_cast<size_t>(r)])
+    for (const Slot& sl : s.slots[idx(r)])
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) st.insert(sl.f.stage);
-    prog.rank_stages[static_cast<size_t>(r)].assign(st.begin(), st.end());
+    prog.rank_stages[idx(r)].assign(st.begin(), st.end());
   }
   return prog;
 }
@@ -324,7 +325,7 @@ bool task_run_finishes(const Program& p, std::string& stuck) {
       if (next >= p.tasks[r].size()) return moved;
       const Task& t = p.tasks[r][next];
       for (int d : t.deps)
-        if (!done[r][static_cast<size_t>(d)]) return moved;
+        if (!done[r][idx(d)]) return moved;
       if (t.kind == TaskKind::pp_recv && !sent[t.message]) return moved;
       done[r][next] = 1;
       if (t.kind == TaskKind::pp_send) sent[t.message] = true;
@@ -379,9 +380,9 @@ std::vector<std::string> check_program(const Program& p) {
   };
   std::map<std::tuple<int, int, int>, Seen> chunks;
   for (int r = 0; r < s.ranks; ++r) {
-    const auto& slots = s.slots[static_cast<size_t>(r)];
+    const auto& slots = s.slots[idx(r)];
     for (int i = 0; i < static_cast<int>(slots.size()); ++i) {
-      const Slot& sl = slots[static_cast<size_t>(i)];
+      const Slot& sl = slots[idx(i)];
       auto note = [&](const Chunk& c, int Seen::*field) {
         Seen& x = chunks[{c.path, c.micro_batch, c.stage}];
         if (x.*field >= 0) problems.push_back("chunk run twice on rank " + std::to_string(r));
@@ -398,7 +399,7 @@ std::vector<std::string> check_program(const Program& p) {
       }
     }
   }
-  const size_t expected_chunks = static_cast<size_t>(s.micro_batches) * static_cast<size_t>(s.stages);
+  const size_t expected_chunks = idx(s.micro_batches) * idx(s.stages);
   if (chunks.size() != expected_chunks)
     problems.push_back(std::to_string(chunks.size()) + " chunks run, expected " + std::to_string(expected_chunks));
   for (const auto& [k, x] : chunks) {
@@ -408,7 +409,7 @@ std::vector<std::string> check_program(const Program& p) {
   }
   // 3. Per-rank counts equal the reference formulas.
   for (int r = 0; r < s.ranks; ++r) {
-    const SlotCounts got = count_slots(s.slots[static_cast<size_t>(r)]);
+    const SlotCounts got = count_slots(s.slots[idx(r)]);
     const SlotCounts want = schedule_traits(s.kind).expected_counts(s.ranks, s.micro_batches, r);
     if (got.forwards != want.forwards || got.backwards != want.backwards || got.weights != want.weights ||
         got.deferred != want.deferred || got.overlapped != want.overlapped ||
@@ -425,7 +426,7 @@ std::vector<std::string> check_program(const Program& p) {
 
 SlotClass slot_class(const Program& p, int rank, int slot) {
   if (slot < 0) return SlotClass::end_of_step;
-  switch (p.schedule.slots.at(static_cast<size_t>(rank)).at(static_cast<size_t>(slot)).kind) {
+  switch (p.schedule.slots.at(idx(rank)).at(idx(slot)).kind) {
     case SlotKind::F: return SlotClass::f;
     case SlotKind::B:
     case SlotKind::Bx: return SlotClass::b;

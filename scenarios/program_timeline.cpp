@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 ProgramTimeline play_program(const Program& p, const TaskTimes& t) {
@@ -30,7 +32,7 @@ ProgramTimeline play_program(const Program& p, const TaskTimes& t) {
       const Task& task = tasks[c.next];
       double ready = c.free;
       for (int d : task.deps) {
-        const double e = out.end[r][static_cast<size_t>(d)];
+        const double e = out.end[r][idx(d)];
         if (e == kUnknown) return moved;
         ready = std::max(ready, e);
       }

@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "common/signed_index.h"
 #include "scenarios/memory.h"
 #include "scenarios/stage_partition.h"
 #include "topologies/topology.h"
@@ -466,19 +467,19 @@ void check_memory_fits(const Scenario& s, const StagePartition& part) {
 }
 
 std::vector<double> FaultSpec::gpu_speed(int64_t gpus) const {
-  std::vector<double> speed(static_cast<size_t>(gpus), 1.0);
+  std::vector<double> speed(idx(gpus), 1.0);
   for (int64_t g : slow_gpus)
-    if (g >= 0 && g < gpus) speed[static_cast<size_t>(g)] = slow_speed;
+    if (g >= 0 && g < gpus) speed[idx(g)] = slow_speed;
   if (slow_fraction > 0) {
     // A seeded draw of round(fraction x GPUs) distinct GPUs: the same seed, the same stragglers.
-    std::vector<int64_t> order(static_cast<size_t>(gpus));
-    for (int64_t g = 0; g < gpus; ++g) order[static_cast<size_t>(g)] = g;
+    std::vector<int64_t> order(idx(gpus));
+    for (int64_t g = 0; g < gpus; ++g) order[idx(g)] = g;
     std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 0xFA17ULL);
     const auto n = static_cast<size_t>(std::llround(slow_fraction * static_cast<double>(gpus)));
     for (size_t i = 0; i < n && i < order.size(); ++i) {  // partial Fisher-Yates with a portable draw
       const size_t j = i + static_cast<size_t>(rng() % (order.size() - i));
       std::swap(order[i], order[j]);
-      speed[static_cast<size_t>(order[i])] = slow_speed;
+      speed[idx(order[i])] = slow_speed;
     }
   }
   return speed;

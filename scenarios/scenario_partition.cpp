@@ -14,6 +14,7 @@
 #include <tuple>
 #include <mutex>
 
+#include "common/signed_index.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/schedule.h"
@@ -58,7 +59,7 @@ class StepEstimate {
     for (size_t r = 0; r < prog.tasks.size(); ++r)
       for (const Task& t : prog.tasks[r]) secs[r].push_back(seconds(prog, static_cast<int>(r), t));
     TaskTimes times;
-    times.duration = [&](int r, int i) { return secs[static_cast<size_t>(r)][static_cast<size_t>(i)]; };
+    times.duration = [&](int r, int i) { return secs[idx(r)][idx(i)]; };
     times.transfer = times.duration;
     const ProgramTimeline run = play_program(prog, times);
     return run.finished ? run.step_time : std::numeric_limits<double>::infinity();
@@ -207,9 +208,9 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
     for (int64_t i = 0; i + 1 < S && !improved; ++i) {
       for (int dir : {+1, -1}) {
         std::vector<int64_t> trial = layers;
-        const size_t from = static_cast<size_t>(dir > 0 ? i : i + 1), to = static_cast<size_t>(dir > 0 ? i + 1 : i);
+        const size_t from = idx(dir > 0 ? i : i + 1), to = idx(dir > 0 ? i + 1 : i);
         // Every stage but the last keeps a layer; the last may hold only the head and MTP.
-        const int64_t keep = from + 1 == static_cast<size_t>(S) ? 0 : 1;
+        const int64_t keep = from + 1 == idx(S) ? 0 : 1;
         if (trial[from] <= keep) continue;
         --trial[from];
         ++trial[to];

@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "common/format.h"
+#include "common/signed_index.h"
 
 namespace tandem {
 
@@ -85,7 +86,7 @@ StagePartition partition_stages(const Workload& w, int64_t stages,
     for (const Block& b : w.blocks) block_load.push_back(b.model_flops());
   }
   const std::vector<Unit> units = make_units(w, block_load);
-  const size_t S = static_cast<size_t>(stages);
+  const size_t S = idx(stages);
   const int64_t L = w.model.num_hidden_layers;
   if (stages < 1 || S > units.size())
     throw_input_error(file, key,
@@ -115,7 +116,7 @@ StagePartition partition_stages(const Workload& w, int64_t stages,
     size_t u = 0;
     for (size_t i = 0; i < S; ++i) {
       cut.push_back(u);
-      u += static_cast<size_t>(manual_layers[i]);
+      u += idx(manual_layers[i]);
     }
   } else {
     // Smallest feasible max-stage cost by bisection, then a greedy cut that leaves exactly

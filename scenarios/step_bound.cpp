@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/signed_index.h"
 #include "scenarios/program_timeline.h"
 #include "scenarios/task_cost.h"
 #include "scenarios/task_work.h"
@@ -24,7 +25,7 @@ StepBound step_lower_bound(const Scenario& s, const Workload& w, const Program& 
     b.compute_s = std::max(b.compute_s, compute);
   }
   TaskTimes times;
-  times.duration = [&](int r, int i) { return secs[static_cast<size_t>(r)][static_cast<size_t>(i)]; };
+  times.duration = [&](int r, int i) { return secs[idx(r)][idx(i)]; };
   times.transfer = [](int, int) { return 0.0; };
   const ProgramTimeline run = play_program(p, times);
   b.step_s = run.finished ? std::max(run.step_time, b.compute_s) : b.compute_s;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 int64_t comm_stream_sms(const Scenario& s) {
@@ -20,8 +22,8 @@ bool a2a_kind(TaskKind k, A2AKind* out) {
 
 bool in_overlapped_slot(const Program& p, int rank, const Task& t) {
   if (t.slot < 0) return false;
-  const auto& slots = p.schedule.slots[static_cast<size_t>(rank)];
-  return static_cast<size_t>(t.slot) < slots.size() && slots[static_cast<size_t>(t.slot)].kind == SlotKind::FB;
+  const auto& slots = p.schedule.slots[idx(rank)];
+  return idx(t.slot) < slots.size() && slots[idx(t.slot)].kind == SlotKind::FB;
 }
 
 TaskCost task_cost(const Scenario& s, const Program& p, int rank, const Task& t, const TaskWork& work,
@@ -45,7 +47,7 @@ TaskCost task_cost(const Scenario& s, const Program& p, int rank, const Task& t,
   A2AKind kind;
   if (!a2a_kind(t.kind, &kind)) return c;
   const AllToAllCalibration& a = costs.calibration().all_to_all;
-  const size_t k = static_cast<size_t>(kind);
+  const size_t k = idx(kind);
   const double comm_sms = static_cast<double>(std::max<int64_t>(1, s.comm.sms));
   const double saturating = static_cast<double>(a.saturating_sms);
   c.transfer_scale = std::max(1.0, saturating / comm_sms);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "common/signed_index.h"
 #include "scenarios/memory.h"
 
 namespace tandem {
@@ -17,14 +18,14 @@ bool in_part(const Op& op, TaskKind k) {
 
 // Parameters of one stage on one GPU: routed experts sharded over the EP group.
 double stage_params(const Scenario& s, const Program& p, int st) {
-  const Stage& stage = p.partition.stages[static_cast<size_t>(st)];
+  const Stage& stage = p.partition.stages[idx(st)];
   return static_cast<double>(stage.params - stage.routed_params) +
          static_cast<double>(stage.routed_params) / static_cast<double>(s.plan.ep);
 }
 
 double rank_params(const Scenario& s, const Program& p, int rank) {
   double params = 0;
-  for (int st : p.rank_stages[static_cast<size_t>(rank)]) params += stage_params(s, p, st);
+  for (int st : p.rank_stages[idx(rank)]) params += stage_params(s, p, st);
   return params;
 }
 
@@ -42,7 +43,7 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
     case TaskKind::mlp_b:
     case TaskKind::attn_w:
     case TaskKind::mlp_w: {
-      const Block& b = w.blocks[static_cast<size_t>(t.block)];
+      const Block& b = w.blocks[idx(t.block)];
       for (const Op& op : b.ops) {
         if (!in_part(op, t.kind)) continue;
         PassCost pass;
@@ -67,7 +68,7 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
     case TaskKind::combine_b:
     case TaskKind::combine_f:
     case TaskKind::dispatch_b: {
-      const AllToAll& a = w.blocks[static_cast<size_t>(t.block)].all_to_all;
+      const AllToAll& a = w.blocks[idx(t.block)].all_to_all;
       const bool dispatch_shaped = t.kind == TaskKind::dispatch_f || t.kind == TaskKind::combine_b;
       out.ib_bytes = dispatch_shaped ? a.dispatch_ib_bytes() : a.combine_ib_bytes();
       out.nvlink_bytes = dispatch_shaped ? a.dispatch_nvlink_bytes() : a.combine_nvlink_bytes();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 A2AGroup::A2AGroup(const EpLayout& l, int gpu, double tokens, double bytes_per_copy, const RoutingPattern& p)
@@ -15,8 +17,8 @@ A2AGroup::A2AGroup(const EpLayout& l, int gpu, double tokens, double bytes_per_c
 double A2AGroup::ib_share(int member) const {
   const int n0 = member - member % gpn;
   double total = 0;
-  for (int j = n0; j < n0 + gpn; ++j) total += pattern->gpu_hit[static_cast<size_t>(j)];
-  return total > 0 ? pattern->gpu_hit[static_cast<size_t>(member)] / total : 1.0 / gpn;
+  for (int j = n0; j < n0 + gpn; ++j) total += pattern->gpu_hit[idx(j)];
+  return total > 0 ? pattern->gpu_hit[idx(member)] / total : 1.0 / gpn;
 }
 
 std::vector<A2AFlow> all_to_all_flows(const EpLayout& l, const A2AGroup& g, int me, bool per_pair) {
@@ -71,9 +73,9 @@ std::vector<A2AFlow> flows_touching(const EpLayout& l, const A2AGroup& g, int me
 std::vector<double> A2APlan::ends(const std::vector<double>& arrive, double scale) const {
   std::vector<double> end = arrive;
   for (const Leg& l : legs) {
-    const double e = std::max(arrive[static_cast<size_t>(l.from)], arrive[static_cast<size_t>(l.to)]) + l.seconds * scale;
-    end[static_cast<size_t>(l.from)] = std::max(end[static_cast<size_t>(l.from)], e);
-    end[static_cast<size_t>(l.to)] = std::max(end[static_cast<size_t>(l.to)], e);
+    const double e = std::max(arrive[idx(l.from)], arrive[idx(l.to)]) + l.seconds * scale;
+    end[idx(l.from)] = std::max(end[idx(l.from)], e);
+    end[idx(l.to)] = std::max(end[idx(l.to)], e);
   }
   return end;
 }
@@ -100,7 +102,7 @@ A2APlan plan_all_to_all(const EpLayout& l, const Topology& topo, const A2AGroup&
     }
     plan.legs.push_back({flows[i].from % l.dp - g.first, flows[i].to % l.dp - g.first, t + routes[i].latency});
   }
-  plan.seconds = plan.ends(std::vector<double>(static_cast<size_t>(g.ep), 0.0));
+  plan.seconds = plan.ends(std::vector<double>(idx(g.ep), 0.0));
   return plan;
 }
 

@@ -13,6 +13,7 @@
 
 #include <vector>
 
+#include "common/signed_index.h"
 #include "models/routing_fanout.h"
 #include "topologies/topology.h"
 
@@ -39,8 +40,8 @@ struct A2AGroup {
   int gpu(const EpLayout& l, int member) const { return l.gpu(rank, first + member); }
   // IB bytes a member sends to node n (the copies deduplicated per node), and NVLink bytes an
   // arrival GPU forwards to member j (the copies for j's experts).
-  double ib(int node) const { return bytes_per_token * pattern->node_hit[static_cast<size_t>(node)]; }
-  double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[static_cast<size_t>(member)]; }
+  double ib(int node) const { return bytes_per_token * pattern->node_hit[idx(node)]; }
+  double nvl(int member) const { return bytes_per_token * pattern->gpu_hit[idx(member)]; }
   // per_pair: member j's share of its node's IB bytes (its copies over its node's).
   double ib_share(int member) const;
 };

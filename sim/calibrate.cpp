@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/format.h"
+#include "common/signed_index.h"
 #include "scenarios/program.h"
 #include "scenarios/task_work.h"
 #include "sim/all_to_all.h"
@@ -214,7 +215,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         block = static_cast<int>(b);
     if (block < 0)
       throw_input_error(s.file, "model", "the trace has all-to-all phases but the scenario's model has no MoE layer");
-    d.block = w.blocks[static_cast<size_t>(block)].name;
+    d.block = w.blocks[idx(block)].name;
     const Program none;
     auto work_of = [&](TaskKind k) {
       Task t;
@@ -271,7 +272,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       std::map<TaskKind, std::pair<double, double>> sums;  // measured s, model s
       for (const Measured& m : ms) {
         if (is_comm_kind(m.kind) || m.k->kernel.block_index < 0 ||
-            static_cast<size_t>(m.k->kernel.block_index) >= w.blocks.size())
+            idx(m.k->kernel.block_index) >= w.blocks.size())
           continue;
         Task t;
         t.kind = m.kind;
@@ -534,7 +535,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
           else {
             KernelFamily fam;
             kernel_family_from_string(name, &fam);
-            out.family_efficiency[static_cast<size_t>(fam)] = f.efficiency;
+            out.family_efficiency[idx(fam)] = f.efficiency;
           }
         }
         d.families.push_back(f);
@@ -543,7 +544,7 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
 
     // The all-to-all: notify/layout kernels, and the transfer against the alone-case model.
     if (has_a2a && s.plan.ep > 1) {
-      const Block& b = w.blocks[static_cast<size_t>(block)];
+      const Block& b = w.blocks[idx(block)];
       ClusterCard card = s.cluster;
       card.nodes = std::max<int64_t>(1, (s.plan.ep + card.gpus_per_node - 1) / card.gpus_per_node);
       const Topology topo(card);
@@ -571,9 +572,9 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         a2a_kind(kind, &ak);
         if (f.alone_us > 0 && f.transfer_us > 0) {
           f.factor = f.transfer_us / f.alone_us;
-          out.all_to_all.in_training_factor[static_cast<size_t>(ak)] = f.factor;
+          out.all_to_all.in_training_factor[idx(ak)] = f.factor;
         }
-        out.all_to_all.notify_us[static_cast<size_t>(ak)] = f.notify_us;
+        out.all_to_all.notify_us[idx(ak)] = f.notify_us;
         d.all_to_all.push_back(f);
       }
     }
@@ -588,9 +589,9 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
       A2AKind ak;
       a2a_kind(kind, &ak);
       const AllToAllCalibration& a = m.calibration().all_to_all;
-      us += std::max(0.0, a.notify_us[static_cast<size_t>(ak)]);
+      us += std::max(0.0, a.notify_us[idx(ak)]);
       // The trace's phases are all in overlapped F&B slots: the in-training case.
-      const double factor = a.in_training_factor[static_cast<size_t>(ak)] > 0 ? a.in_training_factor[static_cast<size_t>(ak)] : 1.0;
+      const double factor = a.in_training_factor[idx(ak)] > 0 ? a.in_training_factor[idx(ak)] : 1.0;
       for (const A2AFigure& f : d.all_to_all)
         if (f.kind == to_string(kind)) us += f.alone_us * factor;
       return us;
@@ -626,12 +627,12 @@ Result<CalibrationDerivation> derive_calibration(const Scenario& s, const Calibr
         A2AKind ak;
         a2a_kind(kind, &ak);
         const AllToAllCalibration& a = after_cal.all_to_all;
-        f.parts["a2a_notify"].model_us = std::max(0.0, a.notify_us[static_cast<size_t>(ak)]);
+        f.parts["a2a_notify"].model_us = std::max(0.0, a.notify_us[idx(ak)]);
         const bool dispatch_kernel = kind == TaskKind::dispatch_f || kind == TaskKind::combine_b;
         for (const A2AFigure& x : d.all_to_all)
           if (x.kind == to_string(kind))
             f.parts[dispatch_kernel ? "a2a_dispatch" : "a2a_combine"].model_us =
-                x.alone_us * (a.in_training_factor[static_cast<size_t>(ak)] > 0 ? a.in_training_factor[static_cast<size_t>(ak)] : 1.0);
+                x.alone_us * (a.in_training_factor[idx(ak)] > 0 ? a.in_training_factor[idx(ak)] : 1.0);
       }
       d.kinds.push_back(f);
     }
@@ -726,7 +727,7 @@ std::string CalibrationDerivation::yaml() const {
   if (any) {
     y << YAML::Key << "memory_kernels" << YAML::Value << YAML::BeginMap;
     for (int i = 0; i < kKernelFamilies; ++i)
-      if (result.family_efficiency[static_cast<size_t>(i)] > 0) num(to_string(static_cast<KernelFamily>(i)), result.family_efficiency[static_cast<size_t>(i)]);
+      if (result.family_efficiency[idx(i)] > 0) num(to_string(static_cast<KernelFamily>(i)), result.family_efficiency[idx(i)]);
     y << YAML::EndMap;
   }
   if (result.kernel_floor_us >= 0) num("kernel_floor_us", result.kernel_floor_us, 100);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/card_reader.h"
+#include "common/signed_index.h"
 #include "sim/shipped_data.h"
 
 namespace tandem {
@@ -101,7 +102,7 @@ std::array<double, kA2AKinds> read_per_kind(CardReader& r, const char* key, doub
   if (!sec) return v;
   for (int i = 0; i < kA2AKinds; ++i) {
     const char* name = to_string(static_cast<A2AKind>(i));
-    if (sec->has(name)) v[static_cast<size_t>(i)] = sec->number(name, min, max);
+    if (sec->has(name)) v[idx(i)] = sec->number(name, min, max);
   }
   sec->finish();
   return v;
@@ -149,7 +150,7 @@ Calibration read_calibration(const YAML::Node& doc, const std::string& path) {
   if (auto mk = r.optional_section("memory_kernels")) {
     for (int i = 0; i < kKernelFamilies; ++i) {
       const char* name = to_string(static_cast<KernelFamily>(i));
-      if (mk->has(name)) c.family_efficiency[static_cast<size_t>(i)] = mk->number(name, 0.0001, 1.0);
+      if (mk->has(name)) c.family_efficiency[idx(i)] = mk->number(name, 0.0001, 1.0);
     }
     mk->finish();
   }

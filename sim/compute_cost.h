@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "models/workload.h"
 #include "topologies/cluster_card.h"
 
@@ -84,7 +85,7 @@ struct Calibration {
   std::vector<std::string> provenance;  // one line per input the figures come from
 
   double family_hbm_efficiency(KernelFamily f) const {
-    const double e = family_efficiency[static_cast<size_t>(f)];
+    const double e = family_efficiency[idx(f)];
     return e > 0 ? e : hbm_efficiency;
   }
 };

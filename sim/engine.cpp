@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "common/signed_index.h"
 #include "scenarios/plan.h"
 #include "scenarios/program.h"
 #include "scenarios/stage_partition.h"
@@ -90,8 +91,8 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     world.noise = s.routing.noise;
     world.seed = s.routing.seed;
     if (s.faults.slow_kernels()) world.gpu_speed = s.faults.gpu_speed(s.gpus);
-    world.waited_on_a2a.assign(static_cast<size_t>(s.gpus), 0.0);
-    world.waited_on_pp.assign(static_cast<size_t>(s.gpus), 0.0);
+    world.waited_on_a2a.assign(idx(s.gpus), 0.0);
+    world.waited_on_pp.assign(idx(s.gpus), 0.0);
     world.options = &o;
     world.dp = static_cast<int>(s.plan.dp);
     world.ep = static_cast<int>(s.plan.ep);
@@ -101,7 +102,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     for (int r = 0; r < sch.ranks; ++r) {
       std::vector<TaskWork> works;
       std::vector<double> seconds, routed, scale;
-      for (const Task& t : prog.tasks[static_cast<size_t>(r)]) {
+      for (const Task& t : prog.tasks[idx(r)]) {
         works.push_back(task_work(s, w, prog, r, t));
         const TaskCost c = task_cost(s, prog, r, t, works.back(), costs);
         seconds.push_back(c.seconds);
@@ -130,7 +131,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     // in flight at once — tens of thousands in the per-pair tier at 512 GPUs).
     sg4::Engine::set_config("contexts/stack-size:256");
     const int gpus = static_cast<int>(s.gpus);
-    world.gpu_time.resize(static_cast<size_t>(gpus));
+    world.gpu_time.resize(idx(gpus));
     // The GPUs simulated: all of them, or replica 0 of every pipeline rank.
     std::vector<int> simulated;
     for (int g = 0; g < gpus; ++g)
@@ -160,7 +161,7 @@ Result<SimResult> simulate(const Scenario& s, const SimOptions& o) {
     SimResult r;
     r.step_time_s = world.end_time;
     r.gpus_simulated = static_cast<int>(simulated.size());
-    for (int g : simulated) r.gpu_times.push_back(std::move(world.gpu_time[static_cast<size_t>(g)]));
+    for (int g : simulated) r.gpu_times.push_back(std::move(world.gpu_time[idx(g)]));
     if (o.fidelity != Fidelity::replicated) {  // every GPU simulated: who waited on whom
       r.waited_on_a2a_s = std::move(world.waited_on_a2a);
       r.waited_on_pp_s = std::move(world.waited_on_pp);

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
+
 namespace sg4 = simgrid::s4u;
 
 namespace tandem {
@@ -50,7 +52,7 @@ void EventLoop::carry(Carrier* c) {
     comms.clear();
     received.assign(ends.size(), nullptr);
     for (size_t i = 0; i < ends.size(); ++i) {
-      sg4::Mailbox* mailbox = c->loop->flow_mailboxes_[static_cast<size_t>(ends[i].slot)];
+      sg4::Mailbox* mailbox = c->loop->flow_mailboxes_[idx(ends[i].slot)];
       if (ends[i].sending)
         comms.push_back(mailbox->put_async(&payload, ends[i].bytes));
       else
@@ -63,7 +65,7 @@ void EventLoop::carry(Carrier* c) {
       ends.erase(ends.begin() + static_cast<ptrdiff_t>(i));
       received.erase(received.begin() + static_cast<ptrdiff_t>(i));
     }
-    c->loop->idle_carriers_[static_cast<size_t>(c->gpu)].push_back(c);
+    c->loop->idle_carriers_[idx(c->gpu)].push_back(c);
     sg4::this_actor::suspend();  // until the loop gives it the next batch, or stops it
   }
 }
@@ -134,7 +136,7 @@ void EventLoop::start_flow(const End& send, const End& receive) {
     slot = free_slots_.back();
     free_slots_.pop_back();
   }
-  Flow& f = flows_[static_cast<size_t>(slot)];
+  Flow& f = flows_[idx(slot)];
   f.send = send;
   f.receive = receive;
   f.began = now_;
@@ -146,14 +148,14 @@ void EventLoop::start_flow(const End& send, const End& receive) {
 
 // Collects the flow ends each GPU starts now; run_woken_carriers hands each GPU's to a carrier.
 void EventLoop::carry_later(int gpu, const FlowEnd& end) {
-  auto& ends = batch_[static_cast<size_t>(gpu)];
+  auto& ends = batch_[idx(gpu)];
   if (ends.empty()) batched_gpus_.push_back(gpu);
   ends.push_back(end);
 }
 
 // Gives a GPU's batch to an idle carrier on its host (a new one if none is idle).
 void EventLoop::hand_to_carrier(int gpu) {
-  auto& idle = idle_carriers_.at(static_cast<size_t>(gpu));
+  auto& idle = idle_carriers_.at(idx(gpu));
   Carrier* c;
   const bool fresh = idle.empty();
   if (fresh) {
@@ -165,10 +167,10 @@ void EventLoop::hand_to_carrier(int gpu) {
     c = idle.back();
     idle.pop_back();
   }
-  c->ends.swap(batch_[static_cast<size_t>(gpu)]);
-  batch_[static_cast<size_t>(gpu)].clear();
+  c->ends.swap(batch_[idx(gpu)]);
+  batch_[idx(gpu)].clear();
   if (fresh)
-    c->actor = sg4::Actor::create("carrier", hosts_.at(static_cast<size_t>(gpu)), [c] { carry(c); });
+    c->actor = sg4::Actor::create("carrier", hosts_.at(idx(gpu)), [c] { carry(c); });
   else
     c->actor->resume();
 }
@@ -210,7 +212,7 @@ void EventLoop::deliver_completed() {
   done.swap(completed_);
   now_ = std::max(now_, sg4::Engine::get_clock());
   for (int slot : done) {
-    Flow& f = flows_[static_cast<size_t>(slot)];
+    Flow& f = flows_[idx(slot)];
     const End send = f.send, receive = f.receive;
     const double began = f.began;
     free_slots_.push_back(slot);

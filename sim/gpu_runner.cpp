@@ -4,6 +4,8 @@
 #include <cmath>
 #include <tuple>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 namespace {
@@ -12,7 +14,7 @@ class Runner final : public GpuRunner {
  public:
   Runner(StepContext& w, EventLoop& loop, int gpu)
       : w_(w), loop_(loop), gpu_(gpu), rank_(gpu / w.dp), replica_(gpu % w.dp),
-        tasks_(w.program->tasks[static_cast<size_t>(rank_)]), time_(gpu, rank_) {}
+        tasks_(w.program->tasks[idx(rank_)]), time_(gpu, rank_) {}
 
   bool finished() const override { return left_ == 0; }
   // Where this GPU stopped, for the error when a run cannot finish.
@@ -44,10 +46,10 @@ class Runner final : public GpuRunner {
     if (task < 0) return;  // a send of this GPU's that no task waits for
     // A receive counts from when its transfer started, not from when it was posted: waiting
     // for the producer is pipeline bubble, not communication.
-    if (tasks_[static_cast<size_t>(task)].kind == TaskKind::pp_recv) {
-      const double posted = start_[static_cast<size_t>(task)];
-      start_[static_cast<size_t>(task)] = std::max(posted, began);
-      const int peer = tasks_[static_cast<size_t>(task)].peer;
+    if (tasks_[idx(task)].kind == TaskKind::pp_recv) {
+      const double posted = start_[idx(task)];
+      start_[idx(task)] = std::max(posted, began);
+      const int peer = tasks_[idx(task)].peer;
       if (peer >= 0) w_.waited_on_pp[static_cast<size_t>(w_.gpu(peer, replica_))] += std::max(0.0, began - posted);
     }
     part_done(task);
@@ -61,7 +63,7 @@ class Runner final : public GpuRunner {
   };
 
   void part_done(int task) {
-    if (--outstanding_[static_cast<size_t>(task)] != 0) return;
+    if (--outstanding_[idx(task)] != 0) return;
     finish(task);
     advance();
   }
@@ -74,7 +76,7 @@ class Runner final : public GpuRunner {
 
   bool ready(const Task& t) const {
     for (int d : t.deps)
-      if (!done_[static_cast<size_t>(d)]) return false;
+      if (!done_[idx(d)]) return false;
     return true;
   }
 
@@ -85,14 +87,14 @@ class Runner final : public GpuRunner {
     if (next >= tasks_.size() || !ready(tasks_[next])) return false;
     const int i = static_cast<int>(next++);
     running = i;
-    start_[static_cast<size_t>(i)] = loop_.now();
+    start_[idx(i)] = loop_.now();
     if (stream == Stream::compute) {
-      const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
+      const auto r = idx(rank_), ti = idx(i);
       double secs = w_.compute_seconds[r][ti];
       if ((w_.skewed || w_.noise > 0) && tasks_[ti].block >= 0 && w_.routed_seconds[r][ti] != 0) {
         // This GPU's experts get load_factor times the balanced rows of the layer (skewed), and
         // this micro-batch's draw on top (noise).
-        const Block& b = w_.workload->blocks[static_cast<size_t>(tasks_[ti].block)];
+        const Block& b = w_.workload->blocks[idx(tasks_[ti].block)];
         double factor = w_.skewed && !b.routing.rows_per_token.empty() ? b.routing.load_factor(replica_ % w_.ep) : 1.0;
         if (w_.noise > 0) factor *= micro_batch_noise(b.layer, tasks_[ti].chunk.micro_batch);
         secs += (factor - 1.0) * w_.routed_seconds[r][ti];
@@ -101,7 +103,7 @@ class Runner final : public GpuRunner {
     } else {
       start_comm(i);
     }
-    if (outstanding_[static_cast<size_t>(i)] == 0) finish(i);
+    if (outstanding_[idx(i)] == 0) finish(i);
     return true;
   }
 
@@ -124,16 +126,16 @@ class Runner final : public GpuRunner {
 
   // A task's part that only takes time (a kernel, an analytic transfer).
   void delay(double seconds, int task, Then then = Then::nothing) {
-    ++outstanding_[static_cast<size_t>(task)];
+    ++outstanding_[idx(task)];
     loop_.at(loop_.now() + std::max(seconds, 0.0), this, task, static_cast<int>(then));
   }
   // A task's part that is a message, either end.
   void send(uint64_t key, double bytes, int task) {
-    ++outstanding_[static_cast<size_t>(task)];
+    ++outstanding_[idx(task)];
     loop_.send(key, gpu_, bytes, this, task);
   }
   void receive(uint64_t key, int task) {
-    ++outstanding_[static_cast<size_t>(task)];
+    ++outstanding_[idx(task)];
     loop_.receive(key, gpu_, this, task);
   }
 
@@ -144,10 +146,10 @@ class Runner final : public GpuRunner {
   void meet(const A2AGroup& g, int task, const A2APlan& plan, double prefix, double scale) {
     const uint64_t key = (static_cast<uint64_t>(rank_) << 48) | (static_cast<uint64_t>(g.first) << 24) | static_cast<uint64_t>(task);
     auto& rv = w_.rendezvous[key];
-    if (rv.arrive.empty()) rv.arrive.assign(static_cast<size_t>(g.ep), 0.0);
-    const auto member = static_cast<size_t>(replica_ % w_.ep);
+    if (rv.arrive.empty()) rv.arrive.assign(idx(g.ep), 0.0);
+    const auto member = idx(replica_ % w_.ep);
     rv.arrive[member] = loop_.now() + prefix;
-    ++outstanding_[static_cast<size_t>(task)];
+    ++outstanding_[idx(task)];
     rv.waiting.push_back({this, member});
     if (static_cast<int>(rv.waiting.size()) < g.ep) return;
     const std::vector<double> end = plan.ends(rv.arrive, scale);
@@ -161,8 +163,8 @@ class Runner final : public GpuRunner {
   }
 
   void start_comm(int i) {
-    const Task& t = tasks_[static_cast<size_t>(i)];
-    const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+    const Task& t = tasks_[idx(i)];
+    const TaskWork& work = w_.work[idx(rank_)][idx(i)];
     switch (t.kind) {
       case TaskKind::pp_send:
         // Posted, not waited for: pipeline transfers are DMA-driven and the sender's stream
@@ -179,11 +181,11 @@ class Runner final : public GpuRunner {
       case TaskKind::combine_f:
       case TaskKind::combine_b: {
         if (w_.ep <= 1) break;
-        const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
-        const auto r = static_cast<size_t>(rank_), ti = static_cast<size_t>(i);
+        const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[idx(t.block)].routing);
+        const auto r = idx(rank_), ti = idx(i);
         const double prefix = w_.compute_seconds[r][ti] / w_.speed(gpu_), scale = w_.transfer_scale[r][ti];
         if (w_.options->fidelity == Fidelity::replicated) {
-          const double transfer = w_.all_to_all_plan(group, i, t.block, work.bytes_per_copy).seconds[static_cast<size_t>(replica_ % w_.ep)];
+          const double transfer = w_.all_to_all_plan(group, i, t.block, work.bytes_per_copy).seconds[idx(replica_ % w_.ep)];
           delay(prefix + transfer * scale, i);
           break;
         }
@@ -221,10 +223,10 @@ class Runner final : public GpuRunner {
   // ends when all have completed. A flow carries its bytes over the efficiency of its leg and the
   // task's stretch, so the links' nominal rates give the measured transfer times.
   void start_flows(int i) {
-    const Task& t = tasks_[static_cast<size_t>(i)];
-    const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
-    const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[static_cast<size_t>(t.block)].routing);
-    const double scale = w_.transfer_scale[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+    const Task& t = tasks_[idx(i)];
+    const TaskWork& work = w_.work[idx(rank_)][idx(i)];
+    const A2AGroup group(w_.layout, gpu_, work.tokens, work.bytes_per_copy, w_.workload->blocks[idx(t.block)].routing);
+    const double scale = w_.transfer_scale[idx(rank_)][idx(i)];
     for (const A2AFlow& fl : flows_touching(w_.layout, group, gpu_, w_.options->fidelity == Fidelity::per_pair)) {
       const bool nvlink = fl.from / w_.gpn == fl.to / w_.gpn;
       const double bytes = fl.bytes * scale / (nvlink ? w_.a2a->nvlink_efficiency : w_.a2a->ib_efficiency);
@@ -235,23 +237,23 @@ class Runner final : public GpuRunner {
   }
 
   void finish(int i) {
-    const Task& t = tasks_[static_cast<size_t>(i)];
+    const Task& t = tasks_[idx(i)];
     const double now = loop_.now();
-    const double begin = start_[static_cast<size_t>(i)];
-    done_[static_cast<size_t>(i)] = 1;
+    const double begin = start_[idx(i)];
+    done_[idx(i)] = 1;
     if (t.stream == Stream::compute) compute_running_ = -1;
     else comm_running_ = -1;
     time_.add(t.stream == Stream::compute, to_string(t.kind), slot_class(*w_.program, rank_, t.slot), begin, now);
     const bool traced = w_.options->trace && (w_.options->trace_gpus > 0 ? gpu_ < w_.options->trace_gpus : replica_ == 0);
     if (traced) {
-      const TaskWork& work = w_.work[static_cast<size_t>(rank_)][static_cast<size_t>(i)];
+      const TaskWork& work = w_.work[idx(rank_)][idx(i)];
       w_.events.push_back(TraceEvent{gpu_, rank_, to_string(t.stream), to_string(t.kind), t.block,
                                      t.chunk.micro_batch, t.chunk.stage, begin, now,
                                      work.trace_flops(), work.trace_bytes(t.stream), t.slot});
     }
     if (--left_ == 0) {  // this GPU's step is done (its last sends may be delivered later)
       time_.seal();
-      w_.gpu_time[static_cast<size_t>(gpu_)] = std::move(time_);
+      w_.gpu_time[idx(gpu_)] = std::move(time_);
       w_.end_time = std::max(w_.end_time, now);
       if (w_.on_gpu_done) w_.on_gpu_done(gpu_, now);
     }

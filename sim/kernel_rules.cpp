@@ -11,6 +11,7 @@
 
 #include "common/card_reader.h"
 #include "common/sha256.h"
+#include "common/signed_index.h"
 #include "sim/shipped_data.h"
 
 namespace tandem {
@@ -316,8 +317,8 @@ Classification classify(const ChromeTrace& t, const KernelRules& r) {
       c.phase = c.kernel.phase_hint;
       c.phase_index = hint_seen[{c.kernel.device, c.phase}]++;
     } else if (phase_of[k] >= 0) {
-      c.phase = ann[static_cast<size_t>(phase_of[k])]->name;
-      c.phase_index = ann_index[static_cast<size_t>(phase_of[k])];
+      c.phase = ann[idx(phase_of[k])]->name;
+      c.phase_index = ann_index[idx(phase_of[k])];
     }
     c.context = std::move(context_of[k]);
 

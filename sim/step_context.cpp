@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 const A2APlan& StepContext::all_to_all_plan(const A2AGroup& g, int task, int block, double bytes_per_copy) {
   const bool per_group = topo->faults().any();
-  const A2APlan** found = per_group ? nullptr : &a2a_plan_of_task[static_cast<size_t>(g.rank)][static_cast<size_t>(task)];
+  const A2APlan** found = per_group ? nullptr : &a2a_plan_of_task[idx(g.rank)][idx(task)];
   if (found != nullptr && *found != nullptr) return **found;
   const auto key = std::make_tuple(g.rank, per_group ? g.first : 0, block, bytes_per_copy);
   auto it = a2a_plans.find(key);

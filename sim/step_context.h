@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/gpu_time.h"
+#include "common/signed_index.h"
 #include "common/trace.h"
 #include "models/workload.h"
 #include "scenarios/program.h"
@@ -51,7 +52,7 @@ struct StepContext {
   // Per GPU: seconds other GPUs spent waiting for it — EP-group members at all-to-alls it arrived
   // at last, the next pipeline rank at receives of its sends.
   std::vector<double> waited_on_a2a, waited_on_pp;
-  double speed(int gpu) const { return gpu_speed.empty() ? 1.0 : gpu_speed[static_cast<size_t>(gpu)]; }
+  double speed(int gpu) const { return gpu_speed.empty() ? 1.0 : gpu_speed[idx(gpu)]; }
   // grouped tier: each all-to-all instance (rank, EP group, task) meets here; the last member
   // to arrive fixes every member's end from the arrival times.
   struct Rendezvous {

@@ -16,6 +16,8 @@
 #include <xbt/asserts.h>
 #include <xbt/log.h>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 namespace {
@@ -49,7 +51,7 @@ class GpuClusterZone final : public sgr::NetZoneImpl {
     if (!forwarding_ && r.relay_gpu >= 0) no_route(a, b, r.relay_gpu);
     auto& out = into->link_list_;
     out.reserve(out.size() + r.links.size());
-    for (const Link& k : r.links) out.push_back(links_[static_cast<size_t>(k.id)]);
+    for (const Link& k : r.links) out.push_back(links_[idx(k.id)]);
     if (latency != nullptr) *latency += r.latency;
   }
 
@@ -127,19 +129,19 @@ SimgridPlatform::SimgridPlatform(simgrid::s4u::Engine& engine, const Topology& t
   zone_ = zone->get_iface();
 
   const int n = topo.num_gpus();
-  hosts_.reserve(static_cast<size_t>(n));
+  hosts_.reserve(idx(n));
   for (int g = 0; g < n; ++g)
     hosts_.push_back(zone->create_host("gpu" + std::to_string(g), std::vector<double>{host_speed_flops})
                          ->set_core_count(std::max(1, options.host_cores)));
   first_host_id_ = hosts_.front()->get_netpoint()->id();
   for (int g = 0; g < n; ++g)
-    if (hosts_[static_cast<size_t>(g)]->get_netpoint()->id() != first_host_id_ + static_cast<unsigned long>(g))
+    if (hosts_[idx(g)]->get_netpoint()->id() != first_host_id_ + static_cast<unsigned long>(g))
       throw std::logic_error("SimgridPlatform: SimGrid numbered the GPU hosts' NetPoints out of order");
 
   const int physical = topo.num_physical_links();
-  links_.reserve(2 * static_cast<size_t>(physical));
+  links_.reserve(2 * idx(physical));
   std::vector<LinkImpl*> impls;
-  impls.reserve(2 * static_cast<size_t>(physical));
+  impls.reserve(2 * idx(physical));
   for (int l = 0; l < physical; ++l) {
     const Link& up = topo.link(2 * l);
     simgrid::s4u::SplitDuplexLink* sd =

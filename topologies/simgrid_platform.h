@@ -40,6 +40,7 @@
 
 #include <simgrid/forward.h>
 
+#include "common/signed_index.h"
 #include "topologies/topology.h"
 
 namespace tandem {
@@ -74,13 +75,13 @@ class SimgridPlatform {
   int num_gpus() const { return static_cast<int>(hosts_.size()); }
   // The GPU hosts, in GPU order.
   const std::vector<simgrid::s4u::Host*>& hosts() const { return hosts_; }
-  simgrid::s4u::Host* host(int gpu) const { return hosts_.at(static_cast<size_t>(gpu)); }
+  simgrid::s4u::Host* host(int gpu) const { return hosts_.at(idx(gpu)); }
   // GPU index of one of this platform's hosts (-1 for any other host).
   int gpu_of(const simgrid::s4u::Host* host) const;
 
   // The SimGrid link of a Topology directed link id (2l: "<name>_UP", 2l+1: "<name>_DOWN"), e.g.
   // to read its load or to trace it. Throws std::out_of_range on a bad id.
-  simgrid::s4u::Link* link(int directed_id) const { return links_.at(static_cast<size_t>(directed_id)); }
+  simgrid::s4u::Link* link(int directed_id) const { return links_.at(idx(directed_id)); }
   int num_links() const { return static_cast<int>(links_.size()); }  // directed
   // Name of the SimGrid split-duplex link of Topology physical link `physical`.
   static std::string link_name(const Topology& topo, int physical);

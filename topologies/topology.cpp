@@ -8,6 +8,8 @@
 #include <boost/graph/breadth_first_search.hpp>
 #include <boost/graph/compressed_sparse_row_graph.hpp>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 namespace {
@@ -92,18 +94,18 @@ Topology::Topology(const ClusterCard& card, const NetworkFaults& faults) : card_
     total += count_[k];
   }
 
-  graph_ = Graph(static_cast<size_t>(total));
-  kinds_.reserve(static_cast<size_t>(total));
+  graph_ = Graph(idx(total));
+  kinds_.reserve(idx(total));
   for (int k = 0; k < kKinds; ++k)
     for (int i = 0; i < count_[k]; ++i) {
-      auto v = static_cast<size_t>(first_[k] + i);
+      auto v = idx(first_[k] + i);
       graph_[v] = VertexProps{static_cast<VertexKind>(k), i};
       kinds_.push_back(static_cast<VertexKind>(k));
     }
 
   const int physical =
       count_[0] + 2 * count_[2] + planes_ * leaves_per_plane_ * spines_per_plane_;
-  links_.reserve(2 * static_cast<size_t>(physical));
+  links_.reserve(2 * idx(physical));
 
   const double nvl_bw = card.nvlink_gbytes_s * 1e9;
   const double nvl_lat = card.nvlink_latency_us * 1e-6 / 2;
@@ -112,19 +114,19 @@ Topology::Topology(const ClusterCard& card, const NetworkFaults& faults) : card_
   const double up_lat =
       (card.fabric.latency_cross_leaf_us - card.fabric.latency_same_leaf_us) * 1e-6 / 2;
 
-  nvlink_.resize(static_cast<size_t>(count_[0]));
+  nvlink_.resize(idx(count_[0]));
   for (int g = 0; g < count_[0]; ++g)
-    nvlink_[static_cast<size_t>(g)] = add_link(gpu_vertex(g), nvswitch_vertex(g / gpus_per_node_),
+    nvlink_[idx(g)] = add_link(gpu_vertex(g), nvswitch_vertex(g / gpus_per_node_),
                                                LinkKind::nvlink, -1, nvl_bw, nvl_lat);
 
-  pcie_.resize(static_cast<size_t>(count_[2]));
-  nic_up_.resize(static_cast<size_t>(count_[2]));
+  pcie_.resize(idx(count_[2]));
+  nic_up_.resize(idx(count_[2]));
   for (int n = 0; n < count_[2]; ++n) {
     const int node = n / nics_per_node_;
     const int gpu = node * gpus_per_node_ + (n % nics_per_node_) / nics_per_gpu_;
-    pcie_[static_cast<size_t>(n)] = add_link(gpu_vertex(gpu), nic_vertex(n), LinkKind::pcie, -1,
+    pcie_[idx(n)] = add_link(gpu_vertex(gpu), nic_vertex(n), LinkKind::pcie, -1,
                                              kPcieBytesPerSecond, kPcieLatencySeconds);
-    nic_up_[static_cast<size_t>(n)] =
+    nic_up_[idx(n)] =
         add_link(nic_vertex(n), leaf_vertex(nic_plane(n), nic_leaf(n)), LinkKind::nic,
                  nic_plane(n), nic_bw, nic_lat);
   }
@@ -143,7 +145,7 @@ void Topology::apply_faults() {
       throw std::invalid_argument(std::string(what) + ": gpu " + std::to_string(g) + " is not in the cluster (" +
                                   std::to_string(count_[0]) + " GPUs)");
   };
-  nic_down_.assign(static_cast<size_t>(count_[2]), 0);
+  nic_down_.assign(idx(count_[2]), 0);
   for (int p : faults_.failed_planes) {
     if (planes_ == 1)
       throw std::invalid_argument("failed_planes: the fabric has a single plane; with it down no node reaches another");
@@ -151,22 +153,22 @@ void Topology::apply_faults() {
       throw std::invalid_argument("failed_planes: plane " + std::to_string(p) + " is not in the fabric (planes 0.." +
                                   std::to_string(planes_ - 1) + ")");
     for (int n = 0; n < count_[2]; ++n)
-      if (nic_plane(n) == p) nic_down_[static_cast<size_t>(n)] = 1;
+      if (nic_plane(n) == p) nic_down_[idx(n)] = 1;
   }
   for (int g : faults_.failed_nics) {
     gpu_ok(g, "failed_nics");
     for (int k = 0; k < nics_per_gpu_; ++k) nic_down_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))] = 1;
   }
-  spine_down_.assign(static_cast<size_t>(count_[4]), 0);
+  spine_down_.assign(idx(count_[4]), 0);
   for (int sp : faults_.failed_spines) {
     if (sp < 0 || sp >= count_[4])
       throw std::invalid_argument("failed_spines: spine " + std::to_string(sp) + " is not in the fabric (" +
                                   std::to_string(count_[4]) + " spines: plane x " + std::to_string(spines_per_plane_) + " + spine)");
-    spine_down_[static_cast<size_t>(sp)] = 1;
+    spine_down_[idx(sp)] = 1;
   }
   for (int p = 0; p < planes_ && spines_per_plane_ > 0; ++p) {
     bool any_up = false;
-    for (int sp = 0; sp < spines_per_plane_; ++sp) any_up = any_up || spine_down_[static_cast<size_t>(p * spines_per_plane_ + sp)] == 0;
+    for (int sp = 0; sp < spines_per_plane_; ++sp) any_up = any_up || spine_down_[idx(p * spines_per_plane_ + sp)] == 0;
     if (!any_up)
       throw std::invalid_argument("failed_spines: every spine of plane " + std::to_string(p) +
                                   " is down: its leaves no longer reach each other");
@@ -179,7 +181,7 @@ void Topology::apply_faults() {
       for (int k = 0; k < nics_per_gpu_; ++k) {
         const int physical = nic_up_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))];
         for (int dir = 0; dir < 2; ++dir) {
-          Link& l = links_[static_cast<size_t>(2 * physical + dir)];
+          Link& l = links_[idx(2 * physical + dir)];
           l.bandwidth = card_.nic_gbytes_s() * 1e9 * faults_.nic_speed;
         }
       }
@@ -189,7 +191,7 @@ void Topology::apply_faults() {
   std::vector<int> hurt;
   for (int node = 0; node < nodes_; ++node)
     for (int j = 0; j < nics_per_node_; ++j)
-      if (nic_down_[static_cast<size_t>(node * nics_per_node_ + j)] != 0) {
+      if (nic_down_[idx(node * nics_per_node_ + j)] != 0) {
         hurt.push_back(node);
         break;
       }
@@ -241,7 +243,7 @@ int Topology::add_link(int a, int b, LinkKind kind, int plane, double bandwidth,
     k.plane = plane;
     k.bandwidth = bandwidth;
     k.latency = latency;
-    boost::add_edge(static_cast<size_t>(k.tail), static_cast<size_t>(k.head),
+    boost::add_edge(idx(k.tail), idx(k.head),
                     EdgeProps{k.id, bandwidth, latency}, graph_);
     links_.push_back(k);
   }
@@ -302,7 +304,7 @@ int Topology::uplink(int plane, int leaf, int spine) const {
 }
 
 void Topology::append(Route& r, int directed_id) const {
-  const Link& k = links_[static_cast<size_t>(directed_id)];
+  const Link& k = links_[idx(directed_id)];
   r.links.push_back(k);
   r.latency += k.latency;
   r.bottleneck_bandwidth = std::min(r.bottleneck_bandwidth, k.bandwidth);
@@ -312,15 +314,15 @@ void Topology::append(Route& r, int directed_id) const {
 void Topology::append_ib(Route& r, int src_nic, int dst_nic) const {
   const int plane = nic_plane(src_nic);
   const int a = nic_leaf(src_nic), b = nic_leaf(dst_nic);
-  append(r, 2 * nic_up_[static_cast<size_t>(src_nic)]);
+  append(r, 2 * nic_up_[idx(src_nic)]);
   if (a != b) {
     int spine = nic_position(dst_nic) % spines_per_plane_;  // d-mod-k
     if (!spine_down_.empty())  // the next spine up (apply_faults checked one is)
-      while (spine_down_[static_cast<size_t>(plane * spines_per_plane_ + spine)] != 0) spine = (spine + 1) % spines_per_plane_;
+      while (spine_down_[idx(plane * spines_per_plane_ + spine)] != 0) spine = (spine + 1) % spines_per_plane_;
     append(r, 2 * uplink(plane, a, spine));
     append(r, 2 * uplink(plane, b, spine) + 1);
   }
-  append(r, 2 * nic_up_[static_cast<size_t>(dst_nic)] + 1);
+  append(r, 2 * nic_up_[idx(dst_nic)] + 1);
 }
 
 Route Topology::route(int src_gpu, int dst_gpu) const {
@@ -331,8 +333,8 @@ Route Topology::route(int src_gpu, int dst_gpu) const {
   const int src_node = src_gpu / gpus_per_node_, dst_node = dst_gpu / gpus_per_node_;
   const int src_local = src_gpu % gpus_per_node_, dst_local = dst_gpu % gpus_per_node_;
   if (src_node == dst_node) {
-    append(r, 2 * nvlink_[static_cast<size_t>(src_gpu)]);
-    append(r, 2 * nvlink_[static_cast<size_t>(dst_gpu)] + 1);
+    append(r, 2 * nvlink_[idx(src_gpu)]);
+    append(r, 2 * nvlink_[idx(dst_gpu)] + 1);
     return r;
   }
   r.links.reserve(10);
@@ -348,16 +350,16 @@ Route Topology::route(int src_gpu, int dst_gpu) const {
   const int src_nic = nic_of(src_node, send_local, k), recv_nic = nic_of(dst_node, recv_local, k);
   if (send_gpu != src_gpu) {  // around this GPU's failed NIC or plane
     r.source_relay_gpu = send_gpu;
-    append(r, 2 * nvlink_[static_cast<size_t>(src_gpu)]);
-    append(r, 2 * nvlink_[static_cast<size_t>(send_gpu)] + 1);
+    append(r, 2 * nvlink_[idx(src_gpu)]);
+    append(r, 2 * nvlink_[idx(send_gpu)] + 1);
   }
-  append(r, 2 * pcie_[static_cast<size_t>(src_nic)]);
+  append(r, 2 * pcie_[idx(src_nic)]);
   append_ib(r, src_nic, recv_nic);
-  append(r, 2 * pcie_[static_cast<size_t>(recv_nic)] + 1);
+  append(r, 2 * pcie_[idx(recv_nic)] + 1);
   if (recv_gpu != dst_gpu) {
     r.relay_gpu = recv_gpu;
-    append(r, 2 * nvlink_[static_cast<size_t>(recv_gpu)]);
-    append(r, 2 * nvlink_[static_cast<size_t>(dst_gpu)] + 1);
+    append(r, 2 * nvlink_[idx(recv_gpu)]);
+    append(r, 2 * nvlink_[idx(dst_gpu)] + 1);
   }
   return r;
 }
@@ -389,7 +391,7 @@ double Topology::bisection_bandwidth() const {
   const size_t source = n, sink = n + 1;
   std::vector<std::pair<size_t, size_t>> ends;
   std::vector<double> capacity;
-  ends.reserve(links_.size() + 2 * static_cast<size_t>(count_[0]));
+  ends.reserve(links_.size() + 2 * idx(count_[0]));
   capacity.reserve(ends.capacity());
   auto add_pair = [&](size_t a, size_t b, double cap) {
     ends.emplace_back(a, b);
@@ -401,7 +403,7 @@ double Topology::bisection_bandwidth() const {
   for (size_t i = 0; i < links_.size(); i += 2) {
     const Link& k = links_[i];
     if (single_node && k.kind != LinkKind::nvlink) continue;
-    add_pair(static_cast<size_t>(k.tail), static_cast<size_t>(k.head), k.bandwidth);
+    add_pair(idx(k.tail), idx(k.head), k.bandwidth);
     total += k.bandwidth;
   }
   const double unbounded = 2 * total + 1;  // more than any cut of real links
@@ -420,7 +422,7 @@ double Topology::bisection_bandwidth() const {
 
   const size_t m = boost::num_edges(fg);
   std::vector<FlowEdge> by_order(m);
-  for (auto [e, end] = boost::edges(fg); e != end; ++e) by_order[static_cast<size_t>(fg[*e])] = *e;
+  for (auto [e, end] = boost::edges(fg); e != end; ++e) by_order[idx(fg[*e])] = *e;
   auto index = boost::get(boost::edge_index, fg);
   std::vector<double> cap(m), residual(m);
   std::vector<FlowEdge> reverse(m);

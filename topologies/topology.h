@@ -39,6 +39,7 @@
 
 #include <boost/graph/adjacency_list.hpp>
 
+#include "common/signed_index.h"
 #include "topologies/cluster_card.h"
 #include "topologies/network_faults.h"
 
@@ -118,10 +119,10 @@ class Topology {
   int nic_vertex(int nic) const;
   int leaf_vertex(int plane, int leaf) const;
   int spine_vertex(int plane, int spine) const;
-  VertexKind kind(int vertex) const { return kinds_.at(static_cast<size_t>(vertex)); }
+  VertexKind kind(int vertex) const { return kinds_.at(idx(vertex)); }
   std::string vertex_name(int vertex) const;  // "gpu17", "nvswitch2", "nic17", "leaf3.1", ...
 
-  const Link& link(int id) const { return links_.at(static_cast<size_t>(id)); }
+  const Link& link(int id) const { return links_.at(idx(id)); }
   const std::vector<Link>& links() const { return links_; }
 
   // The route the hardware takes from src_gpu to dst_gpu (GPU indices, not vertex ids):
@@ -167,7 +168,7 @@ class Topology {
  private:
   int add_link(int a, int b, LinkKind kind, int plane, double bandwidth, double latency);
   void apply_faults();
-  bool nic_up(int nic) const { return nic_down_.empty() || nic_down_[static_cast<size_t>(nic)] == 0; }
+  bool nic_up(int nic) const { return nic_down_.empty() || nic_down_[idx(nic)] == 0; }
   int nic_of(int node, int local, int k) const { return node * nics_per_node_ + local * nics_per_gpu_ + k; }
   // The local index whose NIC k carries a route between these nodes (see route()), or -1.
   int sending_local(int src_node, int src_local, int dst_node, int k) const;

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/comm/rank_communicator.h"
 #include "exec/comm/transport.h"
 
@@ -9,7 +10,7 @@ namespace tandem::comm {
 
 class InProcessWorld::Impl final : public Transport {
  public:
-  Impl(int size, const CommOptions& options) : mailboxes_(static_cast<std::size_t>(size)) {
+  Impl(int size, const CommOptions& options) : mailboxes_(idx(size)) {
     for (int r = 0; r < size; ++r) {
       ranks_.push_back(r);
       comms_.push_back(std::make_unique<RankCommunicator>(*this, r, options));
@@ -19,9 +20,9 @@ class InProcessWorld::Impl final : public Transport {
   int size() const override { return static_cast<int>(mailboxes_.size()); }
   void post(Message m) override {
     const int dst = m.dst;
-    mailboxes_[static_cast<std::size_t>(dst)].deliver(std::move(m));
+    mailboxes_[idx(dst)].deliver(std::move(m));
   }
-  Mailbox& mailbox(int rank) override { return mailboxes_[static_cast<std::size_t>(rank)]; }
+  Mailbox& mailbox(int rank) override { return mailboxes_[idx(rank)]; }
   const WorldFailure& failure() const override { return failure_; }
   void fail(int rank, const std::string& reason) override {
     if (!failure_.set(rank, reason)) return;
@@ -63,7 +64,7 @@ Communicator& InProcessWorld::comm(int rank) {
     throw CommError(CommErrorKind::invalid_argument, -1, "InProcessWorld::comm", "", {}, -1,
                     "rank " + std::to_string(rank) + " is not a rank of this world of " + std::to_string(size()));
   }
-  return *impl_->comms_[static_cast<std::size_t>(rank)];
+  return *impl_->comms_[idx(rank)];
 }
 
 std::string InProcessWorld::describe() const { return "in-process, " + std::to_string(size()) + " ranks"; }

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "common/signed_index.h"
 #include "exec/comm/rank_communicator.h"
 #include "exec/comm/transport.h"
 
@@ -40,7 +41,7 @@ std::string mpi_error(int rc) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
-  return std::string(text, static_cast<std::size_t>(len));
+  return std::string(text, idx(len));
 }
 
 [[noreturn]] void throw_transport(const std::string& what, const std::string& detail) {
@@ -202,7 +203,7 @@ class MpiWorld::Impl final : public Transport {
                        m.label.size(),
                        m.payload.size()};
     const std::size_t total = sizeof h + m.label.size() + m.payload.size();
-    if (total > static_cast<std::size_t>(INT_MAX)) {
+    if (total > idx(INT_MAX)) {
       const std::string reason = "rank " + std::to_string(m.key.src) + ": " + to_string(m.op) + " \"" + m.label +
                                  "\": a message of " + std::to_string(m.payload.size()) +
                                  " bytes is more than one MPI message (int count) carries";
@@ -219,7 +220,7 @@ class MpiWorld::Impl final : public Transport {
     isend(p, kDataTag, std::move(buf));
   }
 
-  Mailbox& mailbox(int rank) override { return *mailboxes_[static_cast<std::size_t>(rank - first_)]; }
+  Mailbox& mailbox(int rank) override { return *mailboxes_[idx(rank - first_)]; }
   const WorldFailure& failure() const override { return failure_; }
   void fail(int rank, const std::string& reason) override { fail_world(rank, reason, true); }
 
@@ -318,7 +319,7 @@ class MpiWorld::Impl final : public Transport {
       if (!flag) return any;
       int count = 0;
       check(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count");
-      std::vector<std::byte> buf(static_cast<std::size_t>(count));
+      std::vector<std::byte> buf(idx(count));
       // Not MPI_Mrecv: a large message from a peer that stops mid-transfer would block this
       // thread, and with it the world's shutdown, without a deadline.
       MPI_Request req = MPI_REQUEST_NULL;
@@ -423,7 +424,7 @@ Communicator& MpiWorld::comm(int rank) {
                         std::to_string(impl_->process_) + " (it hosts " + std::to_string(impl_->first_) + ".." +
                         std::to_string(impl_->first_ + impl_->per_process_ - 1) + ")");
   }
-  return *impl_->comms_[static_cast<std::size_t>(rank - impl_->first_)];
+  return *impl_->comms_[idx(rank - impl_->first_)];
 }
 
 std::string MpiWorld::describe() const {

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/lt_gemm.h"
@@ -13,7 +14,7 @@
 namespace tandem::cuda {
 namespace {
 
-size_t sz(long long a, long long b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
+size_t sz(long long a, long long b) { return idx(a) * idx(b); }
 
 // Milliseconds per call of f (warm-up calls first), events on `s`.
 double time_ms(cudaStream_t s, const BenchTiming& t, const std::function<void()>& f) {

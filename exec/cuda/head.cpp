@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/cuda/attention.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/nn_ops.h"
@@ -15,7 +16,7 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("DeviceHead: ") + what);
 }
 
-std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+std::size_t count_of(int rows, int cols) { return idx(rows) * idx(cols); }
 
 }  // namespace
 
@@ -34,7 +35,7 @@ void DeviceHead::forward(const float* norm, const float* proj, const float* h, i
   if (saved) {
     saved->rows = rows;
     float* h_copy = saved->h.reserve(n, s);
-    inv_rms = saved->inv_rms.reserve(static_cast<std::size_t>(rows), s);
+    inv_rms = saved->inv_rms.reserve(idx(rows), s);
     if (n > 0) check(cudaMemcpyAsync(h_copy, h, n * sizeof(float), cudaMemcpyDeviceToDevice, s), "DeviceHead: save h");
   }
   if (rows == 0) return;
@@ -51,7 +52,7 @@ void DeviceHead::forward_loss(const float* norm, const float* proj, const float*
   float* out = logits ? logits : logits_.reserve(count_of(rows, vocab_), s);
   forward(norm, proj, h, rows, out, saved);
   // cross_entropy zeroes *loss itself when rows == 0.
-  double* row_loss = row_loss_.reserve(static_cast<std::size_t>(rows > 0 ? rows : 1), s);
+  double* row_loss = row_loss_.reserve(idx(rows > 0 ? rows : 1), s);
   cross_entropy(out, rows, vocab_, targets, scale, dlogits, row_loss, loss, s);
 }
 

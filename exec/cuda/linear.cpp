@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/linear_kernels.h"
 
@@ -26,7 +27,7 @@ void check_view(const ConstDeviceMat& m, const char* op, const char* name) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
-std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+std::size_t count_of(int rows, int cols) { return idx(rows) * idx(cols); }
 
 // The FP32 matrix of a weight argument (exact / bf16 need it even when a quantised copy is given).
 const ConstDeviceMat& fp32_weight(const LinearWeight& W, const char* op) {
@@ -145,8 +146,8 @@ void DeviceLinear::epilogue(const float* src, int ld_src, DeviceMat dst, bool ro
 
 void DeviceLinear::zero(DeviceMat m) {
   if (m.rows == 0 || m.cols == 0) return;
-  check(cudaMemset2DAsync(m.data, sizeof(float) * static_cast<std::size_t>(m.ld), 0,
-                          sizeof(float) * static_cast<std::size_t>(m.cols), static_cast<std::size_t>(m.rows),
+  check(cudaMemset2DAsync(m.data, sizeof(float) * idx(m.ld), 0,
+                          sizeof(float) * idx(m.cols), idx(m.rows),
                           stream()),
         "DeviceLinear: cudaMemset2DAsync");
 }
@@ -307,7 +308,7 @@ void DeviceLinear::backward_weight_split(ConstDeviceMat dy, ConstDeviceMat x, co
       const float* d = fp8_gemm_scratch(a, b);                               // [np, kp]
       int off = 0;
       for (int i = 0; i < count; ++i) {
-        if (dW[i].rows > 0) epilogue(d + static_cast<std::size_t>(off) * kp, kp, dW[i], false, true);
+        if (dW[i].rows > 0) epilogue(d + idx(off) * kp, kp, dW[i], false, true);
         off += dW[i].rows;
       }
       return;

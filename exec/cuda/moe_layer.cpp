@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "common/signed_index.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/nn_ops.h"
 #include "exec/cuda/wire_kernels.h"
@@ -21,7 +22,7 @@ void require(bool ok, const char* where, const std::string& what) {
 }
 
 std::size_t count_of(int64_t rows, int64_t cols) {
-  return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols);
+  return idx(rows) * idx(cols);
 }
 
 template <class T>
@@ -37,15 +38,15 @@ void upload(DeviceBuffer<T>& d, const std::vector<T>& h, cudaStream_t stream) {
 std::vector<comm::ConstBytes> blocks_of(const float* base, const std::vector<std::size_t>& offset, int cols) {
   std::vector<comm::ConstBytes> out(offset.size() - 1);
   for (std::size_t i = 0; i + 1 < offset.size(); ++i)
-    out[i] = {base ? base + offset[i] * static_cast<std::size_t>(cols) : nullptr,
-              (offset[i + 1] - offset[i]) * static_cast<std::size_t>(cols) * sizeof(float)};
+    out[i] = {base ? base + offset[i] * idx(cols) : nullptr,
+              (offset[i + 1] - offset[i]) * idx(cols) * sizeof(float)};
   return out;
 }
 std::vector<comm::MutableBytes> blocks_of(float* base, const std::vector<std::size_t>& offset, int cols) {
   std::vector<comm::MutableBytes> out(offset.size() - 1);
   for (std::size_t i = 0; i + 1 < offset.size(); ++i)
-    out[i] = {base ? base + offset[i] * static_cast<std::size_t>(cols) : nullptr,
-              (offset[i + 1] - offset[i]) * static_cast<std::size_t>(cols) * sizeof(float)};
+    out[i] = {base ? base + offset[i] * idx(cols) : nullptr,
+              (offset[i + 1] - offset[i]) * idx(cols) * sizeof(float)};
   return out;
 }
 
@@ -77,7 +78,7 @@ WireBlocks wire_blocks(Wire wire, const std::vector<std::size_t>& row_offset, in
 }  // namespace
 
 std::size_t moe_wire_block_bytes(Wire wire, std::size_t rows, int cols) {
-  const std::size_t n = rows * static_cast<std::size_t>(cols);
+  const std::size_t n = rows * idx(cols);
   switch (wire) {
     case Wire::exact: return n * sizeof(float);
     case Wire::bf16: return n * sizeof(uint16_t);
@@ -219,19 +220,19 @@ void DeviceMoeLayer::route(const DeviceMoeWeights& w, const float* x, int tokens
     check(cudaStreamSynchronize(stream()), "DeviceMoeLayer::route: synchronise");
   }
   ts.plan = spec::make_dispatch_plan(cfg_.ep, tokens, K, ts.expert_host);
-  ts.rows_to.assign(static_cast<std::size_t>(cfg_.ep.ep), 0);
-  for (int d = 0; d < cfg_.ep.ep; ++d) ts.rows_to[static_cast<std::size_t>(d)] = ts.plan.to[static_cast<std::size_t>(d)].size();
+  ts.rows_to.assign(idx(cfg_.ep.ep), 0);
+  for (int d = 0; d < cfg_.ep.ep; ++d) ts.rows_to[idx(d)] = ts.plan.to[idx(d)].size();
   ts.row_offset = prefix(ts.rows_to);
   const std::size_t n = ts.row_offset.back();
   std::vector<int32_t> send_token(n), send_slot(n), slot_row(count_of(tokens, K), -1);
   for (int d = 0; d < cfg_.ep.ep; ++d) {
-    const auto& rows = ts.plan.to[static_cast<std::size_t>(d)];
+    const auto& rows = ts.plan.to[idx(d)];
     for (std::size_t i = 0; i < rows.size(); ++i) {
-      const std::size_t at = ts.row_offset[static_cast<std::size_t>(d)] + i;
+      const std::size_t at = ts.row_offset[idx(d)] + i;
       const int32_t slot = rows[i].token * K + rows[i].slot;
       send_token[at] = rows[i].token;
       send_slot[at] = slot;
-      slot_row[static_cast<std::size_t>(slot)] = static_cast<int32_t>(at);
+      slot_row[idx(slot)] = static_cast<int32_t>(at);
     }
   }
   upload(ts.send_token, send_token, stream());
@@ -250,40 +251,40 @@ void DeviceMoeLayer::dispatch_pack(DeviceMoeTokenState& ts) {
 
 void DeviceMoeLayer::dispatch(DeviceMoeTokenState& ts, DeviceMoeExpertState& es) {
   const int H = cfg_.hidden, ep = cfg_.ep.ep;
-  require(ts.row_offset.size() == static_cast<std::size_t>(ep) + 1, "DeviceMoeLayer::dispatch", "route first");
+  require(ts.row_offset.size() == idx(ep) + 1, "DeviceMoeLayer::dispatch", "route first");
   // The expert ids travel on the host (they are host data on both sides; their sizes are the counts).
-  std::vector<std::vector<int32_t>> ids_to(static_cast<std::size_t>(ep));
-  std::vector<comm::ConstBytes> id_send(static_cast<std::size_t>(ep));
+  std::vector<std::vector<int32_t>> ids_to(idx(ep));
+  std::vector<comm::ConstBytes> id_send(idx(ep));
   for (int d = 0; d < ep; ++d) {
-    auto& ids = ids_to[static_cast<std::size_t>(d)];
-    for (const DispatchRow& r : ts.plan.to[static_cast<std::size_t>(d)]) ids.push_back(r.expert);
-    id_send[static_cast<std::size_t>(d)] = {ids.empty() ? nullptr : ids.data(), ids.size() * sizeof(int32_t)};
+    auto& ids = ids_to[idx(d)];
+    for (const DispatchRow& r : ts.plan.to[idx(d)]) ids.push_back(r.expert);
+    id_send[idx(d)] = {ids.empty() ? nullptr : ids.data(), ids.size() * sizeof(int32_t)};
   }
   std::vector<std::vector<std::byte>> id_recv;
   comm_.host().all_to_all_v(group_, id_send, id_recv, "moe dispatch ids");
-  require(id_recv.size() == static_cast<std::size_t>(ep), "DeviceMoeLayer::dispatch", "one id list per member");
-  std::vector<std::vector<int32_t>> ids_from(static_cast<std::size_t>(ep));
+  require(id_recv.size() == idx(ep), "DeviceMoeLayer::dispatch", "one id list per member");
+  std::vector<std::vector<int32_t>> ids_from(idx(ep));
   for (int s = 0; s < ep; ++s) {
-    const auto& b = id_recv[static_cast<std::size_t>(s)];
+    const auto& b = id_recv[idx(s)];
     require(b.size() % sizeof(int32_t) == 0, "DeviceMoeLayer::dispatch", "id list of a partial int32");
-    auto& ids = ids_from[static_cast<std::size_t>(s)];
+    auto& ids = ids_from[idx(s)];
     ids.resize(b.size() / sizeof(int32_t));
     if (!b.empty()) std::memcpy(ids.data(), b.data(), b.size());
   }
   es.layout = spec::make_segment_layout(cfg_.ep, ep_rank_, cfg_.align, ids_from);
-  es.rows_from.assign(static_cast<std::size_t>(ep), 0);
-  for (int s = 0; s < ep; ++s) es.rows_from[static_cast<std::size_t>(s)] = ids_from[static_cast<std::size_t>(s)].size();
+  es.rows_from.assign(idx(ep), 0);
+  for (int s = 0; s < ep; ++s) es.rows_from[idx(s)] = ids_from[idx(s)].size();
   es.row_offset = prefix(es.rows_from);
   const std::size_t nrecv = es.row_offset.back();
   const int64_t total = es.layout.total_rows();
   require(total <= std::numeric_limits<int32_t>::max(), "DeviceMoeLayer::dispatch", "too many segment rows");
-  std::vector<int32_t> seg_src(static_cast<std::size_t>(total), -1), back_row(nrecv);
+  std::vector<int32_t> seg_src(idx(total), -1), back_row(nrecv);
   for (int s = 0; s < ep; ++s) {
-    const auto& places = es.layout.from[static_cast<std::size_t>(s)];
+    const auto& places = es.layout.from[idx(s)];
     for (std::size_t i = 0; i < places.size(); ++i) {
-      const int64_t seg_row = es.layout.offset[static_cast<std::size_t>(places[i].expert)] + places[i].row;
-      const std::size_t at = es.row_offset[static_cast<std::size_t>(s)] + i;
-      seg_src[static_cast<std::size_t>(seg_row)] = static_cast<int32_t>(at);
+      const int64_t seg_row = es.layout.offset[idx(places[i].expert)] + places[i].row;
+      const std::size_t at = es.row_offset[idx(s)] + i;
+      seg_src[idx(seg_row)] = static_cast<int32_t>(at);
       back_row[at] = static_cast<int32_t>(seg_row);
     }
   }
@@ -303,10 +304,10 @@ void DeviceMoeLayer::experts_forward(const DeviceMoeWeights& w, DeviceMoeExpertS
   require(static_cast<int>(w.experts.size()) == n, "DeviceMoeLayer::experts_forward",
           "w.experts must hold the member's local experts");
   es.saved.clear();
-  es.saved.resize(static_cast<std::size_t>(n));
+  es.saved.resize(idx(n));
   es.y = DeviceBuffer<float>(count_of(es.layout.total_rows(), H));
   for (int e = 0; e < n; ++e) {
-    const auto i = static_cast<std::size_t>(e);
+    const auto i = idx(e);
     const int64_t rows = es.layout.padded[i];
     if (rows == 0) continue;  // zero-row experts are skipped, as on the CPU
     const std::size_t off = count_of(es.layout.offset[i], H);
@@ -383,10 +384,10 @@ void DeviceMoeLayer::experts_backward_input(const DeviceMoeWeights& w, DeviceMoe
           "w.experts must hold the member's local experts");
   require(static_cast<int>(es.saved.size()) == n, "DeviceMoeLayer::experts_backward_input", "run experts_forward first");
   es.in_grad.clear();
-  es.in_grad.resize(static_cast<std::size_t>(n));
+  es.in_grad.resize(idx(n));
   es.dx = DeviceBuffer<float>(count_of(es.layout.total_rows(), H));
   for (int e = 0; e < n; ++e) {
-    const auto i = static_cast<std::size_t>(e);
+    const auto i = idx(e);
     if (es.layout.padded[i] == 0) continue;
     const std::size_t off = count_of(es.layout.offset[i], H);
     expert_ffn_.backward_input(w.experts[i], es.saved[i], es.dy.get() + off, es.dx.get() + off, es.in_grad[i]);
@@ -447,14 +448,14 @@ void DeviceMoeLayer::experts_backward_weight(DeviceMoeExpertState& es,
   // DeviceFfn::backward_weight on the rows of one source: they are contiguous in the segment
   // (segments are ordered by source), so each source's gradient sees exactly its rows, in order.
   for (int e = 0; e < n; ++e) {
-    const auto i = static_cast<std::size_t>(e);
+    const auto i = idx(e);
     if (es.layout.padded[i] == 0) continue;
     const float* dy = es.dy.get() + count_of(es.layout.offset[i], H);
     for (int s = 0; s < ep; ++s) {
-      const int64_t first = es.layout.src_first[i][static_cast<std::size_t>(s)];
-      const int count = static_cast<int>(es.layout.src_count[i][static_cast<std::size_t>(s)]);
+      const int64_t first = es.layout.src_first[i][idx(s)];
+      const int count = static_cast<int>(es.layout.src_count[i][idx(s)]);
       if (count == 0) continue;
-      const DeviceFfnGrads& g = grads_by_src[static_cast<std::size_t>(s)][i];
+      const DeviceFfnGrads& g = grads_by_src[idx(s)][i];
       lin_.backward_weight(ConstDeviceMat(dy + count_of(first, H), count, H),
                            ConstDeviceMat(es.in_grad[i].swiglu_out.get() + count_of(first, I), count, I),
                            DeviceMat(g.down, H, I));

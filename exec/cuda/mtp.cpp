@@ -3,6 +3,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/cuda/attention.h"
 #include "exec/cuda/kernels.h"
 
@@ -13,14 +14,14 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("DeviceMtpProj: ") + what);
 }
 
-std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+std::size_t count_of(int rows, int cols) { return idx(rows) * idx(cols); }
 
 // dst [rows, width] (row stride ld_dst) = src [rows, width] (row stride ld_src), on `stream`.
 void copy_cols(const float* src, int ld_src, float* dst, int ld_dst, int rows, int width, cudaStream_t stream) {
   if (rows == 0 || width == 0) return;
-  check(cudaMemcpy2DAsync(dst, static_cast<std::size_t>(ld_dst) * sizeof(float), src,
-                          static_cast<std::size_t>(ld_src) * sizeof(float), static_cast<std::size_t>(width) * sizeof(float),
-                          static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream),
+  check(cudaMemcpy2DAsync(dst, idx(ld_dst) * sizeof(float), src,
+                          idx(ld_src) * sizeof(float), idx(width) * sizeof(float),
+                          idx(rows), cudaMemcpyDeviceToDevice, stream),
         "DeviceMtpProj: strided copy");
 }
 
@@ -65,8 +66,8 @@ void DeviceMtpProj::forward(const DeviceMtpWeights& w, const float* h, const flo
     saved->rows = rows;
     copy_dense(h, saved->h.reserve(n, s), n, s);
     copy_dense(emb, saved->emb.reserve(n, s), n, s);
-    h_inv = saved->h_inv_rms.reserve(static_cast<std::size_t>(rows), s);
-    e_inv = saved->emb_inv_rms.reserve(static_cast<std::size_t>(rows), s);
+    h_inv = saved->h_inv_rms.reserve(idx(rows), s);
+    e_inv = saved->emb_inv_rms.reserve(idx(rows), s);
   }
   if (rows == 0) return;
   float* cat = cat_.reserve(2 * n, s);

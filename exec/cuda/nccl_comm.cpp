@@ -22,6 +22,7 @@ bool nccl_built() { return false; }
 
 #include <nccl.h>
 
+#include "common/signed_index.h"
 #include "exec/comm/comm_error.h"
 #include "exec/comm/in_process.h"
 #include "exec/cuda/cuda_check.h"
@@ -60,8 +61,8 @@ std::string nccl_text(ncclResult_t r) {
 bool nccl_ok(ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; }
 
 std::vector<int> iota_ranks(int n) {
-  std::vector<int> v(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
+  std::vector<int> v(idx(n));
+  for (int i = 0; i < n; ++i) v[idx(i)] = i;
   return v;
 }
 
@@ -94,7 +95,7 @@ class NcclCommunicator::Impl {
 
   Impl(comm::Communicator& h, int dev, const comm::CommOptions& opts)
       : host(h), rank(h.rank()), size(h.size()), device(dev), options(opts),
-        sent_to_(static_cast<std::size_t>(size), 0), received_from_(static_cast<std::size_t>(size), 0) {}
+        sent_to_(idx(size), 0), received_from_(idx(size), 0) {}
   ~Impl();
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -587,9 +588,9 @@ void NcclCommunicator::send(int peer, int tag, const void* data, std::size_t byt
     }
     {
       std::unique_lock lock = m.lock_channel(m.p2p, c);
-      t.seq = m.sent_to_[static_cast<std::size_t>(peer)];
+      t.seq = m.sent_to_[idx(peer)];
       m.host.send(peer, tag, &t, sizeof t, label);
-      ++m.sent_to_[static_cast<std::size_t>(peer)];
+      ++m.sent_to_[idx(peer)];
       if (bytes) m.settle(m.p2p, c, ncclSend(data, bytes, ncclInt8, peer, m.p2p.comm.load(), stream), "ncclSend");
     }
     m.track(c, stream);
@@ -635,7 +636,7 @@ void NcclCommunicator::recv(int peer, int tag, void* data, std::size_t bytes, st
     if (peer == m.rank) return;
     {
       std::unique_lock lock = m.lock_channel(m.p2p, c);
-      const std::uint64_t expected = m.received_from_[static_cast<std::size_t>(peer)];
+      const std::uint64_t expected = m.received_from_[idx(peer)];
       if (t.seq != expected) {
         lock.unlock();
         m.fail(CommErrorKind::mismatch, c, {peer},
@@ -643,7 +644,7 @@ void NcclCommunicator::recv(int peer, int tag, void* data, std::size_t bytes, st
                    std::to_string(peer) + "'s send #" + std::to_string(expected) + ", but its send with this tag is #" +
                    std::to_string(t.seq) + "; receive from one peer in the order it sends");
       }
-      ++m.received_from_[static_cast<std::size_t>(peer)];
+      ++m.received_from_[idx(peer)];
       if (bytes) m.settle(m.p2p, c, ncclRecv(data, bytes, ncclInt8, peer, m.p2p.comm.load(), stream), "ncclRecv");
     }
     m.track(c, stream);
@@ -792,10 +793,10 @@ NcclLocalWorld::NcclLocalWorld(std::vector<int> devices, const comm::CommOptions
   }
   try {
     for (int i = 0; i < n; ++i) {
-      auto impl = std::make_unique<NcclCommunicator::Impl>(host_->comm(i), devices_[static_cast<std::size_t>(i)],
+      auto impl = std::make_unique<NcclCommunicator::Impl>(host_->comm(i), devices_[idx(i)],
                                                            options);
-      impl->adopt_world(raw[static_cast<std::size_t>(i)]);
-      raw[static_cast<std::size_t>(i)] = nullptr;
+      impl->adopt_world(raw[idx(i)]);
+      raw[idx(i)] = nullptr;
       impl->start_watchdog();
       comms_.push_back(std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(impl))));
     }
@@ -820,7 +821,7 @@ NcclCommunicator& NcclLocalWorld::comm(int rank) {
     throw CommError(CommErrorKind::invalid_argument, -1, "NcclLocalWorld::comm", "", {}, -1,
                     "rank " + std::to_string(rank) + " is not a rank of this world of " + std::to_string(size()));
   }
-  return *comms_[static_cast<std::size_t>(rank)];
+  return *comms_[idx(rank)];
 }
 
 comm::World& NcclLocalWorld::host_world() { return *host_; }

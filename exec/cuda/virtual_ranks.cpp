@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/signed_index.h"
 #include "exec/comm/comm_error.h"
 #include "exec/comm/in_process.h"
 #include "exec/cuda/cuda_check.h"
@@ -251,7 +252,7 @@ std::size_t VirtualRankWorld::Shared::in_flight() const {
 std::size_t VirtualRankWorld::Shared::pool_attribute(cudaMemPoolAttr attr) const {
   std::uint64_t v = 0;
   check(cudaMemPoolGetAttribute(pool_, attr, &v), "cudaMemPoolGetAttribute");
-  return static_cast<std::size_t>(v);
+  return idx(v);
 }
 
 void VirtualRankWorld::Shared::trim() {
@@ -626,7 +627,7 @@ DeviceCommunicator& VirtualRankWorld::comm(int rank) {
     throw comm::CommError(comm::CommErrorKind::invalid_argument, -1, "VirtualRankWorld::comm", "", {}, -1,
                           "rank " + std::to_string(rank) + " is not a rank of this world of " + std::to_string(size()));
   }
-  return *comms_[static_cast<std::size_t>(rank)];
+  return *comms_[idx(rank)];
 }
 
 comm::World& VirtualRankWorld::host_world() { return shared_->host; }

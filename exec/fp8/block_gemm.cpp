@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/fp8/bf16.h"
 #include "exec/fp8/fp8.h"
 
@@ -41,16 +42,16 @@ Panels pack(const std::vector<uint8_t>& data, int rows, int K, int width, ScaleO
   const auto& table = e4m3_values();
   Panels p;
   p.rows_padded = (rows + width - 1) / width * width;
-  p.values.assign(static_cast<size_t>(p.rows_padded) * K, 0.0f);
+  p.values.assign(idx(p.rows_padded) * K, 0.0f);
   for (int r = 0; r < rows; ++r) {
-    float* panel = p.values.data() + static_cast<size_t>(r / width) * K * width;
-    const uint8_t* row = data.data() + static_cast<size_t>(r) * K;
-    for (int k = 0; k < K; ++k) panel[static_cast<size_t>(k) * width + r % width] = table[row[k]];
+    float* panel = p.values.data() + idx(r / width) * K * width;
+    const uint8_t* row = data.data() + idx(r) * K;
+    for (int k = 0; k < K; ++k) panel[idx(k) * width + r % width] = table[row[k]];
   }
   const int L = (K + kBlock - 1) / kBlock;
-  p.scales.assign(static_cast<size_t>(L) * p.rows_padded, 0.0f);
+  p.scales.assign(idx(L) * p.rows_padded, 0.0f);
   for (int kb = 0; kb < L; ++kb) {
-    for (int r = 0; r < rows; ++r) p.scales[static_cast<size_t>(kb) * p.rows_padded + r] = scale_of(r, kb);
+    for (int r = 0; r < rows; ++r) p.scales[idx(kb) * p.rows_padded + r] = scale_of(r, kb);
   }
   return p;
 }
@@ -66,14 +67,14 @@ void micro_kernel(const float* ap, const float* bp, const float* sa, size_t sa_s
     const int k1 = std::min(K, k0 + kBlock);
     float p[MR][NR] = {};
     for (int k = k0; k < k1; ++k) {
-      const float* av = ap + static_cast<size_t>(k) * MR;
-      const float* bv = bp + static_cast<size_t>(k) * NR;
+      const float* av = ap + idx(k) * MR;
+      const float* bv = bp + idx(k) * NR;
       for (int i = 0; i < MR; ++i) {
         for (int j = 0; j < NR; ++j) p[i][j] += av[i] * bv[j];
       }
     }
-    const float* sak = sa + static_cast<size_t>(kb) * sa_stride;
-    const float* sbk = sb + static_cast<size_t>(kb) * sb_stride;
+    const float* sak = sa + idx(kb) * sa_stride;
+    const float* sbk = sb + idx(kb) * sb_stride;
     for (int i = 0; i < MR; ++i) {
       for (int j = 0; j < NR; ++j) acc[i][j] += (sak[i] * sbk[j]) * p[i][j];
     }
@@ -91,13 +92,13 @@ void gemm_packed(const Panels& a, int M, const Panels& b, int N, int K, float* d
   for (int n_begin = 0; n_begin < b.rows_padded; n_begin += nc) {
     const int n_end = std::min(b.rows_padded, n_begin + nc);
     for (int m0 = 0; m0 < a.rows_padded; m0 += MR) {
-      const float* ap = a.values.data() + static_cast<size_t>(m0) * K;
+      const float* ap = a.values.data() + idx(m0) * K;
       for (int n0 = n_begin; n0 < n_end; n0 += NR) {
-        const float* bp = b.values.data() + static_cast<size_t>(n0) * K;
-        micro_kernel(ap, bp, a.scales.data() + m0, static_cast<size_t>(a.rows_padded),
-                     b.scales.data() + n0, static_cast<size_t>(b.rows_padded), K, out);
+        const float* bp = b.values.data() + idx(n0) * K;
+        micro_kernel(ap, bp, a.scales.data() + m0, idx(a.rows_padded),
+                     b.scales.data() + n0, idx(b.rows_padded), K, out);
         for (int i = 0; i < MR && m0 + i < M; ++i) {
-          float* drow = d + static_cast<size_t>(m0 + i) * N;
+          float* drow = d + idx(m0 + i) * N;
           for (int j = 0; j < NR && n0 + j < N; ++j) {
             drow[n0 + j] = bf16_output ? round_to_bf16(out[i][j]) : out[i][j];
           }

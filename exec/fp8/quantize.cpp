@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/fp8/fp8.h"
 
 namespace tandem::fp8 {
@@ -54,11 +55,11 @@ RowwiseFp8 quantize_rowwise(const float* x, int rows, int cols, const QuantOptio
   RowwiseFp8 q;
   q.rows = rows;
   q.cols = cols;
-  q.data.resize(static_cast<size_t>(rows) * cols);
+  q.data.resize(idx(rows) * cols);
   q.scales.resize(static_cast<size_t>(q.k_blocks()) * rows);
   for (int r = 0; r < rows; ++r) {
-    const float* row = x + static_cast<size_t>(r) * cols;
-    uint8_t* out = q.data.data() + static_cast<size_t>(r) * cols;
+    const float* row = x + idx(r) * cols;
+    uint8_t* out = q.data.data() + idx(r) * cols;
     for (int kb = 0; kb < q.k_blocks(); ++kb) {
       const int k0 = kb * kBlock;
       const int k1 = std::min(cols, k0 + kBlock);
@@ -66,7 +67,7 @@ RowwiseFp8 quantize_rowwise(const float* x, int rows, int cols, const QuantOptio
       for (int k = k0; k < k1; ++k) amax.add(row[k]);
       const BlockScaling s = scaling_of(amax, opts);
       for (int k = k0; k < k1; ++k) out[k] = encode_e4m3(row[k] * s.factor);
-      q.scales[static_cast<size_t>(kb) * rows + r] = s.scale;
+      q.scales[idx(kb) * rows + r] = s.scale;
     }
   }
   return q;
@@ -75,10 +76,10 @@ RowwiseFp8 quantize_rowwise(const float* x, int rows, int cols, const QuantOptio
 RowwiseFp8 quantize_columnwise(const float* x, int rows, int cols, const QuantOptions& opts) {
   check_shape(rows, cols, "quantize_columnwise");
   // Transposing the FP32 source is exact; quantising it rowwise then gives the 128x1 tiles of x.
-  std::vector<float> xt(static_cast<size_t>(rows) * cols);
+  std::vector<float> xt(idx(rows) * cols);
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
-      xt[static_cast<size_t>(c) * rows + r] = x[static_cast<size_t>(r) * cols + c];
+      xt[idx(c) * rows + r] = x[idx(r) * cols + c];
     }
   }
   return quantize_rowwise(xt.data(), cols, rows, opts);
@@ -89,7 +90,7 @@ BlockFp8 quantize_blocks(const float* w, int rows, int cols, const QuantOptions&
   BlockFp8 q;
   q.rows = rows;
   q.cols = cols;
-  q.data.resize(static_cast<size_t>(rows) * cols);
+  q.data.resize(idx(rows) * cols);
   q.scales.assign(static_cast<size_t>(q.row_blocks()) * q.k_blocks_padded(), 0.0f);
   for (int rb = 0; rb < q.row_blocks(); ++rb) {
     const int r0 = rb * kBlock;
@@ -99,16 +100,16 @@ BlockFp8 quantize_blocks(const float* w, int rows, int cols, const QuantOptions&
       const int k1 = std::min(cols, k0 + kBlock);
       Amax amax;
       for (int r = r0; r < r1; ++r) {
-        for (int k = k0; k < k1; ++k) amax.add(w[static_cast<size_t>(r) * cols + k]);
+        for (int k = k0; k < k1; ++k) amax.add(w[idx(r) * cols + k]);
       }
       const BlockScaling s = scaling_of(amax, opts);
       for (int r = r0; r < r1; ++r) {
         for (int k = k0; k < k1; ++k) {
-          const size_t i = static_cast<size_t>(r) * cols + k;
+          const size_t i = idx(r) * cols + k;
           q.data[i] = encode_e4m3(w[i] * s.factor);
         }
       }
-      q.scales[static_cast<size_t>(rb) * q.k_blocks_padded() + kb] = s.scale;
+      q.scales[idx(rb) * q.k_blocks_padded() + kb] = s.scale;
     }
   }
   return q;
@@ -121,24 +122,24 @@ BlockFp8 transpose(const BlockFp8& b) {
   t.data.resize(b.data.size());
   for (int r = 0; r < b.rows; ++r) {
     for (int c = 0; c < b.cols; ++c) {
-      t.data[static_cast<size_t>(c) * b.rows + r] = b.data[static_cast<size_t>(r) * b.cols + c];
+      t.data[idx(c) * b.rows + r] = b.data[idx(r) * b.cols + c];
     }
   }
   // b's block (rb, kb) is t's block (kb, rb); t's K blocks are b's row blocks.
   t.scales.assign(static_cast<size_t>(t.row_blocks()) * t.k_blocks_padded(), 0.0f);
   for (int rb = 0; rb < b.row_blocks(); ++rb) {
     for (int kb = 0; kb < b.k_blocks(); ++kb) {
-      t.scales[static_cast<size_t>(kb) * t.k_blocks_padded() + rb] = b.scale(rb, kb);
+      t.scales[idx(kb) * t.k_blocks_padded() + rb] = b.scale(rb, kb);
     }
   }
   return t;
 }
 
 std::vector<float> dequantize(const RowwiseFp8& q) {
-  std::vector<float> x(static_cast<size_t>(q.rows) * q.cols);
+  std::vector<float> x(idx(q.rows) * q.cols);
   for (int r = 0; r < q.rows; ++r) {
     for (int c = 0; c < q.cols; ++c) {
-      const size_t i = static_cast<size_t>(r) * q.cols + c;
+      const size_t i = idx(r) * q.cols + c;
       x[i] = decode_e4m3(q.data[i]) * q.scale(r, c / kBlock);
     }
   }
@@ -146,10 +147,10 @@ std::vector<float> dequantize(const RowwiseFp8& q) {
 }
 
 std::vector<float> dequantize(const BlockFp8& q) {
-  std::vector<float> x(static_cast<size_t>(q.rows) * q.cols);
+  std::vector<float> x(idx(q.rows) * q.cols);
   for (int r = 0; r < q.rows; ++r) {
     for (int c = 0; c < q.cols; ++c) {
-      const size_t i = static_cast<size_t>(r) * q.cols + c;
+      const size_t i = idx(r) * q.cols + c;
       x[i] = decode_e4m3(q.data[i]) * q.scale(r / kBlock, c / kBlock);
     }
   }

@@ -31,6 +31,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/signed_index.h"
+
 namespace tandem::fp8 {
 
 inline constexpr int kBlock = 128;  // DeepSeek's block edge (1x128 tiles, 128x128 blocks)
@@ -57,7 +59,7 @@ struct RowwiseFp8 {
   std::vector<float> scales;  // k_blocks() * rows, M-major
 
   int k_blocks() const { return (cols + kBlock - 1) / kBlock; }
-  float scale(int r, int kb) const { return scales[static_cast<std::size_t>(kb) * rows + r]; }
+  float scale(int r, int kb) const { return scales[idx(kb) * rows + r]; }
 };
 
 // 128x128 blocks, in cuBLASLt's BLK128x128 layout: K-major with the K-block count padded to a
@@ -74,7 +76,7 @@ struct BlockFp8 {
   int k_blocks() const { return (cols + kBlock - 1) / kBlock; }
   int k_blocks_padded() const { return (k_blocks() + 3) / 4 * 4; }
   float scale(int rb, int kb) const {
-    return scales[static_cast<std::size_t>(rb) * k_blocks_padded() + kb];
+    return scales[idx(rb) * k_blocks_padded() + kb];
   }
 };
 

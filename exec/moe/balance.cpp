@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/signed_index.h"
+
 namespace tandem::moe {
 
 void add_expert_counts(const Routing& routing, std::vector<int64_t>& counts) {
@@ -11,14 +13,14 @@ void add_expert_counts(const Routing& routing, std::vector<int64_t>& counts) {
 
 void add_expert_counts(std::span<const int32_t> expert, std::vector<int64_t>& counts) {
   for (int32_t e : expert) {
-    if (e < 0 || static_cast<size_t>(e) >= counts.size())
+    if (e < 0 || idx(e) >= counts.size())
       throw std::invalid_argument("add_expert_counts: expert index out of range");
-    ++counts[static_cast<size_t>(e)];
+    ++counts[idx(e)];
   }
 }
 
 std::vector<int64_t> expert_counts(const Routing& routing, int n_routed) {
-  std::vector<int64_t> counts(static_cast<size_t>(n_routed), 0);
+  std::vector<int64_t> counts(idx(n_routed), 0);
   add_expert_counts(routing, counts);
   return counts;
 }
@@ -43,7 +45,7 @@ void update_bias(Vec<T>& bias, const std::vector<int64_t>& counts, double gamma)
   const int64_t n = static_cast<int64_t>(counts.size());
   const T step = static_cast<T>(gamma);
   for (int64_t e = 0; e < n; ++e) {
-    const int64_t scaled = counts[static_cast<size_t>(e)] * n;  // E·c_e vs Σc: mean − c_e exactly
+    const int64_t scaled = counts[idx(e)] * n;  // E·c_e vs Σc: mean − c_e exactly
     if (scaled < total) bias(e) += step;
     else if (scaled > total) bias(e) -= step;
   }
@@ -65,11 +67,11 @@ BalanceLoss<T> balance_loss_forward(const Routing& routing, const Mat<T>& scores
   BalanceLoss<T> out;
   out.f = Mat<T>::Zero(n_seq, E);
   out.P = Mat<T>::Zero(n_seq, E);
-  out.per_sequence.assign(static_cast<size_t>(n_seq), T(0));
+  out.per_sequence.assign(idx(n_seq), T(0));
   const T f_scale = static_cast<T>(E) / (static_cast<T>(K) * static_cast<T>(seq_len));
   const T a = static_cast<T>(alpha);
   for (int q = 0; q < n_seq; ++q) {
-    std::vector<int64_t> count(static_cast<size_t>(E), 0);
+    std::vector<int64_t> count(idx(E), 0);
     for (int t = q * seq_len; t < (q + 1) * seq_len; ++t) {
       for (int j = 0; j < K; ++j) ++count[static_cast<size_t>(routing.at(t, j))];
       T sum = 0;
@@ -78,11 +80,11 @@ BalanceLoss<T> balance_loss_forward(const Routing& routing, const Mat<T>& scores
     }
     T l = 0;
     for (int e = 0; e < E; ++e) {
-      out.f(q, e) = f_scale * static_cast<T>(count[static_cast<size_t>(e)]);
+      out.f(q, e) = f_scale * static_cast<T>(count[idx(e)]);
       out.P(q, e) /= static_cast<T>(seq_len);
       l += out.f(q, e) * out.P(q, e);
     }
-    out.per_sequence[static_cast<size_t>(q)] = a * l;
+    out.per_sequence[idx(q)] = a * l;
     out.loss += a * l;
   }
   return out;
@@ -97,7 +99,7 @@ Mat<T> balance_loss_backward(const BalanceLoss<T>& fwd, const Mat<T>& scores, in
     throw std::invalid_argument("balance_loss_backward: scores rows != sequences · seq_len");
   Mat<T> ds(scores.rows(), E);
   const T a = static_cast<T>(alpha);
-  std::vector<T> g(static_cast<size_t>(E));
+  std::vector<T> g(idx(E));
   for (int q = 0; q < n_seq; ++q) {
     // dJ/ds'_{t,i} = d_loss · α f_i / T (the same for every token of the sequence)
     for (int e = 0; e < E; ++e) g[e] = d_loss * a * fwd.f(q, e) / static_cast<T>(seq_len);

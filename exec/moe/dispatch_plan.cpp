@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/fp8/bf16.h"
 
 namespace tandem::moe {
@@ -74,10 +75,10 @@ Buffer start(Kind kind, Wire wire, int64_t rows, int64_t cols) {
   if (rows > INT32_MAX || cols > INT32_MAX) throw std::invalid_argument("moe wire: too many rows or columns");
   const uint32_t h[6] = {kMagic, static_cast<uint32_t>(kind), static_cast<uint32_t>(wire),
                          elem_bytes<T>(wire), static_cast<uint32_t>(rows), static_cast<uint32_t>(cols)};
-  size_t payload = static_cast<size_t>(rows * cols) * elem_bytes<T>(wire);
+  size_t payload = idx(rows * cols) * elem_bytes<T>(wire);
   if (wire == Wire::fp8) payload += static_cast<size_t>(rows * ((cols + fp8::kBlock - 1) / fp8::kBlock)) * sizeof(float);
   Buffer b;
-  b.reserve(kHeaderBytes + (kind == Kind::dispatch ? static_cast<size_t>(rows) * sizeof(int32_t) : 0) + payload);
+  b.reserve(kHeaderBytes + (kind == Kind::dispatch ? idx(rows) * sizeof(int32_t) : 0) + payload);
   put(b, h, sizeof h);
   return b;
 }
@@ -103,10 +104,10 @@ void put_payload(Buffer& b, int64_t n, int64_t cols, Wire wire, RowFn row) {
   if (n == 0 || cols == 0) return;
   switch (wire) {
     case Wire::exact:
-      for (int64_t i = 0; i < n; ++i) put(b, row(i), static_cast<size_t>(cols) * sizeof(T));
+      for (int64_t i = 0; i < n; ++i) put(b, row(i), idx(cols) * sizeof(T));
       return;
     case Wire::bf16: {
-      std::vector<uint16_t> tmp(static_cast<size_t>(cols));
+      std::vector<uint16_t> tmp(idx(cols));
       for (int64_t i = 0; i < n; ++i) {
         const T* src = row(i);
         for (int64_t c = 0; c < cols; ++c) tmp[c] = fp8::float_to_bf16(static_cast<float>(src[c]));
@@ -115,10 +116,10 @@ void put_payload(Buffer& b, int64_t n, int64_t cols, Wire wire, RowFn row) {
       return;
     }
     case Wire::fp8: {
-      std::vector<float> tmp(static_cast<size_t>(n * cols));
+      std::vector<float> tmp(idx(n * cols));
       for (int64_t i = 0; i < n; ++i) {
         const T* src = row(i);
-        for (int64_t c = 0; c < cols; ++c) tmp[static_cast<size_t>(i * cols + c)] = static_cast<float>(src[c]);
+        for (int64_t c = 0; c < cols; ++c) tmp[idx(i * cols + c)] = static_cast<float>(src[c]);
       }
       fp8::QuantOptions opts;
       opts.pow2_scales = true;
@@ -137,10 +138,10 @@ void get_payload(Reader& r, const Header& h, RowFn dst, fp8::RowwiseFp8* q_out =
   if (n == 0 || cols == 0) return;
   switch (h.wire) {
     case Wire::exact:
-      for (int64_t i = 0; i < n; ++i) r.get(dst(i), static_cast<size_t>(cols) * sizeof(T));
+      for (int64_t i = 0; i < n; ++i) r.get(dst(i), idx(cols) * sizeof(T));
       return;
     case Wire::bf16: {
-      std::vector<uint16_t> tmp(static_cast<size_t>(cols));
+      std::vector<uint16_t> tmp(idx(cols));
       for (int64_t i = 0; i < n; ++i) {
         r.get(tmp.data(), tmp.size() * sizeof(uint16_t));
         T* out = dst(i);
@@ -152,14 +153,14 @@ void get_payload(Reader& r, const Header& h, RowFn dst, fp8::RowwiseFp8* q_out =
       fp8::RowwiseFp8 q;
       q.rows = static_cast<int>(n);
       q.cols = static_cast<int>(cols);
-      q.data.resize(static_cast<size_t>(n * cols));
+      q.data.resize(idx(n * cols));
       q.scales.resize(static_cast<size_t>(q.k_blocks()) * q.rows);
       r.get(q.data.data(), q.data.size());
       r.get(q.scales.data(), q.scales.size() * sizeof(float));
       const std::vector<float> deq = fp8::dequantize(q);
       for (int64_t i = 0; i < n; ++i) {
         T* out = dst(i);
-        for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(deq[static_cast<size_t>(i * cols + c)]);
+        for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<T>(deq[idx(i * cols + c)]);
       }
       if (q_out) *q_out = std::move(q);
       return;
@@ -172,7 +173,7 @@ void check_end(const Reader& r) {
 }
 
 void check_sources(size_t got, int ep, const char* what) {
-  if (got != static_cast<size_t>(ep))
+  if (got != idx(ep))
     throw std::invalid_argument(std::string(what) + ": need one buffer per EP member");
 }
 
@@ -182,15 +183,15 @@ std::vector<Buffer> pack_token_side(const DispatchPlan& plan, const Mat<T>& src,
                                     Wire wire) {
   const int64_t need = by_token ? plan.tokens : static_cast<int64_t>(plan.tokens) * plan.top_k;
   if (src.rows() != need) throw std::invalid_argument(std::string(kind_name(kind)) + ": wrong row count");
-  std::vector<Buffer> out(static_cast<size_t>(plan.ep));
+  std::vector<Buffer> out(idx(plan.ep));
   for (int d = 0; d < plan.ep; ++d) {
-    const auto& rows = plan.to[static_cast<size_t>(d)];
-    Buffer& b = out[static_cast<size_t>(d)];
+    const auto& rows = plan.to[idx(d)];
+    Buffer& b = out[idx(d)];
     b = start<T>(kind, wire, static_cast<int64_t>(rows.size()), src.cols());
     if (kind == Kind::dispatch)
       for (const DispatchRow& row : rows) put(b, &row.expert, sizeof(int32_t));
     put_payload<T>(b, static_cast<int64_t>(rows.size()), src.cols(), wire, [&](int64_t i) {
-      const DispatchRow& row = rows[static_cast<size_t>(i)];
+      const DispatchRow& row = rows[idx(i)];
       const Eigen::Index at = by_token ? row.token : static_cast<Eigen::Index>(row.token) * plan.top_k + row.slot;
       return src.row(at).data();
     });
@@ -205,9 +206,9 @@ Mat<T> unpack_token_side(const DispatchPlan& plan, const std::vector<Buffer>& re
   Mat<T> out;
   bool shaped = false;
   for (int d = 0; d < plan.ep; ++d) {
-    Reader r{recv[static_cast<size_t>(d)]};
+    Reader r{recv[idx(d)]};
     const Header h = read_header<T>(r, kind);
-    const auto& rows = plan.to[static_cast<size_t>(d)];
+    const auto& rows = plan.to[idx(d)];
     if (h.rows != rows.size())
       throw std::runtime_error(std::string(kind_name(kind)) + ": row count differs from the plan");
     if (!shaped) {
@@ -217,7 +218,7 @@ Mat<T> unpack_token_side(const DispatchPlan& plan, const std::vector<Buffer>& re
       throw std::runtime_error(std::string(kind_name(kind)) + ": buffers differ in width");
     }
     get_payload<T>(r, h, [&](int64_t i) {
-      const DispatchRow& row = rows[static_cast<size_t>(i)];
+      const DispatchRow& row = rows[idx(i)];
       return out.row(static_cast<Eigen::Index>(row.token) * plan.top_k + row.slot).data();
     });
     check_end(r);
@@ -229,23 +230,23 @@ Mat<T> unpack_token_side(const DispatchPlan& plan, const std::vector<Buffer>& re
 template <class T>
 std::vector<Buffer> pack_expert_side(const SegmentLayout& seg, const std::vector<Mat<T>>& segs, Kind kind,
                                      Wire wire) {
-  if (segs.size() != static_cast<size_t>(seg.n_local))
+  if (segs.size() != idx(seg.n_local))
     throw std::invalid_argument(std::string(kind_name(kind)) + ": one matrix per local expert");
   const int64_t cols = segs.empty() ? seg.cols : segs[0].cols();
   for (int e = 0; e < seg.n_local; ++e) {
-    const Mat<T>& m = segs[static_cast<size_t>(e)];
-    if (m.rows() != seg.padded[static_cast<size_t>(e)])
+    const Mat<T>& m = segs[idx(e)];
+    if (m.rows() != seg.padded[idx(e)])
       throw std::invalid_argument(std::string(kind_name(kind)) + ": segment rows differ from the layout");
     if (m.cols() != cols) throw std::invalid_argument(std::string(kind_name(kind)) + ": segments differ in width");
   }
-  std::vector<Buffer> out(static_cast<size_t>(seg.ep));
+  std::vector<Buffer> out(idx(seg.ep));
   for (int s = 0; s < seg.ep; ++s) {
-    const auto& places = seg.from[static_cast<size_t>(s)];
-    Buffer& b = out[static_cast<size_t>(s)];
+    const auto& places = seg.from[idx(s)];
+    Buffer& b = out[idx(s)];
     b = start<T>(kind, wire, static_cast<int64_t>(places.size()), cols);
     put_payload<T>(b, static_cast<int64_t>(places.size()), cols, wire, [&](int64_t i) {
-      const SegmentLayout::Place& p = places[static_cast<size_t>(i)];
-      return segs[static_cast<size_t>(p.expert)].row(p.row).data();
+      const SegmentLayout::Place& p = places[idx(i)];
+      return segs[idx(p.expert)].row(p.row).data();
     });
   }
   return out;
@@ -253,8 +254,8 @@ std::vector<Buffer> pack_expert_side(const SegmentLayout& seg, const std::vector
 
 template <class T>
 std::vector<Mat<T>> zero_segments(const SegmentLayout& seg, int64_t cols) {
-  std::vector<Mat<T>> out(static_cast<size_t>(seg.n_local));
-  for (int e = 0; e < seg.n_local; ++e) out[static_cast<size_t>(e)] = Mat<T>::Zero(seg.padded[static_cast<size_t>(e)], cols);
+  std::vector<Mat<T>> out(idx(seg.n_local));
+  for (int e = 0; e < seg.n_local; ++e) out[idx(e)] = Mat<T>::Zero(seg.padded[idx(e)], cols);
   return out;
 }
 
@@ -352,7 +353,7 @@ ExpertRows<T> unpack_dispatch(const EpLayout& layout, int rank, const std::vecto
 
   // Pass 1: headers and expert ids, in (source, buffer order) = (source, token, slot); the
   // segments follow from the ids (spec::make_segment_layout).
-  const auto sources = static_cast<size_t>(layout.ep);
+  const auto sources = idx(layout.ep);
   std::vector<Header> headers(sources);
   std::vector<size_t> payload_at(sources);
   std::vector<std::vector<int32_t>> ids_from(sources);
@@ -380,34 +381,34 @@ ExpertRows<T> unpack_dispatch(const EpLayout& layout, int rank, const std::vecto
   out.x = zero_segments<T>(seg, seg.cols);
   const bool keep = fp8_segments != nullptr && all_fp8;
   if (fp8_segments) {
-    fp8_segments->assign(static_cast<size_t>(seg.n_local), {});
+    fp8_segments->assign(idx(seg.n_local), {});
     if (keep)
       for (int e = 0; e < seg.n_local; ++e) {
-        fp8::RowwiseFp8& q = (*fp8_segments)[static_cast<size_t>(e)];
-        q.rows = static_cast<int>(seg.padded[static_cast<size_t>(e)]);
+        fp8::RowwiseFp8& q = (*fp8_segments)[idx(e)];
+        q.rows = static_cast<int>(seg.padded[idx(e)]);
         q.cols = seg.cols;
-        q.data.assign(static_cast<size_t>(q.rows) * q.cols, uint8_t{0});
+        q.data.assign(idx(q.rows) * q.cols, uint8_t{0});
         q.scales.assign(static_cast<size_t>(q.k_blocks()) * q.rows, 1.0f);
       }
   }
   for (int s = 0; s < seg.ep; ++s) {
-    Reader r{recv[static_cast<size_t>(s)], payload_at[static_cast<size_t>(s)]};
-    const Header& h = headers[static_cast<size_t>(s)];
-    const auto& places = seg.from[static_cast<size_t>(s)];
+    Reader r{recv[idx(s)], payload_at[idx(s)]};
+    const Header& h = headers[idx(s)];
+    const auto& places = seg.from[idx(s)];
     fp8::RowwiseFp8 q;
     get_payload<T>(r, h, [&](int64_t i) {
-      const SegmentLayout::Place& p = places[static_cast<size_t>(i)];
-      return out.x[static_cast<size_t>(p.expert)].row(p.row).data();
+      const SegmentLayout::Place& p = places[idx(i)];
+      return out.x[idx(p.expert)].row(p.row).data();
     }, keep ? &q : nullptr);
     check_end(r);
     if (keep && q.rows > 0) {
       for (int i = 0; i < q.rows; ++i) {
-        const SegmentLayout::Place& p = places[static_cast<size_t>(i)];
-        fp8::RowwiseFp8& dst = (*fp8_segments)[static_cast<size_t>(p.expert)];
-        std::memcpy(dst.data.data() + static_cast<size_t>(p.row) * dst.cols,
-                    q.data.data() + static_cast<size_t>(i) * q.cols, static_cast<size_t>(q.cols));
+        const SegmentLayout::Place& p = places[idx(i)];
+        fp8::RowwiseFp8& dst = (*fp8_segments)[idx(p.expert)];
+        std::memcpy(dst.data.data() + idx(p.row) * dst.cols,
+                    q.data.data() + idx(i) * q.cols, idx(q.cols));
         for (int kb = 0; kb < q.k_blocks(); ++kb)
-          dst.scales[static_cast<size_t>(kb) * dst.rows + p.row] = q.scale(i, kb);
+          dst.scales[idx(kb) * dst.rows + p.row] = q.scale(i, kb);
       }
     }
   }
@@ -426,9 +427,9 @@ std::vector<Mat<T>> unpack_combine_grad(const SegmentLayout& seg, const std::vec
   bool shaped = false;
   uint32_t cols = 0;
   for (int s = 0; s < seg.ep; ++s) {
-    Reader r{recv[static_cast<size_t>(s)]};
+    Reader r{recv[idx(s)]};
     const Header h = read_header<T>(r, Kind::combine_grad);
-    const auto& places = seg.from[static_cast<size_t>(s)];
+    const auto& places = seg.from[idx(s)];
     if (h.rows != places.size()) throw std::runtime_error("combine_b: row count differs from the dispatch");
     if (!shaped) {
       out = zero_segments<T>(seg, h.cols);
@@ -438,8 +439,8 @@ std::vector<Mat<T>> unpack_combine_grad(const SegmentLayout& seg, const std::vec
       throw std::runtime_error("combine_b: buffers differ in width");
     }
     get_payload<T>(r, h, [&](int64_t i) {
-      const SegmentLayout::Place& p = places[static_cast<size_t>(i)];
-      return out[static_cast<size_t>(p.expert)].row(p.row).data();
+      const SegmentLayout::Place& p = places[idx(i)];
+      return out[idx(p.expert)].row(p.row).data();
     });
     check_end(r);
   }

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/signed_index.h"
+
 namespace tandem::moe {
 
 namespace {
@@ -121,10 +123,10 @@ template <class T>
 void experts_forward(const MoeConfig& cfg, const MoeWeights<T>& w, MoeExpertState<T>& es) {
   check_local_experts(cfg, w, es.layout);
   const int n = es.layout.n_local;
-  es.saved.assign(static_cast<size_t>(n), {});
-  es.y.assign(static_cast<size_t>(n), {});
+  es.saved.assign(idx(n), {});
+  es.y.assign(idx(n), {});
   for (int e = 0; e < n; ++e) {
-    const size_t i = static_cast<size_t>(e);
+    const size_t i = idx(e);
     if (es.layout.padded[i] == 0) {
       es.y[i] = Mat<T>(0, cfg.hidden);
       continue;
@@ -174,10 +176,10 @@ void experts_backward_input(const MoeConfig& cfg, const MoeWeights<T>& w, MoeExp
   const int n = es.layout.n_local;
   if (static_cast<int>(es.dy.size()) != n || static_cast<int>(es.saved.size()) != n)
     throw std::invalid_argument("experts_backward_input: run experts_forward and combine_backward_unpack first");
-  es.in_grad.assign(static_cast<size_t>(n), {});
-  es.dx.assign(static_cast<size_t>(n), {});
+  es.in_grad.assign(idx(n), {});
+  es.dx.assign(idx(n), {});
   for (int e = 0; e < n; ++e) {
-    const size_t i = static_cast<size_t>(e);
+    const size_t i = idx(e);
     if (es.layout.padded[i] == 0) {
       es.dx[i] = Mat<T>(0, cfg.hidden);
       continue;
@@ -201,7 +203,7 @@ void experts_backward_weight(const MoeConfig& cfg, MoeExpertState<T>& es, MoeGra
     throw std::invalid_argument("experts_backward_weight: grads hold other experts than this member's");
   if (static_cast<int>(es.in_grad.size()) != n) throw std::invalid_argument("experts_backward_weight: run experts_backward_input first");
   for (int e = 0; e < n; ++e) {
-    const size_t i = static_cast<size_t>(e);
+    const size_t i = idx(e);
     if (es.layout.padded[i] == 0) continue;
     nn::ffn_backward_weight<T>(es.saved[i], es.in_grad[i], es.dy[i], cfg.numerics, grads.experts[i]);
   }

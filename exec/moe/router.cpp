@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/nn/linear.h"
 
 namespace tandem::moe {
@@ -31,14 +32,14 @@ void select_token(const RouterConfig& cfg, const T* scores, const T* bias, int32
   thread_local std::vector<T> biased, group_score;
   thread_local std::vector<int> order;
   thread_local std::vector<char> allowed;
-  biased.resize(static_cast<size_t>(E));
+  biased.resize(idx(E));
   for (int e = 0; e < E; ++e) biased[e] = scores[e] + bias[e];
 
-  allowed.assign(static_cast<size_t>(E), 1);
+  allowed.assign(idx(E), 1);
   if (cfg.topk_group < G) {
-    group_score.resize(static_cast<size_t>(G));
+    group_score.resize(idx(G));
     for (int g = 0; g < G; ++g) {
-      const T* b = biased.data() + static_cast<size_t>(g) * per;
+      const T* b = biased.data() + idx(g) * per;
       if (per == 1) {
         group_score[g] = b[0];
         continue;
@@ -55,11 +56,11 @@ void select_token(const RouterConfig& cfg, const T* scores, const T* bias, int32
       }
       group_score[g] = m1 + m2;
     }
-    order.resize(static_cast<size_t>(G));
+    order.resize(idx(G));
     for (int g = 0; g < G; ++g) order[g] = g;
     std::partial_sort(order.begin(), order.begin() + cfg.topk_group, order.end(),
                       Better<T>{group_score.data()});
-    allowed.assign(static_cast<size_t>(E), 0);
+    allowed.assign(idx(E), 0);
     for (int i = 0; i < cfg.topk_group; ++i)
       std::fill_n(allowed.begin() + static_cast<ptrdiff_t>(order[i]) * per, per, char{1});
   }
@@ -79,9 +80,9 @@ Routing select_experts(const RouterConfig& cfg, const Mat<T>& scores, const Vec<
   Routing r;
   r.tokens = static_cast<int>(scores.rows());
   r.top_k = cfg.top_k;
-  r.expert.resize(static_cast<size_t>(r.tokens) * r.top_k);
+  r.expert.resize(idx(r.tokens) * r.top_k);
   for (int t = 0; t < r.tokens; ++t)
-    select_token<T>(cfg, scores.row(t).data(), bias.data(), r.expert.data() + static_cast<size_t>(t) * r.top_k);
+    select_token<T>(cfg, scores.row(t).data(), bias.data(), r.expert.data() + idx(t) * r.top_k);
   return r;
 }
 

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/nn/tensor.h"
 #include "exec/spec/router_config.h"
 #include "models/model_card.h"
@@ -51,7 +52,7 @@ struct Routing {
   int top_k = 0;
   std::vector<int32_t> expert;
 
-  int32_t at(int t, int j) const { return expert[static_cast<size_t>(t) * top_k + j]; }
+  int32_t at(int t, int j) const { return expert[idx(t) * top_k + j]; }
 };
 
 // Selection for one token: scores[n_routed] (unbiased), bias[n_routed] → out[top_k], in rank

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "common/signed_index.h"
 #include "exec/nn/embedding.h"
 #include "exec/nn/head.h"
 #include "exec/nn/loss.h"
@@ -44,10 +45,10 @@ nn::FfnInputGrad<float> rows(const nn::FfnInputGrad<float>& g, int64_t first, in
 void experts_weight_by_source(const BlockContext& c, moe::MoeExpertState<float>& es, BlockGrads& g) {
   const auto& L = es.layout;
   for (int e = 0; e < L.n_local; ++e) {
-    const size_t ei = static_cast<size_t>(e);
+    const size_t ei = idx(e);
     for (int src = 0; src < L.ep; ++src) {
       int64_t first = -1, count = 0;
-      for (const auto& place : L.from[static_cast<size_t>(src)]) {
+      for (const auto& place : L.from[idx(src)]) {
         if (place.expert != e) continue;
         if (first < 0) first = place.row;
         if (place.row != first + count) throw std::logic_error("expert rows of a source are not contiguous");
@@ -56,7 +57,7 @@ void experts_weight_by_source(const BlockContext& c, moe::MoeExpertState<float>&
       if (count == 0) continue;
       nn::ffn_backward_weight<float>(rows(es.saved[ei], first, count), rows(es.in_grad[ei], first, count),
                                      es.dy[ei].middleRows(first, count), num(c),
-                                     g.experts_by_src[static_cast<size_t>(src)][ei]);
+                                     g.experts_by_src[idx(src)][ei]);
     }
   }
   es.saved.clear();

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "common/signed_index.h"
+
 namespace tandem::runtime {
 
 namespace {
@@ -118,7 +120,7 @@ BlockGrads make_block_grads(const ModelSetup&, const BlockParams& p, int sources
     z.shared = zeros_like(p.moe->shared);
     z.first_expert = p.moe->first_expert;
     g.dense.moe = std::move(z);
-    g.experts_by_src.resize(static_cast<size_t>(sources));
+    g.experts_by_src.resize(idx(sources));
     for (auto& src : g.experts_by_src)
       for (const auto& e : p.moe->experts) src.push_back(zeros_like(e));
   }

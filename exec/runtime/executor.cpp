@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/signed_index.h"
 #include "exec/comm/world.h"
 #include "exec/runtime/cpu_backend.h"
 #include "exec/runtime/rank_runner.h"
@@ -32,10 +33,10 @@ double compare_rank(CpuRankRunner& r, const ReferenceStep& ref, const RunSpec& s
   double worst = 0;
   for (HeldStage<CpuBackend>& hs : r.stages()) {
     const CpuBackend::StageData& st = hs.data;
-    const auto& d = ref.dense[static_cast<size_t>(hs.stage)];
+    const auto& d = ref.dense[idx(hs.stage)];
     worst = std::max(worst, rel_err(st.dense_shard_grad,
                                     std::span<const float>(d).subspan(st.dense_offset, st.dense_shard_grad.size())));
-    const auto& x = ref.experts[static_cast<size_t>(hs.stage)][static_cast<size_t>(spec.member_of(r.replica()))];
+    const auto& x = ref.experts[idx(hs.stage)][static_cast<size_t>(spec.member_of(r.replica()))];
     if (!st.expert_shard_grad.empty())
       worst = std::max(worst, rel_err(st.expert_shard_grad,
                                       std::span<const float>(x).subspan(st.expert_offset, st.expert_shard_grad.size())));

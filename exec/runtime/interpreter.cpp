@@ -5,6 +5,8 @@
 #include <mutex>
 #include <thread>
 
+#include "common/signed_index.h"
+
 namespace tandem::runtime {
 
 std::string describe_task(const Task& t) {
@@ -31,7 +33,7 @@ class RankState {
     cv_.wait(lock, [&] {
       if (failed_) return true;
       for (int d : deps)
-        if (!done_[static_cast<size_t>(d)]) return false;
+        if (!done_[idx(d)]) return false;
       return true;
     });
     return !failed_;
@@ -39,7 +41,7 @@ class RankState {
   void finish(int task) {
     {
       std::lock_guard lock(m_);
-      done_[static_cast<size_t>(task)] = 1;
+      done_[idx(task)] = 1;
     }
     cv_.notify_all();
   }

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/moe/balance.h"
 #include "exec/runtime/rank_runner.h"
 
@@ -27,8 +28,8 @@ RankRunner<B>::RankRunner(const RunSpec& spec, int world_rank, Extra&&... extra)
     : spec_(spec), g_(world_rank), p_(spec.pipeline_rank_of(world_rank)), replica_(spec.replica_of(world_rank)),
       ctx_(spec.block_context(spec.setup, spec.member_of(spec.replica_of(world_rank)))),
       be_(spec, world_rank, ctx_, std::forward<Extra>(extra)...) {
-  const auto& tasks = spec_.program.tasks[static_cast<size_t>(p_)];
-  for (int s : spec_.program.rank_stages[static_cast<size_t>(p_)]) {
+  const auto& tasks = spec_.program.tasks[idx(p_)];
+  for (int s : spec_.program.rank_stages[idx(p_)]) {
     HeldStage<B> st;
     st.stage = s;
     for (const Task& t : tasks)
@@ -36,7 +37,7 @@ RankRunner<B>::RankRunner(const RunSpec& spec, int world_rank, Extra&&... extra)
         st.path = t.chunk.path;
         break;
       }
-    const Stage& part = spec_.partition.stages[static_cast<size_t>(s)];
+    const Stage& part = spec_.partition.stages[idx(s)];
     for (size_t b = part.first_block; b < part.end_block; ++b)
       st.params.push_back(make_block_params(spec_.setup, spec_.workload.blocks[b], ctx_.member));
     stages_.push_back(std::move(st));
@@ -67,13 +68,13 @@ void RankRunner<B>::begin_step(int step) {
     q.waiting.clear();
   }
   weights_left_.clear();
-  for (const Task& t : spec_.program.tasks[static_cast<size_t>(p_)])
+  for (const Task& t : spec_.program.tasks[idx(p_)])
     if (rank_runner_detail::is_weight(t.kind)) ++weights_left_[{t.chunk.path, t.chunk.micro_batch, t.chunk.stage, t.block}];
   for (HeldStage<B>& st : stages_) {
     be_.begin_step(st);
     st.routed.assign(st.params.size(), {});
     for (size_t b = 0; b < st.params.size(); ++b)
-      if (st.params[b].moe) st.routed[b].assign(static_cast<size_t>(spec_.setup.card.n_routed_experts), 0);
+      if (st.params[b].moe) st.routed[b].assign(idx(spec_.setup.card.n_routed_experts), 0);
   }
   expert_load_.clear();
 }
@@ -90,7 +91,7 @@ typename RankRunner<B>::ChunkState& RankRunner<B>::chunk(const Chunk& c) {
   std::lock_guard lock(m_);
   auto [it, fresh] = chunks_.try_emplace({c.path, c.micro_batch, c.stage});
   if (fresh) {
-    const Stage& part = spec_.partition.stages[static_cast<size_t>(c.stage)];
+    const Stage& part = spec_.partition.stages[idx(c.stage)];
     it->second.blocks.resize(part.end_block - part.first_block);
   }
   return it->second;
@@ -138,14 +139,14 @@ void RankRunner<B>::run(int task_index, const Task& t) {
   [[maybe_unused]] const auto scope = be_.task_scope(task_index, t);
   switch (t.kind) {
     case TaskKind::pp_send: {
-      const Message& m = spec_.program.schedule.messages[static_cast<size_t>(t.message)];
+      const Message& m = spec_.program.schedule.messages[idx(t.message)];
       ChunkState& cs = chunk(m.chunk);
       be_.send(spec_.world_rank(t.peer, replica_), m.id, m.gradient ? cs.blocks.front().dx : cs.blocks.back().out,
                describe_task(t));
       break;
     }
     case TaskKind::pp_recv: {
-      const Message& m = spec_.program.schedule.messages[static_cast<size_t>(t.message)];
+      const Message& m = spec_.program.schedule.messages[idx(t.message)];
       Tensor x = be_.recv(spec_.world_rank(t.peer, replica_), m.id, spec_.tokens_per_mb(), spec_.setup.card.hidden_size,
                           describe_task(t));
       ChunkState& cs = chunk(t.chunk);
@@ -174,8 +175,8 @@ template <class B>
 void RankRunner<B>::compute_task(const Task& t) {
   const Chunk& c = t.chunk;
   HeldStage<B>& st = held(c.stage);
-  const Stage& part = spec_.partition.stages[static_cast<size_t>(c.stage)];
-  const size_t i = static_cast<size_t>(t.block) - part.first_block;
+  const Stage& part = spec_.partition.stages[idx(c.stage)];
+  const size_t i = idx(t.block) - part.first_block;
   ChunkState& cs = chunk(c);
   State& bs = cs.blocks[i];
   const BlockParams& bp = st.params[i];
@@ -238,8 +239,8 @@ void RankRunner<B>::weight_task(const Task& t) {
     q.waiting.erase(it);
     ++q.next;
     HeldStage<B>& st = held(w.chunk.stage);
-    const Stage& part = spec_.partition.stages[static_cast<size_t>(w.chunk.stage)];
-    const size_t i = static_cast<size_t>(w.block) - part.first_block;
+    const Stage& part = spec_.partition.stages[idx(w.chunk.stage)];
+    const size_t i = idx(w.block) - part.first_block;
     ChunkState& cs = chunk(w.chunk);
     State& bs = cs.blocks[i];
     if (w.kind == TaskKind::mlp_w) be_.mlp_w(st, i, bs);
@@ -298,7 +299,7 @@ void RankRunner<B>::end_of_step_balance() {
 
 template <class B>
 bool RankRunner<B>::rank_holds(int pipeline_rank, int stage) const {
-  const auto& held_here = spec_.program.rank_stages[static_cast<size_t>(pipeline_rank)];
+  const auto& held_here = spec_.program.rank_stages[idx(pipeline_rank)];
   return std::find(held_here.begin(), held_here.end(), stage) != held_here.end();
 }
 

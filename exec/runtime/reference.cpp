@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/signed_index.h"
+
 namespace tandem::runtime {
 
 namespace {
@@ -51,18 +53,18 @@ ReferenceStep run_reference(const RunSpec& spec) {
   const int paths = spec.program.schedule.paths, per_path = spec.micro_batches / paths;
 
   // acc[replica][path][block]
-  std::vector<std::vector<std::vector<BlockGrads>>> acc(static_cast<size_t>(spec.dp));
+  std::vector<std::vector<std::vector<BlockGrads>>> acc(idx(spec.dp));
   ReferenceStep out;
-  out.loss.assign(static_cast<size_t>(spec.dp), std::vector<double>(static_cast<size_t>(spec.micro_batches), 0.0));
+  out.loss.assign(idx(spec.dp), std::vector<double>(idx(spec.micro_batches), 0.0));
   out.balance_loss = out.loss;
   out.mtp_loss = out.loss;
   for (int r = 0; r < spec.dp; ++r) {
-    acc[static_cast<size_t>(r)].resize(static_cast<size_t>(paths));
-    for (auto& per_block : acc[static_cast<size_t>(r)])
+    acc[idx(r)].resize(idx(paths));
+    for (auto& per_block : acc[idx(r)])
       for (const BlockParams& p : params) per_block.push_back(make_block_grads(setup, p, 1));
     for (int mb = 0; mb < spec.micro_batches; ++mb) {
       const MicroBatchData data = synthetic_batch(spec, r, mb);
-      auto& grads = acc[static_cast<size_t>(r)][static_cast<size_t>(mb / per_path)];
+      auto& grads = acc[idx(r)][idx(mb / per_path)];
       std::vector<BlockState> st(blocks.size());
       for (size_t b = 0; b < blocks.size(); ++b) {
         BlockState& s = st[b];
@@ -72,23 +74,23 @@ ReferenceStep run_reference(const RunSpec& spec) {
           case BlockKind::head:
             mlp_f(ctx, params[b], s);
             loss_f(ctx, params[b], s, data);
-            out.loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] = s.loss;
+            out.loss[idx(r)][idx(mb)] = s.loss;
             break;
           case BlockKind::mtp:
             attn_f(ctx, params[b], s, data);
             if (params[b].moe) {
-              out.balance_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.balance_loss;
+              out.balance_loss[idx(r)][idx(mb)] += s.balance_loss;
               dispatch_f(ctx, s, hand_back, "");
             }
             mlp_f(ctx, params[b], s);
             if (params[b].moe) combine_f(ctx, s, hand_back, "");
             loss_f(ctx, params[b], s, data);
-            out.mtp_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.loss;
+            out.mtp_loss[idx(r)][idx(mb)] += s.loss;
             break;
           default:
             attn_f(ctx, params[b], s, data);
             if (params[b].moe) {
-              out.balance_loss[static_cast<size_t>(r)][static_cast<size_t>(mb)] += s.balance_loss;
+              out.balance_loss[idx(r)][idx(mb)] += s.balance_loss;
               dispatch_f(ctx, s, hand_back, "");
             }
             mlp_f(ctx, params[b], s);
@@ -125,7 +127,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
   // the other path), else of its own path.
   const auto& sch = spec.program.schedule;
   auto rank_holds = [&](int prank, int stage) {
-    const auto& h = spec.program.rank_stages[static_cast<size_t>(prank)];
+    const auto& h = spec.program.rank_stages[idx(prank)];
     return std::find(h.begin(), h.end(), stage) != h.end();
   };
   for (size_t b = 0; b < blocks.size(); ++b) {
@@ -135,22 +137,22 @@ ReferenceStep run_reference(const RunSpec& spec) {
       if (blocks[h].kind == BlockKind::head) head = h;
     for (int r = 0; r < spec.dp; ++r)
       for (int path = 0; path < paths; ++path) {
-        auto& mine = acc[static_cast<size_t>(r)][static_cast<size_t>(path)];
+        auto& mine = acc[idx(r)][idx(path)];
         mine[head].dense.lm_head += mine[b].mtp_lm_head;
         const int holder = sch.rank_of(path, stages - 1);
         int target = path;
         if (rank_holds(holder, 0))
           for (int q = 0; q < paths; ++q)
             if (sch.rank_of(q, 0) == holder) target = q;
-        acc[static_cast<size_t>(r)][static_cast<size_t>(target)][0].dense.embed += mine[b].mtp_embed;
+        acc[idx(r)][idx(target)][0].dense.embed += mine[b].mtp_embed;
       }
   }
 
   // The canonical sums, per stage, laid out as the ranks flatten them.
   for (int s = 0; s < stages; ++s) {
-    const Stage& part = spec.partition.stages[static_cast<size_t>(s)];
+    const Stage& part = spec.partition.stages[idx(s)];
     auto stage_grads = [&](int r, int path) {
-      auto& all = acc[static_cast<size_t>(r)][static_cast<size_t>(path)];
+      auto& all = acc[idx(r)][idx(path)];
       return std::vector<BlockGrads>(all.begin() + static_cast<long>(part.first_block),
                                      all.begin() + static_cast<long>(part.end_block));
     };
@@ -164,7 +166,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
       fold_into(dense, std::move(per_replica));
     }
     out.dense.push_back(std::move(dense));
-    std::vector<std::vector<float>> experts(static_cast<size_t>(spec.ep));
+    std::vector<std::vector<float>> experts(idx(spec.ep));
     for (int m = 0; m < spec.ep; ++m)
       for (int group = 0; group < spec.dp / spec.ep; ++group) {
         std::vector<float> per_group;
@@ -176,7 +178,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
           }
           fold_into(per_group, std::move(per_path_sum));
         }
-        fold_into(experts[static_cast<size_t>(m)], std::move(per_group));
+        fold_into(experts[idx(m)], std::move(per_group));
       }
     out.experts.push_back(std::move(experts));
   }

@@ -1,6 +1,7 @@
 #include "exec/runtime/run_spec.h"
 
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "exec/runtime/budget.h"
 #include "scenarios/plan.h"
 
@@ -64,7 +65,7 @@ MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch
       seq.push_back(static_cast<int32_t>(mix(base ^ static_cast<uint64_t>(q * (L + 1) + i)) % vocab));
     d.tokens.insert(d.tokens.end(), seq.begin(), seq.end() - 1);
     d.targets.insert(d.targets.end(), seq.begin() + 1, seq.end());
-    for (int64_t i = 2; i <= L; ++i) d.mtp_targets.push_back(seq[static_cast<size_t>(i)]);
+    for (int64_t i = 2; i <= L; ++i) d.mtp_targets.push_back(seq[idx(i)]);
     d.mtp_targets.push_back(-1);  // the last position of a sequence has no t_{i+2}
   }
   return d;

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/comm/world.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/interpreter.h"
@@ -51,8 +52,8 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
                comm::World& world, const std::optional<ReferenceStep>& ref, const StepHooks<Runner>& hooks,
                ExecResult& result) {
   std::vector<int> all(static_cast<size_t>(spec.world_size()));
-  for (int k = 0; k < spec.world_size(); ++k) all[static_cast<size_t>(k)] = k;
-  const size_t M = static_cast<size_t>(spec.dp) * static_cast<size_t>(spec.micro_batches);
+  for (int k = 0; k < spec.world_size(); ++k) all[idx(k)] = k;
+  const size_t M = idx(spec.dp) * idx(spec.micro_batches);
   std::vector<int64_t> moe_layers;
   for (const Block& b : spec.workload.blocks)
     if (b.kind == BlockKind::moe_layer || (b.kind == BlockKind::mtp && spec.setup.card.is_moe_layer(b.layer)))
@@ -79,14 +80,14 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           if (hooks.timings) timings[i] = hooks.timings(r, std::move(timings[i]));
           // Losses: [replica · micro-batches] per rank, zero where the rank has none; summed later.
           std::vector<double> mine(M, 0.0);
-          for (const auto& [mb, loss] : r.losses()) mine[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(mb)] = loss;
+          for (const auto& [mb, loss] : r.losses()) mine[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
           double err = 0, loss_differs = 0;
           if (ref && step == 1) {
             if (hooks.grad_error) err = hooks.grad_error(r, *ref);
             for (const auto& [mb, loss] : r.losses())
-              if (loss != ref->loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
+              if (loss != ref->loss[static_cast<size_t>(r.replica())][idx(mb)]) loss_differs = 1;
             for (const auto& [mb, loss] : r.mtp_losses())
-              if (loss != ref->mtp_loss[static_cast<size_t>(r.replica())][static_cast<size_t>(mb)]) loss_differs = 1;
+              if (loss != ref->mtp_loss[static_cast<size_t>(r.replica())][idx(mb)]) loss_differs = 1;
           }
           mine.push_back(err);
           mine.push_back(loss_differs);
@@ -98,12 +99,12 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           // Balance loss: [replica · micro-batches] per rank, Σ over the rank's MoE blocks in block order.
           std::vector<double> bal(M, 0.0);
           for (const auto& [key, value] : r.balance_losses())
-            bal[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(key.first)] += value;
+            bal[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(key.first)] += value;
           mine.insert(mine.end(), bal.begin(), bal.end());
           // MTP loss: [replica · micro-batches] per rank, as the losses.
           std::vector<double> mtp(M, 0.0);
           for (const auto& [mb, loss] : r.mtp_losses())
-            mtp[static_cast<size_t>(r.replica()) * static_cast<size_t>(spec.micro_batches) + static_cast<size_t>(mb)] = loss;
+            mtp[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
           mine.insert(mine.end(), mtp.begin(), mtp.end());
           std::vector<double> world_values(mine.size() * all.size());
           c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
@@ -170,14 +171,14 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
       for (size_t i = 0; i < runners.size(); ++i) {
         const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
         for (const TaskTiming& tt : timings[i]) {
-          const Task& t = tasks[static_cast<size_t>(tt.task)];
+          const Task& t = tasks[idx(tt.task)];
           if (t.kind == TaskKind::pp_send) send_start[{spec.replica_of(runners[i]->world_rank()), t.message}] = tt.start;
         }
       }
       for (size_t i = 0; i < runners.size(); ++i) {
         const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
         for (const TaskTiming& tt : timings[i]) {
-          const Task& t = tasks[static_cast<size_t>(tt.task)];
+          const Task& t = tasks[idx(tt.task)];
           TraceEvent e;
           e.gpu = runners[i]->world_rank();
           e.rank = runners[i]->pipeline_rank();

@@ -3,19 +3,21 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
+
 namespace tandem::spec {
 
 DispatchPlan make_dispatch_plan(const EpLayout& layout, int tokens, int top_k, const std::vector<int32_t>& expert) {
-  if (tokens < 0 || top_k <= 0 || expert.size() != static_cast<size_t>(tokens) * static_cast<size_t>(top_k))
+  if (tokens < 0 || top_k <= 0 || expert.size() != idx(tokens) * idx(top_k))
     throw std::invalid_argument("make_dispatch_plan: expert must hold tokens * top_k ids");
   DispatchPlan plan;
   plan.ep = layout.ep;
   plan.tokens = tokens;
   plan.top_k = top_k;
-  plan.to.assign(static_cast<size_t>(layout.ep), {});
+  plan.to.assign(idx(layout.ep), {});
   for (int t = 0; t < tokens; ++t)
     for (int k = 0; k < top_k; ++k) {
-      const int32_t e = expert[static_cast<size_t>(t) * static_cast<size_t>(top_k) + static_cast<size_t>(k)];
+      const int32_t e = expert[idx(t) * idx(top_k) + idx(k)];
       if (e < 0 || e >= layout.n_routed) throw std::invalid_argument("make_dispatch_plan: expert out of range");
       plan.to[static_cast<size_t>(layout.owner(e))].push_back(DispatchRow{t, k, e});
     }
@@ -26,7 +28,7 @@ SegmentLayout make_segment_layout(const EpLayout& layout, int rank, int align,
                                   const std::vector<std::vector<int32_t>>& ids_from) {
   if (rank < 0 || rank >= layout.ep) throw std::invalid_argument("make_segment_layout: rank out of range");
   if (align <= 0) throw std::invalid_argument("make_segment_layout: align must be positive");
-  if (ids_from.size() != static_cast<size_t>(layout.ep))
+  if (ids_from.size() != idx(layout.ep))
     throw std::invalid_argument("make_segment_layout: one id list per source");
   SegmentLayout p;
   p.ep = layout.ep;
@@ -34,7 +36,7 @@ SegmentLayout make_segment_layout(const EpLayout& layout, int rank, int align,
   p.n_local = layout.experts_per_rank();
   p.first_expert = layout.first_expert(rank);
   p.align = align;
-  const auto nl = static_cast<size_t>(p.n_local), ep = static_cast<size_t>(p.ep);
+  const auto nl = idx(p.n_local), ep = idx(p.ep);
   p.rows.assign(nl, 0);
   p.from.assign(ep, {});
   p.src_first.assign(nl, std::vector<int64_t>(ep, 0));
@@ -48,7 +50,7 @@ SegmentLayout make_segment_layout(const EpLayout& layout, int rank, int align,
       if (local < 0 || local >= p.n_local)
         throw std::invalid_argument("make_segment_layout: a row for an expert member " + std::to_string(rank) +
                                     " does not own");
-      const auto l = static_cast<size_t>(local);
+      const auto l = idx(local);
       if (p.src_count[l][s] == 0) p.src_first[l][s] = p.rows[l];
       ++p.src_count[l][s];
       places[i] = {local, static_cast<int32_t>(p.rows[l]++)};

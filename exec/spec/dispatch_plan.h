@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/spec/moe_config.h"
 
 namespace tandem::spec {
@@ -21,7 +22,7 @@ struct DispatchRow {
 struct DispatchPlan {
   int ep = 1, tokens = 0, top_k = 0;
   std::vector<std::vector<DispatchRow>> to;
-  int64_t rows_to(int d) const { return static_cast<int64_t>(to[static_cast<std::size_t>(d)].size()); }
+  int64_t rows_to(int d) const { return static_cast<int64_t>(to[idx(d)].size()); }
 };
 
 // expert: [tokens · top_k] global ids in slot order (token t's slot k at t·top_k + k).

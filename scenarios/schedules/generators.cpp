@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 namespace {
@@ -36,8 +38,8 @@ class RankBuilder {
     return push(s, true, true);
   }
   // A held-back output is sent at the end of the slot that comes last so far.
-  void send_forward_of(int slot) { slots_[static_cast<size_t>(slot)].f_release = last(); }
-  void send_backward_of(int slot) { slots_[static_cast<size_t>(slot)].b_release = last(); }
+  void send_forward_of(int slot) { slots_[idx(slot)].f_release = last(); }
+  void send_backward_of(int slot) { slots_[idx(slot)].b_release = last(); }
   int last() const { return static_cast<int>(slots_.size()) - 1; }
 
  private:
@@ -54,9 +56,9 @@ class RankBuilder {
 }  // namespace
 
 std::vector<std::vector<Slot>> generate_1f1b(int p, int m) {
-  std::vector<std::vector<Slot>> out(static_cast<size_t>(p));
+  std::vector<std::vector<Slot>> out(idx(p));
   for (int r = 0; r < p; ++r) {
-    RankBuilder b(out[static_cast<size_t>(r)]);
+    RankBuilder b(out[idx(r)]);
     const int warmup = std::min(p - r - 1, m);
     for (int i = 0; i < warmup; ++i) b.forward(0);
     for (int i = 0; i < m - warmup; ++i) {
@@ -69,9 +71,9 @@ std::vector<std::vector<Slot>> generate_1f1b(int p, int m) {
 }
 
 std::vector<std::vector<Slot>> generate_zb1p(int p, int m) {
-  std::vector<std::vector<Slot>> out(static_cast<size_t>(p));
+  std::vector<std::vector<Slot>> out(idx(p));
   for (int r = 0; r < p; ++r) {
-    RankBuilder b(out[static_cast<size_t>(r)]);
+    RankBuilder b(out[idx(r)]);
     const int warmup = std::min(p - r - 1, m);
     int pending = 0;
     for (int i = 0; i < warmup; ++i) b.forward(0);
@@ -95,10 +97,10 @@ std::vector<std::vector<Slot>> generate_zb1p(int p, int m) {
 }
 
 std::vector<std::vector<Slot>> generate_dualpipe(int N, int M) {
-  std::vector<std::vector<Slot>> out(static_cast<size_t>(N));
+  std::vector<std::vector<Slot>> out(idx(N));
   const int H = N / 2;
   for (int r = 0; r < N; ++r) {
-    RankBuilder b(out[static_cast<size_t>(r)]);
+    RankBuilder b(out[idx(r)]);
     const int h = std::min(r, N - 1 - r);
     const bool middle = h == H - 1;
 

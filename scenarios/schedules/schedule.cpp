@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "scenarios/schedules/schedule_table.h"
 
 namespace tandem {
@@ -23,7 +24,7 @@ int Schedule::rank_of(int path, int stage) const { return schedule_traits(kind).
 
 std::string Schedule::op_list(int rank) const {
   std::string out;
-  for (const Slot& s : slots[static_cast<size_t>(rank)]) {
+  for (const Slot& s : slots[idx(rank)]) {
     if (!out.empty()) out += " ";
     const std::string f = "F" + std::to_string(s.f.phase), b = std::to_string(s.b.phase);
     switch (s.kind) {
@@ -69,11 +70,11 @@ void link(Schedule& s) {
   for (int r = 0; r < s.ranks; ++r) {
     const std::vector<StageOnPath> held = schedule_traits(s.kind).held(s.ranks, r);  // per phase
     std::vector<int> next_f(held.size(), 0), next_b(held.size(), 0);
-    auto& slots = s.slots[static_cast<size_t>(r)];
+    auto& slots = s.slots[idx(r)];
     for (size_t i = 0; i < slots.size(); ++i) {
       Slot& sl = slots[i];
       auto fill = [&](Chunk& c, std::vector<int>& next) {
-        const size_t phase = static_cast<size_t>(c.phase);
+        const size_t phase = idx(c.phase);
         c.path = held[phase].path;
         c.stage = held[phase].stage;
         c.micro_batch = c.path * s.per_path() + next[phase]++;
@@ -86,13 +87,13 @@ void link(Schedule& s) {
   for (int r = 0; r < s.ranks; ++r) {
     std::vector<Chunk> fifo;
     size_t head = 0;
-    for (Slot& sl : s.slots[static_cast<size_t>(r)]) {
+    for (Slot& sl : s.slots[idx(r)]) {
       if (sl.kind == SlotKind::Bx) fifo.push_back(sl.b);
       if (sl.kind == SlotKind::W) sl.b = head < fifo.size() ? fifo[head++] : Chunk{0, -1, 0, 0};
     }
   }
   for (int r = 0; r < s.ranks; ++r) {
-    auto& slots = s.slots[static_cast<size_t>(r)];
+    auto& slots = s.slots[idx(r)];
     for (size_t i = 0; i < slots.size(); ++i) {
       const Slot& sl = slots[i];
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB)

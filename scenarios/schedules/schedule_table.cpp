@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/signed_index.h"
 #include "scenarios/schedules/generators.h"
 
 namespace tandem {
@@ -121,7 +122,7 @@ const ScheduleTraits kDualPipeV{
     .generate =
         [](int ranks, int micro_batches) {
           std::vector<std::vector<Slot>> slots = generate_dualpipe(2 * ranks, micro_batches);
-          slots.resize(static_cast<size_t>(ranks));
+          slots.resize(idx(ranks));
           return slots;
         },
     // Rank r holds 2N - r on the way down and r + 1 on the way up (its stages are half as deep).

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/signed_index.h"
+
 namespace tandem {
 
 double UnitCosts::duration(SlotKind k) const {
@@ -25,13 +27,13 @@ UnitCostRun run_unit_costs(const Schedule& s, const UnitCosts& c) {
 }
 
 UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
-  const size_t R = static_cast<size_t>(s.ranks);
+  const size_t R = idx(s.ranks);
   UnitCostRun run;
   run.timeline.resize(R);
   std::vector<std::vector<const Message*>> needs(R);  // per rank, per slot: messages needed
   std::vector<std::vector<std::vector<const Message*>>> by_slot(R);
   for (size_t r = 0; r < R; ++r) by_slot[r].resize(s.slots[r].size());
-  for (const Message& m : s.messages) by_slot[static_cast<size_t>(m.to_rank)][static_cast<size_t>(m.to_slot)].push_back(&m);
+  for (const Message& m : s.messages) by_slot[idx(m.to_rank)][idx(m.to_slot)].push_back(&m);
 
   std::vector<size_t> next(R, 0);
   std::vector<double> free_at(R, 0);
@@ -48,7 +50,7 @@ UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
         double ready = free_at[r];
         bool blocked = false;
         for (const Message* m : by_slot[r][i]) {
-          const SlotTiming& t = run.timeline[static_cast<size_t>(m->from_rank)][static_cast<size_t>(m->from_slot)];
+          const SlotTiming& t = run.timeline[idx(m->from_rank)][idx(m->from_slot)];
           if (t.end == unknown) {
             blocked = true;
             break;
@@ -80,7 +82,7 @@ UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
     std::vector<int> live_by_phase;
     std::vector<int>& peak_by_phase = run.peak_by_phase.emplace_back();
     auto count = [&](const Chunk& c, int change) {
-      const size_t phase = static_cast<size_t>(c.phase);
+      const size_t phase = idx(c.phase);
       if (phase >= live_by_phase.size()) {
         live_by_phase.resize(phase + 1, 0);
         peak_by_phase.resize(phase + 1, 0);

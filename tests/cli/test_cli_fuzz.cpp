@@ -32,9 +32,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/signed_index.h"
 #include "common/subprocess.h"
 #include "../temp_dir.h"
 #include "../test_paths.h"
+
+using tandem::idx;
 
 using tandem::test::repo;
 
@@ -272,14 +275,14 @@ TEST_CASE("fuzz: random command lines keep the CLI's contract", "[cli_fuzz]") {
   // Card cases name the file of the worker that runs them: worker w runs cases w, w + jobs, ...
   std::vector<Case> all;
   for (long i = 0; i < cases; ++i)
-    all.push_back(random_case(rng, scratch[static_cast<size_t>(i % jobs)] + "/case.yaml", scratch[static_cast<size_t>(i % jobs)]));
+    all.push_back(random_case(rng, scratch[idx(i % jobs)] + "/case.yaml", scratch[idx(i % jobs)]));
   const bool measure = have_time_tool();
   std::vector<Outcome> outcomes(all.size());
   std::vector<std::thread> workers;
   for (long w = 0; w < jobs; ++w)
     workers.emplace_back([&, w] {
-      for (size_t i = static_cast<size_t>(w); i < all.size(); i += static_cast<size_t>(jobs))
-        outcomes[i] = run_case(all[i], scratch[static_cast<size_t>(w)], measure);
+      for (size_t i = idx(w); i < all.size(); i += idx(jobs))
+        outcomes[i] = run_case(all[i], scratch[idx(w)], measure);
     });
   for (auto& t : workers) t.join();
 

@@ -45,6 +45,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/attention.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
@@ -373,7 +374,7 @@ Tensors run_gpu(const Inputs& in, std::size_t core_budget, cu::Numerics num = cu
   auto x = to_device(flat(in.x));
   auto dy = to_device(flat(in.dy));
   const int M = static_cast<int>(in.x.rows());
-  cu::DeviceBuffer<float> out(static_cast<std::size_t>(M) * in.c.hidden);
+  cu::DeviceBuffer<float> out(idx(M) * in.c.hidden);
   gputest::sync_device("uploads");  // they ran on the legacy stream
 
   cu::MlaDevice mla((in.c), blas, lin, core_budget);

@@ -49,6 +49,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/linear.h"
@@ -61,6 +62,8 @@
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
 #include "tests/test_paths.h"
+
+using tandem::idx;
 
 namespace {
 
@@ -111,9 +114,9 @@ rt::MicroBatchData make_batch(int vocab, int micro_batch) {
     std::vector<int32_t> s(kSeqLen + 2);
     for (int32_t& t : s) t = tok(rng);
     for (int i = 0; i < kSeqLen; ++i) {
-      d.tokens.push_back(s[static_cast<std::size_t>(i)]);
-      d.targets.push_back(s[static_cast<std::size_t>(i) + 1]);
-      d.mtp_targets.push_back(i == kSeqLen - 1 ? -1 : s[static_cast<std::size_t>(i) + 2]);
+      d.tokens.push_back(s[idx(i)]);
+      d.targets.push_back(s[idx(i) + 1]);
+      d.mtp_targets.push_back(i == kSeqLen - 1 ? -1 : s[idx(i) + 2]);
     }
   }
   return d;
@@ -337,7 +340,7 @@ RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& par
 
     for (const rt::BlockParams& p : params) r.grads.push_back(rt::make_block_grads(*ctx.setup, p, 1));
     dev.grads().download(*ctx.setup, r.grads, compute.get());
-    const std::size_t vh = static_cast<std::size_t>(ctx.setup->card.vocab_size * ctx.setup->card.hidden_size);
+    const std::size_t vh = idx(ctx.setup->card.vocab_size * ctx.setup->card.hidden_size);
     r.mtp_embed = to_host(dev.mtp_embed_grad(n - 1), vh);
     r.mtp_lm_head = to_host(dev.mtp_lm_head_grad(n - 1), vh);
   }

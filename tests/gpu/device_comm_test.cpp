@@ -28,6 +28,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/comm/comm_error.h"
 #include "exec/comm/in_process.h"
 #include "exec/cuda/cuda_check.h"
@@ -35,6 +36,8 @@
 #include "exec/cuda/nccl_comm.h"
 #include "exec/cuda/virtual_ranks.h"
 #include "tests/gpu/gpu_check.h"
+
+using tandem::idx;
 
 namespace {
 
@@ -75,11 +78,11 @@ struct RankLog {
 
 // Runs body(rank, log) on one thread per rank, then reports every rank's failures and exceptions.
 void on_ranks(int n, const std::string& what, const std::function<void(int, RankLog&)>& body) {
-  std::vector<RankLog> logs(static_cast<std::size_t>(n));
+  std::vector<RankLog> logs(idx(n));
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
     threads.emplace_back([&, r] {
-      RankLog& log = logs[static_cast<std::size_t>(r)];
+      RankLog& log = logs[idx(r)];
       try {
         body(r, log);
       } catch (const std::exception& e) {
@@ -89,7 +92,7 @@ void on_ranks(int n, const std::string& what, const std::function<void(int, Rank
   }
   for (std::thread& t : threads) t.join();
   for (int r = 0; r < n; ++r) {
-    for (const std::string& f : logs[static_cast<std::size_t>(r)].failures) {
+    for (const std::string& f : logs[idx(r)].failures) {
       expect(false, what + ": rank " + std::to_string(r) + ": " + f);
     }
   }
@@ -145,7 +148,7 @@ void check_pp_ring(cu::VirtualRankWorld& world) {
     };
     const std::vector<Msg> sends = {{0, 0}, {1, 0}, {2, 0}, {5, 0}, {5, 1}};
     auto bytes_of = [](int from, Msg m) -> std::size_t {
-      return 1000 + 37 * static_cast<std::size_t>(m.tag) + 101 * static_cast<std::size_t>(from) + 13 * m.k;
+      return 1000 + 37 * idx(m.tag) + 101 * idx(from) + 13 * m.k;
     };
     auto seed_of = [](int from, Msg m) -> uint64_t { return static_cast<uint64_t>(from * 1000 + m.tag * 10 + m.k); };
     // One send buffer for all: refilled and then scribbled over on the stream right after each send,
@@ -229,9 +232,9 @@ std::vector<std::vector<float>> host_reduce_scatter(const std::vector<int>& grou
   for (int r = 0; r < kRanks; ++r) {
     threads.emplace_back([&, r] {
       const std::size_t self = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
-      std::vector<float>& o = out[static_cast<std::size_t>(r)];
+      std::vector<float>& o = out[idx(r)];
       o.assign(counts[self], 0.0f);
-      host.comm(r).reduce_scatter_sum(group, inputs[static_cast<std::size_t>(r)].data(), o.data(), counts,
+      host.comm(r).reduce_scatter_sum(group, inputs[idx(r)].data(), o.data(), counts,
                                       "host reduce_scatter");
     });
   }
@@ -267,7 +270,7 @@ void check_reduce_scatter(cu::VirtualRankWorld& world) {
       cu::DeviceCommunicator& c = world.comm(r);
       Stream st;
       const std::size_t self = static_cast<std::size_t>(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
-      auto d_in = upload(inputs[static_cast<std::size_t>(r)], st.s);
+      auto d_in = upload(inputs[idx(r)], st.s);
       DeviceBuffer<float> d_out(cs.counts[self]);
       float* out = cs.in_place ? d_in.get() + off[self] : d_out.get();
       c.reduce_scatter_sum(cs.group, d_in.get(), out, cs.counts, "dp_reduce_scatter", st.s);
@@ -276,7 +279,7 @@ void check_reduce_scatter(cu::VirtualRankWorld& world) {
       if (!got.empty()) {
         cu::check(cudaMemcpy(got.data(), out, got.size() * sizeof(float), cudaMemcpyDeviceToHost), "download");
       }
-      log.want(same_bits(got, want[static_cast<std::size_t>(r)]), "bit-identical to the host in-process world");
+      log.want(same_bits(got, want[idx(r)]), "bit-identical to the host in-process world");
       if (!got.empty()) log.want(got[0] == 1.0f, "group order (1e8 + 1 - 1e8 + 1 = 1), got " + std::to_string(got[0]));
     });
   }
@@ -295,7 +298,7 @@ void check_all_gather(cu::VirtualRankWorld& world) {
     cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
     cu::DeviceCommunicator& c = world.comm(r);
     Stream st;
-    const std::size_t self = static_cast<std::size_t>(r);
+    const std::size_t self = idx(r);
     auto d_in = upload(pattern(bytes[self], static_cast<uint64_t>(500 + r)), st.s);
     DeviceBuffer<uint8_t> d_out(off.back());
     c.all_gather_v(group, d_in.get(), d_out.get(), bytes, "dp_all_gather", st.s);
@@ -335,14 +338,14 @@ void check_sub_groups(cu::VirtualRankWorld& world) {
   const std::vector<int> pair = {3, 1};
   const std::vector<std::size_t> counts = {100, 77};
   std::vector<std::vector<float>> inputs(kRanks);
-  for (int r : pair) inputs[static_cast<std::size_t>(r)] = grad_data(177, static_cast<uint32_t>(77 + r));
+  for (int r : pair) inputs[idx(r)] = grad_data(177, static_cast<uint32_t>(77 + r));
   on_ranks(kRanks, "sub-groups", [&](int r, RankLog& log) {
     cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
     cu::DeviceCommunicator& c = world.comm(r);
     Stream st;
     if (r == 1 || r == 3) {
       const std::size_t self = r == 3 ? 0 : 1;
-      const std::vector<float>& in = inputs[static_cast<std::size_t>(r)];
+      const std::vector<float>& in = inputs[idx(r)];
       auto d_in = upload(in, st.s);
       DeviceBuffer<float> d_out(counts[self]);
       c.reduce_scatter_sum(pair, d_in.get(), d_out.get(), counts, "dp_rs {3,1}", st.s);
@@ -417,7 +420,7 @@ void check_back_to_back(cu::VirtualRankWorld& world) {
     try {
       cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
       for (int i = 0; i < kMessages; ++i) {
-        world.comm(1).recv(0, 100, recv_all.get() + static_cast<std::size_t>(i) * kBytes, kBytes, "pp_recv burst",
+        world.comm(1).recv(0, 100, recv_all.get() + idx(i) * kBytes, kBytes, "pp_recv burst",
                            s1.s);
       }
       s1.sync();
@@ -434,7 +437,7 @@ void check_back_to_back(cu::VirtualRankWorld& world) {
   const std::vector<uint8_t> got = to_host(recv_all);
   int wrong = 0;
   for (int i = 0; i < kMessages; ++i) {
-    const std::size_t at = static_cast<std::size_t>(i) * kBytes;
+    const std::size_t at = idx(i) * kBytes;
     const auto v = static_cast<uint8_t>(i & 0xff);
     if (got[at] != v || got[at + kBytes / 2] != v || got[at + kBytes - 1] != v) ++wrong;
   }
@@ -544,8 +547,8 @@ void check_nccl_comm() {
     cu::NcclLocalWorld world({}, with_timeout(30s));
     const int n = world.size();
     std::printf("%s\n", world.describe().c_str());
-    std::vector<int> all(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i) all[static_cast<std::size_t>(i)] = i;
+    std::vector<int> all(idx(n));
+    for (int i = 0; i < n; ++i) all[idx(i)] = i;
     on_ranks(n, "nccl", [&](int r, RankLog& log) {
       cu::NcclCommunicator& c = world.comm(r);
       cu::check(cudaSetDevice(c.device()), "cudaSetDevice");
@@ -578,20 +581,20 @@ void check_nccl_comm() {
       log.want(to_host(rb) == pattern(77, static_cast<uint64_t>(partner * 10 + 4)), "send/recv tag 4");
 
       // --- all_to_all_v over the world: member d gets 16*(r+1) + 4*d bytes, except r == d+1 gets none.
-      auto a2a_bytes = [](int s, int d) -> std::size_t { return s == d + 1 ? 0 : 16 * static_cast<std::size_t>(s + 1) + 4 * d; };
-      std::vector<std::size_t> ss(static_cast<std::size_t>(n)), rs(static_cast<std::size_t>(n));
-      for (int d = 0; d < n; ++d) ss[static_cast<std::size_t>(d)] = a2a_bytes(r, d);
+      auto a2a_bytes = [](int s, int d) -> std::size_t { return s == d + 1 ? 0 : 16 * idx(s + 1) + 4 * d; };
+      std::vector<std::size_t> ss(idx(n)), rs(idx(n));
+      for (int d = 0; d < n; ++d) ss[idx(d)] = a2a_bytes(r, d);
       c.all_to_all_counts(all, ss, rs, "counts");
       const std::vector<std::size_t> so = offsets_of(ss), ro = offsets_of(rs);
       std::vector<uint8_t> hs(so.back());
       for (int d = 0; d < n; ++d) {
-        const std::vector<uint8_t> p = pattern(ss[static_cast<std::size_t>(d)], static_cast<uint64_t>(r * 100 + d));
-        std::copy(p.begin(), p.end(), hs.begin() + static_cast<std::ptrdiff_t>(so[static_cast<std::size_t>(d)]));
+        const std::vector<uint8_t> p = pattern(ss[idx(d)], static_cast<uint64_t>(r * 100 + d));
+        std::copy(p.begin(), p.end(), hs.begin() + static_cast<std::ptrdiff_t>(so[idx(d)]));
       }
       auto ds = upload(hs, st.s);
       DeviceBuffer<uint8_t> dr(ro.back());
-      std::vector<comm::ConstBytes> sb(static_cast<std::size_t>(n));
-      std::vector<comm::MutableBytes> rbuf(static_cast<std::size_t>(n));
+      std::vector<comm::ConstBytes> sb(idx(n));
+      std::vector<comm::MutableBytes> rbuf(idx(n));
       for (std::size_t i = 0; i < sb.size(); ++i) {
         sb[i] = {ds.get() + so[i], ss[i]};
         rbuf[i] = {dr.get() + ro[i], rs[i]};
@@ -601,8 +604,8 @@ void check_nccl_comm() {
       const std::vector<uint8_t> got = to_host(dr);
       for (int s = 0; s < n; ++s) {
         const std::vector<uint8_t> p = pattern(a2a_bytes(s, r), static_cast<uint64_t>(s * 100 + r));
-        log.want(rs[static_cast<std::size_t>(s)] == p.size() &&
-                     std::equal(p.begin(), p.end(), got.begin() + static_cast<std::ptrdiff_t>(ro[static_cast<std::size_t>(s)])),
+        log.want(rs[idx(s)] == p.size() &&
+                     std::equal(p.begin(), p.end(), got.begin() + static_cast<std::ptrdiff_t>(ro[idx(s)])),
                  "all_to_all_v from rank " + std::to_string(s));
       }
 
@@ -610,12 +613,12 @@ void check_nccl_comm() {
       std::vector<int> reversed(all.rbegin(), all.rend());
       for (int pass = 0; pass < 2; ++pass) {
         const std::vector<int>& group = pass == 0 ? all : reversed;
-        std::vector<std::size_t> counts(static_cast<std::size_t>(n));
-        for (int i = 0; i < n; ++i) counts[static_cast<std::size_t>(i)] = pass == 0 ? 256 : 100 + 37 * static_cast<std::size_t>(i);
+        std::vector<std::size_t> counts(idx(n));
+        for (int i = 0; i < n; ++i) counts[idx(i)] = pass == 0 ? 256 : 100 + 37 * idx(i);
         const std::vector<std::size_t> off = offsets_of(counts);
         const std::size_t self = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
         std::vector<std::vector<float>> ins;
-        for (int m = 0; m < n; ++m) ins.push_back(grad_data(off.back(), static_cast<uint32_t>(pass * 1000 + group[static_cast<std::size_t>(m)])));
+        for (int m = 0; m < n; ++m) ins.push_back(grad_data(off.back(), static_cast<uint32_t>(pass * 1000 + group[idx(m)])));
         const std::vector<float>& mine = ins[self];
         auto d_in = upload(mine, st.s);
         DeviceBuffer<float> d_out(counts[self]);
@@ -630,8 +633,8 @@ void check_nccl_comm() {
           float acc = ins[0][off[self] + k];
           double mag = std::fabs(acc);
           for (int m = 1; m < n; ++m) {
-            acc += ins[static_cast<std::size_t>(m)][off[self] + k];
-            mag += std::fabs(ins[static_cast<std::size_t>(m)][off[self] + k]);
+            acc += ins[idx(m)][off[self] + k];
+            mag += std::fabs(ins[idx(m)][off[self] + k]);
           }
           ref[k] = acc;
           const double bound = 2.0 * (n - 1) * std::ldexp(1.0, -24) * mag;
@@ -644,28 +647,28 @@ void check_nccl_comm() {
       }
 
       // --- all_gather_v: unequal, then equal in place.
-      std::vector<std::size_t> gb(static_cast<std::size_t>(n));
-      for (int i = 0; i < n; ++i) gb[static_cast<std::size_t>(i)] = 10 + 3 * static_cast<std::size_t>(i);
+      std::vector<std::size_t> gb(idx(n));
+      for (int i = 0; i < n; ++i) gb[idx(i)] = 10 + 3 * idx(i);
       const std::vector<std::size_t> goff = offsets_of(gb);
-      auto d_mine = upload(pattern(gb[static_cast<std::size_t>(r)], static_cast<uint64_t>(700 + r)), st.s);
+      auto d_mine = upload(pattern(gb[idx(r)], static_cast<uint64_t>(700 + r)), st.s);
       DeviceBuffer<uint8_t> d_all(goff.back());
       c.all_gather_v(all, d_mine.get(), d_all.get(), gb, "ag unequal", st.s);
       const std::size_t eq = 512;
-      DeviceBuffer<uint8_t> d_eq(eq * static_cast<std::size_t>(n));
+      DeviceBuffer<uint8_t> d_eq(eq * idx(n));
       const std::vector<uint8_t> own = pattern(eq, static_cast<uint64_t>(800 + r));
-      cu::check(cudaMemcpyAsync(d_eq.get() + eq * static_cast<std::size_t>(r), own.data(), eq, cudaMemcpyHostToDevice,
+      cu::check(cudaMemcpyAsync(d_eq.get() + eq * idx(r), own.data(), eq, cudaMemcpyHostToDevice,
                                 st.s),
                 "upload");
-      c.all_gather(all, d_eq.get() + eq * static_cast<std::size_t>(r), eq, d_eq.get(), "ag equal in place", st.s);
+      c.all_gather(all, d_eq.get() + eq * idx(r), eq, d_eq.get(), "ag equal in place", st.s);
       c.barrier(all, "barrier", st.s);
       st.sync();
       const std::vector<uint8_t> gall = to_host(d_all), geq = to_host(d_eq);
       for (int s = 0; s < n; ++s) {
-        const std::vector<uint8_t> p = pattern(gb[static_cast<std::size_t>(s)], static_cast<uint64_t>(700 + s));
+        const std::vector<uint8_t> p = pattern(gb[idx(s)], static_cast<uint64_t>(700 + s));
         const std::vector<uint8_t> q = pattern(eq, static_cast<uint64_t>(800 + s));
-        log.want(std::equal(p.begin(), p.end(), gall.begin() + static_cast<std::ptrdiff_t>(goff[static_cast<std::size_t>(s)])),
+        log.want(std::equal(p.begin(), p.end(), gall.begin() + static_cast<std::ptrdiff_t>(goff[idx(s)])),
                  "all_gather_v slot " + std::to_string(s));
-        log.want(std::equal(q.begin(), q.end(), geq.begin() + static_cast<std::ptrdiff_t>(eq * static_cast<std::size_t>(s))),
+        log.want(std::equal(q.begin(), q.end(), geq.begin() + static_cast<std::ptrdiff_t>(eq * idx(s))),
                  "all_gather in place slot " + std::to_string(s));
       }
 

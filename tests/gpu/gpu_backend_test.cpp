@@ -26,6 +26,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/lt_gemm.h"
@@ -57,7 +58,7 @@ using tandem::gputest::to_host;
 std::vector<float> make_input(int rows, int cols, int kind, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> n01(0.0f, 1.0f);
-  std::vector<float> x(static_cast<std::size_t>(rows) * cols);
+  std::vector<float> x(idx(rows) * cols);
   for (auto& v : x) v = n01(rng);
   const float inf = INFINITY;
   switch (kind) {
@@ -67,7 +68,7 @@ std::vector<float> make_input(int rows, int cols, int kind, uint32_t seed) {
     case 2:  // edge values: zero tiles, subnormal tiles, huge, Inf, NaN, ties
       for (int r = 0; r < rows; ++r) {
         for (int c = 0; c < cols; ++c) {
-          float& v = x[static_cast<std::size_t>(r) * cols + c];
+          float& v = x[idx(r) * cols + c];
           if (c < 128 && r < 64) v = 0.0f;                                   // zero tiles
           else if (c >= 128 && c < 256) v *= 1e-40f;                        // float subnormals
           else if (c >= 256 && c < 384 && r % 2 == 0) v *= 3e38f / 4.0f;    // near FLT_MAX
@@ -199,7 +200,7 @@ DevOp upload(const fp8::BlockFp8& q) {
 std::vector<float> run_and_compare(cu::LtFp8Gemm& lt, const DevOp& a, const DevOp& b, const std::vector<double>& ref64,
                                    const std::vector<float>& cpu_bf16, const std::string& tag, int sm_target = 0) {
   const int m = a.op.rows, n = b.op.rows;
-  const std::size_t mn = static_cast<std::size_t>(m) * n;
+  const std::size_t mn = idx(m) * n;
   cu::DeviceBuffer<float> d32(mn);
   cu::DeviceBuffer<uint16_t> d16(mn);
   cu::LtGemmOptions o;
@@ -235,7 +236,7 @@ void check_gemm(bool sm_target_only) {
     const fp8::RowwiseFp8 xq = fp8::quantize_rowwise(x.data(), m, k);
     const fp8::BlockFp8 wq = fp8::quantize_blocks(w.data(), n, k);
     const DevOp gx = upload(xq), gw = upload(wq);
-    std::vector<float> cpu(static_cast<std::size_t>(m) * n);
+    std::vector<float> cpu(idx(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
     const std::vector<double> ref = gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v;
     if (sm_target_only) {
@@ -255,7 +256,7 @@ void check_gemm(bool sm_target_only) {
     DevOp gwt{cu::DeviceBuffer<uint8_t>(wtq.data.size()), cu::DeviceBuffer<float>(wtq.scales.size()), {}};
     cu::transpose_blocks(gw.data.get(), gw.scales.get(), n, k, gwt.data.get(), gwt.scales.get(), nullptr);
     gwt.op = {gwt.data.get(), gwt.scales.get(), k, n, cu::ScaleMode::blk128x128};
-    std::vector<float> cpu_d(static_cast<std::size_t>(m) * k);
+    std::vector<float> cpu_d(idx(m) * k);
     fp8::gemm_vec128_blk128(dyq, wtq, cpu_d.data(), true);
     run_and_compare(lt, gdy, gwt, gemm_abt64(fp8::dequantize(dyq), fp8::dequantize(wtq), m, k, n).v, cpu_d,
                     "dgrad " + shape);
@@ -263,7 +264,7 @@ void check_gemm(bool sm_target_only) {
     // wgrad: dW[N, K] = dyᵀ · x, both quantised columnwise (1x128 along the M tokens).
     const fp8::RowwiseFp8 dyc = fp8::quantize_columnwise(dy.data(), m, n), xc = fp8::quantize_columnwise(x.data(), m, k);
     const DevOp gdyc = upload(dyc), gxc = upload(xc);
-    std::vector<float> cpu_w(static_cast<std::size_t>(n) * k);
+    std::vector<float> cpu_w(idx(n) * k);
     fp8::gemm_vec128_vec128(dyc, xc, cpu_w.data(), true);
     run_and_compare(lt, gdyc, gxc, gemm_abt64(fp8::dequantize(dyc), fp8::dequantize(xc), n, k, m).v, cpu_w,
                     "wgrad " + shape);
@@ -294,10 +295,10 @@ void check_gemm(bool sm_target_only) {
     lt.grouped(ao, bo, dp, o, nullptr);
     for (std::size_t g = 0; g < rows.size(); ++g) {
       if (rows[g] == 0) continue;
-      cu::DeviceBuffer<float> single(static_cast<std::size_t>(rows[g]) * n);
+      cu::DeviceBuffer<float> single(idx(rows[g]) * n);
       lt.gemm(ao[g], bo[g], single.get(), o, nullptr);
       sync_device("grouped");
-      const std::size_t cnt = static_cast<std::size_t>(rows[g]) * n;
+      const std::size_t cnt = idx(rows[g]) * n;
       expect(same_bits(to_host(ds[g], cnt), to_host(single, cnt)), "grouped group " + std::to_string(g) + " == single GEMM");
     }
     std::printf("grouped: %zu cached shapes\n", lt.cached_shapes());
@@ -309,7 +310,7 @@ void check_gemm(bool sm_target_only) {
     const std::vector<float> x = make_input(m, k, 0, 7), w = make_input(n, k, 0, 8);
     const fp8::RowwiseFp8 xq = fp8::quantize_rowwise(x.data(), m, k);
     const fp8::BlockFp8 wq = fp8::quantize_blocks(w.data(), n, k);
-    std::vector<float> cpu(static_cast<std::size_t>(m) * n);
+    std::vector<float> cpu(idx(m) * n);
     fp8::gemm_vec128_blk128(xq, wq, cpu.data(), true);
     const int before = tandem::gputest::failure_count();
     run_and_compare(lt, upload(xq), upload(wq), gemm_abt64(fp8::dequantize(xq), fp8::dequantize(wq), m, n, k).v, cpu,
@@ -325,19 +326,19 @@ void check_kernels() {
   const int rows = 37, width = 300;
   const std::vector<float> gu = make_input(rows, 2 * width, 0, 5), dout = make_input(rows, width, 0, 6);
   auto dgu_in = to_device(gu), ddout = to_device(dout);
-  cu::DeviceBuffer<float> h(static_cast<std::size_t>(rows) * width), dgu(gu.size());
+  cu::DeviceBuffer<float> h(idx(rows) * width), dgu(gu.size());
   cu::swiglu_forward(dgu_in.get(), rows, width, h.get(), nullptr);
   cu::swiglu_backward(dgu_in.get(), ddout.get(), rows, width, dgu.get(), nullptr);
   const std::vector<float> gh = to_host(h, h.size()), gd = to_host(dgu, dgu.size());
   double worst = 0;
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < width; ++j) {
-      const double g = gu[static_cast<std::size_t>(r) * 2 * width + j], u = gu[static_cast<std::size_t>(r) * 2 * width + width + j];
+      const double g = gu[idx(r) * 2 * width + j], u = gu[idx(r) * 2 * width + width + j];
       const double sig = 1.0 / (1.0 + std::exp(-g)), silu = g * sig, ds = sig * (1 + g * (1 - sig));
-      const double d = dout[static_cast<std::size_t>(r) * width + j];
+      const double d = dout[idx(r) * width + j];
       const double want[3] = {silu * u, d * u * ds, d * silu};
-      const double got[3] = {gh[static_cast<std::size_t>(r) * width + j], gd[static_cast<std::size_t>(r) * 2 * width + j],
-                             gd[static_cast<std::size_t>(r) * 2 * width + width + j]};
+      const double got[3] = {gh[idx(r) * width + j], gd[idx(r) * 2 * width + j],
+                             gd[idx(r) * 2 * width + width + j]};
       for (int q = 0; q < 3; ++q) worst = std::max(worst, std::fabs(got[q] - want[q]) / (std::fabs(want[q]) + 1e-6));
     }
   std::printf("swiglu: worst relative error %.2e\n", worst);
@@ -357,8 +358,8 @@ void check_kernels() {
     std::vector<double> dw64(hdim, 0.0);
     double ey = 0, edx = 0, edw = 0;
     for (int i = 0; i < m; ++i) {
-      const float* xi = xs.data() + static_cast<std::size_t>(i) * hdim;
-      const float* dyi = dys.data() + static_cast<std::size_t>(i) * hdim;
+      const float* xi = xs.data() + idx(i) * hdim;
+      const float* dyi = dys.data() + idx(i) * hdim;
       double ss = 0;
       for (int j = 0; j < hdim; ++j) ss += static_cast<double>(xi[j]) * xi[j];
       const double r = 1.0 / std::sqrt(ss / hdim + eps);
@@ -366,7 +367,7 @@ void check_kernels() {
       for (int j = 0; j < hdim; ++j) dot += (static_cast<double>(ws[j]) * dyi[j]) * (xi[j] * r);
       const double mean = dot / hdim;
       for (int j = 0; j < hdim; ++j) {
-        const std::size_t q = static_cast<std::size_t>(i) * hdim + j;
+        const std::size_t q = idx(i) * hdim + j;
         const double want_y = ws[j] * (xi[j] * r), want_dx = r * (ws[j] * dyi[j] - (xi[j] * r) * mean);
         ey = std::max(ey, std::fabs(y[q] - want_y) / (std::fabs(want_y) + 1e-3));
         edx = std::max(edx, std::fabs(dxv[q] - want_dx) / (std::fabs(want_dx) + 1e-3));
@@ -381,28 +382,28 @@ void check_kernels() {
   // Permutation into a 128-row-padded segment and back (top-2 combine).
   const int tokens = 50, cols = 96, k = 2;
   const std::vector<float> x = make_input(tokens, cols, 0, 9);
-  std::vector<int32_t> src_row(256, -1), row(static_cast<std::size_t>(tokens) * k);
+  std::vector<int32_t> src_row(256, -1), row(idx(tokens) * k);
   std::vector<float> weight(row.size());
   for (int t = 0; t < tokens; ++t) {
     src_row[t] = t;            // expert 0 segment: rows 0..49, padded to 128
     src_row[128 + t] = tokens - 1 - t;  // expert 1 segment, reversed
-    row[static_cast<std::size_t>(t) * k] = t;
-    row[static_cast<std::size_t>(t) * k + 1] = t % 3 == 0 ? -1 : 128 + (tokens - 1 - t);
-    weight[static_cast<std::size_t>(t) * k] = 0.25f + 0.01f * t;
-    weight[static_cast<std::size_t>(t) * k + 1] = 0.5f;
+    row[idx(t) * k] = t;
+    row[idx(t) * k + 1] = t % 3 == 0 ? -1 : 128 + (tokens - 1 - t);
+    weight[idx(t) * k] = 0.25f + 0.01f * t;
+    weight[idx(t) * k + 1] = 0.5f;
   }
   auto dx = to_device(x);
   auto dsrc = to_device(src_row), drow = to_device(row);
   auto dw = to_device(weight);
-  cu::DeviceBuffer<float> perm(256 * static_cast<std::size_t>(cols)), comb(static_cast<std::size_t>(tokens) * cols);
+  cu::DeviceBuffer<float> perm(256 * idx(cols)), comb(idx(tokens) * cols);
   cu::gather_rows(dx.get(), dsrc.get(), 256, cols, perm.get(), nullptr);
   cu::combine_rows(perm.get(), drow.get(), dw.get(), tokens, k, cols, comb.get(), nullptr);
   const std::vector<float> gp = to_host(perm, perm.size()), gc = to_host(comb, comb.size());
   bool exact = true;
   for (int i = 0; i < 256; ++i)
     for (int c = 0; c < cols; ++c) {
-      const float want = src_row[i] >= 0 ? x[static_cast<std::size_t>(src_row[i]) * cols + c] : 0.0f;
-      exact = exact && gp[static_cast<std::size_t>(i) * cols + c] == want;
+      const float want = src_row[i] >= 0 ? x[idx(src_row[i]) * cols + c] : 0.0f;
+      exact = exact && gp[idx(i) * cols + c] == want;
     }
   expect(exact, "gather_rows: exact copy with zero padding rows");
   double cworst = 0;
@@ -410,10 +411,10 @@ void check_kernels() {
     for (int c = 0; c < cols; ++c) {
       double want = 0;
       for (int j = 0; j < k; ++j) {
-        const int s = row[static_cast<std::size_t>(t) * k + j];
-        if (s >= 0) want += static_cast<double>(weight[static_cast<std::size_t>(t) * k + j]) * gp[static_cast<std::size_t>(s) * cols + c];
+        const int s = row[idx(t) * k + j];
+        if (s >= 0) want += static_cast<double>(weight[idx(t) * k + j]) * gp[idx(s) * cols + c];
       }
-      cworst = std::max(cworst, std::fabs(gc[static_cast<std::size_t>(t) * cols + c] - want));
+      cworst = std::max(cworst, std::fabs(gc[idx(t) * cols + c] - want));
     }
   expect(cworst < 1e-5, "combine_rows vs FP64");
 }

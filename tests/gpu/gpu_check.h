@@ -18,6 +18,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/cuda_check.h"
 
 namespace tandem::gputest {
@@ -91,15 +92,15 @@ struct Gemm64 {
 };
 template <class A, class B>
 Gemm64 gemm_abt64(const A& a, const B& b, int M, int N, int K, const float* c0 = nullptr) {
-  const std::size_t mn = static_cast<std::size_t>(M) * static_cast<std::size_t>(N);
+  const std::size_t mn = idx(M) * idx(N);
   Gemm64 r{std::vector<double>(mn), std::vector<double>(mn)};
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
-      const std::size_t ij = static_cast<std::size_t>(i) * N + j;
+      const std::size_t ij = idx(i) * N + j;
       double s = c0 ? static_cast<double>(c0[ij]) : 0.0, sa = std::fabs(s);
       for (int p = 0; p < K; ++p) {
-        const double t = static_cast<double>(a[static_cast<std::size_t>(i) * K + p]) *
-                         static_cast<double>(b[static_cast<std::size_t>(j) * K + p]);
+        const double t = static_cast<double>(a[idx(i) * K + p]) *
+                         static_cast<double>(b[idx(j) * K + p]);
         s += t;
         sa += std::fabs(t);
       }

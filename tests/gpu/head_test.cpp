@@ -40,6 +40,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/balance.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
@@ -145,7 +146,7 @@ HeadRun run_head(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Nu
   auto d_targets = to_device(targets);
   auto d_dnorm = to_device(d_norm0);
   auto d_dproj = to_device(d_proj0);
-  cu::DeviceBuffer<float> logits(static_cast<std::size_t>(rows) * kVocab), dlogits(static_cast<std::size_t>(rows) * kVocab);
+  cu::DeviceBuffer<float> logits(idx(rows) * kVocab), dlogits(idx(rows) * kVocab);
   cu::DeviceBuffer<double> loss(1);
   gputest::sync_device("head: uploads");
 
@@ -159,7 +160,7 @@ HeadRun run_head(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Nu
   head.backward_weight(saved, g, dlogits.get(), d_dnorm.get(), d_dproj.get());
   st.sync("head");
 
-  const std::size_t n = static_cast<std::size_t>(rows) * kHidden;
+  const std::size_t n = idx(rows) * kHidden;
   HeadRun r;
   r.logits = to_host(logits);
   r.dlogits = to_host(dlogits);
@@ -208,7 +209,7 @@ MtpRun run_mtp(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Nume
   auto g_hnorm = to_device(flat(g0.hnorm));
   auto g_enorm = to_device(flat(g0.enorm));
   auto g_eh = to_device(flat(g0.eh_proj));
-  cu::DeviceBuffer<float> out(static_cast<std::size_t>(rows) * kHidden);
+  cu::DeviceBuffer<float> out(idx(rows) * kHidden);
   gputest::sync_device("mtp: uploads");
 
   cu::DeviceLinear lin(blas, lt, num);
@@ -229,7 +230,7 @@ MtpRun run_mtp(cu::Blas& blas, cu::LtFp8Gemm& lt, const cu::Stream& st, cu::Nume
   mtp.backward_weight(saved, g, d_dy.get(), cu::DeviceMtpGrads{g_hnorm.get(), g_enorm.get(), g_eh.get()});
   st.sync("mtp");
 
-  const std::size_t n = static_cast<std::size_t>(rows) * kHidden;
+  const std::size_t n = idx(rows) * kHidden;
   MtpRun r;
   r.out = to_host(out);
   r.cat = to_host(g.cat.get(), 2 * n);
@@ -252,13 +253,13 @@ moe::Routing random_routing(int tokens, int E, int K, int never, uint64_t seed) 
   moe::Routing r;
   r.tokens = tokens;
   r.top_k = K;
-  r.expert.reserve(static_cast<std::size_t>(tokens) * K);
+  r.expert.reserve(idx(tokens) * K);
   std::vector<int32_t> pool;
   for (int e = 0; e < E; ++e)
     if (e != never) pool.push_back(e);
   for (int t = 0; t < tokens; ++t) {
     std::shuffle(pool.begin(), pool.end(), rng);  // the first K are the token's experts
-    for (int j = 0; j < K; ++j) r.expert.push_back(pool[static_cast<std::size_t>(j)]);
+    for (int j = 0; j < K; ++j) r.expert.push_back(pool[idx(j)]);
   }
   return r;
 }
@@ -285,8 +286,8 @@ void check_balance_case(const cu::Stream& st, int E, int K, int seq_len, int seq
 
   auto d_scores = to_device(flat(scores));
   auto d_expert = to_device(routing.expert);
-  cu::DeviceBuffer<float> f(static_cast<std::size_t>(sequences) * E), P(static_cast<std::size_t>(sequences) * E),
-      per_seq(static_cast<std::size_t>(sequences)), loss(1), ds(static_cast<std::size_t>(tokens) * E);
+  cu::DeviceBuffer<float> f(idx(sequences) * E), P(idx(sequences) * E),
+      per_seq(idx(sequences)), loss(1), ds(idx(tokens) * E);
   gputest::sync_device("balance: uploads");
   cu::balance_loss_forward(d_scores.get(), d_expert.get(), tokens, E, K, seq_len, alpha, f.get(), P.get(),
                            per_seq.get(), loss.get(), st.get());
@@ -300,7 +301,7 @@ void check_balance_case(const cu::Stream& st, int E, int K, int seq_len, int seq
   expect(same_bits(to_host(loss), std::vector<float>{want.loss}), tag + ": loss differs from exec/moe");
   expect(same_bits(got_ds, flat(want_ds)), tag + ": d_scores differ from exec/moe");
   bool unused_zero = true;  // the never-chosen expert: f = 0 in every sequence
-  for (int q = 0; q < sequences; ++q) unused_zero = unused_zero && got_f[static_cast<std::size_t>(q) * E + never] == 0.0f;
+  for (int q = 0; q < sequences; ++q) unused_zero = unused_zero && got_f[idx(q) * E + never] == 0.0f;
   expect(unused_zero, tag + ": the never-chosen expert has f != 0");
   std::printf("%s: loss %.9g (cpu %.9g), d_scores rel-L2 %.2e\n", tag.c_str(), static_cast<double>(to_host(loss)[0]),
               static_cast<double>(want.loss), gputest::rel_l2(got_ds, flat(want_ds)));
@@ -317,7 +318,7 @@ TANDEM_GPU_CHECK(head) {
   const nn::Mat<float> h = exec_test::random_mat<float>(kRows, kHidden, 3);
   std::vector<int32_t> targets(kRows);
   std::mt19937_64 rng(4);
-  for (int i = 0; i < kRows; ++i) targets[static_cast<std::size_t>(i)] = i % 17 == 5 ? -1 : static_cast<int32_t>(rng() % kVocab);
+  for (int i = 0; i < kRows; ++i) targets[idx(i)] = i % 17 == 5 ? -1 : static_cast<int32_t>(rng() % kVocab);
   // 1 / tokens (the executor's 1 / global tokens at one micro-batch). The accumulators start at
   // values below the increments (d_proj ~1e-4, d_norm ~1e-3), so rounding the sum to the start's
   // ulp does not swamp the increment's relative error.

@@ -54,6 +54,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/linear.h"
@@ -66,6 +67,8 @@
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
+
+using tandem::idx;
 
 namespace {
 
@@ -91,7 +94,7 @@ using Vec64 = std::vector<double>;
 
 constexpr double kU = 0x1p-24;  // FP32 unit roundoff
 
-std::size_t count_of(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+std::size_t count_of(int rows, int cols) { return idx(rows) * idx(cols); }
 
 cu::DeviceBuffer<float> upload(const MatF& m) { return to_device(flat(m)); }
 
@@ -112,7 +115,7 @@ using cu::Stream;
 struct Stored {
   int rows = 0, cols = 0, ld = 0;
   std::vector<float> v;
-  float at(int r, int c) const { return v[static_cast<std::size_t>(r) * ld + c]; }
+  float at(int r, int c) const { return v[idx(r) * ld + c]; }
 };
 
 Stored make_stored(int rows, int cols, int pad, uint64_t seed, float pad_value) {
@@ -120,14 +123,14 @@ Stored make_stored(int rows, int cols, int pad, uint64_t seed, float pad_value) 
   const MatF m = random_mat<float>(rows, cols, seed);
   s.v.assign(count_of(rows, s.ld), pad_value);
   for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) s.v[static_cast<std::size_t>(r) * s.ld + c] = m(r, c);
+    for (int c = 0; c < cols; ++c) s.v[idx(r) * s.ld + c] = m(r, c);
   return s;
 }
 
 // Sets the interior (not the padding) to NaN: an input the GEMM must not read.
 void poison(Stored& s) {
   for (int r = 0; r < s.rows; ++r)
-    for (int c = 0; c < s.cols; ++c) s.v[static_cast<std::size_t>(r) * s.ld + c] = NAN;
+    for (int c = 0; c < s.cols; ++c) s.v[idx(r) * s.ld + c] = NAN;
 }
 
 // alpha·op(A)·op(B) + beta·C0 in FP64, [m, n] dense (beta == 0: C0 is not read).
@@ -142,7 +145,7 @@ Vec64 ref_gemm(bool ta, bool tb, int m, int n, int k, double alpha, const Stored
         const double b = tb ? B.at(j, p) : B.at(p, j);
         s += a * b;
       }
-      out[static_cast<std::size_t>(i) * n + j] = alpha * s + (beta != 0 ? beta * C0.at(i, j) : 0.0);
+      out[idx(i) * n + j] = alpha * s + (beta != 0 ? beta * C0.at(i, j) : 0.0);
     }
   return out;
 }
@@ -153,8 +156,8 @@ std::vector<float> interior(const std::vector<float>& got, const Stored& c, int 
   bool kept = true;
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < c.ld; ++j) {
-      const std::size_t q = static_cast<std::size_t>(i) * c.ld + j;
-      if (j < n) out[static_cast<std::size_t>(i) * n + j] = got[q];
+      const std::size_t q = idx(i) * c.ld + j;
+      if (j < n) out[idx(i) * n + j] = got[q];
       else kept = kept && std::memcmp(&got[q], &c.v[q], sizeof(float)) == 0;
     }
   *padding_kept = kept;
@@ -210,7 +213,7 @@ void check_blas_batched(cu::Blas& blas, const Stream& st) {
     // Matrix i starts at i·stride, the stride leaving a gap of 11 elements (kPadValue / kSentinel).
     auto pack = [](const std::vector<Stored>& ms, float gap_value, long long* stride) {
       *stride = static_cast<long long>(ms[0].v.size()) + 11;
-      std::vector<float> all(static_cast<std::size_t>(*stride) * ms.size(), gap_value);
+      std::vector<float> all(idx(*stride) * ms.size(), gap_value);
       for (std::size_t i = 0; i < ms.size(); ++i)
         std::copy(ms[i].v.begin(), ms[i].v.end(), all.begin() + static_cast<std::ptrdiff_t>(i * *stride));
       return all;
@@ -234,7 +237,7 @@ void check_blas_batched(cu::Blas& blas, const Stream& st) {
       worst = std::max(worst, rel_l2(got, ref_gemm(ta, tb, m, n, k, alpha, A[i], B[i], beta, C[i])));
       kept_all = kept_all && kept;
       for (long long g = static_cast<long long>(C[i].v.size()); g < sc; ++g)  // the gap after matrix i
-        kept_all = kept_all && got_all[static_cast<std::size_t>(i * sc + g)] == kSentinel;
+        kept_all = kept_all && got_all[idx(i * sc + g)] == kSentinel;
     }
     std::printf("%s: worst rel-L2 vs FP64 over %d matrices %.2e\n", tag.c_str(), batch, worst);
     expect(worst <= 1e-6, tag + ": rel-L2 vs FP64 <= 1e-6");
@@ -363,10 +366,10 @@ void check_fp8_weight(const std::string& tag, const cu::Fp8Weight& q, const MatF
   bool codes_ok = true, t_ok = true;
   for (int r = 0; r < np; ++r)
     for (int c = 0; c < kp; ++c) {
-      const uint8_t want = (r < N && c < K) ? cb.data[static_cast<std::size_t>(r) * K + c] : 0;
-      codes_ok = codes_ok && codes[static_cast<std::size_t>(r) * kp + c] == want;
-      const uint8_t want_t = (r < N && c < K) ? ct.data[static_cast<std::size_t>(c) * N + r] : 0;
-      t_ok = t_ok && t_codes[static_cast<std::size_t>(c) * np + r] == want_t;
+      const uint8_t want = (r < N && c < K) ? cb.data[idx(r) * K + c] : 0;
+      codes_ok = codes_ok && codes[idx(r) * kp + c] == want;
+      const uint8_t want_t = (r < N && c < K) ? ct.data[idx(c) * N + r] : 0;
+      t_ok = t_ok && t_codes[idx(c) * np + r] == want_t;
     }
   expect(codes_ok, tag + ": quantised W codes == exec/fp8 (padding 0)");
   expect(t_ok, tag + ": transposed codes == exec/fp8 transpose (padding 0)");
@@ -433,8 +436,8 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
     const MatF y0 = random_mat<float>(M, N, seed + 4), dx0 = random_mat<float>(M, K, seed + 5);
     std::vector<float> hy(count_of(M, N + pad), kSentinel), hdx(count_of(M, K + pad), kSentinel);
     for (int r = 0; r < M; ++r) {
-      for (int c = 0; c < N; ++c) hy[static_cast<std::size_t>(r) * (N + pad) + c] = y0(r, c);
-      for (int c = 0; c < K; ++c) hdx[static_cast<std::size_t>(r) * (K + pad) + c] = dx0(r, c);
+      for (int c = 0; c < N; ++c) hy[idx(r) * (N + pad) + c] = y0(r, c);
+      for (int c = 0; c < K; ++c) hdx[idx(r) * (K + pad) + c] = dx0(r, c);
     }
     auto gy2 = to_device(hy), gdx2 = to_device(hdx);
     sync_device("accumulate upload");
@@ -447,13 +450,13 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
       bool kept = true;
       for (int r = 0; r < rows; ++r)
         for (int c = 0; c < cols + pad; ++c) {
-          const float v = got_all[static_cast<std::size_t>(r) * (cols + pad) + c];
+          const float v = got_all[idx(r) * (cols + pad) + c];
           if (c >= cols) {
             kept = kept && v == kSentinel;
             continue;
           }
-          got[static_cast<std::size_t>(r) * cols + c] = v;
-          want[static_cast<std::size_t>(r) * cols + c] = start(r, c) + plain[static_cast<std::size_t>(r) * cols + c];
+          got[idx(r) * cols + c] = v;
+          want[idx(r) * cols + c] = start(r, c) + plain[idx(r) * cols + c];
         }
       const std::string t = tag + " " + what + " accumulate (strided)";
       expect(kept, t + ": padding columns untouched");
@@ -525,7 +528,7 @@ void check_linear_sm_budget(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st)
   const int budget = std::max(1, prop.multiProcessorCount - 20);
   const MatF x = random_mat<float>(M, K, 31), W = random_mat<float>(N, K, 32);
   auto gx = upload(x), gW = upload(W);
-  cu::DeviceBuffer<float> all(static_cast<std::size_t>(M) * N), fewer(static_cast<std::size_t>(M) * N);
+  cu::DeviceBuffer<float> all(idx(M) * N), fewer(idx(M) * N);
   cu::DeviceLinear full(blas, lt, cu::Numerics::fp8), limited(blas, lt, cu::Numerics::fp8);
   limited.set_sm_count_target(budget);
   expect(limited.sm_count_target() == budget, "linear fp8 SM budget: the target is kept");
@@ -555,8 +558,8 @@ std::vector<float> side_by_side(const MatF& a, const MatF& b) {
   std::vector<float> out(count_of(rows, 2 * w));
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < w; ++c) {
-      out[static_cast<std::size_t>(r) * 2 * w + c] = a(r, c);
-      out[static_cast<std::size_t>(r) * 2 * w + w + c] = b(r, c);
+      out[idx(r) * 2 * w + c] = a(r, c);
+      out[idx(r) * 2 * w + w + c] = b(r, c);
     }
   return out;
 }

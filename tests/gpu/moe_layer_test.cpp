@@ -48,6 +48,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/linear.h"
@@ -64,6 +65,8 @@
 #include "exec/moe/moe_layer.h"
 #include "tests/exec/tensor_test_util.h"
 #include "tests/gpu/gpu_check.h"
+
+using tandem::idx;
 
 namespace {
 
@@ -87,7 +90,7 @@ constexpr int kEmptyExpert = 3;
 std::vector<float> dev_dequantize(const std::vector<uint8_t>& codes, const std::vector<float>& scales, int rows,
                                   int cols) {
   cu::DeviceBuffer<uint8_t> dc = to_device(codes);
-  cu::DeviceBuffer<float> ds = to_device(scales), out(static_cast<std::size_t>(rows) * cols);
+  cu::DeviceBuffer<float> ds = to_device(scales), out(idx(rows) * cols);
   tandem::gputest::sync_device("wire: uploads");
   cu::dequantize_rowwise(dc.get(), ds.get(), rows, cols, out.get(), nullptr);
   tandem::gputest::sync_device("wire: dequantize_rowwise");
@@ -112,9 +115,9 @@ std::string first_diff(const std::vector<float>& got, const std::vector<float>& 
 void check_wire_decode() {
   // All 256 codes with unit scales: decode(code) · 1 is decode(code) (NaN codes: their own NaN).
   std::vector<uint8_t> codes(256);
-  for (int c = 0; c < 256; ++c) codes[static_cast<std::size_t>(c)] = static_cast<uint8_t>(c);
+  for (int c = 0; c < 256; ++c) codes[idx(c)] = static_cast<uint8_t>(c);
   std::vector<float> want(256);
-  for (int c = 0; c < 256; ++c) want[static_cast<std::size_t>(c)] = tandem::fp8::decode_e4m3(static_cast<uint8_t>(c));
+  for (int c = 0; c < 256; ++c) want[idx(c)] = tandem::fp8::decode_e4m3(static_cast<uint8_t>(c));
   const std::vector<float> got = dev_dequantize(codes, {1.0f, 1.0f}, 1, 256);
   expect(same_bits(got, want), "wire: device decode_e4m3 == exec/fp8 for all 256 codes" + first_diff(got, want));
   // Every code against odd scales: powers of two (subnormal products), non-pow2, FLT_MAX (overflow
@@ -122,8 +125,8 @@ void check_wire_decode() {
   const uint32_t scale_bits[] = {0x3F800000u, 0x3E000000u, 0x00800000u, 0x0A000000u, 0x3F9D70A4u, 0x7F7FFFFFu,
                                  0x7FC00001u, 0xFF800123u, 0x7F800000u, 0xFF800000u, 0x00000001u, 0x80000000u};
   const int rows = static_cast<int>(std::size(scale_bits));
-  std::vector<uint8_t> c2(static_cast<std::size_t>(rows) * 256);
-  std::vector<float> s2(static_cast<std::size_t>(rows) * 2);
+  std::vector<uint8_t> c2(idx(rows) * 256);
+  std::vector<float> s2(idx(rows) * 2);
   // A NaN code times a NaN scale is left out: which NaN the CPU returns depends on the operand
   // order the compiler picks for a commutative multiply (x86 returns the first source's NaN).
   for (int r = 0; r < rows; ++r) {
@@ -132,10 +135,10 @@ void check_wire_decode() {
     for (int c = 0; c < 256; ++c) {
       uint8_t code = static_cast<uint8_t>((c + 37 * r) & 0xFF);
       if (std::isnan(s) && (code & 0x7F) == 0x7F) code = static_cast<uint8_t>(code & 0x80);
-      c2[static_cast<std::size_t>(r) * 256 + c] = code;
+      c2[idx(r) * 256 + c] = code;
     }
-    s2[static_cast<std::size_t>(r)] = s;                                       // kb 0
-    s2[static_cast<std::size_t>(rows + r)] = r % 2 ? s : 0.5f;                 // kb 1
+    s2[idx(r)] = s;                                       // kb 0
+    s2[idx(rows + r)] = r % 2 ? s : 0.5f;                 // kb 1
   }
   tandem::fp8::RowwiseFp8 q;
   q.rows = rows;
@@ -160,7 +163,7 @@ void check_wire_fp8() {
   const std::vector<std::pair<int, int>> shapes = {{1, 1}, {3, 128}, {5, 129}, {129, 385}, {64, 256}, {7, 1000}};
   for (const auto& [rows, cols] : shapes)
     for (int kind = 0; kind < 3; ++kind) {
-      std::vector<float> x(static_cast<std::size_t>(rows) * cols);
+      std::vector<float> x(idx(rows) * cols);
       for (std::size_t i = 0; i < x.size(); ++i) {
         float v = normal(rng);
         if (kind == 1 && rng() % 100 == 0) v *= 1000.0f;                      // outliers
@@ -205,7 +208,7 @@ void check_wire_bf16() {
   std::vector<float> x(bits.size());
   std::memcpy(x.data(), bits.data(), bits.size() * 4);
   const int cols = 64, rows = static_cast<int>((x.size() + cols - 1) / cols);
-  x.resize(static_cast<std::size_t>(rows) * cols, 1.0f);
+  x.resize(idx(rows) * cols, 1.0f);
   std::vector<uint16_t> want(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) want[i] = tandem::fp8::float_to_bf16(x[i]);
   cu::DeviceBuffer<float> dx = to_device(x);
@@ -320,7 +323,7 @@ RankOut run_rank(const moe::MoeConfig& mc, const moe::MoeWeights<float>& all, cu
   cu::DeviceBuffer<float> router = to_device(flat(all.router));
   cu::DeviceBuffer<float> bias = to_device(std::vector<float>(all.bias.data(), all.bias.data() + all.bias.size()));
   std::vector<DevFfn> experts;
-  for (int e = 0; e < per; ++e) experts.emplace_back(all.experts[static_cast<std::size_t>(ep_rank * per + e)]);
+  for (int e = 0; e < per; ++e) experts.emplace_back(all.experts[idx(ep_rank * per + e)]);
   DevFfn shared(all.shared);
   cu::DeviceMoeWeights w;
   w.router = router.get();
@@ -328,22 +331,22 @@ RankOut run_rank(const moe::MoeConfig& mc, const moe::MoeWeights<float>& all, cu
   for (const DevFfn& f : experts) w.experts.push_back(f.view());
   w.shared = shared.view();
 
-  const std::size_t ih = static_cast<std::size_t>(kInter) * kHidden;
+  const std::size_t ih = idx(kInter) * kHidden;
   DevGrad g_shared(ih, ih);
-  std::vector<std::vector<DevGrad>> g_experts(static_cast<std::size_t>(cfg.ep.ep));
-  std::vector<std::vector<cu::DeviceFfnGrads>> g_views(static_cast<std::size_t>(cfg.ep.ep));
+  std::vector<std::vector<DevGrad>> g_experts(idx(cfg.ep.ep));
+  std::vector<std::vector<cu::DeviceFfnGrads>> g_views(idx(cfg.ep.ep));
   for (int s = 0; s < cfg.ep.ep; ++s) {
-    g_experts[static_cast<std::size_t>(s)].reserve(static_cast<std::size_t>(per));
+    g_experts[idx(s)].reserve(idx(per));
     for (int e = 0; e < per; ++e) {
-      g_experts[static_cast<std::size_t>(s)].emplace_back(ih, ih);
-      g_views[static_cast<std::size_t>(s)].push_back(g_experts[static_cast<std::size_t>(s)].back().view());
+      g_experts[idx(s)].emplace_back(ih, ih);
+      g_views[idx(s)].push_back(g_experts[idx(s)].back().view());
     }
   }
-  cu::DeviceBuffer<float> d_router(static_cast<std::size_t>(kExperts) * kHidden);
+  cu::DeviceBuffer<float> d_router(idx(kExperts) * kHidden);
   cu::check(cudaMemset(d_router.get(), 0, d_router.bytes()), "memset");
 
   cu::DeviceBuffer<float> dx_in = to_device(flat(x)), ddout = to_device(flat(dout)), dscores = to_device(flat(d_scores));
-  const std::size_t th = static_cast<std::size_t>(tokens) * kHidden;
+  const std::size_t th = idx(tokens) * kHidden;
   cu::DeviceBuffer<float> out(th), dx(th);
   tandem::gputest::sync_device("moe_layer: uploads");
 
@@ -376,11 +379,11 @@ RankOut run_rank(const moe::MoeConfig& mc, const moe::MoeWeights<float>& all, cu
   r.dx_routed = to_host(ts.dx_routed);
   r.d_router = to_host(d_router);
   r.shared = g_shared.host();
-  r.experts_by_src.resize(static_cast<std::size_t>(cfg.ep.ep));
+  r.experts_by_src.resize(idx(cfg.ep.ep));
   for (int s = 0; s < cfg.ep.ep; ++s)
     for (int e = 0; e < per; ++e)
-      r.experts_by_src[static_cast<std::size_t>(s)].push_back(
-          g_experts[static_cast<std::size_t>(s)][static_cast<std::size_t>(e)].host());
+      r.experts_by_src[idx(s)].push_back(
+          g_experts[idx(s)][idx(e)].host());
   return r;
 }
 
@@ -453,8 +456,8 @@ void run_case(const Case& c) {
       return v;
     }(), c.tol);
     for (int e = 0; e < kExperts; ++e) {
-      const FfnGrad& ge = g.experts_by_src[0][static_cast<std::size_t>(e)];
-      const auto& re = ref.grads.experts[static_cast<std::size_t>(e)];
+      const FfnGrad& ge = g.experts_by_src[0][idx(e)];
+      const auto& re = ref.grads.experts[idx(e)];
       if (e == kEmptyExpert) {  // no rows: its gradient must stay zero
         expect(re.down.norm() == 0, "cpu: expert 3 got no rows");
         expect(ge.down == flat(re.down) && ge.gate == flat(re.gate), "ep1 expert " + std::to_string(e) + " grads zero");
@@ -481,18 +484,18 @@ void run_case(const Case& c) {
         try {
           cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
           const int f = r * kTokensPerRank;
-          ranks[static_cast<std::size_t>(r)] =
+          ranks[idx(r)] =
               run_rank(mc4, w, world.comm(r), {0, 1, 2, 3}, x.middleRows(f, kTokensPerRank),
                        dout.middleRows(f, kTokensPerRank), d_scores.middleRows(f, kTokensPerRank));
         } catch (const std::exception& e) {
-          errors[static_cast<std::size_t>(r)] = e.what();
+          errors[idx(r)] = e.what();
           world.comm(r).abort(std::string("moe_layer check: ") + e.what());
         }
       });
     for (std::thread& t : threads) t.join();
     for (int r = 0; r < 4; ++r)
-      if (!errors[static_cast<std::size_t>(r)].empty()) {
-        expect(false, "ep4 rank " + std::to_string(r) + ": " + errors[static_cast<std::size_t>(r)]);
+      if (!errors[idx(r)].empty()) {
+        expect(false, "ep4 rank " + std::to_string(r) + ": " + errors[idx(r)]);
         return;
       }
   }
@@ -524,17 +527,17 @@ void run_case(const Case& c) {
   }
   std::vector<float> eg4, egref;
   for (int e = 0; e < kExperts; ++e) {
-    const RankOut& owner = ranks[static_cast<std::size_t>(e / 4)];
+    const RankOut& owner = ranks[idx(e / 4)];
     std::vector<float> acc;
     for (int s = 0; s < 4; ++s) {
-      const FfnGrad& g = owner.experts_by_src[static_cast<std::size_t>(s)][static_cast<std::size_t>(e % 4)];
+      const FfnGrad& g = owner.experts_by_src[idx(s)][idx(e % 4)];
       std::vector<float> v = g.gate;
       v.insert(v.end(), g.up.begin(), g.up.end());
       v.insert(v.end(), g.down.begin(), g.down.end());
       add_into(acc, v);
     }
     eg4.insert(eg4.end(), acc.begin(), acc.end());
-    const auto& re = ref.grads.experts[static_cast<std::size_t>(e)];
+    const auto& re = ref.grads.experts[idx(e)];
     for (const Mat* m : {&re.gate, &re.up, &re.down}) {
       const auto f = flat(*m);
       egref.insert(egref.end(), f.begin(), f.end());

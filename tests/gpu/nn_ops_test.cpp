@@ -27,6 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/blas.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/nn_ops.h"
@@ -78,7 +79,7 @@ void check_embedding_case(int vocab, int hidden, const std::vector<int32_t>& tok
   auto d_bad = to_device(std::vector<int>{0});
 
   const nn::Mat<float> y = nn::embedding_forward<float>(table, tokens);
-  cu::DeviceBuffer<float> d_y(static_cast<std::size_t>(n) * hidden);
+  cu::DeviceBuffer<float> d_y(idx(n) * hidden);
   cu::embedding_forward(d_table.get(), vocab, hidden, d_tok.get(), n, d_y.get(), d_bad.get(), nullptr);
   expect(same_bits(to_host(d_y), flat(y)), tag + ": forward rows == exec/nn (bitwise)");
 
@@ -97,8 +98,8 @@ void check_embedding_case(int vocab, int hidden, const std::vector<int32_t>& tok
 std::vector<int32_t> skewed_tokens(int n, int vocab, int hot, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int> any(0, vocab - 1), h(0, std::max(0, std::min(hot, vocab) - 1));
-  std::vector<int32_t> t(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) t[static_cast<std::size_t>(i)] = (i % 2 == 0) ? h(rng) : any(rng);
+  std::vector<int32_t> t(idx(n));
+  for (int i = 0; i < n; ++i) t[idx(i)] = (i % 2 == 0) ? h(rng) : any(rng);
   return t;
 }
 
@@ -108,8 +109,8 @@ void check_embedding_bad_ids() {
   std::vector<int32_t> valid;
   std::vector<int> valid_at;
   for (int i = 0; i < static_cast<int>(tokens.size()); ++i)
-    if (tokens[static_cast<std::size_t>(i)] >= 0 && tokens[static_cast<std::size_t>(i)] < vocab) {
-      valid.push_back(tokens[static_cast<std::size_t>(i)]);
+    if (tokens[idx(i)] >= 0 && tokens[idx(i)] < vocab) {
+      valid.push_back(tokens[idx(i)]);
       valid_at.push_back(i);
     }
   const int n = static_cast<int>(tokens.size()), nv = static_cast<int>(valid.size());
@@ -117,15 +118,15 @@ void check_embedding_bad_ids() {
   auto d_table = to_device(flat(table));
   auto d_tok = to_device(tokens);
   auto d_bad = to_device(std::vector<int>{0});
-  cu::DeviceBuffer<float> d_y(static_cast<std::size_t>(n) * hidden);
+  cu::DeviceBuffer<float> d_y(idx(n) * hidden);
   cu::embedding_forward(d_table.get(), vocab, hidden, d_tok.get(), n, d_y.get(), d_bad.get(), nullptr);
   const std::vector<float> y = to_host(d_y);
   const nn::Mat<float> ref = nn::embedding_forward<float>(table, valid);
   bool rows_ok = true, nan_ok = true;
   for (int i = 0, v = 0; i < n; ++i) {
-    const bool good = v < nv && valid_at[static_cast<std::size_t>(v)] == i;
+    const bool good = v < nv && valid_at[idx(v)] == i;
     for (int j = 0; j < hidden; ++j) {
-      const float g = y[static_cast<std::size_t>(i) * hidden + j];
+      const float g = y[idx(i) * hidden + j];
       if (good) rows_ok = rows_ok && bits_of(g) == bits_of(ref(v, j));
       else nan_ok = nan_ok && std::isnan(g);
     }
@@ -138,7 +139,7 @@ void check_embedding_bad_ids() {
   // Backward: bad ids are skipped, the rest is the CPU's result on the valid tokens alone.
   const nn::Mat<float> dy = random_mat<float>(n, hidden, 92);
   nn::Mat<float> dy_valid(nv, hidden);
-  for (int v = 0; v < nv; ++v) dy_valid.row(v) = dy.row(valid_at[static_cast<std::size_t>(v)]);
+  for (int v = 0; v < nv; ++v) dy_valid.row(v) = dy.row(valid_at[idx(v)]);
   nn::Mat<float> dtable = nn::Mat<float>::Zero(vocab, hidden);
   auto d_dtable = to_device(flat(dtable));
   auto d_dy = to_device(flat(dy));
@@ -171,18 +172,18 @@ void check_ce_case(int rows, int vocab, double scale, int ignore_every, bool spi
   }
   std::mt19937_64 rng(seed + 7);
   std::uniform_int_distribution<int> pick(0, std::max(0, vocab - 1));
-  std::vector<int32_t> targets(static_cast<std::size_t>(rows));
+  std::vector<int32_t> targets(idx(rows));
   for (int i = 0; i < rows; ++i) {
-    targets[static_cast<std::size_t>(i)] = pick(rng);
-    if (ignore_every > 0 && i % ignore_every == ignore_every - 1) targets[static_cast<std::size_t>(i)] = i % 2 ? -1 : -7;
+    targets[idx(i)] = pick(rng);
+    if (ignore_every > 0 && i % ignore_every == ignore_every - 1) targets[idx(i)] = i % 2 ? -1 : -7;
   }
   if (spike && rows > 0 && vocab > 5) targets[0] = 5;
 
   const nn::CrossEntropy<float> ref = nn::cross_entropy<float>(logits, targets, scale);
   auto d_logits = to_device(flat(logits));
   auto d_t = to_device(targets);
-  cu::DeviceBuffer<float> d_dl(static_cast<std::size_t>(rows) * vocab);
-  cu::DeviceBuffer<double> d_rows(static_cast<std::size_t>(rows));
+  cu::DeviceBuffer<float> d_dl(idx(rows) * vocab);
+  cu::DeviceBuffer<double> d_rows(idx(rows));
   cu::DeviceBuffer<double> d_loss(1);
   cu::cross_entropy(d_logits.get(), rows, vocab, d_t.get(), scale, d_dl.get(), d_rows.get(), d_loss.get(), nullptr);
   const std::vector<float> dl = to_host(d_dl);
@@ -196,10 +197,10 @@ void check_ce_case(int rows, int vocab, double scale, int ignore_every, bool spi
   std::size_t differ = 0;
   double worst = 0;
   for (int i = 0; i < rows; ++i) {
-    const bool ignored = targets[static_cast<std::size_t>(i)] < 0;
-    if (ignored) ignored_ok = ignored_ok && rl[static_cast<std::size_t>(i)] == 0.0;
+    const bool ignored = targets[idx(i)] < 0;
+    if (ignored) ignored_ok = ignored_ok && rl[idx(i)] == 0.0;
     for (int j = 0; j < vocab; ++j) {
-      const std::size_t k = static_cast<std::size_t>(i) * vocab + j;
+      const std::size_t k = idx(i) * vocab + j;
       const float want = ref.dlogits.data()[k], got = dl[k];
       if (ignored) {
         ignored_ok = ignored_ok && bits_of(got) == 0u;
@@ -430,7 +431,7 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
   const int E = c.n_routed, K = c.top_k;
   const cu::RouterConfig p = c;
   const RouterInputs in = router_inputs(c, tokens, kind, seed);
-  const std::size_t nk = static_cast<std::size_t>(tokens) * K;
+  const std::size_t nk = idx(tokens) * K;
 
   // Selection and gates from the CPU's scores.
   const moe::Routing r = moe::select_experts<float>(c, in.scores, in.bias);
@@ -446,10 +447,10 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
   if (ids != r.expert) {
     for (int t = 0; t < tokens; ++t) {
       bool same = true;
-      for (int j = 0; j < K; ++j) same = same && ids[static_cast<std::size_t>(t) * K + j] == r.at(t, j);
+      for (int j = 0; j < K; ++j) same = same && ids[idx(t) * K + j] == r.at(t, j);
       if (same) continue;
       std::printf("  first differing token %d:", t);
-      for (int j = 0; j < K; ++j) std::printf(" %d/%d", ids[static_cast<std::size_t>(t) * K + j], r.at(t, j));
+      for (int j = 0; j < K; ++j) std::printf(" %d/%d", ids[idx(t) * K + j], r.at(t, j));
       std::printf(" (gpu/cpu)\n");
       break;
     }
@@ -465,7 +466,7 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
   st.routing = r;
   st.gate = gate;
   auto d_dg = to_device(flat(dg));
-  cu::DeviceBuffer<float> d_dlog(static_cast<std::size_t>(tokens) * E);
+  cu::DeviceBuffer<float> d_dlog(idx(tokens) * E);
   for (bool with_bal : {true, false}) {
     const nn::Mat<float> want = moe::router_backward_logits<float>(c, st, dg, with_bal ? &d_bal : nullptr);
     auto d_bal_dev = to_device(flat(d_bal));
@@ -481,8 +482,8 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
   }
 
   // Expert loads, accumulated onto non-zero (and large) counts.
-  std::vector<int64_t> counts(static_cast<std::size_t>(E));
-  for (int e = 0; e < E; ++e) counts[static_cast<std::size_t>(e)] = (int64_t{1} << 40) + e * 3;
+  std::vector<int64_t> counts(idx(E));
+  for (int e = 0; e < E; ++e) counts[idx(e)] = (int64_t{1} << 40) + e * 3;
   auto d_counts = to_device(counts);
   moe::add_expert_counts(r, counts);
   moe::add_expert_counts(r, counts);
@@ -494,7 +495,7 @@ void check_router_case(const moe::RouterConfig& c, int tokens, Scores kind, uint
   // are exec/moe's on the GPU's own scores (a 1-ulp sigmoid difference may move a near-tie).
   if (in.logits.size() > 0) {
     auto d_logits = to_device(flat(in.logits));
-    cu::DeviceBuffer<float> d_s2(static_cast<std::size_t>(tokens) * E);
+    cu::DeviceBuffer<float> d_s2(idx(tokens) * E);
     cu::router_forward(d_logits.get(), d_bias.get(), tokens, p, d_s2.get(), d_expert.get(), d_gate.get(), nullptr);
     const std::vector<float> s2 = to_host(d_s2);
     double worst = 0;
@@ -529,8 +530,8 @@ void check_router_blas(const moe::RouterConfig& c) {
   const moe::RouterState<float> st = moe::router_forward<float>(c, Wg, bias, x);
   auto dx = to_device(flat(x)), dw = to_device(flat(Wg));
   auto db = to_device(std::vector<float>(bias.data(), bias.data() + E));
-  cu::DeviceBuffer<float> ds(static_cast<std::size_t>(tokens) * E), dgate(static_cast<std::size_t>(tokens) * K);
-  cu::DeviceBuffer<int32_t> de(static_cast<std::size_t>(tokens) * K);
+  cu::DeviceBuffer<float> ds(idx(tokens) * E), dgate(idx(tokens) * K);
+  cu::DeviceBuffer<int32_t> de(idx(tokens) * K);
   cu::Blas blas(nullptr);
   cu::router_forward(blas, dx.get(), dw.get(), tokens, hidden, db.get(), c, ds.get(), de.get(),
                      dgate.get());

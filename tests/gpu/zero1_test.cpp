@@ -27,6 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/runtime/device_params.h"
 #include "exec/cuda/runtime/zero1.h"
@@ -36,6 +37,8 @@
 #include "models/model_card.h"
 #include "tests/gpu/gpu_check.h"
 #include "tests/test_paths.h"
+
+using tandem::idx;
 
 namespace {
 
@@ -234,7 +237,7 @@ void check_stage(const rt::ModelSetup& setup, const std::vector<std::pair<BlockK
     for (std::size_t e = 0; e < (bg.experts_by_src.empty() ? 0 : bg.experts_by_src[0].size()); ++e)
       for (int s = 1; s < kSources; ++s) {
         auto& acc = bg.experts_by_src[0][e];
-        const auto& one = bg.experts_by_src[static_cast<std::size_t>(s)][e];
+        const auto& one = bg.experts_by_src[idx(s)][e];
         for (Eigen::Index k = 0; k < acc.gate.size(); ++k) acc.gate.data()[k] += one.gate.data()[k];
         for (Eigen::Index k = 0; k < acc.up.size(); ++k) acc.up.data()[k] += one.up.data()[k];
         for (Eigen::Index k = 0; k < acc.down.size(); ++k) acc.down.data()[k] += one.down.data()[k];
@@ -300,7 +303,7 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
     std::vector<float> dense;
     std::vector<std::vector<float>> experts;
   };
-  std::vector<std::vector<RankGrads>> grads(kSteps, std::vector<RankGrads>(static_cast<std::size_t>(ranks)));
+  std::vector<std::vector<RankGrads>> grads(kSteps, std::vector<RankGrads>(idx(ranks)));
   uint64_t seed = 1000;
   for (auto& step : grads)
     for (RankGrads& rg : step) {
@@ -316,7 +319,7 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
     for (int t = 0; t < kSteps; ++t) {
       std::vector<float> sum;
       for (std::size_t i = 0; i < group.size(); ++i) {
-        const RankGrads& rg = grads[static_cast<std::size_t>(t)][static_cast<std::size_t>(group[i])];
+        const RankGrads& rg = grads[idx(t)][idx(group[i])];
         std::vector<float> mine = experts ? rg.experts[0] : rg.dense;
         if (experts)
           for (std::size_t s = 1; s < rg.experts.size(); ++s)
@@ -339,12 +342,12 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
     std::vector<std::string> failures;
     std::vector<float> dense, experts;  // after the steps
   };
-  std::vector<Rank> rk(static_cast<std::size_t>(ranks));
+  std::vector<Rank> rk(idx(ranks));
   for (int r = 0; r < ranks; ++r) {
     const auto* dp = group_of(c.dp_groups, r);
     const auto* edp = group_of(c.expert_dp_groups, r);
     if (!dp || !edp) continue;
-    Rank& x = rk[static_cast<std::size_t>(r)];
+    Rank& x = rk[idx(r)];
     std::vector<rt::BlockParams> mine = blocks;
     x.stream = std::make_unique<cu::Stream>();
     x.params = std::make_unique<cu::DeviceStageParams>(setup, mine);
@@ -362,22 +365,22 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
   }
   std::vector<std::thread> threads;
   for (int r = 0; r < ranks; ++r) {
-    Rank& x = rk[static_cast<std::size_t>(r)];
+    Rank& x = rk[idx(r)];
     if (!x.zero) continue;
     threads.emplace_back([&, r] {
-      Rank& me = rk[static_cast<std::size_t>(r)];
+      Rank& me = rk[idx(r)];
       try {
         cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
         const cudaStream_t s = me.stream->get();
         for (int t = 0; t < kSteps; ++t) {
-          const RankGrads& rg = grads[static_cast<std::size_t>(t)][static_cast<std::size_t>(r)];
+          const RankGrads& rg = grads[idx(t)][idx(r)];
           me.grads->zero(s);
           if (nd > 0)
             cu::check(cudaMemcpyAsync(me.grads->dense(), rg.dense.data(), nd * sizeof(float), cudaMemcpyHostToDevice, s),
                       "upload dense grads");
           for (int src = 0; src < c.sources; ++src)
             if (nx > 0)
-              cu::check(cudaMemcpyAsync(me.grads->experts(src), rg.experts[static_cast<std::size_t>(src)].data(),
+              cu::check(cudaMemcpyAsync(me.grads->experts(src), rg.experts[idx(src)].data(),
                                         nx * sizeof(float), cudaMemcpyHostToDevice, s),
                         "upload expert grads");
           me.zero->step(*me.params, *me.grads, t + 1, s);
@@ -396,7 +399,7 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
   for (const auto& g : c.dp_groups) {
     const std::vector<float> want = reference(g, false);
     for (int r : g) {
-      const Rank& x = rk[static_cast<std::size_t>(r)];
+      const Rank& x = rk[idx(r)];
       for (const std::string& f : x.failures) expect(false, c.name + ": rank " + std::to_string(r) + ": " + f);
       expect(same_bits(x.dense, want), c.name + ": rank " + std::to_string(r) +
                                            ": dense parameters == host reduce → AdamW → gather, bit for bit");
@@ -405,7 +408,7 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
   for (const auto& g : c.expert_dp_groups) {
     const std::vector<float> want = reference(g, true);
     for (int r : g)
-      expect(same_bits(rk[static_cast<std::size_t>(r)].experts, want),
+      expect(same_bits(rk[idx(r)].experts, want),
              c.name + ": rank " + std::to_string(r) + ": expert parameters == host fold → reduce → AdamW → gather");
   }
   expect(!world.failure().has_value(), c.name + ": the world did not fail");

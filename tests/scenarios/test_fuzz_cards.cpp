@@ -4,6 +4,7 @@
 // TANDEM_FUZZ_CARDS sets how many mutated scenarios to try (default 10000), TANDEM_FUZZ_SEED the
 // seed (default 1); the same seed always tries the same cards.
 #include <catch2/catch.hpp>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -141,7 +142,8 @@ TEST_CASE("mutated shipped cards load or fail with a named error", "[fuzz]") {
   std::mt19937_64 rng(seed);
   const auto scenarios = yaml_files("scenarios");
   REQUIRE(!scenarios.empty());
-  const fs::path dir = fs::temp_directory_path() / ("tandem_fuzz_" + std::to_string(seed));
+  // Per process: two checkouts' suites may run at once on one machine.
+  const fs::path dir = fs::temp_directory_path() / ("tandem_fuzz_" + std::to_string(seed) + "_" + std::to_string(getpid()));
   fs::create_directories(dir);
 
   int64_t valid = 0, invalid = 0;

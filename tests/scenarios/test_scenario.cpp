@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/signed_index.h"
 #include "scenarios/memory.h"
 #include "scenarios/scenario.h"
 #include "scenarios/stage_partition.h"
@@ -274,8 +275,8 @@ TEST_CASE("measured routing: a histogram file replayed through the gate", "[scen
     double total = 0;
     for (int64_t c : counts) total += static_cast<double>(c);
     const auto hottest = std::max_element(counts.begin(), counts.end()) - counts.begin();
-    CHECK(b.routing.expert_load[static_cast<size_t>(hottest)] ==
-          Approx(static_cast<double>(counts[static_cast<size_t>(hottest)]) * 64 / total).epsilon(0.03));
+    CHECK(b.routing.expert_load[idx(hottest)] ==
+          Approx(static_cast<double>(counts[idx(hottest)]) * 64 / total).epsilon(0.03));
     CHECK(b.routing.max_load > 1.1);  // the illustrative histogram is skewed (sigma 0.3)
   }
   CHECK(moe == 8);

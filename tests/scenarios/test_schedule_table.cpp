@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/input_error.h"
+#include "common/signed_index.h"
 #include "scenarios/schedules/schedule_table.h"
 #include "scenarios/schedules/unit_cost_engine.h"
 
@@ -64,13 +65,13 @@ TEST_CASE("the table places stages where the generated schedule runs them", "[sc
         }
         if (t.mirrored) CHECK(held[0].stage + held[1].stage == S - 1);
         // Every chunk a slot runs is the (path, stage) of its phase; its leg is one the drawing names.
-        for (const Slot& sl : s.slots[static_cast<size_t>(r)]) {
+        for (const Slot& sl : s.slots[idx(r)]) {
           overlapped = overlapped || sl.kind == SlotKind::FB;
           for (const Chunk* c : {&sl.f, &sl.b}) {
             if (c == &sl.f && sl.kind != SlotKind::F && sl.kind != SlotKind::FB) continue;
             if (c == &sl.b && sl.kind == SlotKind::F) continue;
             REQUIRE(c->phase < static_cast<int>(held.size()));
-            CHECK(StageOnPath{c->path, c->stage} == held[static_cast<size_t>(c->phase)]);
+            CHECK(StageOnPath{c->path, c->stage} == held[idx(c->phase)]);
             const int leg = t.leg_of(pp, *c);
             CHECK(leg >= 0);
             CHECK(leg <= (t.legs[1] ? 1 : 0));
@@ -96,8 +97,8 @@ TEST_CASE("in-flight micro-batches and slot counts equal the generated schedule'
         REQUIRE(run.finished);
         for (int r = 0; r < pp; ++r) {
           INFO("rank " << r);
-          CHECK(t.in_flight(pp, r) == run.peak_by_phase[static_cast<size_t>(r)]);
-          const SlotCounts got = count_slots(s.slots[static_cast<size_t>(r)]);
+          CHECK(t.in_flight(pp, r) == run.peak_by_phase[idx(r)]);
+          const SlotCounts got = count_slots(s.slots[idx(r)]);
           const SlotCounts want = t.expected_counts(pp, C, r);
           CHECK(got.forwards == want.forwards);
           CHECK(got.backwards == want.backwards);

@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "common/signed_index.h"
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 #include "scenarios/schedules/schedule.h"
@@ -58,7 +59,7 @@ TEST_CASE("DualPipeV runs DualPipe's first half on 2N ranks", "[schedule]") {
 TEST_CASE("per-rank counts equal the reference formulas (PP16, 120 micro-batches)", "[schedule]") {
   const Schedule s = make_schedule(ScheduleKind::dualpipe, 16, 120);
   for (int r = 0; r < 16; ++r) {
-    const SlotCounts n = count_slots(s.slots[static_cast<size_t>(r)]);
+    const SlotCounts n = count_slots(s.slots[idx(r)]);
     const int h = std::min(r, 15 - r);
     CHECK(n.forwards == 120);
     CHECK(n.backwards == 120);
@@ -110,7 +111,7 @@ TEST_CASE("peak activations: PP for 1F1B, PP+1 for DualPipe", "[schedule]") {
   for (int pp : {4, 8, 16}) {
     const UnitCostRun f = run_unit_costs(make_schedule(ScheduleKind::f1b1, pp, 3 * pp), {});
     CHECK(f.peak_activations[0] == pp);
-    CHECK(f.peak_activations[static_cast<size_t>(pp - 1)] == 1);
+    CHECK(f.peak_activations[idx(pp - 1)] == 1);
     const UnitCostRun d = run_unit_costs(make_schedule(ScheduleKind::dualpipe, pp, 4 * pp), {});
     for (int p : d.peak_activations) CHECK(p == pp + 1);
     const UnitCostRun v = run_unit_costs(make_schedule(ScheduleKind::dualpipev, pp, 4 * pp), {});
@@ -220,7 +221,7 @@ TEST_CASE("dp_overlap reduces each stage's gradients after its last weight pass"
       REQUIRE(optimizer >= 0);
       for (size_t i = 0; i < tasks.size(); ++i)
         if (tasks[i].kind == TaskKind::dp_reduce_scatter)
-          CHECK(std::count(tasks[static_cast<size_t>(optimizer)].deps.begin(), tasks[static_cast<size_t>(optimizer)].deps.end(),
+          CHECK(std::count(tasks[idx(optimizer)].deps.begin(), tasks[idx(optimizer)].deps.end(),
                            static_cast<int>(i)) == 1);
     }
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "common/chrome_trace.h"
+#include "common/signed_index.h"
 #include "common/subprocess.h"
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
@@ -163,8 +164,8 @@ TEST_CASE("the SM budget: GEMMs run on the SMs communication leaves them, in eve
   // same instant) take the same time: the time on 112 SMs.
   const int rank = 7;
   double lone = -1, overlapped = -1;
-  for (const Task& t : prog.tasks[static_cast<size_t>(rank)]) {
-    if (t.kind != TaskKind::mlp_b || w.blocks[static_cast<size_t>(t.block)].kind != BlockKind::moe_layer) continue;
+  for (const Task& t : prog.tasks[idx(rank)]) {
+    if (t.kind != TaskKind::mlp_b || w.blocks[idx(t.block)].kind != BlockKind::moe_layer) continue;
     const double secs = task_cost(s, prog, rank, t, task_work(s, w, prog, rank, t), costs).seconds;
     (in_overlapped_slot(prog, rank, t) ? overlapped : lone) = secs;
   }
@@ -208,13 +209,13 @@ TEST_CASE("the alone-case all-to-all reproduces DeepEP's published EP64 bandwidt
   const Workload w = scenario_workload(s);
   const Calibration base = resolve_calibration({repo("sim/calibration/h800-deepgemm.yaml")});
   const int block = first_moe_block(w);
-  const AllToAll& a = w.blocks[static_cast<size_t>(block)].all_to_all;
+  const AllToAll& a = w.blocks[idx(block)].all_to_all;
   ClusterCard card = s.cluster;
   card.nodes = 8;
   const Topology topo(card);
   const EpLayout layout{64, 64, 8};
   for (auto [bytes, gbps] : {std::pair{a.dispatch_bytes_per_copy, 51.0}, std::pair{a.combine_bytes_per_copy, 50.0}}) {
-    const A2AGroup g(layout, 0, a.tokens, bytes, w.blocks[static_cast<size_t>(block)].routing);
+    const A2AGroup g(layout, 0, a.tokens, bytes, w.blocks[idx(block)].routing);
     const A2APlan plan = plan_all_to_all(layout, topo, g, base.all_to_all.ib_efficiency, base.all_to_all.nvlink_efficiency);
     const double deepep = a.tokens * a.dest_nodes_per_token * bytes / (gbps * 1e9);
     INFO("bytes per copy " << bytes << ": model " << plan.seconds[0] * 1e3 << " ms, DeepEP " << deepep * 1e3 << " ms");

@@ -15,6 +15,7 @@
 #include <simgrid/s4u.hpp>
 
 #include "cluster_cards.h"
+#include "common/signed_index.h"
 #include "topologies/simgrid_platform.h"
 
 using namespace tandem;
@@ -177,10 +178,10 @@ TEST_CASE("simgrid platform: build", "[simgrid]") {
   CHECK(e->get_link_count() >= 16384);
   CHECK(e->get_link_count() <= 16385);
   for (int g : {0, 1, 7, 8, 1000, 2047}) {
-    CHECK(hosts[static_cast<size_t>(g)]->get_name() == "gpu" + std::to_string(g));
-    CHECK(sg4::Host::by_name("gpu" + std::to_string(g)) == hosts[static_cast<size_t>(g)]);
-    CHECK(hosts[static_cast<size_t>(g)]->get_speed() == 1.0);
-    CHECK(hosts[static_cast<size_t>(g)]->get_core_count() == 1);
+    CHECK(hosts[idx(g)]->get_name() == "gpu" + std::to_string(g));
+    CHECK(sg4::Host::by_name("gpu" + std::to_string(g)) == hosts[idx(g)]);
+    CHECK(hosts[idx(g)]->get_speed() == 1.0);
+    CHECK(hosts[idx(g)]->get_core_count() == 1);
   }
   // A few links by name, with the card's figures.
   const sg4::Link* nvl = sg4::Link::by_name("gpu9-nvswitch1_UP");

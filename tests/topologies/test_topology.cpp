@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "cluster_cards.h"
+#include "common/signed_index.h"
 #include "topologies/topology.h"
 
 using namespace tandem;
@@ -47,7 +48,7 @@ void check_route(const Topology& t, int src, int dst) {
     const Link& own = t.link(k.id);
     CHECK(own.tail == k.tail);
     CHECK(own.head == k.head);
-    auto [e, exists] = boost::edge(static_cast<size_t>(k.tail), static_cast<size_t>(k.head),
+    auto [e, exists] = boost::edge(idx(k.tail), idx(k.head),
                                    t.graph());
     REQUIRE(exists);
     CHECK(t.graph()[e].link == k.id);

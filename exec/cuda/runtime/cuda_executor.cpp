@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/comm/world.h"
 #include "exec/cuda/cuda_check.h"
 #include "exec/cuda/device_query.h"
@@ -97,8 +98,8 @@ void make_nccl(DeviceWorld& w, int ranks, int devices, const comm::CommOptions& 
     throw ExecFailure("--cuda-world nccl: " + std::to_string(ranks) + " ranks need " + std::to_string(ranks) +
                       " GPUs in this process, " + std::to_string(devices) +
                       " visible (run under mpirun / srun for more nodes, or use --cuda-world virtual)");
-  std::vector<int> gpus(static_cast<std::size_t>(ranks));
-  for (int g = 0; g < ranks; ++g) gpus[static_cast<std::size_t>(g)] = g;
+  std::vector<int> gpus(idx(ranks));
+  for (int g = 0; g < ranks; ++g) gpus[idx(g)] = g;
   w.nccl_local = std::make_unique<NcclLocalWorld>(gpus, co);
   w.description = w.nccl_local->describe();
   w.host = &w.nccl_local->host_world();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/signed_index.h"
 #include "exec/cuda/nn_ops.h"
 #include "exec/moe/balance.h"
 #include "exec/runtime/rank_runner_impl.h"
@@ -144,7 +145,7 @@ DeviceBackend::TaskScope::TaskScope(DeviceBackend& be, int index, const Task& t)
   // The Program's cross-stream deps as device order: the deps finished on the host (the
   // interpreter ran them), so their end events are recorded; wait for those on the other stream.
   for (int d : t.deps) {
-    const std::size_t k = static_cast<std::size_t>(d);
+    const std::size_t k = idx(d);
     const Task& dep = be.tasks_[k];
     if (dep.stream != t.stream && be.ran_[k])
       check(cudaStreamWaitEvent(stream_, be.end_[k], 0), "cudaStreamWaitEvent (task deps)");
@@ -153,7 +154,7 @@ DeviceBackend::TaskScope::TaskScope(DeviceBackend& be, int index, const Task& t)
     if (t.stream == tandem::Stream::comm && be.tail_[k] && be.tail_ran_[k])
       check(cudaStreamWaitEvent(stream_, be.tail_[k], 0), "cudaStreamWaitEvent (task tail)");
   }
-  check(cudaEventRecord(be.start_[static_cast<std::size_t>(index)], stream_), "cudaEventRecord (task start)");
+  check(cudaEventRecord(be.start_[idx(index)], stream_), "cudaEventRecord (task start)");
 }
 
 DeviceBackend::TaskScope::TaskScope(TaskScope&& o) noexcept
@@ -165,7 +166,7 @@ DeviceBackend::TaskScope::~TaskScope() {
   if (!be_) return;
   // Recorded even when the task threw: a later wait on it then waits for what was enqueued.
   // Errors here would only repeat the task's own; they are not thrown from a destructor.
-  const std::size_t k = static_cast<std::size_t>(index_);
+  const std::size_t k = idx(index_);
   if (be_->tail_[k] && cudaEventRecord(be_->tail_[k], be_->compute_.get()) == cudaSuccess) be_->tail_ran_[k] = 1;
   if (cudaEventRecord(be_->end_[k], stream_) == cudaSuccess) be_->ran_[k] = 1;
 }

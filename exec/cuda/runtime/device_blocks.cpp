@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/signed_index.h"
 #include "exec/cuda/balance.h"
 #include "exec/cuda/kernels.h"
 #include "exec/cuda/nn_ops.h"
@@ -15,7 +16,7 @@ namespace {
 using tandem::BlockKind;
 
 std::size_t count_of(int64_t rows, int64_t cols) {
-  return rows > 0 && cols > 0 ? static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) : 0;
+  return rows > 0 && cols > 0 ? idx(rows) * idx(cols) : 0;
 }
 
 int to_int(int64_t v, const char* what) {
@@ -268,7 +269,7 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
       if (p.moe->bias.size() != E) throw std::invalid_argument("DeviceStageBlocks: router bias size != n_routed");
       if (static_cast<int>(p.moe->experts.size()) != per || p.moe->first_expert != m.moe->first_expert())
         throw std::invalid_argument("DeviceStageBlocks: the MoE block's experts are not this member's");
-      b->bias = upload_on(p.moe->bias.data(), static_cast<std::size_t>(E), uploads.get());
+      b->bias = upload_on(p.moe->bias.data(), idx(E), uploads.get());
       b->moe_w.router = P.dense_tensor(pre + "mlp.gate.weight");
       b->moe_w.bias = b->bias.get();
       b->g_router = G.dense_tensor(pre + "mlp.gate.weight");
@@ -282,11 +283,11 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
       for (int s = 0; s < G.sources(); ++s)
         for (int e = 0; e < per; ++e) {
           const std::string x = ep + std::to_string(p.moe->first_expert + e) + ".";
-          b->g_experts[static_cast<std::size_t>(s)].push_back({G.expert_tensor(s, x + "gate_proj.weight"),
+          b->g_experts[idx(s)].push_back({G.expert_tensor(s, x + "gate_proj.weight"),
                                                                 G.expert_tensor(s, x + "up_proj.weight"),
                                                                 G.expert_tensor(s, x + "down_proj.weight")});
         }
-      b->expert_fp8.resize(static_cast<std::size_t>(per));
+      b->expert_fp8.resize(idx(per));
       if (m.moe_cfg.n_shared > 0) {
         const std::string sh = pre + "mlp.shared_experts.";
         b->moe_w.shared = {P.dense_tensor(sh + "gate_proj.weight"), P.dense_tensor(sh + "up_proj.weight"),
@@ -406,13 +407,13 @@ void DeviceStageBlocks::attn_f(std::size_t i, DeviceBlockState& s, const DeviceM
   if (s.x.cols() != H) throw std::invalid_argument("attn_f: s.x must be [rows, hidden]");
   const std::size_t n = count_of(rows, H);
   s.xn1 = DeviceBuffer<float>(n);
-  s.inv_rms1 = DeviceBuffer<float>(static_cast<std::size_t>(rows));
+  s.inv_rms1 = DeviceBuffer<float>(idx(rows));
   rmsnorm_forward(s.x.data(), b.input_ln, rows, H, m.eps, s.xn1.get(), s.inv_rms1.get(), st);
   s.h = DeviceTensor::make(rows, H);
   b.mla->forward(b.mla_w, s.xn1.get(), rows, m.seq_len, s.h.data(), &s.mla);
   add(s.x.data(), s.h.data(), n, s.h.data(), st);  // h = x + attn
   s.xn = DeviceTensor::make(rows, H);
-  s.inv_rms2 = DeviceBuffer<float>(static_cast<std::size_t>(rows));
+  s.inv_rms2 = DeviceBuffer<float>(idx(rows));
   rmsnorm_forward(s.h.data(), b.post_ln, rows, H, m.eps, s.xn.data(), s.inv_rms2.get(), st);
   if (!b.has_moe) return;
   s.tok = std::make_unique<DeviceMoeTokenState>();
@@ -423,9 +424,9 @@ void DeviceStageBlocks::attn_f(std::size_t i, DeviceBlockState& s, const DeviceM
     const int E = m.moe_cfg.router.n_routed, K = m.moe_cfg.router.top_k;
     if (m.seq_len <= 0 || rows % m.seq_len != 0)
       throw std::invalid_argument("attn_f: the micro-batch's rows are not whole sequences");
-    const std::size_t seqs = static_cast<std::size_t>(rows / m.seq_len);
-    s.balance_f = DeviceBuffer<float>(seqs * static_cast<std::size_t>(E));
-    float* P = m.bal_P.reserve(std::max<std::size_t>(1, seqs * static_cast<std::size_t>(E)), st);
+    const std::size_t seqs = idx(rows / m.seq_len);
+    s.balance_f = DeviceBuffer<float>(seqs * idx(E));
+    float* P = m.bal_P.reserve(std::max<std::size_t>(1, seqs * idx(E)), st);
     float* per_seq = m.bal_per_seq.reserve(std::max<std::size_t>(1, seqs), st);
     float* loss = m.bal_loss.reserve(1, st);
     balance_loss_forward(s.tok->scores.get(), s.tok->expert.get(), rows, E, K, m.seq_len, m.ctx.balance_alpha,
@@ -493,7 +494,7 @@ void DeviceStageBlocks::loss_f(std::size_t i, DeviceBlockState& s, const DeviceM
   double host_loss = 0;
   if (b.kind == BlockKind::mtp) {
     const int rows = to_int(s.out.rows(), "rows");
-    if (data.mtp_targets.size() != static_cast<std::size_t>(rows))
+    if (data.mtp_targets.size() != idx(rows))
       throw std::invalid_argument("loss_f (mtp): the micro-batch has no mtp_targets for its rows");
     s.dlogits = DeviceBuffer<float>(count_of(rows, m.vocab));
     m.head->forward_loss(b.norm, b.lm_head, s.out.data(), rows, data.mtp_targets.get(), m.ctx.mtp_loss_scale,

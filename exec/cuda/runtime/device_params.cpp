@@ -4,6 +4,7 @@
 #include <functional>
 #include <stdexcept>
 
+#include "common/signed_index.h"
 #include "exec/cuda/nn_ops.h"
 
 namespace tandem::cuda {
@@ -208,7 +209,7 @@ DeviceStageGrads::DeviceStageGrads(const StageLayout& layout, int sources) : lay
 float* DeviceStageGrads::experts(int src) {
   if (src < 0 || src >= sources())
     throw std::invalid_argument("src: " + std::to_string(src) + " (sources: " + std::to_string(sources()) + ")");
-  return experts_[static_cast<std::size_t>(src)].get();
+  return experts_[idx(src)].get();
 }
 
 void DeviceStageGrads::zero(cudaStream_t stream) {

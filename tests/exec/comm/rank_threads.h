@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/comm/world.h"
 
 namespace tandem::comm::test {
@@ -56,7 +57,7 @@ std::vector<Outcome> run_ranks(World& world, Body body) {
   std::vector<std::thread> threads;
   for (int r : world.local_ranks()) {
     threads.emplace_back([&world, &out, &body, r] {
-      Outcome& o = out[static_cast<std::size_t>(r)];
+      Outcome& o = out[idx(r)];
       o.ran = true;
       const auto t0 = std::chrono::steady_clock::now();
       try {
@@ -97,7 +98,7 @@ inline std::size_t pattern_size(int a, int b, int c, std::size_t max) {
 // the order of the additions, so a test can tell group order from any other order.
 inline float wide_float(int a, int b, std::size_t i) {
   std::uint32_t bits = 0;
-  for (int k = 0; k < 4; ++k) bits = bits << 8 | static_cast<std::uint32_t>(pattern(a, b, 77, 4 * i + static_cast<std::size_t>(k)));
+  for (int k = 0; k < 4; ++k) bits = bits << 8 | static_cast<std::uint32_t>(pattern(a, b, 77, 4 * i + idx(k)));
   const float mantissa = 1.0f + static_cast<float>(bits & 0x7fffff) / 8388608.0f;
   const int exponent = static_cast<int>((bits >> 23) % 41) - 20;
   return std::ldexp((bits >> 31) ? -mantissa : mantissa, exponent);

@@ -13,8 +13,11 @@
 #include <thread>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/comm/in_process.h"
 #include "rank_threads.h"
+
+using tandem::idx;
 
 using namespace tandem::comm;
 using namespace tandem::comm::test;
@@ -135,15 +138,15 @@ TEST_CASE("comm: all_to_all_v with ragged and empty pairs on two strided groups 
       for (std::size_t i = 0; i < g.size(); ++i) {
         const auto expect = pattern_bytes(g[i], rank, round, pattern_size(g[i], rank, round, 700));
         check(recv[i] == expect, "round " + std::to_string(round) + ": bytes from rank " + std::to_string(g[i]));
-        checked[static_cast<std::size_t>(rank)] += expect.size();
-        empty_pairs[static_cast<std::size_t>(rank)] += expect.empty();
+        checked[idx(rank)] += expect.size();
+        empty_pairs[idx(rank)] += expect.empty();
       }
     }
   });
   require_all_ok(out);
   for (int r = 0; r < 8; ++r) {
-    CHECK(checked[static_cast<std::size_t>(r)] > 0);
-    CHECK(empty_pairs[static_cast<std::size_t>(r)] > 0);  // zero-length pairs did occur
+    CHECK(checked[idx(r)] > 0);
+    CHECK(empty_pairs[idx(r)] > 0);  // zero-length pairs did occur
   }
   CHECK(world.undelivered().empty());
 }
@@ -175,8 +178,8 @@ TEST_CASE("comm: reduce_scatter_sum and all_gather are bit-identical to the sequ
       if (it == g.end()) return;
       const auto m = static_cast<std::size_t>(it - g.begin());
       std::vector<float> in = input[m];
-      std::vector<float>& mine = shard[static_cast<std::size_t>(rank)];
-      std::vector<float>& all = gathered[static_cast<std::size_t>(rank)];
+      std::vector<float>& mine = shard[idx(rank)];
+      std::vector<float>& all = gathered[idx(rank)];
       all.assign(total, -1.0f);
       std::vector<std::size_t> bytes(g.size());
       for (std::size_t i = 0; i < g.size(); ++i) bytes[i] = counts[i] * sizeof(float);
@@ -195,7 +198,7 @@ TEST_CASE("comm: reduce_scatter_sum and all_gather are bit-identical to the sequ
     });
     require_all_ok(out);
     for (std::size_t m = 0; m < g.size(); ++m) {
-      const auto r = static_cast<std::size_t>(g[m]);
+      const auto r = idx(g[m]);
       const std::vector<float> expect(expected_all.begin() + static_cast<std::ptrdiff_t>(offset[m]),
                                       expected_all.begin() + static_cast<std::ptrdiff_t>(offset[m] + counts[m]));
       INFO("member " << m << " (rank " << g[m] << ")");
@@ -246,7 +249,7 @@ TEST_CASE("comm: one rank runs collectives on two groups from two threads at onc
       try {
         fn();
       } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(slot)] = e.what();
+        errors[idx(slot)] = e.what();
       }
     };
     std::thread b([&] {
@@ -272,13 +275,13 @@ TEST_CASE("comm: one rank runs collectives on two groups from two threads at onc
         std::vector<std::vector<std::byte>> parts(4);
         std::vector<ConstBytes> send(4);
         for (int i = 0; i < 4; ++i) {
-          parts[static_cast<std::size_t>(i)] = pattern_bytes(rank, i, round, pattern_size(rank, i, round, 200));
-          send[static_cast<std::size_t>(i)] = {parts[static_cast<std::size_t>(i)].data(), parts[static_cast<std::size_t>(i)].size()};
+          parts[idx(i)] = pattern_bytes(rank, i, round, pattern_size(rank, i, round, 200));
+          send[idx(i)] = {parts[idx(i)].data(), parts[idx(i)].size()};
         }
         std::vector<std::vector<std::byte>> recv;
         comm.all_to_all_v(all, send, recv, "combine_f");
         for (int i = 0; i < 4; ++i) {
-          check(recv[static_cast<std::size_t>(i)] == pattern_bytes(i, rank, round, pattern_size(i, rank, round, 200)),
+          check(recv[idx(i)] == pattern_bytes(i, rank, round, pattern_size(i, rank, round, 200)),
                 "world all-to-all");
         }
       }
@@ -322,8 +325,8 @@ TEST_CASE("comm: a rank that never joins an all-to-all is named by every other m
   INFO(describe(out));
   int timeouts = 0;
   for (int r : {0, 1, 3}) {
-    REQUIRE(out[static_cast<std::size_t>(r)].error);
-    const CommError& e = *out[static_cast<std::size_t>(r)].error;
+    REQUIRE(out[idx(r)].error);
+    const CommError& e = *out[idx(r)].error;
     CHECK(e.label() == "dispatch_f layer 3 mb 5");
     CHECK(waited_for(e, 2));
     if (e.kind() == CommErrorKind::timeout) {
@@ -333,7 +336,7 @@ TEST_CASE("comm: a rank that never joins an all-to-all is named by every other m
     } else {
       CHECK(e.kind() == CommErrorKind::peer_failed);
     }
-    CHECK(out[static_cast<std::size_t>(r)].seconds < 2.0);
+    CHECK(out[idx(r)].seconds < 2.0);
   }
   CHECK(timeouts >= 1);
 }
@@ -373,8 +376,8 @@ TEST_CASE("comm: an announced fault fails the others at once, naming the dead ra
   CHECK(out[2].error->kind() == CommErrorKind::injected_fault);
   CHECK(std::string(out[2].error->what()) == "rank 2: barrier \"step 1 barrier\" died: injected fault at operation 3");
   for (int r : {0, 1, 3}) {
-    REQUIRE(out[static_cast<std::size_t>(r)].error);
-    const CommError& e = *out[static_cast<std::size_t>(r)].error;
+    REQUIRE(out[idx(r)].error);
+    const CommError& e = *out[idx(r)].error;
     CHECK(e.kind() == CommErrorKind::peer_failed);
     CHECK(e.first_failed_rank() == 2);
     CHECK(contains(e.what(), "rank 2 failed first (rank 2: barrier \"step 1 barrier\" died: injected fault"));
@@ -396,11 +399,11 @@ TEST_CASE("comm: a silent fault is found by the others' timeouts, which name the
   CHECK(out[2].error->kind() == CommErrorKind::injected_fault);
   int timeouts = 0;
   for (int r : {0, 1, 3}) {
-    REQUIRE(out[static_cast<std::size_t>(r)].error);
-    const CommError& e = *out[static_cast<std::size_t>(r)].error;
+    REQUIRE(out[idx(r)].error);
+    const CommError& e = *out[idx(r)].error;
     CHECK(waited_for(e, 2));
     timeouts += e.kind() == CommErrorKind::timeout;
-    CHECK(out[static_cast<std::size_t>(r)].seconds < 2.0);
+    CHECK(out[idx(r)].seconds < 2.0);
   }
   CHECK(timeouts >= 1);
   REQUIRE(world.failure());
@@ -422,12 +425,12 @@ TEST_CASE("comm: abort() from the executor wakes ranks blocked on others", "[com
   INFO(describe(out));
   CHECK(out[0].ok());
   for (int r : {1, 2}) {
-    REQUIRE(out[static_cast<std::size_t>(r)].error);
-    const CommError& e = *out[static_cast<std::size_t>(r)].error;
+    REQUIRE(out[idx(r)].error);
+    const CommError& e = *out[idx(r)].error;
     CHECK(e.kind() == CommErrorKind::peer_failed);
     CHECK(e.first_failed_rank() == 0);
     CHECK(contains(e.what(), "rank 0 failed first (rank 0 called abort: loss is NaN at mb 3)"));
-    CHECK(out[static_cast<std::size_t>(r)].seconds < 2.0);
+    CHECK(out[idx(r)].seconds < 2.0);
   }
   // A failed world stays failed.
   float x = 0;

@@ -12,8 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/comm/mpi.h"
 #include "rank_threads.h"
+
+using tandem::idx;
 
 using namespace tandem::comm;
 using namespace tandem::comm::test;
@@ -41,7 +44,7 @@ TEST_CASE("comm mpi: make_world hosts a contiguous block of ranks per process", 
   auto& mw = dynamic_cast<MpiWorld&>(*w);
   REQUIRE(kRanks % mw.processes() == 0);
   const int per = kRanks / mw.processes();
-  std::vector<int> expect(static_cast<std::size_t>(per));
+  std::vector<int> expect(idx(per));
   std::iota(expect.begin(), expect.end(), mw.process() * per);
   CHECK(w->local_ranks() == expect);
   CHECK(w->size() == kRanks);
@@ -111,7 +114,7 @@ TEST_CASE("comm mpi: all_to_all_v, reduce_scatter_sum, all_gather and barrier ac
       }
       comm.barrier(world, "barrier");
     }
-    const auto m = static_cast<std::size_t>(rank);  // world group: member index == rank
+    const auto m = idx(rank);  // world group: member index == rank
     std::vector<float> in(total);
     for (std::size_t k = 0; k < total; ++k) in[k] = wide_float(rank, 1, k);
     std::vector<float> shard(counts[m]);
@@ -166,7 +169,7 @@ TEST_CASE("comm mpi: an announced fault in one process fails the other process's
   });
   INFO(w->describe() << "\n" << describe(out));
   for (int r : w->local_ranks()) {
-    const Outcome& o = out[static_cast<std::size_t>(r)];
+    const Outcome& o = out[idx(r)];
     REQUIRE(o.error);
     CHECK(o.seconds < 5.0);
     if (r == 3) {
@@ -188,7 +191,7 @@ TEST_CASE("comm mpi: a silent fault in one process is named by the other process
   });
   INFO(w->describe() << "\n" << describe(out));
   for (int r : w->local_ranks()) {
-    const Outcome& o = out[static_cast<std::size_t>(r)];
+    const Outcome& o = out[idx(r)];
     REQUIRE(o.error);
     CHECK(o.seconds < 5.0);
     if (r == 2) {

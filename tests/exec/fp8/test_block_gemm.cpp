@@ -7,11 +7,14 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/signed_index.h"
 #include "exec/fp8/bf16.h"
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/fp8.h"
 #include "exec/fp8/quantize.h"
 #include "test_matrices.h"
+
+using tandem::idx;
 
 using namespace tandem::fp8;
 using namespace tandem::fp8::testing;
@@ -30,20 +33,20 @@ template <class ScaleB>
 Fp64Result definition_fp64(const RowwiseFp8& a, const std::vector<uint8_t>& b_data, int N,
                            ScaleB sb) {
   const int M = a.rows, K = a.cols;
-  Fp64Result r{std::vector<double>(static_cast<size_t>(M) * N),
-               std::vector<double>(static_cast<size_t>(M) * N)};
+  Fp64Result r{std::vector<double>(idx(M) * N),
+               std::vector<double>(idx(M) * N)};
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
       double v = 0.0, mag = 0.0;
       for (int k = 0; k < K; ++k) {
         const double s = static_cast<double>(a.scale(m, k / kBlock)) * sb(n, k / kBlock);
-        const double p = static_cast<double>(decode_e4m3(a.data[static_cast<size_t>(m) * K + k])) *
-                         decode_e4m3(b_data[static_cast<size_t>(n) * K + k]) * s;
+        const double p = static_cast<double>(decode_e4m3(a.data[idx(m) * K + k])) *
+                         decode_e4m3(b_data[idx(n) * K + k]) * s;
         v += p;
         mag += std::fabs(p);
       }
-      r.value[static_cast<size_t>(m) * N + n] = v;
-      r.magnitude[static_cast<size_t>(m) * N + n] = mag;
+      r.value[idx(m) * N + n] = v;
+      r.magnitude[idx(m) * N + n] = mag;
     }
   }
   return r;
@@ -79,7 +82,7 @@ TEST_CASE("block gemm: VEC128 x BLK128x128 equals its definition (FP64 on the FP
     const std::vector<float> w = random_matrix(s.N, s.K, 22, 0.01);
     const RowwiseFp8 a = quantize_rowwise(x.data(), s.M, s.K);
     const BlockFp8 b = quantize_blocks(w.data(), s.N, s.K);
-    std::vector<float> d(static_cast<size_t>(s.M) * s.N);
+    std::vector<float> d(idx(s.M) * s.N);
     gemm_vec128_blk128(a, b, d.data(), false);
     const Fp64Result ref =
         definition_fp64(a, b.data, s.N, [&](int n, int kb) { return b.scale(n / kBlock, kb); });
@@ -95,7 +98,7 @@ TEST_CASE("block gemm: VEC128 x VEC128 equals its definition (FP64 on the FP8 op
     const std::vector<float> y = random_matrix(s.N, s.K, 24, 0.01);
     const RowwiseFp8 a = quantize_rowwise(x.data(), s.M, s.K, QuantOptions{true});
     const RowwiseFp8 b = quantize_rowwise(y.data(), s.N, s.K, QuantOptions{true});
-    std::vector<float> d(static_cast<size_t>(s.M) * s.N);
+    std::vector<float> d(idx(s.M) * s.N);
     gemm_vec128_vec128(a, b, d.data(), false);
     const Fp64Result ref = definition_fp64(a, b.data, s.N, [&](int n, int kb) { return b.scale(n, kb); });
     check_close(d, ref, 1e-6);
@@ -113,7 +116,7 @@ TEST_CASE("block gemm: accuracy against the unquantised FP64 product", "[fp8]") 
     const std::vector<float> x = random_matrix(M, K, 31, outliers);
     const std::vector<float> w = random_matrix(N, K, 32, outliers);
     const std::vector<double> exact = gemm_nt_fp64(x.data(), w.data(), M, N, K);
-    std::vector<float> d(static_cast<size_t>(M) * N), d2(d.size());
+    std::vector<float> d(idx(M) * N), d2(d.size());
     gemm_vec128_blk128(quantize_rowwise(x.data(), M, K), quantize_blocks(w.data(), N, K), d.data(), false);
     gemm_vec128_vec128(quantize_rowwise(x.data(), M, K), quantize_rowwise(w.data(), N, K), d2.data(), false);
     const double e_blk = rel_l2(d, exact), e_vec = rel_l2(d2, exact);
@@ -133,34 +136,34 @@ TEST_CASE("block gemm: a row's output does not depend on M or N or the other row
   const RowwiseFp8 a_all = quantize_rowwise(x.data(), Mbig, K);
   const BlockFp8 b_blk = quantize_blocks(w.data(), N, K);
   const RowwiseFp8 b_vec = quantize_rowwise(w.data(), N, K);
-  std::vector<float> d_blk(static_cast<size_t>(Mbig) * N), d_vec(d_blk.size());
+  std::vector<float> d_blk(idx(Mbig) * N), d_vec(d_blk.size());
   gemm_vec128_blk128(a_all, b_blk, d_blk.data(), false);
   gemm_vec128_vec128(a_all, b_vec, d_vec.data(), false);
 
   auto rows_of = [&](int first, int count) {
-    return quantize_rowwise(x.data() + static_cast<size_t>(first) * K, count, K);
+    return quantize_rowwise(x.data() + idx(first) * K, count, K);
   };
   for (int first : {0, 100, 263}) {
     for (int count : {37, 1}) {
       INFO("rows " << first << " + " << count);
       const RowwiseFp8 a = rows_of(first, count);
-      std::vector<float> got(static_cast<size_t>(count) * N);
+      std::vector<float> got(idx(count) * N);
       gemm_vec128_blk128(a, b_blk, got.data(), false);
-      CHECK(std::memcmp(got.data(), d_blk.data() + static_cast<size_t>(first) * N,
+      CHECK(std::memcmp(got.data(), d_blk.data() + idx(first) * N,
                         got.size() * sizeof(float)) == 0);
       gemm_vec128_vec128(a, b_vec, got.data(), false);
-      CHECK(std::memcmp(got.data(), d_vec.data() + static_cast<size_t>(first) * N,
+      CHECK(std::memcmp(got.data(), d_vec.data() + idx(first) * N,
                         got.size() * sizeof(float)) == 0);
     }
   }
   // One row of b alone (VEC128 x VEC128: rows of b are independent too).
   for (int n : {0, 17, 44}) {
-    const RowwiseFp8 b1 = quantize_rowwise(w.data() + static_cast<size_t>(n) * K, 1, K);
+    const RowwiseFp8 b1 = quantize_rowwise(w.data() + idx(n) * K, 1, K);
     std::vector<float> col(Mbig);
     gemm_vec128_vec128(a_all, b1, col.data(), false);
     for (int m = 0; m < Mbig; ++m) {
       INFO("m " << m << " n " << n);
-      REQUIRE(std::memcmp(&col[m], &d_vec[static_cast<size_t>(m) * N + n], sizeof(float)) == 0);
+      REQUIRE(std::memcmp(&col[m], &d_vec[idx(m) * N + n], sizeof(float)) == 0);
     }
   }
 }
@@ -170,7 +173,7 @@ TEST_CASE("block gemm: BF16 output is the FP32 output rounded once", "[fp8]") {
   const std::vector<float> x = random_matrix(M, K, 51), w = random_matrix(N, K, 52);
   const RowwiseFp8 a = quantize_rowwise(x.data(), M, K);
   const BlockFp8 b = quantize_blocks(w.data(), N, K);
-  std::vector<float> f32(static_cast<size_t>(M) * N), b16(f32.size());
+  std::vector<float> f32(idx(M) * N), b16(f32.size());
   gemm_vec128_blk128(a, b, f32.data(), false);
   gemm_vec128_blk128(a, b, b16.data(), true);
   int changed = 0;
@@ -185,16 +188,16 @@ TEST_CASE("block gemm: exact on values the format holds exactly", "[fp8]") {
   // Blocks whose amax is 448 get factor = scale = 1; small integers are E4M3 values and their
   // products and sums are exact in FP32, so the GEMM is the integer product.
   const int M = 3, N = 4, K = 130;
-  std::vector<float> x(static_cast<size_t>(M) * K), w(static_cast<size_t>(N) * K);
+  std::vector<float> x(idx(M) * K), w(idx(N) * K);
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 7) - 3);
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(static_cast<int>(i % 5) - 2);
   for (int m = 0; m < M; ++m) {
-    x[static_cast<size_t>(m) * K] = 448.0f;
-    x[static_cast<size_t>(m) * K + 128] = 448.0f;
+    x[idx(m) * K] = 448.0f;
+    x[idx(m) * K + 128] = 448.0f;
   }
   w[0] = 448.0f;
   w[128] = 448.0f;
-  std::vector<float> d(static_cast<size_t>(M) * N);
+  std::vector<float> d(idx(M) * N);
   gemm_vec128_blk128(quantize_rowwise(x.data(), M, K), quantize_blocks(w.data(), N, K), d.data(), false);
   const std::vector<double> exact = gemm_nt_fp64(x.data(), w.data(), M, N, K);
   for (size_t i = 0; i < d.size(); ++i) CHECK(d[i] == exact[i]);

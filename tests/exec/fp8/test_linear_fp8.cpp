@@ -7,10 +7,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/signed_index.h"
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/linear_fp8.h"
 #include "exec/fp8/quantize.h"
 #include "test_matrices.h"
+
+using tandem::idx;
 
 using namespace tandem::fp8;
 using namespace tandem::fp8::testing;
@@ -51,15 +54,15 @@ TEST_CASE("linear: fprop dgrad and wgrad against the FP64 products", "[fp8]") {
         const std::vector<float> dyt = transposed(dy, s.M, s.N);
         const std::vector<float> xt = transposed(x, s.M, s.K);
 
-        std::vector<float> y(static_cast<size_t>(s.M) * s.N);
+        std::vector<float> y(idx(s.M) * s.N);
         linear_fprop(x.data(), W.data(), y.data(), s.M, s.N, s.K, o);
         check("fprop", y, gemm_nt_fp64(x.data(), W.data(), s.M, s.N, s.K));
 
-        std::vector<float> dx(static_cast<size_t>(s.M) * s.K);
+        std::vector<float> dx(idx(s.M) * s.K);
         linear_dgrad(dy.data(), W.data(), dx.data(), s.M, s.N, s.K, o);
         check("dgrad", dx, gemm_nt_fp64(dy.data(), Wt.data(), s.M, s.K, s.N));
 
-        std::vector<float> dW(static_cast<size_t>(s.N) * s.K);
+        std::vector<float> dW(idx(s.N) * s.K);
         linear_wgrad(dy.data(), x.data(), dW.data(), s.M, s.N, s.K, o);
         check("wgrad", dW, gemm_nt_fp64(dyt.data(), xt.data(), s.N, s.K, s.M));
       }
@@ -75,14 +78,14 @@ TEST_CASE("linear: each GEMM is the recipe's quantisation followed by the block 
   const std::vector<float> W = random_matrix(N, K, 82, 0.01);
   const std::vector<float> dy = random_matrix(M, N, 83, 0.01);
 
-  std::vector<float> got(static_cast<size_t>(M) * N), want(got.size());
+  std::vector<float> got(idx(M) * N), want(got.size());
   linear_fprop(x.data(), W.data(), got.data(), M, N, K, o);
   gemm_vec128_blk128(quantize_rowwise(x.data(), M, K, q), quantize_blocks(W.data(), N, K, q),
                      want.data(), false);
   CHECK(bitwise_equal(got, want));
 
   // dgrad uses fprop's FP8 weights, transposed; equal to quantising Wᵀ in 128x128 blocks.
-  got.assign(static_cast<size_t>(M) * K, 0.0f);
+  got.assign(idx(M) * K, 0.0f);
   want.assign(got.size(), 0.0f);
   linear_dgrad(dy.data(), W.data(), got.data(), M, N, K, o);
   const std::vector<float> Wt = transposed(W, N, K);
@@ -91,7 +94,7 @@ TEST_CASE("linear: each GEMM is the recipe's quantisation followed by the block 
   CHECK(bitwise_equal(got, want));
 
   // wgrad: dyᵀ and xᵀ quantised along M from the FP32 tensors.
-  got.assign(static_cast<size_t>(N) * K, 0.0f);
+  got.assign(idx(N) * K, 0.0f);
   want.assign(got.size(), 0.0f);
   linear_wgrad(dy.data(), x.data(), got.data(), M, N, K, o);
   gemm_vec128_vec128(quantize_columnwise(dy.data(), M, N, q), quantize_columnwise(x.data(), M, K, q),
@@ -105,14 +108,14 @@ TEST_CASE("linear: exact on small integers with power-of-two scales", "[fp8]") {
   // are exact in FP32. All three GEMMs must then equal the integer products.
   const int M = 33, N = 20, K = 140;
   auto ints = [](int rows, int cols, int seed) {
-    std::vector<float> m(static_cast<size_t>(rows) * cols);
+    std::vector<float> m(idx(rows) * cols);
     for (size_t i = 0; i < m.size(); ++i) m[i] = static_cast<float>(static_cast<int>((i * 7 + seed) % 9) - 4);
     return m;
   };
   const std::vector<float> x = ints(M, K, 1), W = ints(N, K, 2), dy = ints(M, N, 3);
   const Fp8Options o{true, false};
-  std::vector<float> y(static_cast<size_t>(M) * N), dx(static_cast<size_t>(M) * K),
-      dW(static_cast<size_t>(N) * K);
+  std::vector<float> y(idx(M) * N), dx(idx(M) * K),
+      dW(idx(N) * K);
   linear_fprop(x.data(), W.data(), y.data(), M, N, K, o);
   linear_dgrad(dy.data(), W.data(), dx.data(), M, N, K, o);
   linear_wgrad(dy.data(), x.data(), dW.data(), M, N, K, o);
@@ -130,13 +133,13 @@ TEST_CASE("linear: outputs are overwritten and sizes checked", "[fp8]") {
   const int M = 5, N = 6, K = 7;
   const std::vector<float> x = random_matrix(M, K, 91), W = random_matrix(N, K, 92),
                            dy = random_matrix(M, N, 93);
-  std::vector<float> dW(static_cast<size_t>(N) * K, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> dW(idx(N) * K, std::numeric_limits<float>::quiet_NaN());
   linear_wgrad(dy.data(), x.data(), dW.data(), M, N, K);
   std::vector<float> again(dW.size(), 1e30f);
   linear_wgrad(dy.data(), x.data(), again.data(), M, N, K);
   for (float v : dW) CHECK(std::isfinite(v));
   CHECK(bitwise_equal(dW, again));
-  std::vector<float> y(static_cast<size_t>(M) * N);
+  std::vector<float> y(idx(M) * N);
   CHECK_THROWS_AS(linear_fprop(x.data(), W.data(), y.data(), 0, N, K), std::invalid_argument);
   CHECK_THROWS_AS(linear_dgrad(dy.data(), W.data(), y.data(), M, N, -1), std::invalid_argument);
 }

@@ -6,6 +6,8 @@
 #include <random>
 #include <vector>
 
+#include "common/signed_index.h"
+
 namespace tandem::fp8::testing {
 
 // Row-major rows x cols, N(0, 1), with a fraction of outliers scaled by outlier_scale (what makes
@@ -15,7 +17,7 @@ inline std::vector<float> random_matrix(int rows, int cols, uint32_t seed,
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  std::vector<float> m(static_cast<size_t>(rows) * cols);
+  std::vector<float> m(idx(rows) * cols);
   for (float& v : m) {
     v = normal(rng);
     if (uniform(rng) < outlier_fraction) v *= outlier_scale;
@@ -27,7 +29,7 @@ inline std::vector<float> transposed(const std::vector<float>& x, int rows, int 
   std::vector<float> t(x.size());
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols; ++c) {
-      t[static_cast<size_t>(c) * rows + r] = x[static_cast<size_t>(r) * cols + c];
+      t[idx(c) * rows + r] = x[idx(r) * cols + c];
     }
   }
   return t;
@@ -35,14 +37,14 @@ inline std::vector<float> transposed(const std::vector<float>& x, int rows, int 
 
 // d[M,N] = a[M,K] · b[N,K]ᵀ in double.
 inline std::vector<double> gemm_nt_fp64(const float* a, const float* b, int M, int N, int K) {
-  std::vector<double> d(static_cast<size_t>(M) * N, 0.0);
+  std::vector<double> d(idx(M) * N, 0.0);
   for (int m = 0; m < M; ++m) {
     for (int n = 0; n < N; ++n) {
       double s = 0.0;
       for (int k = 0; k < K; ++k) {
-        s += static_cast<double>(a[static_cast<size_t>(m) * K + k]) * b[static_cast<size_t>(n) * K + k];
+        s += static_cast<double>(a[idx(m) * K + k]) * b[idx(n) * K + k];
       }
-      d[static_cast<size_t>(m) * N + n] = s;
+      d[idx(m) * N + n] = s;
     }
   }
   return d;

@@ -8,9 +8,12 @@
 
 #include <catch2/catch.hpp>
 
+#include "common/signed_index.h"
 #include "exec/fp8/fp8.h"
 #include "exec/fp8/quantize.h"
 #include "test_matrices.h"
+
+using tandem::idx;
 
 using namespace tandem::fp8;
 using tandem::fp8::testing::random_matrix;
@@ -73,22 +76,22 @@ TEST_CASE("quantize: VEC128 scales are M-major", "[fp8]") {
   // Each (row, K block) gets its own amax, placed at a different column of the block; the last
   // K block is partial (300 = 2 x 128 + 44).
   const int rows = 3, cols = 300;
-  std::vector<float> x(static_cast<size_t>(rows) * cols, 0.25f);
+  std::vector<float> x(idx(rows) * cols, 0.25f);
   auto amax_of = [](int r, int kb) { return static_cast<float>(10 * (r + 1) + kb + 1); };
   auto column_of = [&](int r, int kb) { return std::min(cols - 1, kb * kBlock + 7 * r + kb); };
   for (int r = 0; r < rows; ++r) {
-    for (int kb = 0; kb < 3; ++kb) x[static_cast<size_t>(r) * cols + column_of(r, kb)] = -amax_of(r, kb);
+    for (int kb = 0; kb < 3; ++kb) x[idx(r) * cols + column_of(r, kb)] = -amax_of(r, kb);
   }
   const RowwiseFp8 q = quantize_rowwise(x.data(), rows, cols);
   REQUIRE(q.k_blocks() == 3);
   REQUIRE(q.scales.size() == 9);
-  REQUIRE(q.data.size() == static_cast<size_t>(rows * cols));
+  REQUIRE(q.data.size() == idx(rows * cols));
   for (int r = 0; r < rows; ++r) {
     for (int kb = 0; kb < 3; ++kb) {
       INFO("r " << r << " kb " << kb);
-      CHECK(q.scales[static_cast<size_t>(kb) * rows + r] == amax_of(r, kb) / 448.0f);
+      CHECK(q.scales[idx(kb) * rows + r] == amax_of(r, kb) / 448.0f);
       CHECK(q.scale(r, kb) == amax_of(r, kb) / 448.0f);
-      CHECK(q.data[static_cast<size_t>(r) * cols + column_of(r, kb)] == 0xFE);  // -448
+      CHECK(q.data[idx(r) * cols + column_of(r, kb)] == 0xFE);  // -448
     }
   }
 }
@@ -96,12 +99,12 @@ TEST_CASE("quantize: VEC128 scales are M-major", "[fp8]") {
 TEST_CASE("quantize: BLK128x128 scales are K-major with L padded to 4", "[fp8]") {
   // 300 x 200: 3 row blocks (the last partial), 2 K blocks (the last partial), L4 = 4.
   const int rows = 300, cols = 200;
-  std::vector<float> w(static_cast<size_t>(rows) * cols, 0.5f);
+  std::vector<float> w(idx(rows) * cols, 0.5f);
   auto amax_of = [](int rb, int kb) { return static_cast<float>(100 * (rb + 1) + kb); };
   for (int rb = 0; rb < 3; ++rb) {
     for (int kb = 0; kb < 2; ++kb) {
       const int r = std::min(rows - 1, rb * kBlock + 50), c = std::min(cols - 1, kb * kBlock + 71);
-      w[static_cast<size_t>(r) * cols + c] = amax_of(rb, kb);
+      w[idx(r) * cols + c] = amax_of(rb, kb);
     }
   }
   const BlockFp8 q = quantize_blocks(w.data(), rows, cols);
@@ -113,7 +116,7 @@ TEST_CASE("quantize: BLK128x128 scales are K-major with L padded to 4", "[fp8]")
     for (int kb = 0; kb < 4; ++kb) {
       INFO("rb " << rb << " kb " << kb);
       const float want = kb < 2 ? amax_of(rb, kb) / 448.0f : 0.0f;  // padding is 0
-      CHECK(q.scales[static_cast<size_t>(rb) * 4 + kb] == want);
+      CHECK(q.scales[idx(rb) * 4 + kb] == want);
     }
   }
 }
@@ -130,17 +133,17 @@ TEST_CASE("quantize: the amax element becomes ±448 and the error bound holds", 
         const int k0 = kb * kBlock, k1 = std::min(cols, k0 + kBlock);
         int arg = k0;
         for (int k = k0; k < k1; ++k) {
-          scale_of[static_cast<size_t>(r) * cols + k] = q.scale(r, kb);
-          if (std::fabs(x[static_cast<size_t>(r) * cols + k]) > std::fabs(x[static_cast<size_t>(r) * cols + arg])) arg = k;
+          scale_of[idx(r) * cols + k] = q.scale(r, kb);
+          if (std::fabs(x[idx(r) * cols + k]) > std::fabs(x[idx(r) * cols + arg])) arg = k;
         }
-        const float amax_dq = decode_e4m3(q.data[static_cast<size_t>(r) * cols + arg]);
+        const float amax_dq = decode_e4m3(q.data[idx(r) * cols + arg]);
         if (pow2) {
           CHECK(is_pow2(q.scale(r, kb)));
           CHECK(std::fabs(amax_dq) >= 224.0f);  // factor > half of 448 / amax
         } else {
           CHECK(std::fabs(amax_dq) == 448.0f);
         }
-        CHECK(std::signbit(amax_dq) == std::signbit(x[static_cast<size_t>(r) * cols + arg]));
+        CHECK(std::signbit(amax_dq) == std::signbit(x[idx(r) * cols + arg]));
       }
     }
     check_error_bound(x, dequantize(q), scale_of);
@@ -154,7 +157,7 @@ TEST_CASE("quantize: 128x128 blocks obey the error bound and pow2 scales", "[fp8
     const BlockFp8 q = quantize_blocks(w.data(), rows, cols, QuantOptions{pow2});
     std::vector<float> scale_of(w.size());
     for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < cols; ++c) scale_of[static_cast<size_t>(r) * cols + c] = q.scale(r / kBlock, c / kBlock);
+      for (int c = 0; c < cols; ++c) scale_of[idx(r) * cols + c] = q.scale(r / kBlock, c / kBlock);
     }
     check_error_bound(w, dequantize(q), scale_of);
     for (int rb = 0; rb < q.row_blocks(); ++rb) {
@@ -216,7 +219,7 @@ TEST_CASE("quantize: columnwise is the rowwise quantisation of the transpose", "
     for (int tb = 0; tb < c.k_blocks(); ++tb) {
       float amax = 0.0f;
       for (int row = tb * kBlock; row < std::min(rows, (tb + 1) * kBlock); ++row) {
-        amax = std::max(amax, std::fabs(x[static_cast<size_t>(row) * cols + col]));
+        amax = std::max(amax, std::fabs(x[idx(row) * cols + col]));
       }
       CHECK(c.scale(col, tb) == amax / 448.0f);
     }

@@ -4,10 +4,13 @@
 #include <catch2/catch.hpp>
 #include <set>
 
+#include "common/signed_index.h"
 #include "exec/fp8/bf16.h"
 #include "exec/fp8/quantize.h"
 #include "exec/moe/dispatch_plan.h"
 #include "moe_test_util.h"
+
+using tandem::idx;
 
 using namespace tandem::moe;
 namespace fp8 = tandem::fp8;
@@ -31,7 +34,7 @@ Routing random_routing(int tokens, int K, int E, uint64_t seed, const std::set<i
     std::shuffle(pool.begin(), pool.end(), rng);
     int j = 0;
     if (force >= 0) r.expert.push_back(force), ++j;
-    for (int i = 0; j < K; ++i, ++j) r.expert.push_back(pool[static_cast<size_t>(i)]);
+    for (int i = 0; j < K; ++i, ++j) r.expert.push_back(pool[idx(i)]);
   }
   return r;
 }
@@ -53,7 +56,7 @@ TEST_CASE("moe dispatch: the plan lists each (token, slot) once, by token then s
   const DispatchPlan p = make_dispatch_plan(ep, r);
   std::set<int> slots;
   for (int d = 0; d < 4; ++d) {
-    const auto& rows = p.to[static_cast<size_t>(d)];
+    const auto& rows = p.to[idx(d)];
     for (size_t i = 0; i < rows.size(); ++i) {
       REQUIRE(ep.owner(rows[i].expert) == d);
       REQUIRE(r.at(rows[i].token, rows[i].slot) == rows[i].expert);
@@ -76,7 +79,7 @@ TEMPLATE_TEST_CASE("moe dispatch: segments in (source, token, slot) order, padde
     std::vector<Member> m;
     std::vector<Mat<T>> x;
     for (int s = 0; s < ep_size; ++s) {
-      const int n = tokens[static_cast<size_t>(s)] + (ep_size == 1 ? 150 : 0);
+      const int n = tokens[idx(s)] + (ep_size == 1 ? 150 : 0);
       Member mb;
       mb.routing = random_routing(n, K, E, 100 + static_cast<uint64_t>(s), {2, 9}, n >= 140 ? 5 : -1);
       mb.plan = make_dispatch_plan(ep, mb.routing);
@@ -95,7 +98,7 @@ TEMPLATE_TEST_CASE("moe dispatch: segments in (source, token, slot) order, padde
       const SegmentLayout& L = er[d].layout;
       REQUIRE(L.n_local == E / ep_size);
       REQUIRE(L.cols == H);
-      std::vector<int64_t> next(static_cast<size_t>(L.n_local), 0);
+      std::vector<int64_t> next(idx(L.n_local), 0);
       for (int s = 0; s < ep_size; ++s)
         for (int t = 0; t < m[s].routing.tokens; ++t)
           for (int k = 0; k < K; ++k) {
@@ -200,7 +203,7 @@ TEST_CASE("moe dispatch: BF16 and FP8 wires (1x128 power-of-two scales, row by r
   for (int d = 0; d < 2; ++d) {
     std::vector<fp8::RowwiseFp8> kept;
     const ExpertRows<float> er = unpack_dispatch<float>(ep, d, recv[d], kSegmentAlign, &kept);
-    REQUIRE(kept.size() == static_cast<size_t>(er.layout.n_local));
+    REQUIRE(kept.size() == idx(er.layout.n_local));
     for (int le = 0; le < er.layout.n_local; ++le) {
       // the FP8 segment as it came dequantises to exactly the rows handed to the experts
       REQUIRE(kept[le].rows == er.layout.padded[le]);
@@ -227,7 +230,7 @@ TEST_CASE("moe dispatch: BF16 and FP8 wires (1x128 power-of-two scales, row by r
     const fp8::RowwiseFp8 q = fp8::quantize_rowwise(x[s].data(), static_cast<int>(x[s].rows()), H, pow2);
     const std::vector<float> d = fp8::dequantize(q);
     for (int t = 0; t < x[s].rows(); ++t)
-      REQUIRE(bit_equal(Eigen::Map<const Mat<float>>(d.data() + static_cast<size_t>(t) * H, 1, H), fp8_row(x[s].row(t))));
+      REQUIRE(bit_equal(Eigen::Map<const Mat<float>>(d.data() + idx(t) * H, 1, H), fp8_row(x[s].row(t))));
   }
   // BF16 round trip on the token side (dispatch_b shape)
   const EpLayout one(E, 1);
@@ -313,9 +316,9 @@ TEST_CASE("moe dispatch: the segment layout is unpack_dispatch's, with each sour
           std::vector<Buffer> recv;
           std::vector<std::vector<int32_t>> ids_from;
           for (int s = 0; s < ep; ++s) {
-            recv.push_back(sent[static_cast<size_t>(s)][static_cast<size_t>(d)]);
+            recv.push_back(sent[idx(s)][idx(d)]);
             std::vector<int32_t> ids;
-            for (const DispatchRow& row : plans[static_cast<size_t>(s)].to[static_cast<size_t>(d)]) ids.push_back(row.expert);
+            for (const DispatchRow& row : plans[idx(s)].to[idx(d)]) ids.push_back(row.expert);
             ids_from.push_back(ids);
           }
           const SegmentLayout got = tandem::spec::make_segment_layout(layout, d, align, ids_from);
@@ -332,14 +335,14 @@ TEST_CASE("moe dispatch: the segment layout is unpack_dispatch's, with each sour
             }
           }
           for (int e = 0; e < got.n_local; ++e) {
-            CHECK(got.padded[static_cast<size_t>(e)] % align == 0);
+            CHECK(got.padded[idx(e)] % align == 0);
             // Source s's rows of expert e are exactly [src_first, src_first + src_count), in its order.
             for (int s = 0; s < ep; ++s) {
               std::vector<int32_t> rows;
-              for (const SegmentLayout::Place& p : got.from[static_cast<size_t>(s)])
+              for (const SegmentLayout::Place& p : got.from[idx(s)])
                 if (p.expert == e) rows.push_back(p.row);
-              const int64_t first = got.src_first[static_cast<size_t>(e)][static_cast<size_t>(s)];
-              REQUIRE(static_cast<int64_t>(rows.size()) == got.src_count[static_cast<size_t>(e)][static_cast<size_t>(s)]);
+              const int64_t first = got.src_first[idx(e)][idx(s)];
+              REQUIRE(static_cast<int64_t>(rows.size()) == got.src_count[idx(e)][idx(s)]);
               for (size_t i = 0; i < rows.size(); ++i) CHECK(rows[i] == first + static_cast<int64_t>(i));
             }
           }

@@ -5,9 +5,12 @@
 #include <catch2/catch.hpp>
 #include <set>
 
+#include "common/signed_index.h"
 #include "exec/moe/dispatch_plan.h"
 #include "exec/moe/router.h"
 #include "moe_test_util.h"
+
+using tandem::idx;
 
 using namespace tandem::moe;
 using tandem::moe::test::dot;
@@ -30,9 +33,9 @@ bool beats(T va, int ia, T vb, int ib) {
 template <class T>
 std::vector<int32_t> brute_select(const RouterConfig& c, const T* s, const T* bias) {
   const int E = c.n_routed, G = c.n_group, per = c.experts_per_group();
-  std::vector<T> b(static_cast<size_t>(E));
+  std::vector<T> b(idx(E));
   for (int e = 0; e < E; ++e) b[e] = s[e] + bias[e];
-  std::vector<T> gs(static_cast<size_t>(G));
+  std::vector<T> gs(idx(G));
   for (int g = 0; g < G; ++g) {
     std::vector<T> v(b.begin() + g * per, b.begin() + (g + 1) * per);
     std::sort(v.begin(), v.end(), std::greater<T>());

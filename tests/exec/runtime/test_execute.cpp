@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/signed_index.h"
 #include "common/subprocess.h"
 #include "exec/runtime/budget.h"
 #include "exec/runtime/executor.h"
@@ -73,7 +74,7 @@ ExecResult check_against_reference(const RunSpec& spec, int steps) {
   REQUIRE(r.max_grad_rel_err.has_value());
   CHECK(*r.max_grad_rel_err == 0.0);
   CHECK(r.losses_match.value_or(false));
-  REQUIRE(r.steps.size() == static_cast<size_t>(steps));
+  REQUIRE(r.steps.size() == idx(steps));
   return r;
 }
 
@@ -192,13 +193,13 @@ TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
   const ExecResult r = execute(spec, o);
   size_t tasks = 0;
   for (const auto& t : spec.program.tasks) tasks += t.size();
-  CHECK(r.trace.events.size() == tasks * static_cast<size_t>(spec.dp));
+  CHECK(r.trace.events.size() == tasks * idx(spec.dp));
   // FLOPs and bytes as the simulator records them (TaskWork::trace_flops/trace_bytes), so the
   // two engines' traces compare by rate: every layer's forward and backward computes and moves
   // bytes (ep 1 here: the all-to-alls stay on the GPU and send nothing).
   for (const TraceEvent& e : r.trace.events) {
     if (e.block < 0) continue;  // optimizer, data-parallel collectives
-    const Block& b = spec.workload.blocks.at(static_cast<size_t>(e.block));
+    const Block& b = spec.workload.blocks.at(idx(e.block));
     if (b.layer < 0) continue;  // embedding, head: some parts are empty
     INFO(e.kind << " rank " << e.rank << " " << b.name);
     if (e.kind == "attn_f" || e.kind == "mlp_f" || e.kind == "attn_b" || e.kind == "mlp_b") {
@@ -260,10 +261,10 @@ TEST_CASE("bf16 and fp8 training curves follow fp32", "[runtime]") {
     return losses(execute(spec, o));
   };
   const auto f32 = curve(nn::Numerics::exact), b16 = curve(nn::Numerics::bf16), f8 = curve(nn::Numerics::fp8);
-  REQUIRE(f32.size() == static_cast<size_t>(steps));
+  REQUIRE(f32.size() == idx(steps));
   double worst_b16 = 0, worst_f8 = 0;
   for (int i = 0; i < steps; ++i) {
-    const size_t k = static_cast<size_t>(i);
+    const size_t k = idx(i);
     const double rb = std::abs(b16[k] - f32[k]) / f32[k], r8 = std::abs(f8[k] - f32[k]) / f32[k];
     worst_b16 = std::max(worst_b16, rb);
     worst_f8 = std::max(worst_f8, r8);
@@ -310,7 +311,7 @@ TEST_CASE("aux-loss-free bias update balances a skewed router", "[runtime]") {
   };
   const auto on = loads(GAMMA), off = loads(0);
   for (size_t i = 0; i < on.size(); ++i) std::printf("balance step %2zu  gamma %.3f: %.3f  gamma 0: %.3f\n", i + 1, GAMMA, on[i], off[i]);
-  REQUIRE(on.size() == static_cast<size_t>(BAL_STEPS));
+  REQUIRE(on.size() == idx(BAL_STEPS));
   auto last3 = [](const std::vector<double>& w) { return (w[w.size() - 1] + w[w.size() - 2] + w[w.size() - 3]) / 3; };
   CHECK(on.front() > 3.0);
   CHECK(last3(on) < 1.5);
