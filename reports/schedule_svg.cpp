@@ -64,7 +64,7 @@ std::string schedule_svg(const Schedule& s, const UnitCostRun& run, const UnitCo
       switch (sl.kind) {
         case SlotKind::F: cell(y + 2, h, forward_colour(shade(sl.f)), label(sl.f), false); break;
         case SlotKind::B: cell(y + 2, h, backward_colour(shade(sl.b)), label(sl.b), false); break;
-        case SlotKind::Bx: cell(y + 2, h, backward_colour(shade(sl.b)), label(sl.b), true); break;
+        case SlotKind::B_input: cell(y + 2, h, backward_colour(shade(sl.b)), label(sl.b), true); break;
         case SlotKind::W: cell(y + 2, h, weight_colour(), label(sl.b), false); break;
         case SlotKind::FB:
           cell(y + 2, h / 2, forward_colour(shade(sl.f)), label(sl.f), false);

@@ -90,7 +90,7 @@ class RankExpander {
       switch (sl.kind) {
         case SlotKind::F: forward(sl.f); break;
         case SlotKind::B: backward(sl.b, true); break;
-        case SlotKind::Bx: backward(sl.b, false); break;
+        case SlotKind::B_input: backward(sl.b, false); break;
         case SlotKind::W: weights(sl.b); break;
         case SlotKind::FB: overlapped(sl.f, sl.b); break;
       }
@@ -389,10 +389,10 @@ std::vector<std::string> check_program(const Program& p) {
         if (x.rank >= 0 && x.rank != r) problems.push_back("chunk split across ranks");
         x.rank = r;
         x.*field = i;
-        if (sl.kind == SlotKind::Bx && field == &Seen::b) x.deferred = true;
+        if (sl.kind == SlotKind::B_input && field == &Seen::b) x.deferred = true;
       };
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) note(sl.f, &Seen::f);
-      if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) note(sl.b, &Seen::b);
+      if (sl.kind == SlotKind::B || sl.kind == SlotKind::B_input || sl.kind == SlotKind::FB) note(sl.b, &Seen::b);
       if (sl.kind == SlotKind::W) {
         if (!sl.b.valid()) problems.push_back("W with nothing deferred on rank " + std::to_string(r));
         else note(sl.b, &Seen::w);
@@ -429,7 +429,7 @@ SlotClass slot_class(const Program& p, int rank, int slot) {
   switch (p.schedule.slots.at(idx(rank)).at(idx(slot)).kind) {
     case SlotKind::F: return SlotClass::f;
     case SlotKind::B:
-    case SlotKind::Bx: return SlotClass::b;
+    case SlotKind::B_input: return SlotClass::b;
     case SlotKind::W: return SlotClass::w;
     case SlotKind::FB: return SlotClass::fb;
   }

@@ -21,7 +21,7 @@ class RankBuilder {
   }
   int backward(int phase, bool defer_weights, bool send = true) {
     Slot s;
-    s.kind = defer_weights ? SlotKind::Bx : SlotKind::B;
+    s.kind = defer_weights ? SlotKind::B_input : SlotKind::B;
     s.b.phase = phase;
     return push(s, false, send);
   }

@@ -13,7 +13,7 @@ const char* to_string(SlotKind k) {
   switch (k) {
     case SlotKind::F: return "F";
     case SlotKind::B: return "B";
-    case SlotKind::Bx: return "B*";
+    case SlotKind::B_input: return "B*";
     case SlotKind::W: return "W";
     case SlotKind::FB: return "F&B";
   }
@@ -30,7 +30,7 @@ std::string Schedule::op_list(int rank) const {
     switch (s.kind) {
       case SlotKind::F: out += f; break;
       case SlotKind::B: out += "B" + b; break;
-      case SlotKind::Bx: out += "B" + b + "*"; break;
+      case SlotKind::B_input: out += "B" + b + "*"; break;
       case SlotKind::W: out += "W"; break;
       case SlotKind::FB: out += "(" + f + "&B" + b + ")"; break;
     }
@@ -44,7 +44,7 @@ SlotCounts count_slots(const std::vector<Slot>& slots) {
     switch (s.kind) {
       case SlotKind::F: ++c.forwards; ++c.lone_forwards; break;
       case SlotKind::B: ++c.backwards; ++c.lone_backwards; break;
-      case SlotKind::Bx: ++c.backwards; ++c.deferred; ++c.lone_backwards; break;
+      case SlotKind::B_input: ++c.backwards; ++c.deferred; ++c.lone_backwards; break;
       case SlotKind::W: ++c.weights; break;
       case SlotKind::FB: ++c.forwards; ++c.backwards; ++c.overlapped; break;
     }
@@ -80,7 +80,7 @@ void link(Schedule& s) {
         c.micro_batch = c.path * s.per_path() + next[phase]++;
       };
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB) fill(sl.f, next_f);
-      if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB) fill(sl.b, next_b);
+      if (sl.kind == SlotKind::B || sl.kind == SlotKind::B_input || sl.kind == SlotKind::FB) fill(sl.b, next_b);
     }
   }
   // W runs the oldest deferred weight gradients (a FIFO per rank).
@@ -88,7 +88,7 @@ void link(Schedule& s) {
     std::vector<Chunk> fifo;
     size_t head = 0;
     for (Slot& sl : s.slots[idx(r)]) {
-      if (sl.kind == SlotKind::Bx) fifo.push_back(sl.b);
+      if (sl.kind == SlotKind::B_input) fifo.push_back(sl.b);
       if (sl.kind == SlotKind::W) sl.b = head < fifo.size() ? fifo[head++] : Chunk{0, -1, 0, 0};
     }
   }
@@ -98,7 +98,7 @@ void link(Schedule& s) {
       const Slot& sl = slots[i];
       if (sl.kind == SlotKind::F || sl.kind == SlotKind::FB)
         fwd[{sl.f.path, sl.f.micro_batch, sl.f.stage}] = {r, static_cast<int>(i), sl.f_release};
-      if (sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB)
+      if (sl.kind == SlotKind::B || sl.kind == SlotKind::B_input || sl.kind == SlotKind::FB)
         bwd[{sl.b.path, sl.b.micro_batch, sl.b.stage}] = {r, static_cast<int>(i), sl.b_release};
     }
   }

@@ -2,7 +2,7 @@
 //
 // A micro-batch travels a *path* of stages (one path for 1F1B, ZB1P and DualPipeV, two opposite
 // paths for DualPipe). A chunk is (path, micro-batch, stage). Each rank runs an ordered list of
-// slots: a forward (F), a full backward (B), a backward with its weight gradients deferred (Bx:
+// slots: a forward (F), a full backward (B), a backward with its weight gradients deferred (B_input:
 // input gradients only), a deferred weight-gradient pass (W, oldest first), or an overlapped
 // forward-and-backward pair (FB) of two different micro-batches.
 //
@@ -19,7 +19,7 @@ namespace tandem {
 
 enum class ScheduleKind;  // schedule_table.h
 
-enum class SlotKind { F, B, Bx, W, FB };
+enum class SlotKind { F, B, B_input, W, FB };
 const char* to_string(SlotKind k);
 
 struct Chunk {
@@ -33,7 +33,7 @@ struct Chunk {
 struct Slot {
   SlotKind kind = SlotKind::F;
   Chunk f;  // F, FB: the forward chunk
-  Chunk b;  // B, Bx, FB: the backward chunk; W: the chunk whose weight gradients run
+  Chunk b;  // B, B_input, FB: the backward chunk; W: the chunk whose weight gradients run
   int f_release = -1;  // slot index after which f's output is sent (-1: none to send)
   int b_release = -1;  // slot index after which b's input gradient is sent (-1: none)
 };
@@ -73,7 +73,7 @@ Schedule make_schedule(ScheduleKind kind, int ranks, int micro_batches, const st
 // (deepseek-v3.md §4.4, §15: ScheduleTraits::expected_counts).
 struct SlotCounts {
   int forwards = 0, backwards = 0, deferred = 0, weights = 0, overlapped = 0;
-  int lone_forwards = 0, lone_backwards = 0;  // F and B/Bx outside overlapped slots
+  int lone_forwards = 0, lone_backwards = 0;  // F and B/B_input outside overlapped slots
 };
 SlotCounts count_slots(const std::vector<Slot>& slots);
 

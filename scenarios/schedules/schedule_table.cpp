@@ -38,7 +38,7 @@ SlotCounts dualpipe_counts(int N, int M, int rank) {
 }
 
 const ScheduleTraits kOneFOneB{
-    .kind = ScheduleKind::f1b1,
+    .kind = ScheduleKind::one_f_one_b,
     .name = "1f1b",
     .title = "1f1b",
     .paths = 1,
@@ -136,7 +136,7 @@ const ScheduleTraits kDualPipeV{
 
 const ScheduleTraits& schedule_traits(ScheduleKind kind) {
   switch (kind) {
-    case ScheduleKind::f1b1: return kOneFOneB;
+    case ScheduleKind::one_f_one_b: return kOneFOneB;
     case ScheduleKind::zb1p: return kZeroBubble;
     case ScheduleKind::dualpipe: return kDualPipe;
     case ScheduleKind::dualpipev: return kDualPipeV;

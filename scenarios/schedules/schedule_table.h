@@ -39,10 +39,10 @@
 
 namespace tandem {
 
-enum class ScheduleKind { f1b1, zb1p, dualpipe, dualpipev };
+enum class ScheduleKind { one_f_one_b, zb1p, dualpipe, dualpipev };
 
 // Every schedule, in the order the key reference and `tandem plan` list them.
-inline constexpr std::array<ScheduleKind, 4> kScheduleKinds = {ScheduleKind::f1b1, ScheduleKind::zb1p,
+inline constexpr std::array<ScheduleKind, 4> kScheduleKinds = {ScheduleKind::one_f_one_b, ScheduleKind::zb1p,
                                                                 ScheduleKind::dualpipe, ScheduleKind::dualpipev};
 
 // One stage a rank holds: the path it belongs to and its position along that path.

@@ -11,7 +11,7 @@ double UnitCosts::duration(SlotKind k) const {
   switch (k) {
     case SlotKind::F: return F;
     case SlotKind::B: return B;
-    case SlotKind::Bx: return B - W;
+    case SlotKind::B_input: return B - W;
     case SlotKind::W: return W;
     case SlotKind::FB: return FB;
   }
@@ -93,7 +93,7 @@ UnitCostRun run_slot_costs(const Schedule& s, const SlotDuration& duration) {
     for (const Slot& sl : s.slots[r]) {
       run.busy[r] += duration(static_cast<int>(r), sl);
       const bool starts = sl.kind == SlotKind::F || sl.kind == SlotKind::FB;
-      const bool ends = sl.kind == SlotKind::B || sl.kind == SlotKind::Bx || sl.kind == SlotKind::FB;
+      const bool ends = sl.kind == SlotKind::B || sl.kind == SlotKind::B_input || sl.kind == SlotKind::FB;
       if (starts) {
         ++live;
         count(sl.f, +1);

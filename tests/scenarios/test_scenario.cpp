@@ -115,7 +115,7 @@ TEST_CASE("--set overrides scenario, model and cluster keys", "[scenario]") {
   CHECK(s.cluster.nic_gbps == 800);
   s = load_ok(kDefault, {"model.num_hidden_layers=31", "schedule.kind=1f1b"});
   CHECK(s.model.num_hidden_layers == 31);
-  CHECK(s.schedule.kind == ScheduleKind::f1b1);
+  CHECK(s.schedule.kind == ScheduleKind::one_f_one_b);
   s = load_ok(kDefault, {"model=../models/deepseek-v2.yaml", "plan.ep=32", "comm.node_limit=3"});
   CHECK(s.model.name == "deepseek-v2");
   s = load_ok(kDefault, {"schedule.stage_layers=[3,4,4,4,4,4,4,4,4,4,4,4,4,4,4,2]"});

@@ -135,6 +135,6 @@ TEST_CASE("make_schedule lays out exactly the counts the table's rules accept", 
   CHECK(broken_rule(ScheduleKind::dualpipe, 5, 20, "pp")->need == "DualPipe needs an even number of pipeline ranks");
   CHECK(broken_rule(ScheduleKind::dualpipev, 4, 7, "pipeline ranks")->need ==
         "DualPipeV needs micro-batches >= 2 x pipeline ranks (8)");
-  CHECK(broken_rule(ScheduleKind::f1b1, 8, 4, "pp")->need == "1f1b needs micro-batches >= pp (8)");
+  CHECK(broken_rule(ScheduleKind::one_f_one_b, 8, 4, "pp")->need == "1f1b needs micro-batches >= pp (8)");
   CHECK_FALSE(broken_rule(ScheduleKind::zb1p, 8, 8, "pp").has_value());
 }

@@ -22,7 +22,7 @@ namespace {
 // The table's bubble for S stages (DualPipeV: S = 2 x ranks).
 double table_bubble(ScheduleKind k, double S, const UnitCosts& c) {
   switch (k) {
-    case ScheduleKind::f1b1: return (S - 1) * (c.F + c.B);
+    case ScheduleKind::one_f_one_b: return (S - 1) * (c.F + c.B);
     case ScheduleKind::zb1p: return (S - 1) * (c.F + c.B - 2 * c.W);
     case ScheduleKind::dualpipe:
     case ScheduleKind::dualpipev: return (S / 2 - 1) * (c.FB + c.B - 3 * c.W);
@@ -89,7 +89,7 @@ TEST_CASE("unit-cost bubbles equal the table formulas and do not grow with micro
           REQUIRE(run.finished);
           const double want = table_bubble(k, s.stages, c);
           CHECK(run.max_bubble() == Approx(want).margin(1e-9));
-          if (k == ScheduleKind::f1b1 || k == ScheduleKind::zb1p)
+          if (k == ScheduleKind::one_f_one_b || k == ScheduleKind::zb1p)
             for (double b : run.bubble) CHECK(b == Approx(want).margin(1e-9));  // every rank
         }
       }
@@ -109,7 +109,7 @@ TEST_CASE("reference cross-check: PP16 DualPipe idles 14.0 (F&B=3) and 10.5 (F&B
 
 TEST_CASE("peak activations: PP for 1F1B, PP+1 for DualPipe", "[schedule]") {
   for (int pp : {4, 8, 16}) {
-    const UnitCostRun f = run_unit_costs(make_schedule(ScheduleKind::f1b1, pp, 3 * pp), {});
+    const UnitCostRun f = run_unit_costs(make_schedule(ScheduleKind::one_f_one_b, pp, 3 * pp), {});
     CHECK(f.peak_activations[0] == pp);
     CHECK(f.peak_activations[idx(pp - 1)] == 1);
     const UnitCostRun d = run_unit_costs(make_schedule(ScheduleKind::dualpipe, pp, 4 * pp), {});
@@ -133,7 +133,7 @@ TEST_CASE("schedule rules are checked with the scenario key", "[schedule]") {
   CHECK(err(ScheduleKind::dualpipe, 4, 7).key == "schedule.kind");
   CHECK(err(ScheduleKind::dualpipe, 4, 6).reason.find(">= 2 x") != std::string::npos);
   CHECK(err(ScheduleKind::dualpipev, 4, 7).reason.find("DualPipeV") != std::string::npos);
-  CHECK(err(ScheduleKind::f1b1, 8, 4).file == "s.yaml");
+  CHECK(err(ScheduleKind::one_f_one_b, 8, 4).file == "s.yaml");
 }
 
 TEST_CASE("every shipped scenario's program passes the static checks", "[schedule]") {
