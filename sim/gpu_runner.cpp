@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "common/signed_index.h"
+#include "common/splitmix64.h"
 
 namespace tandem {
 
@@ -110,15 +111,9 @@ class Runner final : public GpuRunner {
   // 1 + noise z, z ~ N(0, 1) from (seed, layer, micro-batch, GPU): a hash, not a stream, so the
   // draw does not depend on the order tasks run in. Kept above 5% of the share.
   double micro_batch_noise(int64_t layer, int micro_batch) const {
-    auto mix = [](uint64_t x) {  // splitmix64's finaliser
-      x += 0x9E3779B97F4A7C15ULL;
-      x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-      x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-      return x ^ (x >> 31);
-    };
-    const uint64_t h = mix(mix(mix(w_.seed ^ 0x6E6F697365ULL) ^ static_cast<uint64_t>(layer)) ^ static_cast<uint64_t>(micro_batch)) ^
+    const uint64_t h = splitmix64(splitmix64(splitmix64(w_.seed ^ 0x6E6F697365ULL) ^ static_cast<uint64_t>(layer)) ^ static_cast<uint64_t>(micro_batch)) ^
                        static_cast<uint64_t>(gpu_);
-    const uint64_t a = mix(h), b = mix(a);
+    const uint64_t a = splitmix64(h), b = splitmix64(a);
     const double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53, u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
     const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
     return std::max(0.05, 1.0 + w_.noise * z);

@@ -5,17 +5,11 @@
 #include <utility>
 
 #include "common/signed_index.h"
+#include "common/splitmix64.h"
 
 namespace tandem::moe {
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 enum class Tensor : uint64_t { router = 1, shared = 2, routed = 3 };
 enum class Part : uint64_t { gate = 0, up = 1, down = 2, whole = 3 };

@@ -5,6 +5,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "common/splitmix64.h"
+
 namespace tandem::nn {
 namespace {
 
@@ -15,13 +17,6 @@ uint64_t fnv1a(const std::string& s) {
     h *= 1099511628211ull;
   }
   return h;
-}
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
 }
 
 // N(0, std²) samples from mt19937_64 through Box–Muller (two samples per pair of uniforms).

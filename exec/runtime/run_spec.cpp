@@ -2,6 +2,7 @@
 
 #include "common/input_error.h"
 #include "common/signed_index.h"
+#include "common/splitmix64.h"
 #include "exec/runtime/budget.h"
 #include "scenarios/plan.h"
 
@@ -49,20 +50,14 @@ RunSpec make_run_spec(const Scenario& s, nn::Numerics numerics, double lr, uint6
 
 MicroBatchData synthetic_batch(const RunSpec& spec, int replica, int micro_batch) {
   // splitmix64 of (seed, replica, micro-batch, position): the same ids on every rank and process.
-  auto mix = [](uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-  };
   const uint64_t vocab = static_cast<uint64_t>(spec.setup.card.vocab_size);
-  const uint64_t base = mix(mix(mix(spec.data_seed) ^ static_cast<uint64_t>(replica)) ^ static_cast<uint64_t>(micro_batch));
+  const uint64_t base = splitmix64(splitmix64(splitmix64(spec.data_seed) ^ static_cast<uint64_t>(replica)) ^ static_cast<uint64_t>(micro_batch));
   MicroBatchData d;
   const int64_t L = spec.seq_len;
   for (int64_t q = 0; q < spec.sequences_per_mb; ++q) {
     std::vector<int32_t> seq;
     for (int64_t i = 0; i <= L; ++i)
-      seq.push_back(static_cast<int32_t>(mix(base ^ static_cast<uint64_t>(q * (L + 1) + i)) % vocab));
+      seq.push_back(static_cast<int32_t>(splitmix64(base ^ static_cast<uint64_t>(q * (L + 1) + i)) % vocab));
     d.tokens.insert(d.tokens.end(), seq.begin(), seq.end() - 1);
     d.targets.insert(d.targets.end(), seq.begin() + 1, seq.end());
     for (int64_t i = 2; i <= L; ++i) d.mtp_targets.push_back(seq[idx(i)]);
