@@ -173,8 +173,7 @@ Workload scenario_workload(const Scenario& s);
 // calibration (sim/compute_cost.h), with DualPipe's mirrored stage pairs.
 StagePartition scenario_partition(const Scenario& s, const Workload& w);
 
-// The Program both engines run for the scenario with partition `p` (its schedule, plan.dp_overlap).
-Program scenario_program(const Scenario& s, const Workload& w, const StagePartition& p);
+// The Program both engines run: make_plan (scenarios/plan.h).
 
 // The step time of the scenario's Program with partition `p`, played without a network model
 // (scenarios/program_timeline.h): compute tasks timed by the calibrated cost model, all-to-alls

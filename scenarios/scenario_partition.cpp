@@ -230,10 +230,4 @@ StagePartition scenario_partition(const Scenario& s, const Workload& w) {
   return best;
 }
 
-Program scenario_program(const Scenario& s, const Workload& w, const StagePartition& p) {
-  const Schedule sch = make_schedule(s.schedule.kind, static_cast<int>(s.plan.pp), static_cast<int>(s.micro_batches()),
-                                     s.file, "schedule.kind");
-  return build_program(sch, w, p, ProgramOptions{s.plan.dp_overlap});
-}
-
 }  // namespace tandem

@@ -12,6 +12,7 @@
 #include "common/trace.h"
 #include "reports/step_metrics.h"
 #include "reports/trace_compare.h"
+#include "scenarios/plan.h"
 #include "scenarios/scenario.h"
 #include "tests/temp_dir.h"
 #include "tests/test_paths.h"
@@ -103,9 +104,7 @@ TEST_CASE("Metrics from a trace file equal simulate's own on the default scenari
   REQUIRE(t);
   auto s = load_scenario(test::repo("scenarios/deepseek-v3-2048.yaml"));
   REQUIRE(s);
-  const Workload w = scenario_workload(s.value());
-  const StagePartition part = scenario_partition(s.value(), w);
-  const Program prog = scenario_program(s.value(), w, part);
+  const Program prog = make_plan(s.value()).program;
   CHECK(t.value().program == program_digest(prog));
   const StepTimes times = step_times(account_trace(t.value(), prog));
   CHECK(times.gpus == 16);
@@ -145,8 +144,7 @@ TEST_CASE("compare aligns every task of a CPU execution with its simulation", "[
 
   auto s = load_scenario(scenario);
   REQUIRE(s);
-  const Workload w = scenario_workload(s.value());
-  const Program prog = scenario_program(s.value(), w, scenario_partition(s.value(), w));
+  const Program prog = make_plan(s.value()).program;
   size_t tasks = 0;
   for (const auto& rank : prog.tasks) tasks += rank.size();
   CHECK(c["aligned_tasks"].get<size_t>() == tasks);  // every task of every rank, once
