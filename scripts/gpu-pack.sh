@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds, on this machine (nvcc, no GPU needed), everything scripts/gpu-verify.sh runs on a GPU
 # machine, into .gpu-pack/: the GPU checks (tandem_gpu_tests, gpu_probe_test, bench_command_test)
-# and the CLI (benchmarks, execute --backend cuda) with its CUDA backend module, plus the shared libraries they load that such a
-# machine may lack (yaml-cpp and the like). Why: the device tool's GPU machines reach no package
-# registry, so tandem's Debian dependencies cannot be installed there, and a build there would
-# spend the GPU's minutes on compiling. Not packed: glibc and the C++ runtime (the GPU machine's
-# own) and cuBLAS / cuBLASLt / NCCL (hundreds of MB; gpu-verify.sh finds the machine's own, which
-# match its driver).
+# and the CLI (benchmarks, execute --backend cuda) with its CUDA backend module, plus the shared
+# libraries they load that such a machine may lack (yaml-cpp and the like). Why: the device
+# tool's GPU machines reach no package registry, so tandem's Debian dependencies cannot be
+# installed there, and a build there would spend the GPU's minutes on compiling. Not packed:
+# glibc and the C++ runtime (the GPU machine's own) and cuBLAS / cuBLASLt / NCCL (hundreds of MB;
+# gpu-verify.sh finds the machine's own, which match its driver).
 #
 # Usage: scripts/gpu-pack.sh            then carry .gpu-pack (device tool: carry [".gpu-pack"])
 # Built without the simulator and without MPI (neither is needed to verify the CUDA backend), in

@@ -94,20 +94,17 @@
 
 namespace tandem::cuda {
 
-// exec/spec/moe_config.h: the CPU reference's types (the layer validates the config and checks
-// the router against the device router's limits, check_device_router).
+// exec/spec: the CPU reference's types, its host index plan included (the layer validates the
+// config and checks the router against the device router's limits, check_device_router).
+using spec::DispatchPlan;
+using spec::DispatchRow;
 using spec::MoeConfig;
+using spec::SegmentLayout;
 using spec::Wire;
 
 // Bytes of one peer's block of `rows` rows of `cols` elements on `wire` (see "Wire bytes"):
 // exact 4·rows·cols, bf16 2·rows·cols, fp8 roundup(rows·cols, 16) + 4·k_blocks(cols)·rows.
 std::size_t moe_wire_block_bytes(Wire wire, std::size_t rows, int cols);
-
-// ---- host plan ----------------------------------------------------------------------------------
-
-using spec::DispatchPlan;
-using spec::DispatchRow;
-using spec::SegmentLayout;
 
 // ---- weights, gradients, states -----------------------------------------------------------------
 

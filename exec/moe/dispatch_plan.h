@@ -50,9 +50,12 @@ namespace tandem::moe {
 
 using Buffer = std::vector<std::byte>;
 
-// exec/spec: one definition of each for every backend.
+// exec/spec: one definition of each for every backend, the index plans included.
+using spec::DispatchPlan;
+using spec::DispatchRow;
 using spec::EpLayout;
 using spec::kSegmentAlign;
+using spec::SegmentLayout;
 using spec::Wire;
 
 // Groups and nodes (router.h): group g = experts [g·E/G, (g+1)·E/G); with ranks numbered
@@ -65,10 +68,7 @@ bool groups_are_nodes(const RouterConfig& cfg, const EpLayout& layout, int gpus_
 
 // ---- token side ---------------------------------------------------------------------------------
 
-// The index plans are exec/spec's, one implementation for every backend.
-using spec::DispatchPlan;
-using spec::DispatchRow;
-using spec::SegmentLayout;
+// The plan of a micro-batch's routing (spec::make_dispatch_plan on its expert ids).
 inline DispatchPlan make_dispatch_plan(const EpLayout& layout, const Routing& routing) {
   return spec::make_dispatch_plan(layout, routing.tokens, routing.top_k, routing.expert);
 }
@@ -102,9 +102,8 @@ Mat<T> sum_slots(const Mat<T>& dx_slots, int top_k);
 
 // ---- expert side --------------------------------------------------------------------------------
 
-// Where received rows live on an expert member: spec::SegmentLayout, built from the dispatch
-// buffers' expert ids (spec::make_segment_layout).
-
+// The rows an expert member received: where each lives (spec::SegmentLayout, built from the
+// dispatch buffers' expert ids by spec::make_segment_layout) and the padded segments.
 template <class T>
 struct ExpertRows {
   SegmentLayout layout;
