@@ -1,6 +1,6 @@
 // `tandem bench gemm|quant|moe-layer [--json] [--iters N] [--warmup N] [--comm-sms N] [--rows N] [--cols N]`
 //
-// Microbenchmarks of the executor's CUDA backend (exec/cuda/bench.h) on the local GPU:
+// Microbenchmarks of the executor's CUDA backend (exec/backends/cuda/bench.h) on the local GPU:
 //   gemm       cuBLASLt FP8 block-scaled GEMM TFLOPS at M = 4096 and DeepGEMM's (N, K) shapes, in
 //              the fprop/dgrad mode (VEC128 x BLK128x128) and the wgrad mode (VEC128 x VEC128),
 //              and again with CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET = SMs - comm SMs;

@@ -9,7 +9,7 @@
 #include "common/read_file.h"
 #include "exec/cuda_backend.h"
 #include "exec/runtime/budget.h"
-#include "exec/runtime/executor.h"
+#include "exec/backends/cpu/cpu_executor.h"
 #include "reports/step_metrics.h"
 #include "scenarios/scenario.h"
 

@@ -17,7 +17,7 @@ struct ExecuteOptions {
   std::string path;
   std::vector<std::string> overrides;
   std::string backend = "cpu";
-  std::string cuda_world = "auto";  // --backend cuda: auto | virtual | nccl (exec/cuda/runtime/cuda_executor.h)
+  std::string cuda_world = "auto";  // --backend cuda: auto | virtual | nccl (exec/backends/cuda/cuda_executor.h)
   int steps = 1;
   bool check_reference = false;
   std::string numerics = "fp32";

@@ -3,7 +3,7 @@
 // Why: cuBLAS, cuBLASLt, NCCL and the CUDA runtime are ~200 MB of shared libraries whose
 // relocations cost ~0.1 s warm and ~1 s cold at every start, and most commands (describe,
 // simulate, plan, ...) never touch a GPU. So the backend is built as a module (libtandem_cuda.so,
-// exec/cuda/backend_module.cpp) that links the CUDA libraries and its own copy of the executor
+// exec/backends/cuda/backend_module.cpp) that links the CUDA libraries and its own copy of the executor
 // it needs; the `tandem` binary links none of them and opens the module with dlopen() only when a
 // command asks for a GPU (`execute --backend cuda`, `bench`, probe_gpus()).
 //
@@ -14,8 +14,8 @@
 // - The module is looked for in $TANDEM_CUDA_MODULE when set (CTest sets it for test binaries),
 //   else beside the running executable (build/cli/ in a build tree, bin/ in scripts/gpu-pack.sh's
 //   pack).
-// - The table's functions are those of exec/cuda (device_query.h, bench.h,
-//   runtime/cuda_executor.h) with one change: execute returns a failed rank's message as a value
+// - The table's functions are those of exec/backends/cuda (infra/device_query.h, bench.h,
+//   cuda_executor.h) with one change: execute returns a failed rank's message as a value
 //   (`failure`), because runtime::ExecFailure is the module's own copy of the type. The bench
 //   functions throw std::exception subclasses (CudaError, LtError), caught as std::exception.
 // - The module is never closed: its static state (an MPI session, NCCL communicators) lives until
@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "exec/cuda/bench.h"
-#include "exec/cuda/device_query.h"
+#include "exec/backends/cuda/bench.h"
+#include "exec/backends/cuda/infra/device_query.h"
 #include "exec/cuda_world.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/run_spec.h"

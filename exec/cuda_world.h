@@ -1,5 +1,5 @@
 // CudaWorld: how `tandem execute --backend cuda` lays the job's ranks on GPUs
-// (exec/cuda/runtime/cuda_executor.h says what each world is). Here, apart from the backend, so
+// (exec/backends/cuda/cuda_executor.h says what each world is). Here, apart from the backend, so
 // the CLI can parse --cuda-world without loading the CUDA module.
 #pragma once
 

@@ -4,7 +4,7 @@
 # (.gpu-pack/), each bounded in time, the whole run bounded by a budget.
 #
 # Usage (repository root):  scripts/gpu-verify.sh [item ...]
-#   items: probe, the checks of exec/cuda/README.md (quant gemm ... exec_cuda fp8_exhaustive),
+#   items: probe, the checks of exec/backends/cuda/README.md (quant gemm ... exec_cuda fp8_exhaustive),
 #          bench_command, bench-gemm, bench-quant, bench-moe-layer, execute. Default: all, in the
 #          order below (short, telling checks first; the 2^32 sweep last).
 #   VERIFY_BUDGET_S   seconds for the whole run (default 540); an item gets what is left of it, at
@@ -83,7 +83,7 @@ fi
 gpu_present=0
 "$pack/bin/gpu_probe_test" >/dev/null 2>&1 && gpu_present=1
 
-checks="quant gemm sm_target kernels nccl blas nn_ops router linear ffn attention virtual_ranks
+checks="quant gemm sm_target kernels nccl blas embedding cross_entropy adamw elementwise router linear ffn attention virtual_ranks
         nccl_comm moe_layer head mtp balance device_params zero1 blocks exec_cuda"
 if [ $# -gt 0 ]; then
   items="$*"

@@ -16,4 +16,4 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 echo "== sanitizer build (ASan + UBSan, -DTANDEM_CUDA=OFF) and test"
 scripts/build.sh build-asan -DTANDEM_SANITIZE=ON -DTANDEM_CUDA=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j "$jobs" -L '^(cards|workload|scenario|schedule|fuzz|hostile|topology|calibrate|fp8|nn|moe|comm|comm_mpi)$'
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" -L '^(cards|workload|scenario|schedule|fuzz|hostile|topology|calibrate|fp8|ops|comm|comm_mpi)$'

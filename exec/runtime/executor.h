@@ -1,13 +1,6 @@
-// The executor's entry point: runs training steps of a scenario on the CPU backend.
-//
-// One RankRunner per world rank this process hosts (all of them in-process; a share of them under
-// mpirun, exec/comm make_world decides), each driven by the interpreter on its own two threads.
-// Per step: the ranks run their Programs, the losses are gathered over the world (every rank
-// contributes its last stage's micro-batch losses; summed in (replica, micro-batch) order), and
-// with check_reference the reduced gradient shards of step 1 are compared with run_reference's.
-//
-// A rank that fails stops the whole job: its communicator is aborted (every peer wakes with an
-// error naming it), and execute() throws ExecFailure with the first failure's message (rank, task).
+// What every backend's executor takes and returns: the options of a run, each step's statistics,
+// the result, and ExecFailure (a failed rank stops the whole job; the message names the rank and
+// the task). The executors: exec/backends/cpu/cpu_executor.h, exec/backends/cuda/cuda_executor.h.
 #pragma once
 
 #include <chrono>
@@ -63,7 +56,5 @@ class ExecFailure : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
-
-ExecResult execute(const RunSpec& spec, const ExecOptions& o);
 
 }  // namespace tandem::runtime

@@ -3,8 +3,8 @@
 // decides which block state a task works on, where a block's input and output gradient come
 // from, in which order weight passes run, how DualPipe's two copies of a stage and the MTP
 // module's shared tensors are folded, and the end-of-step sequence; the Backend does the
-// arithmetic on its own tensors (cpu_backend.h: host Eigen matrices; exec/cuda/runtime/
-// device_backend.h: device buffers on one GPU).
+// arithmetic on its own tensors (exec/backends/cpu/cpu_backend.h: host Eigen
+// matrices; exec/backends/cuda/device_backend.h: device buffers on one GPU).
 //
 // Canonical gradient order (what makes every schedule bit-identical to the reference):
 //  * weight passes accumulate in place, and for each (stage, block, pass) in micro-batch order: a

@@ -1,5 +1,5 @@
 // RankRunner<B>'s definitions (rank_runner.h): included only by the files that instantiate it
-// for a backend (rank_runner.cpp for the CPU, exec/cuda/runtime/device_backend.cpp for CUDA).
+// for a backend (rank_runner.cpp for the CPU, exec/backends/cuda/device_backend.cpp for CUDA).
 #pragma once
 
 #include <algorithm>
@@ -7,7 +7,7 @@
 #include <string>
 
 #include "common/signed_index.h"
-#include "exec/moe/balance.h"
+#include "exec/ops/balance/balance.h"
 #include "exec/runtime/rank_runner.h"
 
 namespace tandem::runtime {

@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "exec/nn/adamw.h"
-#include "exec/runtime/block_ops.h"
+#include "exec/ops/adamw/adamw.h"
+#include "exec/blocks/block_ops.h"
 #include "scenarios/program.h"
 #include "scenarios/scenario.h"
 
@@ -33,7 +33,7 @@ struct RunSpec {
   // rank holding the layer (DP replicas and DualPipe's two copies; integers, so the sum is exact).
   // 0 disables the update. DeepSeek-V3 uses 0.001 for most of pre-training.
   double bias_update_speed = 0.001;
-  // Sequence-wise balance loss α (deepseek-v3.md §1.1; exec/moe/balance.h) in every MoE block,
+  // Sequence-wise balance loss α (deepseek-v3.md §1.1; exec/ops/balance/balance.h) in every MoE block,
   // averaged over the global batch's sequences; 0 disables it.
   double balance_loss_alpha = 1e-4;
   // MTP loss weight λ (deepseek-v3.md §1: 0.3 early in training, 0.1 later); the MTP loss is

@@ -1,5 +1,5 @@
-// The executor's step loop, shared by the backends (executor.cpp: CPU; exec/cuda/runtime/
-// cuda_executor.cpp: CUDA): per step every local rank runs its Program on its own thread (the
+// The executor's step loop, shared by the backends (exec/backends/cpu/cpu_executor.cpp,
+// exec/backends/cuda/cuda_executor.cpp): per step every local rank runs its Program on its own thread (the
 // interpreter's two more under it), then the losses, balance losses, MTP losses and expert loads
 // are gathered over the world through the host communicators and summed in (replica,
 // micro-batch) order, so every backend reports a step the same way. A rank that fails aborts its

@@ -1,8 +1,8 @@
 // The MoE layer's index plans — which (token, slot) rows go to which EP member, and where the rows
 // an expert member receives land in its 128-padded expert segments. One implementation for every
-// backend: the CPU reference packs its buffers from them (exec/moe/dispatch_plan.h says how the
+// backend: the CPU reference packs its buffers from them (exec/ops/moe_layer/dispatch_plan.h says how the
 // rows travel and why the order makes EP runs bit-identical to one rank), the CUDA layer builds its
-// device index arrays from them (exec/cuda/moe_layer.h).
+// device index arrays from them (exec/ops/moe_layer/moe_layer_cuda.h).
 #pragma once
 
 #include <cstddef>

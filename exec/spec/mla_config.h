@@ -1,6 +1,6 @@
-// MlaConfig: the shape of DeepSeek's multi-head latent attention (exec/nn/attention.h says what
+// MlaConfig: the shape of DeepSeek's multi-head latent attention (exec/ops/attention/attention.h says what
 // each part computes). One definition for the CPU reference and the CUDA attention
-// (exec/cuda/attention.h).
+// (exec/ops/attention/attention_cuda.h).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +17,7 @@ struct MlaConfig {
   int64_t v_head = 0;
   double rms_eps = 1e-6;
   double rope_theta = 10000.0;
-  bool recompute = true;  // recompute norms, up-projections and RoPE in backward (exec/nn/attention.h)
+  bool recompute = true;  // recompute norms, up-projections and RoPE in backward (exec/ops/attention/attention.h)
 
   int64_t qk_head() const { return qk_nope + qk_rope; }
   // 1 / sqrt(qk_head) in double; each backend rounds it once to its T (the CUDA one to float).

@@ -1,6 +1,6 @@
 // MoeConfig: one MoE layer on one EP member — router, expert layout over the EP group, widths,
 // GEMM numerics and the four transfers' wires. One definition for the CPU reference
-// (exec/moe/moe_layer.h) and the CUDA layer (exec/cuda/moe_layer.h).
+// (exec/ops/moe_layer/moe_layer.h) and the CUDA layer (exec/ops/moe_layer/moe_layer_cuda.h).
 #pragma once
 
 #include "exec/spec/numerics.h"

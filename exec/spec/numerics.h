@@ -1,6 +1,6 @@
 // The executor's numeric vocabulary, one definition for every backend: how a GEMM rounds
 // (Numerics) and how an MoE transfer encodes its rows (Wire). Plain C++17 and free of Eigen and
-// CUDA, so the CPU reference (exec/nn, exec/moe), the CUDA backend (exec/cuda, compiled by nvcc)
+// CUDA, so the CPU reference (exec/ops), the CUDA twins (exec/ops/*/*_cuda.*, compiled by nvcc)
 // and the runtime name the same types.
 #pragma once
 
@@ -14,7 +14,7 @@ enum class Numerics {
   fp8,    // DeepSeek-V3's recipe: 1x128 activations, 128x128 weights, E4M3, promotion (T = float)
 };
 
-// An MoE all-to-all's wire format (exec/moe/dispatch_plan.h: the bytes of each).
+// An MoE all-to-all's wire format (exec/ops/moe_layer/dispatch_plan.h: the bytes of each).
 enum class Wire : uint32_t {
   exact = 0,  // T's own bytes
   bf16 = 1,   // BF16, 2 bytes an element

@@ -3,7 +3,7 @@
 // class, so a member missing or of another shape is a compile error in that backend's header —
 // the CUDA backend's included, in a build that never runs it.
 //
-// The meaning of each member is the CPU backend's (exec/runtime/cpu_backend.h): the block
+// The meaning of each member is the CPU backend's (exec/backends/cpu/cpu_backend.h): the block
 // sub-steps of block i of a held stage, pipeline messages, MTP's shared tensors, ZeRO-1. Calls
 // come from the rank's compute and comm threads, ordered by the Program's task dependencies.
 #pragma once

@@ -1,5 +1,5 @@
 // RouterConfig: the MoE router's shape (DeepSeek-V3's group-limited top-k over sigmoid scores),
-// one definition for the CPU reference (exec/moe/router.h) and the CUDA router (exec/cuda/router.h).
+// one definition for the CPU reference (exec/ops/router/router.h) and the CUDA router (exec/ops/router/router_cuda.h).
 #pragma once
 
 namespace tandem {

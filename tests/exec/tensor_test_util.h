@@ -1,4 +1,4 @@
-// Helpers of the executor's tensor tests (exec/nn, exec/moe): seeded random tensors, bitwise
+// Helpers of the executor's tensor tests (exec/ops, exec/blocks): seeded random tensors, bitwise
 // comparison and central finite differences.
 #pragma once
 
@@ -9,7 +9,7 @@
 #include <random>
 #include <type_traits>
 
-#include "exec/nn/tensor.h"
+#include "exec/ops/tensor.h"
 
 namespace tandem::exec_test {
 

@@ -1,4 +1,4 @@
-// GPU checks of the device communicators (exec/cuda/device_comm.h):
+// GPU checks of the device communicators (exec/backends/cuda/comm/device_comm.h):
 //   virtual_ranks  VirtualRankWorld, 4 ranks on device 0, each on its own thread with its own comm
 //                  stream: a pp ring with several tags (matched by tag, FIFO per tag, empty message,
 //                  send buffer overwritten on the stream right after the send), all_to_all_v with
@@ -31,10 +31,10 @@
 #include "common/signed_index.h"
 #include "exec/comm/comm_error.h"
 #include "exec/comm/in_process.h"
-#include "exec/cuda/cuda_check.h"
-#include "exec/cuda/device_comm.h"
-#include "exec/cuda/nccl_comm.h"
-#include "exec/cuda/virtual_ranks.h"
+#include "exec/backends/cuda/infra/cuda_check.h"
+#include "exec/backends/cuda/comm/device_comm.h"
+#include "exec/backends/cuda/comm/nccl_comm.h"
+#include "exec/backends/cuda/comm/virtual_ranks.h"
 #include "tests/gpu/gpu_check.h"
 
 using tandem::idx;

@@ -1,4 +1,4 @@
-// GPU check of `tandem execute --backend cuda` (exec/cuda/runtime/cuda_executor.h) against the CPU
+// GPU check of `tandem execute --backend cuda` (exec/backends/cuda/cuda_executor.h) against the CPU
 // backend, whole training steps on virtual ranks (one GPU):
 //   exec_cuda   tiny-moe (4 layers, seq_len 32, MTP depth 1, balance loss and bias update on):
 //               (a) PP4 1F1B and (b) PP4 DualPipe on 4 virtual ranks (EP 1), (c) PP4 DualPipe x EP2
@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "exec/cuda/runtime/cuda_executor.h"
-#include "exec/runtime/executor.h"
+#include "exec/backends/cuda/cuda_executor.h"
+#include "exec/backends/cpu/cpu_executor.h"
 #include "exec/runtime/run_spec.h"
 #include "scenarios/scenario.h"
 #include "tests/gpu/gpu_check.h"

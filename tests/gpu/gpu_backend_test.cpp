@@ -27,9 +27,9 @@
 #include <cuda_runtime_api.h>
 
 #include "common/signed_index.h"
-#include "exec/cuda/cuda_check.h"
-#include "exec/cuda/kernels.h"
-#include "exec/cuda/lt_gemm.h"
+#include "exec/backends/cuda/infra/cuda_check.h"
+#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/lt_gemm.h"
 #include "exec/fp8/bf16.h"
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/fp8.h"
@@ -344,7 +344,7 @@ void check_kernels() {
   std::printf("swiglu: worst relative error %.2e\n", worst);
   expect(worst < 1e-5, "swiglu forward/backward vs FP64");
 
-  // RMSNorm forward / backward vs FP64 (exec/nn/rmsnorm.h's formulas).
+  // RMSNorm forward / backward vs FP64 (exec/ops/rmsnorm/rmsnorm.h's formulas).
   {
     const int m = 19, hdim = 1000;
     const float eps = 1e-6f;

@@ -19,7 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/signed_index.h"
-#include "exec/cuda/cuda_check.h"
+#include "exec/backends/cuda/infra/cuda_check.h"
 
 namespace tandem::gputest {
 
@@ -58,7 +58,7 @@ std::vector<T> to_host(const T* device, std::size_t n) {
   return v;
 }
 
-// A matrix's (or vector's) elements in storage order: row-major for nn::Mat (exec/nn/tensor.h).
+// A matrix's (or vector's) elements in storage order: row-major for nn::Mat (exec/ops/tensor.h).
 template <class M>
 auto flat(const M& m) {
   using T = std::decay_t<decltype(*m.data())>;

@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "exec/cuda/device_query.h"
+#include "exec/backends/cuda/infra/device_query.h"
 #include "tests/gpu/gpu_check.h"
 
 namespace tandem::gputest {

@@ -1,4 +1,5 @@
-// GPU checks of exec/cuda/runtime's stage buffers and ZeRO-1:
+// GPU checks of the device stage buffers (exec/blocks/block_params_cuda.h) and ZeRO-1
+// (exec/backends/cuda/zero1.h):
 //   device_params  tiny-moe stages (embedding + dense layer; two MoE layers of EP member 1 of 2;
 //                  head + MTP): the name table is the CPU's walk (every tensor once, in order,
 //                  contiguous offsets); upload → download bit-identical (also -0 and NaN payloads);
@@ -28,12 +29,12 @@
 #include <cuda_runtime_api.h>
 
 #include "common/signed_index.h"
-#include "exec/cuda/cuda_check.h"
-#include "exec/cuda/runtime/device_params.h"
-#include "exec/cuda/runtime/zero1.h"
-#include "exec/cuda/virtual_ranks.h"
-#include "exec/nn/adamw.h"
-#include "exec/runtime/block_params.h"
+#include "exec/backends/cuda/infra/cuda_check.h"
+#include "exec/blocks/block_params_cuda.h"
+#include "exec/backends/cuda/zero1.h"
+#include "exec/backends/cuda/comm/virtual_ranks.h"
+#include "exec/ops/adamw/adamw.h"
+#include "exec/blocks/block_params.h"
 #include "models/model_card.h"
 #include "tests/gpu/gpu_check.h"
 #include "tests/test_paths.h"

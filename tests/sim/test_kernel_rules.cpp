@@ -231,7 +231,7 @@ TEST_CASE("kernel rules: every kernel of tandem's CUDA backend has a rule", "[ca
   const std::regex global(R"(__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+))");
   const std::string prefix = "void tandem::cuda::(anonymous namespace)::";
   ChromeTrace t;
-  for (const auto& entry : fs::directory_iterator(test::repo("exec/cuda"))) {
+  for (const auto& entry : fs::recursive_directory_iterator(test::repo("exec"))) {
     if (entry.path().extension() != ".cu") continue;
     const std::string text = file_text(entry.path().string());
     for (std::sregex_iterator it(text.begin(), text.end(), global), end; it != end; ++it)

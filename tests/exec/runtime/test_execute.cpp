@@ -15,7 +15,7 @@
 #include "common/signed_index.h"
 #include "common/subprocess.h"
 #include "exec/runtime/budget.h"
-#include "exec/runtime/executor.h"
+#include "exec/backends/cpu/cpu_executor.h"
 #include "exec/runtime/reference.h"
 #include "tests/temp_dir.h"
 #include "tests/test_paths.h"

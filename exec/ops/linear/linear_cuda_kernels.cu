@@ -1,0 +1,81 @@
+// Element-wise kernels of the device linear layer; contracts in linear_kernels.h.
+// The BF16 rounding is integer arithmetic (exec/fp8/bf16.cpp's), the accumulation an explicit
+// __fadd_rn, so nothing here depends on nvcc's floating-point contraction.
+#include "exec/ops/linear/linear_cuda_kernels.h"
+
+#include <cstddef>
+
+#include <cuda_runtime.h>
+
+#include "exec/backends/cuda/infra/cuda_check.h"
+#include "exec/backends/cuda/infra/device_util.cuh"
+
+namespace tandem::cuda {
+namespace {
+
+using device::grid_for;
+using device::bf16_bits;
+using device::bf16_round;
+
+constexpr unsigned kThreads = 256;
+
+// A grid-stride loop over rows * cols elements calling f(r, c, i), i = r * cols + c: one thread an
+// element, row-major order, so neighbouring threads touch neighbouring addresses.
+template <class F>
+__device__ __forceinline__ void for_each_element(int rows, int cols, F f) {
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    f(i / static_cast<size_t>(cols), i % static_cast<size_t>(cols), i);
+}
+
+__global__ void to_bf16_kernel(const float* __restrict__ src, int rows, int cols, int ld, uint16_t* __restrict__ dst) {
+  for_each_element(rows, cols,
+                   [=](size_t r, size_t c, size_t i) { dst[i] = bf16_bits(src[r * static_cast<size_t>(ld) + c]); });
+}
+
+// No __restrict__: src and dst may be the same array (in-place rounding).
+__global__ void epilogue_kernel(const float* src, int ld_src, int rows, int cols, float* dst, int ld_dst,
+                                bool round_bf16, bool accumulate) {
+  for_each_element(rows, cols, [=](size_t r, size_t c, size_t) {
+    float v = src[r * static_cast<size_t>(ld_src) + c];
+    if (round_bf16) v = bf16_round(v);
+    float* d = dst + r * static_cast<size_t>(ld_dst) + c;
+    *d = accumulate ? __fadd_rn(*d, v) : v;
+  });
+}
+
+__global__ void pad_copy_kernel(const float* __restrict__ src, int rows, int cols, int ld, float* __restrict__ dst,
+                                int rows_p, int cols_p) {
+  for_each_element(rows_p, cols_p, [=](size_t r, size_t c, size_t i) {
+    dst[i] = (r < static_cast<size_t>(rows) && c < static_cast<size_t>(cols)) ? src[r * static_cast<size_t>(ld) + c]
+                                                                              : 0.0f;
+  });
+}
+
+}  // namespace
+
+void linear_to_bf16(const float* src, int rows, int cols, int ld, uint16_t* dst, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  to_bf16_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, rows, cols, ld, dst);
+  check_launch("linear_to_bf16");
+}
+
+void linear_epilogue(const float* src, int ld_src, int rows, int cols, float* dst, int ld_dst, bool round_bf16,
+                     bool accumulate, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  epilogue_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, ld_src, rows, cols, dst, ld_dst, round_bf16, accumulate);
+  check_launch("linear_epilogue");
+}
+
+void linear_pad_copy(const float* src, int rows, int cols, int ld, float* dst, int rows_p, int cols_p,
+                     cudaStream_t stream) {
+  if (rows_p <= 0 || cols_p <= 0) return;
+  const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
+  pad_copy_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, rows, cols, ld, dst, rows_p, cols_p);
+  check_launch("linear_pad_copy");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,41 @@
+// Device kernels of the MoE wire formats (exec/ops/moe_layer/dispatch_plan.h), for DeviceMoeLayer's
+// all_to_all_v payloads: BF16 pack / unpack and the FP8 wire's dequantisation. The FP8 wire's
+// quantisation is kernels.h quantize_rowwise(..., pow2_scales = true, ...).
+//
+// Host launchers on device pointers, asynchronous on `stream` (passed last), each launch checked
+// (CudaError); empty shapes are no-ops; negative sizes throw std::invalid_argument naming the
+// argument. Every result is bit-identical to exec/fp8, by construction:
+//   pack_bf16           exec/fp8 float_to_bf16 (bf16.cpp), the same integer recipe: RNE by adding
+//                       0x7FFF plus the kept LSB; NaN keeps its top half with the quiet bit forced.
+//                       (linear_cuda_kernels.cu and elementwise.cu hold the same recipe in file-local device
+//                       functions no header exposes, hence a third copy here.)
+//   unpack_bf16         exec/fp8 bf16_to_float: the 16 bits shifted to the top, exact.
+//   dequantize_rowwise  exec/fp8 dequantize(RowwiseFp8): decode_e4m3(code) · scale of its 1x128
+//                       tile, one FP32 multiply rounded to nearest (__fmul_rn, no FTZ), operands in
+//                       the CPU's order. decode_e4m3 is bit manipulation, exact for all 256 codes
+//                       (S.1111.111 → the quiet NaN 0x7FC00000 with the code's sign, as exec/fp8).
+//                       NaN operands: the GPU's multiply would return its canonical NaN; the CPU
+//                       (x86 SSE) returns the NaN operand, quieted. The kernel does what the CPU
+//                       does: a NaN decode is the result; else a NaN scale, quieted; else the
+//                       product, where 0 · ±Inf gives x86's default NaN 0xFFC00000 (the quantiser
+//                       never writes an Inf or NaN scale; this only keeps odd inputs bit-equal).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace tandem::cuda {
+
+// out[r·cols + c] = float_to_bf16(x[r·cols + c])   (dense row-major; x and out must not overlap).
+void pack_bf16(const float* x, int rows, int cols, uint16_t* out, cudaStream_t stream);
+
+// out[i] = bf16_to_float(in[i]) for i < rows·cols.
+void unpack_bf16(const uint16_t* in, int rows, int cols, float* out, cudaStream_t stream);
+
+// codes [rows, cols] E4M3 row-major, scales [k_blocks(cols) · rows] VEC128 (scales[kb·rows + r]):
+// out[r·cols + c] = decode_e4m3(codes[r·cols + c]) · scales[(c / 128)·rows + r].
+void dequantize_rowwise(const uint8_t* codes, const float* scales, int rows, int cols, float* out,
+                        cudaStream_t stream);
+
+}  // namespace tandem::cuda
