@@ -83,8 +83,12 @@ fi
 gpu_present=0
 "$pack/bin/gpu_probe_test" >/dev/null 2>&1 && gpu_present=1
 
-checks="quant gemm sm_target kernels nccl blas embedding cross_entropy adamw elementwise router linear ffn attention virtual_ranks
-        nccl_comm moe_layer head mtp balance device_params zero1 blocks exec_cuda"
+checks="quant gemm sm_target nccl blas embedding cross_entropy adamw elementwise router rmsnorm swiglu linear ffn
+        attention virtual_ranks nccl_comm permute moe_layer head mtp balance device_params zero1 blocks exec_cuda"
+# A check the binary has that the list above does not name yet runs too (after the listed ones).
+for c in $("$pack/bin/tandem_gpu_tests" 2>/dev/null | sed -n 's/^usage:.*checks://p'); do
+  case " $(echo $checks) fp8_exhaustive " in *" $c "*) ;; *) checks="$checks $c" ;; esac
+done
 if [ $# -gt 0 ]; then
   items="$*"
 else

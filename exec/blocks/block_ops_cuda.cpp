@@ -6,7 +6,7 @@
 
 #include "common/signed_index.h"
 #include "exec/ops/balance/balance_cuda.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/ops/rmsnorm/rmsnorm_cuda.h"
 #include "exec/ops/embedding/embedding_cuda.h"
 #include "exec/ops/embedding/loss_cuda.h"
 #include "exec/backends/cuda/infra/elementwise.h"

@@ -5,7 +5,7 @@
 //
 // Built on the device twins in exec/ops: MlaDevice (attention_cuda.h), DeviceFfn (linear_cuda.h),
 // DeviceMoeLayer (moe_layer_cuda.h), DeviceHead (head_cuda.h), DeviceMtpProj (mtp_cuda.h), the
-// RMSNorm kernels (kernels.h), embedding / cross-entropy (embedding_cuda.h, loss_cuda.h), the
+// RMSNorm kernels (rmsnorm_cuda.h), embedding / cross-entropy (embedding_cuda.h, loss_cuda.h), the
 // balance loss (balance_cuda.h), and the backend's exact adds (elementwise.h). The weights and
 // gradient accumulators are views into DeviceStageParams / DeviceStageGrads (block_params_cuda.h) by Hugging Face name; the router's selection bias and an MTP block's copy of
 // the embedding table (not flattened) are device buffers of their own here.

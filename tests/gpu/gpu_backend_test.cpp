@@ -1,5 +1,5 @@
-// The first GPU checks (gpu_check.h): the quantisers, FP8 conversion, cuBLASLt GEMMs and the small
-// kernels against the CPU reference (exec/fp8), and one-rank NCCL.
+// The GPU checks of the backend's infra (gpu_check.h): the quantisers, FP8 conversion and cuBLASLt
+// GEMMs against the CPU reference (exec/fp8), and one-rank NCCL.
 //   quant           GPU 1x128 rowwise / columnwise, 128x128 blocks and the 2-D transpose are
 //                   bit-identical (codes and scale bits) to exec/fp8 on random and edge inputs
 //   fp8_exhaustive  __nv_cvt_float_to_fp8 on the device == exec/fp8's encode for all 2^32 floats
@@ -8,7 +8,6 @@
 //                   wgrad (VEC128 x VEC128), BF16 and FP32 out: rel-L2 <= 1e-2 vs an FP64 GEMM of
 //                   the dequantised operands and vs exec/fp8's block GEMM; a grouped (per-expert) run
 //   sm_target       CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET = SMs - 20 gives the same result
-//   kernels         SwiGLU and RMSNorm forward/backward (tolerance), gather_rows (exact), combine_rows
 //   nccl            one-rank NCCL: ncclCommInitAll with one device, grouped send/recv to self,
 //                   AllReduce / ReduceScatter / AllGather
 #include <algorithm>
@@ -28,13 +27,14 @@
 
 #include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 #include "exec/backends/cuda/infra/lt_gemm.h"
 #include "exec/fp8/bf16.h"
 #include "exec/fp8/block_gemm.h"
 #include "exec/fp8/fp8.h"
 #include "exec/fp8/quantize.h"
 #include "tests/gpu/gpu_check.h"
+#include "tests/gpu/numerics_util.h"
 
 #if TANDEM_HAVE_NCCL
 #include <nccl.h>
@@ -48,6 +48,7 @@ namespace cu = tandem::cuda;
 
 using tandem::gputest::expect;
 using tandem::gputest::gemm_abt64;
+using tandem::gputest::make_input;
 using tandem::gputest::rel_l2;
 using tandem::gputest::same_bits;
 using tandem::gputest::sync_device;
@@ -55,39 +56,6 @@ using tandem::gputest::to_device;
 using tandem::gputest::to_host;
 
 // ---------------------------------------------------------------- quant
-std::vector<float> make_input(int rows, int cols, int kind, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> n01(0.0f, 1.0f);
-  std::vector<float> x(idx(rows) * cols);
-  for (auto& v : x) v = n01(rng);
-  const float inf = INFINITY;
-  switch (kind) {
-    case 1:  // 1% outliers
-      for (std::size_t i = 0; i < x.size(); i += 97) x[i] *= 300.0f;
-      break;
-    case 2:  // edge values: zero tiles, subnormal tiles, huge, Inf, NaN, ties
-      for (int r = 0; r < rows; ++r) {
-        for (int c = 0; c < cols; ++c) {
-          float& v = x[idx(r) * cols + c];
-          if (c < 128 && r < 64) v = 0.0f;                                   // zero tiles
-          else if (c >= 128 && c < 256) v *= 1e-40f;                        // float subnormals
-          else if (c >= 256 && c < 384 && r % 2 == 0) v *= 3e38f / 4.0f;    // near FLT_MAX
-        }
-      }
-      if (x.size() > 5000) {
-        x[4000] = inf;
-        x[4500] = -inf;
-        x[4900] = NAN;
-        x[1000] = 464.0f;
-        x[1001] = -1e-30f;
-      }
-      break;
-    default:
-      break;
-  }
-  return x;
-}
-
 void check_quant_case(int rows, int cols, int kind, bool pow2) {
   const std::string tag = "quant " + std::to_string(rows) + "x" + std::to_string(cols) + " kind " +
                           std::to_string(kind) + (pow2 ? " pow2" : "");
@@ -321,104 +289,6 @@ void check_gemm(bool sm_target_only) {
   }
 }
 
-// ---------------------------------------------------------------- kernels
-void check_kernels() {
-  const int rows = 37, width = 300;
-  const std::vector<float> gu = make_input(rows, 2 * width, 0, 5), dout = make_input(rows, width, 0, 6);
-  auto dgu_in = to_device(gu), ddout = to_device(dout);
-  cu::DeviceBuffer<float> h(idx(rows) * width), dgu(gu.size());
-  cu::swiglu_forward(dgu_in.get(), rows, width, h.get(), nullptr);
-  cu::swiglu_backward(dgu_in.get(), ddout.get(), rows, width, dgu.get(), nullptr);
-  const std::vector<float> gh = to_host(h, h.size()), gd = to_host(dgu, dgu.size());
-  double worst = 0;
-  for (int r = 0; r < rows; ++r)
-    for (int j = 0; j < width; ++j) {
-      const double g = gu[idx(r) * 2 * width + j], u = gu[idx(r) * 2 * width + width + j];
-      const double sig = 1.0 / (1.0 + std::exp(-g)), silu = g * sig, ds = sig * (1 + g * (1 - sig));
-      const double d = dout[idx(r) * width + j];
-      const double want[3] = {silu * u, d * u * ds, d * silu};
-      const double got[3] = {gh[idx(r) * width + j], gd[idx(r) * 2 * width + j],
-                             gd[idx(r) * 2 * width + width + j]};
-      for (int q = 0; q < 3; ++q) worst = std::max(worst, std::fabs(got[q] - want[q]) / (std::fabs(want[q]) + 1e-6));
-    }
-  std::printf("swiglu: worst relative error %.2e\n", worst);
-  expect(worst < 1e-5, "swiglu forward/backward vs FP64");
-
-  // RMSNorm forward / backward vs FP64 (exec/ops/rmsnorm/rmsnorm.h's formulas).
-  {
-    const int m = 19, hdim = 1000;
-    const float eps = 1e-6f;
-    const std::vector<float> xs = make_input(m, hdim, 1, 21), ws = make_input(1, hdim, 0, 22), dys = make_input(m, hdim, 0, 23);
-    auto gx = to_device(xs), gw = to_device(ws), gdy = to_device(dys);
-    cu::DeviceBuffer<float> gy(xs.size()), gdx(xs.size()), gr(m), gdw(hdim);
-    cu::rmsnorm_forward(gx.get(), gw.get(), m, hdim, eps, gy.get(), gr.get(), nullptr);
-    cu::rmsnorm_backward_input(gx.get(), gw.get(), gdy.get(), m, hdim, eps, gdx.get(), nullptr);
-    cu::rmsnorm_backward_weight(gx.get(), gdy.get(), gr.get(), m, hdim, gdw.get(), nullptr);
-    const std::vector<float> y = to_host(gy, xs.size()), dxv = to_host(gdx, xs.size()), dw = to_host(gdw, hdim);
-    std::vector<double> dw64(hdim, 0.0);
-    double ey = 0, edx = 0, edw = 0;
-    for (int i = 0; i < m; ++i) {
-      const float* xi = xs.data() + idx(i) * hdim;
-      const float* dyi = dys.data() + idx(i) * hdim;
-      double ss = 0;
-      for (int j = 0; j < hdim; ++j) ss += static_cast<double>(xi[j]) * xi[j];
-      const double r = 1.0 / std::sqrt(ss / hdim + eps);
-      double dot = 0;
-      for (int j = 0; j < hdim; ++j) dot += (static_cast<double>(ws[j]) * dyi[j]) * (xi[j] * r);
-      const double mean = dot / hdim;
-      for (int j = 0; j < hdim; ++j) {
-        const std::size_t q = idx(i) * hdim + j;
-        const double want_y = ws[j] * (xi[j] * r), want_dx = r * (ws[j] * dyi[j] - (xi[j] * r) * mean);
-        ey = std::max(ey, std::fabs(y[q] - want_y) / (std::fabs(want_y) + 1e-3));
-        edx = std::max(edx, std::fabs(dxv[q] - want_dx) / (std::fabs(want_dx) + 1e-3));
-        dw64[j] += dyi[j] * (xi[j] * r);
-      }
-    }
-    for (int j = 0; j < hdim; ++j) edw = std::max(edw, std::fabs(dw[j] - dw64[j]) / (std::fabs(dw64[j]) + 1e-3));
-    std::printf("rmsnorm: worst relative error y %.2e, dx %.2e, dw %.2e\n", ey, edx, edw);
-    expect(ey < 1e-5 && edx < 1e-4 && edw < 1e-4, "rmsnorm forward/backward vs FP64");
-  }
-
-  // Permutation into a 128-row-padded segment and back (top-2 combine).
-  const int tokens = 50, cols = 96, k = 2;
-  const std::vector<float> x = make_input(tokens, cols, 0, 9);
-  std::vector<int32_t> src_row(256, -1), row(idx(tokens) * k);
-  std::vector<float> weight(row.size());
-  for (int t = 0; t < tokens; ++t) {
-    src_row[t] = t;            // expert 0 segment: rows 0..49, padded to 128
-    src_row[128 + t] = tokens - 1 - t;  // expert 1 segment, reversed
-    row[idx(t) * k] = t;
-    row[idx(t) * k + 1] = t % 3 == 0 ? -1 : 128 + (tokens - 1 - t);
-    weight[idx(t) * k] = 0.25f + 0.01f * t;
-    weight[idx(t) * k + 1] = 0.5f;
-  }
-  auto dx = to_device(x);
-  auto dsrc = to_device(src_row), drow = to_device(row);
-  auto dw = to_device(weight);
-  cu::DeviceBuffer<float> perm(256 * idx(cols)), comb(idx(tokens) * cols);
-  cu::gather_rows(dx.get(), dsrc.get(), 256, cols, perm.get(), nullptr);
-  cu::combine_rows(perm.get(), drow.get(), dw.get(), tokens, k, cols, comb.get(), nullptr);
-  const std::vector<float> gp = to_host(perm, perm.size()), gc = to_host(comb, comb.size());
-  bool exact = true;
-  for (int i = 0; i < 256; ++i)
-    for (int c = 0; c < cols; ++c) {
-      const float want = src_row[i] >= 0 ? x[idx(src_row[i]) * cols + c] : 0.0f;
-      exact = exact && gp[idx(i) * cols + c] == want;
-    }
-  expect(exact, "gather_rows: exact copy with zero padding rows");
-  double cworst = 0;
-  for (int t = 0; t < tokens; ++t)
-    for (int c = 0; c < cols; ++c) {
-      double want = 0;
-      for (int j = 0; j < k; ++j) {
-        const int s = row[idx(t) * k + j];
-        if (s >= 0) want += static_cast<double>(weight[idx(t) * k + j]) * gp[idx(s) * cols + c];
-      }
-      cworst = std::max(cworst, std::fabs(gc[idx(t) * cols + c] - want));
-    }
-  expect(cworst < 1e-5, "combine_rows vs FP64");
-}
-
 // ---------------------------------------------------------------- nccl
 void check_nccl() {
 #if TANDEM_HAVE_NCCL
@@ -467,5 +337,4 @@ TANDEM_GPU_CHECK(quant) { check_quant_all(); }
 TANDEM_GPU_CHECK(fp8_exhaustive) { check_fp8_exhaustive(); }
 TANDEM_GPU_CHECK(gemm) { check_gemm(false); }
 TANDEM_GPU_CHECK(sm_target) { check_gemm(true); }
-TANDEM_GPU_CHECK(kernels) { check_kernels(); }
 TANDEM_GPU_CHECK(nccl) { check_nccl(); }

@@ -8,7 +8,8 @@
 
 #include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
+#include "exec/ops/linear/linear_cuda_kernels.h"
 #include "exec/backends/cuda/infra/lt_gemm.h"
 
 namespace tandem::cuda {

@@ -12,7 +12,8 @@
 
 #include <cuda_runtime.h>
 
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
+#include "exec/ops/rmsnorm/rmsnorm_cuda.h"
 
 namespace tandem::cuda {
 namespace {

@@ -19,7 +19,7 @@
 //     (forward and input-gradient outputs rounded to BF16 where the CPU rounds them, weight
 //     gradients added to the FP32 accumulators unrounded). The input gradient at x is summed as
 //     the CPU does: dx = dgrad(q_a | q) first, then dx += dgrad(kv_a) (each rounded, added in FP32).
-//   * RMSNorm: kernels.h (tree-reduced sum of squares), FP32 in every numerics. The norm weight
+//   * RMSNorm: rmsnorm_cuda.h (tree-reduced sum of squares), FP32 in every numerics. The norm weight
 //     gradient is accumulated here (rmsnorm_weight_accumulate): dw[j] is read, then Σ_i dy·(x·r_i)
 //     is added to it one row at a time in increasing i, the CPU's order, with r_i the forward's
 //     (saved) inverse RMS.

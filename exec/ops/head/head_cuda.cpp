@@ -6,7 +6,7 @@
 
 #include "common/signed_index.h"
 #include "exec/ops/attention/attention_cuda.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/ops/rmsnorm/rmsnorm_cuda.h"
 #include "exec/ops/embedding/loss_cuda.h"
 
 namespace tandem::cuda {

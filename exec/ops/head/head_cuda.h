@@ -8,7 +8,7 @@
 // Numerics (exec/ops/head/head.cpp's head_numerics): DeepSeek-V3 keeps the output head out of FP8, so a
 // run in Numerics::fp8 runs this GEMM as bf16; exact and bf16 as linear.h. DeviceHead owns
 // a DeviceLinear in head_numerics(run numerics) for that reason (so an fp8 run is bit-identical to
-// a bf16 one here, as on the CPU). RMSNorm in FP32 (kernels.h: tree-reduced sum of squares, so
+// a bf16 one here, as on the CPU). RMSNorm in FP32 (rmsnorm_cuda.h: tree-reduced sum of squares, so
 // tolerance-equal, not bitwise, to exec/ops); its output is recomputed in backward-input as exec/ops
 // does (only h is saved, plus the forward's inverse RMS per row for the norm's weight gradient,
 // which is accumulated in the CPU's row order by rmsnorm_weight_accumulate, attention.h).

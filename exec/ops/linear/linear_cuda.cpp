@@ -5,7 +5,7 @@
 #include <string>
 
 #include "common/signed_index.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 #include "exec/ops/linear/linear_cuda_kernels.h"
 
 namespace tandem::cuda {

@@ -8,13 +8,13 @@
 // Numerics (the CPU's, exec/ops/linear/linear.h; which operand is rounded how):
 //   exact  cuBLAS FP32 (Blas, pedantic: no TF32). Not bit-identical to the CPU's fixed summation
 //          order: equal to FP32 reordering, rel-L2 ~ 2^-24 sqrt(K).
-//   bf16   both GEMM inputs rounded to BF16 (linear_kernels.h: exec/fp8's RNE bit for bit), cuBLAS
+//   bf16   both GEMM inputs rounded to BF16 (linear_cuda_kernels.h: exec/fp8's RNE bit for bit), cuBLAS
 //          BF16 GEMM with FP32 accumulation; forward / backward_input outputs rounded to BF16 as
 //          the CPU rounds them; the weight gradient is added to dW in FP32, unrounded. Products of
 //          BF16 values are exact in FP32, so only the summation order differs from the CPU: outputs
 //          are mostly bit-equal, else one BF16 ulp apart (or within the FP32 reordering error of
 //          an output near zero).
-//   fp8    DeepSeek-V3's recipe exactly as exec/fp8/linear_fp8.cpp, with kernels.h's quantisers
+//   fp8    DeepSeek-V3's recipe exactly as exec/fp8/linear_fp8.cpp, with fp8_kernels.h's quantisers
 //          (bit-identical codes and scales) and LtFp8Gemm (cuBLASLt):
 //            forward          x 1x128 rowwise (VEC128)  x  W 128x128 blocks (BLK128x128)
 //            backward_input   dy 1x128 rowwise          x  Wᵀ = transpose_blocks(quantised W), the
@@ -196,7 +196,7 @@ class DeviceLinear {
 // and add nothing to the weight gradients) call it.
 //
 // Layout choice: gate(x) and up(x) live in one fused [rows, 2·inter] matrix gate|up, the layout
-// kernels.h's swiglu_forward / swiglu_backward take. The two projections are computed as two GEMMs
+// linear_cuda_kernels.h's swiglu_forward / swiglu_backward take. The two projections are computed as two GEMMs
 // (forward_shared: x converted / quantised once) against the separate gate and up weights, each
 // writing its column half in place (ld = 2·inter), rather than one GEMM against a stacked
 // [2·inter, hidden] weight: the weights stay the caller's (exec/ops's FfnWeights layout), and in
@@ -205,7 +205,7 @@ class DeviceLinear {
 //   dx = bf16?(d_gate · W_gate) + bf16?(d_up · W_up)
 // (two GEMMs reading the column halves of d_gate|d_up, the second accumulated), and the gate and
 // up weight gradients come from one GEMM over the fused gradient (backward_weight_split).
-// Numerics vs exec/ops: SwiGLU uses CUDA's expf (kernels.h), so g·sigmoid(g)·u differs from the
+// Numerics vs exec/ops: SwiGLU uses CUDA's expf (linear_cuda_kernels.h), so g·sigmoid(g)·u differs from the
 // CPU's by an FP32 rounding or two; everything else is as DeviceLinear.
 struct DeviceFfnFp8Weights {
   Fp8Weight gate, up, down;

@@ -53,6 +53,37 @@ __global__ void pad_copy_kernel(const float* __restrict__ src, int rows, int col
   });
 }
 
+__global__ void swiglu_forward_kernel(const float* __restrict__ gu, int rows, int width, float* __restrict__ out) {
+  const size_t n = static_cast<size_t>(rows) * width;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t r = i / width;
+    const size_t j = i % width;
+    const float g = gu[r * 2 * width + j];
+    const float u = gu[r * 2 * width + width + j];
+    const float silu = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+    out[i] = __fmul_rn(silu, u);
+  }
+}
+
+__global__ void swiglu_backward_kernel(const float* __restrict__ gu, const float* __restrict__ dout, int rows,
+                                       int width, float* __restrict__ dgu) {
+  const size_t n = static_cast<size_t>(rows) * width;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t r = i / width;
+    const size_t j = i % width;
+    const float g = gu[r * 2 * width + j];
+    const float u = gu[r * 2 * width + width + j];
+    const float sig = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-g)));
+    const float silu = __fmul_rn(g, sig);
+    // silu'(g) = sig * (1 + g * (1 - sig))
+    const float dsilu = __fmul_rn(sig, __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sig))));
+    dgu[r * 2 * width + j] = __fmul_rn(__fmul_rn(dout[i], u), dsilu);
+    dgu[r * 2 * width + width + j] = __fmul_rn(dout[i], silu);
+  }
+}
+
 }  // namespace
 
 void linear_to_bf16(const float* src, int rows, int cols, int ld, uint16_t* dst, cudaStream_t stream) {
@@ -76,6 +107,21 @@ void linear_pad_copy(const float* src, int rows, int cols, int ld, float* dst, i
   const size_t n = static_cast<size_t>(rows_p) * static_cast<size_t>(cols_p);
   pad_copy_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, rows, cols, ld, dst, rows_p, cols_p);
   check_launch("linear_pad_copy");
+}
+
+void swiglu_forward(const float* gate_up, int rows, int width, float* out, cudaStream_t stream) {
+  const size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(width > 0 ? width : 0);
+  if (n == 0) return;
+  swiglu_forward_kernel<<<grid_for(n, 256), 256, 0, stream>>>(gate_up, rows, width, out);
+  check_launch("swiglu_forward");
+}
+
+void swiglu_backward(const float* gate_up, const float* dout, int rows, int width, float* d_gate_up,
+                     cudaStream_t stream) {
+  const size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(width > 0 ? width : 0);
+  if (n == 0) return;
+  swiglu_backward_kernel<<<grid_for(n, 256), 256, 0, stream>>>(gate_up, dout, rows, width, d_gate_up);
+  check_launch("swiglu_backward");
 }
 
 }  // namespace tandem::cuda

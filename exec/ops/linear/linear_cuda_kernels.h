@@ -32,4 +32,12 @@ void linear_epilogue(const float* src, int ld_src, int rows, int cols, float* ds
 void linear_pad_copy(const float* src, int rows, int cols, int ld, float* dst, int rows_p, int cols_p,
                      cudaStream_t stream);
 
+// SwiGLU on a fused [rows, 2 * width] gate|up matrix (gate = columns [0, width), up = [width, 2w)):
+//   forward  out[r, j] = silu(g) * u, silu(g) = g / (1 + exp(-g))
+//   backward d_gate_up[r, j] = dout * u * silu'(g), d_gate_up[r, width + j] = dout * silu(g)
+// Not bit-identical to exec/ops/linear/ffn.h (expf differs between CUDA and glibc): compare with a tolerance.
+void swiglu_forward(const float* gate_up, int rows, int width, float* out, cudaStream_t stream);
+void swiglu_backward(const float* gate_up, const float* dout, int rows, int width, float* d_gate_up,
+                     cudaStream_t stream);
+
 }  // namespace tandem::cuda

@@ -65,12 +65,15 @@
 #include "exec/ops/linear/linear.h"
 #include "exec/ops/tensor.h"
 #include "tests/exec/tensor_test_util.h"
+#include "exec/ops/linear/linear_cuda_kernels.h"
 #include "tests/gpu/gpu_check.h"
 #include "tests/gpu/numerics_util.h"
 
 using tandem::idx;
 
 namespace {
+
+using tandem::gputest::make_input;
 
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
@@ -686,6 +689,31 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
   }
 }
 
+
+// The SwiGLU kernels (linear_cuda_kernels.h) vs FP64: forward and backward on a fused gate|up matrix.
+void check_swiglu() {
+  const int rows = 37, width = 300;
+  const std::vector<float> gu = make_input(rows, 2 * width, 0, 5), dout = make_input(rows, width, 0, 6);
+  auto dgu_in = to_device(gu), ddout = to_device(dout);
+  cu::DeviceBuffer<float> h(idx(rows) * width), dgu(gu.size());
+  cu::swiglu_forward(dgu_in.get(), rows, width, h.get(), nullptr);
+  cu::swiglu_backward(dgu_in.get(), ddout.get(), rows, width, dgu.get(), nullptr);
+  const std::vector<float> gh = to_host(h, h.size()), gd = to_host(dgu, dgu.size());
+  double worst = 0;
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < width; ++j) {
+      const double g = gu[idx(r) * 2 * width + j], u = gu[idx(r) * 2 * width + width + j];
+      const double sig = 1.0 / (1.0 + std::exp(-g)), silu = g * sig, ds = sig * (1 + g * (1 - sig));
+      const double d = dout[idx(r) * width + j];
+      const double want[3] = {silu * u, d * u * ds, d * silu};
+      const double got[3] = {gh[idx(r) * width + j], gd[idx(r) * 2 * width + j],
+                             gd[idx(r) * 2 * width + width + j]};
+      for (int q = 0; q < 3; ++q) worst = std::max(worst, std::fabs(got[q] - want[q]) / (std::fabs(want[q]) + 1e-6));
+    }
+  std::printf("swiglu: worst relative error %.2e\n", worst);
+  expect(worst < 1e-5, "swiglu forward/backward vs FP64");
+}
+
 }  // namespace
 
 TANDEM_GPU_CHECK(blas) {
@@ -716,3 +744,5 @@ TANDEM_GPU_CHECK(ffn) {
   for (cu::Numerics num : kAllNumerics)
     for (const auto& s : shapes) check_ffn_case(blas, lt, st, s[0], s[1], s[2], num);
 }
+
+TANDEM_GPU_CHECK(swiglu) { check_swiglu(); }

@@ -1,5 +1,6 @@
-// Kernels of the MoE wire formats; contracts in wire_kernels.h. Integer bit recipes and one
-// explicit __fmul_rn: nothing depends on nvcc's contraction or flush-to-zero settings.
+// Kernels of the MoE layer: the wire formats and the permutation into expert segments; contracts in
+// moe_cuda_kernels.h. Integer bit recipes and explicit IEEE intrinsics (__fmul_rn, __fadd_rn):
+// nothing depends on nvcc's contraction or flush-to-zero settings.
 #include "exec/ops/moe_layer/moe_cuda_kernels.h"
 
 #include <cstddef>
@@ -10,7 +11,7 @@
 
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 
 namespace tandem::cuda {
 namespace {
@@ -36,7 +37,7 @@ __device__ __forceinline__ float decode_e4m3(uint32_t code) {
   return __uint_as_float(sign | bits);
 }
 
-// decode(code) · scale as the CPU computes it, NaN operands included (wire_kernels.h).
+// decode(code) · scale as the CPU computes it, NaN operands included (moe_cuda_kernels.h).
 __device__ __forceinline__ float dequantize_one(uint32_t code, float scale) {
   const float d = decode_e4m3(code);
   if (isnan(d)) return d;
@@ -76,6 +77,27 @@ size_t elements(const char* op, int rows, int cols) {
   return static_cast<size_t>(rows) * static_cast<size_t>(cols);
 }
 
+__global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ src_row, int cols,
+                                   float* __restrict__ dst) {
+  const int i = blockIdx.x;
+  const int s = src_row[i];
+  float* d = dst + static_cast<size_t>(i) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s >= 0 ? src[static_cast<size_t>(s) * cols + c] : 0.0f;
+}
+
+__global__ void combine_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ row,
+                                    const float* __restrict__ weight, int k, int cols, float* __restrict__ dst) {
+  const int t = blockIdx.x;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const int s = row[static_cast<size_t>(t) * k + j];
+      if (s >= 0) acc = __fadd_rn(acc, __fmul_rn(weight[static_cast<size_t>(t) * k + j], src[static_cast<size_t>(s) * cols + c]));
+    }
+    dst[static_cast<size_t>(t) * cols + c] = acc;
+  }
+}
+
 }  // namespace
 
 void pack_bf16(const float* x, int rows, int cols, uint16_t* out, cudaStream_t stream) {
@@ -98,6 +120,19 @@ void dequantize_rowwise(const uint8_t* codes, const float* scales, int rows, int
   if (n == 0) return;
   dequantize_rowwise_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(codes, scales, rows, cols, out);
   check_launch("dequantize_rowwise");
+}
+
+void gather_rows(const float* src, const int32_t* src_row, int dst_rows, int cols, float* dst, cudaStream_t stream) {
+  if (dst_rows <= 0 || cols <= 0) return;
+  gather_rows_kernel<<<static_cast<unsigned>(dst_rows), 256, 0, stream>>>(src, src_row, cols, dst);
+  check_launch("gather_rows");
+}
+
+void combine_rows(const float* src, const int32_t* row, const float* weight, int tokens, int k, int cols,
+                  float* dst, cudaStream_t stream) {
+  if (tokens <= 0 || cols <= 0) return;
+  combine_rows_kernel<<<static_cast<unsigned>(tokens), 256, 0, stream>>>(src, row, weight, k, cols, dst);
+  check_launch("combine_rows");
 }
 
 }  // namespace tandem::cuda

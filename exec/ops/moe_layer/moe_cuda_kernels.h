@@ -1,6 +1,7 @@
-// Device kernels of the MoE wire formats (exec/ops/moe_layer/dispatch_plan.h), for DeviceMoeLayer's
-// all_to_all_v payloads: BF16 pack / unpack and the FP8 wire's dequantisation. The FP8 wire's
-// quantisation is kernels.h quantize_rowwise(..., pow2_scales = true, ...).
+// Device kernels of the MoE layer: the wire formats (dispatch_plan.h) of DeviceMoeLayer's
+// all_to_all_v payloads — BF16 pack / unpack and the FP8 wire's dequantisation (its quantisation is
+// fp8_kernels.h quantize_rowwise(..., pow2_scales = true, ...)) — and, at the end, the permutation
+// into expert segments and back (gather_rows, combine_rows).
 //
 // Host launchers on device pointers, asynchronous on `stream` (passed last), each launch checked
 // (CudaError); empty shapes are no-ops; negative sizes throw std::invalid_argument naming the
@@ -37,5 +38,14 @@ void unpack_bf16(const uint16_t* in, int rows, int cols, float* out, cudaStream_
 // out[r·cols + c] = decode_e4m3(codes[r·cols + c]) · scales[(c / 128)·rows + r].
 void dequantize_rowwise(const uint8_t* codes, const float* scales, int rows, int cols, float* out,
                         cudaStream_t stream);
+
+// Permutation into expert segments (exec/ops/moe_layer's padded layout) as a row gather:
+//   dst[i, :] = src_row[i] >= 0 ? src[src_row[i], :] : 0     for i < dst_rows
+// Padding rows of a 128-row-aligned segment have src_row = -1. Exact (a copy).
+void gather_rows(const float* src, const int32_t* src_row, int dst_rows, int cols, float* dst, cudaStream_t stream);
+// Unpermute / combine: dst[t, :] = sum over j < k of weight[t*k + j] * src[row[t*k + j], :], in
+// increasing j (row -1 = skipped), FP32, no FMA contraction.
+void combine_rows(const float* src, const int32_t* row, const float* weight, int tokens, int k, int cols,
+                  float* dst, cudaStream_t stream);
 
 }  // namespace tandem::cuda

@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "common/signed_index.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 #include "exec/backends/cuda/infra/elementwise.h"
 #include "exec/ops/moe_layer/moe_cuda_kernels.h"
 

@@ -43,9 +43,9 @@
 // compute before the all_to_all_v and unpacked by kernels on compute after it into FP32 rows
 // (ts.recv, es.recv, ...); the VALUES unpacked are the CPU wire's bit for bit —
 //   exact: FP32 as is (the FP32 rows themselves are sent and received; no wire buffer);
-//   bf16:  pack_bf16 / unpack_bf16 (wire_kernels.h: exec/fp8's float_to_bf16 / bf16_to_float);
-//   fp8:   quantize_rowwise with pow2 scales (kernels.h, bit-identical to exec/fp8), then on the
-//          receiver dequantize_rowwise (wire_kernels.h: decode_e4m3(code) · scale as exec/fp8).
+//   bf16:  pack_bf16 / unpack_bf16 (moe_cuda_kernels.h: exec/fp8's float_to_bf16 / bf16_to_float);
+//   fp8:   quantize_rowwise with pow2 scales (fp8_kernels.h, bit-identical to exec/fp8), then on the
+//          receiver dequantize_rowwise (moe_cuda_kernels.h: decode_e4m3(code) · scale as exec/fp8).
 // Rows are independent on every wire (a row's codes and scales depend on that row only), so
 // quantising each peer's rows as one matrix gives each row the CPU's codes, and EP and EP 1 round
 // the same rows the same way.

@@ -3,7 +3,7 @@
 // top-4 in 4 groups (2 kept), rsf 2.5, one shared expert, moe_inter 128), 2 x 64 tokens a rank,
 // a random selection bias (expert 3's at -10: it gets no rows, exercising the skipped empty
 // segment and its zero gradient) and a random balance-loss d_scores:
-//   wire kernels (wire_kernels.h) vs exec/fp8, bit for bit, NaN patterns included: the device
+//   wire kernels (moe_cuda_kernels.h) vs exec/fp8, bit for bit, NaN patterns included: the device
 //       decode of all 256 codes; dequantize_rowwise vs fp8::dequantize on every code x edge scales
 //       (subnormal products, overflow, NaN / Inf scales) and on exec/fp8's quantisation (pow2 and
 //       not) of random, outlier and edge rows (zeros, float subnormals, ±3.4e38, ±464, ±Inf, NaN,
@@ -55,7 +55,7 @@
 #include "exec/backends/cuda/infra/lt_gemm.h"
 #include "exec/ops/moe_layer/moe_layer_cuda.h"
 #include "exec/blocks/block_ops_cuda.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 #include "exec/backends/cuda/comm/virtual_ranks.h"
 #include "exec/ops/moe_layer/moe_cuda_kernels.h"
 #include "exec/fp8/bf16.h"
@@ -64,11 +64,14 @@
 #include "exec/ops/moe_layer/dispatch_plan.h"
 #include "exec/ops/moe_layer/moe_layer.h"
 #include "tests/exec/tensor_test_util.h"
+#include "tests/gpu/numerics_util.h"
 #include "tests/gpu/gpu_check.h"
 
 using tandem::idx;
 
 namespace {
+
+using tandem::gputest::make_input;
 
 namespace cu = tandem::cuda;
 namespace moe = tandem::moe;
@@ -84,7 +87,7 @@ constexpr int kHidden = 256, kInter = 128, kExperts = 16, kTopK = 4, kTokensPerR
 constexpr int kEmptyExpert = 3;
 
 // ---------------------------------------------------------------------------------------- wire kernels
-// The device wire kernels (wire_kernels.h) vs exec/fp8, bit for bit (NaN patterns included: the
+// The device wire kernels (moe_cuda_kernels.h) vs exec/fp8, bit for bit (NaN patterns included: the
 // device mirrors the CPU's NaN results by construction, see the header).
 
 std::vector<float> dev_dequantize(const std::vector<uint8_t>& codes, const std::vector<float>& scales, int rows,
@@ -564,6 +567,49 @@ void run_case(const Case& c) {
   compare("device ep4 vs ep1 dx", dx4, one.dx, c.tol);
 }
 
+
+// gather_rows / combine_rows (moe_cuda_kernels.h): the permutation into 128-row-padded expert
+// segments is an exact copy; the top-k combine within 1e-5 of FP64.
+void check_permute() {
+  const int tokens = 50, cols = 96, k = 2;
+  const std::vector<float> x = make_input(tokens, cols, 0, 9);
+  std::vector<int32_t> src_row(256, -1), row(idx(tokens) * k);
+  std::vector<float> weight(row.size());
+  for (int t = 0; t < tokens; ++t) {
+    src_row[t] = t;            // expert 0 segment: rows 0..49, padded to 128
+    src_row[128 + t] = tokens - 1 - t;  // expert 1 segment, reversed
+    row[idx(t) * k] = t;
+    row[idx(t) * k + 1] = t % 3 == 0 ? -1 : 128 + (tokens - 1 - t);
+    weight[idx(t) * k] = 0.25f + 0.01f * t;
+    weight[idx(t) * k + 1] = 0.5f;
+  }
+  auto dx = to_device(x);
+  auto dsrc = to_device(src_row), drow = to_device(row);
+  auto dw = to_device(weight);
+  cu::DeviceBuffer<float> perm(256 * idx(cols)), comb(idx(tokens) * cols);
+  cu::gather_rows(dx.get(), dsrc.get(), 256, cols, perm.get(), nullptr);
+  cu::combine_rows(perm.get(), drow.get(), dw.get(), tokens, k, cols, comb.get(), nullptr);
+  const std::vector<float> gp = to_host(perm, perm.size()), gc = to_host(comb, comb.size());
+  bool exact = true;
+  for (int i = 0; i < 256; ++i)
+    for (int c = 0; c < cols; ++c) {
+      const float want = src_row[i] >= 0 ? x[idx(src_row[i]) * cols + c] : 0.0f;
+      exact = exact && gp[idx(i) * cols + c] == want;
+    }
+  expect(exact, "gather_rows: exact copy with zero padding rows");
+  double cworst = 0;
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < cols; ++c) {
+      double want = 0;
+      for (int j = 0; j < k; ++j) {
+        const int s = row[idx(t) * k + j];
+        if (s >= 0) want += static_cast<double>(weight[idx(t) * k + j]) * gp[idx(s) * cols + c];
+      }
+      cworst = std::max(cworst, std::fabs(gc[idx(t) * cols + c] - want));
+    }
+  expect(cworst < 1e-5, "combine_rows vs FP64");
+}
+
 }  // namespace
 
 TANDEM_GPU_CHECK(moe_layer) {
@@ -578,3 +624,5 @@ TANDEM_GPU_CHECK(moe_layer) {
   };
   for (const Case& c : cases) run_case(c);
 }
+
+TANDEM_GPU_CHECK(permute) { check_permute(); }

@@ -5,7 +5,7 @@
 
 #include "common/signed_index.h"
 #include "exec/ops/attention/attention_cuda.h"
-#include "exec/backends/cuda/infra/kernels.h"
+#include "exec/ops/rmsnorm/rmsnorm_cuda.h"
 
 namespace tandem::cuda {
 namespace {
@@ -45,7 +45,7 @@ void DeviceMtpProj::concat_normed(const DeviceMtpWeights& w, const float* h, con
                                   float* h_inv_rms, float* emb_inv_rms) {
   const cudaStream_t s = stream();
   const int H = hidden_;
-  // kernels.h's RMSNorm writes dense rows, so each half goes through one [rows, H] buffer and a
+  // rmsnorm_cuda.h's RMSNorm writes dense rows, so each half goes through one [rows, H] buffer and a
   // strided copy into its columns of cat (stream-ordered: the second norm reuses the buffer after
   // the first copy has read it).
   float* half = half_.reserve(count_of(rows, H), s);
@@ -88,7 +88,7 @@ void DeviceMtpProj::backward_input(const DeviceMtpWeights& w, const DeviceMtpSav
   if (rows == 0) return;
   concat_normed(w, saved.h.get(), saved.emb.get(), rows, cat, nullptr, nullptr);
   lin_.backward_input(ConstDeviceMat(dy, rows, H), eh_proj(w), DeviceMat(d_cat, rows, 2 * H));
-  // kernels.h's RMSNorm backward reads a dense dy: each half of d_cat is copied out first.
+  // rmsnorm_cuda.h's RMSNorm backward reads a dense dy: each half of d_cat is copied out first.
   float* half = half_.reserve(n, s);
   copy_cols(d_cat, 2 * H, half, H, rows, H, s);
   rmsnorm_backward_input(saved.emb.get(), w.enorm, half, rows, H, eps_, d_emb, s);

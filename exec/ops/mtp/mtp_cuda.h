@@ -11,7 +11,7 @@
 // Numerics: eh_proj through the caller's DeviceLinear in the run's numerics (exec/ops uses the
 // run's Numerics here, unlike the head); FP8 with an optional pre-quantised weight
 // (DeviceLinear::quantize_weight, once per step; results bit-identical to per-call quantisation).
-// The two RMSNorms in FP32 (kernels.h, tree-reduced: tolerance-equal to exec/ops), recomputed in
+// The two RMSNorms in FP32 (rmsnorm_cuda.h, tree-reduced: tolerance-equal to exec/ops), recomputed in
 // backward-input as exec/ops does; their weight gradients accumulated in the CPU's row order
 // (rmsnorm_weight_accumulate, attention.h) with the forward's inverse RMS of each row. The
 // concatenation and the split of d_cat are strided device copies (exact).

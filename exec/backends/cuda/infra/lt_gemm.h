@@ -4,7 +4,7 @@
 //   fprop / dgrad: a = activations or gradients, 1x128 tiles (VEC128), b = weights (or Wᵀ),
 //                  128x128 blocks (BLK128x128)
 //   wgrad:         a = dyᵀ, b = xᵀ, both columnwise 1x128 (VEC128 x VEC128), K = tokens
-// Operands use exec/fp8's (= cuBLASLt's) scale layouts; see kernels.h.
+// Operands use exec/fp8's (= cuBLASLt's) scale layouts; see fp8_kernels.h.
 //
 // Mapping onto cuBLAS's column-major "TN" (the only FP8 layout on Hopper): cuBLAS A := b (K x N,
 // ld K, TRANSA = T), cuBLAS B := a (K x M, ld K, TRANSB = N), D: N x M col-major, ld N, which is

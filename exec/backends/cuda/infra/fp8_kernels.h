@@ -1,4 +1,5 @@
-// The CUDA backend's own kernels (kernels.cu), host-callable launchers on device pointers.
+// The CUDA backend's FP8 quantisers (fp8_kernels.cu), the device twins of exec/fp8/quantize.h, and
+// its benchmark data; host-callable launchers on device pointers.
 //
 // The quantisers mirror exec/fp8/quantize.h op by op and are bit-identical to it by construction:
 //   amax   = max |x| over the block (max is exact, so the reduction order does not matter);
@@ -51,35 +52,6 @@ void transpose_blocks(const uint8_t* codes, const float* scales, int rows, int c
 enum class Fp8Kind { e4m3, e5m2 };
 void convert_bit_patterns(uint64_t first, uint64_t count, Fp8Kind kind, bool satfinite, uint8_t* out,
                           cudaStream_t stream);
-
-// SwiGLU on a fused [rows, 2 * width] gate|up matrix (gate = columns [0, width), up = [width, 2w)):
-//   forward  out[r, j] = silu(g) * u, silu(g) = g / (1 + exp(-g))
-//   backward d_gate_up[r, j] = dout * u * silu'(g), d_gate_up[r, width + j] = dout * silu(g)
-// Not bit-identical to exec/ops/linear/ffn.h (expf differs between CUDA and glibc): compare with a tolerance.
-void swiglu_forward(const float* gate_up, int rows, int width, float* out, cudaStream_t stream);
-void swiglu_backward(const float* gate_up, const float* dout, int rows, int width, float* d_gate_up,
-                     cudaStream_t stream);
-
-// Permutation into expert segments (exec/ops/moe_layer's padded layout) as a row gather:
-//   dst[i, :] = src_row[i] >= 0 ? src[src_row[i], :] : 0     for i < dst_rows
-// Padding rows of a 128-row-aligned segment have src_row = -1. Exact (a copy).
-void gather_rows(const float* src, const int32_t* src_row, int dst_rows, int cols, float* dst, cudaStream_t stream);
-// Unpermute / combine: dst[t, :] = sum over j < k of weight[t*k + j] * src[row[t*k + j], :], in
-// increasing j (row -1 = skipped), FP32, no FMA contraction.
-void combine_rows(const float* src, const int32_t* row, const float* weight, int tokens, int k, int cols,
-                  float* dst, cudaStream_t stream);
-
-// RMSNorm (exec/ops/rmsnorm/rmsnorm.h, in FP32): r_i = 1 / sqrt(mean_j x[i,j]^2 + eps), y = w * (x * r).
-// One block per row; the sum of squares is a tree reduction, so not bit-identical to the CPU's
-// sequential sum: compare with a tolerance. inv_rms (nullable) receives r_i per row.
-void rmsnorm_forward(const float* x, const float* w, int rows, int cols, float eps, float* y, float* inv_rms,
-                     cudaStream_t stream);
-// dx = r (g - x̂ mean_k(g_k x̂_k)), g = w * dy, x̂ = x r (recomputes r, as DeepSeek-V3 does).
-void rmsnorm_backward_input(const float* x, const float* w, const float* dy, int rows, int cols, float eps,
-                            float* dx, cudaStream_t stream);
-// dw[j] = sum over rows i, in increasing i, of dy[i,j] * (x[i,j] * inv_rms[i]) (overwrites dw).
-void rmsnorm_backward_weight(const float* x, const float* dy, const float* inv_rms, int rows, int cols, float* dw,
-                             cudaStream_t stream);
 
 // Benchmark/test data: x[i] = lo + (hi - lo) * u(seed, i), u a counter-based hash in [0, 1).
 void fill_uniform(float* x, std::size_t n, uint64_t seed, float lo, float hi, cudaStream_t stream);

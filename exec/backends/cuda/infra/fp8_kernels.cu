@@ -1,8 +1,9 @@
-// Kernels of the CUDA backend; see kernels.h for the contracts (and exec/fp8/quantize.h for the
+// The CUDA backend's FP8 kernels; see fp8_kernels.h for the contracts (and exec/fp8/quantize.h for the
 // CPU reference the quantisers mirror bit for bit).
 // Arithmetic that must match the CPU is written with explicit IEEE intrinsics (__fdiv_rn,
 // __fmul_rn, __fadd_rn), so neither nvcc's contraction nor a stray fast-math flag can change it.
-#include "exec/backends/cuda/infra/kernels.h"
+
+#include "exec/backends/cuda/infra/fp8_kernels.h"
 
 #include <cfloat>
 #include <cuda_fp8.h>
@@ -196,111 +197,6 @@ __global__ void convert_bits_kernel(uint64_t first, uint64_t count, int kind, in
   }
 }
 
-__global__ void swiglu_forward_kernel(const float* __restrict__ gu, int rows, int width, float* __restrict__ out) {
-  const size_t n = static_cast<size_t>(rows) * width;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t r = i / width;
-    const size_t j = i % width;
-    const float g = gu[r * 2 * width + j];
-    const float u = gu[r * 2 * width + width + j];
-    const float silu = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
-    out[i] = __fmul_rn(silu, u);
-  }
-}
-
-__global__ void swiglu_backward_kernel(const float* __restrict__ gu, const float* __restrict__ dout, int rows,
-                                       int width, float* __restrict__ dgu) {
-  const size_t n = static_cast<size_t>(rows) * width;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t r = i / width;
-    const size_t j = i % width;
-    const float g = gu[r * 2 * width + j];
-    const float u = gu[r * 2 * width + width + j];
-    const float sig = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-g)));
-    const float silu = __fmul_rn(g, sig);
-    // silu'(g) = sig * (1 + g * (1 - sig))
-    const float dsilu = __fmul_rn(sig, __fadd_rn(1.0f, __fmul_rn(g, __fsub_rn(1.0f, sig))));
-    dgu[r * 2 * width + j] = __fmul_rn(__fmul_rn(dout[i], u), dsilu);
-    dgu[r * 2 * width + width + j] = __fmul_rn(dout[i], silu);
-  }
-}
-
-__global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ src_row, int cols,
-                                   float* __restrict__ dst) {
-  const int i = blockIdx.x;
-  const int s = src_row[i];
-  float* d = dst + static_cast<size_t>(i) * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s >= 0 ? src[static_cast<size_t>(s) * cols + c] : 0.0f;
-}
-
-__global__ void combine_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ row,
-                                    const float* __restrict__ weight, int k, int cols, float* __restrict__ dst) {
-  const int t = blockIdx.x;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int j = 0; j < k; ++j) {
-      const int s = row[static_cast<size_t>(t) * k + j];
-      if (s >= 0) acc = __fadd_rn(acc, __fmul_rn(weight[static_cast<size_t>(t) * k + j], src[static_cast<size_t>(s) * cols + c]));
-    }
-    dst[static_cast<size_t>(t) * cols + c] = acc;
-  }
-}
-
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the total.
-__device__ float block_sum(float v, float* shared32) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // shared32 may still be read by a previous call
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) total += shared32[i];
-  return total;
-}
-
-__global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, int cols, float eps,
-                                       float* __restrict__ y, float* __restrict__ inv_rms) {
-  __shared__ float red[32];
-  const size_t base = static_cast<size_t>(blockIdx.x) * cols;
-  float ss = 0.0f;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) ss += x[base + j] * x[base + j];
-  ss = block_sum(ss, red);
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(cols) + eps);
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) y[base + j] = w[j] * (x[base + j] * r);
-  if (inv_rms && threadIdx.x == 0) inv_rms[blockIdx.x] = r;
-}
-
-__global__ void rmsnorm_backward_input_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                                              const float* __restrict__ dy, int cols, float eps, float* __restrict__ dx) {
-  __shared__ float red[32];
-  const size_t base = static_cast<size_t>(blockIdx.x) * cols;
-  float ss = 0.0f;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) ss += x[base + j] * x[base + j];
-  ss = block_sum(ss, red);
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(cols) + eps);
-  float dot = 0.0f;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) dot += (w[j] * dy[base + j]) * (x[base + j] * r);
-  dot = block_sum(dot, red);
-  const float mean = dot / static_cast<float>(cols);
-  for (int j = threadIdx.x; j < cols; j += blockDim.x)
-    dx[base + j] = r * (w[j] * dy[base + j] - (x[base + j] * r) * mean);
-}
-
-__global__ void rmsnorm_backward_weight_kernel(const float* __restrict__ x, const float* __restrict__ dy,
-                                               const float* __restrict__ inv_rms, int rows, int cols,
-                                               float* __restrict__ dw) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= cols) return;
-  float acc = 0.0f;
-  for (int i = 0; i < rows; ++i) {
-    const size_t k = static_cast<size_t>(i) * cols + j;
-    acc = __fadd_rn(acc, __fmul_rn(dy[k], __fmul_rn(x[k], inv_rms[i])));
-  }
-  dw[j] = acc;
-}
-
 __global__ void fill_uniform_kernel(float* __restrict__ x, size_t n, uint64_t seed, float lo, float hi) {
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -367,60 +263,6 @@ void convert_bit_patterns(uint64_t first, uint64_t count, Fp8Kind kind, bool sat
   convert_bits_kernel<<<grid_for(count, 256), 256, 0, stream>>>(first, count, kind == Fp8Kind::e4m3 ? 0 : 1,
                                                                 satfinite ? 1 : 0, out);
   check_launch("convert_bit_patterns");
-}
-
-void swiglu_forward(const float* gate_up, int rows, int width, float* out, cudaStream_t stream) {
-  const size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(width > 0 ? width : 0);
-  if (n == 0) return;
-  swiglu_forward_kernel<<<grid_for(n, 256), 256, 0, stream>>>(gate_up, rows, width, out);
-  check_launch("swiglu_forward");
-}
-
-void swiglu_backward(const float* gate_up, const float* dout, int rows, int width, float* d_gate_up,
-                     cudaStream_t stream) {
-  const size_t n = static_cast<size_t>(rows > 0 ? rows : 0) * static_cast<size_t>(width > 0 ? width : 0);
-  if (n == 0) return;
-  swiglu_backward_kernel<<<grid_for(n, 256), 256, 0, stream>>>(gate_up, dout, rows, width, d_gate_up);
-  check_launch("swiglu_backward");
-}
-
-void gather_rows(const float* src, const int32_t* src_row, int dst_rows, int cols, float* dst, cudaStream_t stream) {
-  if (dst_rows <= 0 || cols <= 0) return;
-  gather_rows_kernel<<<static_cast<unsigned>(dst_rows), 256, 0, stream>>>(src, src_row, cols, dst);
-  check_launch("gather_rows");
-}
-
-void combine_rows(const float* src, const int32_t* row, const float* weight, int tokens, int k, int cols,
-                  float* dst, cudaStream_t stream) {
-  if (tokens <= 0 || cols <= 0) return;
-  combine_rows_kernel<<<static_cast<unsigned>(tokens), 256, 0, stream>>>(src, row, weight, k, cols, dst);
-  check_launch("combine_rows");
-}
-
-void rmsnorm_forward(const float* x, const float* w, int rows, int cols, float eps, float* y, float* inv_rms,
-                     cudaStream_t stream) {
-  if (rows <= 0 || cols <= 0) return;
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, cols, eps, y, inv_rms);
-  check_launch("rmsnorm_forward");
-}
-
-void rmsnorm_backward_input(const float* x, const float* w, const float* dy, int rows, int cols, float eps,
-                            float* dx, cudaStream_t stream) {
-  if (rows <= 0 || cols <= 0) return;
-  rmsnorm_backward_input_kernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, w, dy, cols, eps, dx);
-  check_launch("rmsnorm_backward_input");
-}
-
-void rmsnorm_backward_weight(const float* x, const float* dy, const float* inv_rms, int rows, int cols, float* dw,
-                             cudaStream_t stream) {
-  if (cols <= 0) return;
-  if (rows <= 0) {
-    check(cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(cols), stream), "rmsnorm_backward_weight");
-    return;
-  }
-  rmsnorm_backward_weight_kernel<<<static_cast<unsigned>(ceil_div(cols, 256)), 256, 0, stream>>>(x, dy, inv_rms, rows,
-                                                                                                  cols, dw);
-  check_launch("rmsnorm_backward_weight");
 }
 
 void fill_uniform(float* x, std::size_t n, uint64_t seed, float lo, float hi, cudaStream_t stream) {
