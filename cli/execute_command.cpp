@@ -23,13 +23,13 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
   const bool cuda = o.backend == "cuda";
   // The CUDA backend is a module loaded here, on the first command that asks for it.
   const CudaBackend* gpu = nullptr;
-  cuda::CudaWorld cuda_world = cuda::CudaWorld::automatic;
+  cuda::CudaWorldKind cuda_world = cuda::CudaWorldKind::automatic;
   if (cuda) {
     const CudaBackendLoad& load = load_cuda_backend();
     if (!load.backend) return InputError{"<command line>", "--backend", "'cuda': " + load.why + "; use --backend cpu"};
     gpu = load.backend;
     try {
-      cuda_world = cuda::parse_cuda_world(o.cuda_world);
+      cuda_world = cuda::parse_cuda_world_kind(o.cuda_world);
     } catch (const std::invalid_argument& e) {
       return InputError{"<command line>", "--cuda-world", e.what()};
     }
@@ -74,7 +74,7 @@ Result<nlohmann::json> execute_command(const ExecuteOptions& o, std::string& tex
       runtime::GpuBudget gb;
       gb.device_bytes = gpu->query_devices().memory_bytes;
       // Virtual ranks share GPU 0; NCCL puts one rank on each GPU.
-      gb.devices = gpu->resolve_world(cuda_world) == cuda::CudaWorld::nccl ? spec.world_size() : 1;
+      gb.devices = gpu->resolve_world(cuda_world) == cuda::CudaWorldKind::nccl ? spec.world_size() : 1;
       runtime::check_gpu_budget(s, spec.workload, gb);
     }
   } catch (const InputException& e) {

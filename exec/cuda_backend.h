@@ -28,7 +28,7 @@
 
 #include "exec/backends/cuda/bench.h"
 #include "exec/backends/cuda/infra/device_query.h"
-#include "exec/cuda_world.h"
+#include "exec/cuda_world_kind.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/run_spec.h"
 
@@ -41,9 +41,9 @@ struct CudaBackend {
   int abi = 0;               // kCudaBackendAbi of the module's build
   std::size_t size = 0;      // sizeof(CudaBackend) in the module's build
   cuda::DeviceQuery (*query_devices)() = nullptr;
-  cuda::CudaWorld (*resolve_world)(cuda::CudaWorld kind) = nullptr;
+  cuda::CudaWorldKind (*resolve_world)(cuda::CudaWorldKind kind) = nullptr;
   // execute_cuda; a failed run leaves `failure` non-empty (the ExecFailure's message).
-  runtime::ExecResult (*execute)(const runtime::RunSpec& spec, const runtime::ExecOptions& o, cuda::CudaWorld world,
+  runtime::ExecResult (*execute)(const runtime::RunSpec& spec, const runtime::ExecOptions& o, cuda::CudaWorldKind world,
                                  std::string& failure) = nullptr;
   cuda::BenchDevice (*bench_device)() = nullptr;
   std::vector<cuda::GemmBenchRow> (*bench_gemm)(const std::vector<cuda::GemmShape>& shapes, bool include_wgrad_mode,

@@ -51,7 +51,7 @@ void compare_case(const std::string& name, const runtime::RunSpec& spec, bool ex
   o.numerics = spec.setup.numerics;
   o.trace = true;
   const runtime::ExecResult cpu = runtime::execute(spec, o);
-  const runtime::ExecResult gpu = cuda::execute_cuda(spec, o, cuda::CudaWorld::virtual_ranks);
+  const runtime::ExecResult gpu = cuda::execute_cuda(spec, o, cuda::CudaWorldKind::virtual_ranks);
   expect(gpu.steps.size() == cpu.steps.size(), name + ": step count");
   for (std::size_t k = 0; k < std::min(cpu.steps.size(), gpu.steps.size()); ++k) {
     const auto& c = cpu.steps[k];
@@ -84,7 +84,7 @@ void compare_case(const std::string& name, const runtime::RunSpec& spec, bool ex
   // Determinism: the same scenario and seed give the same bits.
   runtime::ExecOptions again = o;
   again.trace = false;
-  const runtime::ExecResult second = cuda::execute_cuda(spec, again, cuda::CudaWorld::virtual_ranks);
+  const runtime::ExecResult second = cuda::execute_cuda(spec, again, cuda::CudaWorldKind::virtual_ranks);
   bool same = second.steps.size() == gpu.steps.size();
   for (std::size_t k = 0; same && k < gpu.steps.size(); ++k)
     same = second.steps[k].loss == gpu.steps[k].loss && second.steps[k].mtp_loss == gpu.steps[k].mtp_loss;

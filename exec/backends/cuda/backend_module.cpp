@@ -9,7 +9,7 @@
 namespace tandem::cuda {
 namespace {
 
-runtime::ExecResult execute(const runtime::RunSpec& spec, const runtime::ExecOptions& o, CudaWorld world,
+runtime::ExecResult execute(const runtime::RunSpec& spec, const runtime::ExecOptions& o, CudaWorldKind world,
                             std::string& failure) {
   // ExecFailure is this module's own copy of the type: its message crosses as a value.
   try {
@@ -25,7 +25,7 @@ const CudaBackend kTable = [] {
   t.abi = kCudaBackendAbi;
   t.size = sizeof(CudaBackend);
   t.query_devices = &query_devices;
-  t.resolve_world = &resolve_cuda_world;
+  t.resolve_world = &resolve_cuda_world_kind;
   t.execute = &execute;
   t.bench_device = &bench_device;
   t.bench_gemm = &bench_gemm;

@@ -109,9 +109,9 @@ void make_nccl(DeviceWorld& w, int ranks, int devices, const comm::CommOptions& 
 }
 #endif
 
-void make_world(DeviceWorld& w, CudaWorld kind, int ranks, int devices, const comm::CommOptions& co) {
-  kind = resolve_cuda_world(kind);
-  if (kind == CudaWorld::virtual_ranks) return make_virtual(w, ranks, co);
+void make_world(DeviceWorld& w, CudaWorldKind kind, int ranks, int devices, const comm::CommOptions& co) {
+  kind = resolve_cuda_world_kind(kind);
+  if (kind == CudaWorldKind::virtual_ranks) return make_virtual(w, ranks, co);
 #ifdef TANDEM_HAVE_NCCL
   make_nccl(w, ranks, devices, co);
 #else
@@ -123,14 +123,14 @@ void make_world(DeviceWorld& w, CudaWorld kind, int ranks, int devices, const co
 
 }  // namespace
 
-CudaWorld resolve_cuda_world(CudaWorld kind) {
+CudaWorldKind resolve_cuda_world_kind(CudaWorldKind kind) {
   // nccl only where there is no other way (several processes): on one process the virtual ranks'
   // eager sends cannot stall the way NCCL's rendezvous can (exec/backends/cuda/README.md, known doubts).
-  if (kind != CudaWorld::automatic) return kind;
-  return nccl_built() && comm::launched_under_mpi() ? CudaWorld::nccl : CudaWorld::virtual_ranks;
+  if (kind != CudaWorldKind::automatic) return kind;
+  return nccl_built() && comm::launched_under_mpi() ? CudaWorldKind::nccl : CudaWorldKind::virtual_ranks;
 }
 
-runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::ExecOptions& o, CudaWorld kind) {
+runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::ExecOptions& o, CudaWorldKind kind) {
   const DeviceQuery q = query_devices();
   if (q.count == 0) throw ExecFailure("no CUDA device is present (" + q.detail + ")");
   if (o.check_reference)

@@ -3,7 +3,7 @@
 // loop as the CPU backend (exec/runtime/step_loop.h), so the two report a step the same way and
 // their losses compare directly.
 //
-// Worlds (CudaWorld, exec/cuda_world.h):
+// Worlds (CudaWorldKind, exec/cuda_world_kind.h):
 //   virtual_ranks  every rank of the job in this process on ONE GPU (VirtualRankWorld): how a
 //                  multi-rank schedule runs on a single-GPU machine; all ranks share the device's
 //                  SMs, so times are not those of a cluster, but the per-rank program is.
@@ -27,16 +27,16 @@
 
 #include <string>
 
-#include "exec/cuda_world.h"
+#include "exec/cuda_world_kind.h"
 #include "exec/runtime/executor.h"
 #include "exec/runtime/run_spec.h"
 
 namespace tandem::cuda {
 
 // The world `kind` runs on: automatic resolved as above (virtual_ranks or nccl).
-CudaWorld resolve_cuda_world(CudaWorld kind);
+CudaWorldKind resolve_cuda_world_kind(CudaWorldKind kind);
 
 runtime::ExecResult execute_cuda(const runtime::RunSpec& spec, const runtime::ExecOptions& o,
-                                 CudaWorld world = CudaWorld::automatic);
+                                 CudaWorldKind world = CudaWorldKind::automatic);
 
 }  // namespace tandem::cuda
