@@ -25,6 +25,10 @@ struct PrecisionRecipe {
   Dtype master = Dtype::fp32;         // optimizer master weights (sharded under ZeRO-1)
   Dtype moments = Dtype::bf16;        // AdamW first and second moments (sharded)
   Dtype attn_out_cache = Dtype::e5m6; // cached input of the linear after attention (o_proj)
+  // With fp8: the MoE dispatch (and combine's backward, which has dispatch's shape) sends FP8 rows
+  // with 1 x act_tile scales, cast once on the token side; else BF16 rows, and the experts cast
+  // their own inputs. Combine (and dispatch's backward) is BF16 (DeepSeek-V3 §3.3.4).
+  bool fp8_dispatch = true;
 
   Dtype gemm_dtype() const { return fp8 ? Dtype::fp8_e4m3 : Dtype::bf16; }
   std::string describe() const;

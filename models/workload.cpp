@@ -31,6 +31,8 @@ struct Ctx {
     return (p.fp8 && rc.fp8_activation_cache) ? fp8_tensor(rows, cols) : rows * cols * 2.0;
   }
   double hidden() const { return static_cast<double>(m.hidden_size); }
+  // The dispatch (and combine's backward) wire is FP8: tokens cast once on the token side.
+  bool fp8_dispatch() const { return p.fp8 && p.fp8_dispatch; }
 };
 
 // How a linear's input reaches it.
@@ -334,12 +336,14 @@ void add_moe(const Ctx& c, const ExpertLayout& layout, const RoutingFanout& fano
   prep.name = prefix + "dispatch_prep";
   prep.kind = OpKind::quantize;
   prep.part = Part::attention;
-  if (c.p.fp8) prep.fwd.add(prep.name, KernelFamily::cast, c.T * H * 2.0 + c.fp8_tensor(c.T, H), c.T * H * 2.0);
+  if (c.fp8_dispatch()) prep.fwd.add(prep.name, KernelFamily::cast, c.T * H * 2.0 + c.fp8_tensor(c.T, H), c.T * H * 2.0);
   ops.push_back(prep);
 
-  const bool fp8 = c.p.fp8;
-  const Input arrives = fp8 ? Input::fp8_arrives : Input::bf16;
-  const double token_bytes = fp8 ? c.fp8_tensor(1, H) : H * 2.0;
+  // fp8: the FP8 recipe (the expert output's FP8 cache); wire8: the tokens and combine's backward
+  // gradients travel as FP8 (with a BF16 dispatch under the FP8 recipe each GEMM casts its own).
+  const bool fp8 = c.p.fp8, wire8 = c.fp8_dispatch();
+  const Input arrives = wire8 ? Input::fp8_arrives : Input::bf16;
+  const double token_bytes = wire8 ? c.fp8_tensor(1, H) : H * 2.0;
   Op gate_up = make_linear(c, {prefix + "experts.gate_up", Part::mlp, rows, h, 2 * I, local,
                                E * 2 * I * h, true, true, arrives});
   if (arrives == Input::fp8_arrives) gate_up.kept_bytes = c.cached(rows, H);
@@ -353,17 +357,17 @@ void add_moe(const Ctx& c, const ExpertLayout& layout, const RoutingFanout& fano
   // input gradient of the expert rows reduced back to the received tokens for combine's backward.
   Op swiglu = make_swiglu(c, prefix + "experts.swiglu", rows, I, true);
   LinearSpec down_spec{prefix + "experts.down", Part::mlp, rows, I, h, local, E * I * h, true, true, Input::fp8_arrives};
-  down_spec.grad_arrives_fp8 = fp8;
+  down_spec.grad_arrives_fp8 = wire8;
   Op experts_down = make_linear(c, down_spec);
   // Expert rows summed back per received token with the routing weights (each token's experts on
   // this GPU), and the sum cast for the FP8 cache of the layer's output rows.
   experts_down.fwd.add(prefix + "experts.reduce", KernelFamily::permute, rows * H * 2.0 + received * H * 2.0 + rows * 4.0,
                        rows * H * 2.0);
   if (fp8) experts_down.fwd.add(prefix + "experts.quantize_output", KernelFamily::cast, received * H * 2.0 + c.fp8_tensor(received, H));
-  if (fp8) experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin(),
+  if (wire8) experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin(),
                                                  MemoryKernel{prefix + "experts.dequantize_grad", KernelFamily::cast,
                                                               c.fp8_tensor(received, H) + received * H * 2.0});
-  experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin() + (fp8 ? 1 : 0),
+  experts_down.bwd_input.kernels.insert(experts_down.bwd_input.kernels.begin() + (wire8 ? 1 : 0),
                                         MemoryKernel{prefix + "experts.expand_grad", KernelFamily::permute,
                                                      (received + rows) * token_bytes});
   gate_up.bwd_input.add(prefix + "experts.reduce_grad", KernelFamily::permute, rows * H * 2.0 + received * H * 2.0, rows * H);
@@ -374,10 +378,10 @@ void add_moe(const Ctx& c, const ExpertLayout& layout, const RoutingFanout& fano
   if (m.n_shared_experts > 0) {
     const int64_t Is = I * m.n_shared_experts;
     ops.push_back(make_linear(c, {prefix + "shared.gate_up", Part::mlp, c.T, h, 2 * Is, 1,
-                                  2 * Is * h, false, true, fp8 ? Input::fp8_arrives : Input::recomputed}));
+                                  2 * Is * h, false, true, wire8 ? Input::fp8_arrives : Input::recomputed}));
     ops.push_back(make_swiglu(c, prefix + "shared.swiglu", c.T, Is, false));
     LinearSpec shared_down{prefix + "shared.down", Part::mlp, c.T, Is, h, 1, Is * h, false, true, Input::fp8_arrives};
-    shared_down.grad_arrives_fp8 = fp8;
+    shared_down.grad_arrives_fp8 = wire8;
     ops.push_back(make_linear(c, shared_down));
   }
 }
@@ -390,7 +394,7 @@ AllToAll make_all_to_all(const Ctx& c, const RoutingFanout& f) {
   a.remote_nodes_per_token = f.remote_nodes;
   a.dest_gpus_per_token = f.dest_gpus;
   a.nvlink_sends_per_token = f.nvlink_sends;
-  a.dispatch_bytes_per_copy = c.p.fp8 ? h + ceil_div(h, c.tile()) * 4.0 : h * 2.0;
+  a.dispatch_bytes_per_copy = c.fp8_dispatch() ? h + ceil_div(h, c.tile()) * 4.0 : h * 2.0;
   a.combine_bytes_per_copy = h * 2.0;
   return a;
 }

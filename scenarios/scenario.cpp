@@ -256,6 +256,7 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     rc->finish();
   }
   s.comm.node_limit = E > 0 ? s.model.topk_group : 0;
+  s.precision.fp8_dispatch = s.precision.fp8;
   if (auto comm = r.optional_section("comm")) {
     s.comm.sms = comm->integer_or("sms", 20, 0, s.cluster.gpu.sms - 1);
     if (E > 0) {
@@ -263,10 +264,12 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     } else {
       comm->ignore("node_limit");
     }
-    s.comm.dispatch_dtype = wire_dtype(*comm, "dispatch_dtype", s.precision.fp8 ? "fp8" : "bf16");
-    s.comm.combine_dtype = wire_dtype(*comm, "combine_dtype", "bf16");
-    if (s.comm.dispatch_dtype == Dtype::fp8_e4m3 && !s.precision.fp8)
+    s.precision.fp8_dispatch = wire_dtype(*comm, "dispatch_dtype", s.precision.fp8 ? "fp8" : "bf16") == Dtype::fp8_e4m3;
+    if (s.precision.fp8_dispatch && !s.precision.fp8)
       comm->fail("dispatch_dtype", "FP8 dispatch needs the fp8_block precision recipe");
+    if (wire_dtype(*comm, "combine_dtype", "bf16") != Dtype::bf16)
+      comm->fail("combine_dtype", "an FP8 combine is not modelled: the simulator's MoE layer combines in BF16, as "
+                                  "DeepSeek-V3 does");
     comm->finish();
   }
   if (E > 0 && s.plan.ep > 1 && s.comm.sms < 1)

@@ -50,8 +50,6 @@ struct BatchSpec {
 struct CommSpec {
   int64_t sms = 20;         // SMs held by communication kernels while they run
   int64_t node_limit = 0;   // max nodes (expert groups) per token
-  Dtype dispatch_dtype = Dtype::fp8_e4m3;
-  Dtype combine_dtype = Dtype::bf16;
 };
 
 // How tokens pick experts, through the model's own gate (models/routing_fanout.h), seeded:

@@ -77,7 +77,7 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
       out.bytes_per_copy = dispatch_shaped ? a.dispatch_bytes_per_copy : a.combine_bytes_per_copy;
       // The MoE layer's output gradient is cast to the FP8 wire format on the comm stream before
       // combine's backward sends it (the shared experts' dgrad reuses that copy).
-      if (t.kind == TaskKind::combine_b && s.comm.dispatch_dtype == Dtype::fp8_e4m3) {
+      if (t.kind == TaskKind::combine_b && s.precision.fp8 && s.precision.fp8_dispatch) {
         const double tile = static_cast<double>(s.precision.act_tile);
         out.compute.add("combine_b.quantize_grad", KernelFamily::cast,
                         tokens * hidden * 2.0 + tokens * hidden + tokens * std::ceil(hidden / tile) * 4.0);

@@ -148,6 +148,26 @@ TEST_CASE("recompute choices change what is kept", "[workload]") {
   CHECK(kept / 4096 == Approx(160e3).epsilon(0.05));
 }
 
+TEST_CASE("a BF16 dispatch under the FP8 recipe: BF16 rows on the wire and each expert GEMM casts its input", "[workload]") {
+  PrecisionRecipe bf16_wire;
+  bf16_wire.fp8_dispatch = false;
+  const Workload fp8 = workload_of("deepseek-v3"), bf16 = workload_of("deepseek-v3", 4096, {64, 8, 0, 1}, bf16_wire);
+  const AllToAll& a8 = fp8.blocks[4].all_to_all;
+  const AllToAll& a16 = bf16.blocks[4].all_to_all;
+  CHECK(a8.dispatch_bytes_per_copy == 7392);
+  CHECK(a16.dispatch_bytes_per_copy == 14336);
+  CHECK(a16.combine_bytes_per_copy == a8.combine_bytes_per_copy);
+  // No cast on the token side before the dispatch; the experts' first GEMM casts (and caches) its
+  // own input and the down projection quantises the output gradient that arrives in BF16.
+  CHECK(find_op(fp8, "layer.3", "dispatch_prep").fwd.bytes() > 0);
+  CHECK(find_op(bf16, "layer.3", "dispatch_prep").fwd.bytes() == 0);
+  CHECK(find_op(bf16, "layer.3", "experts.gate_up").fwd.bytes() > find_op(fp8, "layer.3", "experts.gate_up").fwd.bytes());
+  CHECK(find_op(bf16, "layer.3", "experts.down").bwd_input.bytes() >
+        find_op(fp8, "layer.3", "experts.down").bwd_input.bytes());
+  // The GEMMs themselves stay FP8.
+  CHECK(find_op(bf16, "layer.3", "experts.gate_up").fwd.flops() == find_op(fp8, "layer.3", "experts.gate_up").fwd.flops());
+}
+
 TEST_CASE("dispatch and combine volumes are deduplicated per destination node", "[workload]") {
   const Workload w = workload_of("deepseek-v3");
   const Block& b = w.blocks[4];

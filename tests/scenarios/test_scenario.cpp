@@ -188,6 +188,14 @@ TEST_CASE("bad scenarios: one error naming file, key and reason", "[scenario]") 
 
   e = load_err({"plan.tp=2"});
   CHECK(e.key == "plan.tp");
+
+  // The simulator's MoE layer combines in BF16: an FP8 combine is refused, not ignored.
+  e = load_err({"comm.combine_dtype=fp8"});
+  CHECK(e.key == "comm.combine_dtype");
+  CHECK(e.reason.find("not modelled") != std::string::npos);
+
+  e = load_err({"comm.dispatch_dtype=fp8", "precision.recipe=bf16"});
+  CHECK(e.key == "comm.dispatch_dtype");
 }
 
 TEST_CASE("a missing required field is named", "[scenario]") {
