@@ -70,7 +70,6 @@ class Page {
   void section(const std::string& base, const std::string& heading, const std::string& body) {
     html_ += "<section id=\"" + id(base) + "\"><h2>" + escape(heading) + "</h2>\n" + body + "</section>\n";
   }
-  void add(const std::string& raw) { html_ += raw; }
   const std::string& html() const { return html_; }
 
  private:

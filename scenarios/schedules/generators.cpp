@@ -37,9 +37,8 @@ class RankBuilder {
     s.b.phase = b_phase;
     return push(s, true, true);
   }
-  // A held-back output is sent at the end of the slot that comes last so far.
+  // A held-back forward output is sent at the end of the slot that comes last so far.
   void send_forward_of(int slot) { slots_[idx(slot)].f_release = last(); }
-  void send_backward_of(int slot) { slots_[idx(slot)].b_release = last(); }
   int last() const { return static_cast<int>(slots_.size()) - 1; }
 
  private:
