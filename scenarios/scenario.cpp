@@ -142,26 +142,8 @@ Dtype wire_dtype(CardReader& r, const std::string& key, const std::string& fallb
   return d == "fp8" ? Dtype::fp8_e4m3 : Dtype::bf16;
 }
 
-Scenario read_scenario(const std::string& path, const std::vector<std::string>& overrides, StagePartition* partition) {
-  YAML::Node root = parse_card_file(path);
-  if (!root.IsMap()) throw_input_error(path, "", "expected a map of keys");
-  auto origins = std::make_shared<OriginMap>();
-  const std::string set_source = path + " [--set]";
-  for (const auto& o : overrides) apply_override(root, o, set_source, *origins);
-
-  Scenario s;
-  s.file = path;
-  s.overrides = overrides;
-  CardRef mref = resolve_card(root, "model", path, *origins);
-  s.model = read_model_card(mref.node, mref.file, mref.origins);
-  CardRef cref = resolve_card(root, "cluster", path, *origins);
-  s.cluster = read_cluster_card(cref.node, cref.file, cref.origins);
-
-  CardReader r(root, path, "", origins);
-  r.read_whole("model", "section: model card keys over the card's values");
-  r.read_whole("cluster", "section: cluster card keys over the card's values");
-  s.name = r.text_or("name", fs::path(path).stem().string());
-  s.description = r.text_or("description", "");
+// gpus: how many of the cluster's GPUs the job uses (whole nodes).
+void read_gpus(CardReader& r, Scenario& s) {
   s.gpus = r.integer_or("gpus", s.cluster.gpus(), 1, kMaxGpus);
   if (s.gpus > s.cluster.gpus())
     r.fail("gpus", std::to_string(s.gpus) + " GPUs asked, cluster card '" + s.cluster.name +
@@ -169,8 +151,11 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   if (s.gpus > s.cluster.gpus_per_node && s.gpus % s.cluster.gpus_per_node != 0)
     r.fail("gpus", "must be whole nodes of " + std::to_string(s.cluster.gpus_per_node) + " GPUs, got " +
                        std::to_string(s.gpus));
+}
 
-  CardReader plan = r.section("plan");
+// plan: pp, tp, ep, ZeRO and the data-parallel degree they leave; ep must suit the experts,
+// the replicas and the nodes.
+void read_plan(CardReader& plan, Scenario& s) {
   s.plan.pp = plan.integer("pp", 1, 4096);
   s.plan.tp = plan.integer_or("tp", 1, 1, 1);
   s.plan.ep = plan.integer_or("ep", 1, 1, 65536);
@@ -199,14 +184,19 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   if (s.plan.ep > gpn ? s.plan.ep % gpn != 0 : gpn % s.plan.ep != 0)
     plan.fail("ep", "an EP group must be whole nodes or a divisor of a node (" + std::to_string(gpn) +
                         " GPUs), got " + std::to_string(s.plan.ep));
-  plan.finish();
+}
 
-  CardReader sched = r.section("schedule");
+// schedule: the pipeline schedule and an optional stage partition (its rules are checked once the
+// batch is known: check_schedule_rules).
+void read_schedule(CardReader& sched, Scenario& s) {
   s.schedule.kind = *schedule_kind_named(sched.choice("kind", schedule_names()));
   sched.read_whole("stage_layers", "list of whole numbers: layers per pipeline stage (absent: balanced by cost)");
   if (sched.has("stage_layers")) s.schedule.stage_layers = sched.integer_list("stage_layers", 0, 4096);
+}
 
-  CardReader batch = r.section("batch");
+// batch: sequences per step, their length and the micro-batch size; the step must split into
+// micro-batches over dp.
+void read_batch(CardReader& batch, Scenario& s) {
   s.batch.global_sequences = batch.integer("global_sequences", 1, int64_t{1} << 30);
   s.batch.seq_len = batch.integer("seq_len", 1, int64_t{1} << 20);
   s.batch.micro_batch_sequences = batch.integer_or("micro_batch_sequences", 1, 1, int64_t{1} << 20);
@@ -219,7 +209,12 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
                                        " sequences do not split into micro-batches of " +
                                        std::to_string(s.batch.micro_batch_sequences) + " over dp " +
                                        std::to_string(s.plan.dp));
-  batch.finish();
+}
+
+// The schedule's rules on pp and the micro-batch count (blamed on plan.pp when the ranks break
+// them, else on schedule.kind), the optional micro_batches check, and whether the layers split
+// into that many stages.
+void check_schedule_rules(CardReader& plan, CardReader& sched, const Scenario& s) {
   const int64_t C = s.micro_batches();
   // Optional: a check of the count the batch keys already fix.
   if (const auto given = sched.optional_integer("micro_batches", 1, int64_t{1} << 30); given && *given != C)
@@ -234,9 +229,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     plan.fail("pp", std::to_string(s.model.num_hidden_layers) + " layers cannot be split into " +
                         std::to_string(s.stages()) + " pipeline stages (at most " +
                         std::to_string(max_stages(s.model)) + ")");
-  sched.finish();
-  check_program_size(s, batch);
+}
 
+// precision: the FP8 recipe (tiles, blocks, scales) or BF16, and the optimizer moments' type.
+void read_precision(CardReader& r, Scenario& s) {
   if (auto prec = r.optional_section("precision")) {
     const std::string recipe = prec->choice_or("recipe", "fp8_block", {"fp8_block", "bf16"});
     s.precision.fp8 = recipe == "fp8_block";
@@ -247,7 +243,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     s.precision.moments = mom == "bf16" ? Dtype::bf16 : Dtype::fp32;
     prec->finish();
   }
-  check_physics(s, r);
+}
+
+// recompute: what backward recomputes instead of keeping.
+void read_recompute(CardReader& r, Scenario& s) {
   if (auto rc = r.optional_section("recompute")) {
     s.recompute.rmsnorm = rc->boolean_or("rmsnorm", true);
     s.recompute.mla_up_projection = rc->boolean_or("mla_up_projection", true);
@@ -255,6 +254,11 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     s.recompute.fp8_activation_cache = rc->boolean_or("fp8_activation_cache", true);
     rc->finish();
   }
+}
+
+// comm: SMs held by the all-to-alls, the node limit, the MoE wire formats.
+void read_comm(CardReader& r, Scenario& s) {
+  const int64_t E = s.model.n_routed_experts;
   s.comm.node_limit = E > 0 ? s.model.topk_group : 0;
   s.precision.fp8_dispatch = s.precision.fp8;
   if (auto comm = r.optional_section("comm")) {
@@ -274,6 +278,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
   }
   if (E > 0 && s.plan.ep > 1 && s.comm.sms < 1)
     r.fail("comm.sms", "expert-parallel all-to-alls need SMs of their own (DeepSeek-V3 gives them 20), got 0");
+}
+
+// calibration: a file or a list of them, relative to the scenario.
+void read_calibration(CardReader& r, Scenario& s, const std::string& path) {
   if (r.has("calibration")) {
     const YAML::Node list = r.node()["calibration"];
     std::vector<std::string> files;
@@ -295,6 +303,10 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     }
   }
   r.read_whole("calibration", "a calibration file or a list of them");
+}
+
+// routing: how tokens pick experts (balanced, skewed, or a measured histogram replayed).
+void read_routing(CardReader& r, Scenario& s, const std::string& path) {
   if (auto rt = r.optional_section("routing")) {
     const std::string model = rt->choice_or("model", "balanced", {"balanced", "skewed", "measured"});
     s.routing.model = model == "skewed"     ? RoutingModel::skewed
@@ -328,6 +340,11 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     s.routing.noise = rt->number_or("noise", 0.0, 0.0, 1.0);
     rt->finish();
   }
+}
+
+// faults: slow GPUs, failed or slow NICs, failed planes and spines (the routes around them must
+// exist).
+void read_faults(CardReader& r, Scenario& s) {
   if (auto f = r.optional_section("faults")) {
     s.faults.slow_gpus = f->integer_list_or("slow_gpus", 0, s.gpus - 1);
     s.faults.slow_fraction = f->number_or("slow_fraction", 0.0, 0.0, 1.0);
@@ -365,6 +382,50 @@ Scenario read_scenario(const std::string& path, const std::vector<std::string>& 
     }
     f->finish();
   }
+}
+
+Scenario read_scenario(const std::string& path, const std::vector<std::string>& overrides, StagePartition* partition) {
+  YAML::Node root = parse_card_file(path);
+  if (!root.IsMap()) throw_input_error(path, "", "expected a map of keys");
+  auto origins = std::make_shared<OriginMap>();
+  const std::string set_source = path + " [--set]";
+  for (const auto& o : overrides) apply_override(root, o, set_source, *origins);
+
+  Scenario s;
+  s.file = path;
+  s.overrides = overrides;
+  CardRef mref = resolve_card(root, "model", path, *origins);
+  s.model = read_model_card(mref.node, mref.file, mref.origins);
+  CardRef cref = resolve_card(root, "cluster", path, *origins);
+  s.cluster = read_cluster_card(cref.node, cref.file, cref.origins);
+
+  CardReader r(root, path, "", origins);
+  r.read_whole("model", "section: model card keys over the card's values");
+  r.read_whole("cluster", "section: cluster card keys over the card's values");
+  s.name = r.text_or("name", fs::path(path).stem().string());
+  s.description = r.text_or("description", "");
+  read_gpus(r, s);
+
+  CardReader plan = r.section("plan");
+  read_plan(plan, s);
+  plan.finish();
+
+  CardReader sched = r.section("schedule");
+  read_schedule(sched, s);
+  CardReader batch = r.section("batch");
+  read_batch(batch, s);
+  batch.finish();
+  check_schedule_rules(plan, sched, s);
+  sched.finish();
+  check_program_size(s, batch);
+
+  read_precision(r, s);
+  check_physics(s, r);
+  read_recompute(r, s);
+  read_comm(r, s);
+  read_calibration(r, s, path);
+  read_routing(r, s, path);
+  read_faults(r, s);
   r.finish();
 
   // Feasibility: the layers split into stages, and the busiest GPU fits in HBM.
