@@ -310,7 +310,7 @@ nlohmann::json search(const PlanOptions& o, std::string& t) {
     if (candidates[i].status == "ok" && i != own) order.push_back(i);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return candidates[a].bound < candidates[b].bound; });
   if (own < candidates.size() && candidates[own].status == "ok") order.insert(order.begin(), own);
-  const size_t keep = static_cast<size_t>(std::max(o.top, 2));
+  const size_t keep = idx(std::max(o.top, 2));
   std::vector<double> fastest;  // simulated steps, sorted
   auto threshold = [&]() -> double {
     if (!o.prune || fastest.size() < keep) return INFINITY;

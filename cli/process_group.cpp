@@ -52,7 +52,7 @@ std::vector<std::string> ProcessGroup::all_gather(const std::string& mine) const
   // MPI counts are ints: large exchanges go in pieces of at most 1 GiB per process.
   constexpr long long kPiece = 1LL << 30;
   std::vector<std::string> all(idx(size_));
-  for (int p = 0; p < size_; ++p) all[idx(p)].resize(static_cast<size_t>(sizes[idx(p)]));
+  for (int p = 0; p < size_; ++p) all[idx(p)].resize(idx(sizes[idx(p)]));
   long long longest = 0;
   for (long long s : sizes) longest = std::max(longest, s);
   for (long long offset = 0; offset < longest; offset += kPiece) {

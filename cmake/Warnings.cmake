@@ -12,6 +12,8 @@ function(tandem_target_defaults target)
       $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
         -Wno-maybe-uninitialized>)
     target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+    # idx() checks its index even though RelWithDebInfo defines NDEBUG (common/signed_index.h).
+    target_compile_definitions(${target} PRIVATE TANDEM_CHECKED_INDEX=1)
   endif()
 endfunction()
 

@@ -116,7 +116,7 @@ size_t first_non_utf8(const std::string& text) {
 void check_utf8_text(const std::string& text, const std::string& source, const std::string& key) {
   const size_t bad = first_non_utf8(text);
   if (bad == std::string::npos) return;
-  const size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(bad), '\n'));
+  const size_t line = 1 + idx(std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(bad), '\n'));
   char byte[8];
   std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[bad]));
   throw_input_error(source, key, std::string("not UTF-8 text (YAML and JSON are): byte ") + byte + " at line " + std::to_string(line));

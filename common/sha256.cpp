@@ -1,4 +1,5 @@
 #include "common/sha256.h"
+#include "common/signed_index.h"
 
 #include <algorithm>
 #include <cstring>
@@ -110,7 +111,7 @@ std::optional<std::string> sha256_file(const std::string& path) {
   std::array<char, 1 << 16> chunk{};
   while (in) {
     in.read(chunk.data(), chunk.size());
-    s.update(chunk.data(), static_cast<size_t>(in.gcount()));
+    s.update(chunk.data(), idx(in.gcount()));
   }
   if (in.bad()) return std::nullopt;
   return s.hex();

@@ -56,7 +56,7 @@ class Gate {
         return group_score_[idx(a)] > group_score_[idx(b)];
       });
       std::fill(kept_.begin(), kept_.end(), 0);
-      for (int64_t i = 0; i < limit_; ++i) kept_[static_cast<size_t>(groups_[idx(i)])] = 1;
+      for (int64_t i = 0; i < limit_; ++i) kept_[idx(groups_[idx(i)])] = 1;
     }
     experts_.clear();
     for (int64_t e = 0; e < E_; ++e)
@@ -250,7 +250,7 @@ class Sampler {
       std::fill(gpu_seen.begin(), gpu_seen.end(), 0);
       std::fill(node_seen.begin(), node_seen.end(), 0);
       for (int64_t e : gate.select(score)) {
-        const auto gpu = static_cast<size_t>(std::min(e / experts_per_gpu, ep_ - 1));
+        const auto gpu = idx(std::min(e / experts_per_gpu, ep_ - 1));
         expert_rows[idx(e)] += 1;
         p.rows_per_token[gpu] += 1;
         gpu_seen[gpu] = 1;

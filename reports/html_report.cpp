@@ -397,8 +397,8 @@ void sweep_sections(Page& page, const ReportInput& in) {
       std::string name;
       for (size_t k = 1; k < keys.size(); ++k) name += (name.empty() ? "" : ", ") + keys[k] + "=" + run.value(keys[k], "?");
       if (name.empty()) name = "step";
-      const size_t si = static_cast<size_t>(std::find(series_names.begin(), series_names.end(), name) - series_names.begin());
-      const size_t xi = static_cast<size_t>(std::find(xs.begin(), xs.end(), run.value(keys[0], "?")) - xs.begin());
+      const size_t si = idx(std::find(series_names.begin(), series_names.end(), name) - series_names.begin());
+      const size_t xi = idx(std::find(xs.begin(), xs.end(), run.value(keys[0], "?")) - xs.begin());
       series[si].values[xi] = run[m.key].get<double>();
     }
     body += figure(svg::line_chart(xs, keys[0], series, m.format, m.label, "sweep-chart"), std::string(m.label) + " against " + keys[0]);
@@ -478,7 +478,7 @@ void plan_sections(Page& page, const ReportInput& in) {
         xs.push_back(v);
         best.push_back(p.value("step_time_s", 0.0));
       } else {
-        double& b = best[static_cast<size_t>(it - xs.begin())];
+        double& b = best[idx(it - xs.begin())];
         b = std::min(b, p.value("step_time_s", 0.0));
       }
     }

@@ -50,7 +50,7 @@ StepTimes step_times(const std::vector<GpuTime>& gpus, double step_time_s) {
 
   std::vector<RankTimes> per_rank(idx(ranks));
   for (const GpuTime& g : gpus) {
-    RankTimes& r = per_rank[static_cast<size_t>(g.rank())];
+    RankTimes& r = per_rank[idx(g.rank())];
     r.rank = g.rank();
     add_share(r.split, g, 1.0);
     ++r.gpus;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "common/format.h"
+#include "common/signed_index.h"
 
 namespace tandem {
 
@@ -120,7 +121,7 @@ Result<TraceComparison> compare_traces(const Trace& a, const std::string& a_file
   for (auto& [r, rc] : ranks) c.ranks.push_back(rc);
   std::stable_sort(aligned.begin(), aligned.end(),
                    [](const AlignedTask& x, const AlignedTask& y) { return std::abs(x.b_s - x.a_s) > std::abs(y.b_s - y.a_s); });
-  aligned.resize(std::min(aligned.size(), static_cast<size_t>(std::max(0, top))));
+  aligned.resize(std::min(aligned.size(), idx(std::max(0, top))));
   c.most_different = std::move(aligned);
   return c;
 }

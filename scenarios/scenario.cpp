@@ -463,9 +463,9 @@ std::vector<double> FaultSpec::gpu_speed(int64_t gpus) const {
     std::vector<int64_t> order(idx(gpus));
     for (int64_t g = 0; g < gpus; ++g) order[idx(g)] = g;
     std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 0xFA17ULL);
-    const auto n = static_cast<size_t>(std::llround(slow_fraction * static_cast<double>(gpus)));
+    const auto n = idx(std::llround(slow_fraction * static_cast<double>(gpus)));
     for (size_t i = 0; i < n && i < order.size(); ++i) {  // partial Fisher-Yates with a portable draw
-      const size_t j = i + static_cast<size_t>(rng() % (order.size() - i));
+      const size_t j = i + idx(rng() % (order.size() - i));
       std::swap(order[i], order[j]);
       speed[idx(order[i])] = slow_speed;
     }

@@ -59,7 +59,7 @@ void EventLoop::carry(Carrier* c) {
         comms.push_back(mailbox->get_async<int>(&received[i]));
     }
     while (!comms.empty()) {
-      const auto i = static_cast<size_t>(sg4::Activity::wait_any(comms));
+      const auto i = idx(sg4::Activity::wait_any(comms));
       if (!ends[i].sending) c->loop->completed_.push_back(ends[i].slot);
       comms.erase(comms.begin() + static_cast<ptrdiff_t>(i));
       ends.erase(ends.begin() + static_cast<ptrdiff_t>(i));

@@ -51,7 +51,7 @@ class Runner final : public GpuRunner {
       const double posted = start_[idx(task)];
       start_[idx(task)] = std::max(posted, began);
       const int peer = tasks_[idx(task)].peer;
-      if (peer >= 0) w_.waited_on_pp[static_cast<size_t>(w_.gpu(peer, replica_))] += std::max(0.0, began - posted);
+      if (peer >= 0) w_.waited_on_pp[idx(w_.gpu(peer, replica_))] += std::max(0.0, began - posted);
     }
     part_done(task);
   }
@@ -149,10 +149,10 @@ class Runner final : public GpuRunner {
     if (static_cast<int>(rv.waiting.size()) < g.ep) return;
     const std::vector<double> end = plan.ends(rv.arrive, scale);
     // Who the group waited for: the member that arrived last, charged every other member's wait.
-    const auto last = static_cast<size_t>(std::max_element(rv.arrive.begin(), rv.arrive.end()) - rv.arrive.begin());
+    const auto last = idx(std::max_element(rv.arrive.begin(), rv.arrive.end()) - rv.arrive.begin());
     double waited = 0;
     for (double a : rv.arrive) waited += rv.arrive[last] - a;
-    w_.waited_on_a2a[static_cast<size_t>(g.gpu(w_.layout, static_cast<int>(last)))] += waited;
+    w_.waited_on_a2a[idx(g.gpu(w_.layout, static_cast<int>(last)))] += waited;
     for (const auto& [who, m] : rv.waiting) loop_.at(end[m], who, task);
     w_.rendezvous.erase(key);
   }

@@ -157,7 +157,7 @@ void Topology::apply_faults() {
   }
   for (int g : faults_.failed_nics) {
     gpu_ok(g, "failed_nics");
-    for (int k = 0; k < nics_per_gpu_; ++k) nic_down_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))] = 1;
+    for (int k = 0; k < nics_per_gpu_; ++k) nic_down_[idx(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))] = 1;
   }
   spine_down_.assign(idx(count_[4]), 0);
   for (int sp : faults_.failed_spines) {
@@ -179,7 +179,7 @@ void Topology::apply_faults() {
       if (!(faults_.nic_speed > 0 && faults_.nic_speed <= 1))
         throw std::invalid_argument("nic_speed: " + std::to_string(faults_.nic_speed) + " is not in (0, 1]");
       for (int k = 0; k < nics_per_gpu_; ++k) {
-        const int physical = nic_up_[static_cast<size_t>(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))];
+        const int physical = nic_up_[idx(nic_of(g / gpus_per_node_, g % gpus_per_node_, k))];
         for (int dir = 0; dir < 2; ++dir) {
           Link& l = links_[idx(2 * physical + dir)];
           l.bandwidth = card_.nic_gbytes_s() * 1e9 * faults_.nic_speed;
@@ -367,7 +367,7 @@ Route Topology::route(int src_gpu, int dst_gpu) const {
 bool Topology::connected() const {
   if (num_vertices() == 0) return true;
   int discovered = 0;
-  std::vector<boost::default_color_type> color(static_cast<size_t>(num_vertices()));
+  std::vector<boost::default_color_type> color(idx(num_vertices()));
   boost::breadth_first_search(
       graph_, boost::vertex(0, graph_),
       boost::visitor(CountingVisitor(&discovered))
@@ -387,7 +387,7 @@ double Topology::bisection_bandwidth() const {
   const int source_gpus = single_node ? gpus_per_node_ / 2 : (nodes_ / 2) * gpus_per_node_;
   if (source_gpus == 0 || source_gpus == count_[0]) return 0.0;
 
-  const size_t n = static_cast<size_t>(num_vertices());
+  const size_t n = idx(num_vertices());
   const size_t source = n, sink = n + 1;
   std::vector<std::pair<size_t, size_t>> ends;
   std::vector<double> capacity;
@@ -408,7 +408,7 @@ double Topology::bisection_bandwidth() const {
   }
   const double unbounded = 2 * total + 1;  // more than any cut of real links
   for (int g = 0; g < count_[0]; ++g) {
-    const auto v = static_cast<size_t>(gpu_vertex(g));
+    const auto v = idx(gpu_vertex(g));
     if (g < source_gpus)
       add_pair(source, v, unbounded);
     else

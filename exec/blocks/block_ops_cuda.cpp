@@ -193,7 +193,7 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
   // Each layer keeps its own MlaDevice (its FP8 weight cache is per layer); the attention core's
   // workspace budget is split between them so a stage's total stays near the default.
   const std::size_t core_budget =
-      std::max<std::size_t>(std::size_t{256} << 20, MlaDevice::kDefaultCoreBudget / static_cast<std::size_t>(std::max(1, layer_blocks)));
+      std::max<std::size_t>(std::size_t{256} << 20, MlaDevice::kDefaultCoreBudget / idx(std::max(1, layer_blocks)));
 
   for (runtime::BlockParams& p : blocks) {
     auto b = std::make_unique<BlockDev>();
@@ -281,7 +281,7 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
         b->moe_w.experts.push_back({P.expert_tensor(x + "gate_proj.weight"), P.expert_tensor(x + "up_proj.weight"),
                                     P.expert_tensor(x + "down_proj.weight"), nullptr});
       }
-      b->g_experts.resize(static_cast<std::size_t>(G.sources()));
+      b->g_experts.resize(idx(G.sources()));
       for (int s = 0; s < G.sources(); ++s)
         for (int e = 0; e < per; ++e) {
           const std::string x = ep + std::to_string(p.moe->first_expert + e) + ".";
@@ -314,7 +314,7 @@ DeviceStageBlocks::DeviceStageBlocks(const runtime::BlockContext& ctx, std::vect
       if (!has_head) throw std::invalid_argument("DeviceStageBlocks: an MTP block without the head on its stage");
       b->lm_head = P.dense_tensor("lm_head.weight");
       const std::size_t vh = count_of(m.vocab, m.hidden);
-      if (static_cast<std::size_t>(p.mtp_embed.size()) != vh)
+      if (idx(p.mtp_embed.size()) != vh)
         throw std::invalid_argument("DeviceStageBlocks: the MTP block's embedding copy is not [vocab, hidden]");
       b->mtp_embed = upload_on(p.mtp_embed.data(), vh, uploads.get());
       b->g_mtp_embed = DeviceBuffer<float>(vh);
@@ -509,7 +509,7 @@ void DeviceStageBlocks::loss_f(std::size_t i, DeviceBlockState& s, const DeviceM
     const int rows = to_int(s.out.rows(), "rows");
     if (data.rows != rows) throw std::invalid_argument("loss_f: the logits' rows differ from the micro-batch's");
     s.dlogits = DeviceBuffer<float>(count_of(rows, m.vocab));
-    double* row_loss = m.row_loss.reserve(static_cast<std::size_t>(std::max(rows, 1)), st);
+    double* row_loss = m.row_loss.reserve(idx(std::max(rows, 1)), st);
     cross_entropy(s.out.data(), rows, m.vocab, data.targets.get(), m.ctx.loss_scale, s.dlogits.get(), row_loss,
                   s.scalar.get(), st);
   }
@@ -546,7 +546,7 @@ void DeviceStageBlocks::mlp_b(std::size_t i, DeviceBlockState& s) {
     s.dx = DeviceTensor::make(rows, m.hidden);
     // The MTP module's gradient w.r.t. h (its d_out here), head + MTP in that order.
     if (s.d_out.size() > 0) {
-      if (static_cast<std::size_t>(s.d_out.size()) != n) throw std::invalid_argument("mlp_b (head): s.d_out shape");
+      if (idx(s.d_out.size()) != n) throw std::invalid_argument("mlp_b (head): s.d_out shape");
       add(s.head_g.dh.get(), s.d_out.data(), n, s.dx.data(), st);
     } else {
       copy_d2d(s.dx.data(), s.head_g.dh.get(), n, st, "mlp_b (head): dx");

@@ -29,6 +29,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/signed_index.h"
 #include "exec/ops/attention/attention_cuda.h"
 #include "exec/backends/cuda/infra/blas.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
@@ -55,7 +56,7 @@ class DeviceTensor {
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t size() const { return rows_ * cols_; }
-  std::size_t bytes() const { return static_cast<std::size_t>(size()) * sizeof(float); }
+  std::size_t bytes() const { return idx(size()) * sizeof(float); }
   float* data() const { return buf_ ? buf_->get() : nullptr; }
 
  private:

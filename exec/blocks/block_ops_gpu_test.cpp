@@ -229,7 +229,7 @@ RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params
   return r;
 }
 
-std::vector<float> download(const cu::DeviceTensor& t) { return to_host(t.data(), static_cast<std::size_t>(t.size())); }
+std::vector<float> download(const cu::DeviceTensor& t) { return to_host(t.data(), idx(t.size())); }
 
 // The same on the device, scheduled as the rank runner may: both micro-batches' forwards, then
 // block by block (last first) both micro-batches' input-gradient passes, and only after ALL of
@@ -431,7 +431,7 @@ void compare_runs(const rt::ModelSetup& setup, const std::vector<rt::BlockParams
 void run_case(cu::Numerics numerics, bool asserted) {
   std::printf("blocks %s (%s)\n", tandem::gputest::name(numerics), asserted ? "asserted" : "informational");
   const ModelCard card = tiny_moe();
-  const rt::ModelSetup setup = rt::make_setup(card, 1, tandem::gputest::to_nn(numerics), 7);
+  const rt::ModelSetup setup = rt::make_setup(card, 1, numerics, 7);
   const rt::BlockContext ctx = make_context(setup);
   std::vector<rt::BlockParams> params = make_stage(setup);
   std::vector<rt::MicroBatchData> batches;

@@ -8,8 +8,8 @@ namespace tandem::runtime {
 
 namespace {
 
-std::span<float> span_of(Mat<float>& m) { return {m.data(), static_cast<size_t>(m.size())}; }
-std::span<float> span_of(Vec<float>& v) { return {v.data(), static_cast<size_t>(v.size())}; }
+std::span<float> span_of(Mat<float>& m) { return {m.data(), idx(m.size())}; }
+std::span<float> span_of(Vec<float>& v) { return {v.data(), idx(v.size())}; }
 
 nn::FfnWeights<float> zeros_like(const nn::FfnWeights<float>& f) {
   return {Mat<float>::Zero(f.gate.rows(), f.gate.cols()), Mat<float>::Zero(f.up.rows(), f.up.cols()),

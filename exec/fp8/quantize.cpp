@@ -56,7 +56,7 @@ RowwiseFp8 quantize_rowwise(const float* x, int rows, int cols, const QuantOptio
   q.rows = rows;
   q.cols = cols;
   q.data.resize(idx(rows) * cols);
-  q.scales.resize(static_cast<size_t>(q.k_blocks()) * rows);
+  q.scales.resize(idx(q.k_blocks()) * rows);
   for (int r = 0; r < rows; ++r) {
     const float* row = x + idx(r) * cols;
     uint8_t* out = q.data.data() + idx(r) * cols;
@@ -91,7 +91,7 @@ BlockFp8 quantize_blocks(const float* w, int rows, int cols, const QuantOptions&
   q.rows = rows;
   q.cols = cols;
   q.data.resize(idx(rows) * cols);
-  q.scales.assign(static_cast<size_t>(q.row_blocks()) * q.k_blocks_padded(), 0.0f);
+  q.scales.assign(idx(q.row_blocks()) * q.k_blocks_padded(), 0.0f);
   for (int rb = 0; rb < q.row_blocks(); ++rb) {
     const int r0 = rb * kBlock;
     const int r1 = std::min(rows, r0 + kBlock);
@@ -126,7 +126,7 @@ BlockFp8 transpose(const BlockFp8& b) {
     }
   }
   // b's block (rb, kb) is t's block (kb, rb); t's K blocks are b's row blocks.
-  t.scales.assign(static_cast<size_t>(t.row_blocks()) * t.k_blocks_padded(), 0.0f);
+  t.scales.assign(idx(t.row_blocks()) * t.k_blocks_padded(), 0.0f);
   for (int rb = 0; rb < b.row_blocks(); ++rb) {
     for (int kb = 0; kb < b.k_blocks(); ++kb) {
       t.scales[idx(kb) * t.k_blocks_padded() + rb] = b.scale(rb, kb);

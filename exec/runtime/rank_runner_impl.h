@@ -1,5 +1,5 @@
 // RankRunner<B>'s definitions (rank_runner.h): included only by the files that instantiate it
-// for a backend (rank_runner.cpp for the CPU, exec/backends/cuda/device_backend.cpp for CUDA).
+// for a backend (exec/backends/cpu/cpu_rank_runner.cpp for the CPU, exec/backends/cuda/device_backend.cpp for CUDA).
 #pragma once
 
 #include <algorithm>

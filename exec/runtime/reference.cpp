@@ -122,7 +122,7 @@ ReferenceStep run_reference(const RunSpec& spec) {
     }
   }
 
-  // MTP folds (rank_runner.cpp fold_mtp_grads), per (replica, path): lm_head head + MTP; the
+  // MTP folds (rank_runner_impl.h fold_mtp_grads), per (replica, path): lm_head head + MTP; the
   // embedding gradient into stage 0's of the path whose stage 0 the MTP stage's rank holds (DualPipe:
   // the other path), else of its own path.
   const auto& sch = spec.program.schedule;

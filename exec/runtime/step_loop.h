@@ -51,7 +51,7 @@ template <class Runner>
 void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::unique_ptr<Runner>>& runners,
                comm::World& world, const std::optional<ReferenceStep>& ref, const StepHooks<Runner>& hooks,
                ExecResult& result) {
-  std::vector<int> all(static_cast<size_t>(spec.world_size()));
+  std::vector<int> all(idx(spec.world_size()));
   for (int k = 0; k < spec.world_size(); ++k) all[idx(k)] = k;
   const size_t M = idx(spec.dp) * idx(spec.micro_batches);
   std::vector<int64_t> moe_layers;
@@ -75,19 +75,19 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
         comm::Communicator& c = world.comm(r.world_rank());
         try {
           r.begin_step(step);
-          timings[i] = run_rank_program(r.world_rank(), spec.program.tasks[static_cast<size_t>(r.pipeline_rank())], r, t0,
+          timings[i] = run_rank_program(r.world_rank(), spec.program.tasks[idx(r.pipeline_rank())], r, t0,
                                         [&](const std::string& why) { c.abort(why); });
           if (hooks.timings) timings[i] = hooks.timings(r, std::move(timings[i]));
           // Losses: [replica · micro-batches] per rank, zero where the rank has none; summed later.
           std::vector<double> mine(M, 0.0);
-          for (const auto& [mb, loss] : r.losses()) mine[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
+          for (const auto& [mb, loss] : r.losses()) mine[idx(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
           double err = 0, loss_differs = 0;
           if (ref && step == 1) {
             if (hooks.grad_error) err = hooks.grad_error(r, *ref);
             for (const auto& [mb, loss] : r.losses())
-              if (loss != ref->loss[static_cast<size_t>(r.replica())][idx(mb)]) loss_differs = 1;
+              if (loss != ref->loss[idx(r.replica())][idx(mb)]) loss_differs = 1;
             for (const auto& [mb, loss] : r.mtp_losses())
-              if (loss != ref->mtp_loss[static_cast<size_t>(r.replica())][idx(mb)]) loss_differs = 1;
+              if (loss != ref->mtp_loss[idx(r.replica())][idx(mb)]) loss_differs = 1;
           }
           mine.push_back(err);
           mine.push_back(loss_differs);
@@ -99,12 +99,12 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
           // Balance loss: [replica · micro-batches] per rank, Σ over the rank's MoE blocks in block order.
           std::vector<double> bal(M, 0.0);
           for (const auto& [key, value] : r.balance_losses())
-            bal[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(key.first)] += value;
+            bal[idx(r.replica()) * idx(spec.micro_batches) + idx(key.first)] += value;
           mine.insert(mine.end(), bal.begin(), bal.end());
           // MTP loss: [replica · micro-batches] per rank, as the losses.
           std::vector<double> mtp(M, 0.0);
           for (const auto& [mb, loss] : r.mtp_losses())
-            mtp[static_cast<size_t>(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
+            mtp[idx(r.replica()) * idx(spec.micro_batches) + idx(mb)] = loss;
           mine.insert(mine.end(), mtp.begin(), mtp.end());
           std::vector<double> world_values(mine.size() * all.size());
           c.all_gather(all, mine.data(), mine.size() * sizeof(double), world_values.data(), "gather losses");
@@ -169,14 +169,14 @@ void run_steps(const RunSpec& spec, const ExecOptions& o, std::vector<std::uniqu
       // Sends of ranks in other processes are not known here; their receives keep their own start.
       std::map<std::pair<int, int>, double> send_start;  // (replica, message) -> start
       for (size_t i = 0; i < runners.size(); ++i) {
-        const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
+        const auto& tasks = spec.program.tasks[idx(runners[i]->pipeline_rank())];
         for (const TaskTiming& tt : timings[i]) {
           const Task& t = tasks[idx(tt.task)];
           if (t.kind == TaskKind::pp_send) send_start[{spec.replica_of(runners[i]->world_rank()), t.message}] = tt.start;
         }
       }
       for (size_t i = 0; i < runners.size(); ++i) {
-        const auto& tasks = spec.program.tasks[static_cast<size_t>(runners[i]->pipeline_rank())];
+        const auto& tasks = spec.program.tasks[idx(runners[i]->pipeline_rank())];
         for (const TaskTiming& tt : timings[i]) {
           const Task& t = tasks[idx(tt.task)];
           TraceEvent e;

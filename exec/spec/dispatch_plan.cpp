@@ -19,7 +19,7 @@ DispatchPlan make_dispatch_plan(const EpLayout& layout, int tokens, int top_k, c
     for (int k = 0; k < top_k; ++k) {
       const int32_t e = expert[idx(t) * idx(top_k) + idx(k)];
       if (e < 0 || e >= layout.n_routed) throw std::invalid_argument("make_dispatch_plan: expert out of range");
-      plan.to[static_cast<size_t>(layout.owner(e))].push_back(DispatchRow{t, k, e});
+      plan.to[idx(layout.owner(e))].push_back(DispatchRow{t, k, e});
     }
   return plan;
 }

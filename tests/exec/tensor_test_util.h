@@ -9,6 +9,7 @@
 #include <random>
 #include <type_traits>
 
+#include "common/signed_index.h"
 #include "exec/ops/tensor.h"
 
 namespace tandem::exec_test {
@@ -28,7 +29,7 @@ bool bit_equal(const A& a, const B& b) {
   static_assert(std::is_same_v<std::decay_t<decltype(a.data()[0])>, std::decay_t<decltype(b.data()[0])>>);
   if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
   if (a.size() == 0) return true;
-  return std::memcmp(a.data(), b.data(), static_cast<size_t>(a.size()) * sizeof(a.data()[0])) == 0;
+  return std::memcmp(a.data(), b.data(), idx(a.size()) * sizeof(a.data()[0])) == 0;
 }
 
 // Central finite differences of loss() with respect to every element of p (perturbed in place).

@@ -231,7 +231,7 @@ std::vector<std::vector<float>> host_reduce_scatter(const std::vector<int>& grou
   std::vector<std::thread> threads;
   for (int r = 0; r < kRanks; ++r) {
     threads.emplace_back([&, r] {
-      const std::size_t self = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
+      const std::size_t self = idx(std::find(group.begin(), group.end(), r) - group.begin());
       std::vector<float>& o = out[idx(r)];
       o.assign(counts[self], 0.0f);
       host.comm(r).reduce_scatter_sum(group, inputs[idx(r)].data(), o.data(), counts,
@@ -257,7 +257,7 @@ void check_reduce_scatter(cu::VirtualRankWorld& world) {
     for (int r = 0; r < kRanks; ++r) {
       std::vector<float> in = grad_data(off.back(), static_cast<uint32_t>(1234 + r));
       // Element 0 of every block: 1e8 + 1 - 1e8 + 1 in group order is 1, in reverse order 0.
-      const std::size_t member = static_cast<std::size_t>(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
+      const std::size_t member = idx(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
       const float order_sensitive[kRanks] = {1e8f, 1.0f, -1e8f, 1.0f};
       for (std::size_t b = 0; b < cs.counts.size(); ++b) {
         if (cs.counts[b]) in[off[b]] = order_sensitive[member];
@@ -269,7 +269,7 @@ void check_reduce_scatter(cu::VirtualRankWorld& world) {
       cu::check(cudaSetDevice(world.device()), "cudaSetDevice");
       cu::DeviceCommunicator& c = world.comm(r);
       Stream st;
-      const std::size_t self = static_cast<std::size_t>(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
+      const std::size_t self = idx(std::find(cs.group.begin(), cs.group.end(), r) - cs.group.begin());
       auto d_in = upload(inputs[idx(r)], st.s);
       DeviceBuffer<float> d_out(cs.counts[self]);
       float* out = cs.in_place ? d_in.get() + off[self] : d_out.get();
@@ -616,7 +616,7 @@ void check_nccl_comm() {
         std::vector<std::size_t> counts(idx(n));
         for (int i = 0; i < n; ++i) counts[idx(i)] = pass == 0 ? 256 : 100 + 37 * idx(i);
         const std::vector<std::size_t> off = offsets_of(counts);
-        const std::size_t self = static_cast<std::size_t>(std::find(group.begin(), group.end(), r) - group.begin());
+        const std::size_t self = idx(std::find(group.begin(), group.end(), r) - group.begin());
         std::vector<std::vector<float>> ins;
         for (int m = 0; m < n; ++m) ins.push_back(grad_data(off.back(), static_cast<uint32_t>(pass * 1000 + group[idx(m)])));
         const std::vector<float>& mine = ins[self];

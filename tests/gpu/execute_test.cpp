@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/cuda_executor.h"
 #include "exec/backends/cpu/cpu_executor.h"
 #include "exec/runtime/run_spec.h"
@@ -74,7 +75,7 @@ void compare_case(const std::string& name, const runtime::RunSpec& spec, bool ex
   // device times from the origin.
   std::size_t tasks = 0;
   for (int g = 0; g < spec.world_size(); ++g)
-    tasks += spec.program.tasks[static_cast<std::size_t>(spec.pipeline_rank_of(g))].size();
+    tasks += spec.program.tasks[idx(spec.pipeline_rank_of(g))].size();
   expect(gpu.trace.events.size() == tasks, name + ": one trace event per task (" +
                                                std::to_string(gpu.trace.events.size()) + " of " + std::to_string(tasks) + ")");
   bool ordered = true;

@@ -251,7 +251,7 @@ void check_gemm(bool sm_target_only) {
       const std::vector<float> w = make_input(n, k, 0, 60u + static_cast<uint32_t>(g));
       as.push_back(upload(fp8::quantize_rowwise(x.data(), rows[g], k)));
       bs.push_back(upload(fp8::quantize_blocks(w.data(), n, k)));
-      ds.emplace_back(static_cast<std::size_t>(std::max(rows[g], 1)) * n);
+      ds.emplace_back(idx(std::max(rows[g], 1)) * n);
     }
     for (std::size_t g = 0; g < rows.size(); ++g) {
       ao.push_back(as[g].op);

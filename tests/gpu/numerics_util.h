@@ -1,5 +1,6 @@
-// The GPU checks' view of the three numerics: the device's Numerics, its CPU twin, a
-// name to print, and whether a value is exactly a BF16 value (an output the recipe rounds).
+// Small helpers of the GPU checks: the three numerics (exec/spec's Numerics, one type for both
+// backends) by name, the test inputs, a float's bits, and whether a value is exactly a BF16 value
+// (an output the recipe rounds).
 #pragma once
 
 #include <bit>
@@ -9,7 +10,6 @@
 #include <vector>
 
 #include "common/signed_index.h"
-
 #include "exec/ops/linear/linear_cuda.h"
 #include "exec/ops/tensor.h"
 
@@ -22,15 +22,6 @@ inline const char* name(cuda::Numerics n) {
     case cuda::Numerics::fp8: return "fp8";
   }
   return "?";
-}
-
-inline nn::Numerics to_nn(cuda::Numerics n) {
-  switch (n) {
-    case cuda::Numerics::exact: return nn::Numerics::exact;
-    case cuda::Numerics::bf16: return nn::Numerics::bf16;
-    case cuda::Numerics::fp8: return nn::Numerics::fp8;
-  }
-  return nn::Numerics::exact;
 }
 
 inline constexpr cuda::Numerics kAllNumerics[] = {cuda::Numerics::exact, cuda::Numerics::bf16,

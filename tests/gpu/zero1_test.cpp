@@ -233,7 +233,7 @@ void check_stage(const rt::ModelSetup& setup, const std::vector<std::pair<BlockK
   };
   expect(same_grads(g, gb, false), what + ": gradients upload → download bit-identical");
 
-  // The CPU's fold (rank_runner.cpp flatten_experts): acc = src0; acc[k] += src_m[k].
+  // The CPU's fold (cpu_backend.cpp flatten_experts): acc = src0; acc[k] += src_m[k].
   for (rt::BlockGrads& bg : g)
     for (std::size_t e = 0; e < (bg.experts_by_src.empty() ? 0 : bg.experts_by_src[0].size()); ++e)
       for (int s = 1; s < kSources; ++s) {
@@ -420,7 +420,7 @@ void run_zero1_case(cu::VirtualRankWorld& world, const rt::ModelSetup& setup, co
 TANDEM_GPU_CHECK(zero1) {
   expect(cu::zero1_shard_counts(10, 4) == std::vector<std::size_t>({3, 3, 2, 2}) &&
              cu::zero1_shard_offset({3, 3, 2, 2}, 2) == 6 && cu::zero1_shard_counts(2, 3) == std::vector<std::size_t>({1, 1, 0}),
-         "shard_counts / offset as rank_runner.cpp");
+         "shard_counts / offset as zero1_shards.h");
   const rt::ModelSetup setup = rt::make_setup(tiny_moe(), 1, nn::Numerics::exact, 7);
   {
     cu::VirtualRankWorld world(4, 0);

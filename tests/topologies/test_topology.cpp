@@ -107,10 +107,10 @@ TEST_CASE("h800-2048 topology: vertex and link counts", "[topology]") {
   CHECK_THROWS_AS(t.route(-1, 0), std::out_of_range);
 
   // Each leaf: 32 NICs down, one link to each of the 32 spines up; each spine: 8 leaves.
-  const auto leaf = static_cast<size_t>(t.leaf_vertex(3, 2));
+  const auto leaf = idx(t.leaf_vertex(3, 2));
   CHECK(boost::out_degree(leaf, t.graph()) == 64);
   CHECK(boost::in_degree(leaf, t.graph()) == 64);
-  CHECK(boost::out_degree(static_cast<size_t>(t.spine_vertex(3, 2)), t.graph()) == 8);
+  CHECK(boost::out_degree(idx(t.spine_vertex(3, 2)), t.graph()) == 8);
 }
 
 TEST_CASE("topologies are connected", "[topology]") {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/signed_index.h"
 #include "exec/runtime/rank_runner.h"
 #include "exec/runtime/zero1_shards.h"
 
@@ -13,7 +14,7 @@ namespace {
 void append(std::vector<float>& out, std::span<const float> s) { out.insert(out.end(), s.begin(), s.end()); }
 
 size_t index_in(const std::vector<int>& group, int g) {
-  return static_cast<size_t>(std::find(group.begin(), group.end(), g) - group.begin());
+  return idx(std::find(group.begin(), group.end(), g) - group.begin());
 }
 
 std::vector<float> flatten_dense(std::vector<BlockParams>& blocks) {
@@ -77,12 +78,12 @@ void CpuBackend::add_expert_counts(const State& s, std::vector<int64_t>& counts)
 }
 
 void CpuBackend::send(int peer, int tag, const Tensor& x, const std::string& label) {
-  comm_.send(peer, tag, x.data(), static_cast<size_t>(x.size()) * sizeof(float), label);
+  comm_.send(peer, tag, x.data(), idx(x.size()) * sizeof(float), label);
 }
 
 CpuBackend::Tensor CpuBackend::recv(int peer, int tag, int64_t rows, int64_t cols, const std::string& label) {
   Tensor x(rows, cols);
-  comm_.recv(peer, tag, x.data(), static_cast<size_t>(x.size()) * sizeof(float), label);
+  comm_.recv(peer, tag, x.data(), idx(x.size()) * sizeof(float), label);
   return x;
 }
 
@@ -96,19 +97,19 @@ void CpuBackend::add_mtp_embed_grad(HeldStage<CpuBackend>& st, size_t mtp, HeldS
 
 void CpuBackend::send_mtp_embed_grad(int to, int tag, HeldStage<CpuBackend>& st, size_t mtp, const std::string& label) {
   const Mat<float>& g = st.data.grads[mtp].mtp_embed;
-  comm_.send(to, tag, g.data(), static_cast<size_t>(g.size()) * sizeof(float), label);
+  comm_.send(to, tag, g.data(), idx(g.size()) * sizeof(float), label);
 }
 
 void CpuBackend::recv_add_embed_grad(int from, int tag, HeldStage<CpuBackend>& stage0, const std::string& label) {
   Mat<float>& embed = stage0.data.grads.front().dense.embed;
   Mat<float> g(embed.rows(), embed.cols());
-  comm_.recv(from, tag, g.data(), static_cast<size_t>(g.size()) * sizeof(float), label);
+  comm_.recv(from, tag, g.data(), idx(g.size()) * sizeof(float), label);
   embed += g;
 }
 
 void CpuBackend::send_embed_table(int to, int tag, HeldStage<CpuBackend>& stage0, const std::string& label) {
   const Mat<float>& table = stage0.params.front().embed;
-  comm_.send(to, tag, table.data(), static_cast<size_t>(table.size()) * sizeof(float), label);
+  comm_.send(to, tag, table.data(), idx(table.size()) * sizeof(float), label);
 }
 
 void CpuBackend::copy_embed_table(HeldStage<CpuBackend>& stage0, HeldStage<CpuBackend>& st, size_t mtp) {
@@ -117,7 +118,7 @@ void CpuBackend::copy_embed_table(HeldStage<CpuBackend>& stage0, HeldStage<CpuBa
 
 void CpuBackend::recv_embed_table(int from, int tag, HeldStage<CpuBackend>& st, size_t mtp, const std::string& label) {
   Mat<float>& table = st.params[mtp].mtp_embed;
-  comm_.recv(from, tag, table.data(), static_cast<size_t>(table.size()) * sizeof(float), label);
+  comm_.recv(from, tag, table.data(), idx(table.size()) * sizeof(float), label);
 }
 
 // Routed-expert parameters (grads = false) or gradients folded over source members in group

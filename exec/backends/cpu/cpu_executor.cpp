@@ -36,7 +36,7 @@ double compare_rank(CpuRankRunner& r, const ReferenceStep& ref, const RunSpec& s
     const auto& d = ref.dense[idx(hs.stage)];
     worst = std::max(worst, rel_err(st.dense_shard_grad,
                                     std::span<const float>(d).subspan(st.dense_offset, st.dense_shard_grad.size())));
-    const auto& x = ref.experts[idx(hs.stage)][static_cast<size_t>(spec.member_of(r.replica()))];
+    const auto& x = ref.experts[idx(hs.stage)][idx(spec.member_of(r.replica()))];
     if (!st.expert_shard_grad.empty())
       worst = std::max(worst, rel_err(st.expert_shard_grad,
                                       std::span<const float>(x).subspan(st.expert_offset, st.expert_shard_grad.size())));

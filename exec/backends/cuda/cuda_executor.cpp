@@ -90,7 +90,7 @@ void make_nccl(DeviceWorld& w, int ranks, int devices, const comm::CommOptions& 
     w.description = w.nccl_ranks.front()->describe() + " (NCCL, one rank per GPU, " + w.host->describe() + ")";
     w.comm = [&w](int g) -> DeviceCommunicator& {
       const auto it = std::find(w.local.begin(), w.local.end(), g);
-      return *w.nccl_ranks[static_cast<std::size_t>(it - w.local.begin())];
+      return *w.nccl_ranks[idx(it - w.local.begin())];
     };
     return;
   }

@@ -20,7 +20,7 @@ cudaEvent_t timing_event() {
 
 // Floats of the embedding table [vocab, hidden] (stage 0's first block; the host copy keeps the shape).
 std::size_t table_floats(const DeviceBackend::Held& stage0) {
-  return static_cast<std::size_t>(stage0.params.front().embed.size());
+  return idx(stage0.params.front().embed.size());
 }
 
 // Comm-stream tasks that also enqueue work on the compute stream after their transfer.
@@ -40,7 +40,7 @@ unsigned on_device(int device) {
 DeviceBackend::DeviceBackend(const runtime::RunSpec& spec, int world_rank, const runtime::BlockContext& ctx,
                              DeviceCommunicator& comm)
     : spec_(spec), g_(world_rank), ctx_(ctx), comm_(comm),
-      tasks_(spec.program.tasks[static_cast<std::size_t>(spec.pipeline_rank_of(world_rank))]),
+      tasks_(spec.program.tasks[idx(spec.pipeline_rank_of(world_rank))]),
       compute_(on_device(comm.device())) {
   if (comm.rank() != world_rank)
     throw std::invalid_argument("DeviceBackend: the communicator is rank " + std::to_string(comm.rank()) +
@@ -209,7 +209,7 @@ DeviceBackend::Tensor DeviceBackend::recv(int peer, int tag, int64_t rows, int64
 
 void DeviceBackend::bias_changed(Held& st, std::size_t b) {
   const auto& bias = st.params[b].moe->bias;
-  st.data.blocks->set_router_bias(b, std::span<const float>(bias.data(), static_cast<std::size_t>(bias.size())));
+  st.data.blocks->set_router_bias(b, std::span<const float>(bias.data(), idx(bias.size())));
 }
 
 float* DeviceBackend::embed_grad(Held& stage0) {
@@ -219,7 +219,7 @@ float* DeviceBackend::embed_grad(Held& stage0) {
 // The MTP folds run inside the reduce task, on the comm stream, after every weight pass (deps).
 void DeviceBackend::add_mtp_lm_head_grad(Held& st, std::size_t mtp, std::size_t head) {
   add_inplace(st.data.blocks->grads().dense_tensor("lm_head.weight"), st.data.blocks->mtp_lm_head_grad(mtp),
-              static_cast<std::size_t>(st.params[head].lm_head.size()), comm_stream_.get());
+              idx(st.params[head].lm_head.size()), comm_stream_.get());
 }
 
 void DeviceBackend::add_mtp_embed_grad(Held& st, std::size_t mtp, Held& stage0) {
@@ -228,7 +228,7 @@ void DeviceBackend::add_mtp_embed_grad(Held& st, std::size_t mtp, Held& stage0) 
 }
 
 void DeviceBackend::send_mtp_embed_grad(int to, int tag, Held& st, std::size_t mtp, const std::string& label) {
-  const std::size_t n = static_cast<std::size_t>(st.params[mtp].mtp_embed.size());
+  const std::size_t n = idx(st.params[mtp].mtp_embed.size());
   comm_.send(to, tag, st.data.blocks->mtp_embed_grad(mtp), n * sizeof(float), label, comm_stream_.get());
 }
 
@@ -254,7 +254,7 @@ void DeviceBackend::copy_embed_table(Held& stage0, Held& st, std::size_t mtp) {
 }
 
 void DeviceBackend::recv_embed_table(int from, int tag, Held& st, std::size_t mtp, const std::string& label) {
-  const std::size_t n = static_cast<std::size_t>(st.params[mtp].mtp_embed.size());
+  const std::size_t n = idx(st.params[mtp].mtp_embed.size());
   comm_.recv(from, tag, st.data.blocks->mtp_embed_table(mtp), n * sizeof(float), label, comm_stream_.get());
 }
 

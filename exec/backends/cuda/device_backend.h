@@ -5,10 +5,10 @@
 // - The rank owns a compute stream and a comm stream, a cuBLAS / cuBLASLt handle pair and one
 //   DeviceLinear on the compute stream, in the run's numerics, with the FP8 GEMMs' SM budget =
 //   the device's SMs − the scenario's comm.sms (DeviceLinear::set_sm_count_target). Activations are
-//   DeviceTensors, the blocks DeviceStageBlocks (device_blocks.h), ZeRO-1 DeviceZero1 (zero1.h), pp
+//   DeviceTensors, the blocks DeviceStageBlocks (exec/blocks/block_ops_cuda.h), ZeRO-1 DeviceZero1 (zero1.h), pp
 //   messages and ZeRO-1 go through the rank's DeviceCommunicator (a virtual rank or NCCL) on the
 //   comm stream; expert counts through its host communicator.
-// - A task enqueues and returns; nothing waits for the device except what device_blocks.h names
+// - A task enqueues and returns; nothing waits for the device except what block_ops_cuda.h names
 //   (routing ids, loss values). Its stream (Task::stream) first waits on the end events of its
 //   dependencies that ran on the OTHER stream — the Program's deps, turned into device order —
 //   and its start and end are CUDA events on its stream: timings() reads them after the step.

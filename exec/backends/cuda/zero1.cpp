@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/signed_index.h"
 #include "exec/ops/adamw/adamw_cuda.h"
 
 namespace tandem::cuda {
@@ -15,7 +16,7 @@ std::size_t member_index(const std::vector<int>& group, int rank, const char* na
   if (it == group.end())
     throw std::invalid_argument(std::string(name) + ": rank " + std::to_string(rank) + " is not in " +
                                 group_text(group));
-  return static_cast<std::size_t>(it - group.begin());
+  return idx(it - group.begin());
 }
 
 std::vector<std::size_t> bytes_of(const std::vector<std::size_t>& counts) {

@@ -14,7 +14,7 @@
 //   step(t)     the three in order.
 //
 // Shards: near-equal contiguous blocks in group order, the first n % members one float larger —
-// rank_runner.cpp's shard_counts / offset_of, mirrored here (they are file-local there). Moments
+// exec/runtime/zero1_shards.h's, the CPU backend's too. Moments
 // m, v: FP32, one pair per shard (dense and experts), zero at construction (BF16-rounded values
 // when AdamWConfig::bf16_moments, as nn::adamw_step keeps them).
 //

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 
@@ -21,8 +22,8 @@ void require(bool ok, const char* what) {
 
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, std::size_t n, AdamWScalars s) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x) {
     const float g = grads[i];
     float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_m_b1, g));
     float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(s.one_m_b2, __fmul_rn(g, g)));

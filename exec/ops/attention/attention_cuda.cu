@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/fp8_kernels.h"
 #include "exec/ops/rmsnorm/rmsnorm_cuda.h"
 
@@ -27,7 +28,7 @@ void require(bool ok, const std::string& what) {
 }
 
 unsigned blocks_for(std::size_t n, const char* what) {
-  if (n > static_cast<std::size_t>(INT_MAX)) throw std::invalid_argument(std::string(what) + ": grid too large");
+  if (n > idx(INT_MAX)) throw std::invalid_argument(std::string(what) + ": grid too large");
   return static_cast<unsigned>(n);
 }
 
@@ -40,9 +41,9 @@ __global__ void rope_kernel(const float* in, std::size_t ld_in, float* out, std:
   __shared__ float buf[kRopeSmem];
   const std::size_t r = blockIdx.x;
   const int half = width / 2;
-  const int pos = static_cast<int>(r % static_cast<std::size_t>(seq_len));
-  const float* cs = table + static_cast<std::size_t>(pos) * half;
-  const float* sn = table + (static_cast<std::size_t>(seq_len) + pos) * half;
+  const int pos = static_cast<int>(r % idx(seq_len));
+  const float* cs = table + idx(pos) * half;
+  const float* sn = table + (idx(seq_len) + pos) * half;
   const float* src = in + r * ld_in;
   float* dst = out + r * ld_out;
   const int per_pass = kRopeSmem / width;
@@ -50,13 +51,13 @@ __global__ void rope_kernel(const float* in, std::size_t ld_in, float* out, std:
     const int ng = min(per_pass, count - g0);
     for (int e = threadIdx.x; e < ng * width; e += blockDim.x) {
       const int g = e / width, j = e - g * width;
-      buf[e] = src[static_cast<std::size_t>(g0 + g) * stride + j];
+      buf[e] = src[idx(g0 + g) * stride + j];
     }
     __syncthreads();
     for (int e = threadIdx.x; e < ng * half; e += blockDim.x) {
       const int g = e / half, i = e - g * half;
       const float* v = buf + g * width;
-      float* o = dst + static_cast<std::size_t>(g0 + g) * stride;
+      float* o = dst + idx(g0 + g) * stride;
       const float c = cs[i], s = sn[i];
       if (!inverse) {  // interleaved in, rotate-half out
         const float a = v[2 * i], b = v[2 * i + 1];
@@ -82,7 +83,7 @@ __global__ void rmsnorm_weight_accumulate_kernel(const float* __restrict__ x, st
   if (j >= cols) return;
   float acc = dw[j];
   for (int i = 0; i < rows; ++i) {
-    const std::size_t ii = static_cast<std::size_t>(i);
+    const std::size_t ii = idx(i);
     acc = __fadd_rn(acc, __fmul_rn(dy[ii * ld_dy + j], __fmul_rn(x[ii * ld_x + j], inv_rms[i])));
   }
   dw[j] = acc;
@@ -100,10 +101,10 @@ struct PackedRow {
 };
 
 __device__ __forceinline__ PackedRow packed_row(std::size_t p, int S, int H, long long z0) {
-  const long long z = z0 + static_cast<long long>(p / static_cast<std::size_t>(S));
-  const int s = static_cast<int>(p % static_cast<std::size_t>(S));
+  const long long z = z0 + static_cast<long long>(p / idx(S));
+  const int s = static_cast<int>(p % idx(S));
   const long long b = z / H;
-  return {static_cast<std::size_t>(b) * S + s, static_cast<int>(z - b * H), s};
+  return {idx(b) * S + s, static_cast<int>(z - b * H), s};
 }
 
 // dst[p·ld_dst + d] = src[r·ld_src + h·head_stride + d], d < width (head_stride 0: shared by heads).
@@ -111,7 +112,7 @@ __global__ void gather_heads_kernel(const float* __restrict__ src, std::size_t l
                                     int S, int H, long long z0, float* __restrict__ dst, int ld_dst) {
   const std::size_t p = blockIdx.x;
   const PackedRow pr = packed_row(p, S, H, z0);
-  const float* from = src + pr.r * ld_src + static_cast<std::size_t>(pr.h) * head_stride;
+  const float* from = src + pr.r * ld_src + idx(pr.h) * head_stride;
   float* to = dst + p * ld_dst;
   for (int d = threadIdx.x; d < width; d += blockDim.x) to[d] = from[d];
 }
@@ -122,7 +123,7 @@ __global__ void scatter_heads_kernel(const float* __restrict__ src, int ld_src, 
   const std::size_t p = blockIdx.x;
   const PackedRow pr = packed_row(p, S, H, z0);
   const float* from = src + p * ld_src;
-  float* to = dst + pr.r * ld_dst + static_cast<std::size_t>(pr.h) * head_stride;
+  float* to = dst + pr.r * ld_dst + idx(pr.h) * head_stride;
   for (int d = threadIdx.x; d < width; d += blockDim.x) to[d] = from[d];
 }
 
@@ -134,11 +135,11 @@ __global__ void sum_heads_kernel(const float* __restrict__ dk, int ld_dk, int wi
   const long long b = z0 / H + static_cast<long long>(blockIdx.x / static_cast<unsigned>(S));
   const int s = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
   const long long h_lo = max(0LL, z0 - b * H), h_hi = min(static_cast<long long>(H), z1 - b * H);
-  const std::size_t r = static_cast<std::size_t>(b) * S + s;
+  const std::size_t r = idx(b) * S + s;
   for (int d = threadIdx.x; d < width; d += blockDim.x) {
     float acc = dk_pe[r * width + d];
     for (long long h = h_lo; h < h_hi; ++h)
-      acc = __fadd_rn(acc, dk[(static_cast<std::size_t>(b * H + h - z0) * S + s) * ld_dk + d]);
+      acc = __fadd_rn(acc, dk[(idx(b * H + h - z0) * S + s) * ld_dk + d]);
     dk_pe[r * width + d] = acc;
   }
 }
@@ -147,7 +148,7 @@ __global__ void sum_heads_kernel(const float* __restrict__ dk, int ld_dk, int wi
 // j <= i, p_j = exp(s_j − max) / Σ, 0 for j > i; lse[r, h] = max + log Σ (nn's order of ops).
 __global__ void causal_softmax_kernel(float* __restrict__ P, std::size_t rows, int S, int H, long long z0,
                                       float scale, float* __restrict__ lse) {
-  const std::size_t row = static_cast<std::size_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.x / 32;
+  const std::size_t row = idx(blockIdx.x) * kSoftmaxWarps + threadIdx.x / 32;
   if (row >= rows) return;  // the whole warp
   const int lane = threadIdx.x % 32;
   const PackedRow pr = packed_row(row, S, H, z0);
@@ -176,7 +177,7 @@ __global__ void causal_softmax_kernel(float* __restrict__ P, std::size_t rows, i
 // D[r, h] = Σ_d dO[r, h·dv + d] · O[r, h·dv + d], d increasing (nn's loop).
 __global__ void row_dot_kernel(const float* __restrict__ attn, const float* __restrict__ d_attn, std::size_t n,
                                int dv, float* __restrict__ D) {
-  const std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float* o = attn + i * dv;
   const float* g = d_attn + i * dv;
@@ -210,7 +211,7 @@ __global__ void softmax_backward_kernel(float* __restrict__ P, float* __restrict
 void gather_heads(const float* src, std::size_t ld_src, int head_stride, int width, const AttentionShape& s,
                   long long z0, int zc, float* dst, int ld_dst, cudaStream_t stream) {
   if (width <= 0 || zc <= 0) return;
-  const unsigned grid = blocks_for(static_cast<std::size_t>(zc) * s.seq_len, "gather_heads");
+  const unsigned grid = blocks_for(idx(zc) * s.seq_len, "gather_heads");
   gather_heads_kernel<<<grid, 64, 0, stream>>>(src, ld_src, head_stride, width, s.seq_len, s.heads, z0, dst, ld_dst);
   check_launch("gather_heads");
 }
@@ -218,7 +219,7 @@ void gather_heads(const float* src, std::size_t ld_src, int head_stride, int wid
 void scatter_heads(const float* src, int ld_src, int width, const AttentionShape& s, long long z0, int zc, float* dst,
                    std::size_t ld_dst, int head_stride, cudaStream_t stream) {
   if (width <= 0 || zc <= 0) return;
-  const unsigned grid = blocks_for(static_cast<std::size_t>(zc) * s.seq_len, "scatter_heads");
+  const unsigned grid = blocks_for(idx(zc) * s.seq_len, "scatter_heads");
   scatter_heads_kernel<<<grid, 64, 0, stream>>>(src, ld_src, width, s.seq_len, s.heads, z0, dst, ld_dst, head_stride);
   check_launch("scatter_heads");
 }
@@ -253,9 +254,9 @@ CoreLayout core_layout(const AttentionShape& s, int chunk, bool backward) {
     at += round_up(n);
     return here;
   };
-  const std::size_t zs = static_cast<std::size_t>(chunk) * s.seq_len;
+  const std::size_t zs = idx(chunk) * s.seq_len;
   const std::size_t qk = s.qk(), dv = s.dv, S = s.seq_len;
-  if (backward) L.d = take(static_cast<std::size_t>(s.rows) * s.heads);
+  if (backward) L.d = take(idx(s.rows) * s.heads);
   L.qg = take(zs * qk);
   L.kg = take(zs * qk);
   L.vg = take(zs * dv);
@@ -277,10 +278,10 @@ CoreLayout core_layout(const AttentionShape& s, int chunk, bool backward) {
 void gather_qkv(const AttentionShape& s, long long z0, int zc, const float* q, const float* kv, const float* k_pe,
                 float* Qg, float* Kg, float* Vg, cudaStream_t stream) {
   const int qk = s.qk(), dkv = s.nope + s.dv;
-  const std::size_t ldq = static_cast<std::size_t>(s.heads) * qk, ldkv = static_cast<std::size_t>(s.heads) * dkv;
+  const std::size_t ldq = idx(s.heads) * qk, ldkv = idx(s.heads) * dkv;
   gather_heads(q, ldq, qk, qk, s, z0, zc, Qg, qk, stream);
   gather_heads(kv, ldkv, dkv, s.nope, s, z0, zc, Kg, qk, stream);
-  gather_heads(k_pe, static_cast<std::size_t>(s.rope), 0, s.rope, s, z0, zc, Kg + s.nope, qk, stream);
+  gather_heads(k_pe, idx(s.rope), 0, s.rope, s, z0, zc, Kg + s.nope, qk, stream);
   gather_heads(kv + s.nope, ldkv, dkv, s.dv, s, z0, zc, Vg, s.dv, stream);
 }
 
@@ -292,16 +293,16 @@ std::vector<float> rope_cos_sin(int seq_len, int width, double theta) {
   require(seq_len > 0, "rope_cos_sin: seq_len must be > 0");
   require(width > 0 && width % 2 == 0, "rope_cos_sin: width must be even and > 0");
   const int half = width / 2;
-  std::vector<double> inv_freq(static_cast<std::size_t>(half));
+  std::vector<double> inv_freq(idx(half));
   for (int i = 0; i < half; ++i)
     inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(width));
-  const std::size_t plane = static_cast<std::size_t>(seq_len) * half;
+  const std::size_t plane = idx(seq_len) * half;
   std::vector<float> t(2 * plane);
   for (int p = 0; p < seq_len; ++p) {
     const double pos = static_cast<double>(p);
     for (int i = 0; i < half; ++i) {
-      t[static_cast<std::size_t>(p) * half + i] = static_cast<float>(std::cos(pos * inv_freq[i]));
-      t[plane + static_cast<std::size_t>(p) * half + i] = static_cast<float>(std::sin(pos * inv_freq[i]));
+      t[idx(p) * half + i] = static_cast<float>(std::cos(pos * inv_freq[i]));
+      t[plane + idx(p) * half + i] = static_cast<float>(std::sin(pos * inv_freq[i]));
     }
   }
   return t;
@@ -313,8 +314,8 @@ void rope_apply(const float* in, int ld_in, float* out, int ld_out, int rows, in
   require(count >= 0 && (count <= 1 || stride >= width), "rope_apply: groups overlap (stride < width)");
   require(seq_len > 0 && rows >= 0 && rows % seq_len == 0, "rope_apply: rows must be a multiple of seq_len > 0");
   if (rows == 0 || count == 0) return;
-  rope_kernel<<<blocks_for(static_cast<std::size_t>(rows), "rope_apply"), 128, 0, stream>>>(
-      in, static_cast<std::size_t>(ld_in), out, static_cast<std::size_t>(ld_out), width, count, stride, seq_len, table,
+  rope_kernel<<<blocks_for(idx(rows), "rope_apply"), 128, 0, stream>>>(
+      in, idx(ld_in), out, idx(ld_out), width, count, stride, seq_len, table,
       inverse ? 1 : 0);
   check_launch("rope_apply");
 }
@@ -324,7 +325,7 @@ void rmsnorm_weight_accumulate(const float* x, int ld_x, const float* dy, int ld
   require(rows >= 0 && cols >= 0 && ld_x >= cols && ld_dy >= cols, "rmsnorm_weight_accumulate: bad shape");
   if (rows == 0 || cols == 0) return;
   rmsnorm_weight_accumulate_kernel<<<static_cast<unsigned>(ceil_div(cols, 128)), 128, 0, stream>>>(
-      x, static_cast<std::size_t>(ld_x), dy, static_cast<std::size_t>(ld_dy), inv_rms, rows, cols, dw);
+      x, idx(ld_x), dy, idx(ld_dy), inv_rms, rows, cols, dw);
   check_launch("rmsnorm_weight_accumulate");
 }
 
@@ -332,10 +333,10 @@ int attention_core_chunk(const AttentionShape& s, std::size_t budget_bytes, bool
   check_core_shape(s, 1, "attention_core_chunk");
   const std::size_t S = s.seq_len, qk = s.qk(), dv = s.dv;
   const std::size_t per_pair = backward ? S * (4 * qk + 3 * dv + 2 * S) : S * (2 * qk + 2 * dv + S);
-  const std::size_t pairs = static_cast<std::size_t>(s.sequences()) * s.heads;
+  const std::size_t pairs = idx(s.sequences()) * s.heads;
   std::size_t z = budget_bytes / (sizeof(float) * per_pair);
   z = std::min(z, pairs);
-  z = std::min(z, static_cast<std::size_t>(INT_MAX));
+  z = std::min(z, idx(INT_MAX));
   return static_cast<int>(std::max<std::size_t>(z, 1));
 }
 
@@ -359,13 +360,13 @@ void attention_core_forward(Blas& blas, const AttentionShape& s, int chunk, cons
     gather_qkv(s, z0, zc, q, kv, k_pe, w.qg, w.kg, w.vg, stream);
     // raw scores [zc, S, S] = Q·Kᵀ (one dot product over [nope | rope] per entry, as nn)
     blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, w.qg, qk, sqk, w.kg, qk, sqk, 0.0f, w.p, S, sq, zc);
-    const std::size_t rows = static_cast<std::size_t>(zc) * S;
+    const std::size_t rows = idx(zc) * S;
     causal_softmax_kernel<<<blocks_for((rows + kSoftmaxWarps - 1) / kSoftmaxWarps, "causal_softmax"),
                             32 * kSoftmaxWarps, 0, stream>>>(w.p, rows, S, H, z0, s.scale, lse);
     check_launch("causal_softmax");
     // O = P·V; P is zero above the diagonal, so each row sums over its own prefix only
     blas.gemm_strided_batched(false, false, S, dv, S, 1.0f, w.p, S, sq, w.vg, dv, sdv, 0.0f, w.og, dv, sdv, zc);
-    scatter_heads(w.og, dv, dv, s, z0, zc, attn, static_cast<std::size_t>(H) * dv, dv, stream);
+    scatter_heads(w.og, dv, dv, s, z0, zc, attn, idx(H) * dv, dv, stream);
   }
 }
 
@@ -380,15 +381,15 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
                   sdv = static_cast<long long>(S) * dv;
   const CoreParts<float*> w = core_layout(s, chunk, true).in(workspace);
 
-  const std::size_t rh = static_cast<std::size_t>(s.rows) * H;
+  const std::size_t rh = idx(s.rows) * H;
   row_dot_kernel<<<blocks_for((rh + 255) / 256, "row_dot"), 256, 0, stream>>>(attn, d_attn, rh, dv, w.d);
   check_launch("row_dot");
   if (s.rope > 0)
-    check(cudaMemsetAsync(dk_pe, 0, sizeof(float) * static_cast<std::size_t>(s.rows) * s.rope, stream),
+    check(cudaMemsetAsync(dk_pe, 0, sizeof(float) * idx(s.rows) * s.rope, stream),
           "attention_core_backward: zero dk_pe");
 
-  const std::size_t ldq = static_cast<std::size_t>(H) * qk, ldkv = static_cast<std::size_t>(H) * dkvw,
-                    ldo = static_cast<std::size_t>(H) * dv;
+  const std::size_t ldq = idx(H) * qk, ldkv = idx(H) * dkvw,
+                    ldo = idx(H) * dv;
   const long long pairs = static_cast<long long>(s.sequences()) * H;
   for (long long z0 = 0; z0 < pairs; z0 += chunk) {
     const int zc = static_cast<int>(std::min<long long>(chunk, pairs - z0));
@@ -396,7 +397,7 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
     gather_heads(d_attn, ldo, dv, dv, s, z0, zc, w.dog, dv, stream);
     blas.gemm_strided_batched(false, true, S, S, qk, 1.0f, w.qg, qk, sqk, w.kg, qk, sqk, 0.0f, w.p, S, sq, zc);
     blas.gemm_strided_batched(false, true, S, S, dv, 1.0f, w.dog, dv, sdv, w.vg, dv, sdv, 0.0f, w.ds, S, sq, zc);
-    const std::size_t rows = static_cast<std::size_t>(zc) * S;
+    const std::size_t rows = idx(zc) * S;
     softmax_backward_kernel<<<blocks_for(rows, "softmax_backward"), 128, 0, stream>>>(w.p, w.ds, S, H, z0, s.scale,
                                                                                        lse, w.d);
     check_launch("softmax_backward");
@@ -409,7 +410,7 @@ void attention_core_backward(Blas& blas, const AttentionShape& s, int chunk, con
     scatter_heads(w.dvg, dv, dv, s, z0, zc, dkv + s.nope, ldkv, dkvw, stream);
     if (s.rope > 0) {
       const long long b_first = z0 / H, b_last = (z0 + zc - 1) / H;
-      const std::size_t grid = static_cast<std::size_t>(b_last - b_first + 1) * S;
+      const std::size_t grid = idx(b_last - b_first + 1) * S;
       sum_heads_kernel<<<blocks_for(grid, "sum_heads"), 64, 0, stream>>>(w.dkg + s.nope, qk, s.rope, S, H, z0,
                                                                          z0 + zc, dk_pe);
       check_launch("sum_heads");
@@ -447,7 +448,7 @@ void copy_cols(float* dst, int ld_dst, const float* src, int ld_src, int width, 
                const char* what) {
   if (rows == 0 || width == 0) return;
   check(cudaMemcpy2DAsync(dst, sizeof(float) * ld_dst, src, sizeof(float) * ld_src, sizeof(float) * width,
-                          static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream),
+                          idx(rows), cudaMemcpyDeviceToDevice, stream),
         what);
 }
 
@@ -587,7 +588,7 @@ void MlaDevice::forward(const MlaDeviceWeights& w, const float* x, int rows, int
   require(seq_len > 0 && rows >= 0 && rows % seq_len == 0, "MlaDevice::forward: rows must be a multiple of seq_len > 0");
   require(rows == 0 || (x != nullptr && out != nullptr), "MlaDevice::forward: x and out must be device pointers");
   cudaStream_t st = stream();
-  const std::size_t M = static_cast<std::size_t>(rows);
+  const std::size_t M = idx(rows);
   const int H = c_.heads, qk = c_.qk_head(), dkv = c_.qk_nope + c_.v_head;
   const int kva = c_.kv_lora_rank + c_.qk_rope, ql = c_.q_lora_rank, kl = c_.kv_lora_rank;
   const bool keep = saved != nullptr && !c_.recompute;
@@ -642,7 +643,7 @@ void MlaDevice::backward_input(const MlaDeviceWeights& w, const MlaDeviceSaved& 
                                MlaDeviceInputGrad& g) {
   check_tensors(c_, w, "weights");
   const int rows = s.rows;
-  const std::size_t M = static_cast<std::size_t>(rows);
+  const std::size_t M = idx(rows);
   const int H = c_.heads, qk = c_.qk_head(), dkv = c_.qk_nope + c_.v_head;
   const int kva = c_.kv_lora_rank + c_.qk_rope, ql = c_.q_lora_rank, kl = c_.kv_lora_rank;
   require(s.seq_len > 0 && rows >= 0 && rows % s.seq_len == 0 && s.x.size() == M * c_.hidden &&
@@ -724,7 +725,7 @@ void MlaDevice::backward_weight(const MlaDeviceSaved& s, const MlaDeviceInputGra
                                 const MlaDeviceGrads& grads) {
   check_tensors(c_, grads, "grads");
   const int rows = s.rows;
-  const std::size_t M = static_cast<std::size_t>(rows);
+  const std::size_t M = idx(rows);
   const int H = c_.heads, qk = c_.qk_head(), dkv = c_.qk_nope + c_.v_head;
   const int kva = c_.kv_lora_rank + c_.qk_rope, ql = c_.q_lora_rank, kl = c_.kv_lora_rank;
   require(rows >= 0 && s.x.size() == M * c_.hidden && s.kv_a.size() == M * kva && s.attn.size() == M * H * c_.v_head &&

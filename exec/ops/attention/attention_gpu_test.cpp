@@ -65,7 +65,6 @@ namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
 using gputest::expect;
 using gputest::name;
-using gputest::to_nn;
 using gputest::is_bf16;
 using gputest::flat;
 using gputest::same_bits;
@@ -220,8 +219,8 @@ struct DeviceTensors {
     store.reserve(8);
     for_each_tensor(w, p, [&](const char*, const auto& t, float*& ptr) {
       if (t.size() == 0) return;
-      store.emplace_back(static_cast<std::size_t>(t.size()));
-      store.back().upload(t.data(), static_cast<std::size_t>(t.size()));
+      store.emplace_back(idx(t.size()));
+      store.back().upload(t.data(), idx(t.size()));
       ptr = store.back().get();
     });
   }
@@ -300,7 +299,7 @@ Tensors state(const Out& out, const Saved& s, const Grad& g, Get get) {
 }
 
 Tensors run_cpu(const Inputs& in, cu::Numerics num = cu::Numerics::exact) {
-  const nn::Numerics ex = to_nn(num);
+  const nn::Numerics ex = num;
   nn::MlaSaved<float> s;
   const nn::Mat<float> out = nn::mla_forward<float>(in.c, in.w, in.x, in.seq_len, ex, &s);
   const nn::MlaInputGrad<float> g = nn::mla_backward_input<float>(in.c, in.w, s, in.dy, ex);
@@ -349,7 +348,7 @@ void check_prepared(const std::string& tag, const Inputs& in, const cu::MlaDevic
     cu::Fp8Weight want;
     lin.quantize_weight(cu::ConstDeviceMat(p.w, p.n, p.k), want);
     cu::check(cudaStreamSynchronize(mla.stream()), "prepared weights");
-    const std::size_t codes = static_cast<std::size_t>(want.padded_rows()) * want.padded_cols();
+    const std::size_t codes = idx(want.padded_rows()) * want.padded_cols();
     const bool same = got->rows() == want.rows() && got->cols() == want.cols() &&
                       got->padded_rows() == want.padded_rows() && got->padded_cols() == want.padded_cols() &&
                       got->scales_count() == want.scales_count() && got->t_scales_count() == want.t_scales_count() &&
@@ -391,7 +390,7 @@ Tensors run_gpu(const Inputs& in, std::size_t core_budget, cu::Numerics num = cu
 
   Tensors t = state(out, s, g, [](const auto& b) { return to_host(b); });
   for_each_tensor(grads.shapes, grads.p, [&](const char* name, const auto& m, float* ptr) {
-    if (m.size() > 0) t[std::string("grad.") + name] = to_host(ptr, static_cast<std::size_t>(m.size()));
+    if (m.size() > 0) t[std::string("grad.") + name] = to_host(ptr, idx(m.size()));
   });
   return t;
 }

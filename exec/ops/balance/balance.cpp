@@ -38,7 +38,7 @@ LoadStats load_stats(const std::vector<int64_t>& counts) {
 
 template <class T>
 void update_bias(Vec<T>& bias, const std::vector<int64_t>& counts, double gamma) {
-  if (static_cast<size_t>(bias.size()) != counts.size())
+  if (idx(bias.size()) != counts.size())
     throw std::invalid_argument("update_bias: bias and counts differ in size");
   int64_t total = 0;
   for (int64_t c : counts) total += c;
@@ -73,7 +73,7 @@ BalanceLoss<T> balance_loss_forward(const Routing& routing, const Mat<T>& scores
   for (int q = 0; q < n_seq; ++q) {
     std::vector<int64_t> count(idx(E), 0);
     for (int t = q * seq_len; t < (q + 1) * seq_len; ++t) {
-      for (int j = 0; j < K; ++j) ++count[static_cast<size_t>(routing.at(t, j))];
+      for (int j = 0; j < K; ++j) ++count[idx(routing.at(t, j))];
       T sum = 0;
       for (int e = 0; e < E; ++e) sum += scores(t, e);
       for (int e = 0; e < E; ++e) out.P(q, e) += scores(t, e) / sum;

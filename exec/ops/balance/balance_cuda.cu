@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 
 namespace tandem::cuda {
@@ -40,13 +41,13 @@ __global__ void balance_forward_kernel(const float* __restrict__ scores, const i
   extern __shared__ float row_sum[];  // [blockDim.x]
   const int q = blockIdx.x;
   const int e = threadIdx.x;
-  const std::size_t first = static_cast<std::size_t>(q) * static_cast<std::size_t>(seq_len);
+  const std::size_t first = idx(q) * idx(seq_len);
   float p = 0.0f;
   long long count = 0;
   for (int c0 = 0; c0 < seq_len; c0 += blockDim.x) {
     const int n = min(static_cast<int>(blockDim.x), seq_len - c0);
     if (static_cast<int>(threadIdx.x) < n) {
-      const float* row = scores + (first + c0 + threadIdx.x) * static_cast<std::size_t>(E);
+      const float* row = scores + (first + c0 + threadIdx.x) * idx(E);
       float sum = 0.0f;
       for (int j = 0; j < E; ++j) sum = __fadd_rn(sum, row[j]);
       row_sum[threadIdx.x] = sum;
@@ -54,7 +55,7 @@ __global__ void balance_forward_kernel(const float* __restrict__ scores, const i
     __syncthreads();
     if (e < E) {
       for (int i = 0; i < n; ++i) {
-        const std::size_t t = first + static_cast<std::size_t>(c0 + i);
+        const std::size_t t = first + idx(c0 + i);
         p = __fadd_rn(p, __fdiv_rn(scores[t * E + e], row_sum[i]));
         const int32_t* ids = expert + t * K;
         for (int j = 0; j < K; ++j) count += ids[j] == e ? 1 : 0;
@@ -62,7 +63,7 @@ __global__ void balance_forward_kernel(const float* __restrict__ scores, const i
     }
     __syncthreads();  // row_sum is rewritten by the next chunk
   }
-  const std::size_t qe = static_cast<std::size_t>(q) * E;
+  const std::size_t qe = idx(q) * E;
   if (e < E) {
     f[qe + e] = __fmul_rn(f_scale, __ll2float_rn(count));
     P[qe + e] = __fdiv_rn(p, static_cast<float>(seq_len));
@@ -96,8 +97,8 @@ __global__ void balance_backward_kernel(const float* __restrict__ f, const float
   const float T = static_cast<float>(seq_len);
   if (static_cast<int>(threadIdx.x) < n) {
     const int t = t0 + threadIdx.x;
-    const float* row = scores + static_cast<std::size_t>(t) * E;
-    const float* fq = f + static_cast<std::size_t>(t / seq_len) * E;
+    const float* row = scores + idx(t) * E;
+    const float* fq = f + idx(t / seq_len) * E;
     float sum = 0.0f;
     for (int j = 0; j < E; ++j) sum = __fadd_rn(sum, row[j]);
     float dot = 0.0f;
@@ -109,14 +110,14 @@ __global__ void balance_backward_kernel(const float* __restrict__ f, const float
     s_dot[threadIdx.x] = dot;
   }
   __syncthreads();
-  const std::size_t total = static_cast<std::size_t>(n) * E;
-  const std::size_t base = static_cast<std::size_t>(t0) * E;
-  for (std::size_t idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int i = static_cast<int>(idx / E);
-    const int j = static_cast<int>(idx % E);
+  const std::size_t total = idx(n) * E;
+  const std::size_t base = idx(t0) * E;
+  for (std::size_t e = threadIdx.x; e < total; e += blockDim.x) {
+    const int i = static_cast<int>(e / E);
+    const int j = static_cast<int>(e % E);
     const int t = t0 + i;
-    const float g = __fdiv_rn(__fmul_rn(d_loss_alpha, f[static_cast<std::size_t>(t / seq_len) * E + j]), T);
-    d_scores[base + idx] = __fdiv_rn(__fsub_rn(g, s_dot[i]), s_sum[i]);
+    const float g = __fdiv_rn(__fmul_rn(d_loss_alpha, f[idx(t / seq_len) * E + j]), T);
+    d_scores[base + e] = __fdiv_rn(__fsub_rn(g, s_dot[i]), s_sum[i]);
   }
 }
 
@@ -140,7 +141,7 @@ void balance_loss_forward(const float* scores, const int32_t* expert, int tokens
   const float a = static_cast<float>(alpha);
   const int threads = forward_threads(n_routed);
   balance_forward_kernel<<<static_cast<unsigned>(sequences), static_cast<unsigned>(threads),
-                           static_cast<std::size_t>(threads) * sizeof(float), stream>>>(
+                           idx(threads) * sizeof(float), stream>>>(
       scores, expert, n_routed, top_k, seq_len, f_scale, a, f, P, per_sequence);
   check_launch("balance_loss_forward");
   balance_sum_kernel<<<1, 1, 0, stream>>>(per_sequence, sequences, loss);

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 
@@ -27,13 +28,13 @@ __global__ void embedding_forward_kernel(const float* __restrict__ table, int vo
                                          int* bad_token) {
   const int i = blockIdx.x;
   const int tok = tokens[i];
-  float* dst = out + static_cast<std::size_t>(i) * hidden;
+  float* dst = out + idx(i) * hidden;
   if (tok < 0 || tok >= vocab) {
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = __int_as_float(0x7FC00000);
     if (threadIdx.x == 0 && bad_token) *bad_token = 1;
     return;
   }
-  const float* src = table + static_cast<std::size_t>(tok) * hidden;
+  const float* src = table + idx(tok) * hidden;
   for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = src[j];
 }
 
@@ -58,7 +59,7 @@ embedding_backward_kernel(const int32_t* __restrict__ tokens, int n, const float
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* row = d_table + static_cast<std::size_t>(tok) * hidden;
+  float* row = d_table + idx(tok) * hidden;
   for (int col0 = 0; col0 < hidden; col0 += kEmbThreads * kEmbCols) {
     float acc[kEmbCols];
 #pragma unroll
@@ -80,7 +81,7 @@ embedding_backward_kernel(const int32_t* __restrict__ tokens, int n, const float
       if (same) matches[offset + __popc(ballot & ((1u << lane) - 1u))] = k;
       __syncthreads();
       for (int q = 0; q < total; ++q) {
-        const float* src = d_out + static_cast<std::size_t>(matches[q]) * hidden;
+        const float* src = d_out + idx(matches[q]) * hidden;
 #pragma unroll
         for (int c = 0; c < kEmbCols; ++c) {
           const int j = col0 + c * kEmbThreads + static_cast<int>(threadIdx.x);

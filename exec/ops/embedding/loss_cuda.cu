@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 
@@ -50,7 +51,7 @@ cross_entropy_kernel(const float* __restrict__ logits, int vocab, const int32_t*
   __shared__ float red_f[kCeWarps];
   __shared__ double red_d[kCeWarps];
   const int i = blockIdx.x;
-  const std::size_t base = static_cast<std::size_t>(i) * vocab;
+  const std::size_t base = idx(i) * vocab;
   const float* li = logits + base;
   float* di = d_logits + base;
   const int t = targets[i];

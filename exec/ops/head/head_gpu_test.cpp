@@ -53,7 +53,6 @@ using gputest::compare_increment;
 using gputest::expect;
 using gputest::name;
 using gputest::norm_weight;
-using gputest::to_nn;
 using gputest::kAllNumerics;
 using gputest::flat;
 using gputest::same_bits;
@@ -155,7 +154,7 @@ TANDEM_GPU_CHECK(head) {
   HeadRun bf16_run;
   for (cu::Numerics num : kAllNumerics) {
     const std::string tag = std::string("head ") + name(num);
-    const nn::Numerics n = to_nn(num);
+    const nn::Numerics n = num;
     nn::HeadSaved<float> saved;
     const nn::Mat<float> logits = nn::head_forward<float>(norm, proj, h, kEps, n, &saved);
     const nn::CrossEntropy<float> ce = nn::cross_entropy<float>(logits, targets, scale);

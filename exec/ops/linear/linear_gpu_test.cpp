@@ -83,7 +83,6 @@ using tandem::gputest::expect;
 using tandem::gputest::is_bf16;
 using tandem::gputest::kAllNumerics;
 using tandem::gputest::name;
-using tandem::gputest::to_nn;
 using tandem::gputest::flat;
 using tandem::gputest::gemm_abt64;
 using tandem::gputest::sync_device;
@@ -386,7 +385,7 @@ void check_linear_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int 
                        cu::Numerics num) {
   const std::string tag = std::string("linear ") + name(num) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
                           " N=" + std::to_string(N);
-  const nn::Numerics nnum = to_nn(num);
+  const nn::Numerics nnum = num;
   const uint64_t seed = 1000u + static_cast<uint64_t>(M) * 7 + static_cast<uint64_t>(K) * 3 + static_cast<uint64_t>(N);
   const MatF x = random_mat<float>(M, K, seed), W = random_mat<float>(N, K, seed + 1, 0.05);
   const MatF dy = random_mat<float>(M, N, seed + 2), dW0 = random_mat<float>(N, K, seed + 3, 0.1);
@@ -571,7 +570,7 @@ void check_ffn_case(cu::Blas& blas, cu::LtFp8Gemm& lt, const Stream& st, int row
                     cu::Numerics num) {
   const std::string tag = std::string("ffn ") + name(num) + " rows=" + std::to_string(rows) + " hidden=" +
                           std::to_string(H) + " inter=" + std::to_string(I);
-  const nn::Numerics nnum = to_nn(num);
+  const nn::Numerics nnum = num;
   const uint64_t seed = 5000u + static_cast<uint64_t>(rows) * 11 + static_cast<uint64_t>(H) * 5 + static_cast<uint64_t>(I);
   nn::FfnWeights<float> w;
   w.gate = random_mat<float>(I, H, seed, 1.0 / std::sqrt(H));

@@ -76,7 +76,7 @@ Buffer start(Kind kind, Wire wire, int64_t rows, int64_t cols) {
   const uint32_t h[6] = {kMagic, static_cast<uint32_t>(kind), static_cast<uint32_t>(wire),
                          elem_bytes<T>(wire), static_cast<uint32_t>(rows), static_cast<uint32_t>(cols)};
   size_t payload = idx(rows * cols) * elem_bytes<T>(wire);
-  if (wire == Wire::fp8) payload += static_cast<size_t>(rows * ((cols + fp8::kBlock - 1) / fp8::kBlock)) * sizeof(float);
+  if (wire == Wire::fp8) payload += idx(rows * ((cols + fp8::kBlock - 1) / fp8::kBlock)) * sizeof(float);
   Buffer b;
   b.reserve(kHeaderBytes + (kind == Kind::dispatch ? idx(rows) * sizeof(int32_t) : 0) + payload);
   put(b, h, sizeof h);
@@ -154,7 +154,7 @@ void get_payload(Reader& r, const Header& h, RowFn dst, fp8::RowwiseFp8* q_out =
       q.rows = static_cast<int>(n);
       q.cols = static_cast<int>(cols);
       q.data.resize(idx(n * cols));
-      q.scales.resize(static_cast<size_t>(q.k_blocks()) * q.rows);
+      q.scales.resize(idx(q.k_blocks()) * q.rows);
       r.get(q.data.data(), q.data.size());
       r.get(q.scales.data(), q.scales.size() * sizeof(float));
       const std::vector<float> deq = fp8::dequantize(q);
@@ -388,7 +388,7 @@ ExpertRows<T> unpack_dispatch(const EpLayout& layout, int rank, const std::vecto
         q.rows = static_cast<int>(seg.padded[idx(e)]);
         q.cols = seg.cols;
         q.data.assign(idx(q.rows) * q.cols, uint8_t{0});
-        q.scales.assign(static_cast<size_t>(q.k_blocks()) * q.rows, 1.0f);
+        q.scales.assign(idx(q.k_blocks()) * q.rows, 1.0f);
       }
   }
   for (int s = 0; s < seg.ep; ++s) {

@@ -195,7 +195,7 @@ TEST_CASE("moe dispatch: BF16 and FP8 wires (1x128 power-of-two scales, row by r
   for (int s = 0; s < 2; ++s) {
     send.push_back(pack_dispatch<float>(m[s].plan, x[s], Wire::fp8));
     for (int d = 0; d < 2; ++d) {
-      const size_t n = static_cast<size_t>(m[s].plan.rows_to(d));
+      const size_t n = idx(m[s].plan.rows_to(d));
       REQUIRE(send[s][d].size() == 24 + 4 * n + n * H + n * 2 * 4);  // header, ids, codes, scales
     }
   }

@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 #include "exec/backends/cuda/infra/fp8_kernels.h"
@@ -47,25 +48,25 @@ __device__ __forceinline__ float dequantize_one(uint32_t code, float scale) {
 }
 
 __global__ void pack_bf16_kernel(const float* __restrict__ x, size_t n, uint16_t* __restrict__ out) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+  const size_t stride = idx(gridDim.x) * blockDim.x;
+  for (size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     out[i] = bf16_bits(x[i]);
 }
 
 __global__ void unpack_bf16_kernel(const uint16_t* __restrict__ in, size_t n, float* __restrict__ out) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+  const size_t stride = idx(gridDim.x) * blockDim.x;
+  for (size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     out[i] = __uint_as_float(static_cast<uint32_t>(in[i]) << 16);
 }
 
 __global__ void dequantize_rowwise_kernel(const uint8_t* __restrict__ codes, const float* __restrict__ scales,
                                           int rows, int cols, float* __restrict__ out) {
-  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const size_t r = i / static_cast<size_t>(cols);
-    const size_t c = i % static_cast<size_t>(cols);
-    const float s = scales[(c / kQuantBlock) * static_cast<size_t>(rows) + r];
+  const size_t n = idx(rows) * idx(cols);
+  const size_t stride = idx(gridDim.x) * blockDim.x;
+  for (size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const size_t r = i / idx(cols);
+    const size_t c = i % idx(cols);
+    const float s = scales[(c / kQuantBlock) * idx(rows) + r];
     out[i] = dequantize_one(codes[i], s);
   }
 }
@@ -74,15 +75,15 @@ __global__ void dequantize_rowwise_kernel(const uint8_t* __restrict__ codes, con
 size_t elements(const char* op, int rows, int cols) {
   if (rows < 0) throw std::invalid_argument(std::string(op) + ": rows must be >= 0");
   if (cols < 0) throw std::invalid_argument(std::string(op) + ": cols must be >= 0");
-  return static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  return idx(rows) * idx(cols);
 }
 
 __global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ src_row, int cols,
                                    float* __restrict__ dst) {
   const int i = blockIdx.x;
   const int s = src_row[i];
-  float* d = dst + static_cast<size_t>(i) * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s >= 0 ? src[static_cast<size_t>(s) * cols + c] : 0.0f;
+  float* d = dst + idx(i) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s >= 0 ? src[idx(s) * cols + c] : 0.0f;
 }
 
 __global__ void combine_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ row,
@@ -91,10 +92,10 @@ __global__ void combine_rows_kernel(const float* __restrict__ src, const int32_t
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
     float acc = 0.0f;
     for (int j = 0; j < k; ++j) {
-      const int s = row[static_cast<size_t>(t) * k + j];
-      if (s >= 0) acc = __fadd_rn(acc, __fmul_rn(weight[static_cast<size_t>(t) * k + j], src[static_cast<size_t>(s) * cols + c]));
+      const int s = row[idx(t) * k + j];
+      if (s >= 0) acc = __fadd_rn(acc, __fmul_rn(weight[idx(t) * k + j], src[idx(s) * cols + c]));
     }
-    dst[static_cast<size_t>(t) * cols + c] = acc;
+    dst[idx(t) * cols + c] = acc;
   }
 }
 

@@ -82,7 +82,7 @@ std::size_t moe_wire_block_bytes(Wire wire, std::size_t rows, int cols) {
   switch (wire) {
     case Wire::exact: return n * sizeof(float);
     case Wire::bf16: return n * sizeof(uint16_t);
-    case Wire::fp8: return align16(n) + static_cast<std::size_t>(k_blocks(cols)) * rows * sizeof(float);
+    case Wire::fp8: return align16(n) + idx(k_blocks(cols)) * rows * sizeof(float);
   }
   throw std::invalid_argument("moe_wire_block_bytes: unknown wire");
 }

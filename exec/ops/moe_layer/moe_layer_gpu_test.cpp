@@ -186,7 +186,7 @@ void check_wire_fp8() {
         // The wire on the device end to end (the moe layer's FP8 path).
         cu::DeviceBuffer<float> dx = to_device(x), out(x.size());
         cu::DeviceBuffer<uint8_t> dc(x.size());
-        cu::DeviceBuffer<float> ds(static_cast<std::size_t>(cu::k_blocks(cols)) * rows);
+        cu::DeviceBuffer<float> ds(idx(cu::k_blocks(cols)) * rows);
         tandem::gputest::sync_device("wire: uploads");
         cu::quantize_rowwise(dx.get(), rows, cols, dc.get(), ds.get(), true, nullptr);
         cu::dequantize_rowwise(dc.get(), ds.get(), rows, cols, out.get(), nullptr);

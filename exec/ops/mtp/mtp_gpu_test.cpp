@@ -48,7 +48,6 @@ using gputest::compare_increment;
 using gputest::expect;
 using gputest::name;
 using gputest::norm_weight;
-using gputest::to_nn;
 using gputest::kAllNumerics;
 using gputest::flat;
 using gputest::same_bits;
@@ -142,7 +141,7 @@ TANDEM_GPU_CHECK(mtp) {
 
   for (cu::Numerics num : kAllNumerics) {
     const std::string tag = std::string("mtp ") + name(num);
-    const nn::Numerics n = to_nn(num);
+    const nn::Numerics n = num;
     nn::MtpSaved<float> saved;
     const nn::Mat<float> out = nn::mtp_input_forward<float>(w, h, emb, kEps, n, &saved);
     const nn::MtpInputGrad<float> g = nn::mtp_input_backward_input<float>(w, saved, dy, kEps, n);

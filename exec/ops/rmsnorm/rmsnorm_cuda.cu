@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 
 namespace tandem::cuda {
@@ -29,7 +30,7 @@ __device__ float block_sum(float v, float* shared32) {
 __global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, int cols, float eps,
                                        float* __restrict__ y, float* __restrict__ inv_rms) {
   __shared__ float red[32];
-  const size_t base = static_cast<size_t>(blockIdx.x) * cols;
+  const size_t base = idx(blockIdx.x) * cols;
   float ss = 0.0f;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) ss += x[base + j] * x[base + j];
   ss = block_sum(ss, red);
@@ -41,7 +42,7 @@ __global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float*
 __global__ void rmsnorm_backward_input_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                               const float* __restrict__ dy, int cols, float eps, float* __restrict__ dx) {
   __shared__ float red[32];
-  const size_t base = static_cast<size_t>(blockIdx.x) * cols;
+  const size_t base = idx(blockIdx.x) * cols;
   float ss = 0.0f;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) ss += x[base + j] * x[base + j];
   ss = block_sum(ss, red);
@@ -61,7 +62,7 @@ __global__ void rmsnorm_backward_weight_kernel(const float* __restrict__ x, cons
   if (j >= cols) return;
   float acc = 0.0f;
   for (int i = 0; i < rows; ++i) {
-    const size_t k = static_cast<size_t>(i) * cols + j;
+    const size_t k = idx(i) * cols + j;
     acc = __fadd_rn(acc, __fmul_rn(dy[k], __fmul_rn(x[k], inv_rms[i])));
   }
   dw[j] = acc;
@@ -87,7 +88,7 @@ void rmsnorm_backward_weight(const float* x, const float* dy, const float* inv_r
                              cudaStream_t stream) {
   if (cols <= 0) return;
   if (rows <= 0) {
-    check(cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(cols), stream), "rmsnorm_backward_weight");
+    check(cudaMemsetAsync(dw, 0, sizeof(float) * idx(cols), stream), "rmsnorm_backward_weight");
     return;
   }
   rmsnorm_backward_weight_kernel<<<static_cast<unsigned>(ceil_div(cols, 256)), 256, 0, stream>>>(x, dy, inv_rms, rows,

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/blas.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
@@ -49,8 +50,8 @@ __device__ __forceinline__ Cand warp_best(Cand c) {
 }
 
 __global__ void router_sigmoid_kernel(const float* logits, std::size_t n, float* scores) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x) {
     // T(1) / (T(1) + std::exp(-z)) of exec/ops, exp(−z) rounded once to FP32 from double.
     const float e = __double2float_rn(exp(-static_cast<double>(logits[i])));
     scores[i] = __fdiv_rn(1.0f, __fadd_rn(1.0f, e));
@@ -71,10 +72,10 @@ __global__ void router_select_kernel(const float* __restrict__ scores, const flo
   const int t = blockIdx.x * warps + warp;
   if (t >= tokens) return;  // whole warps only; no block-level barrier below
   const int E = a.E, G = a.G, K = a.K, per = E / G;
-  float* b = smem + static_cast<std::size_t>(warp) * (E + G + K);
+  float* b = smem + idx(warp) * (E + G + K);
   float* gs = b + E;
   int* picks = reinterpret_cast<int*>(gs + G);
-  const float* s = scores + static_cast<std::size_t>(t) * E;
+  const float* s = scores + idx(t) * E;
 
   for (int e = lane; e < E; e += 32) b[e] = __fadd_rn(s[e], bias[e]);
   __syncwarp();
@@ -84,7 +85,7 @@ __global__ void router_select_kernel(const float* __restrict__ scores, const flo
   Cand cut{-INFINITY, kNone};
   if (limit) {
     for (int g = lane; g < G; g += 32) {
-      const float* bg = b + static_cast<std::size_t>(g) * per;
+      const float* bg = b + idx(g) * per;
       float score;
       if (per == 1) {
         score = bg[0];
@@ -147,7 +148,7 @@ __global__ void router_select_kernel(const float* __restrict__ scores, const flo
     const int e = picks[j];
     float g = nan;
     if (e >= 0) g = a.norm ? __fmul_rn(__fdiv_rn(s[e], sum), a.rsf) : __fmul_rn(s[e], a.rsf);
-    const std::size_t o = static_cast<std::size_t>(t) * K + j;
+    const std::size_t o = idx(t) * K + j;
     expert[o] = e;
     gate[o] = g;
   }
@@ -164,11 +165,11 @@ __global__ void router_backward_kernel(const float* __restrict__ scores, const i
   const int t = blockIdx.x * warps + warp;
   if (t >= tokens) return;
   const int E = a.E, K = a.K;
-  int* slot_of = slot_mem + static_cast<std::size_t>(warp) * E;
-  const std::size_t row = static_cast<std::size_t>(t) * E;
+  int* slot_of = slot_mem + idx(warp) * E;
+  const std::size_t row = idx(t) * E;
   const float* s = scores + row;
-  const int32_t* ids = expert + static_cast<std::size_t>(t) * K;
-  const float* dg = d_gate + static_cast<std::size_t>(t) * K;
+  const int32_t* ids = expert + idx(t) * K;
+  const float* dg = d_gate + idx(t) * K;
 
   for (int e = lane; e < E; e += 32) slot_of[e] = -1;
   __syncwarp();
@@ -204,8 +205,8 @@ __global__ void router_backward_kernel(const float* __restrict__ scores, const i
 
 __global__ void expert_counts_kernel(const int32_t* __restrict__ expert, std::size_t n, int E,
                                      unsigned long long* __restrict__ counts) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x) {
     const int e = expert[i];
     if (e >= 0 && e < E) atomicAdd(&counts[e], 1ull);
   }
@@ -224,7 +225,7 @@ int warps_for(std::size_t bytes_per_warp) {
 }
 
 unsigned blocks_for(int tokens, int warps) {
-  return static_cast<unsigned>((static_cast<std::size_t>(tokens) + warps - 1) / warps);
+  return static_cast<unsigned>((idx(tokens) + warps - 1) / warps);
 }
 
 void require_tokens(int tokens, const char* who) {
@@ -251,7 +252,7 @@ void router_select(const float* scores, const float* bias, int tokens, const Rou
   check_device_router(p);
   require_tokens(tokens, "router_select");
   if (tokens == 0) return;
-  const std::size_t per_warp = sizeof(float) * static_cast<std::size_t>(p.n_routed + p.n_group + p.top_k);
+  const std::size_t per_warp = sizeof(float) * idx(p.n_routed + p.n_group + p.top_k);
   const int warps = warps_for(per_warp);
   const unsigned blocks = blocks_for(tokens, warps);
   router_select_kernel<<<blocks, warps * 32, per_warp * warps, stream>>>(scores, bias, tokens, args_of(p), expert,
@@ -263,7 +264,7 @@ void router_forward(const float* logits, const float* bias, int tokens, const Ro
                     int32_t* expert, float* gate, cudaStream_t stream) {
   check_device_router(p);
   require_tokens(tokens, "router_forward");
-  router_sigmoid(logits, static_cast<std::size_t>(tokens) * p.n_routed, scores, stream);
+  router_sigmoid(logits, idx(tokens) * p.n_routed, scores, stream);
   router_select(scores, bias, tokens, p, expert, gate, stream);
 }
 
@@ -274,7 +275,7 @@ void router_forward(Blas& blas, const float* x, const float* Wg, int tokens, int
   if (hidden < 0) throw std::invalid_argument("router_forward: hidden must be >= 0");
   if (tokens == 0) return;
   if (hidden == 0)  // an empty inner dimension: logits 0 (cuBLAS rejects lda = 0)
-    check(cudaMemsetAsync(scores, 0, sizeof(float) * static_cast<std::size_t>(tokens) * p.n_routed, blas.stream()),
+    check(cudaMemsetAsync(scores, 0, sizeof(float) * idx(tokens) * p.n_routed, blas.stream()),
           "router_forward: zero logits");
   else
     blas.gemm(false, true, tokens, p.n_routed, hidden, 1.0f, x, hidden, Wg, hidden, 0.0f, scores, p.n_routed);
@@ -286,7 +287,7 @@ void router_backward_logits(const float* scores, const int32_t* expert, const fl
   check_device_router(p);
   require_tokens(tokens, "router_backward_logits");
   if (tokens == 0) return;
-  const std::size_t per_warp = sizeof(int) * static_cast<std::size_t>(p.n_routed);
+  const std::size_t per_warp = sizeof(int) * idx(p.n_routed);
   const int warps = warps_for(per_warp);
   const unsigned blocks = blocks_for(tokens, warps);
   router_backward_kernel<<<blocks, warps * 32, per_warp * warps, stream>>>(scores, expert, d_gate, d_scores, tokens,

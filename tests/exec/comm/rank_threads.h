@@ -53,7 +53,7 @@ inline std::string describe(const std::vector<Outcome>& out) {
 // Runs body(comm, rank) on one thread per local rank of `world`; outcomes indexed by world rank.
 template <class Body>
 std::vector<Outcome> run_ranks(World& world, Body body) {
-  std::vector<Outcome> out(static_cast<std::size_t>(world.size()));
+  std::vector<Outcome> out(idx(world.size()));
   std::vector<std::thread> threads;
   for (int r : world.local_ranks()) {
     threads.emplace_back([&world, &out, &body, r] {

@@ -176,7 +176,7 @@ TEST_CASE("comm: reduce_scatter_sum and all_gather are bit-identical to the sequ
     auto out = run_ranks(world, [&](Communicator& comm, int rank) {
       const auto it = std::find(g.begin(), g.end(), rank);
       if (it == g.end()) return;
-      const auto m = static_cast<std::size_t>(it - g.begin());
+      const auto m = idx(it - g.begin());
       std::vector<float> in = input[m];
       std::vector<float>& mine = shard[idx(rank)];
       std::vector<float>& all = gathered[idx(rank)];

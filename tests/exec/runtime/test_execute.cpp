@@ -211,8 +211,8 @@ TEST_CASE("the trace is valid Perfetto JSON with every task", "[runtime]") {
   // the producer is bubble): in-process, every send is known.
   std::map<std::pair<int, int>, double> sends;  // (replica, message) -> start
   std::vector<std::pair<std::pair<int, int>, double>> recvs;
-  for (size_t g = 0; g < static_cast<size_t>(spec.world_size()); ++g) {
-    const auto& rank_tasks = spec.program.tasks[static_cast<size_t>(spec.pipeline_rank_of(static_cast<int>(g)))];
+  for (size_t g = 0; g < idx(spec.world_size()); ++g) {
+    const auto& rank_tasks = spec.program.tasks[idx(spec.pipeline_rank_of(static_cast<int>(g)))];
     for (const TraceEvent& e : r.trace.events) {
       if (e.gpu != static_cast<int>(g)) continue;
       if (e.kind != "pp_send" && e.kind != "pp_recv") continue;

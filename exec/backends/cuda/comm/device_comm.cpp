@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/signed_index.h"
 #include "exec/comm/message.h"
 
 namespace tandem::cuda {
@@ -121,7 +122,7 @@ GroupCheck check_group(std::span<const int> group, int rank, int size) {
     g.problem = "group " + group_text(group) + " does not contain the caller";
     return g;
   }
-  g.self = static_cast<std::size_t>(it - group.begin());
+  g.self = idx(it - group.begin());
   return g;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 
@@ -16,20 +17,20 @@ using device::grid_for;
 // No __restrict__ below: the outputs may alias the inputs (element i is read before it is written
 // by the same thread).
 __global__ void add_kernel(const float* a, const float* b, std::size_t n, float* out) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x)
     out[i] = __fadd_rn(a[i], b[i]);
 }
 
 __global__ void scale_kernel(const float* x, std::size_t n, float s, float* out) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x)
     out[i] = __fmul_rn(x[i], s);
 }
 
 __global__ void round_to_bf16_kernel(const float* x, std::size_t n, float* out) {
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
+  for (std::size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x)
     out[i] = bf16_round(x[i]);
 }
 

@@ -9,6 +9,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
 #include "exec/backends/cuda/infra/device_util.cuh"
 
@@ -69,7 +70,7 @@ __global__ void quantize_rowwise_kernel(const float* __restrict__ x, int rows, i
   const int r = static_cast<int>(tile / L);
   const int kb = static_cast<int>(tile % L);
   const int k0 = kb * kQuantBlock;
-  const float* row = x + static_cast<size_t>(r) * cols;
+  const float* row = x + idx(r) * cols;
   float v[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -77,13 +78,13 @@ __global__ void quantize_rowwise_kernel(const float* __restrict__ x, int rows, i
     v[j] = k < cols ? row[k] : 0.0f;
   }
   const Scaling s = warp_tile_scaling(v, pow2);
-  uint8_t* out = codes + static_cast<size_t>(r) * cols;
+  uint8_t* out = codes + idx(r) * cols;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int k = k0 + lane + 32 * j;
     if (k < cols) out[k] = encode(v[j], s.factor);
   }
-  if (lane == 0) scales[static_cast<size_t>(kb) * rows + r] = s.scale;
+  if (lane == 0) scales[idx(kb) * rows + r] = s.scale;
 }
 
 // A block = 128 rows (one K block of xᵀ) x 32 columns of x, staged in shared memory; each of the
@@ -100,7 +101,7 @@ __global__ void quantize_columnwise_kernel(const float* __restrict__ x, int rows
     const int rr = warp + 8 * i;
     const int r = r0 + rr;
     const int c = c0 + lane;
-    tile[rr][lane] = (r < rows && c < cols) ? x[static_cast<size_t>(r) * cols + c] : 0.0f;
+    tile[rr][lane] = (r < rows && c < cols) ? x[idx(r) * cols + c] : 0.0f;
   }
   __syncthreads();
   for (int j = 0; j < 4; ++j) {
@@ -111,13 +112,13 @@ __global__ void quantize_columnwise_kernel(const float* __restrict__ x, int rows
 #pragma unroll
     for (int t = 0; t < 4; ++t) v[t] = tile[lane + 32 * t][cc];  // zero beyond `rows`: cannot change amax
     const Scaling s = warp_tile_scaling(v, pow2);
-    uint8_t* out = codes + static_cast<size_t>(c) * rows;
+    uint8_t* out = codes + idx(c) * rows;
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const int r = r0 + lane + 32 * t;
       if (r < rows) out[r] = encode(v[t], s.factor);
     }
-    if (lane == 0) scales[static_cast<size_t>(rb) * cols + c] = s.scale;
+    if (lane == 0) scales[idx(rb) * cols + c] = s.scale;
   }
 }
 
@@ -133,11 +134,11 @@ __global__ void quantize_blocks_kernel(const float* __restrict__ w, int rows, in
   const int tid = threadIdx.x;
   float amax = 0.0f;
   bool finite = true;
-  for (int idx = tid; idx < kQuantBlock * kQuantBlock; idx += blockDim.x) {
-    const int r = r0 + idx / kQuantBlock;
-    const int k = k0 + idx % kQuantBlock;
+  for (int e = tid; e < kQuantBlock * kQuantBlock; e += blockDim.x) {
+    const int r = r0 + e / kQuantBlock;
+    const int k = k0 + e % kQuantBlock;
     if (r < rows && k < cols) {
-      const float v = w[static_cast<size_t>(r) * cols + k];
+      const float v = w[idx(r) * cols + k];
       finite = finite && isfinite(v);
       amax = fmaxf(amax, fabsf(v));
     }
@@ -148,15 +149,15 @@ __global__ void quantize_blocks_kernel(const float* __restrict__ w, int rows, in
   float block_amax = 0.0f;
   for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) block_amax = fmaxf(block_amax, warp_amax[i]);
   const Scaling s = block_scaling(block_amax, finite, pow2);
-  for (int idx = tid; idx < kQuantBlock * kQuantBlock; idx += blockDim.x) {
-    const int r = r0 + idx / kQuantBlock;
-    const int k = k0 + idx % kQuantBlock;
+  for (int e = tid; e < kQuantBlock * kQuantBlock; e += blockDim.x) {
+    const int r = r0 + e / kQuantBlock;
+    const int k = k0 + e % kQuantBlock;
     if (r < rows && k < cols) {
-      const size_t i = static_cast<size_t>(r) * cols + k;
+      const size_t i = idx(r) * cols + k;
       codes[i] = encode(w[i], s.factor);
     }
   }
-  if (tid == 0) scales[static_cast<size_t>(rb) * L4 + kb] = s.scale;
+  if (tid == 0) scales[idx(rb) * L4 + kb] = s.scale;
 }
 
 // 32x32 byte tiles through shared memory; block (32, 8).
@@ -167,13 +168,13 @@ __global__ void transpose_bytes_kernel(const uint8_t* __restrict__ in, int rows,
   for (int i = threadIdx.y; i < 32; i += blockDim.y) {
     const int r = r0 + i;
     const int c = c0 + threadIdx.x;
-    if (r < rows && c < cols) tile[i][threadIdx.x] = in[static_cast<size_t>(r) * cols + c];
+    if (r < rows && c < cols) tile[i][threadIdx.x] = in[idx(r) * cols + c];
   }
   __syncthreads();
   for (int i = threadIdx.y; i < 32; i += blockDim.y) {
     const int c = c0 + i;                // row of the output
     const int r = r0 + threadIdx.x;      // column of the output
-    if (c < cols && r < rows) out[static_cast<size_t>(c) * rows + r] = tile[threadIdx.x][i];
+    if (c < cols && r < rows) out[idx(c) * rows + r] = tile[threadIdx.x][i];
   }
 }
 
@@ -184,7 +185,7 @@ __global__ void transpose_block_scales_kernel(const float* __restrict__ scales, 
   if (i >= row_blocks * L) return;
   const int rb = i / L;
   const int kb = i % L;
-  t_scales[static_cast<size_t>(kb) * t_L4 + rb] = scales[static_cast<size_t>(rb) * L4 + kb];
+  t_scales[idx(kb) * t_L4 + rb] = scales[idx(rb) * L4 + kb];
 }
 
 __global__ void convert_bits_kernel(uint64_t first, uint64_t count, int kind, int satfinite, uint8_t* __restrict__ out) {
@@ -198,8 +199,8 @@ __global__ void convert_bits_kernel(uint64_t first, uint64_t count, int kind, in
 }
 
 __global__ void fill_uniform_kernel(float* __restrict__ x, size_t n, uint64_t seed, float lo, float hi) {
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+  for (size_t i = idx(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += idx(gridDim.x) * blockDim.x) {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (i + 1);  // splitmix64
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -235,7 +236,7 @@ void quantize_blocks(const float* w, int rows, int cols, uint8_t* codes, float* 
   if (rows <= 0 || cols <= 0) return;
   const int L4 = k_blocks_padded(cols);
   const int RB = ceil_div(rows, kQuantBlock);
-  check(cudaMemsetAsync(scales, 0, sizeof(float) * static_cast<size_t>(RB) * L4, stream), "quantize_blocks memset");
+  check(cudaMemsetAsync(scales, 0, sizeof(float) * idx(RB) * L4, stream), "quantize_blocks memset");
   const dim3 grid(static_cast<unsigned>(k_blocks(cols)), static_cast<unsigned>(RB));
   quantize_blocks_kernel<<<grid, 256, 0, stream>>>(w, rows, cols, L4, codes, scales, pow2_scales);
   check_launch("quantize_blocks");
@@ -250,7 +251,7 @@ void transpose_blocks(const uint8_t* codes, const float* scales, int rows, int c
   const int RB = ceil_div(rows, kQuantBlock);
   const int L = k_blocks(cols);
   const int t_L4 = k_blocks_padded(rows);
-  check(cudaMemsetAsync(t_scales, 0, sizeof(float) * static_cast<size_t>(L) * t_L4, stream),
+  check(cudaMemsetAsync(t_scales, 0, sizeof(float) * idx(L) * t_L4, stream),
         "transpose_blocks memset");
   transpose_block_scales_kernel<<<static_cast<unsigned>(ceil_div(RB * L, 256)), 256, 0, stream>>>(
       scales, RB, L, k_blocks_padded(cols), t_L4, t_scales);
