@@ -48,16 +48,7 @@ namespace {
 using namespace tandem;
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
-using gputest::compare;
-using gputest::compare_increment;
-using gputest::expect;
-using gputest::name;
-using gputest::norm_weight;
-using gputest::kAllNumerics;
-using gputest::flat;
-using gputest::same_bits;
-using gputest::to_device;
-using gputest::to_host;
+using namespace gputest;  // the checks' helpers: gpu_check.h, compare_util.h, numerics_util.h
 
 // tiny-moe (models/tiny-moe.yaml): hidden 256, rms_norm_eps 1e-6; the vocab is not tiny-moe's 1024
 // but 1000, so the head's N is not a multiple of 128.

@@ -43,17 +43,7 @@ namespace {
 using namespace tandem;
 namespace cu = tandem::cuda;
 namespace nn = tandem::nn;
-using gputest::compare;
-using gputest::compare_increment;
-using gputest::expect;
-using gputest::name;
-using gputest::norm_weight;
-using gputest::kAllNumerics;
-using gputest::flat;
-using gputest::same_bits;
-using gputest::to_device;
-using gputest::to_host;
-using gputest::small_vec;
+using namespace gputest;  // the checks' helpers: gpu_check.h, compare_util.h, numerics_util.h
 
 // tiny-moe (models/tiny-moe.yaml): hidden 256, rms_norm_eps 1e-6.
 constexpr int kHidden = 256;
