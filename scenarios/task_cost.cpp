@@ -16,8 +16,20 @@ bool a2a_kind(TaskKind k, A2AKind* out) {
     case TaskKind::dispatch_b: *out = A2AKind::dispatch_b; return true;
     case TaskKind::combine_f: *out = A2AKind::combine_f; return true;
     case TaskKind::combine_b: *out = A2AKind::combine_b; return true;
-    default: return false;
+    case TaskKind::attn_f:
+    case TaskKind::attn_b:
+    case TaskKind::attn_w:
+    case TaskKind::mlp_f:
+    case TaskKind::mlp_b:
+    case TaskKind::mlp_w:
+    case TaskKind::loss:
+    case TaskKind::pp_send:
+    case TaskKind::pp_recv:
+    case TaskKind::dp_reduce_scatter:
+    case TaskKind::dp_all_gather:
+    case TaskKind::optimizer: return false;
   }
+  return false;
 }
 
 bool in_overlapped_slot(const Program& p, int rank, const Task& t) {

@@ -1,6 +1,7 @@
 #include "scenarios/task_work.h"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "common/signed_index.h"
 #include "scenarios/memory.h"
@@ -57,7 +58,17 @@ TaskWork task_work(const Scenario& s, const Workload& w, const Program& p, int r
             pass += op.recompute;
             out.backward = true;
             break;
-          default: pass = op.bwd_weight; break;
+          case TaskKind::attn_w:
+          case TaskKind::mlp_w: pass = op.bwd_weight; break;
+          case TaskKind::dispatch_f:
+          case TaskKind::dispatch_b:
+          case TaskKind::combine_f:
+          case TaskKind::combine_b:
+          case TaskKind::pp_send:
+          case TaskKind::pp_recv:
+          case TaskKind::dp_reduce_scatter:
+          case TaskKind::dp_all_gather:
+          case TaskKind::optimizer: throw std::logic_error("task_work: not a compute task");
         }
         out.compute += pass;
         if (op.per_routed_row) out.routed += pass;

@@ -209,7 +209,14 @@ class Runner final : public GpuRunner {
         receive(EventLoop::key(EventLoop::Channel::ring, prev, gpu_), i);
         break;
       }
-      default: break;
+      case TaskKind::attn_f:
+      case TaskKind::attn_b:
+      case TaskKind::attn_w:
+      case TaskKind::mlp_f:
+      case TaskKind::mlp_b:
+      case TaskKind::mlp_w:
+      case TaskKind::loss:
+      case TaskKind::optimizer: break;  // compute tasks: nothing on the network
     }
   }
 

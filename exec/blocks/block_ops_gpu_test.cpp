@@ -186,7 +186,9 @@ RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params
           rt::loss_f(ctx, p, s, data);
           o.loss = s.loss;
           break;
-        default:
+        case BlockKind::dense_layer:
+        case BlockKind::moe_layer:
+        case BlockKind::mtp:
           rt::attn_f(ctx, p, s, data);
           if (p.moe) {
             o.balance[b] = s.balance_loss;
@@ -212,7 +214,9 @@ RunOut run_cpu(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& params
           rt::mlp_b(ctx, p, s);
           rt::mlp_w(ctx, p, s, r.grads[b]);
           break;
-        default:
+        case BlockKind::dense_layer:
+        case BlockKind::moe_layer:
+        case BlockKind::mtp:
           if (p.moe) rt::combine_b(ctx, s, ex, "combine_b");
           rt::mlp_b(ctx, p, s);
           rt::mlp_w(ctx, p, s, r.grads[b]);
@@ -282,7 +286,9 @@ RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& par
             dev.loss_f(b, s, db[m]);
             o.loss = s.loss;
             break;
-          default:
+          case BlockKind::dense_layer:
+          case BlockKind::moe_layer:
+          case BlockKind::mtp:
             dev.attn_f(b, s, db[m]);
             if (p.moe) {
               o.balance[b] = s.balance_loss;
@@ -313,7 +319,9 @@ RunOut run_device(const rt::BlockContext& ctx, std::vector<rt::BlockParams>& par
         switch (p.kind) {
           case BlockKind::embedding: break;
           case BlockKind::head: dev.mlp_b(b, s); break;
-          default:
+          case BlockKind::dense_layer:
+          case BlockKind::moe_layer:
+          case BlockKind::mtp:
             if (p.moe) dev.combine_b(b, s, "combine_b");
             dev.mlp_b(b, s);
             if (p.moe) dev.dispatch_b(b, s, "dispatch_b");

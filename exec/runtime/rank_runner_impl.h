@@ -167,7 +167,15 @@ void RankRunner<B>::run(int task_index, const Task& t) {
       break;
     case TaskKind::attn_w:
     case TaskKind::mlp_w: weight_task(t); break;
-    default: compute_task(t); break;
+    case TaskKind::attn_f:
+    case TaskKind::attn_b:
+    case TaskKind::dispatch_f:
+    case TaskKind::dispatch_b:
+    case TaskKind::mlp_f:
+    case TaskKind::mlp_b:
+    case TaskKind::combine_f:
+    case TaskKind::combine_b:
+    case TaskKind::loss: compute_task(t); break;
   }
 }
 
@@ -222,7 +230,13 @@ void RankRunner<B>::compute_task(const Task& t) {
     case TaskKind::mlp_b: be_.mlp_b(st, i, bs); break;
     case TaskKind::dispatch_b: be_.dispatch_b(st, i, bs, label); break;
     case TaskKind::attn_b: be_.attn_b(st, i, bs); break;
-    default: throw std::logic_error(std::string("unexpected task ") + to_string(t.kind));
+    case TaskKind::attn_w:
+    case TaskKind::mlp_w:
+    case TaskKind::pp_send:
+    case TaskKind::pp_recv:
+    case TaskKind::dp_reduce_scatter:
+    case TaskKind::dp_all_gather:
+    case TaskKind::optimizer: throw std::logic_error(std::string("unexpected task ") + to_string(t.kind));
   }
 }
 

@@ -87,7 +87,8 @@ ReferenceStep run_reference(const RunSpec& spec) {
             loss_f(ctx, params[b], s, data);
             out.mtp_loss[idx(r)][idx(mb)] += s.loss;
             break;
-          default:
+          case BlockKind::dense_layer:
+          case BlockKind::moe_layer:
             attn_f(ctx, params[b], s, data);
             if (params[b].moe) {
               out.balance_loss[idx(r)][idx(mb)] += s.balance_loss;
@@ -109,7 +110,9 @@ ReferenceStep run_reference(const RunSpec& spec) {
             mlp_b(ctx, params[b], s);
             mlp_w(ctx, params[b], s, grads[b]);
             break;
-          default:
+          case BlockKind::dense_layer:
+          case BlockKind::moe_layer:
+          case BlockKind::mtp:
             if (params[b].moe) combine_b(ctx, s, hand_back, "");
             mlp_b(ctx, params[b], s);
             mlp_w(ctx, params[b], s, grads[b]);
