@@ -16,9 +16,7 @@ namespace {
 using device::bf16_round;
 using device::grid_for;
 
-void require(bool ok, const char* what) {
-  if (!ok) throw std::invalid_argument(what);
-}
+using device::require;
 
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, std::size_t n, AdamWScalars s) {

@@ -6,13 +6,12 @@
 
 #include "common/signed_index.h"
 #include "exec/backends/cuda/infra/cuda_check.h"
+#include "exec/backends/cuda/infra/device_util.cuh"
 
 namespace tandem::cuda {
 namespace {
 
-void require(bool ok, const char* what) {
-  if (!ok) throw std::invalid_argument(what);
-}
+using device::require;
 
 void check_shape(const char* op, int tokens, int n_routed, int seq_len) {
   const std::string p(op);

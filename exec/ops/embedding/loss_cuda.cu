@@ -14,9 +14,7 @@ namespace {
 
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
-void require(bool ok, const char* what) {
-  if (!ok) throw std::invalid_argument(what);
-}
+using device::require;
 
 constexpr int kCeThreads = 256;
 constexpr int kCeWarps = kCeThreads / 32;

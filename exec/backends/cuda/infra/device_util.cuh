@@ -1,8 +1,10 @@
-// Small pieces every kernel file of the CUDA backend needs, in one place (CUDA sources only).
+// Small pieces every kernel file of the CUDA backend needs, in one place (CUDA sources only): the
+// BF16 bit recipe, grid sizes, the launchers' argument check.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 
 namespace tandem::cuda::device {
 
@@ -26,6 +28,11 @@ inline unsigned grid_for(std::size_t n, unsigned block) {
   const std::size_t g = (n + block - 1) / block;
   constexpr std::size_t kMaxBlocks = std::size_t{65535} * 16;
   return static_cast<unsigned>(g < kMaxBlocks ? (g > 0 ? g : 1) : kMaxBlocks);
+}
+
+// A launcher's argument check (host code): std::invalid_argument naming what is wrong.
+inline void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
 }
 
 }  // namespace tandem::cuda::device
